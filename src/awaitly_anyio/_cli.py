@@ -1,0 +1,150 @@
+"""``python -m awaitly_anyio``: the demo, and ``runs list|show|delete`` over any store URL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import anyio
+
+from .errors import SnapshotDecodeError
+from .serialization import dumps, snapshot_to_doc
+from .snapshot import RUN_STATUSES, SnapshotInfo, WorkflowSnapshot
+from .store import open_store
+
+DEFAULT_STORE = "sqlite:///awaitly.db"
+DEMO_STORE = "sqlite:///awaitly-demo.db"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m awaitly_anyio")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the durable checkout demo and print what happens")
+    demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    demo.add_argument("--store", default=DEMO_STORE, help=f"store URL (default {DEMO_STORE})")
+
+    runs = commands.add_parser("runs", help="inspect the runs kept in a store")
+    runs.add_argument(
+        "--store",
+        default=os.environ.get("AWAITLY_STORE_URL", DEFAULT_STORE),
+        help=f"store URL (default $AWAITLY_STORE_URL or {DEFAULT_STORE})",
+    )
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    actions = runs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="runs, newest first")
+    listing.add_argument("--status", choices=RUN_STATUSES)
+    listing.add_argument("--prefix", help="only ids starting with this")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--cursor", help="continue after a previous page")
+    show = actions.add_parser("show", help="one run with its steps")
+    show.add_argument("id")
+    delete = actions.add_parser("delete", help="remove one run")
+    delete.add_argument("id")
+    return parser
+
+
+def _time(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        out.write("\n")
+
+
+def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "workflow_name": info.workflow_name,
+        "status": info.status,
+        "created_at": info.created_at.isoformat(),
+        "updated_at": info.updated_at.isoformat(),
+        "expires_at": None if info.expires_at is None else info.expires_at.isoformat(),
+    }
+
+
+def _print_snapshot(snapshot: WorkflowSnapshot, out: TextIO) -> None:
+    out.write(f"run       {snapshot.workflow_id}\n")
+    out.write(f"workflow  {snapshot.workflow_name}\n")
+    out.write(f"status    {snapshot.status}\n")
+    out.write(f"created   {_time(snapshot.created_at)}\n")
+    out.write(f"updated   {_time(snapshot.updated_at)}\n")
+    out.write(f"expires   {_time(snapshot.expires_at)}\n")
+    if snapshot.result is not None:
+        out.write(f"result    {snapshot.result!r}\n")
+    for key, value in snapshot.metadata.items():
+        out.write(f"meta      {key} = {value!r}\n")
+    if snapshot.steps:
+        out.write("\n")
+        rows = [["STEP KEY", "OUTCOME", "ATTEMPTS", "FINISHED"]]
+        for key, record in snapshot.steps.items():
+            rows.append([key, repr(record.result), str(record.attempts), _time(record.finished_at)])
+        _table(rows, out)
+
+
+async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with open_store(args.store) as store:
+        if args.action == "list":
+            page = await store.list(
+                status=args.status, prefix=args.prefix, limit=args.limit, cursor=args.cursor
+            )
+            if args.json:
+                doc = {"items": [_info_doc(i) for i in page], "next_cursor": page.next_cursor}
+                out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+                return 0
+            if not page.items:
+                out.write("no runs\n")
+                return 0
+            rows = [["ID", "WORKFLOW", "STATUS", "UPDATED", "EXPIRES"]]
+            rows += [
+                [i.id, i.workflow_name, i.status, _time(i.updated_at), _time(i.expires_at)]
+                for i in page
+            ]
+            _table(rows, out)
+            if page.next_cursor:
+                out.write(f"\nmore: --cursor {page.next_cursor}\n")
+            return 0
+        if args.action == "show":
+            try:
+                snapshot = await store.load(args.id)
+            except SnapshotDecodeError as exc:
+                err.write(f"error: {exc}\n")
+                return 1
+            if snapshot is None:
+                err.write(f"error: no run {args.id!r} in {args.store}\n")
+                return 1
+            if args.json:
+                out.write(dumps(snapshot_to_doc(snapshot)) + "\n")
+            else:
+                _print_snapshot(snapshot, out)
+            return 0
+        deleted = await store.delete(args.id)
+        if not deleted:
+            err.write(f"error: no run {args.id!r} in {args.store}\n")
+            return 1
+        out.write(json.dumps({"deleted": args.id}) + "\n" if args.json else f"deleted {args.id}\n")
+        return 0
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Parse ``argv`` and run the command; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from ._demo import main as demo
+
+            anyio.run(demo, args.store, backend=args.backend)
+            return 0
+        status: int = anyio.run(_runs, args, out, err, backend=args.backend)
+    except (ValueError, OSError) as exc:
+        err.write(f"error: {exc}\n")
+        return 2
+    return status

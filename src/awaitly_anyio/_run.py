@@ -1,0 +1,103 @@
+"""Private state shared by a run's context and steps, and the early-exit signal."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .clock import Clock
+from .errors import UnexpectedError
+from .events import WorkflowEvent
+from .result import Err, Ok, Result
+
+logger = logging.getLogger("awaitly_anyio")
+
+Emit = Callable[[WorkflowEvent], None]
+
+
+class Checkpoint(Protocol):
+    """Called by a keyed step of a durable run once its outcome is known, before the
+    step returns.  Returns ``None`` when the record is safely stored, or the ``Err``
+    that ends the workflow (the value could not be serialized, the store failed)."""
+
+    async def __call__(
+        self,
+        name: str,
+        key: str,
+        result: Result[Any, Any],
+        attempts: int,
+        started_at: float,
+        type_hint: type | None,
+    ) -> Err[Any] | None: ...
+
+
+class EarlyExit(BaseException):
+    """Raised by a step that got ``Err`` to end the workflow body; caught by ``run``.
+
+    It derives from ``BaseException`` so that ``except Exception`` in user code
+    cannot swallow it.  It names the run it belongs to, so a nested workflow
+    never ends its parent by mistake.
+    """
+
+    __slots__ = ("result", "run")
+
+    def __init__(self, run: RunState, result: Err[Any]) -> None:
+        super().__init__(result)
+        self.run = run
+        self.result = result
+
+
+class RunState:
+    """Everything one run's steps share: identity, clock, event sink and the completed keys."""
+
+    __slots__ = (
+        "bound_counts",
+        "checkpoint",
+        "clock",
+        "completed",
+        "emit",
+        "map_exception",
+        "name",
+        "workflow_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        workflow_id: str,
+        clock: Clock,
+        emit: Emit | None,
+        map_exception: Callable[[Exception], object],
+        completed: dict[str, Ok[Any]],
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.name = name
+        self.workflow_id = workflow_id
+        self.clock = clock
+        self.emit = emit
+        self.map_exception = map_exception
+        self.completed = completed
+        self.checkpoint = checkpoint
+        self.bound_counts: dict[str, int] = {}
+
+
+def default_map_exception(exc: Exception) -> object:
+    """Wrap a foreign exception so it can travel inside ``Err``."""
+    return UnexpectedError(exc)
+
+
+def make_emitter(handlers: Sequence[Callable[[WorkflowEvent], object]]) -> Emit | None:
+    """One callable that feeds every handler, logging (never raising) a handler's failure."""
+    if not handlers:
+        return None
+
+    def emit_all(event: WorkflowEvent) -> None:
+        for handler in handlers:
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("on_event handler %r failed on %s", handler, event.type)
+
+    return emit_all

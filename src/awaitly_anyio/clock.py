@@ -1,0 +1,49 @@
+"""The clock that retries, backoff and ``step.sleep`` read and wait on.
+
+Injecting a clock (``create_workflow(..., clock=FakeClock())``) lets tests run
+backoff schedules instantly; see :class:`awaitly_anyio.testing.FakeClock`.
+Step timeouts are anyio cancel scopes and therefore follow the event loop's
+own clock, not this one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+__all__ = ["Clock", "SystemClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the library needs to know about time."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards; only differences matter."""
+        ...
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch, for event timestamps and records."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``.  Must be a cancellation point."""
+        ...
+
+
+class SystemClock:
+    """The real clock: :func:`time.monotonic`, :func:`time.time` and :func:`anyio.sleep`."""
+
+    __slots__ = ()
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the event loop; cancellable."""
+        await anyio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"

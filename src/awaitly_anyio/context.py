@@ -1,0 +1,111 @@
+"""What a workflow body receives: ``ctx.step``, ``ctx.steps``, ``ctx.deps`` and its identity."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
+from typing import Any, Generic, TypeVar, cast
+
+from ._run import RunState
+from .step import Step
+
+__all__ = ["BoundSteps", "Deps", "WorkflowContext"]
+
+D = TypeVar("D")
+
+
+class Deps(Mapping[str, Any]):
+    """A mapping of dependencies that also allows attribute access: ``deps.fetch_user``."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = dict(items or {})
+        for name in self._items:
+            if not isinstance(name, str):
+                raise TypeError(f"dependency names must be strings, not {name!r}")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise AttributeError(f"no dependency named {name!r} (known: {known})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Deps({self._items!r})"
+
+
+class BoundSteps:
+    """``ctx.steps.fetch_user(*args)`` runs ``deps.fetch_user(*args)`` as a step named after it.
+
+    Repeated calls are numbered so every step name in a run is unique:
+    ``fetch_user``, ``fetch_user#2``, ``fetch_user#3``.
+    """
+
+    __slots__ = ("_deps", "_run", "_step")
+
+    def __init__(self, step: Step, deps: object, run: RunState) -> None:
+        self._step = step
+        self._deps = deps
+        self._run = run
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        dep = getattr(self._deps, name)
+        if not callable(dep):
+            raise TypeError(f"dependency {name!r} is not callable, so it cannot be a step")
+        counts = self._run.bound_counts
+
+        def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+            count = counts.get(name, 0) + 1
+            counts[name] = count
+            step_name = name if count == 1 else f"{name}#{count}"
+            return self._step(step_name, partial(dep, *args, **kwargs))
+
+        return call
+
+
+_VARIANTS = ("retry", "with_timeout", "try_", "sleep", "skip", "all", "race", "for_each")
+
+
+def _callable_step(step: Step) -> Step:
+    """``ctx.step`` as a :func:`functools.partial` of :meth:`Step.__call__` carrying the
+    variants as attributes.
+
+    A partial is called through CPython's vectorcall protocol, keyword
+    arguments included; an object with ``__call__`` is not, and packing
+    ``key=``/``retry=`` into a dict would be a large share of a step's cost.
+    It behaves exactly like the :class:`Step` it wraps.
+    """
+    call = partial(Step.__call__, step)
+    call.__dict__.update({name: getattr(step, name) for name in _VARIANTS})
+    return cast(Step, call)
+
+
+class WorkflowContext(Generic[D]):
+    """The body's handle on its run.  ``deps`` is whatever the workflow was created with
+    (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
+
+    __slots__ = ("deps", "step", "steps", "workflow_id", "workflow_name")
+
+    def __init__(self, run: RunState, deps: D) -> None:
+        self.step = _callable_step(Step(run))
+        self.steps = BoundSteps(self.step, deps, run)
+        self.deps = deps
+        self.workflow_id = run.workflow_id
+        self.workflow_name = run.name
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkflowContext(workflow_name={self.workflow_name!r}, "
+            f"workflow_id={self.workflow_id!r})"
+        )

@@ -1,0 +1,306 @@
+"""Durable runs: a workflow run that checkpoints each keyed step to a store and resumes.
+
+``await workflow.run(body, workflow_id="order-42", store=store)``:
+
+1. loads run ``order-42``; a run that already ``completed`` returns its stored
+   result without executing anything (so retrying a request is idempotent);
+2. marks it ``running`` and runs the body, answering keyed steps that already
+   completed from their records;
+3. writes each keyed step's record as it completes, *before* the step returns,
+   so a step reported complete is in the store (a crash re-runs only unkeyed
+   steps and the keyed step that was in flight);
+4. on success records the result (or deletes the run, ``delete_on_success=True``);
+   on failure records the error with ``failure_ttl`` and metadata; on
+   cancellation records ``cancelled`` inside a short shielded scope, then
+   re-raises.
+
+Store failures and values that cannot be serialized end the run with
+``Err(StoreError)`` / ``Err(SerializationError)``; nothing half-written is
+ever reported as complete.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from ._run import logger
+from .errors import (
+    SerializationError,
+    SnapshotDecodeError,
+    StoredException,
+    StoreError,
+    WorkflowMismatchError,
+)
+from .result import Err, Ok, Result
+from .resume import StepRecord
+from .serialization import (
+    TypeRegistry,
+    _qualname,
+    _Unstorable,
+    default_registry,
+    dumps,
+    encode_step_record,
+    result_to_doc,
+)
+from .snapshot import RunStatus, WorkflowSnapshot
+from .store import CheckpointStore, EncodedStep, SnapshotStore, Ttl, check_id, from_epoch
+
+if TYPE_CHECKING:
+    from .workflow import Workflow
+
+__all__ = ["FINAL_CHECKPOINT_SECONDS", "DurableOptions"]
+
+FINAL_CHECKPOINT_SECONDS = 5.0
+"""How long a cancelled durable run may spend, shielded, recording that it was cancelled."""
+
+
+@attrs.frozen
+class DurableOptions:
+    """What a durable run does at its end: ``ttl`` for a completed run's snapshot,
+    ``failure_ttl`` for a failed one's, ``delete_on_success`` to remove it instead,
+    and ``metadata`` to attach to the run."""
+
+    ttl: Ttl = None
+    failure_ttl: Ttl = None
+    delete_on_success: bool = False
+    metadata: Mapping[str, Any] | None = None
+
+
+class _WholeSnapshots:
+    """Gives a store with only the five basic methods the checkpointing operations,
+    by saving the whole snapshot each time (serialized, so saves never overtake)."""
+
+    def __init__(self, store: SnapshotStore, snapshot: WorkflowSnapshot | None) -> None:
+        self._store = store
+        self._snapshot = snapshot
+        self._lock = anyio.Lock()
+
+    async def _save(self, id: str, ttl: Ttl = None) -> None:
+        async with self._lock:
+            assert self._snapshot is not None
+            await self._store.save(id, self._snapshot, ttl=ttl)
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        base = self._snapshot or WorkflowSnapshot(workflow_name, id)
+        merged = {**base.metadata, **(metadata or {})}
+        self._snapshot = attrs.evolve(
+            base, status="running", result=None, metadata=merged, expires_at=None
+        )
+        await self._save(id)
+
+    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+        assert self._snapshot is not None
+        steps = {**self._snapshot.steps, step.key: step.record}
+        self._snapshot = attrs.evolve(self._snapshot, steps=steps)
+        await self._save(id)
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        assert self._snapshot is not None
+        merged = {**self._snapshot.metadata, **(metadata or {})}
+        self._snapshot = attrs.evolve(self._snapshot, status=status, result=result, metadata=merged)
+        await self._save(id, ttl)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _store_registry(store: SnapshotStore) -> TypeRegistry:
+    registry = getattr(store, "registry", None)
+    return registry if isinstance(registry, TypeRegistry) else default_registry
+
+
+class _Checkpointer:
+    """The hook a durable run's keyed steps call; see :class:`awaitly_anyio._run.Checkpoint`."""
+
+    def __init__(
+        self,
+        target: CheckpointStore | _WholeSnapshots,
+        run_id: str,
+        registry: TypeRegistry,
+        now: Callable[[], float],
+    ) -> None:
+        self._target = target
+        self._run_id = run_id
+        self._registry = registry
+        self._now = now
+
+    async def __call__(
+        self,
+        name: str,
+        key: str,
+        result: Result[Any, Any],
+        attempts: int,
+        started_at: float,
+        type_hint: type | None,
+    ) -> Err[Any] | None:
+        now = self._now()
+        if type_hint is not None and isinstance(result, Ok):
+            problem = self._check_type(name, result.value, type_hint)
+            if problem is not None:
+                return problem
+        record = StepRecord(
+            result,
+            attempts=attempts,
+            started_at=from_epoch(started_at),
+            finished_at=from_epoch(now),
+        )
+        try:
+            text = encode_step_record(name, record, self._registry)
+        except SerializationError as exc:
+            if isinstance(result, Err):
+                # Keep the failure on record even if its error value has no JSON form.
+                text = self._fallback_error_record(name, record)
+            else:
+                return Err(exc)
+        try:
+            await self._target.checkpoint(self._run_id, EncodedStep(key, record, text))
+        except Exception as exc:
+            error = StoreError("checkpoint", self._run_id, _describe(exc))
+            if isinstance(result, Err):
+                logger.error("could not record the failure of step %r: %s", name, error)
+                return None
+            return Err(error)
+        return None
+
+    def _check_type(self, name: str, value: object, type_hint: type) -> Err[Any] | None:
+        if not isinstance(value, type_hint):
+            return Err(
+                SerializationError(
+                    name,
+                    _qualname(type(value)),
+                    f"the step says type={type_hint.__name__}, but it produced this",
+                )
+            )
+        if self._registry.name_of(type_hint) is None:
+            try:
+                self._registry.register(type_hint)
+            except (TypeError, ValueError) as exc:
+                return Err(SerializationError(name, _qualname(type_hint), str(exc)))
+        return None
+
+    def _fallback_error_record(self, name: str, record: StepRecord) -> str:
+        error = record.result.error if isinstance(record.result, Err) else None
+        stand_in = StoredException(_qualname(type(error)), repr(error))
+        return encode_step_record(name, attrs.evolve(record, result=Err(stand_in)), self._registry)
+
+
+def _encode_final(
+    result: Result[Any, Any], registry: TypeRegistry
+) -> tuple[Result[Any, Any], Result[Any, Any], str]:
+    """The result to return, the result to store, and the latter's JSON.
+
+    A final value with no JSON form fails the run with ``SerializationError``
+    (it could not be returned to a later caller); an error value with no JSON
+    form is stored as text, so the failure itself is never lost.
+    """
+    try:
+        return result, result, dumps(result_to_doc(result, registry))
+    except _Unstorable as exc:
+        if isinstance(result, Ok):
+            result = Err(SerializationError("<result>", exc.type_name, exc.reason))
+            return result, result, dumps(result_to_doc(result, registry))
+        stand_in: Result[Any, Any] = Err(
+            StoredException(_qualname(type(result.error)), repr(result.error))
+        )
+        return result, stand_in, dumps(result_to_doc(stand_in, registry))
+
+
+async def run_durable(
+    workflow: Workflow[Any],
+    body: Callable[[Any], Awaitable[Any]],
+    *,
+    store: SnapshotStore,
+    workflow_id: str,
+    options: DurableOptions,
+    execute: Callable[..., Awaitable[Result[Any, Any]]],
+) -> Result[Any, Any]:
+    """Run ``body`` durably in ``store``; ``execute`` is the core runner to call with the
+    resumed step results and the checkpoint hook."""
+    check_id(workflow_id)
+    if not isinstance(store, SnapshotStore):
+        raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
+    registry = _store_registry(store)
+    try:
+        snapshot = await store.load(workflow_id)
+    except SnapshotDecodeError as exc:
+        return Err(exc)
+    except Exception as exc:
+        return Err(StoreError("load", workflow_id, _describe(exc)))
+    if snapshot is not None:
+        if snapshot.workflow_name != workflow.name:
+            return Err(WorkflowMismatchError(workflow_id, snapshot.workflow_name, workflow.name))
+        if snapshot.status == "completed" and snapshot.result is not None:
+            return snapshot.result
+    target: CheckpointStore | _WholeSnapshots = (
+        store if isinstance(store, CheckpointStore) else _WholeSnapshots(store, snapshot)
+    )
+    try:
+        await target.mark_running(workflow_id, workflow.name, metadata=options.metadata)
+    except SerializationError as exc:
+        return Err(exc)
+    except Exception as exc:
+        return Err(StoreError("start", workflow_id, _describe(exc)))
+    checkpointer = _Checkpointer(target, workflow_id, registry, workflow.clock.time)
+    try:
+        result = await execute(body, workflow_id, snapshot, checkpointer)
+    except BaseException:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+            try:
+                await target.finish(workflow_id, "cancelled", None, None)
+            except Exception:
+                logger.exception("could not record the cancellation of run %r", workflow_id)
+        raise
+    return await _finish(target, store, workflow, workflow_id, result, registry, options)
+
+
+async def _finish(
+    target: CheckpointStore | _WholeSnapshots,
+    store: SnapshotStore,
+    workflow: Workflow[Any],
+    workflow_id: str,
+    result: Result[Any, Any],
+    registry: TypeRegistry,
+    options: DurableOptions,
+) -> Result[Any, Any]:
+    result, stored, text = _encode_final(result, registry)
+    try:
+        if isinstance(result, Ok):
+            if options.delete_on_success:
+                await store.delete(workflow_id)
+            else:
+                await target.finish(workflow_id, "completed", stored, text, ttl=options.ttl)
+        else:
+            metadata = {
+                "error": _error_text(result.error),
+                "last_attempt": from_epoch(workflow.clock.time()).isoformat(),
+            }
+            await target.finish(
+                workflow_id, "failed", stored, text, ttl=options.failure_ttl, metadata=metadata
+            )
+    except Exception as exc:
+        return Err(StoreError("finish", workflow_id, _describe(exc)))
+    return result
+
+
+def _error_text(error: object) -> str:
+    if isinstance(error, BaseException):
+        return "".join(traceback.format_exception_only(type(error), error)).strip()
+    return repr(error)

@@ -1,0 +1,185 @@
+"""The errors the library itself puts into ``Err``.
+
+They are exceptions (so they carry tracebacks and can be raised by code that
+prefers to), but steps and workflows *return* them inside ``Err``; they are
+raised only by the context-manager forms that cannot return a value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import attrs
+
+__all__ = [
+    "CircuitOpenError",
+    "RateLimitExceededError",
+    "SerializationError",
+    "SnapshotDecodeError",
+    "StepTimeoutError",
+    "StoreError",
+    "StoredException",
+    "UnexpectedError",
+    "WorkflowMismatchError",
+    "is_unexpected_error",
+]
+
+
+class _ValueException(Exception):
+    """Equality and hashing by type and fields, which attrs leaves out for exceptions.
+
+    Errors are values in this library: ``Err(StepTimeoutError("a", 1.0))`` should
+    equal another built the same way, as it does after a round-trip through a store.
+    """
+
+    def _fields(self) -> tuple[object, ...]:
+        return attrs.astuple(cast(Any, self), recurse=False)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _ValueException)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class UnexpectedError(_ValueException):
+    """A step or workflow body raised ``cause`` instead of returning a Result.
+
+    The original exception is kept whole, traceback included
+    (``error.cause.__traceback__``), and is also the ``__cause__`` of this
+    error, so logging it shows both.
+    """
+
+    cause: BaseException
+
+    def __attrs_post_init__(self) -> None:
+        self.__cause__ = self.cause
+
+    def __str__(self) -> str:
+        return f"unexpected {type(self.cause).__name__}: {self.cause}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class StepTimeoutError(_ValueException):
+    """Step ``step`` did not finish within ``seconds``; its work was cancelled."""
+
+    step: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"step {self.step!r} timed out after {self.seconds:g}s"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class CircuitOpenError(_ValueException):
+    """The circuit breaker ``name`` is open; the call was rejected without running.
+
+    ``retry_after`` is the number of seconds until the breaker lets a trial call through.
+    """
+
+    name: str
+    retry_after: float
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r} is open; retry after {self.retry_after:g}s"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class RateLimitExceededError(_ValueException):
+    """The rate limiter ``name`` would have made the call wait longer than allowed.
+
+    ``retry_after`` is the number of seconds until a slot is expected to be free.
+    """
+
+    name: str
+    retry_after: float
+
+    def __str__(self) -> str:
+        return f"rate limit {self.name!r} exceeded; retry after {self.retry_after:g}s"
+
+
+def is_unexpected_error(error: object) -> bool:
+    """Tell whether ``error`` (an ``Err``'s payload) is an :class:`UnexpectedError`."""
+    return isinstance(error, UnexpectedError)
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class StoredException(_ValueException):
+    """An exception read back from a store: its type name, message and formatted traceback.
+
+    Exceptions are never pickled; what survives a save is their text.  An
+    ``UnexpectedError`` loaded from a snapshot has one of these as its ``cause``.
+    """
+
+    type_name: str
+    message: str
+    traceback: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class SerializationError(_ValueException):
+    """Step ``step`` produced a value of type ``type_name`` that cannot be stored.
+
+    Returned (as ``Err``) by the step that produced the value, so nothing is
+    saved half-way and the cause is found where it happened.
+    """
+
+    step: str
+    type_name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"step {self.step!r}: cannot store a value of type {self.type_name}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class SnapshotDecodeError(_ValueException):
+    """The stored snapshot of run ``run_id`` cannot be loaded: ``reason`` says why.
+
+    Raised by ``store.load`` for a corrupt body, an unknown format version or a
+    type that is not registered.  Nothing is half-loaded.
+    """
+
+    run_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"snapshot of run {self.run_id!r} cannot be loaded: {self.reason}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class StoreError(_ValueException):
+    """The snapshot store failed during ``operation`` on run ``run_id`` (server gone, disk full...).
+
+    A durable run that meets it ends with ``Err(StoreError(...))``; what the
+    store had already committed stays valid, so the run can be resumed later.
+    """
+
+    operation: str
+    run_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"store failed during {self.operation} of run {self.run_id!r}: {self.reason}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class WorkflowMismatchError(_ValueException):
+    """Run ``run_id`` is stored as a run of ``stored`` but was started as ``requested``."""
+
+    run_id: str
+    stored: str
+    requested: str
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id!r} belongs to workflow {self.stored!r}, "
+            f"not {self.requested!r}; use another workflow_id"
+        )

@@ -1,0 +1,491 @@
+"""Turning snapshots and step values into JSON and back, without pickle or eval.
+
+Step values keep their types across a save: JSON natives pass through;
+tuples, sets, bytes, datetimes, dates, timedeltas, UUIDs, Decimals and
+non-finite floats are tagged; enums, attrs classes and dataclasses are stored
+under the name they were registered with (:func:`register_type`) and rebuilt
+through the one cattrs :data:`converter`.  Exceptions are stored as text
+(type name, message, traceback) and come back as
+:class:`~awaitly_anyio.StoredException`.
+
+Class names read from storage are only ever looked up in the registry, never
+imported, so a snapshot cannot make the process load code.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import json
+import math
+import traceback
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar, overload
+from uuid import UUID
+
+import attrs
+from cattrs.preconf.json import make_converter
+
+from .errors import (
+    CircuitOpenError,
+    RateLimitExceededError,
+    SerializationError,
+    SnapshotDecodeError,
+    StepTimeoutError,
+    StoredException,
+    UnexpectedError,
+)
+from .result import Err, Ok, Result
+from .resume import StepRecord
+from .snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
+
+__all__ = [
+    "TypeRegistry",
+    "converter",
+    "decode_value",
+    "default_registry",
+    "encode_value",
+    "register_type",
+    "snapshot_from_json",
+    "snapshot_to_json",
+]
+
+C = TypeVar("C", bound=type)
+
+_TAG = "$t"
+
+converter = make_converter()
+"""The cattrs converter for everything that crosses a process boundary."""
+converter.register_unstructure_hook(UUID, str)
+converter.register_structure_hook(UUID, lambda value, _: UUID(value))
+converter.register_unstructure_hook(Decimal, str)
+converter.register_structure_hook(Decimal, lambda value, _: Decimal(value))
+
+
+class TypeRegistry:
+    """Names for the enums, attrs classes and dataclasses that step values may hold.
+
+    A name is stored with each value of a registered type; loading looks the
+    name up here.  One name means one class, in every process that loads the snapshot.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, type] = {}
+        self._by_type: dict[type, str] = {}
+
+    def register(self, cls: C, *, name: str | None = None) -> C:
+        """Register ``cls`` under ``name`` (default: ``module.QualName``); returns ``cls``."""
+        if not isinstance(cls, type) or not (
+            attrs.has(cls) or dataclasses.is_dataclass(cls) or issubclass(cls, enum.Enum)
+        ):
+            raise TypeError(
+                f"only attrs classes, dataclasses and enums can be registered, not {cls!r}"
+            )
+        if name is None:
+            name = f"{cls.__module__}.{cls.__qualname__}"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a registered type needs a non-empty string name, not {name!r}")
+        known = self._by_name.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"the name {name!r} is already registered for {known!r}")
+        previous = self._by_type.get(cls)
+        if previous is not None and previous != name:
+            raise ValueError(f"{cls!r} is already registered as {previous!r}")
+        self._by_name[name] = cls
+        self._by_type[cls] = name
+        return cls
+
+    def name_of(self, cls: type) -> str | None:
+        """The name ``cls`` is registered under, if any."""
+        return self._by_type.get(cls)
+
+    def lookup(self, name: str) -> type | None:
+        """The class registered under ``name``, if any."""
+        return self._by_name.get(name)
+
+
+default_registry = TypeRegistry()
+"""The registry used unless a store is given another."""
+
+for _builtin in (StepTimeoutError, CircuitOpenError, RateLimitExceededError, StoredException):
+    default_registry.register(_builtin, name=f"awaitly.{_builtin.__name__}")
+
+
+@overload
+def register_type(cls: C, *, name: str | None = None) -> C: ...
+@overload
+def register_type(cls: None = None, *, name: str | None = None) -> Callable[[C], C]: ...
+def register_type(cls: C | None = None, *, name: str | None = None) -> C | Callable[[C], C]:
+    """Register a class so step values of that type can be saved and loaded.
+
+    Use it as a call (``register_type(User)``) or a decorator (``@register_type``
+    or ``@register_type(name="user.v1")``).  A stable explicit name lets you
+    move or rename the class without breaking stored snapshots.
+    """
+    if cls is None:
+        return lambda c: default_registry.register(c, name=name)
+    return default_registry.register(cls, name=name)
+
+
+class _Unstorable(Exception):
+    """A value cannot be encoded; ``type_name`` and the reason travel to SerializationError."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.type_name = type_name
+        self.reason = reason
+
+
+class _Undecodable(Exception):
+    """Stored data cannot be decoded; the message becomes SnapshotDecodeError.reason."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _exception_doc(tag: str, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, StoredException):
+        type_name, message, text = exc.type_name, exc.message, exc.traceback
+    else:
+        type_name, message = _qualname(type(exc)), str(exc)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {_TAG: tag, "type": type_name, "message": message, "traceback": text}
+
+
+def _plain(value: Any, owner: type) -> Any:
+    """Check that cattrs' output for ``owner`` is plain JSON, and return it."""
+    if value is None or type(value) in (str, int, bool):
+        return value
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise _Unstorable(_qualname(owner), f"a field holds the non-finite float {value!r}")
+        return value
+    if type(value) is list:
+        return [_plain(item, owner) for item in value]
+    if type(value) is dict:
+        for key in value:
+            if type(key) is not str:
+                raise _Unstorable(_qualname(owner), f"a field holds a dict with key {key!r}")
+        return {key: _plain(item, owner) for key, item in value.items()}
+    raise _Unstorable(
+        _qualname(owner),
+        f"a field holds a {type(value).__name__}, which has no JSON form; "
+        f"give the field a precise type or register {type(value).__name__}",
+    )
+
+
+def encode_value(value: Any, registry: TypeRegistry = default_registry) -> Any:
+    """Encode ``value`` as JSON-ready data that :func:`decode_value` turns back into it.
+
+    Raises ``TypeError`` naming the type when the value cannot be stored.
+    """
+    try:
+        return _encode(value, registry)
+    except _Unstorable as exc:
+        raise TypeError(f"cannot store a value of type {exc.type_name}: {exc.reason}") from None
+
+
+def _encode(value: Any, registry: TypeRegistry) -> Any:
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
+    if kind is list:
+        return [_encode(item, registry) for item in value]
+    if kind is dict:
+        if _TAG not in value and all(type(key) is str for key in value):
+            return {key: _encode(item, registry) for key, item in value.items()}
+        return {
+            _TAG: "dict",
+            "v": [[_encode(k, registry), _encode(v, registry)] for k, v in value.items()],
+        }
+    if kind is tuple:
+        return {_TAG: "tuple", "v": [_encode(item, registry) for item in value]}
+    if kind is set or kind is frozenset:
+        return {_TAG: kind.__name__, "v": [_encode(item, registry) for item in value]}
+    if kind is bytes:
+        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if kind is datetime:
+        return {_TAG: "datetime", "v": value.isoformat()}
+    if kind is date:
+        return {_TAG: "date", "v": value.isoformat()}
+    if kind is timedelta:
+        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if kind is UUID:
+        return {_TAG: "uuid", "v": str(value)}
+    if kind is Decimal:
+        return {_TAG: "decimal", "v": str(value)}
+    if kind is UnexpectedError:
+        return _exception_doc("unexpected", value.cause)
+    name = registry.name_of(kind)
+    if name is not None:
+        if isinstance(value, enum.Enum):
+            return {_TAG: "enum", "n": name, "v": _encode(value.value, registry)}
+        return {_TAG: "obj", "n": name, "v": _plain(converter.unstructure(value), kind)}
+    if isinstance(value, BaseException):
+        return _exception_doc("exception", value)
+    if attrs.has(kind) or dataclasses.is_dataclass(kind) or isinstance(value, enum.Enum):
+        raise _Unstorable(
+            _qualname(kind),
+            f"register it first: awaitly_anyio.register_type({kind.__name__}), "
+            f"or name it with the step option type={kind.__name__}",
+        )
+    raise _Unstorable(_qualname(kind), "it has no JSON form")
+
+
+def decode_value(data: Any, registry: TypeRegistry = default_registry) -> Any:
+    """Rebuild a value encoded by :func:`encode_value`; ``ValueError`` if the data is not valid."""
+    try:
+        return _decode(data, registry)
+    except _Undecodable as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _decode(data: Any, registry: TypeRegistry) -> Any:
+    kind = type(data)
+    if data is None or kind is str or kind is bool or kind is int or kind is float:
+        return data
+    if kind is list:
+        return [_decode(item, registry) for item in data]
+    if kind is not dict:
+        raise _Undecodable(f"unexpected {kind.__name__} in stored data")
+    tag = data.get(_TAG)
+    if tag is None:
+        return {key: _decode(item, registry) for key, item in data.items()}
+    try:
+        return _decode_tagged(tag, data, registry)
+    except _Undecodable:
+        raise
+    except Exception as exc:
+        raise _Undecodable(f"bad {tag!r} value {data.get('v')!r}: {exc}") from None
+
+
+def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) -> Any:
+    payload: Any = data.get("v")
+    if tag == "tuple":
+        return tuple(_decode(item, registry) for item in payload)
+    if tag == "set":
+        return {_decode(item, registry) for item in payload}
+    if tag == "frozenset":
+        return frozenset(_decode(item, registry) for item in payload)
+    if tag == "dict":
+        return {_decode(k, registry): _decode(v, registry) for k, v in payload}
+    if tag == "float":
+        return float(payload)
+    if tag == "bytes":
+        return base64.b64decode(payload, validate=True)
+    if tag == "datetime":
+        return datetime.fromisoformat(payload)
+    if tag == "date":
+        return date.fromisoformat(payload)
+    if tag == "timedelta":
+        days, seconds, micros = payload
+        return timedelta(days=days, seconds=seconds, microseconds=micros)
+    if tag == "uuid":
+        return UUID(payload)
+    if tag == "decimal":
+        return Decimal(payload)
+    if tag in ("unexpected", "exception"):
+        stored = StoredException(
+            str(data["type"]), str(data["message"]), str(data.get("traceback", ""))
+        )
+        return UnexpectedError(stored) if tag == "unexpected" else stored
+    if tag in ("enum", "obj"):
+        name = data.get("n")
+        cls = registry.lookup(name) if isinstance(name, str) else None
+        if cls is None:
+            raise _Undecodable(
+                f"type {name!r} is not registered in this process "
+                f"(register it with awaitly_anyio.register_type before loading)"
+            )
+        if tag == "enum":
+            return cls(_decode(payload, registry))
+        return converter.structure(payload, cls)
+    raise _Undecodable(f"unknown value tag {tag!r}")
+
+
+# ---- records and snapshots ---------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def result_to_doc(result: Result[Any, Any], registry: TypeRegistry) -> dict[str, Any]:
+    """``{"ok": true, "value": ...}`` or ``{"ok": false, "error": ...}``."""
+    if isinstance(result, Ok):
+        return {"ok": True, "value": _encode(result.value, registry)}
+    return {"ok": False, "error": _encode(result.error, registry)}
+
+
+def record_to_doc(record: StepRecord, registry: TypeRegistry = default_registry) -> dict[str, Any]:
+    """The JSON-ready form of one step record."""
+    doc = result_to_doc(record.result, registry)
+    doc["attempts"] = record.attempts
+    doc["started_at"] = _time(record.started_at)
+    doc["finished_at"] = _time(record.finished_at)
+    return doc
+
+
+def encode_step_record(step: str, record: StepRecord, registry: TypeRegistry) -> str:
+    """Serialize one step's record, or raise :class:`SerializationError` naming the step."""
+    try:
+        return dumps(record_to_doc(record, registry))
+    except _Unstorable as exc:
+        raise SerializationError(step, exc.type_name, exc.reason) from None
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Undecodable(f"{where} should be {_kind_name(kind)}, found {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__
+
+
+def _parse_optional_time(value: Any, where: str) -> datetime | None:
+    return None if value is None else _parse_time(value, where)
+
+
+def _parse_time(value: Any, where: str) -> datetime:
+    text = _expect(value, str, where)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Undecodable(f"{where} is not an ISO time: {text!r}") from None
+    if parsed.tzinfo is None:
+        raise _Undecodable(f"{where} has no time zone: {text!r}")
+    return parsed
+
+
+def result_from_doc(doc: Any, where: str, registry: TypeRegistry) -> Result[Any, Any]:
+    """The inverse of :func:`result_to_doc`."""
+    _expect(doc, dict, where)
+    ok = _expect(doc.get("ok"), bool, f"{where}.ok")
+    if ok:
+        if "value" not in doc:
+            raise _Undecodable(f"{where} has no value")
+        return Ok(_decode(doc["value"], registry))
+    if "error" not in doc:
+        raise _Undecodable(f"{where} has no error")
+    return Err(_decode(doc["error"], registry))
+
+
+def record_from_doc(doc: Any, where: str, registry: TypeRegistry) -> StepRecord:
+    """The inverse of :func:`record_to_doc`."""
+    result = result_from_doc(doc, where, registry)
+    attempts = _expect(doc.get("attempts", 1), int, f"{where}.attempts")
+    return StepRecord(
+        result,
+        attempts=attempts,
+        started_at=_parse_optional_time(doc.get("started_at"), f"{where}.started_at"),
+        finished_at=_parse_optional_time(doc.get("finished_at"), f"{where}.finished_at"),
+    )
+
+
+def snapshot_to_doc(
+    snapshot: WorkflowSnapshot, registry: TypeRegistry = default_registry
+) -> dict[str, Any]:
+    """The whole snapshot as JSON-ready data (stores that keep one document use this)."""
+    return {
+        "format": snapshot.format_version,
+        "workflow_name": snapshot.workflow_name,
+        "workflow_id": snapshot.workflow_id,
+        "status": snapshot.status,
+        "steps": {key: record_to_doc(rec, registry) for key, rec in snapshot.steps.items()},
+        "result": None if snapshot.result is None else result_to_doc(snapshot.result, registry),
+        "metadata": _encode(dict(snapshot.metadata), registry),
+        "created_at": _time(snapshot.created_at),
+        "updated_at": _time(snapshot.updated_at),
+        "expires_at": _time(snapshot.expires_at),
+    }
+
+
+def snapshot_from_doc(
+    doc: Any, run_id: str, registry: TypeRegistry = default_registry
+) -> WorkflowSnapshot:
+    """Rebuild a snapshot, or raise :class:`SnapshotDecodeError` naming ``run_id``."""
+    try:
+        _expect(doc, dict, "the snapshot")
+        version = doc.get("format")
+        if version != FORMAT_VERSION:
+            raise _Undecodable(
+                f"unknown format version {version!r} (this version reads {FORMAT_VERSION})"
+            )
+        status = doc.get("status")
+        if status not in RUN_STATUSES:
+            raise _Undecodable(f"unknown status {status!r}")
+        steps = _expect(doc.get("steps", {}), dict, "steps")
+        records = {
+            key: record_from_doc(rec, f"steps[{key!r}]", registry) for key, rec in steps.items()
+        }
+        result_doc = doc.get("result")
+        metadata = _decode(doc.get("metadata") or {}, registry)
+        _expect(metadata, dict, "metadata")
+        return WorkflowSnapshot(
+            workflow_name=_expect(doc.get("workflow_name"), str, "workflow_name"),
+            workflow_id=_expect(doc.get("workflow_id"), str, "workflow_id"),
+            status=status,
+            steps=records,
+            result=None if result_doc is None else result_from_doc(result_doc, "result", registry),
+            metadata=metadata,
+            created_at=_parse_time(doc.get("created_at"), "created_at"),
+            updated_at=_parse_time(doc.get("updated_at"), "updated_at"),
+            expires_at=_parse_optional_time(doc.get("expires_at"), "expires_at"),
+        )
+    except _Undecodable as exc:
+        raise SnapshotDecodeError(run_id, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise SnapshotDecodeError(run_id, f"invalid data: {exc}") from None
+
+
+def dumps(doc: Any) -> str:
+    """Compact JSON; non-finite floats are refused (they are tagged before this point)."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def loads(text: str | bytes, run_id: str) -> Any:
+    """Parse stored JSON, or raise :class:`SnapshotDecodeError` naming ``run_id``."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise SnapshotDecodeError(run_id, f"corrupt JSON: {exc}") from None
+
+
+def snapshot_to_json(snapshot: WorkflowSnapshot, registry: TypeRegistry = default_registry) -> str:
+    """Serialize a whole snapshot to a JSON string.
+
+    Raises :class:`SerializationError` (step ``"<snapshot>"`` or the step key)
+    if a value cannot be stored.
+    """
+    for key, record in snapshot.steps.items():
+        encode_step_record(key, record, registry)
+    try:
+        return dumps(snapshot_to_doc(snapshot, registry))
+    except _Unstorable as exc:
+        raise SerializationError("<snapshot>", exc.type_name, exc.reason) from None
+
+
+def snapshot_from_json(
+    text: str | bytes, run_id: str, registry: TypeRegistry = default_registry
+) -> WorkflowSnapshot:
+    """Parse a snapshot serialized by :func:`snapshot_to_json`."""
+    return snapshot_from_doc(loads(text, run_id), run_id, registry)
+
+
+def _structure_snapshot(doc: Any, _: type) -> WorkflowSnapshot:
+    run_id = doc.get("workflow_id", "?") if isinstance(doc, Mapping) else "?"
+    return snapshot_from_doc(doc, str(run_id))
+
+
+converter.register_unstructure_hook(WorkflowSnapshot, snapshot_to_doc)
+converter.register_structure_hook(WorkflowSnapshot, _structure_snapshot)

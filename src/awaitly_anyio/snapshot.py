@@ -1,0 +1,95 @@
+"""The saved form of a run: :class:`WorkflowSnapshot` and the lightweight listing types.
+
+A snapshot is what a :class:`~awaitly_anyio.SnapshotStore` saves and loads.
+It is also a resume state: ``workflow.run(body, resume_state=snapshot)``
+skips the keyed steps it records as completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from .result import Result
+from .resume import StepRecord, _to_records
+
+__all__ = ["FORMAT_VERSION", "RunStatus", "SnapshotInfo", "SnapshotPage", "WorkflowSnapshot"]
+
+FORMAT_VERSION = 1
+"""The snapshot format this version writes and reads."""
+
+RunStatus: TypeAlias = Literal["running", "completed", "failed", "cancelled"]
+RUN_STATUSES: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled")
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"snapshot times must be timezone-aware, not {value!r}")
+    return value
+
+
+@attrs.frozen
+class WorkflowSnapshot:
+    """Everything needed to resume run ``workflow_id`` of ``workflow_name``, or to report on it.
+
+    ``steps`` maps step keys to their records; ``result`` is the final Result
+    once the run has ``completed`` (or ``failed``); ``metadata`` is free-form
+    JSON-able data (for example the last error and attempt time).
+    """
+
+    workflow_name: str
+    workflow_id: str
+    status: RunStatus = attrs.field(default="running", validator=attrs.validators.in_(RUN_STATUSES))
+    steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_to_records)
+    result: Result[Any, Any] | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    created_at: datetime = attrs.field(factory=utc_now, validator=lambda s, a, v: _aware(v))
+    updated_at: datetime = attrs.field(factory=utc_now, validator=lambda s, a, v: _aware(v))
+    expires_at: datetime | None = attrs.field(default=None, validator=lambda s, a, v: _aware(v))
+    format_version: int = FORMAT_VERSION
+
+    def info(self) -> SnapshotInfo:
+        """The lightweight listing entry for this snapshot."""
+        return SnapshotInfo(
+            id=self.workflow_id,
+            workflow_name=self.workflow_name,
+            status=self.status,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            expires_at=self.expires_at,
+        )
+
+
+@attrs.frozen
+class SnapshotInfo:
+    """One row of ``store.list()``: a run's identity, status and times, without its steps."""
+
+    id: str
+    workflow_name: str
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
+@attrs.frozen
+class SnapshotPage:
+    """One page of ``store.list()``, newest first.  Iterate it for the infos; pass
+    ``next_cursor`` back as ``cursor=`` for the next page (``None`` on the last one)."""
+
+    items: list[SnapshotInfo]
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Iterator[SnapshotInfo]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

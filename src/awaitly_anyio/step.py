@@ -1,0 +1,708 @@
+"""Steps: the unit of work inside a workflow, and their variants.
+
+``await ctx.step(name, fn)`` calls ``fn()`` (a zero-argument callable returning
+a Result, a plain value, or an awaitable of either) and gives back the value.
+A step that ends in ``Err`` ends the workflow: ``run`` returns that ``Err``.
+An exception raised by ``fn`` becomes ``Err(UnexpectedError(exc))`` (or what
+the workflow's ``catch_unexpected`` maps it to).
+
+Cancellation: every step is a cancellation point.  Cancellation from outside
+the step (the caller's cancel scope, a shutdown) always propagates and is
+never turned into a Result.  Only the step's own timeout, which owns its
+deadline, turns its cancellation into ``Err(StepTimeoutError)``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
+from inspect import isawaitable
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+import attrs
+
+from ._run import EarlyExit, RunState
+from .errors import StepTimeoutError
+from .events import (
+    StepCancelled,
+    StepComplete,
+    StepError,
+    StepRetry,
+    StepSkipped,
+    StepStart,
+    StepTimeout,
+)
+from .result import Err, Ok, Result
+
+__all__ = ["Backoff", "RetryPolicy", "Step"]
+
+T = TypeVar("T")
+K = TypeVar("K")
+I = TypeVar("I")  # noqa: E741
+
+Backoff = Literal["exponential", "linear", "constant"]
+_BACKOFFS = ("exponential", "linear", "constant")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, not {value!r}")
+
+
+def _optional_timeout(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _check_timeout(value, attribute.name)
+
+
+def _check_timeout(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How a step retries: up to ``attempts`` attempts in all, waiting between them.
+
+    The wait after attempt *n* is ``delay`` (``constant``), ``delay * n``
+    (``linear``) or ``delay * 2 ** (n - 1)`` (``exponential``), capped at
+    ``max_delay``, then spread by ``jitter`` (a fraction: 0.2 means ±20%).
+    ``retry_on`` sees the failure (the raised exception, the ``Err``'s error, or
+    a :class:`StepTimeoutError`) and returns whether to try again; by default
+    every failure is retried.  ``timeout`` bounds each attempt.
+    """
+
+    attempts: int = attrs.field(validator=_positive_int)
+    backoff: Backoff = attrs.field(default="exponential", validator=attrs.validators.in_(_BACKOFFS))
+    delay: float = attrs.field(default=0.1, validator=_non_negative)
+    max_delay: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
+    jitter: float = attrs.field(default=0.0, validator=_non_negative)
+    retry_on: Callable[[Any], bool] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
+    timeout: float | None = attrs.field(default=None, validator=_optional_timeout)
+
+    def __attrs_post_init__(self) -> None:
+        if self.jitter > 1:
+            raise ValueError(f"jitter must be a fraction between 0 and 1, not {self.jitter!r}")
+
+    def delay_for(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if self.backoff == "exponential":
+            wait = self.delay * 2.0 ** (attempt - 1)
+        elif self.backoff == "linear":
+            wait = self.delay * attempt
+        else:
+            wait = self.delay
+        if self.max_delay is not None:
+            wait = min(wait, self.max_delay)
+        if self.jitter:
+            wait *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
+        return max(wait, 0.0)
+
+
+def _as_result(out: object) -> Result[Any, Any]:
+    return out if isinstance(out, (Ok, Err)) else Ok(out)
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a step needs a non-empty string name, not {name!r}")
+
+
+def _check_fn(name: str, fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"step {name!r}: fn must be a zero-argument callable, not {fn!r}")
+
+
+class Step:
+    """``ctx.step``: run a step, or one of its variants (``retry``, ``all``, ``race``, ...).
+
+    Every variant accepts ``key=``: a keyed step whose key already completed
+    (earlier in this run, or in the resume state) is not executed again.
+    """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+
+    @overload
+    async def __call__(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Result[T, Any]]],
+        *,
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def __call__(
+        self,
+        name: str,
+        fn: Callable[[], Result[T, Any]],
+        *,
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def __call__(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def __call__(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    async def __call__(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> Any:
+        """Run ``fn`` as the step ``name`` and return its value.
+
+        ``Ok(v)`` and plain values give ``v``; ``Err(e)`` ends the workflow with
+        ``Err(e)``.  ``retry`` is a :class:`RetryPolicy`; ``timeout`` (seconds)
+        cancels the work when it runs out and ends the workflow with
+        ``Err(StepTimeoutError)``.  ``type`` names the class of the value for a
+        durable run's snapshot (see :func:`~awaitly_anyio.register_type`).
+        Raises nothing of its own: failures travel as the workflow's ``Err``;
+        cancellation from outside propagates.
+        """
+        run = self._run
+        if name.__class__ is not str or not name:
+            _check_name(name)
+        if key is not None and key in run.completed:
+            return self._replay(name, key)
+        if (
+            timeout is not None
+            or run.emit is not None
+            or (key is not None and run.checkpoint is not None)
+            or (
+                retry is not None
+                and (retry.__class__ is not RetryPolicy or retry.timeout is not None)
+            )
+        ):
+            if not callable(fn):
+                _check_fn(name, fn)
+            if retry is not None and not isinstance(retry, RetryPolicy):
+                raise TypeError(f"step {name!r}: retry must be a RetryPolicy, not {retry!r}")
+            if timeout is not None:
+                timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+            return await self._execute(name, fn, key, retry, timeout, run.map_exception, type)
+        # Fast path: no events, no timeout, no checkpoint.  A retry policy costs
+        # nothing until the first attempt fails.
+        try:
+            out = fn()
+            if isawaitable(out):
+                out = await out
+        except Exception as exc:
+            if not callable(fn):
+                _check_fn(name, fn)
+            if retry is not None:
+                first: tuple[Result[Any, Any], Exception | None] = (Err(exc), exc)
+                return await self._execute(
+                    name, fn, key, retry, None, run.map_exception, type, first
+                )
+            out = Err(run.map_exception(exc))
+        if isinstance(out, Ok):
+            if key is not None:
+                run.completed[key] = out
+            return out.value
+        if isinstance(out, Err):
+            if retry is not None:
+                return await self._execute(
+                    name, fn, key, retry, None, run.map_exception, type, (out, None)
+                )
+            raise EarlyExit(run, out)
+        if key is not None:
+            run.completed[key] = Ok(out)
+        return out
+
+    def _replay(self, name: str, key: str) -> Any:
+        run = self._run
+        value = run.completed[key].value
+        emit = run.emit
+        if emit is not None:
+            ts = run.clock.time()
+            emit(
+                StepStart(
+                    workflow_id=run.workflow_id,
+                    workflow_name=run.name,
+                    ts=ts,
+                    name=name,
+                    step_key=key,
+                )
+            )
+            emit(
+                StepComplete(
+                    workflow_id=run.workflow_id,
+                    workflow_name=run.name,
+                    ts=ts,
+                    name=name,
+                    step_key=key,
+                    duration_ms=0.0,
+                    value=value,
+                    cached=True,
+                )
+            )
+        return value
+
+    async def _attempt_with_timeout(
+        self, name: str, key: str | None, fn: Callable[[], Any], timeout: float, attempt: int
+    ) -> tuple[Result[Any, Any], Exception | None]:
+        """One call of ``fn`` under a deadline: its Result, and the exception if it raised."""
+        with anyio.move_on_after(timeout):
+            try:
+                out = fn()
+                if isawaitable(out):
+                    out = await out
+            except Exception as exc:
+                return Err(exc), exc
+            return _as_result(out), None
+        # Only our own deadline lands here: outside cancellation propagates through the scope.
+        run = self._run
+        if run.emit is not None:
+            run.emit(
+                StepTimeout(
+                    workflow_id=run.workflow_id,
+                    workflow_name=run.name,
+                    ts=run.clock.time(),
+                    name=name,
+                    step_key=key,
+                    seconds=timeout,
+                    attempt=attempt,
+                )
+            )
+        return Err(StepTimeoutError(name, timeout)), None
+
+    async def _execute(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        key: str | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        map_exception: Callable[[Exception], object],
+        type_hint: type[Any] | None = None,
+        first: tuple[Result[Any, Any], Exception | None] | None = None,
+    ) -> Any:
+        """The full step: events, attempts with backoff, per-attempt timeout, checkpoint.
+
+        ``first`` is the outcome of an attempt the fast path already made (it
+        emits no events, so it is only given when nobody listens).
+        """
+        run = self._run
+        emit = run.emit
+        clock = run.clock
+        started = clock.monotonic() if emit is not None else 0.0
+        if emit is not None:
+            emit(
+                StepStart(
+                    workflow_id=run.workflow_id,
+                    workflow_name=run.name,
+                    ts=clock.time(),
+                    name=name,
+                    step_key=key,
+                )
+            )
+        checkpoint = run.checkpoint if key is not None else None
+        started_at = clock.time() if checkpoint is not None else 0.0
+        attempts = 1 if retry is None else retry.attempts
+        if retry is not None and timeout is None:
+            timeout = retry.timeout
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                if first is not None:
+                    (result, raised), first = first, None
+                elif timeout is None:
+                    try:
+                        out = fn()
+                        if isawaitable(out):
+                            out = await out
+                        result, raised = _as_result(out), None
+                    except Exception as exc:
+                        result, raised = Err(exc), exc
+                else:
+                    result, raised = await self._attempt_with_timeout(
+                        name, key, fn, timeout, attempt
+                    )
+                if result.ok or attempt >= attempts:
+                    break
+                assert retry is not None
+                failure = result.error
+                if retry.retry_on is not None and not retry.retry_on(failure):
+                    break
+                delay = retry.delay_for(attempt)
+                if emit is not None:
+                    emit(
+                        StepRetry(
+                            workflow_id=run.workflow_id,
+                            workflow_name=run.name,
+                            ts=clock.time(),
+                            name=name,
+                            step_key=key,
+                            attempt=attempt,
+                            delay=delay,
+                            error=failure,
+                        )
+                    )
+                await clock.sleep(delay)
+            if raised is not None:
+                result = Err(map_exception(raised))
+            if checkpoint is not None:
+                assert key is not None
+                unsaved = await checkpoint(name, key, result, attempt, started_at, type_hint)
+                if unsaved is not None and isinstance(result, Ok):
+                    result = unsaved
+        except EarlyExit as exc:
+            # A nested step inside fn ended the workflow: this step failed with it.
+            if emit is not None:
+                emit(self._error_event(name, key, started, exc.result.error, attempt))
+            raise
+        except BaseException:
+            if emit is not None:
+                emit(
+                    StepCancelled(
+                        workflow_id=run.workflow_id,
+                        workflow_name=run.name,
+                        ts=clock.time(),
+                        name=name,
+                        step_key=key,
+                        duration_ms=(clock.monotonic() - started) * 1000.0,
+                    )
+                )
+            raise
+        if isinstance(result, Ok):
+            if key is not None:
+                run.completed[key] = result
+            if emit is not None:
+                emit(
+                    StepComplete(
+                        workflow_id=run.workflow_id,
+                        workflow_name=run.name,
+                        ts=clock.time(),
+                        name=name,
+                        step_key=key,
+                        duration_ms=(clock.monotonic() - started) * 1000.0,
+                        value=result.value,
+                        attempt=attempt,
+                    )
+                )
+            return result.value
+        if emit is not None:
+            emit(self._error_event(name, key, started, result.error, attempt))
+        raise EarlyExit(run, result)
+
+    def _error_event(
+        self, name: str, key: str | None, started: float, error: object, attempt: int
+    ) -> StepError:
+        run = self._run
+        return StepError(
+            workflow_id=run.workflow_id,
+            workflow_name=run.name,
+            ts=run.clock.time(),
+            name=name,
+            step_key=key,
+            duration_ms=(run.clock.monotonic() - started) * 1000.0,
+            error=error,
+            attempt=attempt,
+        )
+
+    async def _settle(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """Run a child of a group step to a Result; a nested step's early exit becomes its Err."""
+        run = self._run
+        try:
+            out = fn()
+            if isawaitable(out):
+                out = await out
+        except EarlyExit as exc:
+            if exc.run is not run:
+                raise
+            return exc.result
+        except Exception as exc:
+            return Err(run.map_exception(exc))
+        return _as_result(out)
+
+    # ---- variants -----------------------------------------------------------------
+
+    async def retry(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        attempts: int,
+        backoff: Backoff = "exponential",
+        delay: float = 0.1,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        type: type[Any] | None = None,
+    ) -> Any:
+        """Run ``fn`` up to ``attempts`` times, waiting on the workflow's clock in between.
+
+        See :class:`RetryPolicy` for the schedule and ``retry_on``.  ``timeout``
+        bounds each attempt.  The last failure ends the workflow.  Cancellation
+        during an attempt or a wait propagates.
+        """
+        policy = RetryPolicy(
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            max_delay=max_delay,
+            jitter=jitter,
+            retry_on=retry_on,
+            timeout=timeout,
+        )
+        return await self(name, fn, key=key, retry=policy, type=type)
+
+    async def with_timeout(
+        self, name: str, fn: Callable[[], Any], *, seconds: float, key: str | None = None
+    ) -> Any:
+        """Run ``fn`` with a deadline of ``seconds``; past it the work is cancelled and
+        the workflow ends with ``Err(StepTimeoutError(name, seconds))``."""
+        return await self(name, fn, key=key, timeout=seconds)
+
+    async def try_(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        error: object,
+        key: str | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> Any:
+        """Run ``fn``, turning an exception it raises into ``Err(error)``.
+
+        ``error`` is the typed error to use, or a function (not a class) that
+        builds one from the exception: ``error=lambda exc: PaymentDeclined(str(exc))``.
+        """
+        _check_name(name)
+        _check_fn(name, fn)
+        if callable(error) and not isinstance(error, builtins.type):
+            mapper: Callable[[Exception], object] = error
+        else:
+
+            def mapper(_: Exception) -> object:
+                return error
+
+        if timeout is not None:
+            timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+        if key is not None and key in self._run.completed:
+            return self._replay(name, key)
+        return await self._execute(name, fn, key, None, timeout, mapper, type)
+
+    async def sleep(self, name: str, seconds: float, *, key: str | None = None) -> None:
+        """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ValueError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
+        clock = self._run.clock
+        await self(name, lambda: clock.sleep(seconds), key=key)
+
+    def skip(self, name: str, *, key: str | None = None, reason: str | None = None) -> None:
+        """Record that the step ``name`` was deliberately not run (emits ``step_skipped``)."""
+        _check_name(name)
+        run = self._run
+        if run.emit is not None:
+            run.emit(
+                StepSkipped(
+                    workflow_id=run.workflow_id,
+                    workflow_name=run.name,
+                    ts=run.clock.time(),
+                    name=name,
+                    step_key=key,
+                    reason=reason,
+                )
+            )
+
+    @overload
+    async def all(
+        self,
+        name: str,
+        fns: Mapping[K, Callable[[], Any]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[K, Any]: ...
+    @overload
+    async def all(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], Any]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]: ...
+    async def all(
+        self,
+        name: str,
+        fns: Mapping[Any, Callable[[], Any]] | Sequence[Callable[[], Any]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[Any, Any] | list[Any]:
+        """Run every child concurrently in one task group and return all their values.
+
+        Given a mapping ``{label: fn}`` it returns ``{label: value}``; given a
+        sequence, a list in the same order.  The first child to end in
+        ``Err`` (or raise) cancels its siblings and ends the workflow.
+        """
+        labels, thunks = _labelled(name, fns)
+
+        async def gather() -> Result[Any, Any]:
+            values: list[Any] = [None] * len(thunks)
+            failure: list[Err[Any]] = []
+            async with anyio.create_task_group() as tg:
+
+                async def child(index: int, fn: Callable[[], Any]) -> None:
+                    res = await self._settle(fn)
+                    if isinstance(res, Ok):
+                        values[index] = res.value
+                    elif not failure:
+                        failure.append(res)
+                        tg.cancel_scope.cancel()
+
+                for index, fn in enumerate(thunks):
+                    tg.start_soon(child, index, fn)
+            if failure:
+                return failure[0]
+            return Ok(values if labels is None else dict(zip(labels, values, strict=True)))
+
+        result: dict[Any, Any] | list[Any] = await self(name, gather, key=key, timeout=timeout)
+        return result
+
+    async def race(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], Any]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run the children concurrently; the first to finish decides and the rest are cancelled.
+
+        If the first to finish ends in ``Err`` (or raises), the workflow ends with it.
+        """
+        _, thunks = _labelled(name, fns)
+        if not thunks:
+            raise ValueError(f"step {name!r}: race needs at least one child")
+
+        async def first() -> Result[Any, Any]:
+            winner: list[Result[Any, Any]] = []
+            async with anyio.create_task_group() as tg:
+
+                async def child(fn: Callable[[], Any]) -> None:
+                    res = await self._settle(fn)
+                    if not winner:
+                        winner.append(res)
+                        tg.cancel_scope.cancel()
+
+                for fn in thunks:
+                    tg.start_soon(child, fn)
+            return winner[0]
+
+        return await self(name, first, key=key, timeout=timeout)
+
+    async def for_each(
+        self,
+        name: str,
+        items: Iterable[I],
+        fn: Callable[[I], Any],
+        *,
+        concurrency: int = 1,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Call ``fn(item)`` for every item, at most ``concurrency`` at a time, and return
+        the values in the order of ``items``.  The first ``Err`` stops the rest."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f"step {name!r}: concurrency must be an integer >= 1, not {concurrency!r}"
+            )
+        _check_fn(name, fn)
+        pending = list(items)
+
+        async def each() -> Result[Any, Any]:
+            values: list[Any] = [None] * len(pending)
+            if concurrency == 1:
+                for index, item in enumerate(pending):
+                    res = await self._settle(partial(fn, item))
+                    if isinstance(res, Err):
+                        return res
+                    values[index] = res.value
+                return Ok(values)
+            failure: list[Err[Any]] = []
+            work = iter(enumerate(pending))
+            async with anyio.create_task_group() as tg:
+
+                async def worker() -> None:
+                    for index, item in work:
+                        res = await self._settle(partial(fn, item))
+                        if isinstance(res, Ok):
+                            values[index] = res.value
+                        else:
+                            if not failure:
+                                failure.append(res)
+                                tg.cancel_scope.cancel()
+                            return
+
+                for _ in range(min(concurrency, len(pending))):
+                    tg.start_soon(worker)
+            return failure[0] if failure else Ok(values)
+
+        result: list[Any] = await self(name, each, key=key, timeout=timeout)
+        return result
+
+
+def _labelled(
+    name: str, fns: Mapping[Any, Callable[[], Any]] | Sequence[Callable[[], Any]]
+) -> tuple[list[Any] | None, list[Callable[[], Any]]]:
+    if isinstance(fns, Mapping):
+        labels: list[Any] | None = list(fns.keys())
+        thunks = list(fns.values())
+    elif isinstance(fns, (list, tuple)):
+        labels = None
+        thunks = list(fns)
+    else:
+        raise TypeError(f"step {name!r}: expected a mapping or a list of callables, not {fns!r}")
+    for thunk in thunks:
+        _check_fn(name, thunk)
+    return labels, thunks

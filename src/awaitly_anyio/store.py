@@ -1,0 +1,212 @@
+"""The :class:`SnapshotStore` protocol, the checkpointing extension durable runs use, and
+:func:`open_store`.
+
+A store needs only five coroutines (``save``, ``load``, ``delete``, ``list``,
+``close``) and ``async with`` support to work with everything in this library.
+Stores that also implement :class:`CheckpointStore` let a durable run write
+one small record per keyed step instead of rewriting the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from .result import Result
+from .resume import StepRecord
+from .snapshot import RUN_STATUSES, RunStatus, SnapshotPage, WorkflowSnapshot
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["CheckpointStore", "EncodedStep", "SnapshotStore", "open_store"]
+
+Ttl = float | timedelta | None
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """Where snapshots live.  Every method is a cancellation point; a failure of the
+    underlying storage raises (the durable runner turns it into ``Err(StoreError)``)."""
+
+    async def save(
+        self,
+        id: str,
+        snapshot: WorkflowSnapshot,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store ``snapshot`` under ``id``, replacing what was there.
+
+        ``ttl`` (seconds or a timedelta) makes it expire; ``metadata`` is merged
+        over the snapshot's own.
+        """
+        ...
+
+    async def load(self, id: str) -> WorkflowSnapshot | None:
+        """The snapshot stored under ``id``, or ``None`` if there is none or it expired.
+
+        Raises :class:`~awaitly_anyio.SnapshotDecodeError` for a corrupt or foreign one.
+        """
+        ...
+
+    async def delete(self, id: str) -> bool:
+        """Remove ``id``; return whether there was anything to remove."""
+        ...
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage:
+        """Snapshots newest first (by ``updated_at``), ``limit`` at a time; pass the
+        page's ``next_cursor`` back to continue.  Expired snapshots are never listed."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files.  Closing twice is harmless."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@attrs.frozen
+class EncodedStep:
+    """One keyed step's record, with its JSON form already made (so encoding errors
+    are reported at the step, and stores need not encode again)."""
+
+    key: str
+    record: StepRecord
+    json: str
+
+
+@runtime_checkable
+class CheckpointStore(SnapshotStore, Protocol):
+    """The operations a durable run uses, each one small write."""
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create the run (status ``running``) or set an existing one back to ``running``,
+        keeping its step records."""
+        ...
+
+    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+        """Add or replace one step record of run ``id``; durable once this returns."""
+        ...
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the run's end: its status, final result (also pre-encoded), expiry and
+        metadata, leaving the step records as they are."""
+        ...
+
+
+# ---- helpers every store shares --------------------------------------------------------
+
+
+def check_id(id: object) -> str:
+    """Validate a run id: a non-empty string without NUL characters."""
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"a run id must be a non-empty string, not {id!r}")
+    if "\x00" in id:
+        raise ValueError("a run id must not contain NUL characters")
+    return id
+
+
+def check_list_args(prefix: object, status: object, limit: object) -> None:
+    """Validate the arguments of ``list``."""
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, not {prefix!r}")
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit must be an integer from 1 to 10000, not {limit!r}")
+
+
+def ttl_seconds(ttl: object) -> float | None:
+    """Normalize a TTL to seconds (``None`` means no expiry)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds or a timedelta, not {ttl!r}")
+    if not math.isfinite(ttl):
+        return None
+    return float(ttl)
+
+
+def from_epoch(seconds: float) -> datetime:
+    """An aware UTC datetime from epoch seconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def encode_cursor(updated_at: float, id: str) -> str:
+    """An opaque cursor pointing just after (``updated_at``, ``id``) in newest-first order."""
+    raw = json.dumps([updated_at, id], ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The inverse of :func:`encode_cursor`; ``ValueError`` for a cursor not made by it."""
+    try:
+        updated_at, id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)):
+            raise TypeError
+        if not isinstance(id, str):
+            raise TypeError
+    except (ValueError, TypeError, UnicodeError):
+        raise ValueError(f"invalid list cursor {cursor!r}") from None
+    return float(updated_at), id
+
+
+def open_store(url: str, **options: Any) -> SnapshotStore:
+    """Open the store a URL names; use it with ``async with``.
+
+    - ``memory://``: :class:`~awaitly_anyio.stores.MemoryStore`
+    - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``:
+      :class:`~awaitly_anyio.stores.SQLiteStore`
+
+    ``options`` go to the store's constructor.  Raises ``ValueError`` for a URL
+    with an unknown scheme or without a path.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"a store URL looks like 'sqlite:///runs.db' or 'memory://', not {url!r}")
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        if rest not in ("", "/"):
+            raise ValueError(f"memory:// takes no path, not {url!r}")
+        from .stores.memory import MemoryStore
+
+        return MemoryStore(**options)
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError(
+                f"a SQLite URL is sqlite:///relative.db or sqlite:////absolute/path.db, not {url!r}"
+            )
+        from .stores.sqlite import SQLiteStore
+
+        return SQLiteStore(rest[1:], **options)
+    raise ValueError(f"unknown store scheme {scheme!r} in {url!r} (known: memory, sqlite)")

@@ -1,0 +1,27 @@
+"""The snapshot stores that ship with awaitly-anyio.
+
+Each store lives in its own module and imports its driver only when used, so
+``from awaitly_anyio.stores import SQLiteStore`` costs nothing extra.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .memory import MemoryStore
+    from .sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "SQLiteStore"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemoryStore":
+        from .memory import MemoryStore
+
+        return MemoryStore
+    if name == "SQLiteStore":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

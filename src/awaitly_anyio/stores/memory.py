@@ -1,0 +1,210 @@
+"""An in-process store: for tests, demos and single-process use.
+
+It keeps the same JSON rows as the database stores, so a value that could not
+be saved to SQLite cannot be saved here either, and a loaded snapshot never
+shares objects with the one that was saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio.lowlevel
+import attrs
+
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from ..clock import Clock, SystemClock
+from ..result import Result
+from ..serialization import TypeRegistry, default_registry
+from ..snapshot import RunStatus, SnapshotPage, WorkflowSnapshot
+from ..store import (
+    EncodedStep,
+    Ttl,
+    check_id,
+    check_list_args,
+    decode_cursor,
+    encode_cursor,
+    ttl_seconds,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``CheckpointStore``) held in a dict.
+
+    ``clock`` supplies wall time for TTLs and ``updated_at``; ``registry`` names
+    the types step values may hold.  Every method checkpoints, so it is a
+    cancellation point like a real store's.
+    """
+
+    def __init__(
+        self, *, clock: Clock | None = None, registry: TypeRegistry = default_registry
+    ) -> None:
+        self._clock = clock if clock is not None else SystemClock()
+        self._registry = registry
+        self._runs: dict[str, RunRow] = {}
+        self._steps: dict[str, dict[str, str]] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> MemoryStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self._runs)} runs)"
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The types this store can save and load."""
+        return self._registry
+
+    def _live(self, id: str) -> RunRow | None:
+        if self._closed:
+            raise RuntimeError("this MemoryStore is closed")
+        row = self._runs.get(id)
+        if row is not None and row.expires_at is not None and row.expires_at <= self._clock.time():
+            del self._runs[id]
+            self._steps.pop(id, None)
+            return None
+        return row
+
+    def _expiry(self, ttl: Ttl) -> float | None:
+        seconds = ttl_seconds(ttl)
+        return None if seconds is None else self._clock.time() + seconds
+
+    async def save(
+        self,
+        id: str,
+        snapshot: WorkflowSnapshot,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replace run ``id`` with ``snapshot``."""
+        check_id(id)
+        row, steps = split(
+            snapshot,
+            self._registry,
+            now=self._clock.time(),
+            expires_at=self._expiry(ttl),
+            metadata=metadata,
+        )
+        await anyio.lowlevel.checkpoint()
+        self._live(id)
+        self._runs[id] = row
+        self._steps[id] = dict(steps)
+
+    async def load(self, id: str) -> WorkflowSnapshot | None:
+        """Run ``id``'s snapshot, or ``None``."""
+        check_id(id)
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        if row is None:
+            return None
+        return assemble(id, row, self._steps.get(id, {}).items(), self._registry)
+
+    async def delete(self, id: str) -> bool:
+        """Remove run ``id``."""
+        check_id(id)
+        await anyio.lowlevel.checkpoint()
+        existed = self._live(id) is not None
+        self._runs.pop(id, None)
+        self._steps.pop(id, None)
+        return existed
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage:
+        """Runs newest first, ``limit`` at a time."""
+        check_list_args(prefix, status, limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        await anyio.lowlevel.checkpoint()
+        rows = []
+        for id in list(self._runs):
+            row = self._live(id)
+            if row is None or (prefix is not None and not id.startswith(prefix)):
+                continue
+            if status is not None and row.status != status:
+                continue
+            if after is not None and (row.updated_at, id) >= after:
+                continue
+            rows.append((row.updated_at, id, row))
+        rows.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        page = rows[:limit]
+        infos = [info(id, row) for _, id, row in page]
+        more = len(rows) > limit
+        next_cursor = encode_cursor(page[-1][0], page[-1][1]) if more and page else None
+        return SnapshotPage(infos, next_cursor)
+
+    async def close(self) -> None:
+        """Forget every run."""
+        self._closed = True
+        self._runs.clear()
+        self._steps.clear()
+
+    # ---- CheckpointStore ---------------------------------------------------------------
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create run ``id`` or set it back to running, keeping its steps."""
+        check_id(id)
+        await anyio.lowlevel.checkpoint()
+        now = self._clock.time()
+        row = self._live(id)
+        merged = {} if row is None else decode_metadata(id, row, self._registry)
+        merged.update(metadata or {})
+        self._runs[id] = RunRow(
+            workflow_name=workflow_name,
+            status="running",
+            result_json=None,
+            metadata_json=encode_metadata(merged, self._registry),
+            created_at=now if row is None else row.created_at,
+            updated_at=now,
+            expires_at=None,
+        )
+        self._steps.setdefault(id, {})
+
+    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+        """Add one step record to run ``id``."""
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        if row is None:
+            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        self._steps[id][step.key] = step.json
+        self._runs[id] = attrs.evolve(row, updated_at=self._clock.time())
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how run ``id`` ended."""
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        if row is None:
+            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        merged = decode_metadata(id, row, self._registry)
+        merged.update(metadata or {})
+        self._runs[id] = attrs.evolve(
+            row,
+            status=status,
+            result_json=result_json,
+            metadata_json=encode_metadata(merged, self._registry),
+            updated_at=self._clock.time(),
+            expires_at=self._expiry(ttl),
+        )

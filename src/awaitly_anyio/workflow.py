@@ -1,0 +1,348 @@
+"""Workflows: a named body of steps, run as a coroutine that returns a Result.
+
+``run`` never raises for a failure: a step's ``Err`` or a foreign exception
+comes back as ``Err``.  It does let cancellation through: if the caller's
+cancel scope (a timeout around the run, a shutdown) cancels a running
+workflow, ``run`` emits ``workflow_cancelled`` and re-raises.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+
+import attrs
+
+from ._run import (
+    Checkpoint,
+    EarlyExit,
+    Emit,
+    RunState,
+    default_map_exception,
+    logger,
+    make_emitter,
+)
+from .clock import Clock, SystemClock
+from .context import Deps, WorkflowContext
+from .events import (
+    EventHandler,
+    WorkflowCancelled,
+    WorkflowComplete,
+    WorkflowError,
+    WorkflowStart,
+)
+from .result import Err, Ok, Result
+
+if TYPE_CHECKING:
+    from .store import SnapshotStore
+from .resume import SupportsResume, completed_results
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Workflow", "create_workflow", "run"]
+
+D = TypeVar("D")
+T = TypeVar("T")
+
+OnEvent: TypeAlias = EventHandler | Sequence[EventHandler] | None
+
+
+def _handlers(on_event: object) -> tuple[EventHandler, ...]:
+    if on_event is None:
+        return ()
+    if callable(on_event):
+        return (on_event,)
+    if isinstance(on_event, Sequence) and not isinstance(on_event, (str, bytes)):
+        for handler in on_event:
+            if not callable(handler):
+                raise TypeError(f"on_event handlers must be callables, not {handler!r}")
+        return tuple(on_event)
+    raise TypeError(f"on_event must be a callable or a sequence of callables, not {on_event!r}")
+
+
+def _check_workflow_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a workflow needs a non-empty string name, not {name!r}")
+    return name
+
+
+def _check_clock(clock: object) -> Clock:
+    if not isinstance(clock, Clock):
+        raise TypeError(f"clock must provide monotonic(), time() and async sleep(), not {clock!r}")
+    return clock
+
+
+@attrs.frozen
+class Workflow(Generic[D]):
+    """A named workflow with its dependencies and event handlers; build it with
+    :func:`create_workflow` and call :meth:`run` as often as you like (runs are independent)."""
+
+    name: str = attrs.field(converter=_check_workflow_name)
+    deps: D
+    on_event: tuple[EventHandler, ...] = attrs.field(default=(), converter=_handlers)
+    catch_unexpected: Callable[[Exception], object] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
+    )
+    clock: Clock = attrs.field(factory=SystemClock, converter=_check_clock)
+    _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
+
+    @_emit.default
+    def _make_emit(self) -> Emit | None:
+        return make_emitter(self.on_event)
+
+    @overload
+    async def run(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
+        *,
+        workflow_id: str | None = None,
+        resume_state: SupportsResume | None = None,
+        store: SnapshotStore | None = None,
+        ttl: float | timedelta | None = None,
+        failure_ttl: float | timedelta | None = None,
+        delete_on_success: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Result[T, Any]: ...
+    @overload
+    async def run(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[T]],
+        *,
+        workflow_id: str | None = None,
+        resume_state: SupportsResume | None = None,
+        store: SnapshotStore | None = None,
+        ttl: float | timedelta | None = None,
+        failure_ttl: float | timedelta | None = None,
+        delete_on_success: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Result[T, Any]: ...
+    async def run(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        *,
+        workflow_id: str | None = None,
+        resume_state: SupportsResume | None = None,
+        store: SnapshotStore | None = None,
+        ttl: float | timedelta | None = None,
+        failure_ttl: float | timedelta | None = None,
+        delete_on_success: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Result[Any, Any]:
+        """Run ``body(ctx)`` and return its outcome as a Result.
+
+        The body may return a plain value (wrapped in ``Ok``) or a Result.
+        ``workflow_id`` defaults to a fresh uuid4 string.  ``resume_state``
+        (a :class:`~awaitly_anyio.ResumeState` or a snapshot) answers keyed
+        steps that already completed, so they are not executed again.
+
+        With ``store``, the run is durable (see :mod:`awaitly_anyio.durable`):
+        it resumes run ``workflow_id`` from the store, checkpoints every keyed
+        step as it completes, returns a completed run's stored result without
+        executing anything, and records the outcome: a completed run kept for
+        ``ttl`` (or deleted, ``delete_on_success=True``), a failed one kept for
+        ``failure_ttl`` with the error and last attempt time in its metadata.
+
+        Raises only for a programming error in the arguments (``TypeError``,
+        ``ValueError``) and for cancellation from outside, which is re-raised
+        after ``workflow_cancelled`` is emitted (and, for a durable run, after
+        the run is recorded as ``cancelled`` in a short shielded scope).
+        """
+        if not callable(body):
+            raise TypeError(f"workflow {self.name!r}: body must be an async callable, not {body!r}")
+        if workflow_id is None:
+            workflow_id = str(uuid.uuid4())
+        elif not isinstance(workflow_id, str) or not workflow_id:
+            raise ValueError(
+                f"workflow {self.name!r}: workflow_id must be a non-empty string, "
+                f"not {workflow_id!r}"
+            )
+        if store is None:
+            if ttl is not None or failure_ttl is not None or delete_on_success or metadata:
+                raise ValueError(
+                    f"workflow {self.name!r}: ttl, failure_ttl, delete_on_success and "
+                    f"metadata need a store"
+                )
+            return await self._execute(body, workflow_id, resume_state, None)
+        if resume_state is not None:
+            raise ValueError(
+                f"workflow {self.name!r}: give a store or a resume_state, not both "
+                f"(a durable run resumes from its store)"
+            )
+        from .durable import DurableOptions, run_durable
+        from .store import ttl_seconds
+
+        ttl_seconds(ttl)
+        ttl_seconds(failure_ttl)
+        options = DurableOptions(ttl, failure_ttl, bool(delete_on_success), metadata)
+        return await run_durable(
+            self, body, store=store, workflow_id=workflow_id, options=options, execute=self._execute
+        )
+
+    async def _execute(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        workflow_id: str,
+        resume_state: SupportsResume | None,
+        checkpoint: Checkpoint | None,
+    ) -> Result[Any, Any]:
+        """One run of the body, with events; the shared core of plain and durable runs."""
+        map_exception = self.catch_unexpected or default_map_exception
+        state = RunState(
+            name=self.name,
+            workflow_id=workflow_id,
+            clock=self.clock,
+            emit=self._emit,
+            map_exception=map_exception,
+            completed=completed_results(resume_state),
+            checkpoint=checkpoint,
+        )
+        ctx = WorkflowContext(state, self.deps)
+        emit = self._emit
+        if emit is None:
+            return await _outcome(state, body, ctx)
+        clock = self.clock
+        started = clock.monotonic()
+        emit(WorkflowStart(workflow_id=workflow_id, workflow_name=self.name, ts=clock.time()))
+        try:
+            result = await _outcome(state, body, ctx)
+        except BaseException:
+            emit(
+                WorkflowCancelled(
+                    workflow_id=workflow_id,
+                    workflow_name=self.name,
+                    ts=clock.time(),
+                    duration_ms=(clock.monotonic() - started) * 1000.0,
+                )
+            )
+            raise
+        duration_ms = (clock.monotonic() - started) * 1000.0
+        if isinstance(result, Ok):
+            emit(
+                WorkflowComplete(
+                    workflow_id=workflow_id,
+                    workflow_name=self.name,
+                    ts=clock.time(),
+                    duration_ms=duration_ms,
+                    value=result.value,
+                )
+            )
+        else:
+            emit(
+                WorkflowError(
+                    workflow_id=workflow_id,
+                    workflow_name=self.name,
+                    ts=clock.time(),
+                    duration_ms=duration_ms,
+                    error=result.error,
+                )
+            )
+        return result
+
+
+async def _outcome(
+    state: RunState,
+    body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
+    ctx: WorkflowContext[Any],
+) -> Result[Any, Any]:
+    """Await the body and turn every way it can end, except cancellation, into a Result."""
+    try:
+        out = await body(ctx)
+    except EarlyExit as exc:
+        if exc.run is not state:
+            raise
+        return exc.result
+    except Exception as exc:
+        return Err(state.map_exception(exc))
+    except BaseExceptionGroup as group:
+        # A task group inside the body carried our early exit out of one of its children.
+        ours, rest = group.split(lambda e: isinstance(e, EarlyExit) and e.run is state)
+        if ours is None or (rest is not None and not isinstance(rest, Exception)):
+            raise
+        if rest is not None:
+            logger.error(
+                "workflow %r (%s): other failures beside the early exit",
+                state.name,
+                state.workflow_id,
+                exc_info=rest,
+            )
+        first = _first_leaf(ours)
+        assert isinstance(first, EarlyExit)
+        return first.result
+    if isinstance(out, (Ok, Err)):
+        return out
+    return Ok(out)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+@overload
+def create_workflow(
+    name: str,
+    deps: Mapping[str, Any] | None = None,
+    *,
+    on_event: OnEvent = None,
+    catch_unexpected: Callable[[Exception], object] | None = None,
+    clock: Clock | None = None,
+) -> Workflow[Deps]: ...
+@overload
+def create_workflow(
+    name: str,
+    deps: D,
+    *,
+    on_event: OnEvent = None,
+    catch_unexpected: Callable[[Exception], object] | None = None,
+    clock: Clock | None = None,
+) -> Workflow[D]: ...
+def create_workflow(
+    name: str,
+    deps: Any = None,
+    *,
+    on_event: OnEvent = None,
+    catch_unexpected: Callable[[Exception], object] | None = None,
+    clock: Clock | None = None,
+) -> Workflow[Any]:
+    """Create a :class:`Workflow` called ``name``.
+
+    ``deps`` is handed to every run as ``ctx.deps``; a mapping (or ``None``)
+    becomes :class:`Deps`, which allows ``ctx.deps.fetch_user``.  ``on_event``
+    takes one handler or a sequence.  ``catch_unexpected(exc)`` maps a foreign
+    exception to the error value to return (default: ``UnexpectedError(exc)``).
+    ``clock`` drives retries, backoff and ``step.sleep`` (default: the system clock).
+    """
+    if deps is None or isinstance(deps, Mapping):
+        deps = Deps(deps)
+    return Workflow(
+        name,
+        deps,
+        on_event=on_event,
+        catch_unexpected=catch_unexpected,
+        clock=clock if clock is not None else SystemClock(),
+    )
+
+
+async def run(
+    body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
+    *,
+    name: str = "workflow",
+    deps: Any = None,
+    on_event: OnEvent = None,
+    catch_unexpected: Callable[[Exception], object] | None = None,
+    clock: Clock | None = None,
+    workflow_id: str | None = None,
+    resume_state: SupportsResume | None = None,
+) -> Result[Any, Any]:
+    """Run ``body`` once as an anonymous workflow; the arguments are those of
+    :func:`create_workflow` and :meth:`Workflow.run`."""
+    workflow = create_workflow(
+        name, deps, on_event=on_event, catch_unexpected=catch_unexpected, clock=clock
+    )
+    return await workflow.run(body, workflow_id=workflow_id, resume_state=resume_state)

@@ -59,12 +59,12 @@ def _kill_mid_run(
             child.kill()
             raise AssertionError("the child never started working")
         time.sleep(0.002)
-    time.sleep(rng.uniform(0, 0.03))
+    time.sleep(rng.uniform(0, 0.01))
     if child.poll() is not None:
         child.communicate()
         return None
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.communicate()
     assert child.returncode == -signal.SIGKILL
     return child.pid
 
@@ -83,10 +83,13 @@ def test_sigkill_at_random_points_never_repeats_a_checkpointed_step(tmp_path: Pa
         effects = tmp_path / f"effects-{run}.txt"
         backend = "trio" if run % 2 else "asyncio"
         killed: set[int] = set()
-        for _ in range(KILLS_PER_RUN):
+        for _ in range(KILLS_PER_RUN * 2):
             pid = _kill_mid_run(db, run_id, effects, backend, rng)
-            if pid is not None:
-                killed.add(pid)
+            if pid is None:
+                break  # the run got to its end before the kill
+            killed.add(pid)
+            if len(killed) == KILLS_PER_RUN:
+                break
         kills += len(killed)
         final = _start(db, run_id, effects, backend)
         out, err = final.communicate(timeout=120)

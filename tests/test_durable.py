@@ -30,21 +30,18 @@ from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 
+from .store_kits import KITS, StoreKit, kit_ids
+
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KITS, ids=kit_ids())
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        async with MemoryStore(clock=clock) as memory:
-            yield memory
-    else:
-        from awaitly_anyio.stores.sqlite import SQLiteStore
-
-        async with SQLiteStore(tmp_path / "runs.db", clock=clock) as sqlite:
-            yield sqlite
+    kit: StoreKit = request.param
+    async with kit.open(tmp_path, clock) as opened:
+        yield opened
 
 
 @pytest.fixture

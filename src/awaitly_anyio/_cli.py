@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -36,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     runs.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    runs.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, so the types it registers can be loaded (repeatable)",
+    )
     actions = runs.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="runs, newest first")
     listing.add_argument("--status", choices=RUN_STATUSES)
@@ -88,6 +97,16 @@ def _print_snapshot(snapshot: WorkflowSnapshot, out: TextIO) -> None:
         for key, record in snapshot.steps.items():
             rows.append([key, repr(record.result), str(record.attempts), _time(record.finished_at)])
         _table(rows, out)
+
+
+def _import_types(modules: Sequence[str]) -> None:
+    """Import the modules that register step value types (the demo's are always known)."""
+    importlib.import_module("awaitly_anyio._demo")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {module!r} (from --import): {exc}") from None
 
 
 async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -143,6 +162,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
 
             anyio.run(demo, args.store, backend=args.backend)
             return 0
+        _import_types(args.imports)
         status: int = anyio.run(_runs, args, out, err, backend=args.backend)
     except (ValueError, OSError) as exc:
         err.write(f"error: {exc}\n")

@@ -126,11 +126,16 @@ class CheckpointStore(SnapshotStore, Protocol):
 
 
 def check_id(id: object) -> str:
-    """Validate a run id: a non-empty string without NUL characters."""
+    """Validate a run id: a non-empty string of valid Unicode without NUL characters
+    (every store must be able to keep it as text)."""
     if not isinstance(id, str) or not id:
         raise ValueError(f"a run id must be a non-empty string, not {id!r}")
     if "\x00" in id:
         raise ValueError("a run id must not contain NUL characters")
+    try:
+        id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a run id must be valid Unicode text, not {id!r}") from None
     return id
 
 

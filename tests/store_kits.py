@@ -1,0 +1,106 @@
+"""How the shared tests open each store, and how they damage its rows on purpose.
+
+A store joins the contract suite (``test_store_contract.py``) and the durable
+tests by adding one :class:`StoreKit` to :data:`KITS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from awaitly_anyio.stores.memory import MemoryStore
+from awaitly_anyio.testing import FakeClock
+
+Damage = Literal["step", "metadata", "format"]
+"""Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
+or the format version (set to one no release wrote)."""
+
+
+@attrs.frozen
+class StoreKit:
+    """Opens fresh stores of one kind in a test's temporary folder.
+
+    ``open(tmp_path, clock)`` yields a store; calling it twice in one test gives
+    two stores over the same data (two processes would see the same), which the
+    concurrency tests rely on.  ``damage(store, run_id, part)`` corrupts a run
+    behind the store's back.
+    """
+
+    name: str
+    open: Callable[[Path, FakeClock], contextlib.AbstractAsyncContextManager[Any]]
+    damage: Callable[[Any, str, Damage], Awaitable[None]]
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+_memory_by_folder: dict[Path, MemoryStore] = {}
+
+
+@contextlib.asynccontextmanager
+async def _open_memory(tmp_path: Path, clock: FakeClock) -> AsyncIterator[MemoryStore]:
+    # One MemoryStore per test folder: a second "open" shares the first one's data.
+    store = _memory_by_folder.get(tmp_path)
+    if store is not None:
+        yield store
+        return
+    store = _memory_by_folder[tmp_path] = MemoryStore(clock=clock)
+    try:
+        async with store:
+            yield store
+    finally:
+        del _memory_by_folder[tmp_path]
+
+
+async def _damage_memory(store: MemoryStore, run_id: str, part: Damage) -> None:
+    row = store._runs[run_id]
+    if part == "step":
+        steps = store._steps[run_id]
+        steps[next(iter(steps))] = '{"ok": tru'
+    elif part == "metadata":
+        store._runs[run_id] = attrs.evolve(row, metadata_json="[1, 2")
+    else:
+        store._runs[run_id] = attrs.evolve(row, format_version=99)
+
+
+# ---- SQLite ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _open_sqlite(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    from awaitly_anyio.stores.sqlite import SQLiteStore
+
+    async with SQLiteStore(tmp_path / "runs.db", clock=clock, synchronous="NORMAL") as store:
+        yield store
+
+
+async def _damage_sqlite(store: Any, run_id: str, part: Damage) -> None:
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+        if part == "step":
+            db.execute(
+                "UPDATE awaitly_steps SET record_json = ? WHERE run_id = ?",
+                ('{"ok": tru', run_id),
+            )
+        elif part == "metadata":
+            db.execute("UPDATE awaitly_runs SET metadata_json = '[1, 2' WHERE id = ?", (run_id,))
+        else:
+            db.execute("UPDATE awaitly_runs SET format_version = 99 WHERE id = ?", (run_id,))
+
+
+KITS: list[StoreKit] = [
+    StoreKit("memory", _open_memory, _damage_memory),
+    StoreKit("sqlite", _open_sqlite, _damage_sqlite),
+]
+
+
+def kit_ids() -> list[str]:
+    """Readable pytest ids for :data:`KITS`."""
+    return [kit.name for kit in KITS]
+
+
+__all__ = ["KITS", "Damage", "StoreKit", "kit_ids"]

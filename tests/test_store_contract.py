@@ -1,0 +1,502 @@
+"""The contract every SnapshotStore keeps, run against each store in ``store_kits.KITS``.
+
+A new store joins by adding one ``StoreKit`` line there.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import attrs
+import pytest
+
+from awaitly_anyio import (
+    Err,
+    Ok,
+    SerializationError,
+    SnapshotDecodeError,
+    SnapshotStore,
+    StepTimeoutError,
+    UnexpectedError,
+    WorkflowSnapshot,
+    register_type,
+)
+from awaitly_anyio.resume import StepRecord
+from awaitly_anyio.serialization import default_registry, encode_step_record
+from awaitly_anyio.store import CheckpointStore, EncodedStep
+from awaitly_anyio.testing import FakeClock
+
+from .store_kits import KITS, StoreKit, kit_ids
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=timezone.utc)
+
+
+@register_type(name="contract.Point")
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+
+
+@register_type(name="contract.Colour")
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@pytest.fixture(params=KITS, ids=kit_ids())
+def kit(request: pytest.FixtureRequest) -> StoreKit:
+    kit: StoreKit = request.param
+    return kit
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    async with kit.open(tmp_path, clock) as opened:
+        yield opened
+
+
+def snapshot(id: str, *, steps: int = 2, **changes: Any) -> WorkflowSnapshot:
+    records = {
+        f"step-{n}": StepRecord(Ok(n), attempts=1, started_at=T0, finished_at=T0)
+        for n in range(steps)
+    }
+    fields: dict[str, Any] = {
+        "workflow_name": "orders",
+        "workflow_id": id,
+        "steps": records,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    fields.update(changes)
+    return WorkflowSnapshot(**fields)
+
+
+def encoded(key: str, value: Any) -> EncodedStep:
+    record = StepRecord(Ok(value), attempts=1, started_at=T0, finished_at=T0)
+    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
+
+
+async def all_ids(store: SnapshotStore, **filters: Any) -> list[str]:
+    ids, cursor = [], None
+    while True:
+        page = await store.list(cursor=cursor, limit=7, **filters)
+        ids += [info.id for info in page]
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+
+
+# ---- save, load, delete ------------------------------------------------------------------
+
+
+async def test_every_kind_of_value_round_trips(store: SnapshotStore, clock: FakeClock) -> None:
+    values: dict[str, Any] = {
+        "json": {"a": [1, 2.5, None, True, "x"]},
+        "tuple": (1, (2, 3)),
+        "set": frozenset({1, 2}),
+        "bytes": b"\x00\xff",
+        "datetime": T0,
+        "date": date(2026, 1, 2),
+        "delta": timedelta(seconds=90),
+        "uuid": UUID("12345678-1234-5678-1234-567812345678"),
+        "decimal": Decimal("10.05"),
+        "point": Point(1, 2),
+        "enum": Colour.BLUE,
+        "nan-free float": 1e308,
+    }
+    steps: dict[str, Any] = {
+        key: StepRecord(Ok(value), attempts=2, started_at=T0, finished_at=T0)
+        for key, value in values.items()
+    }
+    steps["typed error"] = StepRecord(Err(StepTimeoutError("charge", 2.5)))
+    steps["string error"] = StepRecord(Err("card declined"))
+    steps["bug"] = StepRecord(Err(UnexpectedError(KeyError("sku-1"))))
+    saved = WorkflowSnapshot(
+        workflow_name="orders",
+        workflow_id="run-1",
+        status="completed",
+        steps=steps,
+        result=Ok(Point(3, 4)),
+        metadata={"tenant": "acme", "when": T0},
+        created_at=T0,
+        updated_at=T0,
+    )
+    await store.save("run-1", saved)
+    loaded = await store.load("run-1")
+
+    assert loaded is not None
+    assert loaded.workflow_name == "orders"
+    assert loaded.workflow_id == "run-1"
+    assert loaded.status == "completed"
+    assert loaded.result == Ok(Point(3, 4))
+    assert dict(loaded.metadata) == {"tenant": "acme", "when": T0}
+    assert loaded.created_at == T0
+    assert loaded.updated_at.timestamp() == pytest.approx(clock.time())
+    for key, value in values.items():
+        assert loaded.steps[key].result == Ok(value), key
+        assert type(loaded.steps[key].result.value) is type(value), key
+        assert loaded.steps[key].attempts == 2
+        assert loaded.steps[key].finished_at == T0
+    assert loaded.steps["typed error"].result == Err(StepTimeoutError("charge", 2.5))
+    assert loaded.steps["string error"].result == Err("card declined")
+    bug = loaded.steps["bug"].result
+    assert isinstance(bug, Err)
+    assert isinstance(bug.error, UnexpectedError)
+    assert bug.error.cause.type_name == "builtins.KeyError"
+    assert "sku-1" in bug.error.cause.message
+
+
+async def test_missing_runs_load_as_none_and_delete_as_false(store: SnapshotStore) -> None:
+    assert await store.load("nope") is None
+    assert await store.delete("nope") is False
+
+
+async def test_save_replaces_the_whole_run(store: SnapshotStore) -> None:
+    await store.save("r", snapshot("r", steps=3))
+    await store.save("r", snapshot("r", steps=1, status="failed", result=Err("boom")))
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert list(loaded.steps) == ["step-0"]
+    assert loaded.status == "failed"
+    assert loaded.result == Err("boom")
+
+
+async def test_delete_removes_a_run_and_only_that_run(store: SnapshotStore) -> None:
+    await store.save("a", snapshot("a"))
+    await store.save("b", snapshot("b"))
+    assert await store.delete("a") is True
+    assert await store.load("a") is None
+    assert await store.delete("a") is False
+    assert await store.load("b") is not None
+    assert await all_ids(store) == ["b"]
+
+
+async def test_metadata_is_merged_over_the_snapshots_own(store: SnapshotStore) -> None:
+    await store.save("m", snapshot("m", metadata={"a": 1, "b": 2}), metadata={"b": (3, 4), "c": T0})
+    loaded = await store.load("m")
+    assert loaded is not None
+    assert dict(loaded.metadata) == {"a": 1, "b": (3, 4), "c": T0}
+
+
+async def test_an_unstorable_value_fails_the_save_and_keeps_the_old_run(
+    store: SnapshotStore,
+) -> None:
+    await store.save("r", snapshot("r", steps=1))
+    bad = WorkflowSnapshot(
+        workflow_name="orders",
+        workflow_id="r",
+        steps={"sock": Ok(object())},
+        created_at=T0,
+        updated_at=T0,
+    )
+    with pytest.raises(SerializationError) as caught:
+        await store.save("r", bad)
+    assert caught.value.step == "sock"
+    assert "object" in caught.value.type_name
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert list(loaded.steps) == ["step-0"]
+    with pytest.raises(SerializationError, match="metadata"):
+        await store.save("r", snapshot("r"), metadata={"lock": anyio.Lock()})
+
+
+async def test_large_values_and_many_steps_round_trip(store: SnapshotStore) -> None:
+    big = "x" * 5_000_000
+    many = {f"k{n:05d}": Ok(n) for n in range(5_000)}
+    many["big"] = Ok(big)
+    await store.save(
+        "big",
+        WorkflowSnapshot(
+            workflow_name="orders", workflow_id="big", steps=many, created_at=T0, updated_at=T0
+        ),
+    )
+    loaded = await store.load("big")
+    assert loaded is not None
+    assert len(loaded.steps) == 5_001
+    assert loaded.steps["big"].result == Ok(big)
+    assert loaded.steps["k04999"].result == Ok(4999)
+
+
+# ---- ids ---------------------------------------------------------------------------------
+
+HOSTILE_IDS = [
+    "'; DROP TABLE awaitly_runs; --",
+    'say "hi"',
+    "100%_off*?[a-z]\\",
+    "ünïcødé 🚀 名前",
+    "new\nline\ttab",
+    "{$where: 'sleep(1)'}",
+    "awaitly:run:key:*",
+    " leading and trailing ",
+    "x" * 10_240,
+]
+
+
+@pytest.mark.parametrize("run_id", HOSTILE_IDS, ids=[f"id{n}" for n in range(len(HOSTILE_IDS))])
+async def test_hostile_ids_are_only_ever_data(store: SnapshotStore, run_id: str) -> None:
+    await store.save("bystander", snapshot("bystander"))
+    await store.save(run_id, snapshot(run_id))
+    loaded = await store.load(run_id)
+    assert loaded is not None
+    assert loaded.workflow_id == run_id
+    assert sorted(await all_ids(store)) == sorted(["bystander", run_id])
+    assert await all_ids(store, prefix=run_id[:5]) == [run_id]
+    assert await store.delete(run_id) is True
+    assert await all_ids(store) == ["bystander"]
+
+
+@pytest.mark.parametrize("bad", ["", "a\x00b", "\ud800", None, 42])
+async def test_invalid_ids_are_refused_before_anything_is_written(
+    store: SnapshotStore, bad: Any
+) -> None:
+    with pytest.raises(ValueError, match="run id"):
+        await store.save(bad, snapshot("x"))
+    with pytest.raises(ValueError, match="run id"):
+        await store.load(bad)
+    with pytest.raises(ValueError, match="run id"):
+        await store.delete(bad)
+    assert await all_ids(store) == []
+
+
+# ---- list --------------------------------------------------------------------------------
+
+
+async def test_list_pages_newest_first_without_gaps_or_repeats(
+    store: SnapshotStore, clock: FakeClock
+) -> None:
+    for n in range(12):
+        await store.save(f"run-{n:02d}", snapshot(f"run-{n:02d}"))
+        clock.advance(1)
+    # Ten more saved in the same instant: ties are ordered by id.
+    for n in range(12, 22):
+        await store.save(f"run-{n:02d}", snapshot(f"run-{n:02d}"))
+    ids = await all_ids(store)
+    assert ids == [f"run-{n:02d}" for n in range(21, -1, -1)]
+    first = await store.list(limit=5)
+    assert [info.id for info in first] == ids[:5]
+    assert first.items[0].updated_at >= first.items[-1].updated_at
+    last = await store.list(limit=22)
+    assert len(last) == 22
+    assert last.next_cursor is None
+
+
+async def test_list_filters_by_prefix_and_status(store: SnapshotStore) -> None:
+    await store.save("order-1", snapshot("order-1", status="completed", result=Ok(1)))
+    await store.save("order-2", snapshot("order-2"))
+    await store.save("order_3", snapshot("order_3"))
+    await store.save("orderX", snapshot("orderX"))
+    await store.save("refund-1", snapshot("refund-1", status="failed", result=Err("x")))
+    assert sorted(await all_ids(store, prefix="order-")) == ["order-1", "order-2"]
+    assert await all_ids(store, prefix="order_") == ["order_3"]
+    assert await all_ids(store, prefix="order%") == []
+    assert await all_ids(store, status="failed") == ["refund-1"]
+    assert await all_ids(store, prefix="order", status="completed") == ["order-1"]
+    page = await store.list(prefix="refund")
+    (info,) = page
+    assert info.workflow_name == "orders"
+    assert info.status == "failed"
+    assert info.created_at == T0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 10_001}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"status": "sleeping"}, "status"),
+        ({"cursor": "not a cursor"}, "cursor"),
+    ],
+)
+async def test_list_refuses_bad_arguments(
+    store: SnapshotStore, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await store.list(**arguments)
+
+
+# ---- ttl ---------------------------------------------------------------------------------
+
+
+async def test_expired_runs_are_never_returned(store: SnapshotStore, clock: FakeClock) -> None:
+    await store.save("short", snapshot("short"), ttl=10)
+    await store.save("long", snapshot("long"), ttl=timedelta(hours=1))
+    await store.save("forever", snapshot("forever"))
+    short = await store.load("short")
+    assert short is not None
+    assert short.expires_at is not None
+    assert short.expires_at.timestamp() == pytest.approx(clock.time() + 10)
+    clock.advance(10)
+    assert await store.load("short") is None
+    assert sorted(await all_ids(store)) == ["forever", "long"]
+    assert await store.delete("short") is False
+    clock.advance(3600)
+    assert await all_ids(store) == ["forever"]
+    # Saving again without a ttl makes a run permanent.
+    await store.save("long", snapshot("long"))
+    clock.advance(10**6)
+    assert sorted(await all_ids(store)) == ["forever", "long"]
+
+
+@pytest.mark.parametrize("ttl", [0, -5, "60", True, timedelta(0)])
+async def test_bad_ttls_are_refused(store: SnapshotStore, ttl: Any) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await store.save("t", snapshot("t"), ttl=ttl)
+    assert await store.load("t") is None
+
+
+# ---- corrupt data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("part", ["step", "metadata", "format"])
+async def test_corrupt_runs_are_reported_with_their_id_and_spoil_nothing_else(
+    kit: StoreKit, store: SnapshotStore, part: Any
+) -> None:
+    await store.save("healthy", snapshot("healthy"))
+    await store.save("broken-7", snapshot("broken-7"))
+    await kit.damage(store, "broken-7", part)
+    with pytest.raises(SnapshotDecodeError) as caught:
+        await store.load("broken-7")
+    assert caught.value.run_id == "broken-7"
+    assert "broken-7" in str(caught.value)
+    if part == "format":
+        assert "99" in str(caught.value)
+    assert await store.load("healthy") is not None
+    assert sorted(await all_ids(store)) == ["broken-7", "healthy"]
+    assert await store.delete("broken-7") is True
+
+
+# ---- lifecycle ---------------------------------------------------------------------------
+
+
+async def test_a_closed_store_refuses_work_and_closes_twice_quietly(
+    kit: StoreKit, tmp_path: Path, clock: FakeClock
+) -> None:
+    async with kit.open(tmp_path, clock) as store:
+        await store.save("r", snapshot("r"))
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.load("r")
+
+
+async def test_cancelled_saves_leave_the_old_run_or_the_new_one_never_a_mix(
+    store: SnapshotStore,
+) -> None:
+    await store.save("r", snapshot("r", steps=3))
+    for _ in range(20):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await store.save("r", snapshot("r", steps=1, status="failed", result=Err("x")))
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert (loaded.status, len(loaded.steps)) in {("running", 3), ("failed", 1)}
+    with anyio.move_on_after(0.001):
+        while True:
+            await store.save("r", snapshot("r", steps=3))
+            await store.save("r", snapshot("r", steps=1, status="failed", result=Err("x")))
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert (loaded.status, len(loaded.steps)) in {("running", 3), ("failed", 1)}
+
+
+# ---- concurrency -------------------------------------------------------------------------
+
+
+async def test_concurrent_writers_on_two_stores_lose_nothing(
+    kit: StoreKit, tmp_path: Path, clock: FakeClock
+) -> None:
+    async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
+
+        async def writer(store: Any, run: int) -> None:
+            await store.mark_running(f"run-{run}", "orders")
+            for n in range(10):
+                await store.checkpoint(f"run-{run}", encoded(f"k{n}", (run, n)))
+            # Every writer also adds a step to one shared run.
+            await store.checkpoint("shared", encoded(f"from-{run}", run))
+
+        await one.mark_running("shared", "orders")
+        async with anyio.create_task_group() as tg:
+            for run in range(16):
+                tg.start_soon(writer, one if run % 2 else two, run)
+
+        for run in range(16):
+            loaded = await one.load(f"run-{run}")
+            assert loaded is not None
+            assert {k: r.result.value for k, r in loaded.steps.items()} == {
+                f"k{n}": (run, n) for n in range(10)
+            }
+        shared = await two.load("shared")
+        assert shared is not None
+        assert sorted(shared.steps) == sorted(f"from-{run}" for run in range(16))
+
+
+# ---- checkpointing -----------------------------------------------------------------------
+
+
+async def test_checkpoints_build_a_run_one_step_at_a_time(
+    store: CheckpointStore, clock: FakeClock
+) -> None:
+    assert isinstance(store, CheckpointStore)
+    await store.mark_running("c", "orders", metadata={"tenant": "acme"})
+    clock.advance(1)
+    await store.checkpoint("c", encoded("a", 1))
+    await store.checkpoint("c", encoded("b", Point(1, 2)))
+    await store.checkpoint("c", encoded("a", 10))  # replaces
+    running = await store.load("c")
+    assert running is not None
+    assert running.status == "running"
+    assert running.updated_at.timestamp() == pytest.approx(clock.time())
+    assert {k: r.result for k, r in running.steps.items()} == {"a": Ok(10), "b": Ok(Point(1, 2))}
+
+    await store.finish("c", "failed", Err("declined"), None, ttl=60, metadata={"tries": 1})
+    failed = await store.load("c")
+    assert failed is not None
+    assert failed.status == "failed"
+    assert dict(failed.metadata) == {"tenant": "acme", "tries": 1}
+    assert failed.expires_at is not None
+    assert len(failed.steps) == 2
+
+    # Resuming sets it running again, keeps its steps and its creation time, drops the expiry.
+    await store.mark_running("c", "orders", metadata={"tries": 2})
+    again = await store.load("c")
+    assert again is not None
+    assert (again.status, again.expires_at, again.created_at) == (
+        "running",
+        None,
+        running.created_at,
+    )
+    assert dict(again.metadata) == {"tenant": "acme", "tries": 2}
+    assert len(again.steps) == 2
+
+
+async def test_checkpoints_need_a_running_run(store: CheckpointStore, clock: FakeClock) -> None:
+    with pytest.raises(LookupError, match="ghost"):
+        await store.checkpoint("ghost", encoded("a", 1))
+    with pytest.raises(LookupError, match="ghost"):
+        await store.finish("ghost", "completed", Ok(1), None)
+    # An expired run is gone: checkpoints to it fail, and starting it again starts afresh.
+    await store.mark_running("old", "orders")
+    await store.checkpoint("old", encoded("a", 1))
+    await store.finish("old", "completed", Ok(1), None, ttl=5)
+    clock.advance(5)
+    with pytest.raises(LookupError):
+        await store.checkpoint("old", encoded("b", 2))
+    await store.mark_running("old", "orders")
+    fresh = await store.load("old")
+    assert fresh is not None
+    assert fresh.steps == {}

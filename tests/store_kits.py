@@ -7,12 +7,14 @@ tests by adding one :class:`StoreKit` to :data:`KITS`.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import pytest
 
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
@@ -92,9 +94,28 @@ async def _damage_sqlite(store: Any, run_id: str, part: Damage) -> None:
             db.execute("UPDATE awaitly_runs SET format_version = 99 WHERE id = ?", (run_id,))
 
 
+def server_or_skip(kind: str, url: str, error: BaseException) -> None:
+    """Skip a test whose server is unreachable, or fail it under CI (``CI=true``)."""
+    message = f"{kind} at {url} is unreachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI needs it running", pytrace=False)
+    pytest.skip(message)
+
+
+def _server_kits() -> list[StoreKit]:
+    from .postgres_kit import POSTGRES
+
+    try:  # TEMPORARY until redis_kit lands
+        from .redis_kit import REDIS
+    except ModuleNotFoundError:
+        return [POSTGRES]
+    return [POSTGRES, REDIS]
+
+
 KITS: list[StoreKit] = [
     StoreKit("memory", _open_memory, _damage_memory),
     StoreKit("sqlite", _open_sqlite, _damage_sqlite),
+    *_server_kits(),
 ]
 
 
@@ -103,4 +124,4 @@ def kit_ids() -> list[str]:
     return [kit.name for kit in KITS]
 
 
-__all__ = ["KITS", "Damage", "StoreKit", "kit_ids"]
+__all__ = ["KITS", "Damage", "StoreKit", "kit_ids", "server_or_skip"]

@@ -191,14 +191,20 @@ def encode_value(value: Any, registry: TypeRegistry = default_registry) -> Any:
 
 def _encode(value: Any, registry: TypeRegistry) -> Any:
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if kind is str:
+        # PostgreSQL's jsonb cannot hold NUL; such strings travel in pieces.
+        return value if "\x00" not in value else {_TAG: "nul", "v": value.split("\x00")}
+    if value is None or kind is bool or kind is int:
         return value
     if kind is float:
-        return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
+        # Beyond 1e16 a float's JSON has an exponent, which jsonb turns into an integer.
+        if -1e16 < value < 1e16:
+            return value
+        return {_TAG: "float", "v": repr(value)}
     if kind is list:
         return [_encode(item, registry) for item in value]
     if kind is dict:
-        if _TAG not in value and all(type(key) is str for key in value):
+        if _TAG not in value and all(type(key) is str and "\x00" not in key for key in value):
             return {key: _encode(item, registry) for key, item in value.items()}
         return {
             _TAG: "dict",
@@ -277,6 +283,10 @@ def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) ->
         return {_decode(k, registry): _decode(v, registry) for k, v in payload}
     if tag == "float":
         return float(payload)
+    if tag == "nul":
+        if not isinstance(payload, list) or not all(type(part) is str for part in payload):
+            raise _Undecodable(f"bad 'nul' value {payload!r}")
+        return "\x00".join(payload)
     if tag == "bytes":
         return base64.b64decode(payload, validate=True)
     if tag == "datetime":

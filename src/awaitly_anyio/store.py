@@ -192,6 +192,10 @@ def open_store(url: str, **options: Any) -> SnapshotStore:
     - ``memory://``: :class:`~awaitly_anyio.stores.MemoryStore`
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``:
       :class:`~awaitly_anyio.stores.SQLiteStore`
+    - ``postgresql://user@host:5432/db``: :class:`~awaitly_anyio.stores.PostgresStore`
+      (needs the ``postgres`` extra)
+    - ``redis://host:6379/0``: :class:`~awaitly_anyio.stores.RedisStore` (needs the
+      ``redis`` extra)
 
     ``options`` go to the store's constructor.  Raises ``ValueError`` for a URL
     with an unknown scheme or without a path.
@@ -214,4 +218,14 @@ def open_store(url: str, **options: Any) -> SnapshotStore:
         from .stores.sqlite import SQLiteStore
 
         return SQLiteStore(rest[1:], **options)
-    raise ValueError(f"unknown store scheme {scheme!r} in {url!r} (known: memory, sqlite)")
+    if scheme in ("postgresql", "postgres"):
+        from .stores.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .stores.redis import RedisStore
+
+        return RedisStore(url, **options)
+    raise ValueError(
+        f"unknown store scheme {scheme!r} in {url!r} (known: memory, sqlite, postgresql, redis)"
+    )

@@ -1,0 +1,505 @@
+"""A PostgreSQL store on asyncpg: one table of runs, one of step checkpoints, jsonb bodies.
+
+Its schema is created on first use, idempotently and under an advisory lock
+(several workers may start at once), and its version is recorded so later
+releases migrate with ordinary SQL.  A run's id is stored as text and indexed by
+its SHA-256 digest, so ids of any length and content are only ever data.  A
+keyed step's checkpoint is one ``INSERT`` (with the run's ``updated_at`` bumped
+in the same statement).
+
+Under trio, asyncpg runs on the shared private asyncio loop
+(:mod:`awaitly_anyio._bridge`); nothing changes for the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._bridge import DriverLoop
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from ..clock import Clock, SystemClock
+from ..result import Result
+from ..serialization import TypeRegistry, default_registry
+from ..snapshot import RunStatus, SnapshotPage, WorkflowSnapshot
+from ..store import (
+    EncodedStep,
+    Ttl,
+    check_id,
+    check_list_args,
+    decode_cursor,
+    encode_cursor,
+    ttl_seconds,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+#: The schema version this module creates and reads.
+SCHEMA_VERSION = 1
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
+
+# Migrations by target version: reviewed SQL, applied in order, each once.
+_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS {runs} (
+    id text NOT NULL,
+    id_digest bytea PRIMARY KEY,
+    workflow_name text NOT NULL,
+    status text NOT NULL,
+    result jsonb,
+    metadata jsonb NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    expires_at double precision,
+    format_version integer NOT NULL,
+    lease_owner text,
+    lease_expires_at double precision
+);
+CREATE INDEX IF NOT EXISTS {prefix}runs_by_update ON {runs} (updated_at DESC);
+CREATE INDEX IF NOT EXISTS {prefix}runs_by_expiry ON {runs} (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {steps} (
+    run_digest bytea NOT NULL REFERENCES {runs} (id_digest) ON DELETE CASCADE,
+    key text NOT NULL,
+    key_digest bytea NOT NULL,
+    record jsonb NOT NULL,
+    PRIMARY KEY (run_digest, key_digest)
+);
+""",
+}
+
+_RUN_COLUMNS = (
+    "workflow_name, status, result::text, metadata::text, created_at, updated_at, expires_at,"
+    " format_version"
+)
+_LIVE = "(expires_at IS NULL OR expires_at > {now})"
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "PostgresStore needs asyncpg: pip install 'awaitly-anyio[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+class PostgresStore:
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``CheckpointStore``) in PostgreSQL.
+
+    - ``dsn_or_pool``: a ``postgresql://`` DSN (the store makes and owns an asyncpg
+      pool of ``min_size`` to ``max_size`` connections), or an existing
+      ``asyncpg.Pool`` (used as it is and not closed; asyncio only, since a pool
+      belongs to the loop that made it).
+    - ``schema`` and ``table_prefix``: where the tables live (``public.awaitly_runs``,
+      ``public.awaitly_steps``, ``public.awaitly_schema_version`` by default);
+      letters, digits and underscores only.
+    - ``clock`` and ``registry`` as for every store.
+
+    The schema is created when the store is first used (``async with`` does it
+    at once).  Every method is one short transaction and a cancellation point:
+    a cancelled call's transaction is rolled back by the server, never half
+    applied.  Driver errors (``asyncpg.PostgresError``, ``OSError`` when the
+    server is gone) propagate; the pool reconnects once the server is back.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | asyncpg.Pool,
+        *,
+        schema: str = "public",
+        table_prefix: str = "awaitly_",
+        min_size: int = 1,
+        max_size: int = 10,
+        clock: Clock | None = None,
+        registry: TypeRegistry = default_registry,
+    ) -> None:
+        asyncpg = _import_asyncpg()
+        if isinstance(dsn_or_pool, str):
+            if not dsn_or_pool.startswith(("postgresql://", "postgres://")):
+                raise ValueError(
+                    f"a PostgreSQL DSN starts with postgresql://, not {dsn_or_pool[:30]!r}"
+                )
+            self._dsn: str | None = dsn_or_pool
+            self._pool: Any = None
+        elif isinstance(dsn_or_pool, asyncpg.Pool):
+            self._dsn, self._pool = None, dsn_or_pool
+        else:
+            raise TypeError(f"expected a DSN string or an asyncpg.Pool, not {dsn_or_pool!r}")
+        for label, name in (("schema", schema), ("table_prefix", table_prefix)):
+            if not isinstance(name, str) or (name and not _IDENTIFIER.fullmatch(name)):
+                raise ValueError(
+                    f"{label} must be letters, digits and underscores (not starting with a"
+                    f" digit), not {name!r}"
+                )
+        if not schema:
+            raise ValueError("schema must not be empty")
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, not {min_size} and {max_size}")
+        self._min_size, self._max_size = min_size, max_size
+        self._schema, self._prefix = schema, table_prefix
+        self._runs = f'"{schema}"."{table_prefix}runs"'
+        self._steps = f'"{schema}"."{table_prefix}steps"'
+        self._versions = f'"{schema}"."{table_prefix}schema_version"'
+        self._clock = clock if clock is not None else SystemClock()
+        self._registry = registry
+        self._loop = DriverLoop(repr(self))
+        self._ready = False
+        self._closed = False
+
+    async def __aenter__(self) -> PostgresStore:
+        await self._call(_noop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        where = "a pool" if self._dsn is None else _redact(self._dsn)
+        return f"PostgresStore({where}, schema={self._schema!r}, prefix={self._prefix!r})"
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The types this store can save and load."""
+        return self._registry
+
+    @property
+    def tables(self) -> tuple[str, str]:
+        """The quoted names of the runs and steps tables."""
+        return self._runs, self._steps
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(connection, *args)`` on the driver loop with a pooled connection."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        return await self._loop.call(self._with_connection, fn, args)
+
+    async def _with_connection(self, fn: Any, args: tuple[Any, ...]) -> Any:
+        if self._pool is None:
+            asyncpg = _import_asyncpg()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size
+            )
+        async with self._pool.acquire() as connection:
+            if not self._ready:
+                await self._migrate(connection)
+                self._ready = True
+            return await fn(connection, *args)
+
+    async def _migrate(self, connection: Any) -> None:
+        async with connection.transaction():
+            # One migrator at a time across every process sharing the database.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"awaitly:{self._versions}"
+            )
+            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._versions} (version integer NOT NULL)"
+            )
+            version = await connection.fetchval(f"SELECT max(version) FROM {self._versions}")
+            version = version or 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self._runs} has awaitly schema version {version}; this version of"
+                    f" awaitly-anyio knows up to {SCHEMA_VERSION}: upgrade awaitly-anyio"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                sql = _MIGRATIONS[target].format(
+                    runs=self._runs, steps=self._steps, prefix=self._prefix
+                )
+                await connection.execute(sql)
+                await connection.execute(f"INSERT INTO {self._versions} VALUES ($1)", target)
+
+    def _expiry(self, ttl: Ttl) -> float | None:
+        seconds = ttl_seconds(ttl)
+        return None if seconds is None else self._clock.time() + seconds
+
+    async def _row(self, connection: Any, id: str, now: float, lock: bool = False) -> Any:
+        return await connection.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM {self._runs}"
+            f" WHERE id_digest = $1 AND {_LIVE.format(now='$2')}" + (" FOR UPDATE" if lock else ""),
+            digest(id),
+            now,
+        )
+
+    async def _upsert(self, connection: Any, id: str, row: RunRow) -> None:
+        await connection.execute(
+            f"INSERT INTO {self._runs} (id, workflow_name, status, result, metadata, created_at,"
+            " updated_at, expires_at, format_version, id_digest)"
+            " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)"
+            " ON CONFLICT (id_digest) DO UPDATE SET workflow_name = excluded.workflow_name,"
+            " status = excluded.status, result = excluded.result, metadata = excluded.metadata,"
+            " created_at = excluded.created_at, updated_at = excluded.updated_at,"
+            " expires_at = excluded.expires_at, format_version = excluded.format_version",
+            id,
+            row.workflow_name,
+            row.status,
+            row.result_json,
+            row.metadata_json,
+            row.created_at,
+            row.updated_at,
+            row.expires_at,
+            row.format_version,
+            digest(id),
+        )
+
+    # ---- SnapshotStore -----------------------------------------------------------------
+
+    async def save(
+        self,
+        id: str,
+        snapshot: WorkflowSnapshot,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replace run ``id`` with ``snapshot``, in one transaction."""
+        check_id(id)
+        expires_at = self._expiry(ttl)
+        row, steps = split(
+            snapshot,
+            self._registry,
+            now=self._clock.time(),
+            expires_at=expires_at,
+            metadata=metadata,
+        )
+
+        async def work(connection: Any) -> None:
+            async with connection.transaction():
+                await self._upsert(connection, id, row)
+                run_digest = digest(id)
+                await connection.execute(
+                    f"DELETE FROM {self._steps} WHERE run_digest = $1", run_digest
+                )
+                if steps:
+                    await connection.execute(
+                        f"INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
+                        " SELECT $1, key, key_digest, record::jsonb"
+                        " FROM unnest($2::text[], $3::bytea[], $4::text[])"
+                        " AS s (key, key_digest, record)",
+                        run_digest,
+                        [key for key, _ in steps],
+                        [digest(key) for key, _ in steps],
+                        [text for _, text in steps],
+                    )
+
+        await self._call(work)
+
+    async def load(self, id: str) -> WorkflowSnapshot | None:
+        """Run ``id``'s snapshot, or ``None``; one consistent read."""
+        check_id(id)
+        now = self._clock.time()
+
+        async def work(connection: Any) -> tuple[Any, list[Any]] | None:
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                row = await self._row(connection, id, now)
+                if row is None:
+                    return None
+                steps = await connection.fetch(
+                    f"SELECT key, record::text FROM {self._steps} WHERE run_digest = $1",
+                    digest(id),
+                )
+            return row, steps
+
+        found = await self._call(work)
+        if found is None:
+            return None
+        row, steps = found
+        return assemble(id, RunRow(*row), [(key, text) for key, text in steps], self._registry)
+
+    async def delete(self, id: str) -> bool:
+        """Remove run ``id`` and its steps; whether a live run was there."""
+        check_id(id)
+        now = self._clock.time()
+
+        async def work(connection: Any) -> bool:
+            live = await connection.fetchval(
+                f"DELETE FROM {self._runs} WHERE id_digest = $1 RETURNING {_LIVE.format(now='$2')}",
+                digest(id),
+                now,
+            )
+            return bool(live)
+
+        result: bool = await self._call(work)
+        return result
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage:
+        """Runs newest first, ``limit`` at a time (keyset pagination on ``updated_at``)."""
+        check_list_args(prefix, status, limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        params: list[Any] = [self._clock.time()]
+        clauses = [_LIVE.format(now="$1")]
+        if prefix:
+            params.append(prefix)
+            clauses.append(f"starts_with(id, ${len(params)})")
+        if status is not None:
+            params.append(status)
+            clauses.append(f"status = ${len(params)}")
+        if after is not None:
+            params += [after[0], after[1]]
+            at, last = f"${len(params) - 1}", f"${len(params)}"
+            clauses.append(
+                f'(updated_at < {at} OR (updated_at = {at} AND id COLLATE "C" < {last}))'
+            )
+        params.append(limit + 1)
+        sql = (
+            f"SELECT id, {_RUN_COLUMNS} FROM {self._runs} WHERE {' AND '.join(clauses)}"
+            f' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT ${len(params)}'
+        )
+
+        async def work(connection: Any) -> list[Any]:
+            return list(await connection.fetch(sql, *params))
+
+        found = await self._call(work)
+        page = found[:limit]
+        infos = [info(record[0], RunRow(*record[1:])) for record in page]
+        more = len(found) > limit
+        next_cursor = encode_cursor(page[-1][6], page[-1][0]) if more else None
+        return SnapshotPage(infos, next_cursor)
+
+    async def purge_expired(self) -> int:
+        """Delete expired runs for good (they are already invisible); how many went."""
+        now = self._clock.time()
+
+        async def work(connection: Any) -> int:
+            status = await connection.execute(
+                f"DELETE FROM {self._runs} WHERE expires_at IS NOT NULL AND expires_at <= $1",
+                now,
+            )
+            return int(status.split()[-1])
+
+        result: int = await self._call(work)
+        return result
+
+    async def close(self) -> None:
+        """Close the pool (if the store made it).  Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._dsn is not None and self._pool is not None and self._loop.bound:
+                await self._loop.call(self._pool.close)
+        finally:
+            self._pool = None if self._dsn is not None else self._pool
+            self._loop.release()
+
+    # ---- CheckpointStore ---------------------------------------------------------------
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create run ``id`` or set it back to running, keeping its steps."""
+        check_id(id)
+        now = self._clock.time()
+        registry = self._registry
+
+        async def work(connection: Any) -> None:
+            async with connection.transaction():
+                found = await self._row(connection, id, now, lock=True)
+                row = None if found is None else RunRow(*found)
+                if row is None:
+                    # Gone or expired: start afresh, without an expired run's steps.
+                    await connection.execute(
+                        f"DELETE FROM {self._runs} WHERE id_digest = $1", digest(id)
+                    )
+                merged = {} if row is None else decode_metadata(id, row, registry)
+                merged.update(metadata or {})
+                fresh = RunRow(
+                    workflow_name=workflow_name,
+                    status="running",
+                    result_json=None,
+                    metadata_json=encode_metadata(merged, registry),
+                    created_at=now if row is None else row.created_at,
+                    updated_at=now,
+                    expires_at=None,
+                )
+                await self._upsert(connection, id, fresh)
+
+        await self._call(work)
+
+    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+        """Add or replace one step record of run ``id``: one INSERT statement."""
+        now = self._clock.time()
+        sql = (
+            f"WITH run AS (UPDATE {self._runs} SET updated_at = $3"
+            f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')} RETURNING id_digest)"
+            f" INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
+            " SELECT id_digest, $2, $5, $4::jsonb FROM run"
+            " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
+        )
+
+        async def work(connection: Any) -> str:
+            status: str = await connection.execute(
+                sql, digest(id), step.key, now, step.json, digest(step.key)
+            )
+            return status
+
+        status = await self._call(work)
+        if status.split()[-1] != "1":
+            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how run ``id`` ended, keeping its steps."""
+        now = self._clock.time()
+        expires_at = self._expiry(ttl)
+        registry = self._registry
+
+        async def work(connection: Any) -> None:
+            async with connection.transaction():
+                found = await self._row(connection, id, now, lock=True)
+                if found is None:
+                    raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+                merged = decode_metadata(id, RunRow(*found), registry)
+                merged.update(metadata or {})
+                await connection.execute(
+                    f"UPDATE {self._runs} SET status = $2, result = $3::jsonb,"
+                    " metadata = $4::jsonb, updated_at = $5, expires_at = $6"
+                    " WHERE id_digest = $1",
+                    digest(id),
+                    status,
+                    result_json,
+                    encode_metadata(merged, registry),
+                    now,
+                    expires_at,
+                )
+
+        await self._call(work)
+
+
+async def _noop(connection: Any) -> None:
+    return None
+
+
+def digest(text: str) -> bytes:
+    """The SHA-256 of a run id or step key: the indexed form, whatever the text's size."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)

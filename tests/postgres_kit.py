@@ -1,0 +1,82 @@
+"""Opening PostgresStore for the shared store tests, each test in its own schema."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from awaitly_anyio.testing import FakeClock
+
+from .store_kits import Damage, StoreKit, server_or_skip
+
+DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+_open_counts: dict[str, int] = {}
+
+
+def schema_for(tmp_path: Path) -> str:
+    """One schema per test folder, so a second store of the same test shares the data."""
+    return "awaitly_t_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+
+
+async def admin(sql: str, *args: Any) -> Any:
+    """Run one statement on a fresh connection of the current loop (tests only)."""
+    from awaitly_anyio._bridge import DriverLoop
+
+    async def run() -> Any:
+        import asyncpg
+
+        connection = await asyncpg.connect(DSN, timeout=5)
+        try:
+            return await connection.execute(sql, *args)
+        finally:
+            await connection.close()
+
+    loop = DriverLoop("test admin")
+    try:
+        return await loop.call(run)
+    finally:
+        loop.release()
+
+
+@contextlib.asynccontextmanager
+async def _open_postgres(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    from awaitly_anyio.stores.postgres import PostgresStore
+
+    schema = schema_for(tmp_path)
+    first = _open_counts.get(schema, 0) == 0
+    if first:
+        try:
+            await admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        except OSError as exc:
+            server_or_skip("PostgreSQL", DSN, exc)
+    _open_counts[schema] = _open_counts.get(schema, 0) + 1
+    try:
+        async with PostgresStore(DSN, schema=schema, clock=clock, max_size=4) as store:
+            yield store
+    finally:
+        _open_counts[schema] -= 1
+        if _open_counts[schema] == 0:
+            del _open_counts[schema]
+            await admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def _damage_postgres(store: Any, run_id: str, part: Damage) -> None:
+    from awaitly_anyio.stores.postgres import digest
+
+    runs, steps = store.tables
+    key = digest(run_id)
+    if part == "step":
+        # jsonb only holds valid JSON: damage the meaning instead of the syntax.
+        await admin(f'UPDATE {steps} SET record = \'{{"ok": "maybe"}}\' WHERE run_digest = $1', key)
+    elif part == "metadata":
+        await admin(f"UPDATE {runs} SET metadata = '[1, 2]' WHERE id_digest = $1", key)
+    else:
+        await admin(f"UPDATE {runs} SET format_version = 99 WHERE id_digest = $1", key)
+
+
+POSTGRES = StoreKit("postgres", _open_postgres, _damage_postgres)

@@ -11,7 +11,7 @@ from typing import Any
 
 from awaitly_anyio.testing import FakeClock
 
-from .store_kits import Damage, StoreKit, server_or_skip
+from .kit_base import Damage, StoreKit, server_or_skip
 
 DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -7,37 +7,17 @@ tests by adding one :class:`StoreKit` to :data:`KITS`.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
-import pytest
 
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 
-Damage = Literal["step", "metadata", "format"]
-"""Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
-or the format version (set to one no release wrote)."""
-
-
-@attrs.frozen
-class StoreKit:
-    """Opens fresh stores of one kind in a test's temporary folder.
-
-    ``open(tmp_path, clock)`` yields a store; calling it twice in one test gives
-    two stores over the same data (two processes would see the same), which the
-    concurrency tests rely on.  ``damage(store, run_id, part)`` corrupts a run
-    behind the store's back.
-    """
-
-    name: str
-    open: Callable[[Path, FakeClock], contextlib.AbstractAsyncContextManager[Any]]
-    damage: Callable[[Any, str, Damage], Awaitable[None]]
-
+from .kit_base import Damage, StoreKit, server_or_skip
 
 # ---- memory ------------------------------------------------------------------------------
 
@@ -92,14 +72,6 @@ async def _damage_sqlite(store: Any, run_id: str, part: Damage) -> None:
             db.execute("UPDATE awaitly_runs SET metadata_json = '[1, 2' WHERE id = ?", (run_id,))
         else:
             db.execute("UPDATE awaitly_runs SET format_version = 99 WHERE id = ?", (run_id,))
-
-
-def server_or_skip(kind: str, url: str, error: BaseException) -> None:
-    """Skip a test whose server is unreachable, or fail it under CI (``CI=true``)."""
-    message = f"{kind} at {url} is unreachable ({type(error).__name__}: {error})"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI needs it running", pytrace=False)
-    pytest.skip(message)
 
 
 def _server_kits() -> list[StoreKit]:

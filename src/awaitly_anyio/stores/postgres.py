@@ -13,12 +13,15 @@ Under trio, asyncpg runs on the shared private asyncio loop
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._bridge import DriverLoop
+import anyio
+
+from .._bridge import DriverLoop, current_async_library
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
 from ..clock import Clock, SystemClock
 from ..result import Result
@@ -155,7 +158,13 @@ class PostgresStore:
         self._closed = False
 
     async def __aenter__(self) -> PostgresStore:
-        await self._call(_noop)
+        try:
+            await self._call(_noop)
+        except BaseException:
+            # Connected but could not start (say, a newer schema): let nothing leak.
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -181,6 +190,11 @@ class PostgresStore:
         """Run ``fn(connection, *args)`` on the driver loop with a pooled connection."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+        if self._dsn is None and current_async_library() != "asyncio":
+            raise RuntimeError(
+                "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
+                " to the loop that made it); under trio, give it a DSN instead"
+            )
         return await self._loop.call(self._with_connection, fn, args)
 
     async def _with_connection(self, fn: Any, args: tuple[Any, ...]) -> Any:
@@ -394,7 +408,7 @@ class PostgresStore:
         self._closed = True
         try:
             if self._dsn is not None and self._pool is not None and self._loop.bound:
-                await self._loop.call(self._pool.close)
+                await self._loop.call(_close_pool, self._pool)
         finally:
             self._pool = None if self._dsn is not None else self._pool
             self._loop.release()
@@ -493,6 +507,14 @@ class PostgresStore:
 
 async def _noop(connection: Any) -> None:
     return None
+
+
+async def _close_pool(pool: Any) -> None:
+    """Close gracefully, but never wait on a dead server for long."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=10)
+    except (asyncio.TimeoutError, OSError):
+        pool.terminate()
 
 
 def digest(text: str) -> bytes:

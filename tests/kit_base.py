@@ -1,0 +1,41 @@
+"""The shape of a store kit, shared by ``store_kits`` and each server store's kit module."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import pytest
+
+from awaitly_anyio.testing import FakeClock
+
+Damage = Literal["step", "metadata", "format"]
+"""Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
+or the format version (set to one no release wrote)."""
+
+
+@attrs.frozen
+class StoreKit:
+    """Opens fresh stores of one kind in a test's temporary folder.
+
+    ``open(tmp_path, clock)`` yields a store; calling it twice in one test gives
+    two stores over the same data (two processes would see the same), which the
+    concurrency tests rely on.  ``damage(store, run_id, part)`` corrupts a run
+    behind the store's back.
+    """
+
+    name: str
+    open: Callable[[Path, FakeClock], contextlib.AbstractAsyncContextManager[Any]]
+    damage: Callable[[Any, str, Damage], Awaitable[None]]
+
+
+def server_or_skip(kind: str, url: str, error: BaseException) -> None:
+    """Skip a test whose server is unreachable, or fail it under CI (``CI=true``)."""
+    message = f"{kind} at {url} is unreachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI needs it running", pytrace=False)
+    pytest.skip(message)

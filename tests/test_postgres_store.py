@@ -1,0 +1,217 @@
+"""What only the PostgreSQL store promises: its schema and version, one-statement
+checkpoints, recovery from a lost connection, pools, and no thread left behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from awaitly_anyio import Ok, open_store
+from awaitly_anyio.resume import StepRecord
+from awaitly_anyio.serialization import default_registry, encode_step_record
+from awaitly_anyio.store import EncodedStep
+from awaitly_anyio.stores.postgres import SCHEMA_VERSION, PostgresStore
+from awaitly_anyio.testing import FakeClock
+
+from .kit_base import server_or_skip
+from .postgres_kit import DSN, admin, schema_for
+
+pytestmark = pytest.mark.anyio
+
+
+def encoded(key: str, value: Any) -> EncodedStep:
+    record = StepRecord(Ok(value))
+    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
+
+
+async def fetch(sql: str, *args: Any) -> list[Any]:
+    """Rows of one query, on a fresh connection (through the bridge under trio)."""
+    from awaitly_anyio._bridge import DriverLoop
+
+    async def run() -> list[Any]:
+        import asyncpg
+
+        connection = await asyncpg.connect(DSN, timeout=5)
+        try:
+            return list(await connection.fetch(sql, *args))
+        finally:
+            await connection.close()
+
+    loop = DriverLoop("test query")
+    try:
+        return await loop.call(run)
+    finally:
+        loop.release()
+
+
+@pytest.fixture
+async def schema(tmp_path: Path) -> AsyncIterator[str]:
+    name = schema_for(tmp_path)
+    try:
+        await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    except OSError as exc:
+        server_or_skip("PostgreSQL", DSN, exc)
+    yield name
+    await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def bridge_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
+
+
+async def test_the_schema_is_created_once_with_its_version(schema: str) -> None:
+    async with PostgresStore(DSN, schema=schema, table_prefix="wf_") as one:
+        await one.mark_running("r", "orders")
+    async with PostgresStore(DSN, schema=schema, table_prefix="wf_") as two:
+        assert await two.load("r") is not None
+    versions = await fetch(f'SELECT version FROM "{schema}"."wf_schema_version"')
+    assert [row[0] for row in versions] == [SCHEMA_VERSION]
+    tables = await fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1"
+        " ORDER BY table_name",
+        schema,
+    )
+    assert [row[0] for row in tables] == ["wf_runs", "wf_schema_version", "wf_steps"]
+    kinds = await fetch(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = $1 AND column_name IN ('record', 'metadata', 'result')",
+        schema,
+    )
+    assert {row[1] for row in kinds} == {"jsonb"}
+
+
+async def test_many_stores_starting_at_once_migrate_once(schema: str) -> None:
+    async def start() -> None:
+        async with PostgresStore(DSN, schema=schema):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(start)
+    versions = await fetch(f'SELECT version FROM "{schema}"."awaitly_schema_version"')
+    assert [row[0] for row in versions] == [SCHEMA_VERSION]
+
+
+async def test_a_database_from_a_newer_release_is_refused(schema: str) -> None:
+    async with PostgresStore(DSN, schema=schema):
+        pass
+    await admin(f'INSERT INTO "{schema}"."awaitly_schema_version" VALUES ({SCHEMA_VERSION + 1})')
+    with pytest.raises(RuntimeError, match="upgrade awaitly-anyio"):
+        async with PostgresStore(DSN, schema=schema):
+            pass
+
+
+async def test_a_checkpoint_is_one_statement_that_writes_one_step(schema: str) -> None:
+    async with PostgresStore(DSN, schema=schema) as store:
+        await store.mark_running("r", "orders")
+        for n in range(20):
+            await store.checkpoint("r", encoded(f"big-{n}", "x" * 50_000))
+        await store.checkpoint("r", encoded("small", 1))
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert len(loaded.steps) == 21
+    # Rows written by the checkpoint's transaction carry its id (xmin): only one step row does.
+    steps = f'"{schema}"."awaitly_steps"'
+    written = await fetch(
+        f"SELECT key FROM {steps} WHERE xmin::text = (SELECT xmin::text FROM {steps}"
+        " WHERE key = 'small')"
+    )
+    assert [row[0] for row in written] == ["small"]
+
+
+async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:
+    async with PostgresStore(DSN, schema=schema, max_size=1) as store:
+        await store.mark_running("r", "orders")
+        await admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name = ''"
+        )
+        failure: Exception | None = None
+        try:
+            await store.checkpoint("r", encoded("a", 1))
+        except Exception as exc:
+            failure = exc
+        # asyncpg reports the dropped connection in its own words; it must not pass silently.
+        assert failure is None or str(failure)
+        # Whatever happened to that call, the store works again and nothing is half written.
+        await store.checkpoint("r", encoded("b", 2))
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert set(loaded.steps) <= {"a", "b"}
+        assert loaded.steps["b"].result == Ok(2)
+
+
+async def test_an_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(OSError, match=r"[Cc]onnect"):
+        async with PostgresStore("postgresql://postgres@127.0.0.1:1/test"):
+            pass
+
+
+async def test_a_given_pool_works_on_asyncio_and_is_refused_on_trio(
+    schema: str, anyio_backend: str
+) -> None:
+    if anyio_backend == "trio":
+        import asyncpg
+
+        # A pool needs an asyncio loop to exist at all; a bare instance stands in for one.
+        store = PostgresStore(asyncpg.Pool.__new__(asyncpg.Pool), schema=schema)
+        with pytest.raises(RuntimeError, match="asyncio only"):
+            await store.load("r")
+        await store.close()
+        return
+    import asyncpg
+
+    async with asyncpg.create_pool(DSN, min_size=1, max_size=2) as pool:
+        async with PostgresStore(pool, schema=schema) as store:
+            await store.mark_running("r", "orders")
+        # The store did not close a pool it did not make.
+        assert await pool.fetchval("SELECT 1") == 1
+
+
+async def test_closing_leaves_no_bridge_thread(schema: str) -> None:
+    async with open_store(DSN, schema=schema) as store:
+        await store.mark_running("r", "orders")
+    assert bridge_threads() == []
+
+
+async def test_purge_expired_deletes_runs_and_their_steps(schema: str) -> None:
+    clock = FakeClock()
+    async with PostgresStore(DSN, schema=schema, clock=clock) as store:
+        await store.mark_running("old", "orders")
+        await store.checkpoint("old", encoded("a", 1))
+        await store.finish("old", "completed", Ok(1), None, ttl=5)
+        await store.mark_running("new", "orders")
+        clock.advance(5)
+        assert await store.purge_expired() == 1
+        assert await store.purge_expired() == 0
+    rows = await fetch(f'SELECT id FROM "{schema}"."awaitly_runs"')
+    assert [row[0] for row in rows] == ["new"]
+    steps = await fetch(f'SELECT count(*) FROM "{schema}"."awaitly_steps"')
+    assert steps[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"schema": 'x"; DROP TABLE y; --'}, "schema"),
+        ({"table_prefix": "bad-prefix"}, "table_prefix"),
+        ({"schema": ""}, "schema"),
+        ({"min_size": 3, "max_size": 2}, "min_size"),
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PostgresStore(DSN, **options)
+
+
+def test_a_dsn_must_be_postgresql() -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        PostgresStore("mysql://x")
+    with pytest.raises(TypeError, match=r"DSN string or an asyncpg\.Pool"):
+        PostgresStore(42)  # type: ignore[arg-type]

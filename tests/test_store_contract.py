@@ -28,9 +28,10 @@ from awaitly_anyio import (
     WorkflowSnapshot,
     register_type,
 )
+from awaitly_anyio.errors import LeaseLostError
 from awaitly_anyio.resume import StepRecord
 from awaitly_anyio.serialization import default_registry, encode_step_record
-from awaitly_anyio.store import CheckpointStore, EncodedStep
+from awaitly_anyio.store import CheckpointStore, Claim, EncodedStep, LeaseStore
 from awaitly_anyio.testing import FakeClock
 
 from .store_kits import KITS, StoreKit, kit_ids
@@ -504,3 +505,107 @@ async def test_checkpoints_need_a_running_run(store: CheckpointStore, clock: Fak
     fresh = await store.load("old")
     assert fresh is not None
     assert fresh.steps == {}
+
+
+# ---- leases ------------------------------------------------------------------------------
+
+
+async def test_one_owner_at_a_time_holds_a_run(store: LeaseStore, clock: FakeClock) -> None:
+    assert isinstance(store, LeaseStore)
+    first = await store.claim("r", "orders", owner="w1", lease=30, metadata={"input": 7})
+    assert first == Claim("claimed", "w1", clock.time() + 30, fresh=True)
+    assert await store.claim("r", "refunds", owner="w1", lease=30) == Claim(
+        "mismatch", workflow_name="orders"
+    )
+    held = await store.claim("r", "orders", owner="w2", lease=30)
+    assert held == Claim("held", "w1", clock.time() + 30)
+    # The holder may claim again (a retry in the same worker).
+    again = await store.claim("r", "orders", owner="w1", lease=30)
+    assert (again.outcome, again.fresh) == ("claimed", False)
+    await store.checkpoint("r", encoded("a", 1), owner="w1")
+    with pytest.raises(LeaseLostError):
+        await store.checkpoint("r", encoded("b", 2), owner="w2")
+    with pytest.raises(LeaseLostError):
+        await store.finish("r", "completed", Ok(1), None, owner="w2")
+
+    clock.advance(30)  # w1 went silent: its lease ran out
+    taken = await store.claim("r", "orders", owner="w2", lease=30)
+    assert taken.outcome == "claimed"
+    assert await store.renew("r", owner="w1", lease=30) is False
+    with pytest.raises(LeaseLostError):
+        await store.checkpoint("r", encoded("late", 0), owner="w1")
+    assert await store.renew("r", owner="w2", lease=60) is True
+    clock.advance(45)
+    assert (await store.claim("r", "orders", owner="w3", lease=30)).outcome == "held"
+
+    snapshot_ = await store.load("r")
+    assert snapshot_ is not None
+    assert set(snapshot_.steps) == {"a"}
+    assert dict(snapshot_.metadata) == {"input": 7}
+
+    await store.finish("r", "completed", Ok(1), None, owner="w2")
+    assert (await store.claim("r", "orders", owner="w3", lease=30)).outcome == "completed"
+
+
+async def test_finishing_or_releasing_frees_the_lease(store: LeaseStore) -> None:
+    await store.claim("f", "orders", owner="w1", lease=30)
+    await store.finish("f", "failed", Err("declined"), None, owner="w1")
+    # A failed run can be retried at once by anyone.
+    assert (await store.claim("f", "orders", owner="w2", lease=30)).outcome == "claimed"
+    await store.release("f", owner="w1")  # not the holder: nothing happens
+    assert (await store.claim("f", "orders", owner="w3", lease=30)).outcome == "held"
+    await store.release("f", owner="w2")
+    assert (await store.claim("f", "orders", owner="w3", lease=30)).outcome == "claimed"
+
+
+async def test_claim_expired_takes_abandoned_runs_oldest_first(
+    store: LeaseStore, clock: FakeClock
+) -> None:
+    await store.claim("crashed", "orders", owner="dead", lease=10)
+    clock.advance(1)
+    await store.claim("shut-down", "orders", owner="gone", lease=10)
+    await store.finish("shut-down", "cancelled", None, None, owner="gone")
+    clock.advance(1)
+    await store.claim("busy", "orders", owner="alive", lease=1000)
+    await store.claim("done", "orders", owner="x", lease=10)
+    await store.finish("done", "completed", Ok(1), None, owner="x")
+    await store.claim("declined", "orders", owner="x", lease=10)
+    await store.finish("declined", "failed", Err("no"), None, owner="x")
+    await store.claim("other", "refunds", owner="dead", lease=10)
+    clock.advance(10)
+
+    claimed = await store.claim_expired(owner="me", lease=30, workflow_names=["orders"])
+    assert [info.id for info in claimed] == ["crashed", "shut-down"]
+    assert {info.workflow_name for info in claimed} == {"orders"}
+    assert await store.claim_expired(owner="you", lease=30, workflow_names=["orders"]) == []
+    assert (await store.claim("crashed", "orders", owner="you", lease=30)).outcome == "held"
+    await store.checkpoint("crashed", encoded("a", 1), owner="me")
+
+    rest = await store.claim_expired(owner="you", lease=30, limit=5)
+    assert [info.id for info in rest] == ["other"]
+    assert await store.claim_expired(owner="you", lease=30, workflow_names=[]) == []
+
+
+async def test_concurrent_claims_have_exactly_one_winner(
+    kit: StoreKit, tmp_path: Path, clock: FakeClock
+) -> None:
+    async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
+        outcomes: list[str] = []
+
+        async def claimer(n: int) -> None:
+            store = one if n % 2 else two
+            claim = await store.claim("hot", "orders", owner=f"w{n}", lease=30)
+            outcomes.append(claim.outcome)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(claimer, n)
+        assert sorted(outcomes) == ["claimed"] + ["held"] * 19
+
+
+@pytest.mark.parametrize(
+    ("owner", "lease"), [("", 30), (None, 30), ("w", 0), ("w", -1), ("w", "30")]
+)
+async def test_bad_lease_arguments_are_refused(store: LeaseStore, owner: Any, lease: Any) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        await store.claim("r", "orders", owner=owner, lease=lease)

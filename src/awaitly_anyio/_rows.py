@@ -51,6 +51,17 @@ class RunRow:
     updated_at: float
     expires_at: float | None
     format_version: int = FORMAT_VERSION
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+    def lease_held_by_other(self, owner: str, now: float) -> bool:
+        """Whether someone other than ``owner`` holds a live lease on this run."""
+        return (
+            self.lease_owner is not None
+            and self.lease_owner != owner
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
 
 
 def encode_metadata(metadata: Mapping[str, Any], registry: TypeRegistry) -> str:

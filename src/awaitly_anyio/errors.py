@@ -13,7 +13,9 @@ import attrs
 
 __all__ = [
     "CircuitOpenError",
+    "LeaseLostError",
     "RateLimitExceededError",
+    "RunInProgressError",
     "SerializationError",
     "SnapshotDecodeError",
     "StepTimeoutError",
@@ -182,4 +184,31 @@ class WorkflowMismatchError(_ValueException):
         return (
             f"run {self.run_id!r} belongs to workflow {self.stored!r}, "
             f"not {self.requested!r}; use another workflow_id"
+        )
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class RunInProgressError(_ValueException):
+    """Run ``run_id`` is being executed elsewhere: ``owner`` holds its lease until
+    ``lease_expires_at`` (epoch seconds), so this start did not execute anything."""
+
+    run_id: str
+    owner: str
+    lease_expires_at: float
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r} is in progress elsewhere (lease held by {self.owner!r})"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class LeaseLostError(_ValueException):
+    """This process lost its lease on run ``run_id`` (it expired and another worker
+    claimed the run), so it stopped: only the lease holder may write the run."""
+
+    run_id: str
+    owner: str
+
+    def __str__(self) -> str:
+        return (
+            f"lost the lease on run {self.run_id!r} (owner {self.owner!r}); another worker has it"
         )

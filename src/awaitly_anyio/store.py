@@ -10,22 +10,31 @@ one small record per keyed step instead of rewriting the whole snapshot.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from .result import Result
 from .resume import StepRecord
-from .snapshot import RUN_STATUSES, RunStatus, SnapshotPage, WorkflowSnapshot
+from .snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["CheckpointStore", "EncodedStep", "SnapshotStore", "open_store"]
+__all__ = [
+    "CheckpointStore",
+    "Claim",
+    "ClaimOutcome",
+    "EncodedStep",
+    "LeaseStore",
+    "SnapshotStore",
+    "open_store",
+]
 
 Ttl = float | timedelta | None
 
@@ -103,8 +112,12 @@ class CheckpointStore(SnapshotStore, Protocol):
         keeping its step records."""
         ...
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
-        """Add or replace one step record of run ``id``; durable once this returns."""
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
+        """Add or replace one step record of run ``id``; durable once this returns.
+
+        With ``owner``, write only while ``owner`` holds the run's lease, else raise
+        :class:`~awaitly_anyio.LeaseLostError`.
+        """
         ...
 
     async def finish(
@@ -116,9 +129,75 @@ class CheckpointStore(SnapshotStore, Protocol):
         *,
         ttl: Ttl = None,
         metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         """Record the run's end: its status, final result (also pre-encoded), expiry and
-        metadata, leaving the step records as they are."""
+        metadata, leaving the step records as they are.
+
+        With ``owner``, only while ``owner`` holds the lease (else
+        :class:`~awaitly_anyio.LeaseLostError`); the lease is released.
+        """
+        ...
+
+
+ClaimOutcome = Literal["claimed", "held", "completed", "mismatch"]
+
+
+@attrs.frozen
+class Claim:
+    """What :meth:`LeaseStore.claim` found.
+
+    - ``"claimed"``: the caller holds the lease until ``lease_expires_at``;
+      ``fresh`` says the run did not exist before (so it has no steps to load).
+    - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
+    - ``"completed"``: the run is finished; nothing changed.
+    - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
+    """
+
+    outcome: ClaimOutcome
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    fresh: bool = False
+    workflow_name: str | None = None
+
+
+@runtime_checkable
+class LeaseStore(CheckpointStore, Protocol):
+    """Leases, so that one worker at a time executes a run and others can take over
+    runs whose worker died.  Every operation is atomic in the store."""
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless another owner's lease is live,
+        the run completed, or it belongs to another workflow; a claimed run is
+        ``running`` (created if absent), keeps its steps and merges ``metadata``."""
+        ...
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it."""
+        ...
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease (nothing happens if it is not the holder)."""
+        ...
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` runs that are ``running`` or ``cancelled`` and whose lease
+        is free or expired (their worker died or shut down), oldest first."""
         ...
 
 
@@ -147,6 +226,15 @@ def check_list_args(prefix: object, status: object, limit: object) -> None:
         raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ValueError(f"limit must be an integer from 1 to 10000, not {limit!r}")
+
+
+def check_lease(owner: object, lease: object) -> float:
+    """Validate a lease owner and duration; the duration in seconds."""
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"a lease owner must be a non-empty string, not {owner!r}")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:
+        raise ValueError(f"a lease must be a positive number of seconds, not {lease!r}")
+    return float(lease)
 
 
 def ttl_seconds(ttl: object) -> float | None:

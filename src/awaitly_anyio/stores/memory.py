@@ -7,7 +7,8 @@ shares objects with the one that was saved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import builtins
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio.lowlevel
@@ -15,13 +16,16 @@ import attrs
 
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
 from ..clock import Clock, SystemClock
+from ..errors import LeaseLostError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotPage, WorkflowSnapshot
+from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from ..store import (
+    Claim,
     EncodedStep,
     Ttl,
     check_id,
+    check_lease,
     check_list_args,
     decode_cursor,
     encode_cursor,
@@ -32,7 +36,7 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``CheckpointStore``) held in a dict.
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) held in a dict.
 
     ``clock`` supplies wall time for TTLs and ``updated_at``; ``registry`` names
     the types step values may hold.  Every method checkpoints, so it is a
@@ -174,12 +178,18 @@ class MemoryStore:
         )
         self._steps.setdefault(id, {})
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
-        """Add one step record to run ``id``."""
-        await anyio.lowlevel.checkpoint()
+    def _writable(self, id: str, owner: str | None) -> RunRow:
         row = self._live(id)
         if row is None:
             raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        if owner is not None and row.lease_owner != owner:
+            raise LeaseLostError(id, owner)
+        return row
+
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
+        """Add one step record to run ``id``."""
+        await anyio.lowlevel.checkpoint()
+        row = self._writable(id, owner)
         self._steps[id][step.key] = step.json
         self._runs[id] = attrs.evolve(row, updated_at=self._clock.time())
 
@@ -192,12 +202,11 @@ class MemoryStore:
         *,
         ttl: Ttl = None,
         metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Record how run ``id`` ended."""
+        """Record how run ``id`` ended (releasing ``owner``'s lease)."""
         await anyio.lowlevel.checkpoint()
-        row = self._live(id)
-        if row is None:
-            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        row = self._writable(id, owner)
         merged = decode_metadata(id, row, self._registry)
         merged.update(metadata or {})
         self._runs[id] = attrs.evolve(
@@ -207,4 +216,94 @@ class MemoryStore:
             metadata_json=encode_metadata(merged, self._registry),
             updated_at=self._clock.time(),
             expires_at=self._expiry(ttl),
+            lease_owner=None,
+            lease_expires_at=None,
         )
+
+    # ---- LeaseStore --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless it is held or completed."""
+        check_id(id)
+        seconds = check_lease(owner, lease)
+        await anyio.lowlevel.checkpoint()
+        now = self._clock.time()
+        row = self._live(id)
+        if row is not None:
+            if row.workflow_name != workflow_name:
+                return Claim("mismatch", workflow_name=row.workflow_name)
+            if row.status == "completed":
+                return Claim("completed")
+            if row.lease_held_by_other(owner, now):
+                return Claim("held", row.lease_owner, row.lease_expires_at)
+        merged = {} if row is None else decode_metadata(id, row, self._registry)
+        merged.update(metadata or {})
+        self._runs[id] = RunRow(
+            workflow_name=workflow_name,
+            status="running",
+            result_json=None,
+            metadata_json=encode_metadata(merged, self._registry),
+            created_at=now if row is None else row.created_at,
+            updated_at=now,
+            expires_at=None,
+            lease_owner=owner,
+            lease_expires_at=now + seconds,
+        )
+        self._steps.setdefault(id, {})
+        return Claim("claimed", owner, now + seconds, fresh=row is None)
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease on run ``id``."""
+        seconds = check_lease(owner, lease)
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        if row is None or row.lease_owner != owner:
+            return False
+        self._runs[id] = attrs.evolve(row, lease_expires_at=self._clock.time() + seconds)
+        return True
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease on run ``id``."""
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        if row is not None and row.lease_owner == owner:
+            self._runs[id] = attrs.evolve(row, lease_owner=None, lease_expires_at=None)
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` abandoned runs, oldest first."""
+        seconds = check_lease(owner, lease)
+        await anyio.lowlevel.checkpoint()
+        now = self._clock.time()
+        names = None if workflow_names is None else set(workflow_names)
+        candidates = []
+        for id in list(self._runs):
+            row = self._live(id)
+            if row is None or row.status not in ("running", "cancelled"):
+                continue
+            if names is not None and row.workflow_name not in names:
+                continue
+            if row.lease_expires_at is not None and row.lease_expires_at > now:
+                continue
+            candidates.append((row.updated_at, id, row))
+        candidates.sort(key=lambda item: (item[0], item[1]))
+        claimed = []
+        for _, id, row in candidates[:limit]:
+            row = attrs.evolve(row, lease_owner=owner, lease_expires_at=now + seconds)
+            self._runs[id] = row
+            claimed.append(info(id, row))
+        return claimed

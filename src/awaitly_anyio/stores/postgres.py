@@ -14,23 +14,27 @@ Under trio, asyncpg runs on the shared private asyncio loop
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
 from ..clock import Clock, SystemClock
+from ..errors import LeaseLostError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotPage, WorkflowSnapshot
+from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from ..store import (
+    Claim,
     EncodedStep,
     Ttl,
     check_id,
+    check_lease,
     check_list_args,
     decode_cursor,
     encode_cursor,
@@ -79,8 +83,9 @@ CREATE TABLE IF NOT EXISTS {steps} (
 
 _RUN_COLUMNS = (
     "workflow_name, status, result::text, metadata::text, created_at, updated_at, expires_at,"
-    " format_version"
+    " format_version, lease_owner, lease_expires_at"
 )
+_RETURNING = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
 _LIVE = "(expires_at IS NULL OR expires_at > {now})"
 
 
@@ -95,7 +100,7 @@ def _import_asyncpg() -> Any:
 
 
 class PostgresStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``CheckpointStore``) in PostgreSQL.
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in PostgreSQL.
 
     - ``dsn_or_pool``: a ``postgresql://`` DSN (the store makes and owns an asyncpg
       pool of ``min_size`` to ``max_size`` connections), or an existing
@@ -447,26 +452,39 @@ class PostgresStore:
 
         await self._call(work)
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
         """Add or replace one step record of run ``id``: one INSERT statement."""
         now = self._clock.time()
         sql = (
             f"WITH run AS (UPDATE {self._runs} SET updated_at = $3"
-            f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')} RETURNING id_digest)"
+            f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')}"
+            " AND ($6::text IS NULL OR lease_owner = $6) RETURNING id_digest)"
             f" INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
             " SELECT id_digest, $2, $5, $4::jsonb FROM run"
             " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
         )
 
-        async def work(connection: Any) -> str:
+        async def work(connection: Any) -> None:
             status: str = await connection.execute(
-                sql, digest(id), step.key, now, step.json, digest(step.key)
+                sql, digest(id), step.key, now, step.json, digest(step.key), owner
             )
-            return status
+            if status.split()[-1] != "1":
+                await self._refuse_write(connection, id, now, owner)
 
-        status = await self._call(work)
-        if status.split()[-1] != "1":
+        await self._call(work)
+
+    async def _refuse_write(
+        self, connection: Any, id: str, now: float, owner: str | None
+    ) -> NoReturn:
+        """Raise why a write to run ``id`` was refused: it is gone, or another owner has it."""
+        found = await connection.fetchval(
+            f"SELECT 1 FROM {self._runs} WHERE id_digest = $1 AND {_LIVE.format(now='$2')}",
+            digest(id),
+            now,
+        )
+        if found is None:
             raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        raise LeaseLostError(id, owner or "")
 
     async def finish(
         self,
@@ -477,8 +495,9 @@ class PostgresStore:
         *,
         ttl: Ttl = None,
         metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Record how run ``id`` ended, keeping its steps."""
+        """Record how run ``id`` ended, keeping its steps (releasing ``owner``'s lease)."""
         now = self._clock.time()
         expires_at = self._expiry(ttl)
         registry = self._registry
@@ -486,14 +505,14 @@ class PostgresStore:
         async def work(connection: Any) -> None:
             async with connection.transaction():
                 found = await self._row(connection, id, now, lock=True)
-                if found is None:
-                    raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+                if found is None or (owner is not None and found["lease_owner"] != owner):
+                    await self._refuse_write(connection, id, now, owner)
                 merged = decode_metadata(id, RunRow(*found), registry)
                 merged.update(metadata or {})
                 await connection.execute(
                     f"UPDATE {self._runs} SET status = $2, result = $3::jsonb,"
-                    " metadata = $4::jsonb, updated_at = $5, expires_at = $6"
-                    " WHERE id_digest = $1",
+                    " metadata = $4::jsonb, updated_at = $5, expires_at = $6,"
+                    " lease_owner = NULL, lease_expires_at = NULL WHERE id_digest = $1",
                     digest(id),
                     status,
                     result_json,
@@ -503,6 +522,157 @@ class PostgresStore:
                 )
 
         await self._call(work)
+
+    # ---- LeaseStore --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless it is held or completed; the row
+        is locked (or inserted with ``ON CONFLICT DO NOTHING``) so two claimers never
+        both win."""
+        check_id(id)
+        seconds = check_lease(owner, lease)
+        now = self._clock.time()
+        registry = self._registry
+        key = digest(id)
+
+        async def work(connection: Any) -> Claim:
+            async with connection.transaction():
+                found = await connection.fetchrow(
+                    f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id_digest = $1 FOR UPDATE",
+                    key,
+                )
+                row = None if found is None else RunRow(*found)
+                if row is not None and row.expires_at is not None and row.expires_at <= now:
+                    await connection.execute(f"DELETE FROM {self._runs} WHERE id_digest = $1", key)
+                    row = None
+                if row is None:
+                    fresh = RunRow(
+                        workflow_name=workflow_name,
+                        status="running",
+                        result_json=None,
+                        metadata_json=encode_metadata(dict(metadata or {}), registry),
+                        created_at=now,
+                        updated_at=now,
+                        expires_at=None,
+                    )
+                    inserted = await connection.fetchval(
+                        f"INSERT INTO {self._runs} (id, id_digest, workflow_name, status,"
+                        " metadata, created_at, updated_at, format_version, lease_owner,"
+                        " lease_expires_at)"
+                        " VALUES ($1, $2, $3, 'running', $4::jsonb, $5, $5, $6, $7, $8)"
+                        " ON CONFLICT (id_digest) DO NOTHING RETURNING 1",
+                        id,
+                        key,
+                        workflow_name,
+                        fresh.metadata_json,
+                        now,
+                        fresh.format_version,
+                        owner,
+                        now + seconds,
+                    )
+                    if inserted:
+                        return Claim("claimed", owner, now + seconds, fresh=True)
+                    # Someone inserted it first: decide against their row.
+                    found = await connection.fetchrow(
+                        f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id_digest = $1 FOR UPDATE",
+                        key,
+                    )
+                    row = RunRow(*found)
+                if row.workflow_name != workflow_name:
+                    return Claim("mismatch", workflow_name=row.workflow_name)
+                if row.status == "completed":
+                    return Claim("completed")
+                if row.lease_held_by_other(owner, now):
+                    return Claim("held", row.lease_owner, row.lease_expires_at)
+                merged = decode_metadata(id, row, registry)
+                merged.update(metadata or {})
+                await connection.execute(
+                    f"UPDATE {self._runs} SET workflow_name = $2, status = 'running',"
+                    " result = NULL, metadata = $3::jsonb, updated_at = $4, expires_at = NULL,"
+                    " lease_owner = $5, lease_expires_at = $6 WHERE id_digest = $1",
+                    key,
+                    workflow_name,
+                    encode_metadata(merged, registry),
+                    now,
+                    owner,
+                    now + seconds,
+                )
+                return Claim("claimed", owner, now + seconds)
+
+        result: Claim = await self._call(work)
+        return result
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease on run ``id``; ``False`` if it lost it."""
+        seconds = check_lease(owner, lease)
+        now = self._clock.time()
+
+        async def work(connection: Any) -> bool:
+            status: str = await connection.execute(
+                f"UPDATE {self._runs} SET lease_expires_at = $3"
+                f" WHERE id_digest = $1 AND lease_owner = $2 AND {_LIVE.format(now='$4')}",
+                digest(id),
+                owner,
+                now + seconds,
+                now,
+            )
+            return status.split()[-1] == "1"
+
+        result: bool = await self._call(work)
+        return result
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease on run ``id``."""
+
+        async def work(connection: Any) -> None:
+            await connection.execute(
+                f"UPDATE {self._runs} SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id_digest = $1 AND lease_owner = $2",
+                digest(id),
+                owner,
+            )
+
+        await self._call(work)
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
+        expired), oldest first, skipping rows another claimer has locked."""
+        seconds = check_lease(owner, lease)
+        now = self._clock.time()
+        names = None if workflow_names is None else builtins.list(workflow_names)
+        sql = (
+            f"WITH picked AS (SELECT id_digest FROM {self._runs}"
+            f" WHERE {_LIVE.format(now='$1')} AND status IN ('running', 'cancelled')"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
+            " AND ($4::text[] IS NULL OR workflow_name = ANY($4::text[]))"
+            " ORDER BY updated_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {self._runs} AS r SET lease_owner = $2, lease_expires_at = $3"
+            f" FROM picked WHERE r.id_digest = picked.id_digest"
+            f" RETURNING r.id, {_RETURNING}"
+        )
+
+        async def work(connection: Any) -> builtins.list[Any]:
+            return builtins.list(
+                await connection.fetch(sql, now, owner, now + seconds, names, limit)
+            )
+
+        found = await self._call(work)
+        return [info(row[0], RunRow(*row[1:])) for row in found]
 
 
 async def _noop(connection: Any) -> None:

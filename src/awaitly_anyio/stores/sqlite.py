@@ -11,24 +11,28 @@ instead of failing.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
 from ..clock import Clock, SystemClock
+from ..errors import LeaseLostError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotPage, WorkflowSnapshot
+from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from ..store import (
+    Claim,
     EncodedStep,
     Ttl,
     check_id,
+    check_lease,
     check_list_args,
     decode_cursor,
     encode_cursor,
@@ -71,6 +75,10 @@ CREATE TABLE IF NOT EXISTS awaitly_steps (
 
 _RUN_COLUMNS = (
     "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
+    " format_version, lease_owner, lease_expires_at"
+)
+_WRITE_COLUMNS = (
+    "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
     " format_version"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -82,7 +90,7 @@ def _connect_sqlite3(path: str) -> Any:
 
 
 class SQLiteStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``CheckpointStore``) in one SQLite file.
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in one SQLite file.
 
     - ``path``: the database file (created with its tables if missing; its folder
       must exist), or ``":memory:"`` for a private in-memory database.
@@ -391,18 +399,19 @@ class SQLiteStore:
 
         await self._run(work)
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
         """Add or replace one step record of run ``id``: one small transaction."""
         now = self._now()
 
         def work(db: Any) -> None:
             with _transaction(db):
                 touched = db.execute(
-                    f"UPDATE awaitly_runs SET updated_at = ? WHERE id = ? AND {_LIVE}",
-                    (now, id, now),
+                    f"UPDATE awaitly_runs SET updated_at = ? WHERE id = ? AND {_LIVE}"
+                    " AND (? IS NULL OR lease_owner = ?)",
+                    (now, id, now, owner, owner),
                 ).rowcount
                 if touched != 1:
-                    raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+                    _refuse_write(db, id, now, owner)
                 db.execute(
                     "INSERT INTO awaitly_steps (run_id, key, record_json) VALUES (?, ?, ?)"
                     " ON CONFLICT (run_id, key) DO UPDATE SET record_json = excluded.record_json",
@@ -420,8 +429,9 @@ class SQLiteStore:
         *,
         ttl: Ttl = None,
         metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Record how run ``id`` ended, keeping its steps."""
+        """Record how run ``id`` ended, keeping its steps (releasing ``owner``'s lease)."""
         now = self._now()
         expires_at = self._expiry(ttl)
         registry = self._registry
@@ -429,13 +439,14 @@ class SQLiteStore:
         def work(db: Any) -> None:
             with _transaction(db):
                 row = self._row(db, id, now)
-                if row is None:
-                    raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+                if row is None or (owner is not None and row.lease_owner != owner):
+                    _refuse_write(db, id, now, owner)
                 merged = decode_metadata(id, row, registry)
                 merged.update(metadata or {})
                 db.execute(
                     "UPDATE awaitly_runs SET status = ?, result_json = ?, metadata_json = ?,"
-                    " updated_at = ?, expires_at = ? WHERE id = ?",
+                    " updated_at = ?, expires_at = ?, lease_owner = NULL,"
+                    " lease_expires_at = NULL WHERE id = ?",
                     (
                         status,
                         result_json,
@@ -448,10 +459,136 @@ class SQLiteStore:
 
         await self._run(work)
 
+    # ---- LeaseStore --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless it is held or completed; one
+        transaction under the write lock, so two claimers never both win."""
+        check_id(id)
+        seconds = check_lease(owner, lease)
+        now = self._now()
+        registry = self._registry
+
+        def work(db: Any) -> Claim:
+            with _transaction(db):
+                row = self._row(db, id, now)
+                if row is not None:
+                    if row.workflow_name != workflow_name:
+                        return Claim("mismatch", workflow_name=row.workflow_name)
+                    if row.status == "completed":
+                        return Claim("completed")
+                    if row.lease_held_by_other(owner, now):
+                        return Claim("held", row.lease_owner, row.lease_expires_at)
+                else:
+                    db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
+                merged = {} if row is None else decode_metadata(id, row, registry)
+                merged.update(metadata or {})
+                fresh = RunRow(
+                    workflow_name=workflow_name,
+                    status="running",
+                    result_json=None,
+                    metadata_json=encode_metadata(merged, registry),
+                    created_at=now if row is None else row.created_at,
+                    updated_at=now,
+                    expires_at=None,
+                )
+                _upsert_run(db, id, fresh)
+                db.execute(
+                    "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                    (owner, now + seconds, id),
+                )
+                return Claim("claimed", owner, now + seconds, fresh=row is None)
+
+        return await self._run(work)
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease on run ``id``; ``False`` if it lost it."""
+        seconds = check_lease(owner, lease)
+        now = self._now()
+
+        def work(db: Any) -> bool:
+            with _transaction(db):
+                cursor = db.execute(
+                    "UPDATE awaitly_runs SET lease_expires_at = ?"
+                    f" WHERE id = ? AND lease_owner = ? AND {_LIVE}",
+                    (now + seconds, id, owner, now),
+                )
+                return bool(cursor.rowcount == 1)
+
+        return await self._run(work)
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease on run ``id``."""
+
+        def work(db: Any) -> None:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE awaitly_runs SET lease_owner = NULL, lease_expires_at = NULL"
+                    " WHERE id = ? AND lease_owner = ?",
+                    (id, owner),
+                )
+
+        await self._run(work)
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
+        expired), oldest first."""
+        seconds = check_lease(owner, lease)
+        now = self._now()
+        names = None if workflow_names is None else builtins.list(workflow_names)
+        where = (
+            f"{_LIVE} AND status IN ('running', 'cancelled')"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        )
+        params: builtins.list[Any] = [now, now]
+        if names is not None:
+            where += f" AND workflow_name IN ({', '.join('?' * len(names))})"
+            params += names
+
+        def work(db: Any) -> builtins.list[SnapshotInfo]:
+            with _transaction(db):
+                found = db.execute(
+                    f"SELECT id, {_RUN_COLUMNS} FROM awaitly_runs WHERE {where}"
+                    " ORDER BY updated_at, id LIMIT ?",
+                    (*params, limit),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                    [(owner, now + seconds, row[0]) for row in found],
+                )
+            return [info(row[0], RunRow(*row[1:])) for row in found]
+
+        if names == []:
+            return []
+        return await self._run(work)
+
+
+def _refuse_write(db: Any, id: str, now: float, owner: str | None) -> NoReturn:
+    """Raise why a write to run ``id`` was refused: it is gone, or another owner has it."""
+    found = db.execute(f"SELECT 1 FROM awaitly_runs WHERE id = ? AND {_LIVE}", (id, now)).fetchone()
+    if found is None:
+        raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+    raise LeaseLostError(id, owner or "")
+
 
 def _upsert_run(db: Any, id: str, row: RunRow) -> None:
     db.execute(
-        f"INSERT INTO awaitly_runs (id, {_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f"INSERT INTO awaitly_runs (id, {_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET workflow_name = excluded.workflow_name,"
         " status = excluded.status, result_json = excluded.result_json,"
         " metadata_json = excluded.metadata_json, created_at = excluded.created_at,"

@@ -35,7 +35,10 @@ async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
         return values
 
     async with open_store(f"sqlite:///{db}") as store:
-        result = await workflow.run(body, workflow_id=run_id, store=store)
+        # A killed worker leaves its lease behind: wait the short lease out, then take over.
+        result = await workflow.run(
+            body, workflow_id=run_id, store=store, lease=0.3, if_running="wait"
+        )
     print("RESULT", "ok" if result.ok else f"err {result!r}", flush=True)
 
 

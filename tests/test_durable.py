@@ -246,10 +246,10 @@ class FlakyStore(MemoryStore):
 
     down = False
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
         if self.down:
             raise ConnectionError("server closed the connection")
-        await super().checkpoint(id, step)
+        await super().checkpoint(id, step, owner=owner)
 
 
 async def test_a_failing_store_ends_the_run_with_store_error_and_recovers() -> None:

@@ -95,14 +95,15 @@ class WorkflowContext(Generic[D]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
     (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
 
-    __slots__ = ("deps", "step", "steps", "workflow_id", "workflow_name")
+    __slots__ = ("deps", "input", "step", "steps", "workflow_id", "workflow_name")
 
-    def __init__(self, run: RunState, deps: D) -> None:
+    def __init__(self, run: RunState, deps: D, input: Any = None) -> None:
         self.step = _callable_step(Step(run))
         self.steps = BoundSteps(self.step, deps, run)
         self.deps = deps
         self.workflow_id = run.workflow_id
         self.workflow_name = run.name
+        self.input = input
 
     def __repr__(self) -> str:
         return (

@@ -21,15 +21,20 @@ ever reported as complete.
 
 from __future__ import annotations
 
+import os
+import socket
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import attrs
 
 from ._run import logger
 from .errors import (
+    LeaseLostError,
+    RunInProgressError,
     SerializationError,
     SnapshotDecodeError,
     StoredException,
@@ -48,27 +53,53 @@ from .serialization import (
     result_to_doc,
 )
 from .snapshot import RunStatus, WorkflowSnapshot
-from .store import CheckpointStore, EncodedStep, SnapshotStore, Ttl, check_id, from_epoch
+from .store import (
+    CheckpointStore,
+    Claim,
+    EncodedStep,
+    LeaseStore,
+    SnapshotStore,
+    Ttl,
+    check_id,
+    from_epoch,
+)
 
 if TYPE_CHECKING:
     from .workflow import Workflow
 
-__all__ = ["FINAL_CHECKPOINT_SECONDS", "DurableOptions"]
+__all__ = ["FINAL_CHECKPOINT_SECONDS", "INPUT_KEY", "DurableOptions", "IfRunning", "default_owner"]
+
+INPUT_KEY = "input"
+"""The metadata key under which a durable run keeps its input, for whoever resumes it."""
 
 FINAL_CHECKPOINT_SECONDS = 5.0
 """How long a cancelled durable run may spend, shielded, recording that it was cancelled."""
 
 
+IfRunning = Literal["error", "wait"]
+
+
 @attrs.frozen
 class DurableOptions:
-    """What a durable run does at its end: ``ttl`` for a completed run's snapshot,
-    ``failure_ttl`` for a failed one's, ``delete_on_success`` to remove it instead,
-    and ``metadata`` to attach to the run."""
+    """How a durable run behaves.
+
+    At its end: ``ttl`` for a completed run's snapshot, ``failure_ttl`` for a
+    failed one's, ``delete_on_success`` to remove it instead, ``metadata`` to
+    attach.  With a :class:`~awaitly_anyio.store.LeaseStore`: the run holds a
+    lease of ``lease`` seconds as ``owner`` (default: host, pid and a random
+    part), renewed every ``lease / 3`` seconds; if another worker holds it,
+    ``if_running="error"`` returns ``Err(RunInProgressError)`` and ``"wait"``
+    polls (with the workflow's clock) until it is free.
+    """
 
     ttl: Ttl = None
     failure_ttl: Ttl = None
     delete_on_success: bool = False
     metadata: Mapping[str, Any] | None = None
+    lease: float = 30.0
+    owner: str | None = None
+    if_running: IfRunning = "error"
+    input: Any = None
 
 
 class _WholeSnapshots:
@@ -95,7 +126,7 @@ class _WholeSnapshots:
         )
         await self._save(id)
 
-    async def checkpoint(self, id: str, step: EncodedStep) -> None:
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
         assert self._snapshot is not None
         steps = {**self._snapshot.steps, step.key: step.record}
         self._snapshot = attrs.evolve(self._snapshot, steps=steps)
@@ -110,6 +141,7 @@ class _WholeSnapshots:
         *,
         ttl: Ttl = None,
         metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         assert self._snapshot is not None
         merged = {**self._snapshot.metadata, **(metadata or {})}
@@ -135,11 +167,13 @@ class _Checkpointer:
         run_id: str,
         registry: TypeRegistry,
         now: Callable[[], float],
+        owner: str | None = None,
     ) -> None:
         self._target = target
         self._run_id = run_id
         self._registry = registry
         self._now = now
+        self._owner = owner
 
     async def __call__(
         self,
@@ -169,8 +203,14 @@ class _Checkpointer:
                 text = self._fallback_error_record(name, record)
             else:
                 return Err(exc)
+        step = EncodedStep(key, record, text)
         try:
-            await self._target.checkpoint(self._run_id, EncodedStep(key, record, text))
+            if self._owner is None:  # stores without leases need not know the keyword
+                await self._target.checkpoint(self._run_id, step)
+            else:
+                await self._target.checkpoint(self._run_id, step, owner=self._owner)
+        except LeaseLostError as exc:
+            return Err(exc)
         except Exception as exc:
             error = StoreError("checkpoint", self._run_id, _describe(exc))
             if isinstance(result, Err):
@@ -236,6 +276,8 @@ async def run_durable(
     check_id(workflow_id)
     if not isinstance(store, SnapshotStore):
         raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
+    if isinstance(store, LeaseStore):
+        return await _run_leased(workflow, body, store, workflow_id, options, execute)
     registry = _store_registry(store)
     try:
         snapshot = await store.load(workflow_id)
@@ -251,24 +293,180 @@ async def run_durable(
     target: CheckpointStore | _WholeSnapshots = (
         store if isinstance(store, CheckpointStore) else _WholeSnapshots(store, snapshot)
     )
+    input, metadata = _input_and_metadata(options, snapshot)
     try:
-        await target.mark_running(workflow_id, workflow.name, metadata=options.metadata)
+        await target.mark_running(workflow_id, workflow.name, metadata=metadata)
     except SerializationError as exc:
         return Err(exc)
     except Exception as exc:
         return Err(StoreError("start", workflow_id, _describe(exc)))
     checkpointer = _Checkpointer(target, workflow_id, registry, workflow.clock.time)
     try:
-        result = await execute(body, workflow_id, snapshot, checkpointer)
+        result = await execute(body, workflow_id, snapshot, checkpointer, input)
     except BaseException:
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
-            try:
-                await target.finish(workflow_id, "cancelled", None, None)
-            except Exception:
-                logger.exception("could not record the cancellation of run %r", workflow_id)
+        await _record_cancellation(target, workflow_id, None)
         raise
-    return await _finish(target, store, workflow, workflow_id, result, registry, options)
+    return await _finish(target, store, workflow, workflow_id, result, registry, options, None)
+
+
+def _input_and_metadata(
+    options: DurableOptions, snapshot: WorkflowSnapshot | None
+) -> tuple[Any, Mapping[str, Any] | None]:
+    """The run's input (given now, or kept from an earlier start) and the metadata to
+    record, which carries the input so any worker can resume the run."""
+    metadata = dict(options.metadata or {})
+    if options.input is not None:
+        metadata[INPUT_KEY] = options.input
+        return options.input, metadata
+    stored = None if snapshot is None else snapshot.metadata.get(INPUT_KEY)
+    return stored, metadata or None
+
+
+async def _record_cancellation(
+    target: CheckpointStore | _WholeSnapshots, workflow_id: str, owner: str | None
+) -> None:
+    """Mark the run ``cancelled`` (releasing its lease) in a short shielded scope."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+        try:
+            await _call_finish(target, workflow_id, "cancelled", None, None, owner=owner)
+        except LeaseLostError:
+            pass  # another worker has the run now; it is theirs to record
+        except Exception:
+            logger.exception("could not record the cancellation of run %r", workflow_id)
+
+
+def default_owner() -> str:
+    """A lease owner id unique to this process and call: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+async def _claim(
+    workflow: Workflow[Any],
+    store: LeaseStore,
+    workflow_id: str,
+    owner: str,
+    options: DurableOptions,
+    metadata: Mapping[str, Any] | None,
+) -> Claim | Result[Any, Any]:
+    """Claim the run, waiting for another holder if asked; a Result ends the run here."""
+    while True:
+        try:
+            claim = await store.claim(
+                workflow_id, workflow.name, owner=owner, lease=options.lease, metadata=metadata
+            )
+        except SerializationError as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("claim", workflow_id, _describe(exc)))
+        if claim.outcome == "claimed":
+            return claim
+        if claim.outcome == "mismatch":
+            stored = claim.workflow_name or "?"
+            return Err(WorkflowMismatchError(workflow_id, stored, workflow.name))
+        if claim.outcome == "completed":
+            try:
+                snapshot = await store.load(workflow_id)
+            except SnapshotDecodeError as exc:
+                return Err(exc)
+            except Exception as exc:
+                return Err(StoreError("load", workflow_id, _describe(exc)))
+            if snapshot is not None and snapshot.result is not None:
+                return snapshot.result
+            continue  # it expired meanwhile: claim it afresh
+        holder, until = claim.owner or "?", claim.lease_expires_at or 0.0
+        if options.if_running == "error":
+            return Err(RunInProgressError(workflow_id, holder, until))
+        wait = min(options.lease / 3, max(until - workflow.clock.time(), 0.0))
+        await workflow.clock.sleep(max(wait, 0.01))
+
+
+class _LeaseKeeper:
+    """Renews the run's lease from a task beside the body; if the lease is lost the
+    body is cancelled (this scope owns that cancellation) and the run returns
+    ``Err(LeaseLostError)``."""
+
+    def __init__(self, store: LeaseStore, workflow_id: str, owner: str, lease: float) -> None:
+        self._store = store
+        self._workflow_id = workflow_id
+        self._owner = owner
+        self._lease = lease
+        self.lost = False
+        self.body_scope = anyio.CancelScope()
+
+    async def keep(self) -> None:
+        while True:
+            await anyio.sleep(self._lease / 3)
+            try:
+                held = await self._store.renew(
+                    self._workflow_id, owner=self._owner, lease=self._lease
+                )
+            except Exception:
+                # A blip: keep trying until the lease would have run out.
+                logger.warning("could not renew the lease on run %r", self._workflow_id)
+                continue
+            if not held:
+                self.lost = True
+                self.body_scope.cancel()
+                return
+
+
+async def _run_leased(
+    workflow: Workflow[Any],
+    body: Callable[[Any], Awaitable[Any]],
+    store: LeaseStore,
+    workflow_id: str,
+    options: DurableOptions,
+    execute: Callable[..., Awaitable[Result[Any, Any]]],
+) -> Result[Any, Any]:
+    """A durable run under a lease: claim, load, execute with renewals, finish."""
+    owner = options.owner or default_owner()
+    registry = _store_registry(store)
+    metadata = dict(options.metadata or {})
+    if options.input is not None:
+        metadata[INPUT_KEY] = options.input
+    claimed = await _claim(workflow, store, workflow_id, owner, options, metadata or None)
+    if not isinstance(claimed, Claim):
+        return claimed
+    snapshot: WorkflowSnapshot | None = None
+    if not claimed.fresh:
+        try:
+            snapshot = await store.load(workflow_id)
+        except SnapshotDecodeError as exc:
+            await _release(store, workflow_id, owner)
+            return Err(exc)
+        except Exception as exc:
+            await _release(store, workflow_id, owner)
+            return Err(StoreError("load", workflow_id, _describe(exc)))
+    input = options.input
+    if input is None and snapshot is not None:
+        input = snapshot.metadata.get(INPUT_KEY)
+    checkpointer = _Checkpointer(store, workflow_id, registry, workflow.clock.time, owner)
+    keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
+    result: Result[Any, Any] | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keeper.keep)
+            with keeper.body_scope:
+                result = await execute(body, workflow_id, snapshot, checkpointer, input)
+            tg.cancel_scope.cancel()
+    except BaseException:
+        await _record_cancellation(store, workflow_id, owner)
+        raise
+    if keeper.lost or result is None:
+        return Err(LeaseLostError(workflow_id, owner))
+    if isinstance(result, Err) and isinstance(result.error, LeaseLostError):
+        return result
+    return await _finish(store, store, workflow, workflow_id, result, registry, options, owner)
+
+
+async def _release(store: LeaseStore, workflow_id: str, owner: str) -> None:
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+        try:
+            await store.release(workflow_id, owner=owner)
+        except Exception:
+            logger.exception("could not release the lease on run %r", workflow_id)
 
 
 async def _finish(
@@ -279,6 +477,7 @@ async def _finish(
     result: Result[Any, Any],
     registry: TypeRegistry,
     options: DurableOptions,
+    owner: str | None,
 ) -> Result[Any, Any]:
     result, stored, text = _encode_final(result, registry)
     try:
@@ -286,18 +485,49 @@ async def _finish(
             if options.delete_on_success:
                 await store.delete(workflow_id)
             else:
-                await target.finish(workflow_id, "completed", stored, text, ttl=options.ttl)
+                await _call_finish(
+                    target, workflow_id, "completed", stored, text, ttl=options.ttl, owner=owner
+                )
         else:
             metadata = {
                 "error": _error_text(result.error),
                 "last_attempt": from_epoch(workflow.clock.time()).isoformat(),
             }
-            await target.finish(
-                workflow_id, "failed", stored, text, ttl=options.failure_ttl, metadata=metadata
+            await _call_finish(
+                target,
+                workflow_id,
+                "failed",
+                stored,
+                text,
+                ttl=options.failure_ttl,
+                metadata=metadata,
+                owner=owner,
             )
+    except LeaseLostError as exc:
+        return Err(exc)
     except Exception as exc:
         return Err(StoreError("finish", workflow_id, _describe(exc)))
     return result
+
+
+async def _call_finish(
+    target: CheckpointStore | _WholeSnapshots,
+    workflow_id: str,
+    status: RunStatus,
+    result: Result[Any, Any] | None,
+    result_json: str | None,
+    *,
+    owner: str | None,
+    ttl: Ttl = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """``target.finish``, passing ``owner`` only to stores with leases."""
+    if owner is None:
+        await target.finish(workflow_id, status, result, result_json, ttl=ttl, metadata=metadata)
+    else:
+        await target.finish(
+            workflow_id, status, result, result_json, ttl=ttl, metadata=metadata, owner=owner
+        )
 
 
 def _error_text(error: object) -> str:

@@ -37,6 +37,7 @@ from .events import (
 from .result import Err, Ok, Result
 
 if TYPE_CHECKING:
+    from .durable import IfRunning
     from .store import SnapshotStore
 from .resume import SupportsResume, completed_results
 
@@ -106,6 +107,10 @@ class Workflow(Generic[D]):
         failure_ttl: float | timedelta | None = None,
         delete_on_success: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        input: Any = None,
+        lease: float = 30.0,
+        owner: str | None = None,
+        if_running: IfRunning = "error",
     ) -> Result[T, Any]: ...
     @overload
     async def run(
@@ -119,6 +124,10 @@ class Workflow(Generic[D]):
         failure_ttl: float | timedelta | None = None,
         delete_on_success: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        input: Any = None,
+        lease: float = 30.0,
+        owner: str | None = None,
+        if_running: IfRunning = "error",
     ) -> Result[T, Any]: ...
     async def run(
         self,
@@ -131,6 +140,10 @@ class Workflow(Generic[D]):
         failure_ttl: float | timedelta | None = None,
         delete_on_success: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        input: Any = None,
+        lease: float = 30.0,
+        owner: str | None = None,
+        if_running: IfRunning = "error",
     ) -> Result[Any, Any]:
         """Run ``body(ctx)`` and return its outcome as a Result.
 
@@ -145,6 +158,12 @@ class Workflow(Generic[D]):
         executing anything, and records the outcome: a completed run kept for
         ``ttl`` (or deleted, ``delete_on_success=True``), a failed one kept for
         ``failure_ttl`` with the error and last attempt time in its metadata.
+        ``input`` is given to the body as ``ctx.input`` and kept with a durable
+        run, so whoever resumes it gets it back.  With a store that has leases
+        (every shipped store), the run holds a ``lease`` of that many seconds as
+        ``owner`` while it executes; a second start of a run in progress
+        elsewhere returns ``Err(RunInProgressError)`` or, with
+        ``if_running="wait"``, waits for it.
 
         Raises only for a programming error in the arguments (``TypeError``,
         ``ValueError``) and for cancellation from outside, which is re-raised
@@ -166,18 +185,30 @@ class Workflow(Generic[D]):
                     f"workflow {self.name!r}: ttl, failure_ttl, delete_on_success and "
                     f"metadata need a store"
                 )
-            return await self._execute(body, workflow_id, resume_state, None)
+            return await self._execute(body, workflow_id, resume_state, None, input)
         if resume_state is not None:
             raise ValueError(
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
                 f"(a durable run resumes from its store)"
             )
         from .durable import DurableOptions, run_durable
-        from .store import ttl_seconds
+        from .store import check_lease, ttl_seconds
 
         ttl_seconds(ttl)
         ttl_seconds(failure_ttl)
-        options = DurableOptions(ttl, failure_ttl, bool(delete_on_success), metadata)
+        check_lease(owner or "-", lease)
+        if if_running not in ("error", "wait"):
+            raise ValueError(f"if_running must be 'error' or 'wait', not {if_running!r}")
+        options = DurableOptions(
+            ttl,
+            failure_ttl,
+            bool(delete_on_success),
+            metadata,
+            lease=float(lease),
+            owner=owner,
+            if_running=if_running,
+            input=input,
+        )
         return await run_durable(
             self, body, store=store, workflow_id=workflow_id, options=options, execute=self._execute
         )
@@ -188,6 +219,7 @@ class Workflow(Generic[D]):
         workflow_id: str,
         resume_state: SupportsResume | None,
         checkpoint: Checkpoint | None,
+        input: Any = None,
     ) -> Result[Any, Any]:
         """One run of the body, with events; the shared core of plain and durable runs."""
         map_exception = self.catch_unexpected or default_map_exception
@@ -200,7 +232,7 @@ class Workflow(Generic[D]):
             completed=completed_results(resume_state),
             checkpoint=checkpoint,
         )
-        ctx = WorkflowContext(state, self.deps)
+        ctx = WorkflowContext(state, self.deps, input)
         emit = self._emit
         if emit is None:
             return await _outcome(state, body, ctx)

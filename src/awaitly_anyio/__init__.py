@@ -11,7 +11,9 @@ from .collector import ResumeStateCollector, create_resume_state_collector
 from .context import BoundSteps, Deps, WorkflowContext
 from .errors import (
     CircuitOpenError,
+    LeaseLostError,
     RateLimitExceededError,
+    RunInProgressError,
     SerializationError,
     SnapshotDecodeError,
     StepTimeoutError,
@@ -21,12 +23,13 @@ from .errors import (
     WorkflowMismatchError,
     is_unexpected_error,
 )
+from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
 from .result import Err, Ok, Result, UnwrapError, err, ok
 from .resume import ResumeState, StepRecord, SupportsResume
 from .serialization import TypeRegistry, register_type
 from .snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from .step import Backoff, RetryPolicy, Step
-from .store import CheckpointStore, EncodedStep, SnapshotStore, open_store
+from .store import CheckpointStore, Claim, EncodedStep, LeaseStore, SnapshotStore, open_store
 from .workflow import Workflow, create_workflow, run
 
 __version__ = "0.1.0"
@@ -36,16 +39,21 @@ __all__ = [
     "BoundSteps",
     "CheckpointStore",
     "CircuitOpenError",
+    "Claim",
     "Clock",
     "Deps",
     "EncodedStep",
     "Err",
+    "LeaseLostError",
+    "LeaseStore",
     "Ok",
     "RateLimitExceededError",
+    "RecoveredRun",
     "Result",
     "ResumeState",
     "ResumeStateCollector",
     "RetryPolicy",
+    "RunInProgressError",
     "RunStatus",
     "SerializationError",
     "SnapshotDecodeError",
@@ -65,6 +73,7 @@ __all__ = [
     "Workflow",
     "WorkflowContext",
     "WorkflowMismatchError",
+    "WorkflowRegistry",
     "WorkflowSnapshot",
     "create_resume_state_collector",
     "create_workflow",
@@ -72,6 +81,8 @@ __all__ = [
     "events",
     "is_unexpected_error",
     "ok",
+    "recover",
+    "recovery_loop",
     "open_store",
     "register_type",
     "run",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -172,3 +173,36 @@ def test_every_page_is_in_the_nav() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     missing = [p.name for p in DOCS.glob("*.md") if p.name not in nav]
     assert not missing, f"pages missing from mkdocs.yml nav: {missing}"
+
+
+def test_doc_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    """The examples under docs/ are typed code: ``mypy --strict`` accepts every one of them
+    (which is also what gives typing.md's ``assert_type`` calls their meaning)."""
+    pytest.importorskip("mypy")
+    files = []
+    for example in EXAMPLES:
+        if not example.path.startswith("docs/"):
+            continue
+        module = tmp_path / (re.sub(r"\W", "_", example.id) + ".py")
+        # Blank lines first, so mypy reports the line numbers of the Markdown file.
+        module.write_text("\n" * example.line + example.code, encoding="utf-8")
+        files.append(str(module))
+    assert files
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = done.stdout.replace(str(tmp_path) + "/", "") + done.stderr
+    assert done.returncode == 0, f"mypy --strict rejects doc examples:\n{report}"

@@ -465,7 +465,8 @@ async def test_checkpoints_build_a_run_one_step_at_a_time(
     running = await store.load("c")
     assert running is not None
     assert running.status == "running"
-    assert running.updated_at.timestamp() == pytest.approx(clock.time())
+    # updated_at moves at least when a run starts and ends (stores may also move it per step).
+    assert running.updated_at.timestamp() >= clock.time() - 1
     assert {k: r.result for k, r in running.steps.items()} == {"a": Ok(10), "b": Ok(Point(1, 2))}
 
     await store.finish("c", "failed", Err("declined"), None, ttl=60, metadata={"tries": 1})

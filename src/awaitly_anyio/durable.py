@@ -21,6 +21,7 @@ ever reported as complete.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import traceback
@@ -336,9 +337,14 @@ async def _record_cancellation(
             logger.exception("could not record the cancellation of run %r", workflow_id)
 
 
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname()
+
+
 def default_owner() -> str:
     """A lease owner id unique to this process and call: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 async def _claim(

@@ -28,7 +28,7 @@ from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from ..store import (
     Claim,
     EncodedStep,
@@ -72,7 +72,7 @@ CREATE INDEX IF NOT EXISTS {prefix}runs_by_update ON {runs} (updated_at DESC);
 CREATE INDEX IF NOT EXISTS {prefix}runs_by_expiry ON {runs} (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {steps} (
-    run_digest bytea NOT NULL REFERENCES {runs} (id_digest) ON DELETE CASCADE,
+    run_digest bytea NOT NULL,
     key text NOT NULL,
     key_digest bytea NOT NULL,
     record jsonb NOT NULL,
@@ -206,7 +206,7 @@ class PostgresStore:
         if self._pool is None:
             asyncpg = _import_asyncpg()
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size
+                self._dsn, min_size=self._min_size, max_size=self._max_size, reset=_keep_session
             )
         async with self._pool.acquire() as connection:
             if not self._ready:
@@ -342,7 +342,10 @@ class PostgresStore:
 
         async def work(connection: Any) -> bool:
             live = await connection.fetchval(
-                f"DELETE FROM {self._runs} WHERE id_digest = $1 RETURNING {_LIVE.format(now='$2')}",
+                f"WITH run AS (DELETE FROM {self._runs} WHERE id_digest = $1"
+                f" RETURNING {_LIVE.format(now='$2')} AS live),"
+                f" steps AS (DELETE FROM {self._steps} WHERE run_digest = $1)"
+                " SELECT live FROM run",
                 digest(id),
                 now,
             )
@@ -397,11 +400,16 @@ class PostgresStore:
         now = self._clock.time()
 
         async def work(connection: Any) -> int:
-            status = await connection.execute(
-                f"DELETE FROM {self._runs} WHERE expires_at IS NOT NULL AND expires_at <= $1",
-                now,
+            return int(
+                await connection.fetchval(
+                    f"WITH gone AS (DELETE FROM {self._runs}"
+                    " WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING id_digest),"
+                    f" steps AS (DELETE FROM {self._steps} USING gone"
+                    f" WHERE {self._steps}.run_digest = gone.id_digest)"
+                    " SELECT count(*) FROM gone",
+                    now,
+                )
             )
-            return int(status.split()[-1])
 
         result: int = await self._call(work)
         return result
@@ -435,7 +443,9 @@ class PostgresStore:
                 if row is None:
                     # Gone or expired: start afresh, without an expired run's steps.
                     await connection.execute(
-                        f"DELETE FROM {self._runs} WHERE id_digest = $1", digest(id)
+                        f"WITH run AS (DELETE FROM {self._runs} WHERE id_digest = $1)"
+                        f" DELETE FROM {self._steps} WHERE run_digest = $1",
+                        digest(id),
                     )
                 merged = {} if row is None else decode_metadata(id, row, registry)
                 merged.update(metadata or {})
@@ -453,14 +463,19 @@ class PostgresStore:
         await self._call(work)
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one INSERT statement."""
+        """Add or replace one step record of run ``id``: one INSERT statement, one row.
+
+        The run's ``updated_at`` moves when the run starts and ends, not per step.
+        """
         now = self._clock.time()
+        # One row written: the step.  The run row is only read: checking the lease in
+        # the same statement leaves no gap a claim by another owner could use, short
+        # of one committing during this very statement.
         sql = (
-            f"WITH run AS (UPDATE {self._runs} SET updated_at = $3"
+            f"INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
+            f" SELECT id_digest, $2, $5, $4::jsonb FROM {self._runs}"
             f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')}"
-            " AND ($6::text IS NULL OR lease_owner = $6) RETURNING id_digest)"
-            f" INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
-            " SELECT id_digest, $2, $5, $4::jsonb FROM run"
+            " AND ($6::text IS NULL OR lease_owner = $6)"
             " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
         )
 
@@ -502,7 +517,30 @@ class PostgresStore:
         expires_at = self._expiry(ttl)
         registry = self._registry
 
+        extra = encode_metadata(dict(metadata or {}), registry)
+        mergeable = extra.startswith("{") and '"$t"' not in extra
+
         async def work(connection: Any) -> None:
+            if mergeable:
+                # The usual case in one statement: jsonb || merges the top-level keys.
+                done = await connection.fetchval(
+                    f"UPDATE {self._runs} SET status = $2, result = $3::jsonb,"
+                    " metadata = metadata || $4::jsonb, updated_at = $5, expires_at = $6,"
+                    " lease_owner = NULL, lease_expires_at = NULL"
+                    f" WHERE id_digest = $1 AND {_LIVE.format(now='$5')}"
+                    " AND ($7::text IS NULL OR lease_owner = $7)"
+                    " AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'"
+                    " RETURNING 1",
+                    digest(id),
+                    status,
+                    result_json,
+                    extra,
+                    now,
+                    expires_at,
+                    owner,
+                )
+                if done:
+                    return
             async with connection.transaction():
                 found = await self._row(connection, id, now, lock=True)
                 if found is None or (owner is not None and found["lease_owner"] != owner):
@@ -543,7 +581,20 @@ class PostgresStore:
         registry = self._registry
         key = digest(id)
 
+        first_metadata = encode_metadata(dict(metadata or {}), registry)
+        insert = (
+            f"INSERT INTO {self._runs} (id, id_digest, workflow_name, status,"
+            " metadata, created_at, updated_at, format_version, lease_owner,"
+            " lease_expires_at)"
+            " VALUES ($1, $2, $3, 'running', $4::jsonb, $5, $5, $6, $7, $8)"
+            " ON CONFLICT (id_digest) DO NOTHING RETURNING 1"
+        )
+        insert_args = (id, key, workflow_name, first_metadata, now, FORMAT_VERSION, owner)
+
         async def work(connection: Any) -> Claim:
+            # The usual case, a new run, in one statement.
+            if await connection.fetchval(insert, *insert_args, now + seconds):
+                return Claim("claimed", owner, now + seconds, fresh=True)
             async with connection.transaction():
                 found = await connection.fetchrow(
                     f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id_digest = $1 FOR UPDATE",
@@ -551,7 +602,11 @@ class PostgresStore:
                 )
                 row = None if found is None else RunRow(*found)
                 if row is not None and row.expires_at is not None and row.expires_at <= now:
-                    await connection.execute(f"DELETE FROM {self._runs} WHERE id_digest = $1", key)
+                    await connection.execute(
+                        f"WITH run AS (DELETE FROM {self._runs} WHERE id_digest = $1)"
+                        f" DELETE FROM {self._steps} WHERE run_digest = $1",
+                        key,
+                    )
                     row = None
                 if row is None:
                     fresh = RunRow(
@@ -676,6 +731,12 @@ class PostgresStore:
 
 
 async def _noop(connection: Any) -> None:
+    return None
+
+
+async def _keep_session(connection: Any) -> None:
+    """Skip asyncpg's reset round trip when a connection goes back to the pool: this
+    store leaves no session state behind (no session locks, LISTEN or temp tables)."""
     return None
 
 

@@ -1,0 +1,258 @@
+"""Durable runs on PostgreSQL and Redis against the raw driver writes they stand on.
+
+For each store and each backend, in one process and interleaved rounds:
+
+- checkpoint cost per keyed step (a durable run of N keyed steps, per step)
+  against one raw write: an asyncpg upsert (autocommit) or a redis ``SET``;
+- 1-step durable workflows per second against raw writes per second;
+- 100 concurrent durable workflows: their aggregate checkpoint rate;
+- the trio path (through the asyncio bridge) against the asyncio path.
+
+Targets: checkpoint <= 1.3x the raw write; 1-step workflows/s >= 1/3 of raw
+writes/s; trio <= 1.5x asyncio.  Raw writes take the same execution path as the
+store (direct on asyncio, through the bridge on trio).
+
+    python benchmarks/bench_servers.py [--quick] [--json PATH] [--only postgres|redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
+from awaitly_anyio._bridge import DriverLoop
+
+PG_DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AWAITLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHECKPOINT_TARGET, WORKFLOWS_TARGET, TRIO_TARGET = 1.3, 1 / 3, 1.5
+
+
+class RawPostgres:
+    """One asyncpg connection doing autocommit upserts, on the store's execution path."""
+
+    def __init__(self) -> None:
+        self.loop = DriverLoop("raw asyncpg")
+        self.connection: Any = None
+
+    async def open(self) -> None:
+        async def connect() -> None:
+            import asyncpg
+
+            self.connection = await asyncpg.connect(PG_DSN)
+            await self.connection.execute(
+                "CREATE TABLE IF NOT EXISTS awaitly_bench_raw (k text PRIMARY KEY, v jsonb)"
+            )
+
+        await self.loop.call(connect)
+
+    async def write(self, key: str) -> None:
+        await self.loop.call(
+            self.connection.execute,
+            "INSERT INTO awaitly_bench_raw VALUES ($1, $2::jsonb)"
+            " ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            key,
+            '{"ok":true,"value":1,"attempts":1}',
+        )
+
+    async def close(self) -> None:
+        async def close() -> None:
+            await self.connection.execute("DROP TABLE IF EXISTS awaitly_bench_raw")
+            await self.connection.close()
+
+        await self.loop.call(close)
+        self.loop.release()
+
+
+class RawRedis:
+    """One redis.asyncio client doing SETs, on the store's execution path."""
+
+    def __init__(self) -> None:
+        self.loop = DriverLoop("raw redis")
+        self.client: Any = None
+
+    async def open(self) -> None:
+        async def connect() -> None:
+            import redis.asyncio
+
+            self.client = redis.asyncio.Redis.from_url(REDIS_URL)
+            await self.client.ping()
+
+        await self.loop.call(connect)
+
+    async def write(self, key: str) -> None:
+        await self.loop.call(
+            self.client.set, f"awaitly-bench-raw:{key}", '{"ok":true,"value":1}', 600
+        )
+
+    async def close(self) -> None:
+        async def close() -> None:
+            keys = [k async for k in self.client.scan_iter("awaitly-bench-raw:*")]
+            if keys:
+                await self.client.delete(*keys)
+            await self.client.aclose()
+
+        await self.loop.call(close)
+        self.loop.release()
+
+
+async def timed(fn: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await fn()
+    return time.perf_counter() - started
+
+
+async def measure(kind: str, rounds: int, steps: int, flows: int) -> dict[str, float]:
+    """Median figures for one store on the current backend."""
+    tag = uuid.uuid4().hex[:8]
+    if kind == "postgres":
+        raw: RawPostgres | RawRedis = RawPostgres()
+        store_cm = open_store(PG_DSN, schema=f"awaitly_bench_{tag}")
+    else:
+        raw = RawRedis()
+        store_cm = open_store(REDIS_URL, prefix=f"awaitly-bench-{tag}:")
+    workflow = create_workflow("bench")
+
+    async def keyed(ctx: WorkflowContext[Deps]) -> None:
+        for n in range(steps):
+            await ctx.step("s", lambda n=n: n, key=f"k{n}")
+
+    async def one_step(ctx: WorkflowContext[Deps]) -> int:
+        return await ctx.step("s", lambda: 1, key="k")
+
+    samples: dict[str, list[float]] = {
+        "raw write us": [],
+        "checkpoint us": [],
+        "raw writes/s": [],
+        "1-step workflows/s": [],
+        "100 concurrent checkpoints/s": [],
+    }
+    await raw.open()
+    try:
+        async with store_cm as store:
+            for run in range(rounds):
+
+                async def raw_writes() -> None:
+                    for n in range(steps):
+                        await raw.write(f"{tag}-{n}")
+
+                elapsed = await timed(raw_writes)
+                samples["raw write us"].append(elapsed / steps * 1e6)
+                samples["raw writes/s"].append(steps / elapsed)
+
+                run_id = f"keyed-{tag}-{run}"
+
+                async def keyed_run(run_id: str = run_id) -> None:
+                    assert (await workflow.run(keyed, workflow_id=run_id, store=store)).ok
+
+                samples["checkpoint us"].append(await timed(keyed_run) / steps * 1e6)
+
+                async def one_step_runs(run: int = run) -> None:
+                    for n in range(flows):
+                        result = await workflow.run(
+                            one_step, workflow_id=f"one-{tag}-{run}-{n}", store=store
+                        )
+                        assert result.ok
+
+                samples["1-step workflows/s"].append(flows / await timed(one_step_runs))
+
+                async def concurrent(run: int = run) -> None:
+                    async def one(n: int) -> None:
+                        result = await workflow.run(
+                            keyed, workflow_id=f"many-{tag}-{run}-{n}", store=store
+                        )
+                        assert result.ok
+
+                    async with anyio.create_task_group() as tg:
+                        for n in range(100):
+                            tg.start_soon(one, n)
+
+                elapsed = await timed(concurrent)
+                samples["100 concurrent checkpoints/s"].append(100 * steps / elapsed)
+            await _drop(kind, store, tag)
+    finally:
+        await raw.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def _drop(kind: str, store: Any, tag: str) -> None:
+    """Remove what the benchmark wrote."""
+    if kind == "postgres":
+
+        async def drop(connection: Any) -> None:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "awaitly_bench_{tag}" CASCADE')
+
+        await store._call(drop)
+    else:
+        cursor: str | None = None
+        while True:
+            page = await store.list(limit=1000, cursor=cursor)
+            for info in page:
+                await store.delete(info.id)
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+
+def dbos_note() -> str:
+    try:
+        import dbos  # noqa: F401
+    except ImportError:
+        return "DBOS is not installed: skipped (pip install dbos to compare on the same PostgreSQL)"
+    return "DBOS is installed, but this script does not drive it yet"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=str)
+    parser.add_argument("--only", choices=("postgres", "redis"))
+    args = parser.parse_args()
+    rounds, steps, flows = (2, 30, 30) if args.quick else (5, 100, 100)
+    kinds = [args.only] if args.only else ["postgres", "redis"]
+    report: dict[str, Any] = {}
+    missed = False
+    for kind in kinds:
+        if kind == "redis":
+            try:
+                import awaitly_anyio.stores.redis  # noqa: F401
+            except ImportError as exc:
+                print(f"\n{kind}: skipped ({exc})")
+                continue
+        per_backend = {}
+        for backend in ("asyncio", "trio"):
+            per_backend[backend] = anyio.run(measure, kind, rounds, steps, flows, backend=backend)
+        report[kind] = per_backend
+        print(f"\n{kind} ({steps} keyed steps, {flows} one-step runs, {rounds} rounds)")
+        for backend, f in per_backend.items():
+            checkpoint = f["checkpoint us"] / f["raw write us"]
+            flows_ratio = f["1-step workflows/s"] / f["raw writes/s"]
+            print(
+                f"  {backend:8s} raw write {f['raw write us']:7.1f} us | checkpoint"
+                f" {f['checkpoint us']:7.1f} us = {checkpoint:.2f}x (<= {CHECKPOINT_TARGET})"
+                f" | 1-step {f['1-step workflows/s']:7.0f}/s = {flows_ratio:.2f} of raw"
+                f" {f['raw writes/s']:.0f}/s (>= {WORKFLOWS_TARGET:.2f})"
+                f" | 100 concurrent: {f['100 concurrent checkpoints/s']:.0f} checkpoints/s"
+            )
+            missed |= checkpoint > CHECKPOINT_TARGET or flows_ratio < WORKFLOWS_TARGET
+        trio_ratio = per_backend["trio"]["checkpoint us"] / per_backend["asyncio"]["checkpoint us"]
+        missed |= trio_ratio > TRIO_TARGET
+        print(f"  trio / asyncio checkpoint: {trio_ratio:.2f}x (<= {TRIO_TARGET})")
+    print(f"\n{dbos_note()}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""What a step costs: ``ctx.step`` against a bare await, a hand-written minimal step,
+and the retry libraries people use today (tenacity, stamina), on asyncio and trio.
+
+Each variant runs N steps inside one workflow run; the figure is ns per step,
+the median of interleaved rounds (every round runs every variant once, so noise
+hits all alike).  Targets (from the core issue):
+
+- plain ``ctx.step`` <= 2x the hand-written minimal step (try/except, two attrs
+  events, ``Ok``);
+- a step with a retry policy that never fires <= 1.1x the plain step;
+- a step with a timeout <= 1.2x the minimal step inside ``anyio.fail_after``.
+
+    python benchmarks/bench_steps.py [--quick] [--check] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+
+from awaitly_anyio import Deps, Err, Ok, RetryPolicy, WorkflowContext, create_workflow
+
+TARGETS = {
+    "plain / minimal": 2.0,
+    "retry (not triggered) / plain": 1.1,
+    "timeout / minimal + fail_after": 1.2,
+}
+
+
+@attrs.frozen
+class _Started:
+    name: str
+    ts: float
+
+
+@attrs.frozen
+class _Finished:
+    name: str
+    ts: float
+    ok: bool
+
+
+class StepFailedError(Exception):
+    """The hand-written step's early exit."""
+
+
+async def value() -> int:
+    return 1
+
+
+def minimal_step_factory() -> Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]:
+    """The step an experienced developer writes by hand: two events, try/except, Ok."""
+    sink: list[object] = []
+    emit = sink.append
+
+    async def step(name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        emit(_Started(name, time.time()))
+        try:
+            result = await fn()
+        except Exception as exc:
+            result = Err(exc)
+        if not isinstance(result, (Ok, Err)):
+            result = Ok(result)
+        emit(_Finished(name, time.time(), result.ok))
+        sink.clear()
+        if isinstance(result, Err):
+            raise StepFailedError(result.error)
+        return result.value
+
+    return step
+
+
+Variant = Callable[[int], Awaitable[float]]
+
+
+def variants() -> dict[str, Variant]:
+    """Each variant runs ``n`` steps and returns the seconds they took."""
+    plain_wf = create_workflow("bench")
+    evented_wf = create_workflow("bench", on_event=lambda event: None)
+    never = RetryPolicy(attempts=3, delay=0.0)
+    minimal = minimal_step_factory()
+
+    async def bare(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            await value()
+        return time.perf_counter() - started
+
+    async def minimal_step(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            await minimal("s", value)
+        return time.perf_counter() - started
+
+    async def minimal_fail_after(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            with anyio.fail_after(10.0):
+                await minimal("s", value)
+        return time.perf_counter() - started
+
+    def in_workflow(workflow: Any, **options: Any) -> Variant:
+        async def variant(n: int) -> float:
+            elapsed = 0.0
+
+            async def body(ctx: WorkflowContext[Deps]) -> None:
+                nonlocal elapsed
+                step = ctx.step
+                started = time.perf_counter()
+                for _ in range(n):
+                    await step("s", value, **options)
+                elapsed = time.perf_counter() - started
+
+            result = await workflow.run(body)
+            assert result.ok, result
+            return elapsed
+
+        return variant
+
+    found: dict[str, Variant] = {
+        "bare await": bare,
+        "minimal": minimal_step,
+        "minimal + fail_after": minimal_fail_after,
+        "plain": in_workflow(plain_wf),
+        "retry (not triggered)": in_workflow(plain_wf, retry=never),
+        "timeout": in_workflow(plain_wf, timeout=10.0),
+        "evented": in_workflow(evented_wf),
+    }
+    try:
+        import tenacity
+    except ImportError:
+        pass
+    else:
+
+        async def tenacity_retry(n: int) -> float:
+            retrying = tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_attempt(3), sleep=anyio.sleep, reraise=True
+            )
+            started = time.perf_counter()
+            for _ in range(n):
+                await retrying(value)
+            return time.perf_counter() - started
+
+        found["tenacity retry (not triggered)"] = tenacity_retry
+    try:
+        import stamina
+    except ImportError:
+        pass
+    else:
+
+        async def stamina_retry(n: int) -> float:
+            started = time.perf_counter()
+            for _ in range(n):
+                async for attempt in stamina.retry_context(on=Exception, attempts=3):
+                    with attempt:
+                        await value()
+            return time.perf_counter() - started
+
+        found["stamina retry (not triggered)"] = stamina_retry
+    return found
+
+
+async def measure(rounds: int, n: int) -> dict[str, float]:
+    """Median ns per step for every variant on the running backend."""
+    found = variants()
+    samples: dict[str, list[float]] = {name: [] for name in found}
+    for variant in found.values():  # warm-up
+        await variant(max(n // 10, 100))
+    for _ in range(rounds):
+        for name, variant in found.items():
+            gc.collect()
+            samples[name].append(await variant(n) / n * 1e9)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def ratios(figures: dict[str, float]) -> dict[str, float]:
+    found = {
+        "plain / minimal": figures["plain"] / figures["minimal"],
+        "retry (not triggered) / plain": figures["retry (not triggered)"] / figures["plain"],
+        "timeout / minimal + fail_after": figures["timeout"] / figures["minimal + fail_after"],
+        "evented / minimal": figures["evented"] / figures["minimal"],
+    }
+    for peer in ("tenacity", "stamina"):
+        name = f"{peer} retry (not triggered)"
+        if name in figures:
+            found[f"retry (not triggered) / {peer}"] = (
+                figures["retry (not triggered)"] / figures[name]
+            )
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--json", type=str, help="also write the figures here")
+    args = parser.parse_args()
+    rounds, n = (3, 2_000) if args.quick else (7, 20_000)
+    report: dict[str, Any] = {}
+    missed = False
+    for backend in ("asyncio", "trio"):
+        figures = anyio.run(measure, rounds, n, backend=backend)
+        found = ratios(figures)
+        report[backend] = {"ns_per_step": figures, "ratios": found}
+        print(f"\n{backend}: {n} steps x {rounds} rounds, median ns per step")
+        for name, ns in figures.items():
+            print(f"  {name:32s} {ns:9.0f}")
+        for name, ratio in found.items():
+            target = TARGETS.get(name)
+            verdict = ""
+            if target is not None:
+                ok = ratio <= target
+                missed |= not ok
+                verdict = f"(target <= {target}) {'PASS' if ok else 'MISS'}"
+            print(f"  {name:40s} {ratio:5.2f}x {verdict}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    return 1 if missed and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

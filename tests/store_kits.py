@@ -76,11 +76,8 @@ async def _damage_sqlite(store: Any, run_id: str, part: Damage) -> None:
 
 def _server_kits() -> list[StoreKit]:
     from .postgres_kit import POSTGRES
+    from .redis_kit import REDIS
 
-    try:  # TEMPORARY until redis_kit lands
-        from .redis_kit import REDIS
-    except ModuleNotFoundError:
-        return [POSTGRES]
     return [POSTGRES, REDIS]
 
 

@@ -1,0 +1,775 @@
+"""A Redis store on redis-py's asyncio client: a hash per run, a hash of its steps, and
+sorted-set indexes, every multi-key change atomic (Lua scripts or WATCH/MULTI).
+
+Keys, under ``prefix`` (default ``awaitly:``)::
+
+    {prefix}run:{id}     hash: the run row (status, result, metadata, times, lease)
+    {prefix}steps:{id}   hash: step key -> record JSON
+    {prefix}index        sorted set: id by updated_at, for ``list`` (never KEYS or SCAN)
+    {prefix}active       sorted set: running and cancelled ids, for recovery
+
+A keyed step's checkpoint is one script call (one round trip).  Expiry is
+decided with the store's clock and also set on the keys with ``PEXPIRE``, so
+Redis frees them by itself; ``list`` drops index entries whose run is gone.
+Under trio the client runs on the shared private asyncio loop
+(:mod:`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
+replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._bridge import DriverLoop, current_async_library
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from ..clock import Clock, SystemClock
+from ..errors import LeaseLostError
+from ..result import Result
+from ..serialization import TypeRegistry, default_registry
+from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from ..store import (
+    Claim,
+    EncodedStep,
+    Ttl,
+    check_id,
+    check_lease,
+    check_list_args,
+    decode_cursor,
+    encode_cursor,
+    ttl_seconds,
+)
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["RedisStore"]
+
+_FIELDS = (
+    "workflow_name",
+    "status",
+    "result_json",
+    "metadata_json",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "format_version",
+    "lease_owner",
+    "lease_expires_at",
+)
+
+# KEYS: run, steps, index, active.  ARGV: id, now, ttl_ms ('' = none), active (0/1),
+# then the run's field/value pairs, '--', then the steps' key/json pairs.
+_SAVE = """
+local lease = redis.call('HMGET', KEYS[1], 'lease_owner', 'lease_expires_at')
+redis.call('DEL', KEYS[1], KEYS[2])
+local i = 5
+local fields = {}
+while ARGV[i] ~= '--' do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  i = i + 2
+end
+if lease[1] then
+  fields[#fields + 1] = 'lease_owner'
+  fields[#fields + 1] = lease[1]
+  fields[#fields + 1] = 'lease_expires_at'
+  fields[#fields + 1] = lease[2]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+i = i + 1
+local batch = {}
+while i <= #ARGV do
+  batch[#batch + 1] = ARGV[i]
+  batch[#batch + 1] = ARGV[i + 1]
+  i = i + 2
+  if #batch >= 1000 then
+    redis.call('HSET', KEYS[2], unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('HSET', KEYS[2], unpack(batch)) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+else redis.call('ZREM', KEYS[4], ARGV[1]) end
+if ARGV[3] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+"""
+
+# A live run: present and not expired at ARGV now.
+_LIVE_FN = """
+local function live(key, now)
+  local exp = redis.call('HGET', key, 'expires_at')
+  if not exp then return false end
+  return exp == '' or tonumber(exp) > tonumber(now)
+end
+"""
+
+# KEYS: run, steps, index.  ARGV: id, now, owner ('' = any), step key, record json.
+# Returns 1 (written), 0 (no such live run), -1 (another owner holds the lease).
+_CHECKPOINT = (
+    _LIVE_FN
+    + """
+if not live(KEYS[1], ARGV[2]) then return 0 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: run, steps, index, active.  ARGV: id, now, workflow_name, metadata json, owner,
+# lease_expires_at, format version.  Creates the run if absent (1), else returns 0.
+_CREATE_CLAIMED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'workflow_name', ARGV[3], 'status', 'running',
+  'result_json', '', 'metadata_json', ARGV[4], 'created_at', ARGV[2], 'updated_at', ARGV[2],
+  'expires_at', '', 'format_version', ARGV[7], 'lease_owner', ARGV[5],
+  'lease_expires_at', ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: run.  ARGV: now, owner, new lease_expires_at.  Returns 1 if renewed.
+_RENEW = (
+    _LIVE_FN
+    + """
+if not live(KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[3])
+return 1
+"""
+)
+
+# KEYS: run.  ARGV: owner.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_expires_at', '')
+end
+return 1
+"""
+
+# KEYS: run, steps, index, active.  ARGV: id, now.  Returns 1 if a live run was deleted.
+_DELETE = (
+    _LIVE_FN
+    + """
+local was = live(KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if was then return 1 end
+return 0
+"""
+)
+
+# KEYS: run.  ARGV: now, owner, lease_expires_at, names ('' = any, else \\n-joined).
+# Claims an abandoned run (running/cancelled, lease free or expired) for owner.
+_CLAIM_ABANDONED = (
+    _LIVE_FN
+    + """
+if not live(KEYS[1], ARGV[1]) then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_expires_at', 'workflow_name')
+if f[1] ~= 'running' and f[1] ~= 'cancelled' then return 0 end
+if f[2] and f[2] ~= '' and tonumber(f[2]) > tonumber(ARGV[1]) then return 0 end
+if ARGV[4] ~= '' then
+  local found = false
+  for name in string.gmatch(ARGV[4], '[^\\n]+') do
+    if name == f[3] then found = true end
+  end
+  if not found then return 0 end
+end
+redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_expires_at', ARGV[3])
+return 1
+"""
+)
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("RedisStore needs redis-py: pip install 'awaitly-anyio[redis]'") from exc
+    return redis.asyncio
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _row(fields: Mapping[str, str]) -> RunRow:
+    """A run row from its hash (all strings; '' means None)."""
+
+    def opt(name: str) -> str | None:
+        value = fields.get(name, "")
+        return value or None
+
+    def opt_num(name: str) -> float | None:
+        value = fields.get(name, "")
+        return float(value) if value else None
+
+    return RunRow(
+        workflow_name=fields["workflow_name"],
+        status=fields["status"],  # type: ignore[arg-type]
+        result_json=opt("result_json"),
+        metadata_json=fields["metadata_json"],
+        created_at=float(fields["created_at"]),
+        updated_at=float(fields["updated_at"]),
+        expires_at=opt_num("expires_at"),
+        format_version=int(fields["format_version"]),
+        lease_owner=opt("lease_owner"),
+        lease_expires_at=opt_num("lease_expires_at"),
+    )
+
+
+def _hash(row: RunRow) -> list[str]:
+    """A run row as field/value pairs (without the lease)."""
+    return [
+        "workflow_name",
+        row.workflow_name,
+        "status",
+        row.status,
+        "result_json",
+        row.result_json or "",
+        "metadata_json",
+        row.metadata_json,
+        "created_at",
+        _num(row.created_at),
+        "updated_at",
+        _num(row.updated_at),
+        "expires_at",
+        _num(row.expires_at),
+        "format_version",
+        str(row.format_version),
+    ]
+
+
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def _live(row: RunRow | None, now: float) -> bool:
+    return row is not None and (row.expires_at is None or row.expires_at > now)
+
+
+class RedisStore:
+    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in Redis.
+
+    - ``url_or_client``: a ``redis://`` / ``rediss://`` / ``unix://`` URL (the store
+      makes and closes its client), or an existing ``redis.asyncio.Redis`` made
+      with ``decode_responses=True`` (used as it is and not closed; asyncio only,
+      since a client belongs to its loop).
+    - ``prefix``: put before every key, so several applications can share a database.
+    - ``clock`` and ``registry`` as for every store.
+
+    Every method is a cancellation point; a cancelled call either ran its script
+    (atomically) or not.  Connection errors (``redis.ConnectionError``) propagate;
+    the client reconnects once the server is back.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.asyncio.Redis,
+        *,
+        prefix: str = "awaitly:",
+        clock: Clock | None = None,
+        registry: TypeRegistry = default_registry,
+    ) -> None:
+        redis_asyncio = _import_redis()
+        if isinstance(url_or_client, str):
+            if not url_or_client.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    f"a Redis URL starts with redis://, rediss:// or unix://,"
+                    f" not {url_or_client[:30]!r}"
+                )
+            self._url: str | None = url_or_client
+            self._client: Any = None
+        elif isinstance(url_or_client, redis_asyncio.Redis):
+            self._url, self._client = None, url_or_client
+        else:
+            raise TypeError(f"expected a Redis URL or a redis.asyncio.Redis, not {url_or_client!r}")
+        if not isinstance(prefix, str) or "\x00" in prefix:
+            raise ValueError(f"prefix must be a string without NUL, not {prefix!r}")
+        self._prefix = prefix
+        self._index = f"{prefix}index"
+        self._active = f"{prefix}active"
+        self._clock = clock if clock is not None else SystemClock()
+        self._registry = registry
+        self._loop = DriverLoop(f"RedisStore(prefix={prefix!r})")
+        self._scripts: dict[str, Any] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> RedisStore:
+        try:
+            await self._call(lambda client: client.ping())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore(prefix={self._prefix!r})"
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The types this store can save and load."""
+        return self._registry
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every key this store writes."""
+        return self._prefix
+
+    def keys_of(self, id: str) -> tuple[str, str]:
+        """The run hash and steps hash keys of run ``id``."""
+        return f"{self._prefix}run:{id}", f"{self._prefix}steps:{id}"
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, fn: Any) -> Any:
+        """Run ``fn(client)`` (a coroutine) on the driver loop."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._url is None and current_async_library() != "asyncio":
+            raise RuntimeError(
+                "a RedisStore given a client works on asyncio only (the client belongs to"
+                " the loop that made it); under trio, give it a URL instead"
+            )
+        return await self._loop.call(self._with_client, fn)
+
+    async def _with_client(self, fn: Any) -> Any:
+        if self._client is None:
+            self._client = _import_redis().Redis.from_url(self._url, decode_responses=True)
+        return await fn(self._client)
+
+    def _script(self, client: Any, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = client.register_script(source)
+        return script
+
+    async def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        async def run(client: Any) -> Any:
+            return await self._script(client, source)(keys=keys, args=args)
+
+        return await self._call(run)
+
+    def _expiry(self, ttl: Ttl) -> float | None:
+        seconds = ttl_seconds(ttl)
+        return None if seconds is None else self._clock.time() + seconds
+
+    @staticmethod
+    def _ttl_ms(expires_at: float | None, now: float) -> str:
+        if expires_at is None:
+            return ""
+        return str(max(1, math.ceil((expires_at - now) * 1000)))
+
+    async def _fetch(self, id: str) -> tuple[RunRow | None, dict[str, str]]:
+        """The run row and steps of ``id``, read together (MULTI/EXEC)."""
+        run_key, steps_key = self.keys_of(id)
+
+        async def read(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(run_key)
+                pipe.hgetall(steps_key)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        fields, steps = await self._call(read)
+        return (_row(fields) if fields else None), steps
+
+    async def _update(self, id: str, change: Any) -> Any:
+        """Read run ``id`` under WATCH, let ``change(row)`` return (outcome, field pairs or
+        None, index ops), and write atomically; retried if the run changed meanwhile."""
+        run_key, steps_key = self.keys_of(id)
+
+        async def transact(client: Any) -> Any:
+            async with client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(run_key)
+                        fields = await pipe.hgetall(run_key)
+                        row = _row(fields) if fields else None
+                        outcome, write = change(row)
+                        pipe.multi()
+                        if write is not None:
+                            write(pipe, run_key, steps_key)
+                        await pipe.execute()
+                        return outcome
+                    except _import_redis().WatchError:
+                        continue
+
+        return await self._call(transact)
+
+    # ---- SnapshotStore -----------------------------------------------------------------
+
+    async def save(
+        self,
+        id: str,
+        snapshot: WorkflowSnapshot,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replace run ``id`` with ``snapshot``, in one script."""
+        check_id(id)
+        now = self._clock.time()
+        expires_at = self._expiry(ttl)
+        row, steps = split(
+            snapshot, self._registry, now=now, expires_at=expires_at, metadata=metadata
+        )
+        args: list[Any] = [
+            id,
+            _num(now),
+            self._ttl_ms(row.expires_at, now),
+            "1" if row.status in ("running", "cancelled") else "0",
+            *_hash(row),
+            "--",
+        ]
+        for key, text in steps:
+            args += [key, text]
+        await self._run_script(_SAVE, [*self.keys_of(id), self._index, self._active], args)
+
+    async def load(self, id: str) -> WorkflowSnapshot | None:
+        """Run ``id``'s snapshot, or ``None``; one consistent read."""
+        check_id(id)
+        now = self._clock.time()
+        row, steps = await self._fetch(id)
+        if row is None or not _live(row, now):
+            return None
+        return assemble(id, row, sorted(steps.items()), self._registry)
+
+    async def delete(self, id: str) -> bool:
+        """Remove run ``id`` and its index entries; whether a live run was there."""
+        check_id(id)
+        keys = [*self.keys_of(id), self._index, self._active]
+        done = await self._run_script(_DELETE, keys, [id, _num(self._clock.time())])
+        return bool(done)
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage:
+        """Runs newest first from the ``updated_at`` index, ``limit`` at a time."""
+        check_list_args(prefix, status, limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        now = self._clock.time()
+        batch = max(limit * 2, 100)
+        top = "+inf" if after is None else repr(after[0])
+        after_id = None if after is None else after[1].encode()
+        found: builtins.list[tuple[float, str, RunRow]] = []
+        dangling: builtins.list[str] = []
+        offset = 0
+        while len(found) <= limit:
+
+            async def page(client: Any, top: str = top, offset: int = offset) -> Any:
+                members = await client.zrevrangebyscore(
+                    self._index, top, "-inf", start=offset, num=batch, withscores=True
+                )
+                async with client.pipeline(transaction=False) as pipe:
+                    for member, _ in members:
+                        pipe.hmget(self.keys_of(member)[0], *_FIELDS)
+                    rows = await pipe.execute()
+                return members, rows
+
+            members, rows = await self._call(page)
+            for (member, score), values in zip(members, rows, strict=True):
+                if after is not None and score == after[0] and member.encode() >= after_id:
+                    continue
+                if values[0] is None:
+                    dangling.append(member)
+                    continue
+                row = _row(dict(zip(_FIELDS, values, strict=True)))
+                if not _live(row, now):
+                    dangling.append(member)
+                    continue
+                if prefix is not None and not member.startswith(prefix):
+                    continue
+                if status is not None and row.status != status:
+                    continue
+                found.append((score, member, row))
+            if len(members) < batch:
+                break
+            offset += batch
+        if dangling:
+            await self._forget(dangling, now)
+        page_rows = found[:limit]
+        infos = [info(member, row) for _, member, row in page_rows]
+        more = len(found) > limit
+        last = page_rows[-1] if page_rows else None
+        next_cursor = encode_cursor(last[0], last[1]) if more and last else None
+        return SnapshotPage(infos, next_cursor)
+
+    async def _forget(self, ids: Sequence[str], now: float) -> int:
+        """Drop index entries of runs that are gone or expired (and such runs' keys)."""
+        forgotten = 0
+        for id in ids:
+            keys = [*self.keys_of(id), self._index, self._active]
+            await self._run_script(_DELETE, keys, [id, _num(now)])
+            forgotten += 1
+        return forgotten
+
+    async def purge_expired(self) -> int:
+        """Delete expired runs and dangling index entries now; how many went.  (Redis
+        also expires the keys by itself; this cleans the indexes.)"""
+        now = self._clock.time()
+
+        async def scan(client: Any) -> Any:
+            members = await client.zrange(self._index, 0, -1)
+            async with client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hget(self.keys_of(member)[0], "expires_at")
+                return members, await pipe.execute()
+
+        members, expiries = await self._call(scan)
+        gone = [
+            member
+            for member, expires in zip(members, expiries, strict=True)
+            if expires is None or (expires != "" and float(expires) <= now)
+        ]
+        return await self._forget(gone, now)
+
+    async def close(self) -> None:
+        """Close the client (if the store made it).  Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._url is not None and self._client is not None and self._loop.bound:
+                await self._loop.call(self._client.aclose)
+        finally:
+            if self._url is not None:
+                self._client = None
+            self._loop.release()
+
+    # ---- CheckpointStore ---------------------------------------------------------------
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create run ``id`` or set it back to running, keeping its steps."""
+        check_id(id)
+        now = self._clock.time()
+        registry = self._registry
+
+        def change(row: RunRow | None) -> tuple[None, Any]:
+            live = row if _live(row, now) else None
+            merged = {} if live is None else decode_metadata(id, live, registry)
+            merged.update(metadata or {})
+            fresh = RunRow(
+                workflow_name=workflow_name,
+                status="running",
+                result_json=None,
+                metadata_json=encode_metadata(merged, registry),
+                created_at=now if live is None else live.created_at,
+                updated_at=now,
+                expires_at=None,
+            )
+
+            def write(pipe: Any, run_key: str, steps_key: str) -> None:
+                if live is None:
+                    pipe.delete(run_key, steps_key)
+                pipe.hset(run_key, mapping=_mapping(_hash(fresh)))
+                pipe.persist(run_key)
+                pipe.persist(steps_key)
+                pipe.zadd(self._index, {id: now})
+                pipe.zadd(self._active, {id: now})
+
+            return None, write
+
+        await self._update(id, change)
+
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
+        """Add or replace one step record of run ``id``: one script, one round trip."""
+        now = self._clock.time()
+        done = await self._run_script(
+            _CHECKPOINT,
+            [*self.keys_of(id), self._index],
+            [id, _num(now), owner or "", step.key, step.json],
+        )
+        if done == 0:
+            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+        if done == -1:
+            raise LeaseLostError(id, owner or "")
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """Record how run ``id`` ended, keeping its steps (releasing ``owner``'s lease)."""
+        now = self._clock.time()
+        expires_at = self._expiry(ttl)
+        registry = self._registry
+
+        def change(row: RunRow | None) -> tuple[None, Any]:
+            if row is None or not _live(row, now):
+                raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+            if owner is not None and row.lease_owner != owner:
+                raise LeaseLostError(id, owner)
+            merged = decode_metadata(id, row, registry)
+            merged.update(metadata or {})
+
+            def write(pipe: Any, run_key: str, steps_key: str) -> None:
+                pipe.hset(
+                    run_key,
+                    mapping={
+                        "status": status,
+                        "result_json": result_json or "",
+                        "metadata_json": encode_metadata(merged, registry),
+                        "updated_at": _num(now),
+                        "expires_at": _num(expires_at),
+                        "lease_owner": "",
+                        "lease_expires_at": "",
+                    },
+                )
+                pipe.zadd(self._index, {id: now})
+                if status == "cancelled":
+                    pipe.zadd(self._active, {id: now})
+                else:
+                    pipe.zrem(self._active, id)
+                ttl_ms = self._ttl_ms(expires_at, now)
+                if ttl_ms:
+                    pipe.pexpire(run_key, int(ttl_ms))
+                    pipe.pexpire(steps_key, int(ttl_ms))
+
+            return None, write
+
+        await self._update(id, change)
+
+    # ---- LeaseStore --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless it is held or completed; a new run
+        is created by one script, an existing one changed under WATCH."""
+        check_id(id)
+        seconds = check_lease(owner, lease)
+        now = self._clock.time()
+        until = now + seconds
+        registry = self._registry
+        created = await self._run_script(
+            _CREATE_CLAIMED,
+            [*self.keys_of(id), self._index, self._active],
+            [
+                id,
+                _num(now),
+                workflow_name,
+                encode_metadata(dict(metadata or {}), registry),
+                owner,
+                _num(until),
+                str(FORMAT_VERSION),
+            ],
+        )
+        if created:
+            return Claim("claimed", owner, until, fresh=True)
+
+        def change(row: RunRow | None) -> tuple[Claim, Any]:
+            live = row if _live(row, now) else None
+            if live is not None:
+                if live.workflow_name != workflow_name:
+                    return Claim("mismatch", workflow_name=live.workflow_name), None
+                if live.status == "completed":
+                    return Claim("completed"), None
+                if live.lease_held_by_other(owner, now):
+                    return Claim("held", live.lease_owner, live.lease_expires_at), None
+            merged = {} if live is None else decode_metadata(id, live, registry)
+            merged.update(metadata or {})
+            fresh = RunRow(
+                workflow_name=workflow_name,
+                status="running",
+                result_json=None,
+                metadata_json=encode_metadata(merged, registry),
+                created_at=now if live is None else live.created_at,
+                updated_at=now,
+                expires_at=None,
+            )
+
+            def write(pipe: Any, run_key: str, steps_key: str) -> None:
+                if live is None:
+                    pipe.delete(run_key, steps_key)
+                pairs = [*_hash(fresh), "lease_owner", owner, "lease_expires_at", _num(until)]
+                pipe.hset(run_key, mapping=_mapping(pairs))
+                pipe.persist(run_key)
+                pipe.persist(steps_key)
+                pipe.zadd(self._index, {id: now})
+                pipe.zadd(self._active, {id: now})
+
+            return Claim("claimed", owner, until, fresh=live is None), write
+
+        outcome: Claim = await self._update(id, change)
+        return outcome
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease on run ``id``; ``False`` if it lost it."""
+        seconds = check_lease(owner, lease)
+        now = self._clock.time()
+        renewed = await self._run_script(
+            _RENEW, [self.keys_of(id)[0]], [_num(now), owner, _num(now + seconds)]
+        )
+        return bool(renewed)
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease on run ``id``."""
+        await self._run_script(_RELEASE, [self.keys_of(id)[0]], [owner])
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
+        expired), oldest first, from the index of active runs."""
+        seconds = check_lease(owner, lease)
+        if workflow_names is not None and not workflow_names:
+            return []
+        now = self._clock.time()
+        names = "" if workflow_names is None else "\n".join(workflow_names)
+        members = await self._call(lambda client: client.zrange(self._active, 0, -1))
+        claimed: builtins.list[SnapshotInfo] = []
+        for member in members:
+            if len(claimed) >= limit:
+                break
+            took = await self._run_script(
+                _CLAIM_ABANDONED,
+                [self.keys_of(member)[0]],
+                [_num(now), owner, _num(now + seconds), names],
+            )
+            if took:
+                row, _ = await self._fetch(member)
+                if row is not None:
+                    claimed.append(info(member, row))
+        return claimed

@@ -20,7 +20,7 @@ Markdown file.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
 import subprocess
 import sys
@@ -57,7 +57,7 @@ class Example:
     index: int  # 1-based among the file's python blocks
     line: int  # line of the opening fence
     tags: frozenset[str]
-    code: str
+    code: str = attrs.field(repr=False)
 
     @property
     def id(self) -> str:
@@ -96,9 +96,10 @@ EXAMPLES = [example for source in _sources() for example in _examples(source)]
 
 def _sqlite_available() -> bool:
     try:
-        return importlib.util.find_spec("awaitly_anyio.stores.sqlite") is not None
+        importlib.import_module("awaitly_anyio.stores.sqlite")
     except ImportError:
         return False
+    return True
 
 
 @contextmanager
@@ -162,10 +163,10 @@ def test_examples_were_found() -> None:
     assert EXAMPLES, "no ```python blocks found in docs/ or README.md"
 
 
-@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+@pytest.mark.parametrize(
+    "page", sorted(p.name for p in DOCS.glob("*.md") if p.name not in PAGES_WITHOUT_EXAMPLES)
+)
 def test_every_page_has_an_example(page: str) -> None:
-    if page in PAGES_WITHOUT_EXAMPLES:
-        return
     assert _examples(DOCS / page), f"docs/{page} has no ```python example"
 
 

@@ -26,6 +26,8 @@ from awaitly_anyio import Ok, open_store
 
 from .kit_base import server_or_skip
 from .postgres_kit import DSN, admin, schema_for
+from .redis_kit import URL as REDIS_URL
+from .redis_kit import prefix_for, wipe
 
 CHILD = Path(__file__).with_name("worker_child.py")
 ROOT = Path(__file__).parent.parent
@@ -38,6 +40,17 @@ def target(kind: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """A store URL and options every process can open, cleaned up afterwards."""
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'runs.db'}", {"synchronous": "NORMAL"}
+        return
+    if kind == "redis":
+        prefix = prefix_for(tmp_path)
+        try:
+            wipe(prefix)
+        except Exception as exc:
+            server_or_skip("Redis", REDIS_URL, exc)
+        try:
+            yield REDIS_URL, {"prefix": prefix}
+        finally:
+            wipe(prefix)
         return
     schema = schema_for(tmp_path)
     try:
@@ -81,7 +94,7 @@ async def outcomes(url: str, options: dict[str, Any]) -> dict[str, Any]:
         return {f"job-{n:02d}": await store.load(f"job-{n:02d}") for n in range(RUNS)}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 def test_workers_share_runs_and_survive_sigkill(tmp_path: Path, kind: str) -> None:
     rng = random.Random(20261125)
     effects = tmp_path / "effects.txt"
@@ -133,7 +146,7 @@ def test_workers_share_runs_and_survive_sigkill(tmp_path: Path, kind: str) -> No
                 assert last_of_pid[pid, run_id] == key, (run_id, key, pid)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 def test_one_run_started_everywhere_at_once_never_overlaps(tmp_path: Path, kind: str) -> None:
     effects = tmp_path / "effects.txt"
     with target(kind, tmp_path) as (url, options):

@@ -1,0 +1,185 @@
+"""What only the Redis store promises: its key layout and real TTLs, one-call checkpoints,
+listing from the index alone, clean-up of dangling entries, clients, lost connections."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from awaitly_anyio import Ok, open_store
+from awaitly_anyio.resume import StepRecord
+from awaitly_anyio.serialization import default_registry, encode_step_record
+from awaitly_anyio.store import EncodedStep
+from awaitly_anyio.stores.redis import RedisStore
+from awaitly_anyio.testing import FakeClock
+
+from .kit_base import server_or_skip
+from .redis_kit import URL, prefix_for, raw, wipe
+
+pytestmark = pytest.mark.anyio
+
+
+def encoded(key: str, value: Any) -> EncodedStep:
+    record = StepRecord(Ok(value))
+    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> Iterator[str]:
+    name = prefix_for(tmp_path)
+    try:
+        wipe(name)
+    except Exception as exc:
+        server_or_skip("Redis", URL, exc)
+    yield name
+    wipe(name)
+
+
+@pytest.fixture
+async def store(prefix: str) -> AsyncIterator[RedisStore]:
+    async with RedisStore(URL, prefix=prefix, clock=FakeClock()) as opened:
+        yield opened
+
+
+def calls(*commands: str) -> int:
+    """How many times the server has run these commands (INFO commandstats)."""
+    with contextlib.closing(raw()) as client:
+        stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
+
+
+def bridge_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
+
+
+async def test_keys_live_under_the_prefix_with_real_ttls(store: RedisStore, prefix: str) -> None:
+    await store.claim("r:1", "orders", owner="w", lease=30)
+    await store.checkpoint("r:1", encoded("a", 1), owner="w")
+    await store.finish("r:1", "completed", Ok(1), None, ttl=60, owner="w")
+    with contextlib.closing(raw()) as client:
+        keys = sorted(client.scan_iter(match="*" + prefix[-17:] + "*"))
+        assert keys == sorted(
+            [f"{prefix}run:r:1", f"{prefix}steps:r:1", f"{prefix}index", f"{prefix}active"]
+        ) or keys == sorted([f"{prefix}run:r:1", f"{prefix}steps:r:1", f"{prefix}index"])
+        assert client.type(f"{prefix}index") == "zset"
+        for key in (f"{prefix}run:r:1", f"{prefix}steps:r:1"):
+            assert 0 < client.pttl(key) <= 60_000
+
+
+async def test_a_checkpoint_is_one_script_call(store: RedisStore) -> None:
+    await store.claim("r", "orders", owner="w", lease=30)
+    await store.checkpoint("r", encoded("warm", 0), owner="w")  # loads the script
+    scripts, others = calls("evalsha"), calls("eval", "multi", "exec", "watch", "hgetall")
+    await store.checkpoint("r", encoded("a", 1), owner="w")
+    # One script call; the writes inside it are the only other commands run.
+    assert calls("evalsha") - scripts == 1
+    assert calls("eval", "multi", "exec", "watch", "hgetall") == others
+
+
+async def test_listing_reads_the_index_and_never_scans(store: RedisStore) -> None:
+    for n in range(30):
+        await store.mark_running(f"run-{n:02d}", "orders")
+    before = calls("keys", "scan")
+    ids, cursor = [], None
+    while True:
+        page = await store.list(limit=7, cursor=cursor)
+        ids += [info.id for info in page]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert calls("keys", "scan") == before
+    assert sorted(ids) == [f"run-{n:02d}" for n in range(30)]
+
+
+async def test_index_entries_of_vanished_runs_are_dropped(store: RedisStore, prefix: str) -> None:
+    await store.mark_running("kept", "orders")
+    await store.mark_running("evicted", "orders")
+    with contextlib.closing(raw()) as client:
+        client.delete(f"{prefix}run:evicted")  # as if Redis evicted or expired it
+    page = await store.list()
+    assert [info.id for info in page] == ["kept"]
+    with contextlib.closing(raw()) as client:
+        assert client.zrange(f"{prefix}index", 0, -1) == ["kept"]
+
+
+async def test_purge_expired_cleans_the_indexes(prefix: str) -> None:
+    clock = FakeClock()
+    async with RedisStore(URL, prefix=prefix, clock=clock) as store:
+        await store.mark_running("old", "orders")
+        await store.finish("old", "completed", Ok(1), None, ttl=5)
+        await store.mark_running("new", "orders")
+        clock.advance(5)
+        assert await store.purge_expired() == 1
+        assert await store.purge_expired() == 0
+    with contextlib.closing(raw()) as client:
+        assert client.zrange(f"{prefix}index", 0, -1) == ["new"]
+        assert not client.exists(f"{prefix}run:old", f"{prefix}steps:old")
+
+
+async def test_a_dropped_connection_is_an_error_and_the_store_recovers(
+    store: RedisStore,
+) -> None:
+    await store.mark_running("r", "orders")
+    with contextlib.closing(raw()) as client:
+        client.client_kill_filter(_type="normal", skipme=True)
+    failure: Exception | None = None
+    try:
+        await store.checkpoint("r", encoded("a", 1))
+    except Exception as exc:
+        failure = exc
+    assert failure is None or "connection" in str(failure).lower()
+    await store.checkpoint("r", encoded("b", 2))
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert loaded.steps["b"].result == Ok(2)
+
+
+async def test_an_unreachable_server_is_a_clear_error() -> None:
+    import redis
+
+    with pytest.raises(redis.ConnectionError):
+        async with RedisStore("redis://127.0.0.1:1/0"):
+            pass
+    assert bridge_threads() == []
+
+
+async def test_a_given_client_works_on_asyncio_and_is_refused_on_trio(
+    prefix: str, anyio_backend: str
+) -> None:
+    import redis.asyncio
+
+    if anyio_backend == "trio":
+        store = RedisStore(redis.asyncio.Redis.__new__(redis.asyncio.Redis), prefix=prefix)
+        with pytest.raises(RuntimeError, match="asyncio only"):
+            await store.load("r")
+        await store.close()
+        return
+    client = redis.asyncio.Redis.from_url(URL, decode_responses=True)
+    try:
+        async with RedisStore(client, prefix=prefix) as store:
+            await store.mark_running("r", "orders")
+        assert await client.ping()  # not closed by the store
+    finally:
+        await client.aclose()
+
+
+async def test_closing_leaves_no_bridge_thread(prefix: str) -> None:
+    async with open_store(URL, prefix=prefix) as store:
+        await store.mark_running("r", "orders")
+    await anyio.lowlevel.checkpoint()
+    assert bridge_threads() == []
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        RedisStore("http://localhost")
+    with pytest.raises(TypeError, match="Redis URL"):
+        RedisStore(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore(URL, prefix="a\x00b")

@@ -35,6 +35,7 @@ __all__ = [
     "encode_metadata",
     "encode_result",
     "info",
+    "restarted",
     "split",
 ]
 
@@ -135,6 +136,29 @@ def assemble(
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise SnapshotDecodeError(run_id, f"invalid row: {exc}") from None
     return snapshot_from_doc(doc, run_id, registry)
+
+
+def restarted(
+    run_id: str,
+    previous: RunRow | None,
+    workflow_name: str,
+    metadata: Mapping[str, Any] | None,
+    now: float,
+    registry: TypeRegistry,
+) -> RunRow:
+    """The row of a run (re)started at ``now``: running, without result, expiry or lease,
+    keeping the previous row's creation time and metadata (with ``metadata`` over it)."""
+    merged = {} if previous is None else decode_metadata(run_id, previous, registry)
+    merged.update(metadata or {})
+    return RunRow(
+        workflow_name=workflow_name,
+        status="running",
+        result_json=None,
+        metadata_json=encode_metadata(merged, registry),
+        created_at=now if previous is None else previous.created_at,
+        updated_at=now,
+        expires_at=None,
+    )
 
 
 def decode_metadata(run_id: str, row: RunRow, registry: TypeRegistry) -> dict[str, Any]:

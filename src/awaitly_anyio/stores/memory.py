@@ -14,7 +14,7 @@ from typing import Any
 import anyio.lowlevel
 import attrs
 
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
 from ..result import Result
@@ -165,17 +165,7 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         now = self._clock.time()
         row = self._live(id)
-        merged = {} if row is None else decode_metadata(id, row, self._registry)
-        merged.update(metadata or {})
-        self._runs[id] = RunRow(
-            workflow_name=workflow_name,
-            status="running",
-            result_json=None,
-            metadata_json=encode_metadata(merged, self._registry),
-            created_at=now if row is None else row.created_at,
-            updated_at=now,
-            expires_at=None,
-        )
+        self._runs[id] = restarted(id, row, workflow_name, metadata, now, self._registry)
         self._steps.setdefault(id, {})
 
     def _writable(self, id: str, owner: str | None) -> RunRow:
@@ -244,16 +234,8 @@ class MemoryStore:
                 return Claim("completed")
             if row.lease_held_by_other(owner, now):
                 return Claim("held", row.lease_owner, row.lease_expires_at)
-        merged = {} if row is None else decode_metadata(id, row, self._registry)
-        merged.update(metadata or {})
-        self._runs[id] = RunRow(
-            workflow_name=workflow_name,
-            status="running",
-            result_json=None,
-            metadata_json=encode_metadata(merged, self._registry),
-            created_at=now if row is None else row.created_at,
-            updated_at=now,
-            expires_at=None,
+        self._runs[id] = attrs.evolve(
+            restarted(id, row, workflow_name, metadata, now, self._registry),
             lease_owner=owner,
             lease_expires_at=now + seconds,
         )

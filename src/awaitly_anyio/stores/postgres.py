@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
 from ..result import Result
@@ -447,17 +447,7 @@ class PostgresStore:
                         f" DELETE FROM {self._steps} WHERE run_digest = $1",
                         digest(id),
                     )
-                merged = {} if row is None else decode_metadata(id, row, registry)
-                merged.update(metadata or {})
-                fresh = RunRow(
-                    workflow_name=workflow_name,
-                    status="running",
-                    result_json=None,
-                    metadata_json=encode_metadata(merged, registry),
-                    created_at=now if row is None else row.created_at,
-                    updated_at=now,
-                    expires_at=None,
-                )
+                fresh = restarted(id, row, workflow_name, metadata, now, registry)
                 await self._upsert(connection, id, fresh)
 
         await self._call(work)

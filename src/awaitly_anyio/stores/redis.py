@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
 from ..result import Result
@@ -571,17 +571,7 @@ class RedisStore:
 
         def change(row: RunRow | None) -> tuple[None, Any]:
             live = row if _live(row, now) else None
-            merged = {} if live is None else decode_metadata(id, live, registry)
-            merged.update(metadata or {})
-            fresh = RunRow(
-                workflow_name=workflow_name,
-                status="running",
-                result_json=None,
-                metadata_json=encode_metadata(merged, registry),
-                created_at=now if live is None else live.created_at,
-                updated_at=now,
-                expires_at=None,
-            )
+            fresh = restarted(id, live, workflow_name, metadata, now, registry)
 
             def write(pipe: Any, run_key: str, steps_key: str) -> None:
                 if live is None:
@@ -703,17 +693,7 @@ class RedisStore:
                     return Claim("completed"), None
                 if live.lease_held_by_other(owner, now):
                     return Claim("held", live.lease_owner, live.lease_expires_at), None
-            merged = {} if live is None else decode_metadata(id, live, registry)
-            merged.update(metadata or {})
-            fresh = RunRow(
-                workflow_name=workflow_name,
-                status="running",
-                result_json=None,
-                metadata_json=encode_metadata(merged, registry),
-                created_at=now if live is None else live.created_at,
-                updated_at=now,
-                expires_at=None,
-            )
+            fresh = restarted(id, live, workflow_name, metadata, now, registry)
 
             def write(pipe: Any, run_key: str, steps_key: str) -> None:
                 if live is None:

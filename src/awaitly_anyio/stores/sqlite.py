@@ -21,7 +21,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, split
+from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
 from ..result import Result
@@ -384,17 +384,7 @@ class SQLiteStore:
                 if row is None:
                     # Gone or expired: start afresh, without an expired run's steps.
                     db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                merged = {} if row is None else decode_metadata(id, row, registry)
-                merged.update(metadata or {})
-                fresh = RunRow(
-                    workflow_name=workflow_name,
-                    status="running",
-                    result_json=None,
-                    metadata_json=encode_metadata(merged, registry),
-                    created_at=now if row is None else row.created_at,
-                    updated_at=now,
-                    expires_at=None,
-                )
+                fresh = restarted(id, row, workflow_name, metadata, now, registry)
                 _upsert_run(db, id, fresh)
 
         await self._run(work)
@@ -489,17 +479,7 @@ class SQLiteStore:
                         return Claim("held", row.lease_owner, row.lease_expires_at)
                 else:
                     db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                merged = {} if row is None else decode_metadata(id, row, registry)
-                merged.update(metadata or {})
-                fresh = RunRow(
-                    workflow_name=workflow_name,
-                    status="running",
-                    result_json=None,
-                    metadata_json=encode_metadata(merged, registry),
-                    created_at=now if row is None else row.created_at,
-                    updated_at=now,
-                    expires_at=None,
-                )
+                fresh = restarted(id, row, workflow_name, metadata, now, registry)
                 _upsert_run(db, id, fresh)
                 db.execute(
                     "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",

@@ -27,7 +27,7 @@ import socket
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 import attrs
@@ -148,6 +148,24 @@ class _WholeSnapshots:
         merged = {**self._snapshot.metadata, **(metadata or {})}
         self._snapshot = attrs.evolve(self._snapshot, status=status, result=result, metadata=merged)
         await self._save(id, ttl)
+
+
+_CAPABILITIES: dict[type, tuple[bool, bool, bool]] = {}
+
+
+def _capabilities(store: object) -> tuple[bool, bool, bool]:
+    """Whether ``store`` is a SnapshotStore, a CheckpointStore and a LeaseStore; cached
+    by class, since a runtime protocol check inspects every method each time."""
+    kind = type(store)
+    found = _CAPABILITIES.get(kind)
+    if found is None:
+        found = (
+            isinstance(store, SnapshotStore),
+            isinstance(store, CheckpointStore),
+            isinstance(store, LeaseStore),
+        )
+        _CAPABILITIES[kind] = found
+    return found
 
 
 def _describe(exc: BaseException) -> str:
@@ -275,10 +293,12 @@ async def run_durable(
     """Run ``body`` durably in ``store``; ``execute`` is the core runner to call with the
     resumed step results and the checkpoint hook."""
     check_id(workflow_id)
-    if not isinstance(store, SnapshotStore):
+    basic, checkpoints, leases = _capabilities(store)
+    if not basic:
         raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
-    if isinstance(store, LeaseStore):
-        return await _run_leased(workflow, body, store, workflow_id, options, execute)
+    if leases:
+        leased = cast(LeaseStore, store)
+        return await _run_leased(workflow, body, leased, workflow_id, options, execute)
     registry = _store_registry(store)
     try:
         snapshot = await store.load(workflow_id)
@@ -292,7 +312,7 @@ async def run_durable(
         if snapshot.status == "completed" and snapshot.result is not None:
             return snapshot.result
     target: CheckpointStore | _WholeSnapshots = (
-        store if isinstance(store, CheckpointStore) else _WholeSnapshots(store, snapshot)
+        cast(CheckpointStore, store) if checkpoints else _WholeSnapshots(store, snapshot)
     )
     input, metadata = _input_and_metadata(options, snapshot)
     try:

@@ -140,6 +140,27 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return 1
 """
 
+# KEYS: run, steps, index, active.  ARGV: id, now, owner ('' = any), status, result json,
+# expires_at, ttl_ms.  Records the end of a run whose metadata does not change.
+# Returns 1 (done), 0 (no such live run), -1 (another owner holds the lease).
+_FINISH = (
+    _LIVE_FN
+    + """
+if not live(KEYS[1], ARGV[2]) then return 0 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'result_json', ARGV[5], 'updated_at', ARGV[2],
+  'expires_at', ARGV[6], 'lease_owner', '', 'lease_expires_at', '')
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if ARGV[4] == 'cancelled' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+else redis.call('ZREM', KEYS[4], ARGV[1]) end
+if ARGV[7] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+return 1
+"""
+)
+
 # KEYS: run.  ARGV: now, owner, new lease_expires_at.  Returns 1 if renewed.
 _RENEW = (
     _LIVE_FN
@@ -614,6 +635,26 @@ class RedisStore:
         now = self._clock.time()
         expires_at = self._expiry(ttl)
         registry = self._registry
+        if not metadata:
+            # Nothing to merge: one script call.
+            done = await self._run_script(
+                _FINISH,
+                [*self.keys_of(id), self._index, self._active],
+                [
+                    id,
+                    _num(now),
+                    owner or "",
+                    status,
+                    result_json or "",
+                    _num(expires_at),
+                    self._ttl_ms(expires_at, now),
+                ],
+            )
+            if done == 0:
+                raise LookupError(f"run {id!r} is not in the store (mark_running first)")
+            if done == -1:
+                raise LeaseLostError(id, owner or "")
+            return
 
         def change(row: RunRow | None) -> tuple[None, Any]:
             if row is None or not _live(row, now):

@@ -94,7 +94,12 @@ def _print_snapshot(snapshot: WorkflowSnapshot, out: TextIO) -> None:
     if snapshot.steps:
         out.write("\n")
         rows = [["STEP KEY", "OUTCOME", "ATTEMPTS", "FINISHED"]]
-        for key, record in snapshot.steps.items():
+        # In the order the steps finished (stores keep records by key, not by time).
+        ordered = sorted(
+            snapshot.steps.items(),
+            key=lambda item: (item[1].finished_at is None, item[1].finished_at or 0, item[0]),
+        )
+        for key, record in ordered:
             rows.append([key, repr(record.result), str(record.attempts), _time(record.finished_at)])
         _table(rows, out)
 

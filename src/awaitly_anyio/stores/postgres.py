@@ -159,6 +159,8 @@ class PostgresStore:
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
         self._loop = DriverLoop(repr(self))
+        self._hot: Any = None
+        self._hot_busy = False
         self._ready = False
         self._closed = False
 
@@ -208,11 +210,36 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size, reset=_keep_session
             )
-        async with self._pool.acquire() as connection:
-            if not self._ready:
+        if not self._ready:
+            async with self._pool.acquire() as connection:
                 await self._migrate(connection)
                 self._ready = True
-            return await fn(connection, *args)
+        if self._dsn is None or self._hot_busy:
+            async with self._pool.acquire() as connection:
+                return await fn(connection, *args)
+        # The store's own connection serves one operation at a time without the pool's
+        # bookkeeping; concurrent operations use the pool.
+        self._hot_busy = True
+        try:
+            if self._hot is None or self._hot.is_closed():
+                self._hot = await _import_asyncpg().connect(self._dsn)
+            connection = self._hot
+            try:
+                return await fn(connection, *args)
+            except Exception as exc:
+                # Our own refusals (LookupError, LeaseLostError) and SQL errors leave the
+                # connection usable; a broken or confused one is replaced.
+                if connection.is_closed() or isinstance(exc, _import_asyncpg().InterfaceError):
+                    self._hot = None
+                    connection.terminate()
+                raise
+            except BaseException:
+                # Cancelled mid-statement: the connection's state is unknown.
+                self._hot = None
+                connection.terminate()
+                raise
+        finally:
+            self._hot_busy = False
 
     async def _migrate(self, connection: Any) -> None:
         async with connection.transaction():
@@ -422,7 +449,10 @@ class PostgresStore:
         try:
             if self._dsn is not None and self._pool is not None and self._loop.bound:
                 await self._loop.call(_close_pool, self._pool)
+            if self._hot is not None and self._loop.bound:
+                await self._loop.call(_close_connection, self._hot)
         finally:
+            self._hot = None
             self._pool = None if self._dsn is not None else self._pool
             self._loop.release()
 
@@ -728,6 +758,14 @@ async def _keep_session(connection: Any) -> None:
     """Skip asyncpg's reset round trip when a connection goes back to the pool: this
     store leaves no session state behind (no session locks, LISTEN or temp tables)."""
     return None
+
+
+async def _close_connection(connection: Any) -> None:
+    """Close gracefully, but never wait on a dead server for long."""
+    try:
+        await asyncio.wait_for(connection.close(), timeout=10)
+    except (asyncio.TimeoutError, OSError):
+        connection.terminate()
 
 
 async def _close_pool(pool: Any) -> None:

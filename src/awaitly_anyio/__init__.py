@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import events
 from .clock import Clock, SystemClock
 from .collector import ResumeStateCollector, create_resume_state_collector
+from .config import Secret, Settings, SettingsError
 from .context import BoundSteps, Deps, WorkflowContext
 from .errors import (
     CircuitOpenError,
@@ -23,6 +24,8 @@ from .errors import (
     WorkflowMismatchError,
     is_unexpected_error,
 )
+from .health import HealthTracker, create_health_app, create_health_tracker
+from .host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
 from .result import Err, Ok, Result, UnwrapError, err, ok
 from .resume import ResumeState, StepRecord, SupportsResume
@@ -44,6 +47,9 @@ __all__ = [
     "Deps",
     "EncodedStep",
     "Err",
+    "HealthTracker",
+    "HostAtCapacityError",
+    "HostClosedError",
     "LeaseLostError",
     "LeaseStore",
     "Ok",
@@ -53,9 +59,13 @@ __all__ = [
     "ResumeState",
     "ResumeStateCollector",
     "RetryPolicy",
+    "RunHandle",
     "RunInProgressError",
     "RunStatus",
+    "Secret",
     "SerializationError",
+    "Settings",
+    "SettingsError",
     "SnapshotDecodeError",
     "SnapshotInfo",
     "SnapshotPage",
@@ -72,18 +82,21 @@ __all__ = [
     "UnwrapError",
     "Workflow",
     "WorkflowContext",
+    "WorkflowHost",
     "WorkflowMismatchError",
     "WorkflowRegistry",
     "WorkflowSnapshot",
+    "create_health_app",
+    "create_health_tracker",
     "create_resume_state_collector",
     "create_workflow",
     "err",
     "events",
     "is_unexpected_error",
     "ok",
+    "open_store",
     "recover",
     "recovery_loop",
-    "open_store",
     "register_type",
     "run",
 ]

@@ -224,10 +224,16 @@ class _Checkpointer:
                 return Err(exc)
         step = EncodedStep(key, record, text)
         try:
-            if self._owner is None:  # stores without leases need not know the keyword
-                await self._target.checkpoint(self._run_id, step)
-            else:
-                await self._target.checkpoint(self._run_id, step, owner=self._owner)
+            # The step's work is done: a shutdown must not drop its record, or the step
+            # would run again on resume.  One short write, so it is shielded (bounded).
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+                if self._owner is None:  # stores without leases need not know the keyword
+                    await self._target.checkpoint(self._run_id, step)
+                else:
+                    await self._target.checkpoint(self._run_id, step, owner=self._owner)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"the store took over {FINAL_CHECKPOINT_SECONDS:g}s")
         except LeaseLostError as exc:
             return Err(exc)
         except Exception as exc:
@@ -351,8 +357,8 @@ async def _record_cancellation(
         scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
         try:
             await _call_finish(target, workflow_id, "cancelled", None, None, owner=owner)
-        except LeaseLostError:
-            pass  # another worker has the run now; it is theirs to record
+        except (LeaseLostError, LookupError):
+            pass  # another worker has the run now (or never had it): theirs to record
         except Exception:
             logger.exception("could not record the cancellation of run %r", workflow_id)
 
@@ -451,26 +457,28 @@ async def _run_leased(
     metadata = dict(options.metadata or {})
     if options.input is not None:
         metadata[INPUT_KEY] = options.input
-    claimed = await _claim(workflow, store, workflow_id, owner, options, metadata or None)
-    if not isinstance(claimed, Claim):
-        return claimed
-    snapshot: WorkflowSnapshot | None = None
-    if not claimed.fresh:
-        try:
-            snapshot = await store.load(workflow_id)
-        except SnapshotDecodeError as exc:
-            await _release(store, workflow_id, owner)
-            return Err(exc)
-        except Exception as exc:
-            await _release(store, workflow_id, owner)
-            return Err(StoreError("load", workflow_id, _describe(exc)))
-    input = options.input
-    if input is None and snapshot is not None:
-        input = snapshot.metadata.get(INPUT_KEY)
-    checkpointer = _Checkpointer(store, workflow_id, registry, workflow.clock.time, owner)
-    keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
     result: Result[Any, Any] | None = None
+    keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
     try:
+        # From the claim on, a cancellation (even one landing mid-claim) is recorded, so
+        # the run is never left holding a lease nobody renews.
+        claimed = await _claim(workflow, store, workflow_id, owner, options, metadata or None)
+        if not isinstance(claimed, Claim):
+            return claimed
+        snapshot: WorkflowSnapshot | None = None
+        if not claimed.fresh:
+            try:
+                snapshot = await store.load(workflow_id)
+            except SnapshotDecodeError as exc:
+                await _release(store, workflow_id, owner)
+                return Err(exc)
+            except Exception as exc:
+                await _release(store, workflow_id, owner)
+                return Err(StoreError("load", workflow_id, _describe(exc)))
+        input = options.input
+        if input is None and snapshot is not None:
+            input = snapshot.metadata.get(INPUT_KEY)
+        checkpointer = _Checkpointer(store, workflow_id, registry, workflow.clock.time, owner)
         async with anyio.create_task_group() as tg:
             tg.start_soon(keeper.keep)
             with keeper.body_scope:
@@ -507,33 +515,56 @@ async def _finish(
 ) -> Result[Any, Any]:
     result, stored, text = _encode_final(result, registry)
     try:
-        if isinstance(result, Ok):
-            if options.delete_on_success:
-                await store.delete(workflow_id)
-            else:
-                await _call_finish(
-                    target, workflow_id, "completed", stored, text, ttl=options.ttl, owner=owner
-                )
-        else:
-            metadata = {
-                "error": _error_text(result.error),
-                "last_attempt": from_epoch(workflow.clock.time()).isoformat(),
-            }
-            await _call_finish(
-                target,
-                workflow_id,
-                "failed",
-                stored,
-                text,
-                ttl=options.failure_ttl,
-                metadata=metadata,
-                owner=owner,
+        # The run's work is done: record it even if a shutdown is cancelling us (a
+        # short, bounded write), or the whole run would be executed again.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+            await _record_end(
+                target, store, workflow, workflow_id, result, stored, text, options, owner
             )
+        if scope.cancelled_caught:
+            raise TimeoutError(f"the store took over {FINAL_CHECKPOINT_SECONDS:g}s")
     except LeaseLostError as exc:
         return Err(exc)
     except Exception as exc:
         return Err(StoreError("finish", workflow_id, _describe(exc)))
     return result
+
+
+async def _record_end(
+    target: CheckpointStore | _WholeSnapshots,
+    store: SnapshotStore,
+    workflow: Workflow[Any],
+    workflow_id: str,
+    result: Result[Any, Any],
+    stored: Result[Any, Any],
+    text: str,
+    options: DurableOptions,
+    owner: str | None,
+) -> None:
+    """Write how the run ended: its result, or its deletion, or its failure."""
+    if isinstance(result, Ok):
+        if options.delete_on_success:
+            await store.delete(workflow_id)
+        else:
+            await _call_finish(
+                target, workflow_id, "completed", stored, text, ttl=options.ttl, owner=owner
+            )
+        return
+    metadata = {
+        "error": _error_text(result.error),
+        "last_attempt": from_epoch(workflow.clock.time()).isoformat(),
+    }
+    await _call_finish(
+        target,
+        workflow_id,
+        "failed",
+        stored,
+        text,
+        ttl=options.failure_ttl,
+        metadata=metadata,
+        owner=owner,
+    )
 
 
 async def _call_finish(

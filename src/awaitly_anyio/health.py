@@ -1,0 +1,298 @@
+"""Health: a tracker of workflow outcomes, dependency checks, and an ASGI application
+serving ``/health``, ``/ready``, ``/health/workflows`` and ``/health/circuits``.
+
+The application needs no web framework: mount it in Starlette or FastAPI
+(``app.mount("/", health_app)``) or serve it alone with Hypercorn or Uvicorn.
+It runs on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import anyio
+import attrs
+
+from .events import WorkflowComplete, WorkflowError, WorkflowEvent
+
+__all__ = [
+    "CheckResult",
+    "HealthTracker",
+    "callable_check",
+    "create_health_app",
+    "create_health_tracker",
+    "postgres_check",
+    "redis_check",
+]
+
+
+class HealthTracker:
+    """Counts workflow outcomes from events: pass :meth:`handle_event` as (one of) a
+    workflow's ``on_event`` handlers and serve :meth:`get_stats`."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.successful = 0
+        self.failed = 0
+        self._duration_sum_ms = 0.0
+        self.last_error: dict[str, Any] | None = None
+
+    def handle_event(self, event: WorkflowEvent) -> None:
+        """Count a finished run (other events are ignored)."""
+        if isinstance(event, WorkflowComplete):
+            self.successful += 1
+        elif isinstance(event, WorkflowError):
+            self.failed += 1
+            self.last_error = {
+                "time": datetime.fromtimestamp(event.ts, timezone.utc).isoformat(),
+                "workflow_name": event.workflow_name,
+                "workflow_id": event.workflow_id,
+                "error": _describe(event.error),
+            }
+        else:
+            return
+        self.total += 1
+        self._duration_sum_ms += event.duration_ms
+
+    def get_stats(self) -> dict[str, Any]:
+        """Totals, average duration (ms), the last error and the success rate, ready for JSON."""
+        return {
+            "total": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "avg_duration_ms": self._duration_sum_ms / self.total if self.total else 0.0,
+            "last_error": self.last_error,
+            "success_rate": self.successful / self.total if self.total else 1.0,
+        }
+
+
+def create_health_tracker() -> HealthTracker:
+    """A new :class:`HealthTracker`."""
+    return HealthTracker()
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return repr(error)
+
+
+# ---- checks ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CheckResult:
+    """One dependency check: ``status`` is ``"ok"`` or ``"error"``, with the latency (ms)
+    of a successful check or the error of a failed one."""
+
+    status: str
+    latency_ms: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"status": self.status}
+        if self.latency_ms is not None:
+            found["latency_ms"] = round(self.latency_ms, 3)
+        if self.error is not None:
+            found["error"] = self.error
+        return found
+
+
+Check = Callable[[], Awaitable[object]]
+"""A dependency check: an async callable that raises (or returns ``False``) when unhealthy."""
+
+
+def callable_check(fn: Callable[[], Awaitable[object]]) -> Check:
+    """Any async callable as a check (it fails by raising or returning ``False``)."""
+    return fn
+
+
+def postgres_check(dsn_or_pool: Any) -> Check:
+    """``SELECT 1`` on a PostgreSQL DSN (a short connection each time) or an asyncpg pool."""
+    from ._bridge import DriverLoop
+
+    async def query() -> object:
+        import asyncpg
+
+        if isinstance(dsn_or_pool, str):
+            connection = await asyncpg.connect(dsn_or_pool, timeout=5)
+            try:
+                return await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close()
+        return await dsn_or_pool.fetchval("SELECT 1")
+
+    async def check() -> object:
+        loop = DriverLoop("postgres health check")
+        try:
+            return await loop.call(query)
+        finally:
+            loop.release()
+
+    return check
+
+
+def redis_check(client_or_url: Any) -> Check:
+    """``PING`` on a redis.asyncio client or a Redis URL (a short connection each time)."""
+    from ._bridge import DriverLoop
+
+    async def ping() -> object:
+        import redis.asyncio
+
+        if isinstance(client_or_url, str):
+            client = redis.asyncio.Redis.from_url(client_or_url, socket_timeout=5)
+            try:
+                return await client.ping()
+            finally:
+                await client.aclose()
+        return await client_or_url.ping()
+
+    async def check() -> object:
+        loop = DriverLoop("redis health check")
+        try:
+            return await loop.call(ping)
+        finally:
+            loop.release()
+
+    return check
+
+
+async def _run_check(check: Check, timeout: float) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        with anyio.fail_after(timeout):
+            outcome = await check()
+    except TimeoutError:
+        return CheckResult("error", error=f"timed out after {timeout:g}s")
+    except Exception as exc:
+        return CheckResult("error", error=_describe(exc))
+    if outcome is False:
+        return CheckResult("error", error="check returned False")
+    return CheckResult("ok", latency_ms=(time.perf_counter() - started) * 1000)
+
+
+# ---- the ASGI application ----------------------------------------------------------------
+
+
+class _Readiness(Protocol):
+    def readiness(self) -> dict[str, Any]: ...
+
+
+class _Breaker(Protocol):
+    @property
+    def state(self) -> Any: ...
+
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def create_health_app(
+    *,
+    checks: Mapping[str, Check] | None = None,
+    tracker: HealthTracker | None = None,
+    breakers: Mapping[str, _Breaker] | None = None,
+    host: _Readiness | None = None,
+    timeout: float = 5.0,
+) -> ASGIApp:
+    """An ASGI application with the health endpoints:
+
+    - ``GET /health``: every check, concurrently, each within ``timeout`` seconds;
+      200 with ``"status": "healthy"`` when all pass, else 503 ``"unhealthy"``.
+    - ``GET /ready``: 200 while ``host`` (a :class:`~awaitly_anyio.host.WorkflowHost`)
+      accepts work, 503 when it is shutting down or full.
+    - ``GET /health/workflows``: ``tracker.get_stats()``.
+    - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,
+      ``"HALF_OPEN"``).
+
+    Other paths answer 404 and other methods 405.  Lifespan messages are accepted.
+    """
+    checks = dict(checks or {})
+    breakers = dict(breakers or {})
+
+    async def health() -> tuple[int, dict[str, Any]]:
+        results: dict[str, CheckResult] = {}
+
+        async def one(name: str, check: Check) -> None:
+            results[name] = await _run_check(check, timeout)
+
+        async with anyio.create_task_group() as tg:
+            for name, check in checks.items():
+                tg.start_soon(one, name, check)
+        healthy = all(result.status == "ok" for result in results.values())
+        body: dict[str, Any] = {
+            "status": "healthy" if healthy else "unhealthy",
+            "checks": {name: results[name].as_dict() for name in checks},
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+        }
+        if host is not None:
+            body["active_workflows"] = host.readiness()["active"]
+        return (200 if healthy else 503), body
+
+    async def ready() -> tuple[int, dict[str, Any]]:
+        if host is None:
+            return 200, {"ready": True}
+        state = host.readiness()
+        return (200 if state["ready"] else 503), state
+
+    async def workflows() -> tuple[int, dict[str, Any]]:
+        if tracker is None:
+            return 404, {"error": "no workflow tracker configured"}
+        return 200, tracker.get_stats()
+
+    async def circuits() -> tuple[int, dict[str, Any]]:
+        return 200, {name: _state_name(breaker.state) for name, breaker in breakers.items()}
+
+    routes: dict[str, Callable[[], Awaitable[tuple[int, dict[str, Any]]]]] = {
+        "/health": health,
+        "/ready": ready,
+        "/health/workflows": workflows,
+        "/health/circuits": circuits,
+    }
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        route = routes.get(scope["path"].rstrip("/") or "/")
+        if route is None:
+            status, body = 404, {"error": f"no such endpoint {scope['path']!r}"}
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, body = 405, {"error": "only GET is allowed"}
+        else:
+            status, body = await route()
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload}
+        )
+
+    return app
+
+
+def _state_name(state: Any) -> str:
+    value = getattr(state, "value", state)
+    return str(value)

@@ -52,7 +52,6 @@ class RunState:
     """Everything one run's steps share: identity, clock, event sink and the completed keys."""
 
     __slots__ = (
-        "bound_counts",
         "checkpoint",
         "clock",
         "completed",
@@ -80,7 +79,6 @@ class RunState:
         self.map_exception = map_exception
         self.completed = completed
         self.checkpoint = checkpoint
-        self.bound_counts: dict[str, int] = {}
 
 
 def default_map_exception(exc: Exception) -> object:

@@ -52,18 +52,18 @@ class BoundSteps:
     ``fetch_user``, ``fetch_user#2``, ``fetch_user#3``.
     """
 
-    __slots__ = ("_deps", "_run", "_step")
+    __slots__ = ("_counts", "_deps", "_step")
 
-    def __init__(self, step: Step, deps: object, run: RunState) -> None:
+    def __init__(self, step: Step, deps: object) -> None:
         self._step = step
         self._deps = deps
-        self._run = run
+        self._counts: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         dep = getattr(self._deps, name)
         if not callable(dep):
             raise TypeError(f"dependency {name!r} is not callable, so it cannot be a step")
-        counts = self._run.bound_counts
+        counts = self._counts
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             count = counts.get(name, 0) + 1
@@ -95,15 +95,22 @@ class WorkflowContext(Generic[D]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
     (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
 
-    __slots__ = ("deps", "input", "step", "steps", "workflow_id", "workflow_name")
+    __slots__ = ("_steps", "deps", "input", "step", "workflow_id", "workflow_name")
 
     def __init__(self, run: RunState, deps: D, input: Any = None) -> None:
         self.step = _callable_step(Step(run))
-        self.steps = BoundSteps(self.step, deps, run)
+        self._steps: BoundSteps | None = None
         self.deps = deps
         self.workflow_id = run.workflow_id
         self.workflow_name = run.name
         self.input = input
+
+    @property
+    def steps(self) -> BoundSteps:
+        """The dependencies as steps: ``ctx.steps.fetch_user(42)`` (made on first use)."""
+        if self._steps is None:
+            self._steps = BoundSteps(self.step, self.deps)
+        return self._steps
 
     def __repr__(self) -> str:
         return (

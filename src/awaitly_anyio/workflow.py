@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
@@ -96,7 +96,7 @@ class Workflow(Generic[D]):
         return make_emitter(self.on_event)
 
     @overload
-    async def run(
+    def run(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
         *,
@@ -111,9 +111,9 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
-    ) -> Result[T, Any]: ...
+    ) -> Coroutine[Any, Any, Result[T, Any]]: ...
     @overload
-    async def run(
+    def run(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[T]],
         *,
@@ -128,8 +128,8 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
-    ) -> Result[T, Any]: ...
-    async def run(
+    ) -> Coroutine[Any, Any, Result[T, Any]]: ...
+    def run(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         *,
@@ -144,7 +144,7 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
-    ) -> Result[Any, Any]:
+    ) -> Coroutine[Any, Any, Result[Any, Any]]:
         """Run ``body(ctx)`` and return its outcome as a Result.
 
         The body may return a plain value (wrapped in ``Ok``) or a Result.
@@ -165,10 +165,11 @@ class Workflow(Generic[D]):
         elsewhere returns ``Err(RunInProgressError)`` or, with
         ``if_running="wait"``, waits for it.
 
-        Raises only for a programming error in the arguments (``TypeError``,
-        ``ValueError``) and for cancellation from outside, which is re-raised
-        after ``workflow_cancelled`` is emitted (and, for a durable run, after
-        the run is recorded as ``cancelled`` in a short shielded scope).
+        ``run`` returns the run as a coroutine to await.  A programming error in
+        the arguments raises at once (``TypeError``, ``ValueError``); awaiting
+        raises only for cancellation from outside, which is re-raised after
+        ``workflow_cancelled`` is emitted (and, for a durable run, after the run
+        is recorded as ``cancelled`` in a short shielded scope).
         """
         if not callable(body):
             raise TypeError(f"workflow {self.name!r}: body must be an async callable, not {body!r}")
@@ -185,7 +186,7 @@ class Workflow(Generic[D]):
                     f"workflow {self.name!r}: ttl, failure_ttl, delete_on_success and "
                     f"metadata need a store"
                 )
-            return await self._execute(body, workflow_id, resume_state, None, input)
+            return self._execute(body, workflow_id, resume_state, None, input)
         if resume_state is not None:
             raise ValueError(
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
@@ -209,19 +210,24 @@ class Workflow(Generic[D]):
             if_running=if_running,
             input=input,
         )
-        return await run_durable(
+        return run_durable(
             self, body, store=store, workflow_id=workflow_id, options=options, execute=self._execute
         )
 
-    async def _execute(
+    def _execute(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         workflow_id: str,
         resume_state: SupportsResume | None,
         checkpoint: Checkpoint | None,
         input: Any = None,
-    ) -> Result[Any, Any]:
-        """One run of the body, with events; the shared core of plain and durable runs."""
+    ) -> Coroutine[Any, Any, Result[Any, Any]]:
+        """One run of the body (as a coroutine to await), with events when someone
+        listens; the shared core of plain and durable runs.
+
+        Not itself a coroutine function: a run without listeners is one coroutine
+        (the body's outcome) instead of a chain of them.
+        """
         map_exception = self.catch_unexpected or default_map_exception
         state = RunState(
             name=self.name,
@@ -235,7 +241,18 @@ class Workflow(Generic[D]):
         ctx = WorkflowContext(state, self.deps, input)
         emit = self._emit
         if emit is None:
-            return await _outcome(state, body, ctx)
+            return _outcome(state, body, ctx)
+        return self._evented(state, body, ctx, emit)
+
+    async def _evented(
+        self,
+        state: RunState,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        ctx: WorkflowContext[D],
+        emit: Emit,
+    ) -> Result[Any, Any]:
+        """The run with workflow events around it."""
+        workflow_id = state.workflow_id
         clock = self.clock
         started = clock.monotonic()
         emit(WorkflowStart(workflow_id=workflow_id, workflow_name=self.name, ts=clock.time()))

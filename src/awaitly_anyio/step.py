@@ -461,6 +461,70 @@ class Step:
 
     # ---- variants -----------------------------------------------------------------
 
+    @overload
+    async def retry(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Result[T, Any]]],
+        *,
+        attempts: int,
+        backoff: Backoff = "exponential",
+        delay: float = 0.1,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def retry(
+        self,
+        name: str,
+        fn: Callable[[], Result[T, Any]],
+        *,
+        attempts: int,
+        backoff: Backoff = "exponential",
+        delay: float = 0.1,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def retry(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        attempts: int,
+        backoff: Backoff = "exponential",
+        delay: float = 0.1,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def retry(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        attempts: int,
+        backoff: Backoff = "exponential",
+        delay: float = 0.1,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
+        retry_on: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
     async def retry(
         self,
         name: str,
@@ -493,6 +557,42 @@ class Step:
         )
         return await self(name, fn, key=key, retry=policy, type=type)
 
+    @overload
+    async def with_timeout(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Result[T, Any]]],
+        *,
+        seconds: float,
+        key: str | None = None,
+    ) -> T: ...
+    @overload
+    async def with_timeout(
+        self,
+        name: str,
+        fn: Callable[[], Result[T, Any]],
+        *,
+        seconds: float,
+        key: str | None = None,
+    ) -> T: ...
+    @overload
+    async def with_timeout(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        seconds: float,
+        key: str | None = None,
+    ) -> T: ...
+    @overload
+    async def with_timeout(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        seconds: float,
+        key: str | None = None,
+    ) -> T: ...
     async def with_timeout(
         self, name: str, fn: Callable[[], Any], *, seconds: float, key: str | None = None
     ) -> Any:
@@ -500,6 +600,50 @@ class Step:
         the workflow ends with ``Err(StepTimeoutError(name, seconds))``."""
         return await self(name, fn, key=key, timeout=seconds)
 
+    @overload
+    async def try_(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Result[T, Any]]],
+        *,
+        error: object,
+        key: str | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def try_(
+        self,
+        name: str,
+        fn: Callable[[], Result[T, Any]],
+        *,
+        error: object,
+        key: str | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def try_(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        error: object,
+        key: str | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def try_(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        error: object,
+        key: str | None = None,
+        timeout: float | None = None,
+        type: type[Any] | None = None,
+    ) -> T: ...
     async def try_(
         self,
         name: str,

@@ -141,9 +141,13 @@ async def body(ctx: WorkflowContext[Deps]) -> str:
     text = await ctx.step("label", lambda: label(user), key="label:1", timeout=1.0)  # T
     assert_type(text, str)
 
-    # The variants are not generic: they return Any (annotate the variable).
+    # retry, with_timeout and try_ infer the value's type like ctx.step.
     retried = await ctx.step.retry("retry", lambda: 1, attempts=2)
-    assert_type(retried, Any)
+    assert_type(retried, int)
+    timed = await ctx.step.with_timeout("timed", lambda: fetch_user("1"), seconds=1.0)
+    assert_type(timed, User)
+    tried = await ctx.step.try_("tried", lambda: lookup_price("book"), error="NO_PRICE")
+    assert_type(tried, Decimal)
     both = await ctx.step.all("all", {"a": lambda: 1})
     assert_type(both, dict[str, Any])
     listed = await ctx.step.all("all_list", [lambda: 1])

@@ -9,7 +9,11 @@ intercepted and ``main`` is run by the harness instead).
 Tags: a block fenced as ```` ```{.python .sqlite} ```` (the attribute form, which
 pymdownx.superfences renders as Python; ```` ```python sqlite ```` is read too)
 needs ``awaitly_anyio.stores.sqlite`` and is skipped when that module cannot be
-imported; one tagged ``py311`` is skipped on Python 3.10.
+imported; one tagged ``py311`` is skipped on Python 3.10.  Blocks tagged
+``postgres`` or ``redis`` need that server (skipped when it is unreachable,
+failed under ``CI=true``); they use the schema ``awaitly_docs`` or the key
+prefix ``awaitly-docs:``, which the harness clears before and after.  A block
+tagged ``no-run`` (a sketch needing services we do not run) is only compiled.
 
 Each block runs as a fresh module (so dataclasses, attrs and cattrs resolve
 its classes as usual), in a fresh temporary directory, with the default type
@@ -155,8 +159,34 @@ def test_example_runs(
     if "py311" in example.tags and sys.version_info < (3, 11):
         pytest.skip("the example needs Python 3.11 (typing.assert_type)")
     monkeypatch.chdir(tmp_path)
-    with _isolated_registry():
+    if "no-run" in example.tags:
+        compile(example.code, example.id, "exec")
+        return
+    with _servers(example.tags), _isolated_registry():
         _execute(example, backend, monkeypatch)
+
+
+@contextmanager
+def _servers(tags: frozenset[str]) -> Iterator[None]:
+    """Clear the docs' PostgreSQL schema and Redis keys around a block that uses them."""
+    from .kit_base import server_or_skip
+    from .postgres_kit import DSN, admin
+    from .redis_kit import URL, wipe
+
+    def clear() -> None:
+        if "postgres" in tags:
+            anyio.run(admin, 'DROP SCHEMA IF EXISTS "awaitly_docs" CASCADE')
+        if "redis" in tags:
+            wipe("awaitly-docs:")
+
+    try:
+        clear()
+    except Exception as exc:
+        server_or_skip("PostgreSQL" if "postgres" in tags else "Redis", DSN or URL, exc)
+    try:
+        yield
+    finally:
+        clear()
 
 
 def test_examples_were_found() -> None:
@@ -182,7 +212,7 @@ def test_doc_examples_pass_mypy_strict(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     files = []
     for example in EXAMPLES:
-        if not example.path.startswith("docs/"):
+        if not example.path.startswith("docs/") or "no-run" in example.tags:
             continue
         module = tmp_path / (re.sub(r"\W", "_", example.id) + ".py")
         # Blank lines first, so mypy reports the line numbers of the Markdown file.

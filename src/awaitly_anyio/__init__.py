@@ -6,6 +6,7 @@ The public API is this module's ``__all__``; everything else is private.
 from __future__ import annotations
 
 from . import events
+from .circuit_breaker import CircuitBreaker, CircuitState, create_circuit_breaker
 from .clock import Clock, SystemClock
 from .collector import ResumeStateCollector, create_resume_state_collector
 from .config import Secret, Settings, SettingsError
@@ -26,6 +27,7 @@ from .errors import (
 )
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
+from .ratelimit import RateLimiter, create_rate_limiter
 from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
 from .result import Err, Ok, Result, UnwrapError, err, ok
 from .resume import ResumeState, StepRecord, SupportsResume
@@ -41,7 +43,9 @@ __all__ = [
     "Backoff",
     "BoundSteps",
     "CheckpointStore",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "Claim",
     "Clock",
     "Deps",
@@ -54,6 +58,7 @@ __all__ = [
     "LeaseStore",
     "Ok",
     "RateLimitExceededError",
+    "RateLimiter",
     "RecoveredRun",
     "Result",
     "ResumeState",
@@ -86,8 +91,10 @@ __all__ = [
     "WorkflowMismatchError",
     "WorkflowRegistry",
     "WorkflowSnapshot",
+    "create_circuit_breaker",
     "create_health_app",
     "create_health_tracker",
+    "create_rate_limiter",
     "create_resume_state_collector",
     "create_workflow",
     "err",

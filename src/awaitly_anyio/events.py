@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import attrs
 
 __all__ = [
+    "CircuitStateChange",
     "EventHandler",
     "StepCancelled",
     "StepComplete",
@@ -160,3 +161,16 @@ WorkflowEvent: TypeAlias = (
 
 EventHandler: TypeAlias = Callable[[WorkflowEvent], object]
 """An ``on_event`` handler: a synchronous callable taking one event."""
+
+
+@attrs.frozen(kw_only=True)
+class CircuitStateChange:
+    """Circuit breaker ``name`` went from ``previous`` to ``state`` (``"CLOSED"``,
+    ``"OPEN"`` or ``"HALF_OPEN"``) at ``ts``.  Breakers pass it to their listeners;
+    it is not a run event."""
+
+    type: ClassVar[Literal["circuit_state_change"]] = "circuit_state_change"
+    name: str
+    previous: str
+    state: str
+    ts: float

@@ -1,0 +1,239 @@
+"""Rate limiting for calls to external services, exact and fair, on anyio.
+
+``create_rate_limiter("stripe", max_requests=100, window=1.0)`` admits at most
+100 calls in *any* window of one second, ``[t, t + 1)`` (a sliding log of the
+last ``max_requests`` admission times, not fixed buckets).  A call beyond the rate
+waits its turn, first come first served; with ``max_wait`` a call that would
+wait longer is refused with ``RateLimitExceededError`` instead.  Use it around
+the call, inside a step as the deployment guide does::
+
+    charge = await ctx.step("charge", lambda: stripe_limit(lambda: deps.charge(card)))
+
+or as ``async with stripe_limit: ...``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ._thunk import call_thunk
+from .clock import Clock, SystemClock
+from .errors import RateLimitExceededError
+from .result import Err, Result
+
+__all__ = ["RateLimiter", "create_rate_limiter"]
+
+
+class _Waiter:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+
+class RateLimiter:
+    """Admits at most ``max_requests`` calls per ``window`` seconds, in arrival order.
+
+    ``await limiter(fn)`` waits for a slot, calls ``fn`` (a value, a Result or an
+    awaitable of either) and returns its Result, or returns
+    ``Err(RateLimitExceededError(name, retry_after))`` without calling it when
+    the wait would exceed ``max_wait``.  Exceptions from ``fn`` propagate.
+    ``async with limiter:`` waits the same way and raises the error instead.
+
+    Cancellation: a caller cancelled while waiting leaves the queue and takes no
+    slot; the callers behind it move up.  ``max_concurrent`` additionally bounds
+    how many calls run at once (a call waits for a free place before its turn).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_requests: int,
+        window: float,
+        max_wait: float | None = None,
+        max_concurrent: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a rate limiter needs a non-empty name, not {name!r}")
+        if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
+            raise ValueError(f"max_requests must be a positive integer, not {max_requests!r}")
+        if not _positive(window):
+            raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+        if max_wait is not None and not (_positive(max_wait) or max_wait == 0):
+            raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
+        if max_concurrent is not None and (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
+        ):
+            raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        self.name = name
+        self.max_requests = max_requests
+        self.window = float(window)
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self.max_concurrent = max_concurrent
+        self._clock = clock if clock is not None else SystemClock()
+        # The last max_requests admission times (monotonic), oldest first.
+        self._admitted: collections.deque[float] = collections.deque(maxlen=max_requests)
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._slots: anyio.Semaphore | None = None
+        self.admitted_total = 0
+        self.rejected_total = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimiter({self.name!r}, max_requests={self.max_requests}, window={self.window:g})"
+        )
+
+    # ---- admission -------------------------------------------------------------------
+
+    def _free_at(self, now: float) -> float:
+        """When the next slot frees up (``now`` if one is free)."""
+        if len(self._admitted) < self.max_requests:
+            return now
+        return max(now, self._admitted[0] + self.window)
+
+    def _admit(self, now: float) -> None:
+        self._admitted.append(now)
+        self.admitted_total += 1
+
+    def _expected_wait(self, now: float) -> float:
+        """Seconds until a caller arriving now would be admitted, if nobody ahead leaves.
+
+        Admission ``j`` (counting from the next one) happens at
+        ``max(now + q * window, e[r] + (q + 1) * window)`` with ``j = q * M + r`` and
+        ``e`` the last ``M`` admissions, padded at the front: O(1) whatever the queue.
+        """
+        ahead = len(self._queue)
+        q, r = divmod(ahead, self.max_requests)
+        missing = self.max_requests - len(self._admitted)
+        earliest = now + q * self.window
+        if r < missing:
+            return earliest - now
+        return max(earliest, self._admitted[r - missing] + (q + 1) * self.window) - now
+
+    async def acquire(self) -> None:
+        """Wait for this caller's turn and take a slot.
+
+        Raises :class:`RateLimitExceededError` if the wait would exceed
+        ``max_wait`` (nothing is taken).  When a slot is free and nobody waits it
+        returns at once, without a checkpoint (so a slot once taken is used).
+        """
+        now = self._clock.monotonic()
+        if not self._queue and self._free_at(now) <= now:
+            self._admit(now)  # the fast path: no lock, no queue, no await
+            return
+        if self.max_wait is not None:
+            wait = self._expected_wait(now)
+            if wait > self.max_wait:
+                self.rejected_total += 1
+                raise RateLimitExceededError(self.name, _round_up(wait))
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        try:
+            if self._queue[0] is not waiter:
+                await waiter.event.wait()
+            # At the head of the queue: wait for the next free slot, then take it.
+            while True:
+                now = self._clock.monotonic()
+                free_at = self._free_at(now)
+                if free_at <= now:
+                    break
+                await self._clock.sleep(free_at - now)
+            self._admit(self._clock.monotonic())
+        finally:
+            # Admitted or cancelled, this caller leaves and the next one moves up.
+            head = self._queue[0] is waiter
+            self._queue.remove(waiter)
+            if head and self._queue:
+                self._queue[0].event.set()
+
+    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """Run ``fn`` in its turn and return its Result, or
+        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
+        if self.max_concurrent is None:
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+        async with self._concurrency():
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+
+    def _concurrency(self) -> anyio.Semaphore:
+        if self._slots is None:
+            assert self.max_concurrent is not None
+            self._slots = anyio.Semaphore(self.max_concurrent)
+        return self._slots
+
+    async def __aenter__(self) -> RateLimiter:
+        if self.max_concurrent is not None:
+            await self._concurrency().acquire()
+        try:
+            await self.acquire()
+        except BaseException:
+            if self.max_concurrent is not None:
+                self._concurrency().release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.max_concurrent is not None:
+            self._concurrency().release()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the current queue, ready for JSON."""
+        now = self._clock.monotonic()
+        return {
+            "name": self.name,
+            "max_requests": self.max_requests,
+            "window": self.window,
+            "admitted": self.admitted_total,
+            "rejected": self.rejected_total,
+            "waiting": len(self._queue),
+            "next_free_in": self._free_at(now) - now,
+        }
+
+
+def create_rate_limiter(
+    name: str,
+    *,
+    max_requests: int,
+    window: float,
+    max_wait: float | None = None,
+    max_concurrent: int | None = None,
+    clock: Clock | None = None,
+) -> RateLimiter:
+    """A :class:`RateLimiter` admitting ``max_requests`` calls per ``window`` seconds."""
+    return RateLimiter(
+        name,
+        max_requests=max_requests,
+        window=window,
+        max_wait=max_wait,
+        max_concurrent=max_concurrent,
+        clock=clock,
+    )
+
+
+def _positive(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _round_up(seconds: float) -> float:
+    return math.ceil(seconds * 1000) / 1000

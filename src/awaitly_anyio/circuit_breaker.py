@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
+from inspect import isawaitable
+from types import CoroutineType
 from typing import Any
 
 import anyio
@@ -21,7 +23,7 @@ from ._thunk import call_thunk
 from .clock import Clock, SystemClock
 from .errors import CircuitOpenError
 from .events import CircuitStateChange
-from .result import Err, Result
+from .result import Err, Ok, Result, _ok
 
 __all__ = ["CircuitBreaker", "CircuitState", "create_circuit_breaker"]
 
@@ -197,6 +199,26 @@ class CircuitBreaker:
 
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Call ``fn`` unless the circuit is open; see the class for what counts."""
+        if self._state is CircuitState.CLOSED:
+            # The fast path: no clock, no bookkeeping beyond the counters.
+            self.calls += 1
+            try:
+                out = fn()
+                if out.__class__ is CoroutineType or isawaitable(out):
+                    out = await out
+            except Exception as exc:
+                self._record(False, self._counts_as_failure(exc))
+                raise
+            if out.__class__ is Err:
+                self._record(False, self._counts_as_failure(out.error))
+                return out
+            if self._failures:
+                self._failures = 0
+            return out if out.__class__ is Ok else _ok(out)
+        return await self._guarded(fn)
+
+    async def _guarded(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """A call while the circuit is open or half-open."""
         now = self._clock.monotonic()
         self._maybe_half_open(now)
         trial = False

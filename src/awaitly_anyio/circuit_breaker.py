@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -25,7 +25,7 @@ from .errors import CircuitOpenError
 from .events import CircuitStateChange
 from .result import Err, Ok, Result, _ok
 
-__all__ = ["CircuitBreaker", "CircuitState", "create_circuit_breaker"]
+__all__ = ["CircuitBreaker", "CircuitState", "RedisCircuitBreaker", "create_circuit_breaker"]
 
 
 class CircuitState(str, enum.Enum):
@@ -250,6 +250,7 @@ class CircuitBreaker:
         return result
 
 
+@overload
 def create_circuit_breaker(
     name: str,
     *,
@@ -259,8 +260,48 @@ def create_circuit_breaker(
     is_failure: Callable[[Any], bool] | None = None,
     listeners: list[Listener] | None = None,
     clock: Clock | None = None,
+    redis: None = None,
+) -> CircuitBreaker: ...
+@overload
+def create_circuit_breaker(
+    name: str,
+    *,
+    failure_threshold: int,
+    reset_timeout: float,
+    half_open_requests: int = 1,
+    is_failure: Callable[[Any], bool] | None = None,
+    listeners: list[Listener] | None = None,
+    clock: Clock | None = None,
+    redis: Any,
+    key_prefix: str = "awaitly:breaker:",
+) -> RedisCircuitBreaker: ...
+def create_circuit_breaker(
+    name: str,
+    *,
+    failure_threshold: int,
+    reset_timeout: float,
+    half_open_requests: int = 1,
+    is_failure: Callable[[Any], bool] | None = None,
+    listeners: list[Listener] | None = None,
+    clock: Clock | None = None,
+    redis: Any = None,
+    key_prefix: str = "awaitly:breaker:",
 ) -> CircuitBreaker:
-    """A :class:`CircuitBreaker` that opens after ``failure_threshold`` failures in a row."""
+    """A breaker that opens after ``failure_threshold`` failures in a row: in this process,
+    or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), shared by every process
+    using the breaker's name on that Redis."""
+    if redis is not None:
+        return RedisCircuitBreaker(
+            name,
+            failure_threshold=failure_threshold,
+            reset_timeout=reset_timeout,
+            redis=redis,
+            half_open_requests=half_open_requests,
+            is_failure=is_failure,
+            listeners=listeners,
+            key_prefix=key_prefix,
+            clock=clock,
+        )
     return CircuitBreaker(
         name,
         failure_threshold=failure_threshold,
@@ -270,3 +311,188 @@ def create_circuit_breaker(
         listeners=listeners,
         clock=clock,
     )
+
+
+# KEYS: the breaker's hash.  ARGV: reset_timeout (µs), half_open_requests.
+# Returns {decision, retry_after_us, previous, state}: decision 1 = call, 2 = call as a
+# half-open trial, 0 = refuse.  Times are the Redis server's, shared by every process.
+_BEFORE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trials', 'successes')
+local state = f[1] or 'CLOSED'
+local previous = state
+if state == 'OPEN' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
+  state = 'HALF_OPEN'
+  redis.call('HSET', KEYS[1], 'state', state, 'trials', 0, 'successes', 0)
+  f[3], f[4] = '0', '0'
+end
+if state == 'CLOSED' then return {1, 0, previous, state} end
+if state == 'OPEN' then
+  return {0, tonumber(f[2]) + tonumber(ARGV[1]) - now, previous, state}
+end
+if tonumber(f[3] or '0') + tonumber(f[4] or '0') >= tonumber(ARGV[2]) then
+  return {0, 0, previous, state}
+end
+redis.call('HINCRBY', KEYS[1], 'trials', 1)
+return {2, 0, previous, state}
+"""
+
+# KEYS: the hash.  ARGV: trial (0/1), failed (0/1), failure_threshold, half_open_requests,
+# cancelled (0/1).  Returns {previous, state}.
+_AFTER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local f = redis.call('HMGET', KEYS[1], 'state', 'failures', 'successes')
+local state = f[1] or 'CLOSED'
+local previous = state
+if ARGV[1] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'trials', -1)
+  if state ~= 'HALF_OPEN' or ARGV[5] == '1' then return {previous, state} end
+  if ARGV[2] == '1' then
+    redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'failures', 0)
+    return {previous, 'OPEN'}
+  end
+  local successes = redis.call('HINCRBY', KEYS[1], 'successes', 1)
+  if successes >= tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'state', 'CLOSED', 'failures', 0)
+    return {previous, 'CLOSED'}
+  end
+  return {previous, state}
+end
+if state ~= 'CLOSED' or ARGV[5] == '1' then return {previous, state} end
+if ARGV[2] == '1' then
+  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  if failures >= tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'failures', 0)
+    return {previous, 'OPEN'}
+  end
+elseif tonumber(f[2] or '0') > 0 then
+  redis.call('HSET', KEYS[1], 'failures', 0)
+end
+return {previous, state}
+"""
+
+
+class RedisCircuitBreaker(CircuitBreaker):
+    """A circuit breaker whose state lives in Redis, so every worker of a service sees
+    one breaker: failures in one process open it for all.
+
+    The same semantics as :class:`CircuitBreaker`, each transition atomic in one Lua
+    script, timed by the Redis server's clock; a call costs two script calls.
+    ``state`` is what this process saw last; :meth:`fetch_state` asks Redis.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int,
+        reset_timeout: float,
+        redis: Any,
+        half_open_requests: int = 1,
+        is_failure: Callable[[Any], bool] | None = None,
+        listeners: list[Listener] | None = None,
+        key_prefix: str = "awaitly:breaker:",
+        clock: Clock | None = None,
+    ) -> None:
+        from ._redis_client import SharedRedis
+
+        super().__init__(
+            name,
+            failure_threshold=failure_threshold,
+            reset_timeout=reset_timeout,
+            half_open_requests=half_open_requests,
+            is_failure=is_failure,
+            listeners=listeners,
+            clock=clock,
+        )
+        self.key = f"{key_prefix}{name}"
+        self._redis = SharedRedis(redis, f"RedisCircuitBreaker({name!r})")
+
+    @property
+    def state(self) -> CircuitState:
+        """The state this process saw at its last call (see :meth:`fetch_state`)."""
+        return self._state
+
+    async def fetch_state(self) -> CircuitState:
+        """The shared state now (an open breaker past its timeout turns half-open)."""
+        decision = await self._redis.run(_PEEK, [self.key], [int(self.reset_timeout * 1e6)])
+        self._seen(decision[0], decision[1])
+        return self._state
+
+    def _seen(self, previous: object, state: object) -> None:
+        """Adopt the shared state, telling listeners if this process changed it."""
+        previous, state = _text(previous), _text(state)
+        if previous != state:
+            self._state = CircuitState(previous)
+            self._move(CircuitState(state))
+        else:
+            self._state = CircuitState(state)
+
+    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """Call ``fn`` unless the shared circuit is open."""
+        decision, retry_us, previous, state = await self._redis.run(
+            _BEFORE,
+            [self.key],
+            [int(self.reset_timeout * 1e6), self.half_open_requests],
+        )
+        self._seen(previous, state)
+        if decision == 0:
+            self.rejected_total += 1
+            return Err(CircuitOpenError(self.name, max(int(retry_us), 0) / 1e6))
+        trial = "1" if decision == 2 else "0"
+        self.calls += 1
+        try:
+            result = await call_thunk(fn)
+        except Exception as exc:
+            await self._after(trial, self._counts_as_failure(exc))
+            raise
+        except BaseException:
+            if trial == "1":
+                # Give the trial's place back: a short, bounded write.
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + 5
+                    await self._after(trial, False, cancelled=True)
+            raise
+        failed = isinstance(result, Err) and self._counts_as_failure(result.error)
+        await self._after(trial, failed)
+        return result
+
+    async def _after(self, trial: str, failed: bool, *, cancelled: bool = False) -> None:
+        if failed:
+            self.failures_total += 1
+        previous, state = await self._redis.run(
+            _AFTER,
+            [self.key],
+            [
+                trial,
+                "1" if failed else "0",
+                self.failure_threshold,
+                self.half_open_requests,
+                "1" if cancelled else "0",
+            ],
+        )
+        self._seen(previous, state)
+
+    async def aclose(self) -> None:
+        """Close this breaker's Redis connection."""
+        await self._redis.aclose()
+
+
+def _text(value: object) -> str:
+    """A script's reply as text, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at')
+local state = f[1] or 'CLOSED'
+if state == 'OPEN' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'trials', 0, 'successes', 0)
+  return {state, 'HALF_OPEN'}
+end
+return {state, state}
+"""

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import collections
 import math
+import uuid
 from collections.abc import Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -28,7 +29,7 @@ from .clock import Clock, SystemClock
 from .errors import RateLimitExceededError
 from .result import Err, Ok, Result, _ok
 
-__all__ = ["RateLimiter", "create_rate_limiter"]
+__all__ = ["RateLimiter", "RedisRateLimiter", "create_rate_limiter"]
 
 
 class _Waiter:
@@ -219,6 +220,145 @@ class RateLimiter:
         }
 
 
+# KEYS: the sorted set of admissions.  ARGV: max_requests, window (µs), a unique member.
+# Returns {1, 0, now} when admitted, {0, wait_us, now} when the caller must wait.
+# Times are the Redis server's (TIME), so every process shares one clock.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return {1, 0, now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now, now}
+"""
+
+
+class RedisRateLimiter:
+    """A rate limiter shared by every process using the same Redis key: together they
+    admit at most ``max_requests`` calls per ``window`` (by the Redis server's clock).
+
+    Same interface as :class:`RateLimiter`.  Each admission is one Lua script
+    call; a caller that must wait sleeps until the oldest admission leaves the
+    window and asks again, so callers are not served in strict arrival order
+    across processes.  ``max_wait`` counts the time waited so far plus the next
+    wait.  ``last_admitted_at`` is the server time (µs) of this limiter's last
+    admission.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_requests: int,
+        window: float,
+        redis: Any,
+        max_wait: float | None = None,
+        max_concurrent: int | None = None,
+        key_prefix: str = "awaitly:ratelimit:",
+        clock: Clock | None = None,
+    ) -> None:
+        from ._redis_client import SharedRedis
+
+        # The same validation as the local limiter.
+        RateLimiter(
+            name,
+            max_requests=max_requests,
+            window=window,
+            max_wait=max_wait,
+            max_concurrent=max_concurrent,
+        )
+        self.name = name
+        self.max_requests = max_requests
+        self.window = float(window)
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self.max_concurrent = max_concurrent
+        self.key = f"{key_prefix}{name}"
+        self._redis = SharedRedis(redis, f"RedisRateLimiter({name!r})")
+        self._clock = clock if clock is not None else SystemClock()
+        self._slots: anyio.Semaphore | None = None
+        self.admitted_total = 0
+        self.rejected_total = 0
+        self.last_admitted_at = 0
+
+    async def acquire(self) -> None:
+        """Wait until the shared window has room, and take a slot; raises
+        :class:`RateLimitExceededError` when waiting would exceed ``max_wait``."""
+        waited = 0.0
+        window_us = int(self.window * 1_000_000)
+        while True:
+            admitted, wait_us, now = await self._redis.run(
+                _ADMIT, [self.key], [self.max_requests, window_us, uuid.uuid4().hex]
+            )
+            if admitted:
+                self.admitted_total += 1
+                self.last_admitted_at = int(now)
+                return
+            wait = max(int(wait_us), 1) / 1_000_000
+            if self.max_wait is not None and waited + wait > self.max_wait:
+                self.rejected_total += 1
+                raise RateLimitExceededError(self.name, _round_up(wait))
+            await self._clock.sleep(wait)
+            waited += wait
+
+    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """Run ``fn`` in its turn and return its Result, or
+        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
+        if self.max_concurrent is None:
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+        async with self._concurrency():
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+
+    def _concurrency(self) -> anyio.Semaphore:
+        if self._slots is None:
+            assert self.max_concurrent is not None
+            self._slots = anyio.Semaphore(self.max_concurrent)
+        return self._slots
+
+    async def __aenter__(self) -> RedisRateLimiter:
+        if self.max_concurrent is not None:
+            await self._concurrency().acquire()
+        try:
+            await self.acquire()
+        except BaseException:
+            if self.max_concurrent is not None:
+                self._concurrency().release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.max_concurrent is not None:
+            self._concurrency().release()
+
+    async def aclose(self) -> None:
+        """Close this limiter's Redis connection."""
+        await self._redis.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters, ready for JSON."""
+        return {
+            "name": self.name,
+            "max_requests": self.max_requests,
+            "window": self.window,
+            "admitted": self.admitted_total,
+            "rejected": self.rejected_total,
+            "shared": True,
+        }
+
+
+@overload
 def create_rate_limiter(
     name: str,
     *,
@@ -227,8 +367,45 @@ def create_rate_limiter(
     max_wait: float | None = None,
     max_concurrent: int | None = None,
     clock: Clock | None = None,
-) -> RateLimiter:
-    """A :class:`RateLimiter` admitting ``max_requests`` calls per ``window`` seconds."""
+    redis: None = None,
+) -> RateLimiter: ...
+@overload
+def create_rate_limiter(
+    name: str,
+    *,
+    max_requests: int,
+    window: float,
+    max_wait: float | None = None,
+    max_concurrent: int | None = None,
+    clock: Clock | None = None,
+    redis: Any,
+    key_prefix: str = "awaitly:ratelimit:",
+) -> RedisRateLimiter: ...
+def create_rate_limiter(
+    name: str,
+    *,
+    max_requests: int,
+    window: float,
+    max_wait: float | None = None,
+    max_concurrent: int | None = None,
+    clock: Clock | None = None,
+    redis: Any = None,
+    key_prefix: str = "awaitly:ratelimit:",
+) -> RateLimiter | RedisRateLimiter:
+    """A limiter admitting ``max_requests`` calls per ``window`` seconds: in this process,
+    or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), across every process
+    sharing the limiter's name on that Redis."""
+    if redis is not None:
+        return RedisRateLimiter(
+            name,
+            max_requests=max_requests,
+            window=window,
+            redis=redis,
+            max_wait=max_wait,
+            max_concurrent=max_concurrent,
+            key_prefix=key_prefix,
+            clock=clock,
+        )
     return RateLimiter(
         name,
         max_requests=max_requests,

@@ -1,0 +1,84 @@
+"""Sentry for workflows: unexpected errors captured with their workflow, step errors as
+breadcrumbs, and a helper that wraps a run in a Sentry span.
+
+    sentry_sdk.init(dsn=settings.sentry_dsn.reveal(), environment=settings.environment)
+    workflow = create_workflow("checkout", deps, on_event=create_sentry_handler().handle_event)
+
+Needs the ``sentry`` extra (``sentry-sdk``); it is imported when a handler is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import UnexpectedError
+from .events import StepError, WorkflowError
+from .result import Err, Result
+
+__all__ = ["SentryHandler", "create_sentry_handler", "run_with_sentry"]
+
+
+def _sentry() -> Any:
+    try:
+        import sentry_sdk
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the Sentry integration needs: pip install 'awaitly-anyio[sentry]'"
+        ) from exc
+    return sentry_sdk
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return repr(error)
+
+
+class SentryHandler:
+    """An ``on_event`` handler: a workflow ending in ``UnexpectedError`` is reported with
+    ``capture_exception`` (its cause, with the original traceback), tagged with the
+    workflow's name and carrying its id and duration; every step error leaves a
+    breadcrumb.  Expected errors (``Err`` values) are not reported as issues."""
+
+    def __init__(self) -> None:
+        self._sdk = _sentry()
+
+    def handle_event(self, event: object) -> None:
+        """Report or note one event (others are ignored)."""
+        sdk = self._sdk
+        if isinstance(event, StepError):
+            sdk.add_breadcrumb(
+                category="workflow.step",
+                message=f"step {event.name} failed: {_describe(event.error)}",
+                level="error",
+                data={"workflow_id": event.workflow_id, "workflow_name": event.workflow_name},
+            )
+        elif isinstance(event, WorkflowError) and isinstance(event.error, UnexpectedError):
+            with sdk.new_scope() as scope:
+                scope.set_tag("workflow.name", event.workflow_name)
+                scope.set_extra("workflow_id", event.workflow_id)
+                scope.set_extra("duration_ms", event.duration_ms)
+                sdk.capture_exception(event.error.cause)
+
+
+def create_sentry_handler() -> SentryHandler:
+    """A :class:`SentryHandler` (call ``sentry_sdk.init`` first)."""
+    return SentryHandler()
+
+
+async def run_with_sentry(
+    name: str, fn: Callable[[], Awaitable[Result[Any, Any]]]
+) -> Result[Any, Any]:
+    """Await ``fn()`` (a workflow run) inside a Sentry span named ``name``; when it ends in
+    ``Err``, the span is marked failed and the error is set as the ``workflow`` context,
+    as the deployment guide does."""
+    sdk = _sentry()
+    with sdk.start_span(op="workflow", name=name) as span:
+        result = await fn()
+        if isinstance(result, Err):
+            span.set_status("internal_error")
+            sdk.set_context("workflow", {"name": name, "error": _describe(result.error)})
+        else:
+            span.set_status("ok")
+        return result

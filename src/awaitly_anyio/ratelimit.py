@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 
@@ -28,6 +28,9 @@ from ._thunk import call_thunk
 from .clock import Clock, SystemClock
 from .errors import RateLimitExceededError
 from .result import Err, Ok, Result, _ok
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["RateLimiter", "RedisRateLimiter", "create_rate_limiter"]
 
@@ -39,7 +42,89 @@ class _Waiter:
         self.event = anyio.Event()
 
 
-class RateLimiter:
+class _Limiter:
+    """What both limiters share: validated settings, ``max_concurrent`` and the
+    call / ``async with`` protocol around the subclass's ``acquire``."""
+
+    def __init__(
+        self,
+        name: str,
+        max_requests: int,
+        window: float,
+        max_wait: float | None,
+        max_concurrent: int | None,
+        clock: Clock | None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a rate limiter needs a non-empty name, not {name!r}")
+        if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
+            raise ValueError(f"max_requests must be a positive integer, not {max_requests!r}")
+        if not _positive(window):
+            raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+        if max_wait is not None and not (_positive(max_wait) or max_wait == 0):
+            raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
+        if max_concurrent is not None and (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
+        ):
+            raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        self.name = name
+        self.max_requests = max_requests
+        self.window = float(window)
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self.max_concurrent = max_concurrent
+        self._clock = clock if clock is not None else SystemClock()
+        self._slots: anyio.Semaphore | None = None
+        self.admitted_total = 0
+        self.rejected_total = 0
+
+    async def acquire(self) -> None:
+        raise NotImplementedError
+
+    async def _acquire_and_call(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """The general path of ``__call__``: a free place, then a turn, then ``fn``."""
+        if self.max_concurrent is None:
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+        async with self._concurrency():
+            try:
+                await self.acquire()
+            except RateLimitExceededError as exc:
+                return Err(exc)
+            return await call_thunk(fn)
+
+    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """Run ``fn`` in its turn and return its Result, or
+        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
+        return await self._acquire_and_call(fn)
+
+    def _concurrency(self) -> anyio.Semaphore:
+        if self._slots is None:
+            assert self.max_concurrent is not None
+            self._slots = anyio.Semaphore(self.max_concurrent)
+        return self._slots
+
+    async def __aenter__(self) -> Self:
+        if self.max_concurrent is not None:
+            await self._concurrency().acquire()
+        try:
+            await self.acquire()
+        except BaseException:
+            if self.max_concurrent is not None:
+                self._concurrency().release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.max_concurrent is not None:
+            self._concurrency().release()
+
+
+class RateLimiter(_Limiter):
     """Admits at most ``max_requests`` calls per ``window`` seconds, in arrival order.
 
     ``await limiter(fn)`` waits for a slot, calls ``fn`` (a value, a Result or an
@@ -63,32 +148,10 @@ class RateLimiter:
         max_concurrent: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a rate limiter needs a non-empty name, not {name!r}")
-        if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
-            raise ValueError(f"max_requests must be a positive integer, not {max_requests!r}")
-        if not _positive(window):
-            raise ValueError(f"window must be a positive number of seconds, not {window!r}")
-        if max_wait is not None and not (_positive(max_wait) or max_wait == 0):
-            raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
-        if max_concurrent is not None and (
-            isinstance(max_concurrent, bool)
-            or not isinstance(max_concurrent, int)
-            or max_concurrent < 1
-        ):
-            raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
-        self.name = name
-        self.max_requests = max_requests
-        self.window = float(window)
-        self.max_wait = None if max_wait is None else float(max_wait)
-        self.max_concurrent = max_concurrent
-        self._clock = clock if clock is not None else SystemClock()
+        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock)
         # The last max_requests admission times (monotonic), oldest first.
         self._admitted: collections.deque[float] = collections.deque(maxlen=max_requests)
         self._queue: collections.deque[_Waiter] = collections.deque()
-        self._slots: anyio.Semaphore | None = None
-        self.admitted_total = 0
-        self.rejected_total = 0
 
     def __repr__(self) -> str:
         return (
@@ -172,39 +235,7 @@ class RateLimiter:
                 if out.__class__ is CoroutineType or isawaitable(out):
                     out = await out
                 return out if out.__class__ is Ok or out.__class__ is Err else _ok(out)
-        if self.max_concurrent is None:
-            try:
-                await self.acquire()
-            except RateLimitExceededError as exc:
-                return Err(exc)
-            return await call_thunk(fn)
-        async with self._concurrency():
-            try:
-                await self.acquire()
-            except RateLimitExceededError as exc:
-                return Err(exc)
-            return await call_thunk(fn)
-
-    def _concurrency(self) -> anyio.Semaphore:
-        if self._slots is None:
-            assert self.max_concurrent is not None
-            self._slots = anyio.Semaphore(self.max_concurrent)
-        return self._slots
-
-    async def __aenter__(self) -> RateLimiter:
-        if self.max_concurrent is not None:
-            await self._concurrency().acquire()
-        try:
-            await self.acquire()
-        except BaseException:
-            if self.max_concurrent is not None:
-                self._concurrency().release()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.max_concurrent is not None:
-            self._concurrency().release()
+        return await self._acquire_and_call(fn)
 
     def stats(self) -> dict[str, Any]:
         """Counters and the current queue, ready for JSON."""
@@ -238,7 +269,7 @@ return {0, tonumber(oldest[2]) + window - now, now}
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(_Limiter):
     """A rate limiter shared by every process using the same Redis key: together they
     admit at most ``max_requests`` calls per ``window`` (by the Redis server's clock).
 
@@ -264,25 +295,9 @@ class RedisRateLimiter:
     ) -> None:
         from ._redis_client import SharedRedis
 
-        # The same validation as the local limiter.
-        RateLimiter(
-            name,
-            max_requests=max_requests,
-            window=window,
-            max_wait=max_wait,
-            max_concurrent=max_concurrent,
-        )
-        self.name = name
-        self.max_requests = max_requests
-        self.window = float(window)
-        self.max_wait = None if max_wait is None else float(max_wait)
-        self.max_concurrent = max_concurrent
+        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock)
         self.key = f"{key_prefix}{name}"
         self._redis = SharedRedis(redis, f"RedisRateLimiter({name!r})")
-        self._clock = clock if clock is not None else SystemClock()
-        self._slots: anyio.Semaphore | None = None
-        self.admitted_total = 0
-        self.rejected_total = 0
         self.last_admitted_at = 0
 
     async def acquire(self) -> None:
@@ -304,43 +319,6 @@ class RedisRateLimiter:
                 raise RateLimitExceededError(self.name, _round_up(wait))
             await self._clock.sleep(wait)
             waited += wait
-
-    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
-        """Run ``fn`` in its turn and return its Result, or
-        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
-        if self.max_concurrent is None:
-            try:
-                await self.acquire()
-            except RateLimitExceededError as exc:
-                return Err(exc)
-            return await call_thunk(fn)
-        async with self._concurrency():
-            try:
-                await self.acquire()
-            except RateLimitExceededError as exc:
-                return Err(exc)
-            return await call_thunk(fn)
-
-    def _concurrency(self) -> anyio.Semaphore:
-        if self._slots is None:
-            assert self.max_concurrent is not None
-            self._slots = anyio.Semaphore(self.max_concurrent)
-        return self._slots
-
-    async def __aenter__(self) -> RedisRateLimiter:
-        if self.max_concurrent is not None:
-            await self._concurrency().acquire()
-        try:
-            await self.acquire()
-        except BaseException:
-            if self.max_concurrent is not None:
-                self._concurrency().release()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.max_concurrent is not None:
-            self._concurrency().release()
 
     async def aclose(self) -> None:
         """Close this limiter's Redis connection."""

@@ -162,8 +162,23 @@ def test_example_runs(
     if "no-run" in example.tags:
         compile(example.code, example.id, "exec")
         return
-    with _servers(example.tags), _isolated_registry():
+    with _servers(example.tags), _isolated_registry(), _collector(example.tags, monkeypatch):
         _execute(example, backend, monkeypatch)
+
+
+@contextmanager
+def _collector(tags: frozenset[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a block tagged ``otlp``: a local OTLP/HTTP receiver as
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, which must have received spans by the end."""
+    if "otlp" not in tags:
+        yield
+        return
+    from .otlp_receiver import otlp_receiver, spans_received
+
+    with otlp_receiver() as (url, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        yield
+        assert spans_received(received), "the example exported no spans to the collector"
 
 
 @contextmanager

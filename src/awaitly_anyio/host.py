@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 
 from ._run import logger
@@ -236,13 +237,18 @@ class WorkflowHost:
             self._stopped.set()
 
     async def serve_signals(
-        self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+        self,
+        signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Wait for one of ``signals`` (SIGTERM and SIGINT by default), then shut down.
 
-        Run it in a task group beside your server: ``tg.start_soon(host.serve_signals)``.
+        Run it in a task group beside your server; ``await tg.start(host.serve_signals)``
+        returns once the signals are watched.
         """
         with anyio.open_signal_receiver(*signals) as received:
+            task_status.started()
             async for _ in received:
                 break
         await self.shutdown()

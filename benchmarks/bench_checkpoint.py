@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from _report import Summary
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 from awaitly_anyio.stores.sqlite import SQLiteStore
 
@@ -99,6 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     rounds, steps = (3, 50) if args.quick else (9, 200)
     report: dict[str, Any] = {"target": TARGET, "synchronous": args.synchronous, "backends": {}}
+    summary = Summary()
     missed = False
     for backend in ("asyncio", "trio"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -110,6 +112,12 @@ def main() -> int:
             / figures["raw sqlite3 insert+commit"]["median_us"]
         )
         figures["ratio"] = ratio
+        summary.add(
+            f"SQLite checkpoint / raw sqlite3 write ({args.synchronous})",
+            backend,
+            ratio,
+            target=TARGET,
+        )
         report["backends"][backend] = figures
         print(f"\n{backend} (synchronous={args.synchronous}, {steps} steps x {rounds} rounds)")
         for name in ("raw sqlite3 insert+commit", "awaitly keyed step"):
@@ -125,6 +133,7 @@ def main() -> int:
         import dbos  # noqa: F401
     except ImportError:
         print("\nDBOS is not installed: skipped (pip install dbos to compare)")
+    report["summary"] = summary.rows
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 1 if missed else 0

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from _report import Summary
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 
 TARGET = 1.5
@@ -98,6 +99,7 @@ def main() -> int:
     args = parser.parse_args()
     count, rounds = (2_000, 2) if args.quick else (10_000, 5)
     report: dict[str, Any] = {}
+    summary = Summary()
     for backend in ("asyncio", "trio"):
         figures = anyio.run(measure, count, rounds, backend=backend)
         bare_f, ours = figures["bare anyio tasks"], figures["awaitly workflows"]
@@ -106,6 +108,8 @@ def main() -> int:
             "memory": ours["peak_mib"] / bare_f["peak_mib"],
         }
         report[backend] = {"figures": figures, "ratios": ratios}
+        for what, ratio in ratios.items():
+            summary.add(f"{count} workflows / bare tasks ({what})", backend, ratio, target=TARGET)
         print(f"\n{backend}: {count} concurrent, {rounds} rounds")
         for name, f in figures.items():
             print(
@@ -118,6 +122,7 @@ def main() -> int:
             print(
                 f"  {what:6s} workflows / bare tasks: {ratio:.2f}x (target <= {TARGET}) {verdict}"
             )
+    report["summary"] = summary.rows
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from _report import Summary
 from awaitly_anyio import create_circuit_breaker, create_rate_limiter
 
 LIMITER_TARGET, BREAKER_TARGET = 1.0, 0.5
@@ -130,6 +131,7 @@ def main() -> int:
     args = parser.parse_args()
     rounds, n = (3, 5_000) if args.quick else (7, 50_000)
     report: dict[str, Any] = {}
+    summary = Summary()
     for backend in ("asyncio", "trio"):
         figures = anyio.run(measure, backend, rounds, n, backend=backend)
         report[backend] = figures
@@ -138,13 +140,16 @@ def main() -> int:
             print(f"  {name:24s} {ns:9.0f}")
         if "aiolimiter" in figures:
             ratio = figures["awaitly limiter"] / figures["aiolimiter"]
+            summary.add("rate limiter / aiolimiter", backend, ratio, target=LIMITER_TARGET)
             verdict = "PASS" if ratio <= LIMITER_TARGET else "MISS"
             print(f"  limiter / aiolimiter: {ratio:.2f}x (target <= {LIMITER_TARGET}) {verdict}")
         if "purgatory" in figures:
             ratio = figures["awaitly breaker"] / figures["purgatory"]
+            summary.add("circuit breaker / purgatory", backend, ratio, target=BREAKER_TARGET)
             verdict = "PASS" if ratio <= BREAKER_TARGET else "MISS"
             print(f"  breaker / purgatory:  {ratio:.2f}x (target <= {BREAKER_TARGET}) {verdict}")
         print(f"  limiter / bare await: {figures['awaitly limiter'] / figures['bare await']:.2f}x")
+    report["summary"] = summary.rows
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

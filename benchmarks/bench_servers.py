@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 
+from _report import Summary
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
 from awaitly_anyio._bridge import DriverLoop
 
@@ -220,6 +221,7 @@ def main() -> int:
     rounds, steps, flows = (2, 30, 30) if args.quick else (5, 100, 100)
     kinds = [args.only] if args.only else ["postgres", "redis"]
     report: dict[str, Any] = {}
+    summary = Summary()
     missed = False
     for kind in kinds:
         if kind == "redis":
@@ -244,10 +246,29 @@ def main() -> int:
                 f" | 100 concurrent: {f['100 concurrent checkpoints/s']:.0f} checkpoints/s"
             )
             missed |= checkpoint > CHECKPOINT_TARGET or flows_ratio < WORKFLOWS_TARGET
+            summary.add(
+                f"{kind} checkpoint / raw write", backend, checkpoint, target=CHECKPOINT_TARGET
+            )
+            summary.add(
+                f"{kind} 1-step workflows/s / raw writes/s",
+                backend,
+                flows_ratio,
+                target=WORKFLOWS_TARGET,
+                op=">=",
+            )
+            summary.add(
+                f"{kind} 100 concurrent checkpoints/s / sequential raw writes/s",
+                backend,
+                f["100 concurrent checkpoints/s"] / f["raw writes/s"],
+                target=2.0 if kind == "postgres" else None,
+                op=">=",
+            )
         trio_ratio = per_backend["trio"]["checkpoint us"] / per_backend["asyncio"]["checkpoint us"]
         missed |= trio_ratio > TRIO_TARGET
+        summary.add(f"{kind} checkpoint, trio / asyncio", "trio", trio_ratio, target=TRIO_TARGET)
         print(f"  trio / asyncio checkpoint: {trio_ratio:.2f}x (<= {TRIO_TARGET})")
     print(f"\n{dbos_note()}")
+    report["summary"] = summary.rows
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

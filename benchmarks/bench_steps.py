@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import attrs
 
+from _report import Summary
 from awaitly_anyio import Deps, Err, Ok, RetryPolicy, WorkflowContext, create_workflow
 
 TARGETS = {
@@ -215,6 +216,7 @@ def main() -> int:
     args = parser.parse_args()
     rounds, n = (3, 2_000) if args.quick else (7, 20_000)
     report: dict[str, Any] = {}
+    summary = Summary()
     missed = False
     for backend in ("asyncio", "trio"):
         figures = anyio.run(measure, rounds, n, backend=backend)
@@ -225,12 +227,14 @@ def main() -> int:
             print(f"  {name:32s} {ns:9.0f}")
         for name, ratio in found.items():
             target = TARGETS.get(name)
+            summary.add(f"step: {name}", backend, ratio, target=target)
             verdict = ""
             if target is not None:
                 ok = ratio <= target
                 missed |= not ok
                 verdict = f"(target <= {target}) {'PASS' if ok else 'MISS'}"
             print(f"  {name:40s} {ratio:5.2f}x {verdict}")
+    report["summary"] = summary.rows
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -42,7 +42,7 @@ from awaitly_anyio.serialization import default_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES_WITHOUT_EXAMPLES = {"reference.md"}
+PAGES_WITHOUT_EXAMPLES = {"reference.md", "comparison.md"}
 
 # ```python, optionally followed by words (```python sqlite), or the attribute form that
 # pymdownx.superfences renders: ```{.python .sqlite}.  The words/classes are the block's tags.

@@ -126,17 +126,16 @@ def _check_fn(name: str, fn: object) -> None:
         raise TypeError(f"step {name!r}: fn must be a zero-argument callable, not {fn!r}")
 
 
-class Step:
+class Step(RunState):
     """``ctx.step``: run a step, or one of its variants (``retry``, ``all``, ``race``, ...).
 
     Every variant accepts ``key=``: a keyed step whose key already completed
     (earlier in this run, or in the resume state) is not executed again.
     """
 
-    __slots__ = ("_run",)
-
-    def __init__(self, run: RunState) -> None:
-        self._run = run
+    # A step is its run's state (one object per run instead of two); `run = self`
+    # below reads as what it is.
+    __slots__ = ()
 
     @overload
     async def __call__(
@@ -202,7 +201,7 @@ class Step:
         Raises nothing of its own: failures travel as the workflow's ``Err``;
         cancellation from outside propagates.
         """
-        run = self._run
+        run = self
         if name.__class__ is not str or not name:
             _check_name(name)
         if key is not None and key in run.completed:
@@ -253,7 +252,7 @@ class Step:
         return out
 
     def _replay(self, name: str, key: str) -> Any:
-        run = self._run
+        run = self
         value = run.completed[key].value
         emit = run.emit
         if emit is not None:
@@ -294,7 +293,7 @@ class Step:
                 return Err(exc), exc
             return _as_result(out), None
         # Only our own deadline lands here: outside cancellation propagates through the scope.
-        run = self._run
+        run = self
         if run.emit is not None:
             run.emit(
                 StepTimeout(
@@ -325,7 +324,7 @@ class Step:
         ``first`` is the outcome of an attempt the fast path already made (it
         emits no events, so it is only given when nobody listens).
         """
-        run = self._run
+        run = self
         emit = run.emit
         clock = run.clock
         started = clock.monotonic() if emit is not None else 0.0
@@ -432,7 +431,7 @@ class Step:
     def _error_event(
         self, name: str, key: str | None, started: float, error: object, attempt: int
     ) -> StepError:
-        run = self._run
+        run = self
         return StepError(
             workflow_id=run.workflow_id,
             workflow_name=run.name,
@@ -446,7 +445,7 @@ class Step:
 
     async def _settle(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Run a child of a group step to a Result; a nested step's early exit becomes its Err."""
-        run = self._run
+        run = self
         try:
             out = fn()
             if isawaitable(out):
@@ -670,7 +669,7 @@ class Step:
 
         if timeout is not None:
             timeout = _check_timeout(timeout, f"step {name!r}: timeout")
-        if key is not None and key in self._run.completed:
+        if key is not None and key in self.completed:
             return self._replay(name, key)
         return await self._execute(name, fn, key, None, timeout, mapper, type)
 
@@ -678,13 +677,18 @@ class Step:
         """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable)."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise ValueError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
-        clock = self._run.clock
+        if key is None and self.emit is None:
+            if name.__class__ is not str or not name:
+                _check_name(name)
+            await self.clock.sleep(seconds)  # nothing to record: just wait
+            return
+        clock = self.clock
         await self(name, lambda: clock.sleep(seconds), key=key)
 
     def skip(self, name: str, *, key: str | None = None, reason: str | None = None) -> None:
         """Record that the step ``name`` was deliberately not run (emits ``step_skipped``)."""
         _check_name(name)
-        run = self._run
+        run = self
         if run.emit is not None:
             run.emit(
                 StepSkipped(

@@ -35,6 +35,7 @@ from .events import (
     WorkflowStart,
 )
 from .result import Err, Ok, Result
+from .step import Step
 
 if TYPE_CHECKING:
     from .durable import IfRunning
@@ -229,7 +230,7 @@ class Workflow(Generic[D]):
         (the body's outcome) instead of a chain of them.
         """
         map_exception = self.catch_unexpected or default_map_exception
-        state = RunState(
+        state = Step(
             name=self.name,
             workflow_id=workflow_id,
             clock=self.clock,

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from awaitly_anyio import Ok, open_store
+from awaitly_anyio import LeaseLostError, Ok, open_store
 from awaitly_anyio.resume import StepRecord
 from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.store import EncodedStep
@@ -122,6 +122,57 @@ async def test_a_checkpoint_is_one_statement_that_writes_one_step(schema: str) -
         " WHERE key = 'small')"
     )
     assert [row[0] for row in written] == ["small"]
+
+
+async def test_concurrent_checkpoints_commit_together_and_each_gets_its_own_answer(
+    schema: str,
+) -> None:
+    outcomes: dict[str, object] = {}
+    async with PostgresStore(DSN, schema=schema) as store:
+        for n in range(40):
+            await store.claim(f"ours-{n}", "orders", owner="a", lease=60)
+        for n in range(5):
+            await store.claim(f"theirs-{n}", "orders", owner="b", lease=60)
+
+        async def write(run: str, key: str, value: int) -> None:
+            try:
+                await store.checkpoint(run, encoded(key, value), owner="a")
+            except (LookupError, LeaseLostError) as exc:
+                outcomes[f"{run}/{key}"] = type(exc)
+            else:
+                outcomes[f"{run}/{key}"] = "written"
+
+        async with anyio.create_task_group() as tg:
+            for step in range(3):
+                for n in range(40):
+                    tg.start_soon(write, f"ours-{n}", f"s{step}", n)
+                for n in range(5):
+                    tg.start_soon(write, f"theirs-{n}", f"s{step}", n)
+                tg.start_soon(write, "gone", f"s{step}", 0)
+            tg.start_soon(write, "ours-0", "twice", 1)  # the same key, at once:
+            tg.start_soon(write, "ours-0", "twice", 2)  # one statement cannot take both
+
+        for n in range(40):
+            loaded = await store.load(f"ours-{n}")
+            assert loaded is not None
+            for step in range(3):
+                assert loaded.steps[f"s{step}"].result == Ok(n)
+        theirs = await store.load("theirs-0")
+        assert theirs is not None
+        assert theirs.steps == {}
+    assert outcomes.pop("ours-0/twice") == "written"
+    assert outcomes == {
+        **{f"ours-{n}/s{step}": "written" for n in range(40) for step in range(3)},
+        **{f"theirs-{n}/s{step}": LeaseLostError for n in range(5) for step in range(3)},
+        **{f"gone/s{step}": LookupError for step in range(3)},
+    }
+    # Group commit: far fewer transactions than checkpoints (rows carry their xmin).
+    steps = f'"{schema}"."awaitly_steps"'
+    [[transactions, rows]] = await fetch(
+        f"SELECT count(DISTINCT xmin::text), count(*) FROM {steps}"
+    )
+    assert rows == 121
+    assert transactions < rows / 2
 
 
 async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:

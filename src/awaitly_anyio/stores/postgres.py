@@ -155,6 +155,30 @@ class PostgresStore:
         self._schema, self._prefix = schema, table_prefix
         self._runs = f'"{schema}"."{table_prefix}runs"'
         self._steps = f'"{schema}"."{table_prefix}steps"'
+        # One checkpoint; and many, one per element of the arrays.  Reading the run row
+        # in the same statement leaves no gap a claim by another owner could use, short
+        # of one committing during this very statement.
+        self._checkpoint_sql = (
+            f"INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
+            f" SELECT id_digest, $2, $5, $4::jsonb FROM {self._runs}"
+            f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')}"
+            " AND ($6::text IS NULL OR lease_owner = $6)"
+            " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
+        )
+        self._batch_sql = (
+            f"INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
+            " SELECT r.id_digest, b.key, b.key_digest, b.record::jsonb"
+            " FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::text[],"
+            " $6::float8[]) AS b(run_digest, key, key_digest, record, owner, now)"
+            f" JOIN {self._runs} r ON r.id_digest = b.run_digest"
+            " WHERE (r.expires_at IS NULL OR r.expires_at > b.now)"
+            " AND (b.owner IS NULL OR r.lease_owner = b.owner)"
+            " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
+            " RETURNING run_digest, key_digest"
+        )
+        self._writing = False  # a checkpoint is being written: others queue for a batch
+        self._queued: list[tuple[_Row, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._versions = f'"{schema}"."{table_prefix}schema_version"'
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
@@ -483,30 +507,84 @@ class PostgresStore:
         await self._call(work)
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one INSERT statement, one row.
+        """Add or replace one step record of run ``id``; durable when this returns.
 
+        Checkpoints that arrive while another is being written are committed
+        together, in one statement (group commit): many concurrent runs share a
+        round trip and a WAL flush.  A lone checkpoint is one INSERT of one row.
         The run's ``updated_at`` moves when the run starts and ends, not per step.
         """
-        now = self._clock.time()
-        # One row written: the step.  The run row is only read: checking the lease in
-        # the same statement leaves no gap a claim by another owner could use, short
-        # of one committing during this very statement.
-        sql = (
-            f"INSERT INTO {self._steps} (run_digest, key, key_digest, record)"
-            f" SELECT id_digest, $2, $5, $4::jsonb FROM {self._runs}"
-            f" WHERE id_digest = $1 AND {_LIVE.format(now='$3')}"
-            " AND ($6::text IS NULL OR lease_owner = $6)"
-            " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record"
+        row = (digest(id), step.key, digest(step.key), step.json, owner, self._clock.time())
+        written = await self._call_loop(self._group_checkpoint, row)
+        if not written:
+            await self._call(self._refuse_write, id, row[5], owner)
+
+    async def _call_loop(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        return await self._loop.call(fn, *args)
+
+    async def _group_checkpoint(self, row: _Row) -> bool:
+        """On the driver loop: write ``row`` alone if nothing is being written, else queue
+        it for the next batch.  Whether the run accepted it (live, and ours)."""
+        if self._writing:
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._queued.append((row, waiter))
+            return await waiter
+        self._writing = True
+        try:
+            return bool(await self._with_connection(self._write_one, (row,)))
+        finally:
+            if self._queued:
+                # Whoever queued behind this write goes in one batch, written by a task
+                # of its own so that this caller returns now.
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_queued())
+            else:
+                self._writing = False
+
+    async def _flush_queued(self) -> None:
+        """Write the queued checkpoints, a batch per statement, until none is left."""
+        try:
+            while self._queued:
+                batch = _take_batch(self._queued)
+                rows = [row for row, _ in batch]
+                try:
+                    written = await self._with_connection(self._write_many, (rows,))
+                except Exception as exc:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for row, waiter in batch:
+                    if not waiter.done():  # its caller may have been cancelled meanwhile
+                        waiter.set_result((row[0], row[2]) in written)
+        finally:
+            self._writing = False
+            for _, waiter in self._queued:  # only if this task itself was cancelled
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(f"{self!r} stopped writing checkpoints"))
+            self._queued.clear()
+
+    async def _write_one(self, connection: Any, row: _Row) -> bool:
+        """Upsert one step row if its run is live (and held by its ``owner``, if given)."""
+        run_digest, key, key_digest, record, owner, now = row
+        status: str = await connection.execute(
+            self._checkpoint_sql, run_digest, key, now, record, key_digest, owner
         )
+        return status.split()[-1] == "1"
 
-        async def work(connection: Any) -> None:
-            status: str = await connection.execute(
-                sql, digest(id), step.key, now, step.json, digest(step.key), owner
+    async def _write_many(
+        self, connection: Any, rows: builtins.list[_Row]
+    ) -> set[tuple[bytes, bytes]]:
+        """Upsert many step rows in one statement, each on the same terms as
+        :meth:`_write_one`; the (run, key) digests that were written."""
+        if len(rows) == 1:
+            return (
+                {(rows[0][0], rows[0][2])} if await self._write_one(connection, rows[0]) else set()
             )
-            if status.split()[-1] != "1":
-                await self._refuse_write(connection, id, now, owner)
-
-        await self._call(work)
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        found = await connection.fetch(self._batch_sql, *columns)
+        return {(bytes(r[0]), bytes(r[1])) for r in found}
 
     async def _refuse_write(
         self, connection: Any, id: str, now: float, owner: str | None
@@ -774,6 +852,28 @@ async def _close_pool(pool: Any) -> None:
         await asyncio.wait_for(pool.close(), timeout=10)
     except (asyncio.TimeoutError, OSError):
         pool.terminate()
+
+
+# A checkpoint as the statements take it: run digest, key, key digest, record, owner, now.
+_Row = tuple[bytes, str, bytes, str, "str | None", float]
+_BATCH = 500
+
+
+def _take_batch(
+    queued: list[tuple[_Row, asyncio.Future[bool]]],
+) -> list[tuple[_Row, asyncio.Future[bool]]]:
+    """Remove and return the first checkpoints of ``queued`` that one statement can take:
+    at most ``_BATCH``, and no (run, key) twice (an upsert touches a row once)."""
+    seen: set[tuple[bytes, bytes]] = set()
+    count = 0
+    for row, _ in queued[:_BATCH]:
+        if (row[0], row[2]) in seen:
+            break
+        seen.add((row[0], row[2]))
+        count += 1
+    batch = queued[:count]
+    del queued[:count]
+    return batch
 
 
 def digest(text: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .step import Step
 
@@ -73,6 +73,23 @@ class BoundSteps:
         return call
 
 
+_VARIANTS = ("retry", "with_timeout", "try_", "sleep", "skip", "all", "race", "for_each")
+
+
+def _callable_step(step: Step) -> Step:
+    """``ctx.step`` as a :func:`functools.partial` of :meth:`Step.__call__` carrying the
+    variants as attributes.
+
+    An exact partial is called through CPython's vectorcall protocol, keyword
+    arguments included (a subclass of it, or an object with ``__call__``, is not
+    on Python 3.11, and packing ``key=``/``retry=`` into a dict would be a large
+    share of a step's cost).  It behaves exactly like the :class:`Step` it wraps.
+    """
+    call = partial(Step.__call__, step)
+    call.__dict__.update({name: getattr(step, name) for name in _VARIANTS})
+    return cast(Step, call)
+
+
 class WorkflowContext(Generic[D]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
     (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
@@ -80,7 +97,7 @@ class WorkflowContext(Generic[D]):
     __slots__ = ("_steps", "deps", "input", "step", "workflow_id", "workflow_name")
 
     def __init__(self, run: Step, deps: D, input: Any = None) -> None:
-        self.step = run
+        self.step = _callable_step(run)
         self._steps: BoundSteps | None = None
         self.deps = deps
         self.workflow_id = run.workflow_id

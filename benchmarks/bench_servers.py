@@ -9,8 +9,10 @@ For each store and each backend, in one process and interleaved rounds:
 - the trio path (through the asyncio bridge) against the asyncio path.
 
 Targets: checkpoint <= 1.3x the raw write; 1-step workflows/s >= 1/3 of raw
-writes/s; trio <= 1.5x asyncio.  Raw writes take the same execution path as the
-store (direct on asyncio, through the bridge on trio).
+writes/s; trio <= 1.5x asyncio.  With ``dbos`` installed, DBOS runs the same
+one-step workflow on the same PostgreSQL and is printed beside ours.  Raw
+writes take the same execution path as the store (direct on asyncio, through the
+bridge on trio).
 
     python benchmarks/bench_servers.py [--quick] [--json PATH] [--only postgres|redis]
 """
@@ -18,17 +20,21 @@ store (direct on asyncio, through the bridge on trio).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 
+import bench_dbos
 from _report import Summary
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
 from awaitly_anyio._bridge import DriverLoop
@@ -204,12 +210,26 @@ async def _drop(kind: str, store: Any, tag: str) -> None:
                 return
 
 
-def dbos_note() -> str:
-    try:
-        import dbos  # noqa: F401
-    except ImportError:
-        return "DBOS is not installed: skipped (pip install dbos to compare on the same PostgreSQL)"
-    return "DBOS is installed, but this script does not drive it yet"
+def dbos_beside(flows: int, rounds: int) -> dict[str, Any] | None:
+    """DBOS running the same one-step workflow on the same PostgreSQL, timed in
+    interleaved rounds with ours (asyncio: DBOS has no trio support); ``None`` and a
+    note when DBOS is not installed."""
+    reason = bench_dbos._dbos_available()
+    if reason is not None:
+        print(f"\nDBOS skipped: {reason}")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = asyncio.run(bench_dbos.compare("postgres", Path(tmp), flows, rounds, None, 1))
+    if "dbos_skipped" in figures:
+        print(f"\nDBOS skipped: {figures['dbos_skipped']}")
+        return figures
+    ours, theirs = figures["awaitly"]["median_s"], figures["DBOS"]["median_s"]
+    print(
+        f"\nbeside DBOS, the same 1-step workflow on the same PostgreSQL (asyncio):"
+        f" ours {1 / ours:.0f}/s, DBOS {1 / theirs:.0f}/s: ours takes {ours / theirs:.2f}x"
+        " the time"
+    )
+    return figures
 
 
 def main() -> int:
@@ -267,7 +287,14 @@ def main() -> int:
         missed |= trio_ratio > TRIO_TARGET
         summary.add(f"{kind} checkpoint, trio / asyncio", "trio", trio_ratio, target=TRIO_TARGET)
         print(f"  trio / asyncio checkpoint: {trio_ratio:.2f}x (<= {TRIO_TARGET})")
-    print(f"\n{dbos_note()}")
+    if "postgres" in kinds:
+        dbos = dbos_beside(flows, rounds)
+        if dbos is not None:
+            report["dbos"] = dbos
+            if "ratio" in dbos:
+                summary.add(
+                    "postgres 1-step workflow vs DBOS", "asyncio", dbos["ratio"], target=1.0
+                )
     report["summary"] = summary.rows
     if args.json:
         with open(args.json, "w") as out:

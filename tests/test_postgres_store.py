@@ -124,6 +124,26 @@ async def test_a_checkpoint_is_one_statement_that_writes_one_step(schema: str) -
     assert [row[0] for row in written] == ["small"]
 
 
+async def test_only_a_new_runs_claim_skips_the_flush_and_steps_stay_durable(schema: str) -> None:
+    async def setting(connection: Any) -> str:
+        value: str = await connection.fetchval("SHOW synchronous_commit")
+        return value
+
+    async with PostgresStore(DSN, schema=schema) as store:
+        claim = await store.claim("r", "orders", owner="me", lease=30)
+        assert claim.outcome == "claimed"
+        # The claim turned synchronous_commit off for its own transaction only: the
+        # connection that made it (the store's, used one call at a time) still waits
+        # for the flush, so the checkpoint after it is durable when it returns.
+        assert await store._call(setting) == "on"
+        await store.checkpoint("r", encoded("s", 1), owner="me")
+        assert await store._call(setting) == "on"
+        await store.finish("r", "completed", Ok(1), '{"ok": true, "value": 1}', owner="me")
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert (loaded.status, loaded.steps["s"].result) == ("completed", Ok(1))
+
+
 async def test_concurrent_checkpoints_commit_together_and_each_gets_its_own_answer(
     schema: str,
 ) -> None:

@@ -21,6 +21,7 @@ ever reported as complete.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import socket
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import anyio
 import attrs
 
+from ._bridge import current_async_library
 from ._run import logger
 from .errors import (
     LeaseLostError,
@@ -414,9 +416,17 @@ async def _claim(
 
 
 class _LeaseKeeper:
-    """Renews the run's lease from a task beside the body; if the lease is lost the
-    body is cancelled (this scope owns that cancellation) and the run returns
-    ``Err(LeaseLostError)``."""
+    """Renews the run's lease while the body runs; if the lease is lost the body is
+    cancelled (this run owns that cancellation) and the run returns
+    ``Err(LeaseLostError)``.
+
+    The renewing task is started beside the run rather than in a task group of its
+    own: opening a task group costs more than the rest of a short run's bookkeeping,
+    and most runs end long before their first renewal.  The task never raises (a
+    failed renewal is retried until the lease would have run out), and :meth:`stop`
+    cancels it; a renewal still in flight then is a compare-and-set on the owner,
+    so it cannot touch the run once it has ended.
+    """
 
     def __init__(self, store: LeaseStore, workflow_id: str, owner: str, lease: float) -> None:
         self._store = store
@@ -425,22 +435,39 @@ class _LeaseKeeper:
         self._lease = lease
         self.lost = False
         self.body_scope = anyio.CancelScope()
+        self._scope = anyio.CancelScope()
+        self._task: object = None  # asyncio keeps only weak references to its tasks
 
-    async def keep(self) -> None:
-        while True:
-            await anyio.sleep(self._lease / 3)
-            try:
-                held = await self._store.renew(
-                    self._workflow_id, owner=self._owner, lease=self._lease
-                )
-            except Exception:
-                # A blip: keep trying until the lease would have run out.
-                logger.warning("could not renew the lease on run %r", self._workflow_id)
-                continue
-            if not held:
-                self.lost = True
-                self.body_scope.cancel()
-                return
+    def start(self) -> None:
+        """Start renewing, from a task of the event loop's own (see the class doc)."""
+        if current_async_library() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(self._keep)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._keep())
+
+    def stop(self) -> None:
+        """Stop renewing; the task ends at its next await."""
+        self._scope.cancel()
+        self._task = None
+
+    async def _keep(self) -> None:
+        with self._scope:
+            while True:
+                await anyio.sleep(self._lease / 3)
+                try:
+                    held = await self._store.renew(
+                        self._workflow_id, owner=self._owner, lease=self._lease
+                    )
+                except Exception:
+                    # A blip: keep trying until the lease would have run out.
+                    logger.warning("could not renew the lease on run %r", self._workflow_id)
+                    continue
+                if not held:
+                    self.lost = True
+                    self.body_scope.cancel()
+                    return
 
 
 async def _run_leased(
@@ -479,11 +506,12 @@ async def _run_leased(
         if input is None and snapshot is not None:
             input = snapshot.metadata.get(INPUT_KEY)
         checkpointer = _Checkpointer(store, workflow_id, registry, workflow.clock.time, owner)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keeper.keep)
+        keeper.start()
+        try:
             with keeper.body_scope:
                 result = await execute(body, workflow_id, snapshot, checkpointer, input)
-            tg.cancel_scope.cancel()
+        finally:
+            keeper.stop()
     except BaseException:
         await _record_cancellation(store, workflow_id, owner)
         raise

@@ -81,6 +81,34 @@ async def test_a_checkpoint_is_one_script_call(store: RedisStore) -> None:
     assert calls("eval", "multi", "exec", "watch", "hgetall") == others
 
 
+async def test_scripts_the_server_forgot_are_loaded_again(store: RedisStore) -> None:
+    await store.claim("r", "orders", owner="w", lease=30)
+    with contextlib.closing(raw()) as client:
+        client.script_flush()  # as after a restart of the server
+    await store.checkpoint("r", encoded("a", 1), owner="w")
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert loaded.steps["a"].result == Ok(1)
+
+
+async def test_a_call_cancelled_before_its_reply_leaves_no_reply_behind(
+    store: RedisStore,
+) -> None:
+    await store.claim("r", "orders", owner="w", lease=30)
+    await store.checkpoint("r", encoded("a", 1), owner="w")  # the kept connection is in use
+    with contextlib.closing(raw()) as client:
+        client.client_pause(300, all=False)  # writes wait on the server: no reply yet
+    with anyio.move_on_after(0.05) as scope:
+        await store.checkpoint("r", encoded("b", 2), owner="w")
+    assert scope.cancelled_caught
+    # Had the connection been kept, this call would read the cancelled one's reply (1).
+    assert await store.delete("missing") is False
+    await store.checkpoint("r", encoded("c", 3), owner="w")
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert loaded.steps["c"].result == Ok(3)
+
+
 async def test_listing_reads_the_index_and_never_scans(store: RedisStore) -> None:
     for n in range(30):
         await store.mark_running(f"run-{n:02d}", "orders")

@@ -1,13 +1,15 @@
-"""A Redis connection for the shared limiter and breaker: a URL or a client, scripts,
-and the asyncio bridge under trio (as the Redis store does)."""
+"""Lua scripts on Redis for the store, the shared limiter and the shared breaker: a URL
+or a client, a connection kept for one call at a time, and the asyncio bridge under
+trio."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ._bridge import DriverLoop, current_async_library
 
-__all__ = ["SharedRedis"]
+__all__ = ["ScriptRunner", "SharedRedis"]
 
 
 def _redis_asyncio() -> Any:
@@ -18,6 +20,94 @@ def _redis_asyncio() -> Any:
             "sharing through Redis needs redis-py: pip install 'awaitly-anyio[redis]'"
         ) from exc
     return redis.asyncio
+
+
+class ScriptRunner:
+    """Runs Lua scripts with ``EVALSHA`` (loading a script the server does not know).
+
+    Calls made one at a time go over a connection of the runner's own, straight
+    through redis-py's connection (no pool, retry or metrics layer, which cost as
+    much as the round trip itself); a call made while that connection is busy goes
+    through the client and its pool.  A connection left in an unknown state (an
+    error on the wire, a cancellation between request and reply) is dropped and
+    the next call makes a new one.  Call it on the client's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._connection: Any = None
+        self._busy = False
+        self._shas: dict[str, str] = {}
+
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode("utf-8")).hexdigest()
+        return sha
+
+    async def run(self, client: Any, source: str, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply to ``keys`` and ``args``.
+
+        A kept connection the server has closed meanwhile (a restart, an idle
+        timeout) is replaced and the call sent once more, as redis-py does for its
+        own commands; a second failure is raised.
+        """
+        sha = self._sha(source)
+        if self._busy:
+            return await self._pooled(client, source, sha, keys, args)
+        self._busy = True
+        try:
+            if self._connection is not None:
+                try:
+                    return await self._on_connection(source, sha, keys, args)
+                except _redis_exceptions().ConnectionError:
+                    pass  # dropped by then; try once on a new connection
+            connection = client.connection_pool.make_connection()
+            await connection.connect()
+            self._connection = connection
+            return await self._on_connection(source, sha, keys, args)
+        finally:
+            self._busy = False
+
+    async def _on_connection(self, source: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+        connection = self._connection
+        try:
+            try:
+                await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                return await connection.read_response()
+            except _redis_exceptions().NoScriptError:
+                await connection.send_command("SCRIPT", "LOAD", source)
+                await connection.read_response()
+                await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                return await connection.read_response()
+        except _redis_exceptions().ResponseError:
+            raise  # the server answered: the connection is in step
+        except BaseException:
+            # An error on the wire, or cancelled between request and reply: the
+            # connection's state is unknown, so it is not used again.
+            self._connection = None
+            await connection.disconnect(nowait=True)
+            raise
+
+    async def _pooled(
+        self, client: Any, source: str, sha: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(sha, len(keys), *keys, *args)
+        except _redis_exceptions().NoScriptError:
+            await client.script_load(source)
+            return await client.evalsha(sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        """Close the runner's own connection."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect()
+
+
+def _redis_exceptions() -> Any:
+    import redis.exceptions
+
+    return redis.exceptions
 
 
 class SharedRedis:
@@ -36,7 +126,7 @@ class SharedRedis:
             raise TypeError(f"redis= takes a URL or a redis.asyncio.Redis, not {client_or_url!r}")
         self._owner = owner
         self._loop = DriverLoop(owner)
-        self._scripts: dict[str, Any] = {}
+        self._scripts = ScriptRunner()
 
     async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """Run the Lua script ``source`` once (EVALSHA, loading it when needed)."""
@@ -50,17 +140,19 @@ class SharedRedis:
     async def _run(self, source: str, keys: list[str], args: list[Any]) -> Any:
         if self._client is None:
             self._client = _redis_asyncio().Redis.from_url(self._url, decode_responses=True)
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self._client.register_script(source)
-        return await script(keys=keys, args=args)
+        return await self._scripts.run(self._client, source, keys, args)
 
     async def aclose(self) -> None:
         """Close the client (if made from a URL) and let go of the bridge."""
         try:
-            if self._url is not None and self._client is not None and self._loop.bound:
-                await self._loop.call(self._client.aclose)
+            if self._loop.bound:
+                await self._loop.call(self._close)
         finally:
             if self._url is not None:
                 self._client = None
             self._loop.release()
+
+    async def _close(self) -> None:
+        await self._scripts.aclose()
+        if self._url is not None and self._client is not None:
+            await self._client.aclose()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
+from .._redis_client import ScriptRunner
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
@@ -112,19 +113,17 @@ local function live(key, now)
 end
 """
 
-# KEYS: run, steps, index.  ARGV: id, now, owner ('' = any), step key, record json.
+# KEYS: run, steps.  ARGV: now, owner ('' = any), step key, record json.
 # Returns 1 (written), 0 (no such live run), -1 (another owner holds the lease).
-_CHECKPOINT = (
-    _LIVE_FN
-    + """
-if not live(KEYS[1], ARGV[2]) then return 0 end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[3] then return -1 end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+# The run's updated_at moves when it starts and ends, not per step (as in PostgreSQL):
+# a checkpoint reads the run hash once and writes one field.
+_CHECKPOINT = """
+local run = redis.call('HMGET', KEYS[1], 'expires_at', 'lease_owner')
+if not run[1] or (run[1] ~= '' and tonumber(run[1]) <= tonumber(ARGV[1])) then return 0 end
+if ARGV[2] ~= '' and run[2] ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
-)
 
 # KEYS: run, steps, index, active.  ARGV: id, now, workflow_name, metadata json, owner,
 # lease_expires_at, format version.  Creates the run if absent (1), else returns 0.
@@ -326,7 +325,7 @@ class RedisStore:
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
         self._loop = DriverLoop(f"RedisStore(prefix={prefix!r})")
-        self._scripts: dict[str, Any] = {}
+        self._scripts = ScriptRunner()
         self._closed = False
 
     async def __aenter__(self) -> RedisStore:
@@ -376,15 +375,9 @@ class RedisStore:
             self._client = _import_redis().Redis.from_url(self._url, decode_responses=True)
         return await fn(self._client)
 
-    def _script(self, client: Any, source: str) -> Any:
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = client.register_script(source)
-        return script
-
     async def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         async def run(client: Any) -> Any:
-            return await self._script(client, source)(keys=keys, args=args)
+            return await self._scripts.run(client, source, keys, args)
 
         return await self._call(run)
 
@@ -403,11 +396,19 @@ class RedisStore:
         run_key, steps_key = self.keys_of(id)
 
         async def read(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(run_key)
-                pipe.hgetall(steps_key)
-                result: list[Any] = await pipe.execute()
-                return result
+            for attempt in (1, 2):
+                try:
+                    async with client.pipeline(transaction=True) as pipe:
+                        pipe.hgetall(run_key)
+                        pipe.hgetall(steps_key)
+                        result: list[Any] = await pipe.execute()
+                        return result
+                except _import_redis().ConnectionError:
+                    # A pooled connection the server closed meanwhile: reading is
+                    # safe to repeat, once, on a new one.
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
 
         fields, steps = await self._call(read)
         return (_row(fields) if fields else None), steps
@@ -573,12 +574,17 @@ class RedisStore:
             return
         self._closed = True
         try:
-            if self._url is not None and self._client is not None and self._loop.bound:
-                await self._loop.call(self._client.aclose)
+            if self._loop.bound:
+                await self._loop.call(self._close_client)
         finally:
             if self._url is not None:
                 self._client = None
             self._loop.release()
+
+    async def _close_client(self) -> None:
+        await self._scripts.aclose()
+        if self._url is not None and self._client is not None:
+            await self._client.aclose()
 
     # ---- CheckpointStore ---------------------------------------------------------------
 
@@ -608,12 +614,11 @@ class RedisStore:
         await self._update(id, change)
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one script, one round trip."""
+        """Add or replace one step record of run ``id``: one script, one round trip.
+        The run's ``updated_at`` moves when the run starts and ends, not per step."""
         now = self._clock.time()
         done = await self._run_script(
-            _CHECKPOINT,
-            [*self.keys_of(id), self._index],
-            [id, _num(now), owner or "", step.key, step.json],
+            _CHECKPOINT, [*self.keys_of(id)], [_num(now), owner or "", step.key, step.json]
         )
         if done == 0:
             raise LookupError(f"run {id!r} is not in the store (mark_running first)")

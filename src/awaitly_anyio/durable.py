@@ -425,7 +425,8 @@ class _LeaseKeeper:
     and most runs end long before their first renewal.  The task never raises (a
     failed renewal is retried until the lease would have run out), and :meth:`stop`
     cancels it; a renewal still in flight then is a compare-and-set on the owner,
-    so it cannot touch the run once it has ended.
+    so it cannot touch the run once it has ended.  Lease loss is the one
+    cancellation this scope owns: it cancels the body's scope, nothing else.
     """
 
     def __init__(self, store: LeaseStore, workflow_id: str, owner: str, lease: float) -> None:
@@ -435,39 +436,57 @@ class _LeaseKeeper:
         self._lease = lease
         self.lost = False
         self.body_scope = anyio.CancelScope()
-        self._scope = anyio.CancelScope()
-        self._task: object = None  # asyncio keeps only weak references to its tasks
+        self._stop: Callable[[], object] | None = None
+        self._task: asyncio.Task[None] | None = None  # asyncio keeps only weak references
 
     def start(self) -> None:
-        """Start renewing, from a task of the event loop's own (see the class doc)."""
+        """Start renewing: on trio from a system task; on asyncio from a task started
+        only once the first renewal is due (a timer until then, the cheapest thing
+        asyncio has), since most runs end before it."""
+        every = self._lease / 3
         if current_async_library() == "trio":
             import trio
 
-            trio.lowlevel.spawn_system_task(self._keep)
+            scope = trio.CancelScope()
+
+            async def keep() -> None:
+                with scope:
+                    await self._keep(every)
+
+            trio.lowlevel.spawn_system_task(keep)
+            self._stop = scope.cancel
         else:
-            self._task = asyncio.get_running_loop().create_task(self._keep())
+            loop = asyncio.get_running_loop()
+
+            def spawn() -> None:
+                self._task = loop.create_task(self._keep(0.0))
+                self._stop = self._task.cancel
+
+            self._stop = loop.call_later(every, spawn).cancel
 
     def stop(self) -> None:
-        """Stop renewing; the task ends at its next await."""
-        self._scope.cancel()
-        self._task = None
+        """Stop renewing; a renewing task ends at its next await."""
+        if self._stop is not None:
+            self._stop()
+        self._stop = self._task = None
 
-    async def _keep(self) -> None:
-        with self._scope:
-            while True:
-                await anyio.sleep(self._lease / 3)
-                try:
-                    held = await self._store.renew(
-                        self._workflow_id, owner=self._owner, lease=self._lease
-                    )
-                except Exception:
-                    # A blip: keep trying until the lease would have run out.
-                    logger.warning("could not renew the lease on run %r", self._workflow_id)
-                    continue
-                if not held:
-                    self.lost = True
-                    self.body_scope.cancel()
-                    return
+    async def _keep(self, first: float) -> None:
+        wait = first
+        while True:
+            await anyio.sleep(wait)
+            wait = self._lease / 3
+            try:
+                held = await self._store.renew(
+                    self._workflow_id, owner=self._owner, lease=self._lease
+                )
+            except Exception:
+                # A blip: keep trying until the lease would have run out.
+                logger.warning("could not renew the lease on run %r", self._workflow_id)
+                continue
+            if not held:
+                self.lost = True
+                self.body_scope.cancel()
+                return
 
 
 async def _run_leased(

@@ -254,7 +254,7 @@ async def compare(
     return report
 
 
-def _dbos_available() -> str | None:
+def dbos_missing() -> str | None:
     """Why DBOS cannot take part at all, or ``None`` when it is importable."""
     try:
         import dbos  # noqa: F401
@@ -280,7 +280,7 @@ def main() -> int:
     runs, rounds = (30, 2) if args.quick else (200, 5)
     _quiet()
     started = time.perf_counter()
-    dbos_skipped = _dbos_available()
+    dbos_skipped = dbos_missing()
     if dbos_skipped is not None:
         print(f"DBOS skipped: {dbos_skipped}")
     report: dict[str, Any] = {

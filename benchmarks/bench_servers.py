@@ -214,7 +214,7 @@ def dbos_beside(flows: int, rounds: int) -> dict[str, Any] | None:
     """DBOS running the same one-step workflow on the same PostgreSQL, timed in
     interleaved rounds with ours (asyncio: DBOS has no trio support); ``None`` and a
     note when DBOS is not installed."""
-    reason = bench_dbos._dbos_available()
+    reason = bench_dbos.dbos_missing()
     if reason is not None:
         print(f"\nDBOS skipped: {reason}")
         return None

@@ -5,11 +5,14 @@ trio."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ._bridge import DriverLoop, current_async_library
 
 __all__ = ["ScriptRunner", "SharedRedis"]
+
+T = TypeVar("T")
 
 
 def _redis_asyncio() -> Any:
@@ -48,8 +51,8 @@ class ScriptRunner:
         """The script's reply to ``keys`` and ``args``.
 
         A kept connection the server has closed meanwhile (a restart, an idle
-        timeout) is replaced and the call sent once more, as redis-py does for its
-        own commands; a second failure is raised.
+        timeout) is replaced and the call sent once more, as the client made by
+        :class:`SharedRedis` does for its own commands; a second failure is raised.
         """
         sha = self._sha(source)
         if self._busy:
@@ -111,36 +114,66 @@ def _redis_exceptions() -> Any:
 
 
 class SharedRedis:
-    """Runs Lua scripts on one Redis, from asyncio or trio; made lazily on first use."""
+    """One Redis, from asyncio or trio: a client made lazily from a URL (or given), its
+    scripts, and the driver loop.  The Redis store, the shared limiter and the shared
+    breaker each hold one.
 
-    def __init__(self, client_or_url: Any, owner: str) -> None:
+    A client made from a URL decodes replies and, when the server has closed a
+    pooled connection meanwhile (a restart, an idle timeout), reconnects and sends
+    the command once more; the script runner does the same on its own connection.
+    """
+
+    def __init__(self, client_or_url: Any, owner: str, argument: str = "redis=") -> None:
         redis_asyncio = _redis_asyncio()
         if isinstance(client_or_url, str):
             if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"a Redis URL starts with redis://, not {client_or_url[:30]!r}")
+                raise ValueError(
+                    "a Redis URL starts with redis://, rediss:// or unix://,"
+                    f" not {client_or_url[:30]!r}"
+                )
             self._url: str | None = client_or_url
             self._client: Any = None
         elif isinstance(client_or_url, redis_asyncio.Redis):
             self._url, self._client = None, client_or_url
         else:
-            raise TypeError(f"redis= takes a URL or a redis.asyncio.Redis, not {client_or_url!r}")
+            raise TypeError(
+                f"{argument} takes a Redis URL or a redis.asyncio.Redis, not {client_or_url!r}"
+            )
         self._owner = owner
         self._loop = DriverLoop(owner)
         self._scripts = ScriptRunner()
 
-    async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        """Run the Lua script ``source`` once (EVALSHA, loading it when needed)."""
+    @property
+    def bound(self) -> bool:
+        """Whether it has been used (and its driver loop chosen)."""
+        return self._loop.bound
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``await fn(client)`` on the driver loop."""
         if self._url is None and current_async_library() != "asyncio":
             raise RuntimeError(
-                f"{self._owner} was given a Redis client, which works on asyncio only;"
-                " under trio give it a URL"
+                f"{self._owner} was given a Redis client, which works on asyncio only (it"
+                " belongs to the loop that made it); under trio give it a URL"
             )
-        return await self._loop.call(self._run, source, keys, args)
+        return await self._loop.call(self._with_client, fn)
 
-    async def _run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+    async def _with_client(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         if self._client is None:
-            self._client = _redis_asyncio().Redis.from_url(self._url, decode_responses=True)
-        return await self._scripts.run(self._client, source, keys, args)
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self._client = _redis_asyncio().Redis.from_url(
+                self._url, decode_responses=True, retry=Retry(NoBackoff(), 1)
+            )
+        return await fn(self._client)
+
+    async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua script ``source`` once (EVALSHA, loading it when needed)."""
+
+        async def run(client: Any) -> Any:
+            return await self._scripts.run(client, source, keys, args)
+
+        return await self.call(run)
 
     async def aclose(self) -> None:
         """Close the client (if made from a URL) and let go of the bridge."""

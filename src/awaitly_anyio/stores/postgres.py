@@ -190,11 +190,18 @@ class PostgresStore:
             " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
             " ON CONFLICT (id_digest) DO NOTHING RETURNING 1"
         )
-        self._finish_sql = (
+        # A run's end in one statement: without metadata, or merging it with jsonb ||
+        # (top-level keys) when both sides are plain objects.
+        finish = (
             f"UPDATE {self._runs} SET status = $2, result = $3::jsonb, updated_at = $4,"
-            " expires_at = $5, lease_owner = NULL, lease_expires_at = NULL"
+            " expires_at = $5, lease_owner = NULL, lease_expires_at = NULL{merge}"
             f" WHERE id_digest = $1 AND {_LIVE.format(now='$4')}"
-            " AND ($6::text IS NULL OR lease_owner = $6) RETURNING 1"
+            " AND ($6::text IS NULL OR lease_owner = $6){mergeable} RETURNING 1"
+        )
+        self._finish_sql = finish.format(merge="", mergeable="")
+        self._finish_merging_sql = finish.format(
+            merge=", metadata = metadata || $7::jsonb",
+            mergeable=" AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'",
         )
         self._writing = False  # a checkpoint is being written: others queue for a batch
         self._queued: list[tuple[_Row, asyncio.Future[bool]]] = []
@@ -635,37 +642,20 @@ class PostgresStore:
         expires_at = self._expiry(ttl)
         registry = self._registry
 
-        extra = encode_metadata(dict(metadata or {}), registry)
-        mergeable = extra.startswith("{") and '"$t"' not in extra
+        args: tuple[Any, ...] = (digest(id), status, result_json, now, expires_at, owner)
+        sql: str | None = self._finish_sql
+        if metadata:
+            extra = encode_metadata(dict(metadata), registry)
+            if extra.startswith("{") and '"$t"' not in extra:
+                sql, args = self._finish_merging_sql, (*args, extra)
+            else:
+                sql = None  # tagged values: merged in Python, below
 
         async def work(connection: Any) -> None:
-            if not metadata:
-                # The usual end of a run: nothing to merge, one statement.
-                done = await connection.fetchval(
-                    self._finish_sql, digest(id), status, result_json, now, expires_at, owner
-                )
-                if done:
-                    return
-            elif mergeable:
-                # One statement too: jsonb || merges the top-level keys.
-                done = await connection.fetchval(
-                    f"UPDATE {self._runs} SET status = $2, result = $3::jsonb,"
-                    " metadata = metadata || $4::jsonb, updated_at = $5, expires_at = $6,"
-                    " lease_owner = NULL, lease_expires_at = NULL"
-                    f" WHERE id_digest = $1 AND {_LIVE.format(now='$5')}"
-                    " AND ($7::text IS NULL OR lease_owner = $7)"
-                    " AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'"
-                    " RETURNING 1",
-                    digest(id),
-                    status,
-                    result_json,
-                    extra,
-                    now,
-                    expires_at,
-                    owner,
-                )
-                if done:
-                    return
+            # The usual case in one statement; otherwise (the run is gone or not ours,
+            # or its metadata cannot be merged in SQL) read, decide and write.
+            if sql is not None and await connection.fetchval(sql, *args):
+                return
             async with connection.transaction():
                 found = await self._row(connection, id, now, lock=True)
                 if found is None or (owner is not None and found["lease_owner"] != owner):

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._bridge import DriverLoop, current_async_library
-from .._redis_client import ScriptRunner
+from .._redis_client import SharedRedis
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
@@ -304,19 +303,7 @@ class RedisStore:
         clock: Clock | None = None,
         registry: TypeRegistry = default_registry,
     ) -> None:
-        redis_asyncio = _import_redis()
-        if isinstance(url_or_client, str):
-            if not url_or_client.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(
-                    f"a Redis URL starts with redis://, rediss:// or unix://,"
-                    f" not {url_or_client[:30]!r}"
-                )
-            self._url: str | None = url_or_client
-            self._client: Any = None
-        elif isinstance(url_or_client, redis_asyncio.Redis):
-            self._url, self._client = None, url_or_client
-        else:
-            raise TypeError(f"expected a Redis URL or a redis.asyncio.Redis, not {url_or_client!r}")
+        _import_redis()  # the store's own message when redis-py is missing
         if not isinstance(prefix, str) or "\x00" in prefix:
             raise ValueError(f"prefix must be a string without NUL, not {prefix!r}")
         self._prefix = prefix
@@ -324,8 +311,7 @@ class RedisStore:
         self._active = f"{prefix}active"
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
-        self._loop = DriverLoop(f"RedisStore(prefix={prefix!r})")
-        self._scripts = ScriptRunner()
+        self._redis = SharedRedis(url_or_client, repr(self), argument="RedisStore")
         self._closed = False
 
     async def __aenter__(self) -> RedisStore:
@@ -363,23 +349,12 @@ class RedisStore:
         """Run ``fn(client)`` (a coroutine) on the driver loop."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        if self._url is None and current_async_library() != "asyncio":
-            raise RuntimeError(
-                "a RedisStore given a client works on asyncio only (the client belongs to"
-                " the loop that made it); under trio, give it a URL instead"
-            )
-        return await self._loop.call(self._with_client, fn)
-
-    async def _with_client(self, fn: Any) -> Any:
-        if self._client is None:
-            self._client = _import_redis().Redis.from_url(self._url, decode_responses=True)
-        return await fn(self._client)
+        return await self._redis.call(fn)
 
     async def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        async def run(client: Any) -> Any:
-            return await self._scripts.run(client, source, keys, args)
-
-        return await self._call(run)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        return await self._redis.run(source, keys, args)
 
     def _expiry(self, ttl: Ttl) -> float | None:
         seconds = ttl_seconds(ttl)
@@ -396,19 +371,11 @@ class RedisStore:
         run_key, steps_key = self.keys_of(id)
 
         async def read(client: Any) -> list[Any]:
-            for attempt in (1, 2):
-                try:
-                    async with client.pipeline(transaction=True) as pipe:
-                        pipe.hgetall(run_key)
-                        pipe.hgetall(steps_key)
-                        result: list[Any] = await pipe.execute()
-                        return result
-                except _import_redis().ConnectionError:
-                    # A pooled connection the server closed meanwhile: reading is
-                    # safe to repeat, once, on a new one.
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(run_key)
+                pipe.hgetall(steps_key)
+                result: list[Any] = await pipe.execute()
+                return result
 
         fields, steps = await self._call(read)
         return (_row(fields) if fields else None), steps
@@ -573,18 +540,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._loop.bound:
-                await self._loop.call(self._close_client)
-        finally:
-            if self._url is not None:
-                self._client = None
-            self._loop.release()
-
-    async def _close_client(self) -> None:
-        await self._scripts.aclose()
-        if self._url is not None and self._client is not None:
-            await self._client.aclose()
+        await self._redis.aclose()
 
     # ---- CheckpointStore ---------------------------------------------------------------
 

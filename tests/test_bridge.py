@@ -1,4 +1,5 @@
-"""The asyncio bridge that lets asyncio-only drivers serve trio callers."""
+"""How asyncio-only drivers serve trio callers: the hosted loop in trio's thread, and
+the bridge thread where trio cannot wait on the loop's selector."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import threading
 import anyio
 import pytest
 
+from awaitly_anyio import _bridge
 from awaitly_anyio._bridge import AsyncioBridge, DriverLoop, current_async_library
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["hosted", "thread"])
+def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a trio test once with the hosted loop and once with the bridge thread (the
+    fallback where the selector has no file descriptor); on asyncio both are direct."""
+    if request.param == "thread":
+        monkeypatch.setattr(_bridge, "_pollable", lambda: False)
+    return str(request.param)
 
 
 def bridge_threads() -> list[threading.Thread]:
@@ -31,12 +42,15 @@ async def fails() -> None:
     raise Boom("driver said no")
 
 
-async def test_a_driver_loop_runs_calls_on_asyncio_whatever_the_caller(anyio_backend: str) -> None:
+async def test_a_driver_loop_runs_calls_on_asyncio_whatever_the_caller(
+    anyio_backend: str, runner: str
+) -> None:
     loop = DriverLoop("test store")
     try:
         assert await loop.call(on_asyncio, 21) == (42, "asyncio")
-        # Only trio callers need the bridge's thread.
-        assert (len(bridge_threads()) == 1) == (anyio_backend == "trio")
+        # Only trio callers on the fallback need the bridge's thread.
+        uses_thread = anyio_backend == "trio" and runner == "thread"
+        assert len(bridge_threads()) == int(uses_thread)
         with pytest.raises(Boom, match="driver said no"):
             await loop.call(fails)
         assert await loop.call(on_asyncio, 1) == (2, "asyncio")
@@ -45,7 +59,9 @@ async def test_a_driver_loop_runs_calls_on_asyncio_whatever_the_caller(anyio_bac
     assert bridge_threads() == []
 
 
-async def test_cancelling_the_caller_cancels_the_driver_task_first(anyio_backend: str) -> None:
+async def test_cancelling_the_caller_cancels_the_driver_task_first(
+    anyio_backend: str, runner: str
+) -> None:
     loop = DriverLoop("test store")
     started, unwound = threading.Event(), threading.Event()
 
@@ -55,8 +71,8 @@ async def test_cancelling_the_caller_cancels_the_driver_task_first(anyio_backend
             await asyncio.sleep(3600)
         finally:
             if anyio_backend == "trio":
-                # On the bridge the driver's own loop is not cancelled, so its
-                # clean-up may await; the trio caller waits for it to finish.
+                # Under trio the driver's own loop is not cancelled, so its clean-up
+                # may await; the trio caller waits for it to finish.
                 for _ in range(10):
                     await asyncio.sleep(0)
             unwound.set()
@@ -76,7 +92,7 @@ async def test_cancelling_the_caller_cancels_the_driver_task_first(anyio_backend
     assert bridge_threads() == []
 
 
-async def test_many_concurrent_calls_all_come_back() -> None:
+async def test_many_concurrent_calls_all_come_back(runner: str) -> None:
     loop = DriverLoop("test store")
     results: dict[int, int] = {}
 
@@ -130,3 +146,52 @@ def test_a_store_used_from_both_kinds_of_loop_is_refused() -> None:
 def test_outside_an_event_loop_there_is_no_library() -> None:
     with pytest.raises(RuntimeError, match="asyncio or trio"):
         current_async_library()
+
+
+async def test_timers_and_other_threads_wake_the_hosted_loop(
+    anyio_backend: str, runner: str
+) -> None:
+    """Driver code waits on asyncio timers and on executor threads (asyncpg resolves
+    host names in one); both must wake a loop that trio is waiting on."""
+
+    async def waits() -> tuple[int, int]:
+        running = asyncio.get_running_loop()
+        await asyncio.sleep(0.01)
+        from_thread = await running.run_in_executor(None, lambda: 7)
+        return from_thread, threading.get_ident()
+
+    loop = DriverLoop("test store")
+    try:
+        value, thread = await loop.call(waits)
+    finally:
+        loop.release()
+    assert value == 7
+    # The hosted loop runs in the caller's thread; the fallback in its own.
+    in_callers_thread = anyio_backend == "asyncio" or runner == "hosted"
+    assert (thread == threading.get_ident()) == in_callers_thread
+
+
+def test_the_hosted_loop_ends_with_its_trio_run() -> None:
+    """Whatever a store left running is cancelled when the run ends, the loop is
+    closed, and using the store from a later run is refused with a clear error."""
+    import trio
+
+    loop = DriverLoop("the store")
+    left: list[asyncio.Task[None]] = []
+    cleaned = threading.Event()
+
+    async def leaves_a_task() -> None:
+        async def forever() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                cleaned.set()
+
+        left.append(asyncio.get_running_loop().create_task(forever()))
+
+    trio.run(loop.call, leaves_a_task)
+    assert cleaned.is_set()
+    assert left[0].cancelled()
+    assert bridge_threads() == []
+    with pytest.raises(RuntimeError, match="the store was opened in a trio run that has ended"):
+        trio.run(loop.call, leaves_a_task)

@@ -1,9 +1,14 @@
 """The one way asyncio-only drivers (asyncpg, redis.asyncio) are reached from trio.
 
 Under asyncio a store awaits its driver directly.  Under trio it hands each
-coroutine to a private asyncio event loop running in a daemon thread and waits
-for the outcome without blocking trio.  The loop is shared by every store in the
-process and stops (its thread joined) when the last store using it closes.
+coroutine to a private asyncio event loop and waits for the outcome without
+blocking trio.  That loop is a :class:`HostedLoop`: it lives in trio's own
+thread, one per trio run, and a trio system task runs it whenever it has work,
+waiting on its selector's file descriptor in between.  No thread is crossed, so
+a driver call costs about what it costs on asyncio.  Where the selector cannot
+be waited on from trio (Windows' select), an :class:`AsyncioBridge` runs the
+loop in a daemon thread instead, shared by every store and stopped (its thread
+joined) when the last store using it closes.
 
 Cancellation crosses over: if the trio caller is cancelled, the asyncio task is
 cancelled too and the caller waits (shielded, briefly) until the driver has
@@ -14,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import math
+import selectors
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -24,6 +32,7 @@ import anyio
 __all__ = [
     "AsyncioBridge",
     "DriverLoop",
+    "HostedLoop",
     "current_async_library",
     "runner_for_current_loop",
     "shared_bridge",
@@ -88,17 +97,8 @@ class AsyncioBridge:
     def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-            # Anything still pending was abandoned by a store that did not close: cancel it.
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
+        loop.run_forever()
+        _wind_down(loop)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await ``fn(*args)`` on the bridge loop from a trio task and return its outcome.
@@ -131,15 +131,185 @@ class AsyncioBridge:
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
-        task = holder["task"]
-        if task.cancelled():
-            # Cancelled from the asyncio side (the bridge shutting down under us).
-            raise anyio.BrokenResourceError("the asyncio bridge stopped during the operation")
-        return task.result()
+        return _outcome(holder["task"])
+
+
+def _outcome(task: asyncio.Task[T]) -> T:
+    """A finished driver task's result (or its exception)."""
+    if task.cancelled():
+        # Cancelled from the asyncio side (its loop shutting down under the caller).
+        raise anyio.BrokenResourceError("the asyncio loop stopped during the operation")
+    return task.result()
+
+
+def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what a store left running on ``loop`` (one that was never closed), let it
+    unwind, and close the loop."""
+    try:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
 
 
 async def _call(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
     return await fn(*args)
+
+
+class _YieldingSelector(selectors.DefaultSelector):
+    """The hosted loop's selector: it never blocks.
+
+    When asyncio would block (nothing ready and no I/O), it stops the loop instead
+    and notes how long asyncio meant to wait, so that trio does the waiting.  While
+    callbacks are ready it does not poll (the poll when they run out sees the same
+    I/O), and after :data:`TURNS` such iterations it stops the loop anyway, so a
+    busy driver cannot hold trio's thread.
+    """
+
+    TURNS = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hosted = True
+        self.wait: float | None = None
+        self.turns = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if not self.hosted:
+            return super().select(timeout)
+        assert self.loop is not None
+        if timeout == 0:
+            self.turns += 1
+            if self.turns < self.TURNS:
+                return []
+            self.wait = 0.0
+            self.loop.stop()
+        ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
+        if not ready and timeout != 0:
+            self.wait = timeout
+            self.loop.stop()  # run_forever() returns after this iteration
+        return ready
+
+
+def _pollable() -> bool:
+    """Whether trio can wait on the default selector's file descriptor (epoll, kqueue)."""
+    return hasattr(selectors.DefaultSelector, "fileno")
+
+
+class HostedLoop:
+    """A private asyncio loop run in trio's own thread, one per trio run.
+
+    The loop is run until it would block, by the caller that gives it work (so a
+    driver call starts at once) and by a trio system task that waits, between
+    runs, for the loop's selector to have events or its next timer to be due.
+    Made by :func:`hosted_loop`; closed when the trio run ends, after cancelling
+    whatever a store left behind.
+    """
+
+    def __init__(self) -> None:
+        import trio
+
+        self._selector = _YieldingSelector()
+        self.loop = asyncio.SelectorEventLoop(self._selector)
+        self._selector.loop = self.loop
+        self._waiting = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._drive, name="awaitly-hosted-asyncio-loop")
+
+    def acquire(self) -> None:
+        """Nothing to count: the loop lives as long as the trio run."""
+
+    def release(self) -> None:
+        """Nothing to stop: the loop ends with the trio run."""
+
+    def _step(self) -> None:
+        """Run the loop until it would block, then have the waiting task wait only as
+        long as asyncio's next timer allows."""
+        import trio
+
+        self._selector.turns = 0
+        self.loop.run_forever()
+        wait = self._selector.wait
+        deadline = math.inf if wait is None else trio.current_time() + wait
+        if self._waiting.deadline != deadline:
+            self._waiting.deadline = deadline
+
+    async def _drive(self) -> None:
+        import trio
+
+        fd = self._selector.fileno()
+        try:
+            while True:
+                # One scope for as long as the loop's I/O wakes it; a new one after a
+                # timer (asyncio's next timer is the scope's deadline).
+                with self._waiting:
+                    while True:
+                        self._step()
+                        await trio.lowlevel.wait_readable(fd)
+                self._waiting = trio.CancelScope()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        """The trio run is ending: let the selector block again, and wind the loop down."""
+        self._selector.hosted = False
+        _wind_down(self.loop)
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``fn(*args)`` on the hosted loop and return its outcome.
+
+        Raises what ``fn`` raises.  If the caller is cancelled, the asyncio task is
+        cancelled, awaited to its end (shielded), and the cancellation re-raised.
+        """
+        import trio
+
+        done = trio.Event()
+        # A fresh context: the driver's code must not see the trio caller's context
+        # variables (sniffio's among them would call this asyncio code trio).
+        task = self.loop.create_task(_call_then(fn, args, done.set), context=contextvars.Context())
+        self._step()
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            task.cancel()
+            self._step()
+            with trio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        return _outcome(task)
+
+
+async def _call_then(
+    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], then: Callable[[], object]
+) -> T:
+    """``await fn(*args)``, then call ``then`` (however it ended)."""
+    try:
+        return await fn(*args)
+    finally:
+        then()
+
+
+_hosted: Any = None  # trio.lowlevel.RunVar[HostedLoop], made on first use
+
+
+def hosted_loop() -> HostedLoop:
+    """The current trio run's hosted asyncio loop, started on first use."""
+    global _hosted
+    import trio
+
+    if _hosted is None:
+        _hosted = trio.lowlevel.RunVar("awaitly_hosted_loop")
+    try:
+        found: HostedLoop = _hosted.get()
+    except LookupError:
+        found = HostedLoop()
+        _hosted.set(found)
+    return found
 
 
 _shared = AsyncioBridge()
@@ -150,16 +320,19 @@ def shared_bridge() -> AsyncioBridge:
     return _shared
 
 
-def runner_for_current_loop() -> tuple[str, AsyncioBridge | None]:
-    """Which event loop the caller is on, and the bridge to use from it (``None`` on asyncio).
+def runner_for_current_loop() -> tuple[str, AsyncioBridge | HostedLoop | None]:
+    """Which event loop the caller is on, and where to run drivers from it (``None``
+    on asyncio: directly; on trio, the run's hosted loop, or the bridge thread where
+    the selector cannot be waited on).
 
-    The bridge is acquired; release it when the store closes.
+    The runner is acquired; release it when the store closes.
     """
     library = current_async_library()
     if library == "asyncio":
         return library, None
-    _shared.acquire()
-    return library, _shared
+    runner: AsyncioBridge | HostedLoop = hosted_loop() if _pollable() else _shared
+    runner.acquire()
+    return library, runner
 
 
 def current_async_library() -> str:
@@ -185,14 +358,15 @@ class DriverLoop:
     """Where a store's asyncio driver runs: bound to the event loop of the store's first use.
 
     On asyncio, :meth:`call` awaits the driver directly; on trio it goes through
-    the shared bridge.  Using one store from both kinds of loop is refused, since
-    its connections belong to one asyncio loop.
+    the trio run's hosted loop (or the bridge thread).  Using one store from both
+    kinds of loop, or from a trio run after the one it was opened in, is refused,
+    since its connections belong to one asyncio loop.
     """
 
     def __init__(self, owner: str) -> None:
         self._owner = owner
         self._library: str | None = None
-        self._bridge: AsyncioBridge | None = None
+        self._bridge: AsyncioBridge | HostedLoop | None = None
 
     @property
     def bound(self) -> bool:
@@ -210,6 +384,11 @@ class DriverLoop:
             )
         if self._bridge is None:
             return await fn(*args)
+        if isinstance(self._bridge, HostedLoop) and self._bridge.loop.is_closed():
+            raise RuntimeError(
+                f"{self._owner} was opened in a trio run that has ended, and its connections"
+                " ended with it; open the store in the run that uses it"
+            )
         return await self._bridge.run(fn, *args)
 
     def release(self) -> None:

@@ -7,7 +7,7 @@ its SHA-256 digest, so ids of any length and content are only ever data.  A
 keyed step's checkpoint is one ``INSERT`` (with the run's ``updated_at`` bumped
 in the same statement).
 
-Under trio, asyncpg runs on the shared private asyncio loop
+Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
 (:mod:`awaitly_anyio._bridge`); nothing changes for the caller.
 """
 

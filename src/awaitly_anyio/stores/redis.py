@@ -11,7 +11,7 @@ Keys, under ``prefix`` (default ``awaitly:``)::
 A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
 Redis frees them by itself; ``list`` drops index entries whose run is gone.
-Under trio the client runs on the shared private asyncio loop
+Under trio the client runs on a private asyncio loop hosted in trio's thread
 (:mod:`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
 replicas), not Redis Cluster.
 """

@@ -3,7 +3,8 @@
 For each store and each backend, in one process and interleaved rounds:
 
 - checkpoint cost per keyed step (a durable run of N keyed steps, per step)
-  against one raw write: an asyncpg upsert (autocommit) or a redis ``SET``;
+  against one raw write of a new key: an asyncpg upsert (autocommit) or a
+  redis ``SET``;
 - 1-step durable workflows per second against raw writes per second;
 - 100 concurrent durable workflows: their aggregate checkpoint rate;
 - the trio path (through the asyncio bridge) against the asyncio path.
@@ -148,9 +149,11 @@ async def measure(kind: str, rounds: int, steps: int, flows: int) -> dict[str, f
         async with store_cm as store:
             for run in range(rounds):
 
-                async def raw_writes() -> None:
+                async def raw_writes(run: int = run) -> None:
+                    # A new key each time, as each checkpoint is a new step record
+                    # (rewriting one row would be PostgreSQL's cheaper in-place update).
                     for n in range(steps):
-                        await raw.write(f"{tag}-{n}")
+                        await raw.write(f"{tag}-{run}-{n}")
 
                 elapsed = await timed(raw_writes)
                 samples["raw write us"].append(elapsed / steps * 1e6)

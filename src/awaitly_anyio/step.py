@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from inspect import isawaitable
 from typing import Any, Literal, TypeVar, overload
@@ -673,15 +673,23 @@ class Step(RunState):
             return self._replay(name, key)
         return await self._execute(name, fn, key, None, timeout, mapper, type)
 
-    async def sleep(self, name: str, seconds: float, *, key: str | None = None) -> None:
-        """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable)."""
+    def sleep(
+        self, name: str, seconds: float, *, key: str | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable).
+
+        Without a key or listeners there is nothing to record, and the clock's own
+        coroutine is returned to be awaited (a waiting run keeps no frame of ours).
+        """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise ValueError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
         if key is None and self.emit is None:
             if name.__class__ is not str or not name:
                 _check_name(name)
-            await self.clock.sleep(seconds)  # nothing to record: just wait
-            return
+            return self.clock.sleep(seconds)
+        return self._recorded_sleep(name, seconds, key)
+
+    async def _recorded_sleep(self, name: str, seconds: float, key: str | None) -> None:
         clock = self.clock
         await self(name, lambda: clock.sleep(seconds), key=key)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import math
 import selectors
 import sys
 import threading
@@ -235,9 +234,12 @@ class HostedLoop:
         self._selector.turns = 0
         self.loop.run_forever()
         wait = self._selector.wait
-        deadline = math.inf if wait is None else trio.current_time() + wait
-        if self._waiting.deadline != deadline:
-            self._waiting.deadline = deadline
+        if wait is not None:
+            # Only ever brought forward: a later timer is found when the task wakes
+            # early and runs the loop again, and moving trio's deadlines is not free.
+            deadline = trio.current_time() + wait
+            if deadline < self._waiting.deadline:
+                self._waiting.deadline = deadline
 
     async def _drive(self) -> None:
         import trio

@@ -2,8 +2,9 @@
 
 Each workflow runs three steps (one keyed) and one ``step.sleep(0)``, so every
 task really suspends; each bare task awaits the same three calls and one
-checkpoint (``anyio.lowlevel.checkpoint()``, which is what a zero sleep is).  Memory is the peak traced by ``tracemalloc`` while all
-tasks are alive.  Target: workflows <= 1.5x the bare tasks, in time and memory.
+checkpoint (``anyio.lowlevel.checkpoint()``, which is what a zero sleep is).
+Memory is the peak traced by ``tracemalloc`` while all tasks are alive.
+Target: workflows <= 1.5x the bare tasks, in time and memory.
 
     python benchmarks/bench_concurrency.py [--quick] [--json PATH]
 """

@@ -7,13 +7,13 @@ For each store and each backend, in one process and interleaved rounds:
   redis ``SET``;
 - 1-step durable workflows per second against raw writes per second;
 - 100 concurrent durable workflows: their aggregate checkpoint rate;
-- the trio path (through the asyncio bridge) against the asyncio path.
+- the trio path (through the hosted asyncio loop) against the asyncio path.
 
 Targets: checkpoint <= 1.3x the raw write; 1-step workflows/s >= 1/3 of raw
 writes/s; trio <= 1.5x asyncio.  With ``dbos`` installed, DBOS runs the same
 one-step workflow on the same PostgreSQL and is printed beside ours.  Raw
 writes take the same execution path as the store (direct on asyncio, through the
-bridge on trio).
+hosted asyncio loop on trio).
 
     python benchmarks/bench_servers.py [--quick] [--json PATH] [--only postgres|redis]
 """

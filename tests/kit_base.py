@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +13,7 @@ from typing import Any, Literal
 import attrs
 import pytest
 
+from awaitly_anyio import _bridge
 from awaitly_anyio.testing import FakeClock
 
 Damage = Literal["step", "metadata", "format"]
@@ -39,3 +42,19 @@ def server_or_skip(kind: str, url: str, error: BaseException) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{message}; CI needs it running", pytrace=False)
     pytest.skip(message)
+
+
+def bridge_threads() -> list[threading.Thread]:
+    """The asyncio bridge's threads still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
+
+
+def leftover_driver_work() -> list[object]:
+    """What closed stores could have left running: bridge threads and, under trio, tasks
+    still pending on the run's hosted asyncio loop."""
+    left: list[object] = list(bridge_threads())
+    hosted = _bridge._hosted
+    if hosted is not None and _bridge.current_async_library() == "trio":
+        with contextlib.suppress(LookupError):  # no store was used in this run
+            left.extend(asyncio.all_tasks(hosted.get().loop))
+    return left

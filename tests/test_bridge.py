@@ -12,6 +12,8 @@ import pytest
 from awaitly_anyio import _bridge
 from awaitly_anyio._bridge import AsyncioBridge, DriverLoop, current_async_library
 
+from .kit_base import bridge_threads
+
 pytestmark = pytest.mark.anyio
 
 
@@ -22,10 +24,6 @@ def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "thread":
         monkeypatch.setattr(_bridge, "_pollable", lambda: False)
     return str(request.param)
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
 
 
 class Boom(Exception):

@@ -3,7 +3,6 @@ checkpoints, recovery from a lost connection, pools, and no thread left behind."
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.postgres import SCHEMA_VERSION, PostgresStore
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import server_or_skip
+from .kit_base import leftover_driver_work, server_or_skip
 from .postgres_kit import DSN, admin, schema_for
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +29,7 @@ def encoded(key: str, value: Any) -> EncodedStep:
 
 
 async def fetch(sql: str, *args: Any) -> list[Any]:
-    """Rows of one query, on a fresh connection (through the bridge under trio)."""
+    """Rows of one query, on a fresh connection (through the hosted loop under trio)."""
     from awaitly_anyio._bridge import DriverLoop
 
     async def run() -> list[Any]:
@@ -58,10 +57,6 @@ async def schema(tmp_path: Path) -> AsyncIterator[str]:
         server_or_skip("PostgreSQL", DSN, exc)
     yield name
     await admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
 
 
 async def test_the_schema_is_created_once_with_its_version(schema: str) -> None:
@@ -245,10 +240,10 @@ async def test_a_given_pool_works_on_asyncio_and_is_refused_on_trio(
         assert await pool.fetchval("SELECT 1") == 1
 
 
-async def test_closing_leaves_no_bridge_thread(schema: str) -> None:
+async def test_closing_leaves_nothing_running(schema: str) -> None:
     async with open_store(DSN, schema=schema) as store:
         await store.mark_running("r", "orders")
-    assert bridge_threads() == []
+    assert leftover_driver_work() == []
 
 
 async def test_purge_expired_deletes_runs_and_their_steps(schema: str) -> None:

@@ -4,7 +4,6 @@ listing from the index alone, clean-up of dangling entries, clients, lost connec
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.redis import RedisStore
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import server_or_skip
+from .kit_base import leftover_driver_work, server_or_skip
 from .redis_kit import URL, prefix_for, raw, wipe
 
 pytestmark = pytest.mark.anyio
@@ -52,10 +51,6 @@ def calls(*commands: str) -> int:
     with contextlib.closing(raw()) as client:
         stats = client.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("awaitly-asyncio-bridge")]
 
 
 async def test_keys_live_under_the_prefix_with_real_ttls(store: RedisStore, prefix: str) -> None:
@@ -173,7 +168,7 @@ async def test_an_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(redis.ConnectionError):
         async with RedisStore("redis://127.0.0.1:1/0"):
             pass
-    assert bridge_threads() == []
+    assert leftover_driver_work() == []
 
 
 async def test_a_given_client_works_on_asyncio_and_is_refused_on_trio(
@@ -196,11 +191,12 @@ async def test_a_given_client_works_on_asyncio_and_is_refused_on_trio(
         await client.aclose()
 
 
-async def test_closing_leaves_no_bridge_thread(prefix: str) -> None:
+async def test_closing_leaves_nothing_running(prefix: str) -> None:
     async with open_store(URL, prefix=prefix) as store:
         await store.mark_running("r", "orders")
+        assert leftover_driver_work() == []  # between calls, nothing is pending either
     await anyio.lowlevel.checkpoint()
-    assert bridge_threads() == []
+    assert leftover_driver_work() == []
 
 
 def test_bad_arguments_are_refused() -> None:

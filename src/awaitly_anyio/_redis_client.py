@@ -1,6 +1,6 @@
 """Lua scripts on Redis for the store, the shared limiter and the shared breaker: a URL
-or a client, a connection kept for one call at a time, and the asyncio bridge under
-trio."""
+or a client, a connection kept for one call at a time, and the private asyncio loop
+under trio (:mod:`awaitly_anyio._bridge`)."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ class SharedRedis:
         return await self.call(run)
 
     async def aclose(self) -> None:
-        """Close the client (if made from a URL) and let go of the bridge."""
+        """Close the client (if made from a URL) and let go of the driver loop."""
         try:
             if self._loop.bound:
                 await self._loop.call(self._close)

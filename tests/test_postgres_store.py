@@ -181,13 +181,16 @@ async def test_concurrent_checkpoints_commit_together_and_each_gets_its_own_answ
         **{f"theirs-{n}/s{step}": LeaseLostError for n in range(5) for step in range(3)},
         **{f"gone/s{step}": LookupError for step in range(3)},
     }
-    # Group commit: far fewer transactions than checkpoints (rows carry their xmin).
+    # Group commit (rows carry their xmin): the first checkpoint is written alone,
+    # every other one that arrived meanwhile in one batch, except the second write of
+    # the same key.  Under trio this holds only if no caller handing work to the hosted
+    # loop lets a reply in before the others have queued theirs.
     steps = f'"{schema}"."awaitly_steps"'
     [[transactions, rows]] = await fetch(
         f"SELECT count(DISTINCT xmin::text), count(*) FROM {steps}"
     )
     assert rows == 121
-    assert transactions < rows / 2
+    assert transactions <= 3
 
 
 async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:

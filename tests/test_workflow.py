@@ -179,8 +179,12 @@ async def test_workflow_id_defaults_to_uuid4_and_can_be_given() -> None:
     second = await workflow.run(body)
     assert isinstance(first, Ok)
     assert isinstance(second, Ok)
-    assert uuid.UUID(first.value[0]).version == 4
     assert first.value[0] != second.value[0]
+    for _ in range(64):  # the text of a real version 4 UUID, as str(uuid.uuid4()) gives
+        made = await workflow.run(body)
+        assert isinstance(made, Ok)
+        parsed = uuid.UUID(made.value[0])
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, made.value[0])
     assert first.value[1] == "ids"
     assert await workflow.run(body, workflow_id="order-42") == Ok(("order-42", "ids"))
 

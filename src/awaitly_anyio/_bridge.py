@@ -167,7 +167,9 @@ class _YieldingSelector(selectors.DefaultSelector):
     and notes how long asyncio meant to wait, so that trio does the waiting.  While
     callbacks are ready it does not poll (the poll when they run out sees the same
     I/O), and after :data:`TURNS` such iterations it stops the loop anyway, so a
-    busy driver cannot hold trio's thread.
+    busy driver cannot hold trio's thread.  With ``poll_io`` off it does not poll
+    at all: the loop only runs what is ready, and I/O waits for the task that
+    trio wakes when the selector has events.
     """
 
     TURNS = 64
@@ -178,6 +180,7 @@ class _YieldingSelector(selectors.DefaultSelector):
         self.hosted = True
         self.wait: float | None = None
         self.turns = 0
+        self.poll_io = True
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if not self.hosted:
@@ -189,6 +192,10 @@ class _YieldingSelector(selectors.DefaultSelector):
                 return []
             self.wait = 0.0
             self.loop.stop()
+        elif not self.poll_io:
+            self.wait = timeout
+            self.loop.stop()
+            return []
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if not ready and timeout != 0:
             self.wait = timeout
@@ -226,12 +233,20 @@ class HostedLoop:
     def release(self) -> None:
         """Nothing to stop: the loop ends with the trio run."""
 
-    def _step(self) -> None:
+    def _step(self, poll_io: bool = False) -> None:
         """Run the loop until it would block, then have the waiting task wait only as
-        long as asyncio's next timer allows."""
+        long as asyncio's next timer allows.
+
+        Callers handing work over run only what is ready (their new task, which
+        sends its request at once) and leave the I/O to the waiting task, which
+        polls once per trio batch: when many callers hand work over in one batch,
+        their requests meet in the driver's queues (a group commit gets them all)
+        instead of each caller's poll letting a reply split them up.
+        """
         import trio
 
         self._selector.turns = 0
+        self._selector.poll_io = poll_io
         self.loop.run_forever()
         wait = self._selector.wait
         if wait is not None:
@@ -251,7 +266,7 @@ class HostedLoop:
                 # timer (asyncio's next timer is the scope's deadline).
                 with self._waiting:
                     while True:
-                        self._step()
+                        self._step(poll_io=True)
                         await trio.lowlevel.wait_readable(fd)
                 self._waiting = trio.CancelScope()
         finally:

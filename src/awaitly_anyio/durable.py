@@ -26,7 +26,6 @@ import functools
 import os
 import socket
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -34,6 +33,7 @@ import anyio
 import attrs
 
 from ._bridge import current_async_library
+from ._ids import random_hex
 from ._run import logger
 from .errors import (
     LeaseLostError,
@@ -372,7 +372,7 @@ def _host() -> str:
 
 def default_owner() -> str:
     """A lease owner id unique to this process and call: ``host:pid:random``."""
-    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{_host()}:{os.getpid()}:{random_hex(6)}"
 
 
 async def _claim(

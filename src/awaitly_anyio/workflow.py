@@ -9,13 +9,13 @@ workflow, ``run`` emits ``workflow_cancelled`` and re-raises.
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 import attrs
 
+from ._ids import uuid4_text
 from ._run import (
     Checkpoint,
     EarlyExit,
@@ -175,7 +175,7 @@ class Workflow(Generic[D]):
         if not callable(body):
             raise TypeError(f"workflow {self.name!r}: body must be an async callable, not {body!r}")
         if workflow_id is None:
-            workflow_id = str(uuid.uuid4())
+            workflow_id = uuid4_text()
         elif not isinstance(workflow_id, str) or not workflow_id:
             raise ValueError(
                 f"workflow {self.name!r}: workflow_id must be a non-empty string, "

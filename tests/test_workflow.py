@@ -188,6 +188,18 @@ async def test_workflow_id_defaults_to_uuid4_and_can_be_given() -> None:
     assert first.value[1] == "ids"
     assert await workflow.run(body, workflow_id="order-42") == Ok(("order-42", "ids"))
 
+    # A default id is one id: the same for the body, every time it asks, and for events.
+    seen: list[events.WorkflowEvent] = []
+    evented = create_workflow("ids", on_event=seen.append)
+
+    async def twice(ctx: WorkflowContext[Deps]) -> tuple[str, str]:
+        return ctx.workflow_id, ctx.workflow_id
+
+    outcome = await evented.run(twice)
+    assert isinstance(outcome, Ok)
+    first_read, second_read = outcome.value
+    assert {first_read, second_read} == {event.workflow_id for event in seen}
+
 
 async def test_mapping_deps_allow_attribute_and_item_access() -> None:
     workflow = create_workflow("deps", {"fetch_user": lambda uid: {"id": uid}})
@@ -263,8 +275,10 @@ async def test_keyed_step_runs_once_per_run() -> None:
         again = await ctx.step("charge", charge, key="charge:1")
         return first, again
 
-    assert await run(body) == Ok(("charge-1", "charge-1"))
-    assert calls == [1]
+    workflow = create_workflow("keys")
+    assert await workflow.run(body) == Ok(("charge-1", "charge-1"))
+    assert await workflow.run(body) == Ok(("charge-2", "charge-2"))  # a new run: afresh
+    assert calls == [1, 1]
 
 
 async def test_resume_state_skips_completed_keyed_steps_and_reruns_failed_ones() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Protocol
 
+from ._ids import uuid4_text
 from .clock import Clock
 from .errors import UnexpectedError
 from .events import WorkflowEvent
@@ -48,37 +50,58 @@ class EarlyExit(BaseException):
         self.result = result
 
 
+NO_RESULTS: Mapping[str, Ok[Any]] = MappingProxyType({})
+"""The completed results of a run that has none yet, shared: a dict is made when the
+first keyed step completes (see :meth:`RunState.remember`), not for every run."""
+
+
 class RunState:
     """Everything one run's steps share: identity, clock, event sink and the completed keys."""
 
     __slots__ = (
+        "_workflow_id",
         "checkpoint",
         "clock",
         "completed",
         "emit",
         "map_exception",
         "name",
-        "workflow_id",
     )
 
     def __init__(
         self,
         *,
         name: str,
-        workflow_id: str,
+        workflow_id: str | None,
         clock: Clock,
         emit: Emit | None,
         map_exception: Callable[[Exception], object],
-        completed: dict[str, Ok[Any]],
+        completed: Mapping[str, Ok[Any]],
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.name = name
-        self.workflow_id = workflow_id
+        self._workflow_id = workflow_id
         self.clock = clock
         self.emit = emit
         self.map_exception = map_exception
         self.completed = completed
         self.checkpoint = checkpoint
+
+    def remember(self, key: str, result: Ok[Any]) -> None:
+        """Record keyed step ``key``'s result, so the run does not execute it again."""
+        completed = self.completed
+        if completed is NO_RESULTS:
+            self.completed = completed = {}
+        completed[key] = result  # type: ignore[index]
+
+    @property
+    def workflow_id(self) -> str:
+        """The run's id.  A default one (a uuid4 string) is made when first asked for:
+        most runs that were not given one never ask."""
+        found = self._workflow_id
+        if found is None:
+            found = self._workflow_id = uuid4_text()
+        return found
 
 
 def default_map_exception(exc: Exception) -> object:

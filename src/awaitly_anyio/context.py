@@ -94,15 +94,24 @@ class WorkflowContext(Generic[D]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
     (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
 
-    __slots__ = ("_steps", "deps", "input", "step", "workflow_id", "workflow_name")
+    __slots__ = ("_run", "_steps", "deps", "input", "step")
 
     def __init__(self, run: Step, deps: D, input: Any = None) -> None:
         self.step = _callable_step(run)
+        self._run = run
         self._steps: BoundSteps | None = None
         self.deps = deps
-        self.workflow_id = run.workflow_id
-        self.workflow_name = run.name
         self.input = input
+
+    @property
+    def workflow_id(self) -> str:
+        """The run's id: the one it was given, or a uuid4 string."""
+        return self._run.workflow_id
+
+    @property
+    def workflow_name(self) -> str:
+        """The name of the workflow this run belongs to."""
+        return self._run.name
 
     @property
     def steps(self) -> BoundSteps:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._run import NO_RESULTS
 from .result import Err, Ok, Result
 
 __all__ = ["ResumeState", "StepRecord", "SupportsResume"]
@@ -60,10 +61,10 @@ class ResumeState:
     steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_to_records)
 
 
-def completed_results(state: SupportsResume | None) -> dict[str, Ok[Any]]:
+def completed_results(state: SupportsResume | None) -> Mapping[str, Ok[Any]]:
     """The ``Ok`` results by key that a run seeded from ``state`` may replay."""
     if state is None:
-        return {}
+        return NO_RESULTS
     steps = getattr(state, "steps", None)
     if not isinstance(steps, Mapping):
         raise TypeError(

@@ -239,7 +239,7 @@ class Step(RunState):
             out = Err(run.map_exception(exc))
         if isinstance(out, Ok):
             if key is not None:
-                run.completed[key] = out
+                run.remember(key, out)
             return out.value
         if isinstance(out, Err):
             if retry is not None:
@@ -248,7 +248,7 @@ class Step(RunState):
                 )
             raise EarlyExit(run, out)
         if key is not None:
-            run.completed[key] = Ok(out)
+            run.remember(key, Ok(out))
         return out
 
     def _replay(self, name: str, key: str) -> Any:
@@ -409,7 +409,7 @@ class Step(RunState):
             raise
         if isinstance(result, Ok):
             if key is not None:
-                run.completed[key] = result
+                run.remember(key, result)
             if emit is not None:
                 emit(
                     StepComplete(

@@ -174,9 +174,7 @@ class Workflow(Generic[D]):
         """
         if not callable(body):
             raise TypeError(f"workflow {self.name!r}: body must be an async callable, not {body!r}")
-        if workflow_id is None:
-            workflow_id = uuid4_text()
-        elif not isinstance(workflow_id, str) or not workflow_id:
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise ValueError(
                 f"workflow {self.name!r}: workflow_id must be a non-empty string, "
                 f"not {workflow_id!r}"
@@ -187,6 +185,7 @@ class Workflow(Generic[D]):
                     f"workflow {self.name!r}: ttl, failure_ttl, delete_on_success and "
                     f"metadata need a store"
                 )
+            # Without a store, a default id is made only if someone asks for it.
             return self._execute(body, workflow_id, resume_state, None, input)
         if resume_state is not None:
             raise ValueError(
@@ -212,13 +211,18 @@ class Workflow(Generic[D]):
             input=input,
         )
         return run_durable(
-            self, body, store=store, workflow_id=workflow_id, options=options, execute=self._execute
+            self,
+            body,
+            store=store,
+            workflow_id=uuid4_text() if workflow_id is None else workflow_id,
+            options=options,
+            execute=self._execute,
         )
 
     def _execute(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
-        workflow_id: str,
+        workflow_id: str | None,
         resume_state: SupportsResume | None,
         checkpoint: Checkpoint | None,
         input: Any = None,
@@ -308,30 +312,32 @@ async def _outcome(
     except Exception as exc:
         return Err(state.map_exception(exc))
     except BaseExceptionGroup as group:
-        # A task group inside the body carried our early exit out of one of its children.
-        ours, rest = group.split(lambda e: isinstance(e, EarlyExit) and e.run is state)
-        if ours is None or (rest is not None and not isinstance(rest, Exception)):
-            raise
-        if rest is not None:
-            logger.error(
-                "workflow %r (%s): other failures beside the early exit",
-                state.name,
-                state.workflow_id,
-                exc_info=rest,
-            )
-        first = _first_leaf(ours)
-        assert isinstance(first, EarlyExit)
-        return first.result
+        return _early_exit_in(group, state)
     if isinstance(out, (Ok, Err)):
         return out
     return Ok(out)
 
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _early_exit_in(group: BaseExceptionGroup[BaseException], state: RunState) -> Err[Any]:
+    """The result of the early exit a task group inside the body carried out of one of
+    its children; re-raises ``group`` if it holds none of this run's, or holds
+    cancellation beside it.  (Kept out of :func:`_outcome`, whose frame every waiting
+    run keeps.)"""
+    ours, rest = group.split(lambda e: isinstance(e, EarlyExit) and e.run is state)
+    if ours is None or (rest is not None and not isinstance(rest, Exception)):
+        raise group
+    if rest is not None:
+        logger.error(
+            "workflow %r (%s): other failures beside the early exit",
+            state.name,
+            state.workflow_id,
+            exc_info=rest,
+        )
+    first: BaseException = ours
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, EarlyExit)
+    return first.result
 
 
 @overload

@@ -104,6 +104,106 @@ async def test_a_call_cancelled_before_its_reply_leaves_no_reply_behind(
     assert loaded.steps["c"].result == Ok(3)
 
 
+def connections_opened() -> int:
+    """How many connections the server has accepted so far (INFO stats)."""
+    with contextlib.closing(raw()) as client:
+        return int(client.info("stats")["total_connections_received"]) - 1  # less this one
+
+
+async def test_concurrent_calls_share_the_store_connection_and_each_gets_its_answer(
+    store: RedisStore,
+) -> None:
+    for n in range(40):
+        await store.claim(f"ours-{n}", "orders", owner="a", lease=60)
+    await store.claim("theirs", "orders", owner="b", lease=60)
+    outcomes: dict[str, object] = {}
+
+    async def write(run: str, key: str, value: int) -> None:
+        try:
+            await store.checkpoint(run, encoded(key, value), owner="a")
+        except Exception as exc:
+            outcomes[f"{run}/{key}"] = type(exc).__name__
+        else:
+            outcomes[f"{run}/{key}"] = "written"
+
+    before = connections_opened()
+    async with anyio.create_task_group() as tg:
+        for step in range(3):
+            for n in range(40):
+                tg.start_soon(write, f"ours-{n}", f"s{step}", n * 10 + step)
+            tg.start_soon(write, "theirs", f"s{step}", 0)
+    # Queued behind the first call and sent together on the store's own connection,
+    # not each on a connection of the client's pool.
+    assert connections_opened() - before <= 1
+    assert outcomes == {
+        **{f"ours-{n}/s{step}": "written" for n in range(40) for step in range(3)},
+        **{f"theirs/s{step}": "LeaseLostError" for step in range(3)},
+    }
+    for n in range(40):
+        loaded = await store.load(f"ours-{n}")
+        assert loaded is not None
+        assert {key: record.result for key, record in loaded.steps.items()} == {
+            f"s{step}": Ok(n * 10 + step) for step in range(3)
+        }
+
+
+async def test_queued_calls_survive_forgotten_scripts_and_cancelled_neighbours(
+    store: RedisStore,
+) -> None:
+    await store.claim("r", "orders", owner="w", lease=60)
+    await store.checkpoint("r", encoded("warm", 0), owner="w")
+    with contextlib.closing(raw()) as client:
+        client.script_flush()  # as after a restart of the server
+        client.client_pause(200, all=False)  # writes wait on the server: replies come late
+    cancelled: list[str] = []
+
+    async def write(key: str, value: int, patience: float | None) -> None:
+        with anyio.move_on_after(patience if patience is not None else 30) as scope:
+            await store.checkpoint("r", encoded(key, value), owner="w")
+        if scope.cancelled_caught:
+            cancelled.append(key)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(write, f"k{n}", n, None if n % 2 else 0.05)
+    assert len(cancelled) == 10
+    # The connection is in step: this call reads its own reply, not a cancelled one's.
+    assert await store.delete("missing") is False
+    loaded = await store.load("r")
+    assert loaded is not None
+    for n in range(20):
+        record = loaded.steps.get(f"k{n}")
+        if n % 2:
+            assert record is not None
+            assert record.result == Ok(n)
+        else:  # cancelled: written if it had been sent, never with another's value
+            assert record is None or record.result == Ok(n)
+
+
+async def test_a_script_the_server_does_not_know_is_loaded_inside_a_batch(prefix: str) -> None:
+    from awaitly_anyio._redis_client import SharedRedis
+
+    tag = prefix.replace(":", "-")  # new script text, so the server knows neither script
+    first = f"-- {tag} first\nreturn redis.call('INCR', KEYS[1])"
+    second = f"-- {tag} second\nreturn ARGV[1] .. '!'"
+    shared = SharedRedis(URL, "test")
+    answers: dict[int, object] = {}
+
+    async def call(n: int) -> None:
+        if n == 0:  # the call that finds the connection free; the others queue behind it
+            answers[n] = await shared.run(first, [f"{prefix}counter"], [])
+        else:
+            answers[n] = await shared.run(second, [], [str(n)])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(call, n)
+    finally:
+        await shared.aclose()
+    assert answers == {0: 1, **{n: f"{n}!" for n in range(1, 12)}}
+
+
 async def test_listing_reads_the_index_and_never_scans(store: RedisStore) -> None:
     for n in range(30):
         await store.mark_running(f"run-{n:02d}", "orders")

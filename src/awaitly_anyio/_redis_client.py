@@ -4,6 +4,7 @@ under trio (:mod:`awaitly_anyio._bridge`)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,21 +26,39 @@ def _redis_asyncio() -> Any:
     return redis.asyncio
 
 
+class _Queued:
+    """A script call waiting for the runner's connection, and where its reply goes."""
+
+    __slots__ = ("args", "future", "keys", "sha", "source")
+
+    def __init__(self, source: str, sha: str, keys: list[str], args: list[Any]) -> None:
+        self.source, self.sha, self.keys, self.args = source, sha, keys, args
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+# The most script calls sent together in one write.
+_BATCH = 256
+
+
 class ScriptRunner:
     """Runs Lua scripts with ``EVALSHA`` (loading a script the server does not know).
 
-    Calls made one at a time go over a connection of the runner's own, straight
-    through redis-py's connection (no pool, retry or metrics layer, which cost as
-    much as the round trip itself); a call made while that connection is busy goes
-    through the client and its pool.  A connection left in an unknown state (an
-    error on the wire, a cancellation between request and reply) is dropped and
-    the next call makes a new one.  Call it on the client's event loop.
+    Every call goes over a connection of the runner's own, straight through
+    redis-py's connection (no pool, retry or metrics layer, which cost as much as
+    the round trip itself).  Calls made while that connection is busy are queued
+    and then sent together in one write and answered in order (pipelined), so
+    many concurrent runs share round trips instead of each taking a pooled
+    connection.  A connection left in an unknown state (an error on the wire, a
+    cancellation between request and reply) is dropped and the next call makes a
+    new one.  Call it on the client's event loop.
     """
 
     def __init__(self) -> None:
         self._connection: Any = None
         self._busy = False
         self._shas: dict[str, str] = {}
+        self._queued: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None  # the loop keeps weak references
 
     def _sha(self, source: str) -> str:
         sha = self._shas.get(source)
@@ -56,23 +75,42 @@ class ScriptRunner:
         """
         sha = self._sha(source)
         if self._busy:
-            return await self._pooled(client, source, sha, keys, args)
+            queued = _Queued(source, sha, keys, args)
+            self._queued.append(queued)
+            # Cancelled while queued, it is not sent; once sent, its reply is read
+            # (and dropped), so the connection stays in step.
+            return await queued.future
         self._busy = True
         try:
-            if self._connection is not None:
-                try:
-                    return await self._on_connection(source, sha, keys, args)
-                except _redis_exceptions().ConnectionError:
-                    pass  # dropped by then; try once on a new connection
+            kept = self._connection is not None
+            connection = await self._connected(client)
+            try:
+                return await self._on_connection(connection, source, sha, keys, args)
+            except _redis_exceptions().ConnectionError:
+                if not kept:
+                    raise
+            # The server had dropped the kept connection: once more, on a new one.
+            connection = await self._connected(client)
+            return await self._on_connection(connection, source, sha, keys, args)
+        finally:
+            if self._queued:
+                # Whoever queued meanwhile is sent in one write by a task of its own,
+                # so that this caller returns now.
+                self._flusher = asyncio.get_running_loop().create_task(self._flush(client))
+            else:
+                self._busy = False
+
+    async def _connected(self, client: Any) -> Any:
+        """The runner's connection, made (and connected) if it has none."""
+        if self._connection is None:
             connection = client.connection_pool.make_connection()
             await connection.connect()
             self._connection = connection
-            return await self._on_connection(source, sha, keys, args)
-        finally:
-            self._busy = False
+        return self._connection
 
-    async def _on_connection(self, source: str, sha: str, keys: list[str], args: list[Any]) -> Any:
-        connection = self._connection
+    async def _on_connection(
+        self, connection: Any, source: str, sha: str, keys: list[str], args: list[Any]
+    ) -> Any:
         try:
             try:
                 await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
@@ -85,20 +123,72 @@ class ScriptRunner:
         except _redis_exceptions().ResponseError:
             raise  # the server answered: the connection is in step
         except BaseException:
-            # An error on the wire, or cancelled between request and reply: the
-            # connection's state is unknown, so it is not used again.
-            self._connection = None
-            await connection.disconnect(nowait=True)
+            await self._drop(connection)
             raise
 
-    async def _pooled(
-        self, client: Any, source: str, sha: str, keys: list[str], args: list[Any]
-    ) -> Any:
+    async def _drop(self, connection: Any) -> None:
+        """Stop using ``connection``: its state is unknown."""
+        if self._connection is connection:
+            self._connection = None
+        await connection.disconnect(nowait=True)
+
+    async def _flush(self, client: Any) -> None:
+        """Send the queued calls, a batch per write, until none is left."""
+        batch: list[_Queued] = []
         try:
-            return await client.evalsha(sha, len(keys), *keys, *args)
-        except _redis_exceptions().NoScriptError:
-            await client.script_load(source)
-            return await client.evalsha(sha, len(keys), *keys, *args)
+            while self._queued:
+                batch = [call for call in self._queued[:_BATCH] if not call.future.done()]
+                del self._queued[:_BATCH]
+                if batch:
+                    try:
+                        await self._pipelined(client, batch)
+                    except Exception as exc:
+                        for call in batch:
+                            if not call.future.done():
+                                call.future.set_exception(exc)
+                batch = []
+        finally:
+            self._busy = False
+            stopped = RuntimeError("the Redis script runner stopped before answering")
+            for call in (*batch, *self._queued):  # only if this task itself was cancelled
+                if not call.future.done():
+                    call.future.set_exception(stopped)
+            self._queued.clear()
+
+    async def _pipelined(self, client: Any, batch: list[_Queued]) -> None:
+        """Send ``batch`` in one write and answer each call from its reply, in order."""
+        exceptions = _redis_exceptions()
+        connection = await self._connected(client)
+        commands = [("EVALSHA", call.sha, len(call.keys), *call.keys, *call.args) for call in batch]
+        unknown: list[_Queued] = []
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for call in batch:
+                try:
+                    reply = await connection.read_response()
+                except exceptions.NoScriptError:
+                    unknown.append(call)
+                    continue
+                except exceptions.ResponseError as exc:
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                    continue
+                if not call.future.done():  # its caller may have been cancelled meanwhile
+                    call.future.set_result(reply)
+        except BaseException:
+            await self._drop(connection)
+            raise
+        for call in unknown:  # the server forgot the script (a restart): load, send again
+            try:
+                reply = await self._on_connection(
+                    connection, call.source, call.sha, call.keys, call.args
+                )
+            except Exception as exc:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            else:
+                if not call.future.done():
+                    call.future.set_result(reply)
 
     async def aclose(self) -> None:
         """Close the runner's own connection."""

@@ -53,7 +53,7 @@ def leftover_driver_work() -> list[object]:
     """What closed stores could have left running: bridge threads and, under trio, tasks
     still pending on the run's hosted asyncio loop."""
     left: list[object] = list(bridge_threads())
-    hosted = _bridge._hosted
+    hosted = _bridge._run_vars.get("awaitly_hosted_loop")  # read, so as not to make one
     if hosted is not None and _bridge.current_async_library() == "trio":
         with contextlib.suppress(LookupError):  # no store was used in this run
             left.extend(asyncio.all_tasks(hosted.get().loop))

@@ -311,22 +311,28 @@ async def _call_then(
         then()
 
 
-_hosted: Any = None  # trio.lowlevel.RunVar[HostedLoop], made on first use
+_run_vars: dict[str, Any] = {}  # trio.lowlevel.RunVar by name, made on first use
+
+
+def per_trio_run(name: str, make: Callable[[], T]) -> T:
+    """The current trio run's ``name`` object, made by ``make()`` on first use; a
+    trio ``RunVar`` holds it, so it ends with the run."""
+    import trio
+
+    var = _run_vars.get(name)
+    if var is None:
+        var = _run_vars[name] = trio.lowlevel.RunVar(name)
+    try:
+        found: T = var.get()
+    except LookupError:
+        found = make()
+        var.set(found)
+    return found
 
 
 def hosted_loop() -> HostedLoop:
     """The current trio run's hosted asyncio loop, started on first use."""
-    global _hosted
-    import trio
-
-    if _hosted is None:
-        _hosted = trio.lowlevel.RunVar("awaitly_hosted_loop")
-    try:
-        found: HostedLoop = _hosted.get()
-    except LookupError:
-        found = HostedLoop()
-        _hosted.set(found)
-    return found
+    return per_trio_run("awaitly_hosted_loop", HostedLoop)
 
 
 _shared = AsyncioBridge()

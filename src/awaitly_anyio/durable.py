@@ -35,6 +35,7 @@ import attrs
 from ._bridge import current_async_library
 from ._ids import random_hex
 from ._run import logger
+from ._timers import trio_call_later
 from .errors import (
     LeaseLostError,
     RunInProgressError,
@@ -440,21 +441,24 @@ class _LeaseKeeper:
         self._task: asyncio.Task[None] | None = None  # asyncio keeps only weak references
 
     def start(self) -> None:
-        """Start renewing: on trio from a system task; on asyncio from a task started
-        only once the first renewal is due (a timer until then, the cheapest thing
-        asyncio has), since most runs end before it."""
+        """Start renewing from a task started only once the first renewal is due (a
+        timer until then, the cheapest thing each loop has), since most runs end
+        before it: on trio a system task, on asyncio a task."""
         every = self._lease / 3
         if current_async_library() == "trio":
             import trio
 
-            scope = trio.CancelScope()
+            def spawn() -> None:
+                scope = trio.CancelScope()
 
-            async def keep() -> None:
-                with scope:
-                    await self._keep(every)
+                async def keep() -> None:
+                    with scope:
+                        await self._keep(0.0)
 
-            trio.lowlevel.spawn_system_task(keep)
-            self._stop = scope.cancel
+                trio.lowlevel.spawn_system_task(keep)
+                self._stop = scope.cancel
+
+            self._stop = trio_call_later(every, spawn)
         else:
             loop = asyncio.get_running_loop()
 

@@ -1,0 +1,67 @@
+"""Timers on trio (asyncio has ``loop.call_later``): a durable run's lease renewal
+waits on one, so a short run costs no task of its own."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from awaitly_anyio._timers import trio_call_later
+
+
+def test_timers_fire_when_due_in_order_and_cancelled_ones_never() -> None:
+    fired: list[tuple[object, float]] = []
+
+    async def main() -> None:
+        start = trio.current_time()
+
+        def note(label: object) -> None:
+            fired.append((label, trio.current_time() - start))
+
+        cancel_two = None
+        for delay in (3.0, 1.0, 2.0, 5.0):  # an earlier one after later ones wakes sooner
+            cancel = trio_call_later(delay, lambda delay=delay: note(delay))
+            if delay == 2.0:
+                cancel_two = cancel
+        assert cancel_two is not None
+        cancel_two()
+        cancel_two()  # twice is harmless
+        for _ in range(500):  # enough cancelled ones to have the heap rebuilt
+            trio_call_later(4.0, lambda: note("cancelled"))()
+        trio_call_later(4.0, lambda: note(4.0))
+        await trio.sleep(1.5)
+        trio_call_later(0.5, lambda: note("later"))  # while the others wait
+        await trio.sleep(10)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert fired == [(1.0, 1.0), ("later", 2.0), (3.0, 3.0), (4.0, 4.0), (5.0, 5.0)]
+
+
+def test_each_trio_run_has_its_own_timers() -> None:
+    fired: list[int] = []
+
+    async def main(n: int) -> None:
+        trio_call_later(1.0, lambda: fired.append(n))
+        await trio.sleep(2)
+
+    for n in range(2):
+        trio.run(main, n, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert fired == [0, 1]
+
+
+def test_a_failing_callback_is_logged_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    fired: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    async def main() -> None:
+        trio_call_later(1.0, fail)
+        trio_call_later(2.0, lambda: fired.append("after"))
+        await trio.sleep(3)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert fired == ["after"]
+    assert "timer callback" in caplog.text
+    assert "boom" in caplog.text

@@ -458,9 +458,13 @@ def snapshot_from_doc(
         raise SnapshotDecodeError(run_id, f"invalid data: {exc}") from None
 
 
+# One encoder for every document: json.dumps makes a new one per call when given options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(doc: Any) -> str:
     """Compact JSON; non-finite floats are refused (they are tagged before this point)."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(doc)
 
 
 def loads(text: str | bytes, run_id: str) -> Any:

@@ -1,7 +1,7 @@
-"""Random ids for runs and lease owners.
+"""Random ids for runs.
 
 ``str(uuid.uuid4())`` builds a ``UUID`` object only to format it, which is half
-of what an empty workflow run costs; these make the same text from the same
+of what an empty workflow run costs; this makes the same text from the same
 ``os.urandom`` bytes directly.
 """
 
@@ -17,8 +17,3 @@ def uuid4_text() -> str:
     """A random (version 4) UUID in its usual text form, like ``str(uuid.uuid4())``."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-def random_hex(size: int) -> str:
-    """``size`` random bytes as hexadecimal text."""
-    return os.urandom(size).hex()

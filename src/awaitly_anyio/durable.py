@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import secrets
 import socket
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,7 +34,6 @@ import anyio
 import attrs
 
 from ._bridge import current_async_library
-from ._ids import random_hex
 from ._run import logger
 from ._timers import trio_call_later
 from .errors import (
@@ -373,7 +373,7 @@ def _host() -> str:
 
 def default_owner() -> str:
     """A lease owner id unique to this process and call: ``host:pid:random``."""
-    return f"{_host()}:{os.getpid()}:{random_hex(6)}"
+    return f"{_host()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 async def _claim(

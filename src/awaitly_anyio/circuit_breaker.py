@@ -19,6 +19,7 @@ from typing import Any, overload
 import anyio
 
 from ._run import logger
+from ._scopes import shielded
 from ._thunk import call_thunk
 from .clock import Clock, SystemClock
 from .errors import CircuitOpenError
@@ -451,8 +452,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         except BaseException:
             if trial == "1":
                 # Give the trial's place back: a short, bounded write.
-                with anyio.CancelScope(shield=True) as scope:
-                    scope.deadline = anyio.current_time() + 5
+                with shielded(5):
                     await self._after(trial, False, cancelled=True)
             raise
         failed = isinstance(result, Err) and self._counts_as_failure(result.error)

@@ -35,6 +35,7 @@ import attrs
 
 from ._bridge import current_async_library
 from ._run import logger
+from ._scopes import cancel_scope, shielded
 from ._timers import trio_call_later
 from .errors import (
     LeaseLostError,
@@ -229,8 +230,7 @@ class _Checkpointer:
         try:
             # The step's work is done: a shutdown must not drop its record, or the step
             # would run again on resume.  One short write, so it is shielded (bounded).
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+            with shielded(FINAL_CHECKPOINT_SECONDS) as scope:
                 if self._owner is None:  # stores without leases need not know the keyword
                     await self._target.checkpoint(self._run_id, step)
                 else:
@@ -356,8 +356,7 @@ async def _record_cancellation(
     target: CheckpointStore | _WholeSnapshots, workflow_id: str, owner: str | None
 ) -> None:
     """Mark the run ``cancelled`` (releasing its lease) in a short shielded scope."""
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+    with shielded(FINAL_CHECKPOINT_SECONDS):
         try:
             await _call_finish(target, workflow_id, "cancelled", None, None, owner=owner)
         except (LeaseLostError, LookupError):
@@ -436,7 +435,7 @@ class _LeaseKeeper:
         self._owner = owner
         self._lease = lease
         self.lost = False
-        self.body_scope = anyio.CancelScope()
+        self.body_scope = cancel_scope()
         self._stop: Callable[[], object] | None = None
         self._task: asyncio.Task[None] | None = None  # asyncio keeps only weak references
 
@@ -546,8 +545,7 @@ async def _run_leased(
 
 
 async def _release(store: LeaseStore, workflow_id: str, owner: str) -> None:
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+    with shielded(FINAL_CHECKPOINT_SECONDS):
         try:
             await store.release(workflow_id, owner=owner)
         except Exception:
@@ -568,8 +566,7 @@ async def _finish(
     try:
         # The run's work is done: record it even if a shutdown is cancelling us (a
         # short, bounded write), or the whole run would be executed again.
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + FINAL_CHECKPOINT_SECONDS
+        with shielded(FINAL_CHECKPOINT_SECONDS) as scope:
             await _record_end(
                 target, store, workflow, workflow_id, result, stored, text, options, owner
             )

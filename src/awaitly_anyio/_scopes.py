@@ -1,0 +1,70 @@
+"""The cancel scopes a durable run enters on every step and at its end, the cheapest
+each event loop has.
+
+anyio's ``CancelScope`` works everywhere, but on trio it wraps trio's own and costs
+about three times as much; a one-step durable run enters three of them (the body's
+scope, which lease loss cancels, and a shielded one around each final write).
+On trio these are trio's scopes; on asyncio, anyio's (asyncio has none of its own
+that shields).  Both kinds cancel and shield the same way for the code inside.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Protocol, Self
+
+import anyio
+
+__all__ = ["Scope", "cancel_scope", "shielded"]
+
+
+class Scope(Protocol):
+    """What both kinds of cancel scope offer here."""
+
+    @property
+    def cancelled_caught(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+
+def _trio() -> object | None:
+    """The trio module if the caller runs in a trio task (as sniffio, and so anyio,
+    decides), else ``None``."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None  # nothing can be running on trio
+    import sniffio  # trio depends on it
+
+    try:
+        return trio if sniffio.current_async_library() == "trio" else None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+
+
+def cancel_scope() -> Scope:
+    """A new cancel scope for the current event loop."""
+    trio = _trio()
+    if trio is not None:
+        return trio.CancelScope()  # type: ignore[attr-defined, no-any-return]
+    return anyio.CancelScope()
+
+
+def shielded(seconds: float) -> Scope:
+    """A scope that keeps outside cancellation from its body for at most ``seconds``,
+    then cancels it: for short, bounded clean-up that must not be cut off (check
+    ``cancelled_caught`` afterwards to learn whether the bound was hit)."""
+    trio = _trio()
+    if trio is not None:
+        deadline = trio.current_time() + seconds  # type: ignore[attr-defined]
+        return trio.CancelScope(shield=True, deadline=deadline)  # type: ignore[attr-defined, no-any-return]
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + seconds)

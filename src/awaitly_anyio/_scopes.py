@@ -10,9 +10,10 @@ that shields).  Both kinds cancel and shield the same way for the code inside.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import anyio
 
@@ -37,25 +38,22 @@ class Scope(Protocol):
     ) -> bool | None: ...
 
 
-def _trio() -> object | None:
-    """The trio module if the caller runs in a trio task (as sniffio, and so anyio,
-    decides), else ``None``."""
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return None  # nothing can be running on trio
-    import sniffio  # trio depends on it
+def _trio() -> Any:
+    """The trio module if the caller runs on trio, else ``None`` (asyncio).
 
-    try:
-        return trio if sniffio.current_async_library() == "trio" else None
-    except sniffio.AsyncLibraryNotFoundError:
+    Asked of asyncio first, which answers without raising: trio code never sees a
+    running asyncio loop (the stores' hosted loop runs only inside their calls).
+    """
+    if asyncio._get_running_loop() is not None:
         return None
+    return sys.modules.get("trio")
 
 
 def cancel_scope() -> Scope:
     """A new cancel scope for the current event loop."""
     trio = _trio()
     if trio is not None:
-        return trio.CancelScope()  # type: ignore[attr-defined, no-any-return]
+        return trio.CancelScope()  # type: ignore[no-any-return]
     return anyio.CancelScope()
 
 
@@ -65,6 +63,7 @@ def shielded(seconds: float) -> Scope:
     ``cancelled_caught`` afterwards to learn whether the bound was hit)."""
     trio = _trio()
     if trio is not None:
-        deadline = trio.current_time() + seconds  # type: ignore[attr-defined]
-        return trio.CancelScope(shield=True, deadline=deadline)  # type: ignore[attr-defined, no-any-return]
-    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + seconds)
+        deadline = trio.current_time() + seconds
+    else:
+        deadline = asyncio.get_running_loop().time() + seconds  # anyio's clock there
+    return (trio or anyio).CancelScope(shield=True, deadline=deadline)  # type: ignore[no-any-return]

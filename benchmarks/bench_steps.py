@@ -179,17 +179,19 @@ def variants() -> dict[str, Variant]:
     return found
 
 
-async def measure(rounds: int, n: int) -> dict[str, float]:
-    """Median ns per step for every variant on the running backend."""
+async def measure(rounds: int, n: int) -> list[dict[str, float]]:
+    """ns per step for every variant on the running backend, one dict per round."""
     found = variants()
-    samples: dict[str, list[float]] = {name: [] for name in found}
     for variant in found.values():  # warm-up
         await variant(max(n // 10, 100))
+    rows: list[dict[str, float]] = []
     for _ in range(rounds):
+        row: dict[str, float] = {}
         for name, variant in found.items():
             gc.collect()
-            samples[name].append(await variant(n) / n * 1e9)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            row[name] = await variant(n) / n * 1e9
+        rows.append(row)
+    return rows
 
 
 def ratios(figures: dict[str, float]) -> dict[str, float]:
@@ -219,8 +221,11 @@ def main() -> int:
     summary = Summary()
     missed = False
     for backend in ("asyncio", "trio"):
-        figures = anyio.run(measure, rounds, n, backend=backend)
-        found = ratios(figures)
+        rows = anyio.run(measure, rounds, n, backend=backend)
+        figures = {name: statistics.median(row[name] for row in rows) for name in rows[0]}
+        # Each ratio is the median of the rounds' own, so drift reaches both sides alike.
+        per_round = [ratios(row) for row in rows]
+        found = {name: statistics.median(r[name] for r in per_round) for name in per_round[0]}
         report[backend] = {"ns_per_step": figures, "ratios": found}
         print(f"\n{backend}: {n} steps x {rounds} rounds, median ns per step")
         for name, ns in figures.items():

@@ -359,12 +359,13 @@ def runner_for_current_loop() -> tuple[str, AsyncioBridge | HostedLoop | None]:
 
 
 def current_async_library() -> str:
-    """``"asyncio"`` or ``"trio"``: the event loop running the caller."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    """``"asyncio"`` or ``"trio"``: the event loop running the caller.
+
+    Asked of asyncio first, which answers without raising (trio code never sees a
+    running asyncio loop: the hosted one runs only inside its driver calls); it is
+    asked on every store call and durable step.
+    """
+    if asyncio._get_running_loop() is not None:
         return "asyncio"
     trio = sys.modules.get("trio")
     if trio is not None:

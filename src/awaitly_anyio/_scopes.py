@@ -17,6 +17,8 @@ from typing import Any, Protocol, Self
 
 import anyio
 
+from ._bridge import current_async_library
+
 __all__ = ["Scope", "cancel_scope", "shielded"]
 
 
@@ -39,14 +41,8 @@ class Scope(Protocol):
 
 
 def _trio() -> Any:
-    """The trio module if the caller runs on trio, else ``None`` (asyncio).
-
-    Asked of asyncio first, which answers without raising: trio code never sees a
-    running asyncio loop (the stores' hosted loop runs only inside their calls).
-    """
-    if asyncio._get_running_loop() is not None:
-        return None
-    return sys.modules.get("trio")
+    """The trio module if the caller runs on trio, else ``None`` (asyncio)."""
+    return sys.modules["trio"] if current_async_library() == "trio" else None
 
 
 def cancel_scope() -> Scope:

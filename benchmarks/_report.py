@@ -3,6 +3,8 @@ tabulate and plot them all: a ratio of our code to its baseline or peer, with it
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -38,3 +40,14 @@ def verdict(ratio: float, target: float | None, op: str) -> str:
         return ""
     ok = ratio <= target if op == "<=" else ratio >= target
     return "PASS" if ok else "MISS"
+
+
+def medians(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The median of each figure over rounds (one dict of figures per round)."""
+    return {name: statistics.median(row[name] for row in rows) for name in rows[0]}
+
+
+def median_ratio(ours: Iterable[float], baseline: Iterable[float]) -> float:
+    """The median of the rounds' own ratios, ours against the baseline timed beside it
+    in the same round, so that drift in the machine's speed reaches both alike."""
+    return statistics.median(o / b for o, b in zip(ours, baseline, strict=True))

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from _report import Summary
+from _report import Summary, median_ratio
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 
 TARGET = 1.5
@@ -94,11 +94,10 @@ async def measure(count: int, rounds: int) -> dict[str, dict[str, float]]:
         for name in sides
     }
     # Each round's workflows against that round's bare tasks, timed just before.
-    bare_t, ours_t = times["bare anyio tasks"], times["awaitly workflows"]
-    bare_m, ours_m = memory["bare anyio tasks"], memory["awaitly workflows"]
+    ours, base = "awaitly workflows", "bare anyio tasks"
     figures["ratios"] = {
-        "time": statistics.median(o / b for o, b in zip(ours_t, bare_t, strict=True)),
-        "memory": statistics.median(o / b for o, b in zip(ours_m, bare_m, strict=True)),
+        "time": median_ratio(times[ours], times[base]),
+        "memory": median_ratio(memory[ours], memory[base]),
     }
     return figures
 

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import Any
 import anyio
 
 import bench_dbos
-from _report import Summary
+from _report import Summary, median_ratio, medians
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
 from awaitly_anyio._bridge import DriverLoop
 
@@ -209,24 +208,22 @@ def measure(kind: str, rounds: int, steps: int, flows: int) -> dict[str, dict[st
             runs.append(anyio.run(one_round, kind, steps, flows, backend=backend))
     report: dict[str, dict[str, Any]] = {}
     for backend, runs in samples.items():
-        figures: dict[str, Any] = {
-            name: statistics.median(r[name] for r in runs) for name in runs[0]
-        }
+        raw = [r["raw write us"] for r in runs]
+        raw_rate = [r["raw writes/s"] for r in runs]
+        figures: dict[str, Any] = medians(runs)
         figures["ratios"] = {
-            "checkpoint / raw write": statistics.median(
-                r["checkpoint us"] / r["raw write us"] for r in runs
+            "checkpoint / raw write": median_ratio((r["checkpoint us"] for r in runs), raw),
+            "1-step workflows/s / raw writes/s": median_ratio(
+                (r["1-step workflows/s"] for r in runs), raw_rate
             ),
-            "1-step workflows/s / raw writes/s": statistics.median(
-                r["1-step workflows/s"] / r["raw writes/s"] for r in runs
-            ),
-            "100 concurrent checkpoints/s / sequential raw writes/s": statistics.median(
-                r["100 concurrent checkpoints/s"] / r["raw writes/s"] for r in runs
+            "100 concurrent checkpoints/s / sequential raw writes/s": median_ratio(
+                (r["100 concurrent checkpoints/s"] for r in runs), raw_rate
             ),
         }
         report[backend] = figures
-    report["trio"]["ratios"]["checkpoint, trio / asyncio"] = statistics.median(
-        t["checkpoint us"] / a["checkpoint us"]
-        for a, t in zip(samples["asyncio"], samples["trio"], strict=True)
+    report["trio"]["ratios"]["checkpoint, trio / asyncio"] = median_ratio(
+        (r["checkpoint us"] for r in samples["trio"]),
+        (r["checkpoint us"] for r in samples["asyncio"]),
     )
     return report
 

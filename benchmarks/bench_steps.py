@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from typing import Any
 import anyio
 import attrs
 
-from _report import Summary
+from _report import Summary, medians
 from awaitly_anyio import Deps, Err, Ok, RetryPolicy, WorkflowContext, create_workflow
 
 TARGETS = {
@@ -222,10 +221,9 @@ def main() -> int:
     missed = False
     for backend in ("asyncio", "trio"):
         rows = anyio.run(measure, rounds, n, backend=backend)
-        figures = {name: statistics.median(row[name] for row in rows) for name in rows[0]}
+        figures = medians(rows)
         # Each ratio is the median of the rounds' own, so drift reaches both sides alike.
-        per_round = [ratios(row) for row in rows]
-        found = {name: statistics.median(r[name] for r in per_round) for name in per_round[0]}
+        found = medians([ratios(row) for row in rows])
         report[backend] = {"ns_per_step": figures, "ratios": found}
         print(f"\n{backend}: {n} steps x {rounds} rounds, median ns per step")
         for name, ns in figures.items():

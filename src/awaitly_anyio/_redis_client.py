@@ -4,12 +4,12 @@ under trio (:mod:`awaitly_anyio._bridge`)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._bridge import DriverLoop, current_async_library
+from ._grouping import Grouped, Pending
 
 __all__ = ["ScriptRunner", "SharedRedis"]
 
@@ -26,14 +26,15 @@ def _redis_asyncio() -> Any:
     return redis.asyncio
 
 
-class _Queued:
-    """A script call waiting for the runner's connection, and where its reply goes."""
+class _Call:
+    """One script call: the client it is for, the script, its SHA-1, keys and arguments."""
 
-    __slots__ = ("args", "future", "keys", "sha", "source")
+    __slots__ = ("args", "client", "keys", "sha", "source")
 
-    def __init__(self, source: str, sha: str, keys: list[str], args: list[Any]) -> None:
-        self.source, self.sha, self.keys, self.args = source, sha, keys, args
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def __init__(
+        self, client: Any, source: str, sha: str, keys: list[str], args: list[Any]
+    ) -> None:
+        self.client, self.source, self.sha, self.keys, self.args = client, source, sha, keys, args
 
 
 # The most script calls sent together in one write.
@@ -55,10 +56,13 @@ class ScriptRunner:
 
     def __init__(self) -> None:
         self._connection: Any = None
-        self._busy = False
         self._shas: dict[str, str] = {}
-        self._queued: list[_Queued] = []
-        self._flusher: asyncio.Task[None] | None = None  # the loop keeps weak references
+        self._calls: Grouped[_Call, Any] = Grouped(
+            self._alone,
+            self._pipelined,
+            lambda queued: min(len(queued), _BATCH),
+            "the Redis script runner stopped before answering",
+        )
 
     def _sha(self, source: str) -> str:
         sha = self._shas.get(source)
@@ -73,32 +77,22 @@ class ScriptRunner:
         timeout) is replaced and the call sent once more, as the client made by
         :class:`SharedRedis` does for its own commands; a second failure is raised.
         """
-        sha = self._sha(source)
-        if self._busy:
-            queued = _Queued(source, sha, keys, args)
-            self._queued.append(queued)
-            # Cancelled while queued, it is not sent; once sent, its reply is read
-            # (and dropped), so the connection stays in step.
-            return await queued.future
-        self._busy = True
+        # Calls made while another is in flight go in one write (pipelined) on the same
+        # connection.  One cancelled while queued is not sent; once sent, its reply is
+        # read (and dropped), so the connection stays in step.
+        return await self._calls(_Call(client, source, self._sha(source), keys, args))
+
+    async def _alone(self, call: _Call) -> Any:
+        kept = self._connection is not None
+        connection = await self._connected(call.client)
         try:
-            kept = self._connection is not None
-            connection = await self._connected(client)
-            try:
-                return await self._on_connection(connection, source, sha, keys, args)
-            except _redis_exceptions().ConnectionError:
-                if not kept:
-                    raise
-            # The server had dropped the kept connection: once more, on a new one.
-            connection = await self._connected(client)
-            return await self._on_connection(connection, source, sha, keys, args)
-        finally:
-            if self._queued:
-                # Whoever queued meanwhile is sent in one write by a task of its own,
-                # so that this caller returns now.
-                self._flusher = asyncio.get_running_loop().create_task(self._flush(client))
-            else:
-                self._busy = False
+            return await self._on_connection(connection, call)
+        except _redis_exceptions().ConnectionError:
+            if not kept:
+                raise
+        # The server had dropped the kept connection: once more, on a new one.
+        connection = await self._connected(call.client)
+        return await self._on_connection(connection, call)
 
     async def _connected(self, client: Any) -> Any:
         """The runner's connection, made (and connected) if it has none."""
@@ -108,17 +102,16 @@ class ScriptRunner:
             self._connection = connection
         return self._connection
 
-    async def _on_connection(
-        self, connection: Any, source: str, sha: str, keys: list[str], args: list[Any]
-    ) -> Any:
+    async def _on_connection(self, connection: Any, call: _Call) -> Any:
+        evalsha = ("EVALSHA", call.sha, len(call.keys), *call.keys, *call.args)
         try:
             try:
-                await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                await connection.send_command(*evalsha)
                 return await connection.read_response()
             except _redis_exceptions().NoScriptError:
-                await connection.send_command("SCRIPT", "LOAD", source)
+                await connection.send_command("SCRIPT", "LOAD", call.source)
                 await connection.read_response()
-                await connection.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                await connection.send_command(*evalsha)
                 return await connection.read_response()
         except _redis_exceptions().ResponseError:
             raise  # the server answered: the connection is in step
@@ -132,63 +125,44 @@ class ScriptRunner:
             self._connection = None
         await connection.disconnect(nowait=True)
 
-    async def _flush(self, client: Any) -> None:
-        """Send the queued calls, a batch per write, until none is left."""
-        batch: list[_Queued] = []
-        try:
-            while self._queued:
-                batch = [call for call in self._queued[:_BATCH] if not call.future.done()]
-                del self._queued[:_BATCH]
-                if batch:
-                    try:
-                        await self._pipelined(client, batch)
-                    except Exception as exc:
-                        for call in batch:
-                            if not call.future.done():
-                                call.future.set_exception(exc)
-                batch = []
-        finally:
-            self._busy = False
-            stopped = RuntimeError("the Redis script runner stopped before answering")
-            for call in (*batch, *self._queued):  # only if this task itself was cancelled
-                if not call.future.done():
-                    call.future.set_exception(stopped)
-            self._queued.clear()
-
-    async def _pipelined(self, client: Any, batch: list[_Queued]) -> None:
-        """Send ``batch`` in one write and answer each call from its reply, in order."""
+    async def _pipelined(self, queued: list[Pending[_Call, Any]]) -> None:
+        """Send the queued calls not cancelled meanwhile in one write, and answer each
+        from its reply, in order."""
+        batch = [pending for pending in queued if not pending.future.done()]
+        if not batch:
+            return
         exceptions = _redis_exceptions()
-        connection = await self._connected(client)
-        commands = [("EVALSHA", call.sha, len(call.keys), *call.keys, *call.args) for call in batch]
-        unknown: list[_Queued] = []
+        connection = await self._connected(batch[0].item.client)
+        commands = [
+            ("EVALSHA", p.item.sha, len(p.item.keys), *p.item.keys, *p.item.args) for p in batch
+        ]
+        unknown: list[Pending[_Call, Any]] = []
         try:
             await connection.send_packed_command(connection.pack_commands(commands))
-            for call in batch:
+            for pending in batch:
                 try:
                     reply = await connection.read_response()
                 except exceptions.NoScriptError:
-                    unknown.append(call)
+                    unknown.append(pending)
                     continue
                 except exceptions.ResponseError as exc:
-                    if not call.future.done():
-                        call.future.set_exception(exc)
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
                     continue
-                if not call.future.done():  # its caller may have been cancelled meanwhile
-                    call.future.set_result(reply)
+                if not pending.future.done():  # its caller may have been cancelled meanwhile
+                    pending.future.set_result(reply)
         except BaseException:
             await self._drop(connection)
             raise
-        for call in unknown:  # the server forgot the script (a restart): load, send again
+        for pending in unknown:  # the server forgot the script (a restart): load, send again
             try:
-                reply = await self._on_connection(
-                    connection, call.source, call.sha, call.keys, call.args
-                )
+                reply = await self._on_connection(connection, pending.item)
             except Exception as exc:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
             else:
-                if not call.future.done():
-                    call.future.set_result(reply)
+                if not pending.future.done():
+                    pending.future.set_result(reply)
 
     async def aclose(self) -> None:
         """Close the runner's own connection."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
+from .._grouping import Grouped, Pending
 from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError
@@ -203,9 +204,13 @@ class PostgresStore:
             merge=", metadata = metadata || $7::jsonb",
             mergeable=" AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'",
         )
-        self._writing = False  # a checkpoint is being written: others queue for a batch
-        self._queued: list[tuple[_Row, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # A checkpoint is written alone if none is being written; else it queues for a batch.
+        self._checkpoints: Grouped[_Row, bool] = Grouped(
+            self._write_alone,
+            self._write_batch,
+            _take_batch,
+            f"{self!r} stopped writing checkpoints",
+        )
         self._versions = f'"{schema}"."{table_prefix}schema_version"'
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
@@ -542,7 +547,7 @@ class PostgresStore:
         The run's ``updated_at`` moves when the run starts and ends, not per step.
         """
         row = (digest(id), step.key, digest(step.key), step.json, owner, self._clock.time())
-        written = await self._call_loop(self._group_checkpoint, row)
+        written = await self._call_loop(self._checkpoints, row)
         if not written:
             await self._call(self._refuse_write, id, row[5], owner)
 
@@ -551,46 +556,20 @@ class PostgresStore:
             raise RuntimeError(f"{self!r} is closed")
         return await self._loop.call(fn, *args)
 
-    async def _group_checkpoint(self, row: _Row) -> bool:
-        """On the driver loop: write ``row`` alone if nothing is being written, else queue
-        it for the next batch.  Whether the run accepted it (live, and ours)."""
-        if self._writing:
-            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._queued.append((row, waiter))
-            return await waiter
-        self._writing = True
-        try:
-            return bool(await self._with_connection(self._write_one, (row,)))
-        finally:
-            if self._queued:
-                # Whoever queued behind this write goes in one batch, written by a task
-                # of its own so that this caller returns now.
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_queued())
-            else:
-                self._writing = False
+    async def _write_alone(self, row: _Row) -> bool:
+        """On the driver loop, when no checkpoint is being written: write ``row`` by
+        itself.  Whether the run accepted it (live, and ours)."""
+        written: bool = await self._with_connection(self._write_one, (row,))
+        return written
 
-    async def _flush_queued(self) -> None:
-        """Write the queued checkpoints, a batch per statement, until none is left."""
-        try:
-            while self._queued:
-                batch = _take_batch(self._queued)
-                rows = [row for row, _ in batch]
-                try:
-                    written = await self._with_connection(self._write_many, (rows,))
-                except Exception as exc:
-                    for _, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                for row, waiter in batch:
-                    if not waiter.done():  # its caller may have been cancelled meanwhile
-                        waiter.set_result((row[0], row[2]) in written)
-        finally:
-            self._writing = False
-            for _, waiter in self._queued:  # only if this task itself was cancelled
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError(f"{self!r} stopped writing checkpoints"))
-            self._queued.clear()
+    async def _write_batch(self, batch: builtins.list[Pending[_Row, bool]]) -> None:
+        """Write queued checkpoints in one statement and tell each whether it was taken."""
+        rows = [pending.item for pending in batch]
+        written = await self._with_connection(self._write_many, (rows,))
+        for pending in batch:
+            if not pending.future.done():  # its caller may have been cancelled meanwhile
+                row = pending.item
+                pending.future.set_result((row[0], row[2]) in written)
 
     async def _write_one(self, connection: Any, row: _Row) -> bool:
         """Upsert one step row if its run is live (and held by its ``owner``, if given)."""
@@ -870,21 +849,18 @@ _Row = tuple[bytes, str, bytes, str, "str | None", float]
 _BATCH = 500
 
 
-def _take_batch(
-    queued: list[tuple[_Row, asyncio.Future[bool]]],
-) -> list[tuple[_Row, asyncio.Future[bool]]]:
-    """Remove and return the first checkpoints of ``queued`` that one statement can take:
-    at most ``_BATCH``, and no (run, key) twice (an upsert touches a row once)."""
+def _take_batch(queued: builtins.list[Pending[_Row, bool]]) -> int:
+    """How many of the first queued checkpoints one statement can take: at most
+    ``_BATCH``, and no (run, key) twice (an upsert touches a row once)."""
     seen: set[tuple[bytes, bytes]] = set()
     count = 0
-    for row, _ in queued[:_BATCH]:
+    for pending in queued[:_BATCH]:
+        row = pending.item
         if (row[0], row[2]) in seen:
             break
         seen.add((row[0], row[2]))
         count += 1
-    batch = queued[:count]
-    del queued[:count]
-    return batch
+    return count
 
 
 def digest(text: str) -> bytes:

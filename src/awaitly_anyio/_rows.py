@@ -26,7 +26,7 @@ from .serialization import (
     snapshot_from_doc,
 )
 from .snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, WorkflowSnapshot
-from .store import from_epoch
+from .store import from_epoch, iso_from_epoch
 
 __all__ = [
     "RunRow",
@@ -127,11 +127,9 @@ def assemble(
             "steps": {key: loads(text, run_id) for key, text in steps},
             "result": None if row.result_json is None else loads(row.result_json, run_id),
             "metadata": loads(row.metadata_json, run_id),
-            "created_at": from_epoch(row.created_at).isoformat(),
-            "updated_at": from_epoch(row.updated_at).isoformat(),
-            "expires_at": None
-            if row.expires_at is None
-            else from_epoch(row.expires_at).isoformat(),
+            "created_at": iso_from_epoch(row.created_at),
+            "updated_at": iso_from_epoch(row.updated_at),
+            "expires_at": None if row.expires_at is None else iso_from_epoch(row.expires_at),
         }
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise SnapshotDecodeError(run_id, f"invalid row: {exc}") from None

@@ -54,6 +54,7 @@ from .serialization import (
     _Unstorable,
     default_registry,
     dumps,
+    encode_step,
     encode_step_record,
     result_to_doc,
 )
@@ -67,6 +68,7 @@ from .store import (
     Ttl,
     check_id,
     from_epoch,
+    iso_from_epoch,
 )
 
 if TYPE_CHECKING:
@@ -219,7 +221,7 @@ class _Checkpointer:
             finished_at=from_epoch(now),
         )
         try:
-            text = encode_step_record(name, record, self._registry)
+            text = encode_step(name, result, attempts, started_at, now, self._registry)
         except SerializationError as exc:
             if isinstance(result, Err):
                 # Keep the failure on record even if its error value has no JSON form.
@@ -601,7 +603,7 @@ async def _record_end(
         return
     metadata = {
         "error": _error_text(result.error),
-        "last_attempt": from_epoch(workflow.clock.time()).isoformat(),
+        "last_attempt": iso_from_epoch(workflow.clock.time()),
     }
     await _call_finish(
         target,

@@ -64,7 +64,7 @@ def cancel_scope() -> Scope:
     trio = _trio()
     if trio is not None:
         return trio.CancelScope()  # type: ignore[no-any-return]
-    return (_asyncio_scope or _asyncio_scope_class())()  # type: ignore[no-any-return]
+    return _asyncio_scope_class()()  # type: ignore[no-any-return]
 
 
 def shielded(seconds: float) -> Scope:
@@ -75,4 +75,4 @@ def shielded(seconds: float) -> Scope:
     if trio is not None:
         return trio.CancelScope(shield=True, deadline=trio.current_time() + seconds)  # type: ignore[no-any-return]
     deadline = asyncio.get_running_loop().time() + seconds  # anyio's clock there
-    return (_asyncio_scope or _asyncio_scope_class())(shield=True, deadline=deadline)  # type: ignore[no-any-return]
+    return _asyncio_scope_class()(shield=True, deadline=deadline)  # type: ignore[no-any-return]

@@ -512,7 +512,7 @@ _C_ENCODER = (
 
 def dumps(doc: Any) -> str:
     """Compact JSON; non-finite floats are refused (they are tagged before this point)."""
-    if _C_ENCODER is None or doc.__class__ is str:
+    if _C_ENCODER is None:
         return _ENCODER.encode(doc)
     return "".join(_C_ENCODER(doc, 0))
 

@@ -7,18 +7,28 @@ import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import pytest
 
-from awaitly_anyio import _bridge
+from awaitly_anyio import Ok, _bridge
+from awaitly_anyio.resume import StepRecord
+from awaitly_anyio.serialization import default_registry, encode_step_record
+from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.testing import FakeClock
 
 Damage = Literal["step", "metadata", "format"]
 """Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
 or the format version (set to one no release wrote)."""
+
+
+def encoded(key: str, value: Any, at: datetime | None = None) -> EncodedStep:
+    """Step ``key``'s successful record, encoded as a durable run hands it to a store."""
+    record = StepRecord(Ok(value), attempts=1, started_at=at, finished_at=at)
+    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
 
 
 @attrs.frozen

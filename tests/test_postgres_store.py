@@ -11,21 +11,13 @@ import anyio
 import pytest
 
 from awaitly_anyio import LeaseLostError, Ok, open_store
-from awaitly_anyio.resume import StepRecord
-from awaitly_anyio.serialization import default_registry, encode_step_record
-from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.postgres import SCHEMA_VERSION, PostgresStore
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import leftover_driver_work, server_or_skip
+from .kit_base import encoded, leftover_driver_work, server_or_skip
 from .postgres_kit import DSN, admin, schema_for
 
 pytestmark = pytest.mark.anyio
-
-
-def encoded(key: str, value: Any) -> EncodedStep:
-    record = StepRecord(Ok(value))
-    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
 
 
 async def fetch(sql: str, *args: Any) -> list[Any]:

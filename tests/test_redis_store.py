@@ -6,27 +6,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from awaitly_anyio import Ok, open_store
-from awaitly_anyio.resume import StepRecord
-from awaitly_anyio.serialization import default_registry, encode_step_record
-from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.redis import RedisStore
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import leftover_driver_work, server_or_skip
+from .kit_base import encoded, leftover_driver_work, server_or_skip
 from .redis_kit import URL, prefix_for, raw, wipe
 
 pytestmark = pytest.mark.anyio
-
-
-def encoded(key: str, value: Any) -> EncodedStep:
-    record = StepRecord(Ok(value))
-    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
 
 
 @pytest.fixture

@@ -16,18 +16,12 @@ import anyio.to_thread
 import pytest
 
 from awaitly_anyio import Ok, open_store
-from awaitly_anyio.resume import StepRecord
-from awaitly_anyio.serialization import default_registry, encode_step_record
-from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 from awaitly_anyio.testing import FakeClock
 
+from .kit_base import encoded
+
 pytestmark = pytest.mark.anyio
-
-
-def encoded(key: str, value: Any) -> EncodedStep:
-    record = StepRecord(Ok(value))
-    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
 
 
 class RecordingConnection:

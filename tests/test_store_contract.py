@@ -30,10 +30,10 @@ from awaitly_anyio import (
 )
 from awaitly_anyio.errors import LeaseLostError
 from awaitly_anyio.resume import StepRecord
-from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.store import CheckpointStore, Claim, EncodedStep, LeaseStore
 from awaitly_anyio.testing import FakeClock
 
+from .kit_base import encoded as encoded_at
 from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
@@ -88,8 +88,7 @@ def snapshot(id: str, *, steps: int = 2, **changes: Any) -> WorkflowSnapshot:
 
 
 def encoded(key: str, value: Any) -> EncodedStep:
-    record = StepRecord(Ok(value), attempts=1, started_at=T0, finished_at=T0)
-    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
+    return encoded_at(key, value, T0)
 
 
 async def all_ids(store: SnapshotStore, **filters: Any) -> list[str]:

@@ -40,6 +40,16 @@ async def fetch(sql: str, *args: Any) -> list[Any]:
         loop.release()
 
 
+async def written_by(schema: str, table: str, where: str = "TRUE") -> tuple[int, int]:
+    """How many rows of ``table`` match ``where``, and how many transactions wrote
+    them (a row carries its writer's id, ``xmin``)."""
+    [[transactions, rows]] = await fetch(
+        f'SELECT count(DISTINCT xmin::text), count(*) FROM "{schema}"."awaitly_{table}"'
+        f" WHERE {where}"
+    )
+    return rows, transactions
+
+
 @pytest.fixture
 async def schema(tmp_path: Path) -> AsyncIterator[str]:
     name = schema_for(tmp_path)
@@ -177,12 +187,86 @@ async def test_concurrent_checkpoints_commit_together_and_each_gets_its_own_answ
     # every other one that arrived meanwhile in one batch, except the second write of
     # the same key.  Under trio this holds only if no caller handing work to the hosted
     # loop lets a reply in before the others have queued theirs.
-    steps = f'"{schema}"."awaitly_steps"'
-    [[transactions, rows]] = await fetch(
-        f"SELECT count(DISTINCT xmin::text), count(*) FROM {steps}"
-    )
-    assert rows == 121
-    assert transactions <= 3
+    rows, transactions = await written_by(schema, "steps")
+    assert (rows, transactions <= 3) == (121, True)
+
+
+async def test_concurrent_claims_are_made_together_and_one_id_is_won_once(schema: str) -> None:
+    outcomes: dict[str, list[str]] = {}
+    async with PostgresStore(DSN, schema=schema) as store:
+        await store.claim("done", "orders", owner="x", lease=60)
+        await store.finish("done", "completed", Ok(1), '{"ok": true, "value": 1}', owner="x")
+
+        async def claim(run: str, owner: str) -> None:
+            found = await store.claim(run, "orders", owner=owner, lease=60, metadata={"n": 1})
+            outcomes.setdefault(run, []).append(found.outcome)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(40):
+                tg.start_soon(claim, f"new-{n}", "a")
+            for owner in "bcdef":  # five workers start one run at once: one wins
+                tg.start_soon(claim, "contested", owner)
+            tg.start_soon(claim, "done", "a")
+
+        for n in range(40):
+            loaded = await store.load(f"new-{n}")
+            assert loaded is not None
+            assert (loaded.status, dict(loaded.metadata)) == ("running", {"n": 1})
+    assert outcomes.pop("done") == ["completed"]
+    assert sorted(outcomes.pop("contested")) == ["claimed", "held", "held", "held", "held"]
+    assert outcomes == {f"new-{n}": ["claimed"] for n in range(40)}
+    # The first claim went alone and the others that arrived meanwhile in one statement
+    # (rows carry the xmin of the transaction that inserted them).
+    rows, transactions = await written_by(schema, "runs", "id <> 'done'")
+    assert (rows, transactions <= 3) == (41, True)
+
+
+async def test_concurrent_ends_are_recorded_together_each_on_its_own_terms(schema: str) -> None:
+    outcomes: dict[str, object] = {}
+    async with PostgresStore(DSN, schema=schema) as store:
+        for n in range(30):
+            await store.claim(f"ours-{n}", "orders", owner="a", lease=60, metadata={"t": n})
+        for n in range(5):
+            await store.claim(f"theirs-{n}", "orders", owner="b", lease=60)
+
+        async def end(run: str, n: int, failed: bool) -> None:
+            status = "failed" if failed else "completed"
+            result = '{"ok": false, "error": "boom"}' if failed else f'{{"ok": true, "value": {n}}}'
+            metadata = {"error": f"boom {n}"} if failed else None
+            try:
+                await store.finish(run, status, None, result, metadata=metadata, owner="a")
+            except (LookupError, LeaseLostError) as exc:
+                outcomes[run] = type(exc)
+            else:
+                outcomes[run] = status
+
+        async with anyio.create_task_group() as tg:
+            for n in range(30):
+                tg.start_soon(end, f"ours-{n}", n, n % 3 == 0)
+            for n in range(5):
+                tg.start_soon(end, f"theirs-{n}", n, False)
+            tg.start_soon(end, "gone", 0, False)
+
+        for n in range(30):
+            loaded = await store.load(f"ours-{n}")
+            assert loaded is not None
+            if n % 3 == 0:
+                assert loaded.status == "failed"
+                assert dict(loaded.metadata) == {"t": n, "error": f"boom {n}"}
+            else:
+                assert (loaded.status, loaded.result) == ("completed", Ok(n))
+                assert dict(loaded.metadata) == {"t": n}
+        theirs = await store.load("theirs-0")
+        assert theirs is not None
+        assert theirs.status == "running"
+    assert outcomes == {
+        **{f"ours-{n}": "failed" if n % 3 == 0 else "completed" for n in range(30)},
+        **{f"theirs-{n}": LeaseLostError for n in range(5)},
+        "gone": LookupError,
+    }
+    # Updated rows carry the xmin of the transaction that updated them.
+    rows, transactions = await written_by(schema, "runs", "id LIKE 'ours-%'")
+    assert (rows, transactions <= 3) == (30, True)
 
 
 async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:

@@ -3,10 +3,13 @@ asyncio, with the same behaviour either way."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import anyio.lowlevel
 import pytest
 
+from awaitly_anyio import _scopes
 from awaitly_anyio._scopes import Scope, cancel_scope, shielded
 
 pytestmark = pytest.mark.anyio
@@ -47,6 +50,48 @@ async def _cancel_soon(scope: Scope) -> None:
 
 
 async def test_scopes_are_native_to_the_loop(anyio_backend: str) -> None:
-    modules = type(cancel_scope()).__module__, type(shielded(1.0)).__module__
+    # On asyncio a bounded shield is anyio's scope with its bound kept in a bucket.
+    shield = shielded(1.0)
+    modules = type(cancel_scope()).__module__, type(getattr(shield, "_scope", shield)).__module__
     expected = "trio" if anyio_backend == "trio" else "anyio"
     assert all(module.startswith(expected) for module in modules), modules
+
+
+async def test_a_hung_write_is_cut_off_once_its_bound_has_passed() -> None:
+    with anyio.fail_after(5):  # only a failure waits this long
+        with shielded(0.05) as scope:
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_concurrent_shields_share_their_bounds_timers() -> None:
+    """A hundred writes in flight at once are bounded by one or two asyncio timers
+    (one per tick their bounds fall in), and each leaves its bucket on exit, so a
+    bucket that expires later cancels nothing that has finished."""
+    loop = asyncio.get_running_loop()
+    inside = anyio.Event()
+    release = anyio.Event()
+    shields: list[Scope] = []
+    entered = 0
+
+    async def write() -> None:
+        nonlocal entered
+        with shielded(5.0) as scope:
+            shields.append(scope)
+            entered += 1
+            if entered == 100:
+                inside.set()
+            await release.wait()
+
+    timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(write)
+        await inside.wait()
+        assert len(loop._scheduled) - timers_before <= 2  # type: ignore[attr-defined]
+        buckets = _scopes._buckets_of(loop)
+        assert sum(len(bucket) for bucket in buckets.values()) == 100
+        release.set()
+    assert sum(len(bucket) for bucket in buckets.values()) == 0
+    assert not any(scope.cancelled_caught for scope in shields)

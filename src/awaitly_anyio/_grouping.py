@@ -35,7 +35,8 @@ class Grouped(Generic[Item, R]):
 
     ``alone(item)`` sends a call by itself; ``together(batch)`` sends a batch and
     answers each call's future.  ``take(queue)`` says how many calls from the front
-    of the queue the next batch can hold (at least one).  ``stopped`` is the error
+    of the queue the next batch holds (at least one); it may reorder the queue first,
+    to bring forward calls that can go together.  ``stopped`` is the error
     queued callers get if the sending task is cancelled before answering them (their
     own cancellation is theirs alone: a call cancelled while queued stays in the
     queue, and ``together`` decides whether to send it).

@@ -17,8 +17,8 @@ import asyncio
 import builtins
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 
@@ -204,12 +204,43 @@ class PostgresStore:
             merge=", metadata = metadata || $7::jsonb",
             mergeable=" AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'",
         )
-        # A checkpoint is written alone if none is being written; else it queues for a batch.
-        self._checkpoints: Grouped[_Row, bool] = Grouped(
-            self._write_alone,
-            self._write_batch,
-            _take_batch,
-            f"{self!r} stopped writing checkpoints",
+        # Many runs' claims and ends in one statement each, on the same terms as one.
+        self._claim_batch_sql = (
+            f"INSERT INTO {self._runs} (id, id_digest, workflow_name, status,"
+            " metadata, created_at, updated_at, format_version, lease_owner,"
+            " lease_expires_at)"
+            " SELECT b.id, b.id_digest, b.workflow_name, 'running', b.metadata::jsonb,"
+            " b.now, b.now, b.format_version, b.owner, b.lease_expires_at"
+            " FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::float8[],"
+            " $6::int4[], $7::text[], $8::float8[]) AS b(id, id_digest, workflow_name,"
+            " metadata, now, format_version, owner, lease_expires_at),"
+            " (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+            " ON CONFLICT (id_digest) DO NOTHING RETURNING id_digest"
+        )
+        self._finish_batch_sql = (
+            f"UPDATE {self._runs} AS r SET status = b.status, result = b.result::jsonb,"
+            " updated_at = b.now, expires_at = b.expires_at, lease_owner = NULL,"
+            " lease_expires_at = NULL, metadata = CASE WHEN b.extra IS NULL"
+            " THEN r.metadata ELSE r.metadata || b.extra::jsonb END"
+            " FROM unnest($1::bytea[], $2::text[], $3::text[], $4::float8[], $5::float8[],"
+            " $6::text[], $7::text[]) AS b(id_digest, status, result, now, expires_at,"
+            " owner, extra)"
+            " WHERE r.id_digest = b.id_digest"
+            " AND (r.expires_at IS NULL OR r.expires_at > b.now)"
+            " AND (b.owner IS NULL OR r.lease_owner = b.owner)"
+            " AND (b.extra IS NULL OR (jsonb_typeof(r.metadata) = 'object'"
+            " AND NOT r.metadata ? '$t'))"
+            " RETURNING r.id_digest"
+        )
+        # A write goes alone if none of its kind is in flight; else it queues for a batch.
+        self._checkpoints = self._grouped(
+            self._write_one, self._batch_sql, _step_of, "writing checkpoints"
+        )
+        self._starts = self._grouped(
+            self._start_one, self._claim_batch_sql, _run_of_start, "claiming runs"
+        )
+        self._ends = self._grouped(
+            self._end_one, self._finish_batch_sql, _run_of_end, "recording ends"
         )
         self._versions = f'"{schema}"."{table_prefix}schema_version"'
         self._clock = clock if clock is not None else SystemClock()
@@ -251,6 +282,10 @@ class PostgresStore:
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(connection, *args)`` on the driver loop with a pooled connection."""
+        return await self._call_loop(self._with_connection, fn, args)
+
+    async def _call_loop(self, fn: Any, *args: Any) -> Any:
+        """``await fn(*args)`` on the driver loop."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         if self._dsn is None and current_async_library() != "asyncio":
@@ -258,7 +293,7 @@ class PostgresStore:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
-        return await self._loop.call(self._with_connection, fn, args)
+        return await self._loop.call(fn, *args)
 
     async def _with_connection(self, fn: Any, args: tuple[Any, ...]) -> Any:
         if self._pool is None:
@@ -551,26 +586,6 @@ class PostgresStore:
         if not written:
             await self._call(self._refuse_write, id, row[5], owner)
 
-    async def _call_loop(self, fn: Any, *args: Any) -> Any:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        return await self._loop.call(fn, *args)
-
-    async def _write_alone(self, row: _Row) -> bool:
-        """On the driver loop, when no checkpoint is being written: write ``row`` by
-        itself.  Whether the run accepted it (live, and ours)."""
-        written: bool = await self._with_connection(self._write_one, (row,))
-        return written
-
-    async def _write_batch(self, batch: builtins.list[Pending[_Row, bool]]) -> None:
-        """Write queued checkpoints in one statement and tell each whether it was taken."""
-        rows = [pending.item for pending in batch]
-        written = await self._with_connection(self._write_many, (rows,))
-        for pending in batch:
-            if not pending.future.done():  # its caller may have been cancelled meanwhile
-                row = pending.item
-                pending.future.set_result((row[0], row[2]) in written)
-
     async def _write_one(self, connection: Any, row: _Row) -> bool:
         """Upsert one step row if its run is live (and held by its ``owner``, if given)."""
         run_digest, key, key_digest, record, owner, now = row
@@ -578,19 +593,6 @@ class PostgresStore:
             self._checkpoint_sql, run_digest, key, now, record, key_digest, owner
         )
         return status.split()[-1] == "1"
-
-    async def _write_many(
-        self, connection: Any, rows: builtins.list[_Row]
-    ) -> set[tuple[bytes, bytes]]:
-        """Upsert many step rows in one statement, each on the same terms as
-        :meth:`_write_one`; the (run, key) digests that were written."""
-        if len(rows) == 1:
-            return (
-                {(rows[0][0], rows[0][2])} if await self._write_one(connection, rows[0]) else set()
-            )
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        found = await connection.fetch(self._batch_sql, *columns)
-        return {(bytes(r[0]), bytes(r[1])) for r in found}
 
     async def _refuse_write(
         self, connection: Any, id: str, now: float, owner: str | None
@@ -604,6 +606,48 @@ class PostgresStore:
         if found is None:
             raise LookupError(f"run {id!r} is not in the store (mark_running first)")
         raise LeaseLostError(id, owner or "")
+
+    async def _start_one(self, connection: Any, start: _Start) -> bool:
+        """Insert one new run, claimed; ``False`` if the id is taken."""
+        return bool(await connection.fetchval(self._claim_sql, *start))
+
+    async def _end_one(self, connection: Any, end: _End) -> bool:
+        """Record one run's end; ``False`` if it is gone or not ``owner``'s."""
+        if end[6] is None:
+            return bool(await connection.fetchval(self._finish_sql, *end[:6]))
+        return bool(await connection.fetchval(self._finish_merging_sql, *end))
+
+    def _grouped(
+        self,
+        one: Callable[[Any, Item], Awaitable[bool]],
+        many_sql: str,
+        key: Callable[[Item], tuple[bytes, ...]],
+        what: str,
+    ) -> Grouped[Item, bool]:
+        """Writes of one kind, sent alone by ``one(connection, item)`` when none is in
+        flight, else in batches by ``many_sql`` (an array per field of the items, and
+        the keys of the rows it wrote returned).  Each caller learns whether its own
+        write was taken (its run live, and its lease the caller's)."""
+
+        async def alone(item: Item) -> bool:
+            taken: bool = await self._with_connection(one, (item,))
+            return taken
+
+        async def many(connection: Any, items: builtins.list[Item]) -> set[tuple[bytes, ...]]:
+            if len(items) == 1:  # its own statement is the cheaper one
+                return {key(items[0])} if await one(connection, items[0]) else set()
+            columns = [list(column) for column in zip(*items, strict=True)]
+            found = await connection.fetch(many_sql, *columns)
+            return {tuple(bytes(value) for value in row) for row in found}
+
+        async def together(batch: builtins.list[Pending[Item, bool]]) -> None:
+            items = [pending.item for pending in batch]
+            taken = await self._with_connection(many, (items,))
+            for pending in batch:
+                if not pending.future.done():  # its caller may have been cancelled meanwhile
+                    pending.future.set_result(key(pending.item) in taken)
+
+        return Grouped(alone, together, _distinct(key), f"{self!r} stopped {what}")
 
     async def finish(
         self,
@@ -621,20 +665,19 @@ class PostgresStore:
         expires_at = self._expiry(ttl)
         registry = self._registry
 
-        args: tuple[Any, ...] = (digest(id), status, result_json, now, expires_at, owner)
-        sql: str | None = self._finish_sql
+        extra: str | None = None
+        in_sql = True
         if metadata:
             extra = encode_metadata(dict(metadata), registry)
-            if extra.startswith("{") and '"$t"' not in extra:
-                sql, args = self._finish_merging_sql, (*args, extra)
-            else:
-                sql = None  # tagged values: merged in Python, below
+            in_sql = extra.startswith("{") and '"$t"' not in extra  # else merged in Python
+        end: _End = (digest(id), status, result_json, now, expires_at, owner, extra)
+        # The usual case in one statement (with other runs' ends, if they are being
+        # recorded); otherwise (the run is gone or not ours, or its metadata cannot be
+        # merged in SQL) read, decide and write.
+        if in_sql and await self._call_loop(self._ends, end):
+            return
 
         async def work(connection: Any) -> None:
-            # The usual case in one statement; otherwise (the run is gone or not ours,
-            # or its metadata cannot be merged in SQL) read, decide and write.
-            if sql is not None and await connection.fetchval(sql, *args):
-                return
             async with connection.transaction():
                 found = await self._row(connection, id, now, lock=True)
                 if found is None or (owner is not None and found["lease_owner"] != owner):
@@ -676,13 +719,22 @@ class PostgresStore:
         key = digest(id)
 
         first_metadata = encode_metadata(dict(metadata or {}), registry)
-        insert_args = (id, key, workflow_name, first_metadata, now, FORMAT_VERSION, owner)
+        start: _Start = (
+            id,
+            key,
+            workflow_name,
+            first_metadata,
+            now,
+            FORMAT_VERSION,
+            owner,
+            now + seconds,
+        )
+        # The usual case, a new run, in one statement (with other runs' claims, if they
+        # are being made), committed without waiting for the WAL flush (see _claim_sql).
+        if await self._call_loop(self._starts, start):
+            return Claim("claimed", owner, now + seconds, fresh=True)
 
         async def work(connection: Any) -> Claim:
-            # The usual case, a new run, in one statement, committed without waiting for
-            # the WAL flush (see _claim_sql).
-            if await connection.fetchval(self._claim_sql, *insert_args, now + seconds):
-                return Claim("claimed", owner, now + seconds, fresh=True)
             async with connection.transaction():
                 found = await connection.fetchrow(
                     f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id_digest = $1 FOR UPDATE",
@@ -844,23 +896,54 @@ async def _close_pool(pool: Any) -> None:
         pool.terminate()
 
 
-# A checkpoint as the statements take it: run digest, key, key digest, record, owner, now.
+# What the statements take.  A checkpoint: run digest, key, key digest, record, owner,
+# now.  A new run's claim: id, digest, workflow name, metadata, now, format version,
+# owner, lease expiry.  A run's end: digest, status, result, now, expiry, owner, and
+# metadata to merge (or None).
 _Row = tuple[bytes, str, bytes, str, "str | None", float]
+_Start = tuple[str, bytes, str, str, float, int, str, float]
+_End = tuple[bytes, str, "str | None", float, "float | None", "str | None", "str | None"]
 _BATCH = 500
 
 
-def _take_batch(queued: builtins.list[Pending[_Row, bool]]) -> int:
-    """How many of the first queued checkpoints one statement can take: at most
-    ``_BATCH``, and no (run, key) twice (an upsert touches a row once)."""
-    seen: set[tuple[bytes, bytes]] = set()
-    count = 0
-    for pending in queued[:_BATCH]:
-        row = pending.item
-        if (row[0], row[2]) in seen:
-            break
-        seen.add((row[0], row[2]))
-        count += 1
-    return count
+Item = TypeVar("Item", _Row, _Start, _End)
+
+
+def _step_of(row: _Row) -> tuple[bytes, ...]:
+    return row[0], row[2]
+
+
+def _run_of_start(start: _Start) -> tuple[bytes, ...]:
+    return (start[1],)
+
+
+def _run_of_end(end: _End) -> tuple[bytes, ...]:
+    return (end[0],)
+
+
+def _distinct(key: Callable[[Any], Hashable]) -> Callable[[builtins.list[Pending[Any, bool]]], int]:
+    """The next batch of queued writes: at most ``_BATCH``, and no row twice (a
+    statement touches a row once, and two claims of one id must not both see it
+    inserted).  A write to a row already in the batch waits for the next one, with
+    every later write to that row behind it, in the order they came."""
+
+    def take(queued: builtins.list[Pending[Any, bool]]) -> int:
+        seen: set[Hashable] = set()
+        batch: builtins.list[Pending[Any, bool]] = []
+        later: builtins.list[Pending[Any, bool]] = []
+        for pending in queued:
+            found = key(pending.item)
+            if len(batch) < _BATCH and found not in seen:
+                seen.add(found)
+                batch.append(pending)
+            else:
+                seen.add(found)  # a row waiting here keeps its later writes waiting too
+                later.append(pending)
+        if later:
+            queued[:] = batch + later
+        return len(batch)
+
+    return take
 
 
 def digest(text: str) -> bytes:

@@ -128,7 +128,7 @@ class ScriptRunner:
     async def _pipelined(self, queued: list[Pending[_Call, Any]]) -> None:
         """Send the queued calls not cancelled meanwhile in one write, and answer each
         from its reply, in order."""
-        batch = [pending for pending in queued if not pending.future.done()]
+        batch = [pending for pending in queued if not pending.done()]
         if not batch:
             return
         exceptions = _redis_exceptions()
@@ -146,11 +146,11 @@ class ScriptRunner:
                     unknown.append(pending)
                     continue
                 except exceptions.ResponseError as exc:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                    if not pending.done():
+                        pending.set_exception(exc)
                     continue
-                if not pending.future.done():  # its caller may have been cancelled meanwhile
-                    pending.future.set_result(reply)
+                if not pending.done():  # its caller may have been cancelled meanwhile
+                    pending.set_result(reply)
         except BaseException:
             await self._drop(connection)
             raise
@@ -158,11 +158,11 @@ class ScriptRunner:
             try:
                 reply = await self._on_connection(connection, pending.item)
             except Exception as exc:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+                if not pending.done():
+                    pending.set_exception(exc)
             else:
-                if not pending.future.done():
-                    pending.future.set_result(reply)
+                if not pending.done():
+                    pending.set_result(reply)
 
     async def aclose(self) -> None:
         """Close the runner's own connection."""

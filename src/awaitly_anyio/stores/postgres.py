@@ -282,10 +282,6 @@ class PostgresStore:
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(connection, *args)`` on the driver loop with a pooled connection."""
-        return await self._call_loop(self._with_connection, fn, args)
-
-    async def _call_loop(self, fn: Any, *args: Any) -> Any:
-        """``await fn(*args)`` on the driver loop."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         if self._dsn is None and current_async_library() != "asyncio":
@@ -293,7 +289,7 @@ class PostgresStore:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
-        return await self._loop.call(fn, *args)
+        return await self._loop.call(self._with_connection, fn, args)
 
     async def _with_connection(self, fn: Any, args: tuple[Any, ...]) -> Any:
         if self._pool is None:
@@ -582,7 +578,7 @@ class PostgresStore:
         The run's ``updated_at`` moves when the run starts and ends, not per step.
         """
         row = (digest(id), step.key, digest(step.key), step.json, owner, self._clock.time())
-        written = await self._call_loop(self._checkpoints, row)
+        written = await self._checkpoints(row)
         if not written:
             await self._call(self._refuse_write, id, row[5], owner)
 
@@ -630,7 +626,7 @@ class PostgresStore:
         write was taken (its run live, and its lease the caller's)."""
 
         async def alone(item: Item) -> bool:
-            taken: bool = await self._with_connection(one, (item,))
+            taken: bool = await self._call(one, item)
             return taken
 
         async def many(connection: Any, items: builtins.list[Item]) -> set[tuple[bytes, ...]]:
@@ -642,10 +638,10 @@ class PostgresStore:
 
         async def together(batch: builtins.list[Pending[Item, bool]]) -> None:
             items = [pending.item for pending in batch]
-            taken = await self._with_connection(many, (items,))
+            taken = await self._call(many, items)
             for pending in batch:
-                if not pending.future.done():  # its caller may have been cancelled meanwhile
-                    pending.future.set_result(key(pending.item) in taken)
+                if not pending.done():  # its caller may have been cancelled meanwhile
+                    pending.set_result(key(pending.item) in taken)
 
         return Grouped(alone, together, _distinct(key), f"{self!r} stopped {what}")
 
@@ -674,7 +670,7 @@ class PostgresStore:
         # The usual case in one statement (with other runs' ends, if they are being
         # recorded); otherwise (the run is gone or not ours, or its metadata cannot be
         # merged in SQL) read, decide and write.
-        if in_sql and await self._call_loop(self._ends, end):
+        if in_sql and await self._ends(end):
             return
 
         async def work(connection: Any) -> None:
@@ -731,7 +727,7 @@ class PostgresStore:
         )
         # The usual case, a new run, in one statement (with other runs' claims, if they
         # are being made), committed without waiting for the WAL flush (see _claim_sql).
-        if await self._call_loop(self._starts, start):
+        if await self._starts(start):
             return Claim("claimed", owner, now + seconds, fresh=True)
 
         async def work(connection: Any) -> Claim:

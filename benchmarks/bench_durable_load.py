@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--json", type=str)
     parser.add_argument("--workflows", type=int, default=100)
     args = parser.parse_args()
-    rounds = 3 if args.quick else 9
+    rounds = 3 if args.quick else 21
     report: dict[str, Any] = {}
     summary = Summary()
     for backend in ("asyncio", "trio"):

@@ -4,6 +4,7 @@ checkpoints, recovery from a lost connection, pools, and no thread left behind."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import anyio
 import pytest
 
 from awaitly_anyio import LeaseLostError, Ok, open_store
-from awaitly_anyio.stores.postgres import SCHEMA_VERSION, PostgresStore
+from awaitly_anyio.stores.postgres import SCHEMA_VERSION, PostgresStore, digest
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import encoded, leftover_driver_work, server_or_skip
@@ -189,6 +190,46 @@ async def test_concurrent_checkpoints_commit_together_and_each_gets_its_own_answ
     # loop lets a reply in before the others have queued theirs.
     rows, transactions = await written_by(schema, "steps")
     assert (rows, transactions <= 3) == (121, True)
+
+
+async def test_writes_whose_callers_gave_up_while_queued_are_not_sent(schema: str) -> None:
+    from awaitly_anyio._bridge import DriverLoop
+
+    async with PostgresStore(DSN, schema=schema) as store:
+        for n in range(10):
+            await store.claim(f"r{n}", "orders", owner="a", lease=60)
+        # Another transaction's uncommitted row holds the first write at the server,
+        # so the others queue behind it for as long as the test needs.
+        blocker = DriverLoop("blocker")
+        import asyncpg
+
+        connection = await blocker.call(asyncpg.connect, DSN)
+        await blocker.call(connection.execute, "BEGIN")
+        await blocker.call(
+            connection.execute,
+            f'INSERT INTO "{schema}"."awaitly_steps" VALUES ($1, $2, $3, $4::jsonb)',
+            digest("r0"),
+            "k",
+            digest("k"),
+            "{}",
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(store.checkpoint, "r0", encoded("k", 0), owner="a"))
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as given_up:
+                async with anyio.create_task_group() as queued:
+                    for n in range(1, 10):
+                        write = partial(store.checkpoint, f"r{n}", encoded("k", n), owner="a")
+                        queued.start_soon(write)
+                    await anyio.wait_all_tasks_blocked()
+                    given_up.cancel()
+            await blocker.call(connection.execute, "ROLLBACK")
+        await blocker.call(connection.close)
+        blocker.release()
+        # Written after whatever was queued: once it returns, any batch has gone out.
+        await store.checkpoint("r0", encoded("after", 1), owner="a")
+    rows = await fetch(f'SELECT key FROM "{schema}"."awaitly_steps" ORDER BY key')
+    assert [row[0] for row in rows] == ["after", "k"]
 
 
 async def test_concurrent_claims_are_made_together_and_one_id_is_won_once(schema: str) -> None:

@@ -623,7 +623,8 @@ class PostgresStore:
         """Writes of one kind, sent alone by ``one(connection, item)`` when none is in
         flight, else in batches by ``many_sql`` (an array per field of the items, and
         the keys of the rows it wrote returned).  Each caller learns whether its own
-        write was taken (its run live, and its lease the caller's)."""
+        write was taken (its run live, and its lease the caller's); a write whose
+        caller was cancelled while it was queued is not sent."""
 
         async def alone(item: Item) -> bool:
             taken: bool = await self._call(one, item)
@@ -637,9 +638,11 @@ class PostgresStore:
             return {tuple(bytes(value) for value in row) for row in found}
 
         async def together(batch: builtins.list[Pending[Item, bool]]) -> None:
-            items = [pending.item for pending in batch]
-            taken = await self._call(many, items)
-            for pending in batch:
+            waiting = [pending for pending in batch if not pending.done()]
+            if not waiting:  # every caller gave up (cancelled) while queued: send nothing
+                return
+            taken = await self._call(many, [pending.item for pending in waiting])
+            for pending in waiting:
                 if not pending.done():  # its caller may have been cancelled meanwhile
                     pending.set_result(key(pending.item) in taken)
 

@@ -164,7 +164,9 @@ class _YieldingSelector(selectors.DefaultSelector):
     """The hosted loop's selector: it never blocks.
 
     When asyncio would block (nothing ready and no I/O), it stops the loop instead
-    and notes how long asyncio meant to wait, so that trio does the waiting.  While
+    and notes how long asyncio meant to wait, so that trio does the waiting.  It
+    polls once per run of the loop: I/O that arrives after that poll is seen by
+    trio's wait, which is the next thing to happen.  While
     callbacks are ready it does not poll (the poll when they run out sees the same
     I/O), and after :data:`TURNS` such iterations it stops the loop anyway, so a
     busy driver cannot hold trio's thread.  With ``poll_io`` off it does not poll
@@ -181,6 +183,7 @@ class _YieldingSelector(selectors.DefaultSelector):
         self.wait: float | None = None
         self.turns = 0
         self.poll_io = True
+        self.polled = False
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if not self.hosted:
@@ -192,11 +195,12 @@ class _YieldingSelector(selectors.DefaultSelector):
                 return []
             self.wait = 0.0
             self.loop.stop()
-        elif not self.poll_io:
+        elif not self.poll_io or self.polled:
             self.wait = timeout
             self.loop.stop()
             return []
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
+        self.polled = True
         if not ready and timeout != 0:
             self.wait = timeout
             self.loop.stop()  # run_forever() returns after this iteration
@@ -247,6 +251,7 @@ class HostedLoop:
 
         self._selector.turns = 0
         self._selector.poll_io = poll_io
+        self._selector.polled = False
         self.loop.run_forever()
         wait = self._selector.wait
         if wait is not None:

@@ -27,14 +27,16 @@ def _redis_asyncio() -> Any:
 
 
 class _Call:
-    """One script call: the client it is for, the script, its SHA-1, keys and arguments."""
+    """One script call: the script, its SHA-1, keys and arguments."""
 
-    __slots__ = ("args", "client", "keys", "sha", "source")
+    __slots__ = ("args", "keys", "sha", "source")
 
-    def __init__(
-        self, client: Any, source: str, sha: str, keys: list[str], args: list[Any]
-    ) -> None:
-        self.client, self.source, self.sha, self.keys, self.args = client, source, sha, keys, args
+    def __init__(self, source: str, sha: str, keys: list[str], args: list[Any]) -> None:
+        self.source, self.sha, self.keys, self.args = source, sha, keys, args
+
+
+# What a pipelined call came back with: its reply, or the error the server answered.
+_Answer = tuple[Any, Exception | None]
 
 
 # The most script calls sent together in one write.
@@ -46,52 +48,42 @@ class ScriptRunner:
 
     Every call goes over a connection of the runner's own, straight through
     redis-py's connection (no pool, retry or metrics layer, which cost as much as
-    the round trip itself).  Calls made while that connection is busy are queued
-    and then sent together in one write and answered in order (pipelined), so
-    many concurrent runs share round trips instead of each taking a pooled
-    connection.  A connection left in an unknown state (an error on the wire, a
-    cancellation between request and reply) is dropped and the next call makes a
-    new one.  Call it on the client's event loop.
+    the round trip itself): one call :meth:`alone`, or many sent together in one
+    write and answered in order (:meth:`pipelined`), which :class:`SharedRedis`
+    uses for the calls that queue while one is in flight, so many concurrent runs
+    share round trips instead of each taking a pooled connection.  A connection
+    left in an unknown state (an error on the wire, a cancellation between request
+    and reply) is dropped and the next call makes a new one.  Call it on the
+    client's event loop.
     """
 
     def __init__(self) -> None:
         self._connection: Any = None
         self._shas: dict[str, str] = {}
-        self._calls: Grouped[_Call, Any] = Grouped(
-            self._alone,
-            self._pipelined,
-            lambda queued: min(len(queued), _BATCH),
-            "the Redis script runner stopped before answering",
-        )
 
-    def _sha(self, source: str) -> str:
+    def sha(self, source: str) -> str:
+        """The SHA-1 ``EVALSHA`` names ``source`` by (computed once per script)."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode("utf-8")).hexdigest()
         return sha
 
-    async def run(self, client: Any, source: str, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply to ``keys`` and ``args``.
+    async def alone(self, client: Any, call: _Call) -> Any:
+        """Send one call and return its reply.
 
         A kept connection the server has closed meanwhile (a restart, an idle
         timeout) is replaced and the call sent once more, as the client made by
         :class:`SharedRedis` does for its own commands; a second failure is raised.
         """
-        # Calls made while another is in flight go in one write (pipelined) on the same
-        # connection.  One cancelled while queued is not sent; once sent, its reply is
-        # read (and dropped), so the connection stays in step.
-        return await self._calls(_Call(client, source, self._sha(source), keys, args))
-
-    async def _alone(self, call: _Call) -> Any:
         kept = self._connection is not None
-        connection = await self._connected(call.client)
+        connection = await self._connected(client)
         try:
             return await self._on_connection(connection, call)
         except _redis_exceptions().ConnectionError:
             if not kept:
                 raise
         # The server had dropped the kept connection: once more, on a new one.
-        connection = await self._connected(call.client)
+        connection = await self._connected(client)
         return await self._on_connection(connection, call)
 
     async def _connected(self, client: Any) -> Any:
@@ -125,44 +117,39 @@ class ScriptRunner:
             self._connection = None
         await connection.disconnect(nowait=True)
 
-    async def _pipelined(self, queued: list[Pending[_Call, Any]]) -> None:
-        """Send the queued calls not cancelled meanwhile in one write, and answer each
-        from its reply, in order."""
-        batch = [pending for pending in queued if not pending.done()]
-        if not batch:
-            return
+    async def pipelined(self, client: Any, calls: list[_Call]) -> list[_Answer]:
+        """Send ``calls`` in one write and read their replies in order: for each, its
+        reply, or the error the server answered it with, or the error that broke the
+        connection before its reply came (for it and every call after it)."""
         exceptions = _redis_exceptions()
-        connection = await self._connected(batch[0].item.client)
-        commands = [
-            ("EVALSHA", p.item.sha, len(p.item.keys), *p.item.keys, *p.item.args) for p in batch
-        ]
-        unknown: list[Pending[_Call, Any]] = []
+        connection = await self._connected(client)
+        commands = [("EVALSHA", c.sha, len(c.keys), *c.keys, *c.args) for c in calls]
+        answers: list[_Answer] = []
+        unknown: list[int] = []
         try:
             await connection.send_packed_command(connection.pack_commands(commands))
-            for pending in batch:
+            for index in range(len(calls)):
                 try:
-                    reply = await connection.read_response()
+                    answers.append((await connection.read_response(), None))
                 except exceptions.NoScriptError:
-                    unknown.append(pending)
-                    continue
+                    unknown.append(index)
+                    answers.append((None, None))
                 except exceptions.ResponseError as exc:
-                    if not pending.done():
-                        pending.set_exception(exc)
-                    continue
-                if not pending.done():  # its caller may have been cancelled meanwhile
-                    pending.set_result(reply)
+                    answers.append((None, exc))
+        except Exception as exc:
+            await self._drop(connection)
+            for index in unknown:
+                answers[index] = (None, exc)
+            return answers + [(None, exc)] * (len(calls) - len(answers))
         except BaseException:
             await self._drop(connection)
             raise
-        for pending in unknown:  # the server forgot the script (a restart): load, send again
+        for index in unknown:  # the server forgot the script (a restart): load, send again
             try:
-                reply = await self._on_connection(connection, pending.item)
+                answers[index] = (await self._on_connection(connection, calls[index]), None)
             except Exception as exc:
-                if not pending.done():
-                    pending.set_exception(exc)
-            else:
-                if not pending.done():
-                    pending.set_result(reply)
+                answers[index] = (None, exc)
+        return answers
 
     async def aclose(self) -> None:
         """Close the runner's own connection."""
@@ -206,6 +193,16 @@ class SharedRedis:
         self._owner = owner
         self._loop = DriverLoop(owner)
         self._scripts = ScriptRunner()
+        # Calls made while another is in flight wait here, on the caller's loop, and go
+        # in one write (pipelined) on the runner's connection.  One cancelled while
+        # queued is not sent; once sent, its reply is read (and dropped), so the
+        # connection stays in step.
+        self._calls: Grouped[_Call, Any] = Grouped(
+            self._alone,
+            self._together,
+            lambda queued: min(len(queued), _BATCH),
+            "the Redis script runner stopped before answering",
+        )
 
     @property
     def bound(self) -> bool:
@@ -233,11 +230,26 @@ class SharedRedis:
 
     async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """Run the Lua script ``source`` once (EVALSHA, loading it when needed)."""
+        return await self._calls(_Call(source, self._scripts.sha(source), keys, args))
 
-        async def run(client: Any) -> Any:
-            return await self._scripts.run(client, source, keys, args)
+    async def _alone(self, call: _Call) -> Any:
+        scripts = self._scripts
+        return await self.call(lambda client: scripts.alone(client, call))
 
-        return await self.call(run)
+    async def _together(self, batch: list[Pending[_Call, Any]]) -> None:
+        waiting = [pending for pending in batch if not pending.done()]
+        if not waiting:  # every caller gave up (cancelled) while queued: send nothing
+            return
+        calls = [pending.item for pending in waiting]
+        scripts = self._scripts
+        answers = await self.call(lambda client: scripts.pipelined(client, calls))
+        for pending, (reply, error) in zip(waiting, answers, strict=True):
+            if pending.done():  # its caller was cancelled meanwhile: its reply is dropped
+                continue
+            if error is None:
+                pending.set_result(reply)
+            else:
+                pending.set_exception(error)
 
     async def aclose(self) -> None:
         """Close the client (if made from a URL) and let go of the driver loop."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -945,8 +946,12 @@ def _distinct(key: Callable[[Any], Hashable]) -> Callable[[builtins.list[Pending
     return take
 
 
+@functools.lru_cache(maxsize=4096)
 def digest(text: str) -> bytes:
-    """The SHA-256 of a run id or step key: the indexed form, whatever the text's size."""
+    """The SHA-256 of a run id or step key: the indexed form, whatever the text's size.
+
+    Kept for the ids and keys in use: a run's id is digested at every write, and a
+    workflow's step keys recur in every run."""
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 

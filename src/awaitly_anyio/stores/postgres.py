@@ -636,7 +636,7 @@ class PostgresStore:
                 return {key(items[0])} if await one(connection, items[0]) else set()
             columns = [list(column) for column in zip(*items, strict=True)]
             found = await connection.fetch(many_sql, *columns)
-            return {tuple(bytes(value) for value in row) for row in found}
+            return {tuple(row) for row in found}  # bytea comes back as bytes
 
         async def together(batch: builtins.list[Pending[Item, bool]]) -> None:
             waiting = [pending for pending in batch if not pending.done()]

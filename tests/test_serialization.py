@@ -19,7 +19,7 @@ from awaitly_anyio.serialization import (
     encode_step,
     encode_step_record,
 )
-from awaitly_anyio.store import from_epoch, iso_from_epoch
+from awaitly_anyio.store import EncodedStep, from_epoch, iso_from_epoch
 
 # Epoch seconds a datetime can hold, with microseconds; and the halves between them,
 # where rounding decides.
@@ -102,3 +102,19 @@ def test_dumps_refuses_what_json_refuses() -> None:
         dumps({"x": math.nan})
     with pytest.raises(TypeError, match="datetime"):
         dumps([datetime.now(timezone.utc)])
+
+
+def test_an_encoded_step_given_a_maker_makes_its_record_when_it_is_read() -> None:
+    made: list[StepRecord] = []
+
+    def make() -> StepRecord:
+        made.append(StepRecord(Ok(1), attempts=2))
+        return made[-1]
+
+    step = EncodedStep("k", make, '{"ok": true, "value": 1}')
+    assert made == []  # a store that writes the JSON never pays for the record
+    assert step.record == StepRecord(Ok(1), attempts=2)
+    assert len(made) == 1
+    # Equal when key and JSON are: the JSON is the record.
+    assert step == EncodedStep("k", StepRecord(Ok(1), attempts=2), '{"ok": true, "value": 1}')
+    assert step != EncodedStep("k", StepRecord(Ok(1), attempts=2), '{"ok": true, "value": 2}')

@@ -214,18 +214,21 @@ class _Checkpointer:
             problem = self._check_type(name, result.value, type_hint)
             if problem is not None:
                 return problem
-        record = StepRecord(
-            result,
-            attempts=attempts,
-            started_at=from_epoch(started_at),
-            finished_at=from_epoch(now),
-        )
+
+        def record() -> StepRecord:
+            return StepRecord(
+                result,
+                attempts=attempts,
+                started_at=from_epoch(started_at),
+                finished_at=from_epoch(now),
+            )
+
         try:
             text = encode_step(name, result, attempts, started_at, now, self._registry)
         except SerializationError as exc:
             if isinstance(result, Err):
                 # Keep the failure on record even if its error value has no JSON form.
-                text = self._fallback_error_record(name, record)
+                text = self._fallback_error_record(name, record())
             else:
                 return Err(exc)
         step = EncodedStep(key, record, text)

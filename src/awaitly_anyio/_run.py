@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -12,6 +13,9 @@ from .clock import Clock
 from .errors import UnexpectedError
 from .events import WorkflowEvent
 from .result import Err, Ok, Result
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger("awaitly_anyio")
 
@@ -59,12 +63,13 @@ class RunState:
     """Everything one run's steps share: identity, clock, event sink and the completed keys."""
 
     __slots__ = (
+        "_map",
         "_workflow_id",
         "checkpoint",
         "clock",
         "completed",
         "emit",
-        "map_exception",
+        "mapper_failure",
         "name",
     )
 
@@ -83,9 +88,28 @@ class RunState:
         self._workflow_id = workflow_id
         self.clock = clock
         self.emit = emit
-        self.map_exception = map_exception
+        self._map = map_exception
+        self.mapper_failure: BaseException | None = None
         self.completed = completed
         self.checkpoint = checkpoint
+
+    def map_exception(self, exc: Exception) -> object:
+        """The error value for a foreign exception (the workflow's ``catch_unexpected``).
+
+        If the mapper itself raises, its exception is remembered as
+        :attr:`mapper_failure` and propagates: the run re-raises it as it is,
+        once, instead of mapping the mapper's own failure again.
+        """
+        failure = self.mapper_failure
+        if failure is not None and holds(exc, failure):
+            # The mapper's failure came back wrapped (a task group's, a step's): it
+            # propagates as it is rather than being mapped in turn.
+            raise failure
+        try:
+            return self._map(exc)
+        except Exception as failure:
+            self.mapper_failure = failure
+            raise
 
     def remember(self, key: str, result: Ok[Any]) -> None:
         """Record keyed step ``key``'s result, so the run does not execute it again."""
@@ -102,6 +126,13 @@ class RunState:
         if found is None:
             found = self._workflow_id = uuid4_text()
         return found
+
+
+def holds(exc: BaseException, target: BaseException) -> bool:
+    """Whether ``exc`` is ``target`` or an exception group that carries it."""
+    if exc is target:
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(lambda e: e is target) is not None
 
 
 def default_map_exception(exc: Exception) -> object:

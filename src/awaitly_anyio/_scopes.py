@@ -32,7 +32,13 @@ import anyio
 
 from ._bridge import current_async_library
 
-__all__ = ["Scope", "cancel_scope", "shielded"]
+__all__ = [
+    "Scope",
+    "cancel_due",
+    "cancel_scope",
+    "deliver_cancellation",
+    "shielded",
+]
 
 
 class Scope(Protocol):
@@ -59,6 +65,7 @@ def _trio() -> Any:
 
 
 _asyncio_scope: Any = None
+_asyncio_backend: Any = None
 
 
 def _asyncio_scope_class() -> Any:
@@ -165,3 +172,43 @@ class _BoundedShield:
         if self._bucket is not None:
             self._bucket.discard(self._scope)
         return self._scope.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+
+
+def _asyncio_effective_deadline() -> Callable[[], float]:
+    """anyio's asyncio backend's ``current_effective_deadline`` (``-inf`` once a scope
+    around the task is cancelled), taken from its class directly: the public
+    ``anyio.current_effective_deadline()`` looks the backend up on every call."""
+    global _asyncio_backend
+    if _asyncio_backend is None:
+        _asyncio_backend = sys.modules[_asyncio_scope_class().__module__].AsyncIOBackend
+    return _asyncio_backend.current_effective_deadline  # type: ignore[no-any-return]
+
+
+def cancel_due() -> bool:
+    """Whether the caller's cancellation is due, without yielding.
+
+    Due means a scope around the caller was cancelled, or its deadline has
+    passed although the loop has not noticed yet (the caller ran without
+    yielding), or, on asyncio, ``task.cancel()`` was called.  A sync check, so a
+    step pays no coroutine for it; :func:`deliver_cancellation` then raises it.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        return task is not None and (
+            task.cancelling() > 0 or _asyncio_effective_deadline()() <= loop.time()
+        )
+    trio = sys.modules["trio"]
+    return trio.current_effective_deadline() <= trio.current_time()  # type: ignore[no-any-return]
+
+
+async def deliver_cancellation() -> None:
+    """Yield to the loop so that a due cancellation (see :func:`cancel_due`) is raised."""
+    if asyncio._get_running_loop() is not None:
+        # anyio delivers a passed deadline from a timer that runs after the task
+        # resumes from its first yield, so the second yield is the one that raises.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    else:
+        await sys.modules["trio"].lowlevel.checkpoint()
+

@@ -26,6 +26,7 @@ import anyio
 import attrs
 
 from ._run import EarlyExit, RunState
+from ._scopes import cancel_due, deliver_cancellation
 from .errors import StepTimeoutError
 from .events import (
     StepCancelled,
@@ -204,6 +205,8 @@ class Step(RunState):
         run = self
         if name.__class__ is not str or not name:
             _check_name(name)
+        if cancel_due():  # every step is a cancellation point, before its work
+            await deliver_cancellation()
         if key is not None and key in run.completed:
             return self._replay(name, key)
         if (
@@ -394,8 +397,11 @@ class Step(RunState):
             if emit is not None:
                 emit(self._error_event(name, key, started, exc.result.error, attempt))
             raise
-        except BaseException:
-            if emit is not None:
+        except BaseException as exc:
+            if emit is not None and exc is run.mapper_failure:
+                # The error mapper itself raised: the step failed, nothing was cancelled.
+                emit(self._error_event(name, key, started, exc, attempt))
+            elif emit is not None:
                 emit(
                     StepCancelled(
                         workflow_id=run.workflow_id,
@@ -444,8 +450,13 @@ class Step(RunState):
         )
 
     async def _settle(self, fn: Callable[[], Any]) -> Result[Any, Any]:
-        """Run a child of a group step to a Result; a nested step's early exit becomes its Err."""
+        """Run a child of a group step to a Result; a nested step's early exit becomes its Err.
+
+        Each child is a cancellation point, before its work (a group's children that
+        never yield would otherwise all run in a cancelled scope)."""
         run = self
+        if cancel_due():
+            await deliver_cancellation()
         try:
             out = fn()
             if isawaitable(out):
@@ -669,6 +680,8 @@ class Step(RunState):
 
         if timeout is not None:
             timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+        if cancel_due():
+            await deliver_cancellation()
         if key is not None and key in self.completed:
             return self._replay(name, key)
         return await self._execute(name, fn, key, None, timeout, mapper, type)

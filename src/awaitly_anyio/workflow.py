@@ -25,6 +25,7 @@ from ._run import (
     logger,
     make_emitter,
 )
+from ._scopes import cancel_due, deliver_cancellation
 from .clock import Clock, SystemClock
 from .context import Deps, WorkflowContext
 from .events import (
@@ -192,8 +193,8 @@ class Workflow(Generic[D]):
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
                 f"(a durable run resumes from its store)"
             )
-        from .durable import DurableOptions, run_durable
-        from .store import check_lease, ttl_seconds
+        from .durable import DurableOptions, _capabilities, run_durable
+        from .store import check_id, check_lease, ttl_seconds
 
         ttl_seconds(ttl)
         ttl_seconds(failure_ttl)
@@ -210,14 +211,19 @@ class Workflow(Generic[D]):
             if_running=if_running,
             input=input,
         )
-        return run_durable(
-            self,
-            body,
-            store=store,
-            workflow_id=uuid4_text() if workflow_id is None else workflow_id,
-            options=options,
-            execute=self._execute,
+        run_id = uuid4_text() if workflow_id is None else check_id(workflow_id)
+        if not _capabilities(store)[0]:
+            raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
+        durable = run_durable(
+            self, body, store=store, workflow_id=run_id, options=options, execute=self._outcome
         )
+        emit = self._emit
+        if emit is None:
+            return durable
+        # The workflow's events wrap the whole durable run, store writes included, so
+        # its terminal event is the Result run() returns (a failed final write is a
+        # workflow_error, a failed claim is seen at all).
+        return self._evented(run_id, durable, emit)
 
     def _execute(
         self,
@@ -227,12 +233,38 @@ class Workflow(Generic[D]):
         checkpoint: Checkpoint | None,
         input: Any = None,
     ) -> Coroutine[Any, Any, Result[Any, Any]]:
-        """One run of the body (as a coroutine to await), with events when someone
-        listens; the shared core of plain and durable runs.
+        """One plain run of the body (as a coroutine to await), with workflow events
+        when someone listens.
 
         Not itself a coroutine function: a run without listeners is one coroutine
         (the body's outcome) instead of a chain of them.
         """
+        state, outcome = self._state_and_outcome(body, workflow_id, resume_state, checkpoint, input)
+        emit = self._emit
+        if emit is None:
+            return outcome
+        return self._evented(state, outcome, emit)
+
+    def _outcome(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        workflow_id: str,
+        resume_state: SupportsResume | None,
+        checkpoint: Checkpoint | None,
+        input: Any = None,
+    ) -> Coroutine[Any, Any, Result[Any, Any]]:
+        """The body's outcome without workflow events: the durable run emits those
+        around its store writes."""
+        return self._state_and_outcome(body, workflow_id, resume_state, checkpoint, input)[1]
+
+    def _state_and_outcome(
+        self,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        workflow_id: str | None,
+        resume_state: SupportsResume | None,
+        checkpoint: Checkpoint | None,
+        input: Any,
+    ) -> tuple[RunState, Coroutine[Any, Any, Result[Any, Any]]]:
         map_exception = self.catch_unexpected or default_map_exception
         state = Step(
             name=self.name,
@@ -244,25 +276,23 @@ class Workflow(Generic[D]):
             checkpoint=checkpoint,
         )
         ctx = WorkflowContext(state, self.deps, input)
-        emit = self._emit
-        if emit is None:
-            return _outcome(state, body, ctx)
-        return self._evented(state, body, ctx, emit)
+        return state, _outcome(state, body, ctx)
 
     async def _evented(
         self,
-        state: RunState,
-        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
-        ctx: WorkflowContext[D],
+        run: RunState | str,
+        outcome: Coroutine[Any, Any, Result[Any, Any]],
         emit: Emit,
     ) -> Result[Any, Any]:
-        """The run with workflow events around it."""
-        workflow_id = state.workflow_id
+        """Await ``outcome`` (the run of ``run``, its state or its id) with workflow
+        events around it: one start, and one terminal event matching what it returns
+        (or ``workflow_cancelled`` when it raises)."""
+        workflow_id = run if isinstance(run, str) else run.workflow_id
         clock = self.clock
         started = clock.monotonic()
         emit(WorkflowStart(workflow_id=workflow_id, workflow_name=self.name, ts=clock.time()))
         try:
-            result = await _outcome(state, body, ctx)
+            result = await outcome
         except BaseException:
             emit(
                 WorkflowCancelled(
@@ -310,9 +340,15 @@ async def _outcome(
             raise
         return exc.result
     except Exception as exc:
+        # catch_unexpected that raised in a step propagates once (map_exception
+        # re-raises it rather than mapping its own failure)
         return Err(state.map_exception(exc))
     except BaseExceptionGroup as group:
         return _early_exit_in(group, state)
+    if cancel_due():
+        # Cancelled during the last step (which did not yield to see it): the run did
+        # not complete, whatever the body returned.
+        await deliver_cancellation()
     if isinstance(out, (Ok, Err)):
         return out
     return Ok(out)

@@ -7,6 +7,7 @@ hashes); turning snapshots into rows and back happens here, once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -21,21 +22,26 @@ from .serialization import (
     _Unstorable,
     dumps,
     encode_step_record,
+    format_problem,
     loads,
     result_to_doc,
     snapshot_from_doc,
 )
-from .snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, WorkflowSnapshot
-from .store import from_epoch, iso_from_epoch
+from .snapshot import FORMAT_VERSION, RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
+from .store import check_key, from_epoch, iso_from_epoch
 
 __all__ = [
     "RunRow",
+    "as_claimed",
     "assemble",
+    "damaged_info",
     "decode_metadata",
+    "decode_problem",
     "encode_metadata",
     "encode_result",
     "info",
     "restarted",
+    "row_problem",
     "split",
 ]
 
@@ -110,29 +116,46 @@ def split(
         expires_at=expires_at,
         format_version=snapshot.format_version,
     )
-    steps = [(key, encode_step_record(key, rec, registry)) for key, rec in snapshot.steps.items()]
+    steps = [
+        (check_key(key), encode_step_record(key, rec, registry))
+        for key, rec in snapshot.steps.items()
+    ]
     return row, steps
 
 
 def assemble(
     run_id: str, row: RunRow, steps: Iterable[tuple[str, str]], registry: TypeRegistry
 ) -> WorkflowSnapshot:
-    """Rebuild a snapshot from its rows; raises SnapshotDecodeError naming ``run_id``."""
+    """Rebuild a snapshot from its rows; raises SnapshotDecodeError naming ``run_id`` and
+    what is wrong (checked in this order: the row, the step records, the result, the
+    metadata), never anything else."""
+    problem = row_problem(row)
+    if problem is not None:
+        raise SnapshotDecodeError(run_id, problem)
+
+    def parse(text: object, where: str) -> Any:
+        try:
+            return loads(text, run_id)  # type: ignore[arg-type]
+        except SnapshotDecodeError as exc:
+            raise SnapshotDecodeError(run_id, f"{where}: {exc.reason}") from None
+
     try:
         doc = {
             "format": row.format_version,
             "workflow_name": row.workflow_name,
             "workflow_id": run_id,
             "status": row.status,
-            "steps": {key: loads(text, run_id) for key, text in steps},
-            "result": None if row.result_json is None else loads(row.result_json, run_id),
-            "metadata": loads(row.metadata_json, run_id),
+            "steps": {key: parse(text, f"step {key!r}") for key, text in steps},
+            "result": None if row.result_json is None else parse(row.result_json, "result"),
+            "metadata": parse(row.metadata_json, "metadata"),
             "created_at": iso_from_epoch(row.created_at),
             "updated_at": iso_from_epoch(row.updated_at),
             "expires_at": None if row.expires_at is None else iso_from_epoch(row.expires_at),
         }
-    except (TypeError, ValueError, OverflowError, OSError) as exc:
-        raise SnapshotDecodeError(run_id, f"invalid row: {exc}") from None
+    except SnapshotDecodeError:
+        raise
+    except Exception as exc:
+        raise SnapshotDecodeError(run_id, f"invalid row: {type(exc).__name__}: {exc}") from None
     return snapshot_from_doc(doc, run_id, registry)
 
 
@@ -170,8 +193,66 @@ def decode_metadata(run_id: str, row: RunRow, registry: TypeRegistry) -> dict[st
     return value
 
 
+_EPOCH = from_epoch(0.0)
+
+
+def _time_problem(value: object, name: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} is not a number: {value!r}"
+    try:
+        from_epoch(value)
+    except (ValueError, OverflowError, OSError):
+        return f"{name} is not a time: {value!r}"
+    return None
+
+
+def row_problem(row: RunRow) -> str | None:
+    """What makes a run row unreadable (a bad time, workflow name or status, a format
+    version this release does not read), or ``None`` if it reads well.  Only the
+    row: its step records, result and metadata are checked by :func:`assemble`."""
+    problem = format_problem(row.format_version)
+    if problem is not None:
+        return problem
+    if not isinstance(row.workflow_name, str) or not row.workflow_name:
+        return f"the workflow name is not a non-empty string: {row.workflow_name!r}"
+    if row.status not in RUN_STATUSES:
+        return f"unknown status {row.status!r}"
+    for name in ("created_at", "updated_at", "expires_at"):
+        value = getattr(row, name)
+        if value is not None or name != "expires_at":
+            problem = _time_problem(value, name)
+            if problem is not None:
+                return problem
+    return None
+
+
+def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> SnapshotInfo:
+    """The listing entry of a run whose row cannot be read: ``damaged`` says why, and
+    what could not be read holds the placeholders :class:`SnapshotInfo` documents."""
+
+    def when(value: object) -> datetime:
+        return _EPOCH if _time_problem(value, "") is not None else from_epoch(value)  # type: ignore[arg-type]
+
+    name = getattr(row, "workflow_name", None)
+    status = getattr(row, "status", None)
+    expires_at = getattr(row, "expires_at", None)
+    return SnapshotInfo(
+        id=run_id,
+        workflow_name=name if isinstance(name, str) and name else "?",
+        status=status if status in RUN_STATUSES else "failed",
+        created_at=when(getattr(row, "created_at", None)),
+        updated_at=when(getattr(row, "updated_at", None)),
+        expires_at=None if expires_at is None else when(expires_at),
+        damaged=problem,
+    )
+
+
 def info(run_id: str, row: RunRow) -> SnapshotInfo:
-    """The listing entry for a run row."""
+    """The listing entry for a run row; flagged ``damaged`` if the row cannot be read
+    (see :func:`row_problem`), never an exception."""
+    problem = row_problem(row)
+    if problem is not None:
+        return damaged_info(run_id, problem, row)
     return SnapshotInfo(
         id=run_id,
         workflow_name=row.workflow_name,
@@ -179,4 +260,33 @@ def info(run_id: str, row: RunRow) -> SnapshotInfo:
         created_at=from_epoch(row.created_at),
         updated_at=from_epoch(row.updated_at),
         expires_at=None if row.expires_at is None else from_epoch(row.expires_at),
+    )
+
+
+def decode_problem(
+    run_id: str, row: RunRow, steps: Iterable[tuple[str, str]], registry: TypeRegistry
+) -> str | None:
+    """Why run ``run_id`` cannot be decoded (row, step records, result or metadata), or
+    ``None`` if it can: what recovery checks before it claims a run."""
+    try:
+        assemble(run_id, row, steps, registry)
+    except SnapshotDecodeError as exc:
+        return exc.reason
+    return None
+
+
+def as_claimed(
+    snapshot: WorkflowSnapshot, metadata: Mapping[str, Any] | None, now: float
+) -> WorkflowSnapshot:
+    """An existing run's snapshot as a claim leaves it (running, no result or expiry,
+    ``metadata`` merged), for :attr:`~awaitly_anyio.store.Claim.snapshot`."""
+    merged = dict(snapshot.metadata)
+    merged.update(metadata or {})
+    return attrs.evolve(
+        snapshot,
+        status="running",
+        result=None,
+        metadata=merged,
+        updated_at=from_epoch(now),
+        expires_at=None,
     )

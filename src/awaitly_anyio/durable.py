@@ -394,7 +394,8 @@ async def _claim(
             claim = await store.claim(
                 workflow_id, workflow.name, owner=owner, lease=options.lease, metadata=metadata
             )
-        except SerializationError as exc:
+        except (SerializationError, SnapshotDecodeError) as exc:
+            # A run that cannot be decoded is refused by the claim itself, untouched.
             return Err(exc)
         except Exception as exc:
             return Err(StoreError("claim", workflow_id, _describe(exc)))
@@ -519,8 +520,10 @@ async def _run_leased(
         claimed = await _claim(workflow, store, workflow_id, owner, options, metadata or None)
         if not isinstance(claimed, Claim):
             return claimed
-        snapshot: WorkflowSnapshot | None = None
-        if not claimed.fresh:
+        # The stores shipped here decode an existing run while claiming it (so a damaged
+        # one is refused before anything is written) and hand it over: no second read.
+        snapshot: WorkflowSnapshot | None = claimed.snapshot
+        if not claimed.fresh and snapshot is None:
             try:
                 snapshot = await store.load(workflow_id)
             except SnapshotDecodeError as exc:

@@ -17,9 +17,11 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from ._run import logger
 from .clock import Clock, SystemClock
 from .durable import default_owner
-from .result import Result
+from .errors import SnapshotDecodeError
+from .result import Err, Result
 from .store import LeaseStore, check_lease
 from .workflow import Workflow
 
@@ -94,7 +96,8 @@ class WorkflowRegistry:
 
 @attrs.frozen
 class RecoveredRun:
-    """A run :func:`recover` resumed, and how it ended."""
+    """A run :func:`recover` resumed, and how it ended; or a run it found damaged and
+    left alone, whose ``result`` is ``Err(SnapshotDecodeError)`` saying what is wrong."""
 
     id: str
     workflow_name: str
@@ -116,6 +119,13 @@ async def recover(
     Only runs of registered workflows are claimed.  Cancelling ``recover`` cancels
     the resumed runs, which record themselves ``cancelled`` (so they can be
     recovered again) before the cancellation propagates.
+
+    A run whose stored snapshot cannot be decoded (damaged, or written by a newer
+    release) is neither claimed nor changed: it is logged as a warning and
+    returned as a :class:`RecoveredRun` whose result is
+    ``Err(SnapshotDecodeError)``, after the resumed ones, every time a pass meets
+    it, until an operator repairs or deletes it.  Such runs do not count towards
+    ``limit``.
     """
     if not isinstance(store, LeaseStore):
         raise TypeError(f"recovery needs a store with leases (LeaseStore), not {store!r}")
@@ -129,6 +139,7 @@ async def recover(
         owner=owner, lease=lease, limit=limit, workflow_names=registry.names
     )
     recovered: list[RecoveredRun] = []
+    damaged: list[RecoveredRun] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def resume(id: str, name: str) -> None:
@@ -139,8 +150,17 @@ async def recover(
 
     async with anyio.create_task_group() as tg:
         for info in claimed:
+            if info.damaged is not None:
+                logger.warning(
+                    "run %r cannot be decoded, so it is not recovered (left as it is): %s",
+                    info.id,
+                    info.damaged,
+                )
+                error = SnapshotDecodeError(info.id, info.damaged)
+                damaged.append(RecoveredRun(info.id, info.workflow_name, Err(error)))
+                continue
             tg.start_soon(resume, info.id, info.workflow_name)
-    return recovered
+    return recovered + damaged
 
 
 async def recovery_loop(

@@ -457,17 +457,29 @@ def snapshot_to_doc(
     }
 
 
+def format_problem(version: object) -> str | None:
+    """What is wrong with a stored snapshot's format version, or ``None`` if this
+    release reads it.  A newer format is refused (never run by older code, nor
+    rewritten as the older format)."""
+    if version == FORMAT_VERSION and type(version) is int:
+        return None
+    if type(version) is int and version > FORMAT_VERSION:
+        return (
+            f"format version {version} was written by a newer release (this one reads"
+            f" {FORMAT_VERSION}): upgrade awaitly-anyio to run or load it"
+        )
+    return f"unknown format version {version!r} (this release reads {FORMAT_VERSION})"
+
+
 def snapshot_from_doc(
     doc: Any, run_id: str, registry: TypeRegistry = default_registry
 ) -> WorkflowSnapshot:
     """Rebuild a snapshot, or raise :class:`SnapshotDecodeError` naming ``run_id``."""
     try:
         _expect(doc, dict, "the snapshot")
-        version = doc.get("format")
-        if version != FORMAT_VERSION:
-            raise _Undecodable(
-                f"unknown format version {version!r} (this version reads {FORMAT_VERSION})"
-            )
+        problem = format_problem(doc.get("format"))
+        if problem is not None:
+            raise _Undecodable(problem)
         status = doc.get("status")
         if status not in RUN_STATUSES:
             raise _Undecodable(f"unknown status {status!r}")
@@ -491,8 +503,10 @@ def snapshot_from_doc(
         )
     except _Undecodable as exc:
         raise SnapshotDecodeError(run_id, str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise SnapshotDecodeError(run_id, f"invalid data: {exc}") from None
+    except RecursionError:
+        raise SnapshotDecodeError(run_id, "the data is nested too deeply to decode") from None
+    except Exception as exc:  # whatever else damaged data makes a constructor raise
+        raise SnapshotDecodeError(run_id, f"invalid data: {type(exc).__name__}: {exc}") from None
 
 
 # One encoder for every document.  ``JSONEncoder.encode`` builds the C encoder anew on
@@ -518,9 +532,12 @@ def dumps(doc: Any) -> str:
 
 
 def loads(text: str | bytes, run_id: str) -> Any:
-    """Parse stored JSON, or raise :class:`SnapshotDecodeError` naming ``run_id``."""
+    """Parse stored JSON, or raise :class:`SnapshotDecodeError` naming ``run_id`` (for
+    text that is not JSON, not text at all, or nested too deeply to parse)."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise SnapshotDecodeError(run_id, "corrupt JSON: nested too deeply to parse") from None
     except (ValueError, TypeError) as exc:
         raise SnapshotDecodeError(run_id, f"corrupt JSON: {exc}") from None
 

@@ -70,7 +70,16 @@ class WorkflowSnapshot:
 
 @attrs.frozen
 class SnapshotInfo:
-    """One row of ``store.list()``: a run's identity, status and times, without its steps."""
+    """One row of ``store.list()``: a run's identity, status and times, without its steps.
+
+    ``damaged`` is ``None`` for a run that reads well.  For a run whose stored row
+    cannot be read (a bad time, a missing field, a format version this release
+    does not read, a store key of the wrong type) it says what is wrong, and the
+    fields that could not be read hold placeholders: ``workflow_name`` ``"?"``,
+    ``status`` ``"failed"``, times the epoch (1970-01-01 UTC).  Such a run is
+    listed, never repaired or deleted by a read: it is left for an operator
+    (``load`` raises :class:`~awaitly_anyio.SnapshotDecodeError` for it).
+    """
 
     id: str
     workflow_name: str
@@ -78,6 +87,7 @@ class SnapshotInfo:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None = None
+    damaged: str | None = None
 
 
 @attrs.frozen

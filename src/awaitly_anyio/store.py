@@ -161,6 +161,10 @@ class Claim:
 
     - ``"claimed"``: the caller holds the lease until ``lease_expires_at``;
       ``fresh`` says the run did not exist before (so it has no steps to load).
+
+    A run whose stored snapshot cannot be decoded (a damaged row or step record,
+    a format version this release does not read) is never claimed: ``claim``
+    raises :class:`~awaitly_anyio.SnapshotDecodeError` and leaves it untouched.
     - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
     - ``"completed"``: the run is finished; nothing changed.
     - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
@@ -171,6 +175,10 @@ class Claim:
     lease_expires_at: float | None = None
     fresh: bool = False
     workflow_name: str | None = None
+    snapshot: WorkflowSnapshot | None = attrs.field(default=None, repr=False, eq=False)
+    """For a ``"claimed"`` run that existed: the run as claimed (its steps and
+    metadata), when the store read it while claiming, so the caller need not load
+    it again; ``None`` when the store did not (the caller then loads it)."""
 
 
 @runtime_checkable
@@ -189,7 +197,13 @@ class LeaseStore(CheckpointStore, Protocol):
     ) -> Claim:
         """Take run ``id`` for ``lease`` seconds unless another owner's lease is live,
         the run completed, or it belongs to another workflow; a claimed run is
-        ``running`` (created if absent), keeps its steps and merges ``metadata``."""
+        ``running`` (created if absent), keeps its steps and merges ``metadata``.
+
+        An existing run is decoded before anything is written: if its snapshot
+        cannot be decoded, :class:`~awaitly_anyio.SnapshotDecodeError` (naming the run
+        and the problem) is raised and the stored run is left exactly as it was.
+        A new run costs no extra read.
+        """
         ...
 
     async def renew(self, id: str, *, owner: str, lease: float) -> bool:
@@ -209,7 +223,13 @@ class LeaseStore(CheckpointStore, Protocol):
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
         """Claim up to ``limit`` runs that are ``running`` or ``cancelled`` and whose lease
-        is free or expired (their worker died or shut down), oldest first."""
+        is free or expired (their worker died or shut down), oldest first.
+
+        Candidates whose snapshot cannot be decoded are not claimed and not changed:
+        they are returned too, after the claimed ones, as entries whose
+        :attr:`~awaitly_anyio.SnapshotInfo.damaged` says what is wrong (so that
+        recovery can report them), and they do not count towards ``limit``.
+        """
         ...
 
 
@@ -228,6 +248,21 @@ def check_id(id: object) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"a run id must be valid Unicode text, not {id!r}") from None
     return id
+
+
+def check_key(key: object) -> str:
+    """Validate a step key with the rules of :func:`check_id`: a non-empty string of
+    valid Unicode without NUL characters (every store must be able to keep it as
+    text).  Raises ``ValueError`` naming the step key."""
+    if type(key) is not str or not key:
+        raise ValueError(f"a step key must be a non-empty string, not {key!r}")
+    if "\x00" in key:
+        raise ValueError(f"a step key must not contain NUL characters, not {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a step key must be valid Unicode text, not {key!r}") from None
+    return key
 
 
 def check_list_args(prefix: object, status: object, limit: object) -> None:

@@ -14,9 +14,21 @@ from typing import Any
 import anyio.lowlevel
 import attrs
 
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
+from .._rows import (
+    RunRow,
+    as_claimed,
+    assemble,
+    damaged_info,
+    decode_metadata,
+    decode_problem,
+    encode_metadata,
+    info,
+    restarted,
+    row_problem,
+    split,
+)
 from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
 from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
@@ -25,6 +37,7 @@ from ..store import (
     EncodedStep,
     Ttl,
     check_id,
+    check_key,
     check_lease,
     check_list_args,
     decode_cursor,
@@ -142,7 +155,7 @@ class MemoryStore:
             if after is not None and (row.updated_at, id) >= after:
                 continue
             rows.append((row.updated_at, id, row))
-        rows.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        rows.sort(key=lambda item: (_number(item[0]), item[1]), reverse=True)
         page = rows[:limit]
         infos = [info(id, row) for _, id, row in page]
         more = len(rows) > limit
@@ -177,7 +190,8 @@ class MemoryStore:
         return row
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add one step record to run ``id``."""
+        """Add one step record to run ``id``; ``ValueError`` for an invalid step key."""
+        check_key(step.key)
         await anyio.lowlevel.checkpoint()
         row = self._writable(id, owner)
         self._steps[id][step.key] = step.json
@@ -228,19 +242,26 @@ class MemoryStore:
         now = self._clock.time()
         row = self._live(id)
         if row is not None:
+            problem = row_problem(row)
+            if problem is not None:
+                raise SnapshotDecodeError(id, problem)
             if row.workflow_name != workflow_name:
                 return Claim("mismatch", workflow_name=row.workflow_name)
             if row.status == "completed":
                 return Claim("completed")
             if row.lease_held_by_other(owner, now):
                 return Claim("held", row.lease_owner, row.lease_expires_at)
+            # Decoded before anything is written: a damaged run stays as it is.
+            found = assemble(id, row, self._steps.get(id, {}).items(), self._registry)
         self._runs[id] = attrs.evolve(
             restarted(id, row, workflow_name, metadata, now, self._registry),
             lease_owner=owner,
             lease_expires_at=now + seconds,
         )
         self._steps.setdefault(id, {})
-        return Claim("claimed", owner, now + seconds, fresh=row is None)
+        if row is None:
+            return Claim("claimed", owner, now + seconds, fresh=True)
+        return Claim("claimed", owner, now + seconds, snapshot=as_claimed(found, metadata, now))
 
     async def renew(self, id: str, *, owner: str, lease: float) -> bool:
         """Extend ``owner``'s lease on run ``id``."""
@@ -267,7 +288,8 @@ class MemoryStore:
         limit: int = 10,
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
-        """Claim up to ``limit`` abandoned runs, oldest first."""
+        """Claim up to ``limit`` abandoned runs, oldest first; runs that cannot be
+        decoded are left as they are and returned after them, flagged ``damaged``."""
         seconds = check_lease(owner, lease)
         await anyio.lowlevel.checkpoint()
         now = self._clock.time()
@@ -282,10 +304,22 @@ class MemoryStore:
             if row.lease_expires_at is not None and row.lease_expires_at > now:
                 continue
             candidates.append((row.updated_at, id, row))
-        candidates.sort(key=lambda item: (item[0], item[1]))
-        claimed = []
-        for _, id, row in candidates[:limit]:
+        candidates.sort(key=lambda item: (_number(item[0]), item[1]))
+        claimed: builtins.list[SnapshotInfo] = []
+        damaged: builtins.list[SnapshotInfo] = []
+        for _, id, row in candidates:
+            if len(claimed) >= limit:
+                break
+            problem = decode_problem(id, row, self._steps.get(id, {}).items(), self._registry)
+            if problem is not None:
+                damaged.append(damaged_info(id, problem, row))
+                continue
             row = attrs.evolve(row, lease_owner=owner, lease_expires_at=now + seconds)
             self._runs[id] = row
             claimed.append(info(id, row))
-        return claimed
+        return claimed + damaged
+
+
+def _number(value: object) -> float:
+    """A time to sort by; a damaged one (not a number) sorts as the epoch."""
+    return value if isinstance(value, float | int) else 0.0

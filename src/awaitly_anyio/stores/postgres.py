@@ -25,9 +25,21 @@ import anyio
 
 from .._bridge import DriverLoop, current_async_library
 from .._grouping import Grouped, Pending
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
+from .._rows import (
+    RunRow,
+    as_claimed,
+    assemble,
+    damaged_info,
+    decode_metadata,
+    decode_problem,
+    encode_metadata,
+    info,
+    restarted,
+    row_problem,
+    split,
+)
 from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
 from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
@@ -36,6 +48,7 @@ from ..store import (
     EncodedStep,
     Ttl,
     check_id,
+    check_key,
     check_lease,
     check_list_args,
     decode_cursor,
@@ -87,7 +100,6 @@ _RUN_COLUMNS = (
     "workflow_name, status, result::text, metadata::text, created_at, updated_at, expires_at,"
     " format_version, lease_owner, lease_expires_at"
 )
-_RETURNING = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
 _LIVE = "(expires_at IS NULL OR expires_at > {now})"
 
 
@@ -577,7 +589,9 @@ class PostgresStore:
         together, in one statement (group commit): many concurrent runs share a
         round trip and a WAL flush.  A lone checkpoint is one INSERT of one row.
         The run's ``updated_at`` moves when the run starts and ends, not per step.
+        ``ValueError`` for an invalid step key, before anything is sent.
         """
+        check_key(step.key)
         row = (digest(id), step.key, digest(step.key), step.json, owner, self._clock.time())
         written = await self._checkpoints(row)
         if not written:
@@ -781,12 +795,21 @@ class PostgresStore:
                         key,
                     )
                     row = RunRow(*found)
+                problem = row_problem(row)
+                if problem is not None:
+                    raise SnapshotDecodeError(id, problem)
                 if row.workflow_name != workflow_name:
                     return Claim("mismatch", workflow_name=row.workflow_name)
                 if row.status == "completed":
                     return Claim("completed")
                 if row.lease_held_by_other(owner, now):
                     return Claim("held", row.lease_owner, row.lease_expires_at)
+                # Decoded before anything is written: a damaged run stays as it is (the
+                # transaction ends without a write).
+                steps = await connection.fetch(
+                    f"SELECT key, record::text FROM {self._steps} WHERE run_digest = $1", key
+                )
+                found_snapshot = assemble(id, row, [(k, text) for k, text in steps], registry)
                 merged = decode_metadata(id, row, registry)
                 merged.update(metadata or {})
                 await connection.execute(
@@ -800,7 +823,8 @@ class PostgresStore:
                     owner,
                     now + seconds,
                 )
-                return Claim("claimed", owner, now + seconds)
+                claimed = as_claimed(found_snapshot, metadata, now)
+                return Claim("claimed", owner, now + seconds, snapshot=claimed)
 
         result: Claim = await self._call(work)
         return result
@@ -846,28 +870,59 @@ class PostgresStore:
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
         """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
-        expired), oldest first, skipping rows another claimer has locked."""
+        expired), oldest first, skipping rows another claimer has locked.  Each is
+        decoded first, in the same transaction: runs that cannot be are left as
+        they are and returned after the claimed ones, flagged ``damaged``."""
         seconds = check_lease(owner, lease)
         now = self._clock.time()
         names = None if workflow_names is None else builtins.list(workflow_names)
-        sql = (
-            f"WITH picked AS (SELECT id_digest FROM {self._runs}"
+        pick = (
+            f"SELECT id, id_digest, {_RUN_COLUMNS} FROM {self._runs}"
             f" WHERE {_LIVE.format(now='$1')} AND status IN ('running', 'cancelled')"
             " AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
-            " AND ($4::text[] IS NULL OR workflow_name = ANY($4::text[]))"
-            " ORDER BY updated_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
-            f" UPDATE {self._runs} AS r SET lease_owner = $2, lease_expires_at = $3"
-            f" FROM picked WHERE r.id_digest = picked.id_digest"
-            f" RETURNING r.id, {_RETURNING}"
+            " AND ($2::text[] IS NULL OR workflow_name = ANY($2::text[]))"
+            " AND NOT id_digest = ANY($3::bytea[])"
+            " ORDER BY updated_at LIMIT $4 FOR UPDATE SKIP LOCKED"
         )
+        registry = self._registry
 
-        async def work(connection: Any) -> builtins.list[Any]:
-            return builtins.list(
-                await connection.fetch(sql, now, owner, now + seconds, names, limit)
-            )
+        async def work(connection: Any) -> builtins.list[SnapshotInfo]:
+            claimed: builtins.list[SnapshotInfo] = []
+            damaged: dict[bytes, SnapshotInfo] = {}
+            async with connection.transaction():
+                while len(claimed) < limit:
+                    found = await connection.fetch(
+                        pick, now, names, builtins.list(damaged), limit - len(claimed)
+                    )
+                    if not found:
+                        break
+                    steps: dict[bytes, builtins.list[tuple[str, str]]] = {}
+                    for run_digest, key, text in await connection.fetch(
+                        f"SELECT run_digest, key, record::text FROM {self._steps}"
+                        " WHERE run_digest = ANY($1::bytea[])",
+                        [record[1] for record in found],
+                    ):
+                        steps.setdefault(run_digest, []).append((key, text))
+                    good: builtins.list[bytes] = []
+                    for record in found:
+                        id, run_digest, row = record[0], record[1], RunRow(*record[2:])
+                        problem = decode_problem(id, row, steps.get(run_digest, []), registry)
+                        if problem is not None:
+                            damaged[run_digest] = damaged_info(id, problem, row)
+                        else:
+                            good.append(run_digest)
+                            claimed.append(info(id, row))
+                    await connection.execute(
+                        f"UPDATE {self._runs} SET lease_owner = $1, lease_expires_at = $2"
+                        " WHERE id_digest = ANY($3::bytea[])",
+                        owner,
+                        now + seconds,
+                        good,
+                    )
+            return claimed + builtins.list(damaged.values())
 
-        found = await self._call(work)
-        return [info(row[0], RunRow(*row[1:])) for row in found]
+        result: builtins.list[SnapshotInfo] = await self._call(work)
+        return result
 
 
 async def _noop(connection: Any) -> None:

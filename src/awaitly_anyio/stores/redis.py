@@ -19,6 +19,7 @@ replicas), not Redis Cluster.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._redis_client import SharedRedis
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
+from .._rows import (
+    RunRow,
+    as_claimed,
+    assemble,
+    damaged_info,
+    decode_metadata,
+    decode_problem,
+    encode_metadata,
+    info,
+    restarted,
+    row_problem,
+    split,
+)
 from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
 from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
@@ -37,6 +50,7 @@ from ..store import (
     EncodedStep,
     Ttl,
     check_id,
+    check_key,
     check_lease,
     check_list_args,
     decode_cursor,
@@ -225,29 +239,50 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def _row(fields: Mapping[str, str]) -> RunRow:
-    """A run row from its hash (all strings; '' means None)."""
+def _row(fields: Mapping[str, str | None]) -> RunRow:
+    """A run row from its hash (all strings; '' means None).  Never raises: a missing
+    field stays ``None`` and a number that does not parse stays the text it is, for
+    :func:`~awaitly_anyio._rows.row_problem` to report."""
 
     def opt(name: str) -> str | None:
-        value = fields.get(name, "")
-        return value or None
+        return fields.get(name) or None
 
-    def opt_num(name: str) -> float | None:
-        value = fields.get(name, "")
-        return float(value) if value else None
+    def num(name: str) -> Any:
+        value = fields.get(name)
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return value
 
+    def opt_num(name: str) -> Any:
+        return num(name) if fields.get(name) else None
+
+    version: Any = fields.get("format_version")
+    with contextlib.suppress(TypeError, ValueError):
+        version = int(version)
     return RunRow(
-        workflow_name=fields["workflow_name"],
-        status=fields["status"],  # type: ignore[arg-type]
+        workflow_name=fields.get("workflow_name"),  # type: ignore[arg-type]
+        status=fields.get("status"),  # type: ignore[arg-type]
         result_json=opt("result_json"),
-        metadata_json=fields["metadata_json"],
-        created_at=float(fields["created_at"]),
-        updated_at=float(fields["updated_at"]),
+        metadata_json=fields.get("metadata_json"),  # type: ignore[arg-type]
+        created_at=num("created_at"),
+        updated_at=num("updated_at"),
         expires_at=opt_num("expires_at"),
-        format_version=int(fields["format_version"]),
+        format_version=version,
         lease_owner=opt("lease_owner"),
         lease_expires_at=opt_num("lease_expires_at"),
     )
+
+
+def _wrong_type(id: str, key: str, error: BaseException) -> SnapshotDecodeError:
+    """The error for a run whose key holds something other than a hash."""
+    return SnapshotDecodeError(id, f"Redis key {key!r} is not a hash ({error})")
+
+
+def _is_wrong_type(error: object) -> bool:
+    return isinstance(error, _import_redis().ResponseError) and "WRONGTYPE" in str(error)
 
 
 def _hash(row: RunRow) -> list[str]:
@@ -276,8 +311,23 @@ def _mapping(pairs: list[str]) -> dict[str, str]:
     return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
+def _expired(expires: object, now: float) -> bool:
+    """Whether a stored ``expires_at`` has passed (a damaged one has not)."""
+    if not isinstance(expires, str) or not expires:
+        return False
+    try:
+        return float(expires) <= now
+    except ValueError:
+        return False
+
+
 def _live(row: RunRow | None, now: float) -> bool:
-    return row is not None and (row.expires_at is None or row.expires_at > now)
+    """Whether ``row`` is a run that has not expired (a damaged expiry counts as live,
+    so that the run is reported, never dropped)."""
+    if row is None or row.expires_at is None:
+        return row is not None
+    expires_at: object = row.expires_at
+    return not isinstance(expires_at, float) or expires_at > now
 
 
 class RedisStore:
@@ -374,31 +424,53 @@ class RedisStore:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(run_key)
                 pipe.hgetall(steps_key)
-                result: list[Any] = await pipe.execute()
+                result: list[Any] = await pipe.execute(raise_on_error=False)
                 return result
 
         fields, steps = await self._call(read)
+        for key, found in ((run_key, fields), (steps_key, steps)):
+            if isinstance(found, Exception):
+                if _is_wrong_type(found):
+                    raise _wrong_type(id, key, found)
+                raise found
         return (_row(fields) if fields else None), steps
 
-    async def _update(self, id: str, change: Any) -> Any:
-        """Read run ``id`` under WATCH, let ``change(row)`` return (outcome, field pairs or
-        None, index ops), and write atomically; retried if the run changed meanwhile."""
+    async def _update(self, id: str, change: Any, *, with_steps: bool = False) -> Any:
+        """Read run ``id`` under WATCH, let ``change(row)`` (``change(row, steps)`` with
+        ``with_steps``, the steps watched too) return (outcome, a function writing the
+        change into the MULTI pipeline, or None), and write atomically; retried if the
+        run changed meanwhile.  A key of the wrong type raises SnapshotDecodeError."""
         run_key, steps_key = self.keys_of(id)
+        redis = _import_redis()
+
+        async def read(pipe: Any, key: str) -> Any:
+            try:
+                return await pipe.hgetall(key)
+            except redis.ResponseError as exc:
+                if _is_wrong_type(exc):
+                    raise _wrong_type(id, key, exc) from None
+                raise
 
         async def transact(client: Any) -> Any:
             async with client.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        await pipe.watch(run_key)
-                        fields = await pipe.hgetall(run_key)
+                        if with_steps:
+                            await pipe.watch(run_key, steps_key)
+                        else:
+                            await pipe.watch(run_key)
+                        fields = await read(pipe, run_key)
                         row = _row(fields) if fields else None
-                        outcome, write = change(row)
+                        if with_steps:
+                            outcome, write = change(row, await read(pipe, steps_key))
+                        else:
+                            outcome, write = change(row)
                         pipe.multi()
                         if write is not None:
                             write(pipe, run_key, steps_key)
                         await pipe.execute()
                         return outcome
-                    except _import_redis().WatchError:
+                    except redis.WatchError:
                         continue
 
         return await self._call(transact)
@@ -456,14 +528,18 @@ class RedisStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> SnapshotPage:
-        """Runs newest first from the ``updated_at`` index, ``limit`` at a time."""
+        """Runs newest first from the ``updated_at`` index, ``limit`` at a time.
+
+        A run whose hash cannot be read (a missing or bad field, a key of the wrong
+        type) is listed flagged ``damaged`` and left as it is; only index entries
+        whose run is gone or expired are dropped."""
         check_list_args(prefix, status, limit)
         after = decode_cursor(cursor) if cursor is not None else None
         now = self._clock.time()
         batch = max(limit * 2, 100)
         top = "+inf" if after is None else repr(after[0])
         after_id = None if after is None else after[1].encode()
-        found: builtins.list[tuple[float, str, RunRow]] = []
+        found: builtins.list[tuple[float, str, RunRow | str]] = []  # str: what is damaged
         dangling: builtins.list[str] = []
         offset = 0
         while len(found) <= limit:
@@ -474,22 +550,32 @@ class RedisStore:
                 )
                 async with client.pipeline(transaction=False) as pipe:
                     for member, _ in members:
-                        pipe.hmget(self.keys_of(member)[0], *_FIELDS)
-                    rows = await pipe.execute()
+                        run_key = self.keys_of(member)[0]
+                        pipe.exists(run_key)
+                        pipe.hmget(run_key, *_FIELDS)
+                    rows = await pipe.execute(raise_on_error=False)
                 return members, rows
 
             members, rows = await self._call(page)
-            for (member, score), values in zip(members, rows, strict=True):
+            for (member, score), exists, values in zip(members, rows[::2], rows[1::2], strict=True):
                 if after is not None and score == after[0] and member.encode() >= after_id:
                     continue
-                if values[0] is None:
+                if exists == 0:
                     dangling.append(member)
+                    continue
+                if prefix is not None and not member.startswith(prefix):
+                    continue
+                if isinstance(values, Exception):
+                    if not _is_wrong_type(values) or status is not None:
+                        if not _is_wrong_type(values):
+                            raise values
+                        continue
+                    damaged = _wrong_type(member, self.keys_of(member)[0], values)
+                    found.append((score, member, damaged.reason))
                     continue
                 row = _row(dict(zip(_FIELDS, values, strict=True)))
                 if not _live(row, now):
                     dangling.append(member)
-                    continue
-                if prefix is not None and not member.startswith(prefix):
                     continue
                 if status is not None and row.status != status:
                     continue
@@ -500,7 +586,10 @@ class RedisStore:
         if dangling:
             await self._forget(dangling, now)
         page_rows = found[:limit]
-        infos = [info(member, row) for _, member, row in page_rows]
+        infos = [
+            damaged_info(member, row) if isinstance(row, str) else info(member, row)
+            for _, member, row in page_rows
+        ]
         more = len(found) > limit
         last = page_rows[-1] if page_rows else None
         next_cursor = encode_cursor(last[0], last[1]) if more and last else None
@@ -524,14 +613,15 @@ class RedisStore:
             members = await client.zrange(self._index, 0, -1)
             async with client.pipeline(transaction=False) as pipe:
                 for member in members:
+                    pipe.exists(self.keys_of(member)[0])
                     pipe.hget(self.keys_of(member)[0], "expires_at")
-                return members, await pipe.execute()
+                return members, await pipe.execute(raise_on_error=False)
 
-        members, expiries = await self._call(scan)
+        members, found = await self._call(scan)
         gone = [
             member
-            for member, expires in zip(members, expiries, strict=True)
-            if expires is None or (expires != "" and float(expires) <= now)
+            for member, exists, expires in zip(members, found[::2], found[1::2], strict=True)
+            if exists == 0 or _expired(expires, now)  # damaged runs are left alone
         ]
         return await self._forget(gone, now)
 
@@ -571,7 +661,9 @@ class RedisStore:
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
         """Add or replace one step record of run ``id``: one script, one round trip.
-        The run's ``updated_at`` moves when the run starts and ends, not per step."""
+        The run's ``updated_at`` moves when the run starts and ends, not per step.
+        ``ValueError`` for an invalid step key, before anything is sent."""
+        check_key(step.key)
         now = self._clock.time()
         done = await self._run_script(
             _CHECKPOINT, [*self.keys_of(id)], [_num(now), owner or "", step.key, step.json]
@@ -686,15 +778,21 @@ class RedisStore:
         if created:
             return Claim("claimed", owner, until, fresh=True)
 
-        def change(row: RunRow | None) -> tuple[Claim, Any]:
+        def change(row: RunRow | None, steps: dict[str, str]) -> tuple[Claim, Any]:
             live = row if _live(row, now) else None
+            found = None
             if live is not None:
+                problem = row_problem(live)
+                if problem is not None:
+                    raise SnapshotDecodeError(id, problem)
                 if live.workflow_name != workflow_name:
                     return Claim("mismatch", workflow_name=live.workflow_name), None
                 if live.status == "completed":
                     return Claim("completed"), None
                 if live.lease_held_by_other(owner, now):
                     return Claim("held", live.lease_owner, live.lease_expires_at), None
+                # Decoded before anything is written: a damaged run stays as it is.
+                found = assemble(id, live, sorted(steps.items()), registry)
             fresh = restarted(id, live, workflow_name, metadata, now, registry)
 
             def write(pipe: Any, run_key: str, steps_key: str) -> None:
@@ -707,9 +805,11 @@ class RedisStore:
                 pipe.zadd(self._index, {id: now})
                 pipe.zadd(self._active, {id: now})
 
-            return Claim("claimed", owner, until, fresh=live is None), write
+            if found is None:
+                return Claim("claimed", owner, until, fresh=True), write
+            return Claim("claimed", owner, until, snapshot=as_claimed(found, metadata, now)), write
 
-        outcome: Claim = await self._update(id, change)
+        outcome: Claim = await self._update(id, change, with_steps=True)
         return outcome
 
     async def renew(self, id: str, *, owner: str, lease: float) -> bool:
@@ -734,24 +834,65 @@ class RedisStore:
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
         """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
-        expired), oldest first, from the index of active runs."""
+        expired), oldest first, from the index of active runs.  Each candidate is read
+        and decoded before the script claims it (the script checks the lease again):
+        runs that cannot be decoded are left as they are and returned after the
+        claimed ones, flagged ``damaged``."""
         seconds = check_lease(owner, lease)
         if workflow_names is not None and not workflow_names:
             return []
         now = self._clock.time()
         names = "" if workflow_names is None else "\n".join(workflow_names)
-        members = await self._call(lambda client: client.zrange(self._active, 0, -1))
+        wanted = None if workflow_names is None else set(workflow_names)
+
+        async def scan(client: Any) -> Any:
+            members = await client.zrange(self._active, 0, -1)
+            async with client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hmget(self.keys_of(member)[0], *_FIELDS)
+                return members, await pipe.execute(raise_on_error=False)
+
+        members, rows = await self._call(scan)
         claimed: builtins.list[SnapshotInfo] = []
-        for member in members:
+        damaged: builtins.list[SnapshotInfo] = []
+        for member, values in zip(members, rows, strict=True):
             if len(claimed) >= limit:
                 break
+            if isinstance(values, Exception):
+                if not _is_wrong_type(values):
+                    raise values
+                wrong = _wrong_type(member, self.keys_of(member)[0], values)
+                damaged.append(damaged_info(member, wrong.reason))
+                continue
+            fields = dict(zip(_FIELDS, values, strict=True))
+            if all(value is None for value in values):
+                continue  # gone
+            row = _row(fields)
+            problem = row_problem(row)
+            if problem is None:
+                if not _live(row, now) or row.status not in ("running", "cancelled"):
+                    continue
+                if wanted is not None and row.workflow_name not in wanted:
+                    continue
+                if row.lease_expires_at is not None and row.lease_expires_at > now:
+                    continue
+                try:
+                    whole, steps = await self._fetch(member)
+                except SnapshotDecodeError as exc:
+                    problem = exc.reason
+                else:
+                    if whole is None:
+                        continue
+                    row = whole
+                    problem = decode_problem(member, whole, sorted(steps.items()), self._registry)
+            if problem is not None:
+                damaged.append(damaged_info(member, problem, row))
+                continue
             took = await self._run_script(
                 _CLAIM_ABANDONED,
                 [self.keys_of(member)[0]],
                 [_num(now), owner, _num(now + seconds), names],
             )
             if took:
-                row, _ = await self._fetch(member)
-                if row is not None:
-                    claimed.append(info(member, row))
-        return claimed
+                claimed.append(info(member, row))
+        return claimed + damaged

@@ -21,9 +21,21 @@ from typing import Any, Literal, NoReturn, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._rows import RunRow, assemble, decode_metadata, encode_metadata, info, restarted, split
+from .._rows import (
+    RunRow,
+    as_claimed,
+    assemble,
+    damaged_info,
+    decode_metadata,
+    decode_problem,
+    encode_metadata,
+    info,
+    restarted,
+    row_problem,
+    split,
+)
 from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError
+from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
 from ..serialization import TypeRegistry, default_registry
 from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
@@ -32,6 +44,7 @@ from ..store import (
     EncodedStep,
     Ttl,
     check_id,
+    check_key,
     check_lease,
     check_list_args,
     decode_cursor,
@@ -390,7 +403,9 @@ class SQLiteStore:
         await self._run(work)
 
     async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one small transaction."""
+        """Add or replace one step record of run ``id``: one small transaction.
+        ``ValueError`` for an invalid step key, before anything is written."""
+        check_key(step.key)
         now = self._now()
 
         def work(db: Any) -> None:
@@ -470,13 +485,19 @@ class SQLiteStore:
         def work(db: Any) -> Claim:
             with _transaction(db):
                 row = self._row(db, id, now)
+                found = None
                 if row is not None:
+                    problem = row_problem(row)
+                    if problem is not None:
+                        raise SnapshotDecodeError(id, problem)
                     if row.workflow_name != workflow_name:
                         return Claim("mismatch", workflow_name=row.workflow_name)
                     if row.status == "completed":
                         return Claim("completed")
                     if row.lease_held_by_other(owner, now):
                         return Claim("held", row.lease_owner, row.lease_expires_at)
+                    # Decoded before anything is written: a damaged run stays as it is.
+                    found = assemble(id, row, _steps_of(db, id), registry)
                 else:
                     db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
                 fresh = restarted(id, row, workflow_name, metadata, now, registry)
@@ -485,7 +506,10 @@ class SQLiteStore:
                     "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
                     (owner, now + seconds, id),
                 )
-                return Claim("claimed", owner, now + seconds, fresh=row is None)
+                if found is None:
+                    return Claim("claimed", owner, now + seconds, fresh=True)
+                claimed = as_claimed(found, metadata, now)
+                return Claim("claimed", owner, now + seconds, snapshot=claimed)
 
         return await self._run(work)
 
@@ -527,7 +551,8 @@ class SQLiteStore:
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
         """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
-        expired), oldest first."""
+        expired), oldest first; runs that cannot be decoded are left as they are and
+        returned after them, flagged ``damaged``."""
         seconds = check_lease(owner, lease)
         now = self._now()
         names = None if workflow_names is None else builtins.list(workflow_names)
@@ -541,21 +566,45 @@ class SQLiteStore:
             params += names
 
         def work(db: Any) -> builtins.list[SnapshotInfo]:
+            claimed: builtins.list[SnapshotInfo] = []
+            damaged: dict[str, SnapshotInfo] = {}
             with _transaction(db):
-                found = db.execute(
-                    f"SELECT id, {_RUN_COLUMNS} FROM awaitly_runs WHERE {where}"
-                    " ORDER BY updated_at, id LIMIT ?",
-                    (*params, limit),
-                ).fetchall()
-                db.executemany(
-                    "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
-                    [(owner, now + seconds, row[0]) for row in found],
-                )
-            return [info(row[0], RunRow(*row[1:])) for row in found]
+                # Claimed runs leave the candidates; damaged ones stay, so ask for as
+                # many more as have been found damaged, until enough are claimed.
+                while len(claimed) < limit:
+                    found = db.execute(
+                        f"SELECT id, {_RUN_COLUMNS} FROM awaitly_runs WHERE {where}"
+                        " ORDER BY updated_at, id LIMIT ?",
+                        (*params, limit - len(claimed) + len(damaged)),
+                    ).fetchall()
+                    new = [(row[0], RunRow(*row[1:])) for row in found if row[0] not in damaged]
+                    if not new:
+                        break
+                    for id, row in new:
+                        problem = decode_problem(id, row, _steps_of(db, id), self._registry)
+                        if problem is not None:
+                            damaged[id] = damaged_info(id, problem, row)
+                            continue
+                        db.execute(
+                            "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ?"
+                            " WHERE id = ?",
+                            (owner, now + seconds, id),
+                        )
+                        claimed.append(info(id, row))
+            return claimed + builtins.list(damaged.values())
 
         if names == []:
             return []
         return await self._run(work)
+
+
+def _steps_of(db: Any, id: str) -> list[tuple[str, str]]:
+    """Run ``id``'s step rows, by key."""
+    return list(
+        db.execute(
+            "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY key", (id,)
+        ).fetchall()
+    )
 
 
 def _refuse_write(db: Any, id: str, now: float, owner: str | None) -> NoReturn:

@@ -150,3 +150,20 @@ async def test_a_raising_catch_unexpected_propagates_once(where: str) -> None:
         await workflow.run(body)
     assert [type(exc) for exc in calls] == [ValueError]
     assert "workflow_complete" not in [event.type for event in seen.events]
+
+
+@pytest.mark.parametrize("key", ["nul\x00key", "lone \ud800 surrogate", ""])
+async def test_a_bad_step_key_fails_the_same_way_on_every_store(store: Any, key: str) -> None:
+    calls: list[str] = []
+
+    async def body(ctx: WorkflowContext[Deps]) -> Any:
+        return await ctx.step("charge", lambda: calls.append("charged"), key=key)
+
+    durable = await create_workflow("w").run(body, store=store, workflow_id="order-1")
+    plain = await create_workflow("w").run(body)
+    for result in (durable, plain):
+        assert isinstance(result, Err)
+        cause = result.error.cause
+        assert isinstance(cause, ValueError)
+        assert "step key" in str(cause)
+    assert calls == []  # refused before the step's work

@@ -38,6 +38,7 @@ from .events import (
     StepTimeout,
 )
 from .result import Err, Ok, Result
+from .store import check_key
 
 __all__ = ["Backoff", "RetryPolicy", "Step"]
 
@@ -207,8 +208,12 @@ class Step(RunState):
             _check_name(name)
         if cancel_due():  # every step is a cancellation point, before its work
             await deliver_cancellation()
-        if key is not None and key in run.completed:
-            return self._replay(name, key)
+        if key is not None:
+            # The rules every store keeps, checked here so that a run on memory://
+            # or without a store refuses what a database would.
+            check_key(key)
+            if key in run.completed:
+                return self._replay(name, key)
         if (
             timeout is not None
             or run.emit is not None
@@ -682,8 +687,10 @@ class Step(RunState):
             timeout = _check_timeout(timeout, f"step {name!r}: timeout")
         if cancel_due():
             await deliver_cancellation()
-        if key is not None and key in self.completed:
-            return self._replay(name, key)
+        if key is not None:
+            check_key(key)
+            if key in self.completed:
+                return self._replay(name, key)
         return await self._execute(name, fn, key, None, timeout, mapper, type)
 
     def sleep(

@@ -3,6 +3,11 @@
 ``Settings.from_env()`` reads one environment variable per field (the field's
 name in upper case, or ``setting(env=...)``), converts it to the field's type,
 and reports every missing or malformed variable in one :class:`SettingsError`.
+Secrets stay out of text: fields typed :class:`Secret` or declared
+``setting(secret=True)`` show as ``***`` in ``repr(settings)`` and are never
+quoted in errors, and passwords in URL-valued fields are masked in both.  Store
+URLs (``DATABASE_URL``, ``REDIS_URL``) are checked when they are read, so a typo
+is reported at start-up rather than at the first connection.
 Extend it with your own fields by subclassing::
 
     @attrs.frozen(kw_only=True)
@@ -16,10 +21,13 @@ from __future__ import annotations
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import attrs
+
+from ._redact import redact_text
+from ._store_url import check_redis_url, check_store_url
 
 __all__ = ["Secret", "Settings", "SettingsError", "setting"]
 
@@ -57,13 +65,54 @@ class SettingsError(ValueError):
         )
 
 
-def setting(*, default: Any = attrs.NOTHING, env: str | None = None, secret: bool = False) -> Any:
+def setting(
+    *,
+    default: Any = attrs.NOTHING,
+    env: str | None = None,
+    secret: bool = False,
+    check: Callable[[Any], object] | None = None,
+) -> Any:
     """A settings field read from ``env`` (default: the field name in upper case).
 
-    Without ``default`` the variable is required.  ``secret`` masks a plain string
-    value in error messages (fields typed :class:`Secret` are masked anyway).
+    Without ``default`` the variable is required.  ``secret`` masks a plain value
+    in ``repr`` and in error messages (fields typed :class:`Secret` are masked
+    anyway).  ``check`` is called with a converted value other than ``None`` (by
+    :meth:`Settings.from_env`, and when the settings are made directly) and raises
+    ``ValueError`` saying what is wrong with it, without quoting it.
     """
-    return attrs.field(default=default, metadata={"env": env, "secret": secret})
+    return attrs.field(
+        default=default,
+        metadata={"env": env, "secret": secret, "check": check},
+        repr=_shown_masked if secret else _shown,
+        validator=None if check is None else _validator(check),
+    )
+
+
+def _shown(value: object) -> str:
+    """A field's value in ``repr``: passwords in text (URLs, DSNs) masked."""
+    return repr(redact_text(value)) if isinstance(value, str) else repr(value)
+
+
+def _shown_masked(value: object) -> str:
+    """A ``secret=True`` field's value in ``repr``."""
+    return repr(value) if value is None or isinstance(value, Secret) else "'***'"
+
+
+def _validator(check: Callable[[Any], object]) -> Callable[[Any, Any, Any], None]:
+    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ValueError(f"{attribute.name}: {exc}") from None
+
+    return validate
+
+
+def _revealed(check: Callable[[str], object]) -> Callable[[Any], object]:
+    """``check`` applied to a :class:`Secret`'s value (or to a plain string)."""
+    return lambda value: check(value.reveal() if isinstance(value, Secret) else value)
 
 
 @attrs.frozen(kw_only=True)
@@ -72,8 +121,10 @@ class Settings:
 
     - ``environment`` (``ENVIRONMENT``): ``development``, ``production`` or ``test``
     - ``port`` (``PORT``): the HTTP port, default 3000
-    - ``database_url`` (``DATABASE_URL``): a PostgreSQL DSN, or unset for SQLite
-    - ``redis_url`` (``REDIS_URL``)
+    - ``database_url`` (``DATABASE_URL``): a PostgreSQL DSN (or any store URL
+      :func:`~awaitly_anyio.open_store` takes), or unset for SQLite; checked
+      when read
+    - ``redis_url`` (``REDIS_URL``): checked when read
     - ``otel_exporter_otlp_endpoint`` (``OTEL_EXPORTER_OTLP_ENDPOINT``)
     - ``sentry_dsn`` (``SENTRY_DSN``)
     - ``workflow_state_ttl_ms`` (``WORKFLOW_STATE_TTL_MS``): how long a failed run's
@@ -85,8 +136,8 @@ class Settings:
 
     environment: Literal["development", "production", "test"] = setting(default="development")
     port: int = setting(default=3000)
-    database_url: Secret | None = setting(default=None)
-    redis_url: Secret | None = setting(default=None)
+    database_url: Secret | None = setting(default=None, check=_revealed(check_store_url))
+    redis_url: Secret | None = setting(default=None, check=_revealed(check_redis_url))
     otel_exporter_otlp_endpoint: str | None = setting(default=None)
     sentry_dsn: Secret | None = setting(default=None)
     workflow_state_ttl_ms: int = setting(default=24 * 60 * 60 * 1000)
@@ -120,8 +171,11 @@ class Settings:
                 low_high = cls._bounds.get(name)
                 if low_high is not None and not low_high[0] <= value <= low_high[1]:
                     raise ValueError(f"must be between {low_high[0]} and {low_high[1]}")
+                check = field.metadata.get("check")
+                if check is not None:
+                    check(value)
             except ValueError as exc:
-                shown = "the value" if _masked(field, hints[field.name]) else repr(raw)
+                shown = "the value" if _masked(field, hints[field.name]) else repr(redact_text(raw))
                 problems.append(f"{variable}: {shown} is invalid: {exc}")
                 continue
             values[name] = value

@@ -5,6 +5,10 @@ breadcrumbs, and a helper that wraps a run in a Sentry span.
     workflow = create_workflow("checkout", deps, on_event=create_sentry_handler().handle_event)
 
 Needs the ``sentry`` extra (``sentry-sdk``); it is imported when a handler is made.
+
+Passwords never reach Sentry from here: error texts (breadcrumbs, the ``workflow``
+context, the captured exception's message) go through the library's one redaction
+helper, so a store URL in an error is sent with its password masked.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._redact import redact_text
 from .errors import UnexpectedError
 from .events import StepError, WorkflowError
 from .result import Err, Result
@@ -30,9 +35,19 @@ def _sentry() -> Any:
 
 
 def _describe(error: object) -> str:
+    """``error`` as text for Sentry, secrets masked."""
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}"
-    return repr(error)
+        return redact_text(f"{type(error).__name__}: {error}")
+    return redact_text(repr(error))
+
+
+def _redact_event(event: dict[str, Any], hint: object) -> dict[str, Any]:
+    """A scope's event processor: mask secrets in the exception messages of ``event``."""
+    for exception in (event.get("exception") or {}).get("values") or ():
+        value = exception.get("value")
+        if isinstance(value, str):
+            exception["value"] = redact_text(value)
+    return event
 
 
 class SentryHandler:
@@ -56,6 +71,7 @@ class SentryHandler:
             )
         elif isinstance(event, WorkflowError) and isinstance(event.error, UnexpectedError):
             with sdk.new_scope() as scope:
+                scope.add_event_processor(_redact_event)
                 scope.set_tag("workflow.name", event.workflow_name)
                 scope.set_extra("workflow_id", event.workflow_id)
                 scope.set_extra("duration_ms", event.duration_ms)
@@ -71,14 +87,22 @@ async def run_with_sentry(
     name: str, fn: Callable[[], Awaitable[Result[Any, Any]]]
 ) -> Result[Any, Any]:
     """Await ``fn()`` (a workflow run) inside a Sentry span named ``name``; when it ends in
-    ``Err``, the span is marked failed and the error is set as the ``workflow`` context,
-    as the deployment guide does."""
+    ``Err``, the span is marked failed and carries the error as its ``workflow.error``
+    data (the error's text, secrets masked).
+
+    The run gets a scope of its own (``sentry_sdk.new_scope``), on which the error is
+    also set as the ``workflow`` context, as the deployment guide does: it ends with
+    the run, so later, unrelated events do not carry it.  Cancellation and
+    exceptions from ``fn`` propagate unchanged (the span is closed as they pass).
+    """
     sdk = _sentry()
-    with sdk.start_span(op="workflow", name=name) as span:
+    with sdk.new_scope() as scope, sdk.start_span(op="workflow", name=name) as span:
         result = await fn()
         if isinstance(result, Err):
+            error = _describe(result.error)
             span.set_status("internal_error")
-            sdk.set_context("workflow", {"name": name, "error": _describe(result.error)})
+            span.set_data("workflow.error", error)
+            scope.set_context("workflow", {"name": name, "error": error})
         else:
             span.set_status("ok")
         return result

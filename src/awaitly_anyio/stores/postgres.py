@@ -25,6 +25,7 @@ import anyio
 
 from .._bridge import DriverLoop, current_async_library
 from .._grouping import Grouped, Pending
+from .._redact import redact_url
 from .._rows import (
     RunRow,
     as_claimed,
@@ -38,6 +39,7 @@ from .._rows import (
     row_problem,
     split,
 )
+from .._store_url import check_postgres_dsn
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
@@ -145,16 +147,18 @@ class PostgresStore:
     ) -> None:
         asyncpg = _import_asyncpg()
         if isinstance(dsn_or_pool, str):
-            if not dsn_or_pool.startswith(("postgresql://", "postgres://")):
-                raise ValueError(
-                    f"a PostgreSQL DSN starts with postgresql://, not {dsn_or_pool[:30]!r}"
-                )
+            try:
+                check_postgres_dsn(dsn_or_pool)
+            except ValueError as exc:
+                raise ValueError(f"invalid DSN {redact_url(dsn_or_pool)}: {exc}") from None
             self._dsn: str | None = dsn_or_pool
             self._pool: Any = None
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             self._dsn, self._pool = None, dsn_or_pool
         else:
-            raise TypeError(f"expected a DSN string or an asyncpg.Pool, not {dsn_or_pool!r}")
+            raise TypeError(
+                f"expected a DSN string or an asyncpg.Pool, not {type(dsn_or_pool).__name__}"
+            )
         for label, name in (("schema", schema), ("table_prefix", table_prefix)):
             if not isinstance(name, str) or (name and not _IDENTIFIER.fullmatch(name)):
                 raise ValueError(
@@ -278,7 +282,7 @@ class PostgresStore:
         await self.close()
 
     def __repr__(self) -> str:
-        where = "a pool" if self._dsn is None else _redact(self._dsn)
+        where = "a pool" if self._dsn is None else repr(redact_url(self._dsn))
         return f"PostgresStore({where}, schema={self._schema!r}, prefix={self._prefix!r})"
 
     @property
@@ -1008,8 +1012,3 @@ def digest(text: str) -> bytes:
     Kept for the ids and keys in use: a run's id is digested at every write, and a
     workflow's step keys recur in every run."""
     return hashlib.sha256(text.encode("utf-8")).digest()
-
-
-def _redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._redact import redact_url
 from .._redis_client import SharedRedis
 from .._rows import (
     RunRow,
@@ -40,6 +41,7 @@ from .._rows import (
     row_problem,
     split,
 )
+from .._store_url import check_redis_url
 from ..clock import Clock, SystemClock
 from ..errors import LeaseLostError, SnapshotDecodeError
 from ..result import Result
@@ -353,7 +355,20 @@ class RedisStore:
         clock: Clock | None = None,
         registry: TypeRegistry = default_registry,
     ) -> None:
-        _import_redis()  # the store's own message when redis-py is missing
+        redis_asyncio = _import_redis()  # the store's own message when redis-py is missing
+        if isinstance(url_or_client, str):
+            try:
+                check_redis_url(url_or_client)
+            except ValueError as exc:
+                raise ValueError(f"invalid Redis URL {redact_url(url_or_client)}: {exc}") from None
+            self._where = repr(redact_url(url_or_client))
+        elif isinstance(url_or_client, redis_asyncio.Redis):
+            self._where = "a client"
+        else:  # not its repr: it could hold a password
+            raise TypeError(
+                "RedisStore takes a Redis URL or a redis.asyncio.Redis,"
+                f" not {type(url_or_client).__name__}"
+            )
         if not isinstance(prefix, str) or "\x00" in prefix:
             raise ValueError(f"prefix must be a string without NUL, not {prefix!r}")
         self._prefix = prefix
@@ -377,7 +392,7 @@ class RedisStore:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"RedisStore(prefix={self._prefix!r})"
+        return f"RedisStore({self._where}, prefix={self._prefix!r})"
 
     @property
     def registry(self) -> TypeRegistry:

@@ -102,6 +102,28 @@ def _connect_sqlite3(path: str) -> Any:
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
+class _NotADatabaseError(sqlite3.DatabaseError, ValueError):
+    """The file is not a SQLite database: a ``ValueError`` (the path is wrong) that is
+    still the ``sqlite3.DatabaseError`` SQLite raises."""
+
+
+def _open_error(path: str, exc: sqlite3.Error) -> sqlite3.Error:
+    """``exc``, met while opening ``path``, as an error that names the path: a file that
+    is not a database, or one that cannot be opened; others are returned unchanged."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_NOTADB" or "file is not a database" in str(exc):
+        return _NotADatabaseError(
+            f"cannot open SQLite database {path!r}: the file is not a database"
+            " (not SQLite, damaged or encrypted)"
+        )
+    if name == "SQLITE_CANTOPEN" or "unable to open database file" in str(exc):
+        return sqlite3.OperationalError(
+            f"cannot open SQLite database {path!r}: unable to open the file"
+            " (check that it and its folder can be read and written)"
+        )
+    return exc
+
+
 class SQLiteStore:
     """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in one SQLite file.
 
@@ -120,7 +142,10 @@ class SQLiteStore:
     The file is opened on first use, in a worker thread.  Each method is a
     cancellation point; a cancelled call still finishes the statement it began
     (the write either lands whole or not at all) before the cancellation is
-    delivered.  Driver errors (``sqlite3.Error``) propagate as they are.
+    delivered.  Driver errors (``sqlite3.Error``) propagate as they are, except
+    when opening: a file that is not a database raises ``ValueError`` (also a
+    ``sqlite3.DatabaseError``), a folder ``IsADirectoryError``, a file that cannot
+    be opened ``sqlite3.OperationalError``, each naming the path.
     """
 
     def __init__(
@@ -205,7 +230,14 @@ class SQLiteStore:
             raise FileNotFoundError(
                 f"cannot open SQLite database {self._path!r}: folder {folder!r} does not exist"
             )
-        db = self._connect(self._path)
+        if os.path.isdir(self._path):
+            raise IsADirectoryError(
+                f"cannot open SQLite database {self._path!r}: it is a folder, not a file"
+            )
+        try:
+            db = self._connect(self._path)
+        except sqlite3.Error as exc:
+            raise _open_error(self._path, exc) from None
         try:
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -215,6 +247,9 @@ class SQLiteStore:
                 )
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._migrate(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise _open_error(self._path, exc) from None
         except BaseException:
             db.close()
             raise

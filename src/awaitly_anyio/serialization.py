@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
@@ -44,6 +45,8 @@ from .snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
 from .store import iso_from_epoch
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
     "TypeRegistry",
     "converter",
     "decode_value",
@@ -57,6 +60,20 @@ __all__ = [
 C = TypeVar("C", bound=type)
 
 _TAG = "$t"
+
+MAX_DEPTH = 100
+"""The deepest a stored value may nest containers (lists, dicts, tuples, sets, enums,
+registered classes): a value inside more than this many is refused with
+:class:`~awaitly_anyio.SerializationError`, as is a value that contains itself.
+Deeper data could be written but not read back (JSON readers stop at a depth)."""
+
+MAX_INT_DIGITS = 4300
+"""The most decimal digits a stored ``int`` may have: Python's own default limit for
+turning text into an ``int`` (``sys.int_info.default_max_str_digits``), so every
+process can read back what was stored.  Store larger numbers as strings."""
+
+_INT_BOUND = 10**MAX_INT_DIGITS
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 converter = make_converter()
 """The cattrs converter for everything that crosses a process boundary."""
@@ -152,26 +169,109 @@ def _exception_doc(tag: str, exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, StoredException):
         type_name, message, text = exc.type_name, exc.message, exc.traceback
     else:
-        type_name, message = _qualname(type(exc)), str(exc)
+        type_name, message = _qualname(type(exc)), _text_of(exc)
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {_TAG: tag, "type": type_name, "message": message, "traceback": text}
 
 
-def _plain(value: Any, owner: type) -> Any:
+def _text_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when that raises (an argument with no text form)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be shown>"
+
+
+def safe_repr(value: object) -> str:
+    """A short ``repr`` of ``value`` that never raises: deep or cyclic containers and
+    integers too long to print are shown abridged (for errors stored as text)."""
+    import reprlib
+
+    try:
+        return reprlib.repr(value)
+    except Exception:
+        return f"<{_qualname(type(value))} that cannot be shown>"
+
+
+def _too_deep(value: object) -> _Unstorable:
+    """The refusal of ``value``, found nested :data:`MAX_DEPTH` containers deep: it is
+    either part of a cycle or really that deep."""
+    if _is_cyclic(value):
+        return _Unstorable(
+            _qualname(type(value)),
+            "it is cyclic (it contains itself), and JSON has no references",
+        )
+    return _Unstorable(
+        _qualname(type(value)),
+        f"it is nested deeper than {MAX_DEPTH} levels (the most that can be stored)",
+    )
+
+
+def _children(node: object) -> list[Any] | None:
+    """What a container holds (``None`` for a value that holds nothing to follow)."""
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    if isinstance(node, (list, tuple, set, frozenset)):
+        return list(node)
+    if isinstance(node, enum.Enum):
+        return [node.value]
+    kind = type(node)
+    if attrs.has(kind):
+        return [getattr(node, field.name, None) for field in attrs.fields(kind)]
+    if dataclasses.is_dataclass(node):
+        return [getattr(node, field.name, None) for field in dataclasses.fields(node)]
+    return None
+
+
+def _is_cyclic(root: object) -> bool:
+    """Whether some container reachable from ``root`` contains itself (no recursion)."""
+    on_path: set[int] = {id(root)}
+    finished: set[int] = set()
+    stack: list[tuple[object, Any]] = [(root, iter(_children(root) or ()))]
+    while stack:
+        node, children = stack[-1]
+        for child in children:
+            grandchildren = _children(child)
+            if grandchildren is None:
+                continue
+            if id(child) in on_path:
+                return True
+            if id(child) not in finished:
+                on_path.add(id(child))
+                stack.append((child, iter(grandchildren)))
+                break
+        else:
+            stack.pop()
+            on_path.discard(id(node))
+            finished.add(id(node))
+    return False
+
+
+def _plain(value: Any, owner: type, depth: int = 0) -> Any:
     """Check that cattrs' output for ``owner`` is plain JSON, and return it."""
-    if value is None or type(value) in (str, int, bool):
+    if value is None or type(value) in (str, bool):
         return value
+    if type(value) is int:
+        if -_INT_BOUND < value < _INT_BOUND:
+            return value
+        raise _Unstorable(_qualname(owner), f"a field holds {_BIG_INT}")
     if type(value) is float:
         if not math.isfinite(value):
             raise _Unstorable(_qualname(owner), f"a field holds the non-finite float {value!r}")
         return value
+    if depth >= MAX_DEPTH and type(value) in (list, dict):
+        raise _Unstorable(
+            _qualname(owner), f"a field holds data nested deeper than {MAX_DEPTH} levels"
+        )
     if type(value) is list:
-        return [_plain(item, owner) for item in value]
+        return [_plain(item, owner, depth + 1) for item in value]
     if type(value) is dict:
         for key in value:
             if type(key) is not str:
-                raise _Unstorable(_qualname(owner), f"a field holds a dict with key {key!r}")
-        return {key: _plain(item, owner) for key, item in value.items()}
+                raise _Unstorable(
+                    _qualname(owner), f"a field holds a dict with key {safe_repr(key)}"
+                )
+        return {key: _plain(item, owner, depth + 1) for key, item in value.items()}
     raise _Unstorable(
         _qualname(owner),
         f"a field holds a {type(value).__name__}, which has no JSON form; "
@@ -182,39 +282,64 @@ def _plain(value: Any, owner: type) -> Any:
 def encode_value(value: Any, registry: TypeRegistry = default_registry) -> Any:
     """Encode ``value`` as JSON-ready data that :func:`decode_value` turns back into it.
 
-    Raises ``TypeError`` naming the type when the value cannot be stored.
+    Raises ``TypeError`` naming the type when the value cannot be stored (no JSON
+    form, an unregistered class, nested deeper than :data:`MAX_DEPTH`, cyclic, an
+    ``int`` longer than :data:`MAX_INT_DIGITS` digits).
     """
     try:
         return _encode(value, registry)
     except _Unstorable as exc:
         raise TypeError(f"cannot store a value of type {exc.type_name}: {exc.reason}") from None
+    except RecursionError:
+        raise TypeError(
+            f"cannot store a value of type {_qualname(type(value))}: {_NO_STACK}"
+        ) from None
 
 
-def _encode(value: Any, registry: TypeRegistry) -> Any:
+_BIG_INT = f"an integer with more than {MAX_INT_DIGITS} digits (store it as a string)"
+_NO_STACK = "it is nested too deeply to encode at this call depth"
+_CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+
+
+def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
+    """``value`` as JSON-ready data; ``depth`` counts the containers around it.
+
+    Raises :class:`_Unstorable` for what cannot be stored.
+    """
     kind = type(value)
     if kind is str:
         # PostgreSQL's jsonb cannot hold NUL; such strings travel in pieces.
         return value if "\x00" not in value else {_TAG: "nul", "v": value.split("\x00")}
-    if value is None or kind is bool or kind is int:
+    if value is None or kind is bool:
         return value
+    if kind is int:
+        # Longer integers cannot be read back as numbers (Python refuses the text).
+        if -_INT_BOUND < value < _INT_BOUND:
+            return value
+        raise _Unstorable("builtins.int", f"it is {_BIG_INT}")
     if kind is float:
         # Beyond 1e16 a float's JSON has an exponent, which jsonb turns into an integer.
         if -1e16 < value < 1e16:
             return value
         return {_TAG: "float", "v": repr(value)}
+    if depth >= MAX_DEPTH and kind in _CONTAINERS:
+        raise _too_deep(value)
+    depth += 1
     if kind is list:
-        return [_encode(item, registry) for item in value]
+        return [_encode(item, registry, depth) for item in value]
     if kind is dict:
         if _TAG not in value and all(type(key) is str and "\x00" not in key for key in value):
-            return {key: _encode(item, registry) for key, item in value.items()}
+            return {key: _encode(item, registry, depth) for key, item in value.items()}
         return {
             _TAG: "dict",
-            "v": [[_encode(k, registry), _encode(v, registry)] for k, v in value.items()],
+            "v": [
+                [_encode(k, registry, depth), _encode(v, registry, depth)] for k, v in value.items()
+            ],
         }
     if kind is tuple:
-        return {_TAG: "tuple", "v": [_encode(item, registry) for item in value]}
+        return {_TAG: "tuple", "v": [_encode(item, registry, depth) for item in value]}
     if kind is set or kind is frozenset:
-        return {_TAG: kind.__name__, "v": [_encode(item, registry) for item in value]}
+        return {_TAG: kind.__name__, "v": [_encode(item, registry, depth) for item in value]}
     if kind is bytes:
         return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
     if kind is datetime:
@@ -231,9 +356,16 @@ def _encode(value: Any, registry: TypeRegistry) -> Any:
         return _exception_doc("unexpected", value.cause)
     name = registry.name_of(kind)
     if name is not None:
+        if depth > MAX_DEPTH:
+            raise _too_deep(value)
         if isinstance(value, enum.Enum):
-            return {_TAG: "enum", "n": name, "v": _encode(value.value, registry)}
-        return {_TAG: "obj", "n": name, "v": _plain(converter.unstructure(value), kind)}
+            return {_TAG: "enum", "n": name, "v": _encode(value.value, registry, depth)}
+        try:
+            fields = converter.unstructure(value)
+        except RecursionError:
+            raise _too_deep(value) from None
+        # The fields' dict stands for the object itself, with depth - 1 containers around.
+        return {_TAG: "obj", "n": name, "v": _plain(fields, kind, depth - 1)}
     if isinstance(value, BaseException):
         return _exception_doc("exception", value)
     if attrs.has(kind) or dataclasses.is_dataclass(kind) or isinstance(value, enum.Enum):
@@ -328,10 +460,17 @@ def _time(value: datetime | None) -> str | None:
 
 
 def result_to_doc(result: Result[Any, Any], registry: TypeRegistry) -> dict[str, Any]:
-    """``{"ok": true, "value": ...}`` or ``{"ok": false, "error": ...}``."""
-    if isinstance(result, Ok):
-        return {"ok": True, "value": _encode(result.value, registry)}
-    return {"ok": False, "error": _encode(result.error, registry)}
+    """``{"ok": true, "value": ...}`` or ``{"ok": false, "error": ...}``.
+
+    Raises :class:`_Unstorable` when the value or error cannot be stored.
+    """
+    try:
+        if isinstance(result, Ok):
+            return {"ok": True, "value": _encode(result.value, registry)}
+        return {"ok": False, "error": _encode(result.error, registry)}
+    except RecursionError:  # the caller's stack was nearly full already
+        inner = result.value if isinstance(result, Ok) else result.error
+        raise _Unstorable(_qualname(type(inner)), _NO_STACK) from None
 
 
 def _record_doc(
@@ -360,7 +499,9 @@ def record_to_doc(record: StepRecord, registry: TypeRegistry = default_registry)
 
 
 def encode_step_record(step: str, record: StepRecord, registry: TypeRegistry) -> str:
-    """Serialize one step's record, or raise :class:`SerializationError` naming the step."""
+    """Serialize one step's record, or raise :class:`SerializationError` naming the step
+    (a value with no JSON form, nested deeper than :data:`MAX_DEPTH`, cyclic, or an
+    ``int`` longer than :data:`MAX_INT_DIGITS` digits)."""
     try:
         return dumps(record_to_doc(record, registry))
     except _Unstorable as exc:
@@ -377,14 +518,19 @@ def encode_step(
 ) -> str:
     """What :func:`encode_step_record` gives for the record of these parts (times in
     epoch seconds), without making its datetimes first: a durable run's every keyed
-    step writes one."""
+    step writes one.  Raises :class:`SerializationError` naming the step."""
     try:
-        doc = _record_doc(
-            result, attempts, iso_from_epoch(started_at), iso_from_epoch(finished_at), registry
+        return dumps(
+            _record_doc(
+                result,
+                attempts,
+                iso_from_epoch(started_at),
+                iso_from_epoch(finished_at),
+                registry,
+            )
         )
     except _Unstorable as exc:
         raise SerializationError(step, exc.type_name, exc.reason) from None
-    return dumps(doc)
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
@@ -525,10 +671,30 @@ _C_ENCODER = (
 
 
 def dumps(doc: Any) -> str:
-    """Compact JSON; non-finite floats are refused (they are tagged before this point)."""
-    if _C_ENCODER is None:
-        return _ENCODER.encode(doc)
-    return "".join(_C_ENCODER(doc, 0))
+    """Compact JSON; non-finite floats are refused (they are tagged before this point).
+
+    Raises :class:`_Unstorable` for text that no store can hold (a lone surrogate,
+    which has no UTF-8 form), an ``int`` this process will not print, or a document
+    too deep for the stack left.
+    """
+    try:
+        text = _ENCODER.encode(doc) if _C_ENCODER is None else "".join(_C_ENCODER(doc, 0))
+    except RecursionError:
+        raise _Unstorable("<nested data>", _NO_STACK) from None
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise  # a non-finite float in a document _encode did not make
+        # An int this process's sys.set_int_max_str_digits limit forbids printing.
+        raise _Unstorable("builtins.int", f"it cannot be written as text here: {exc}") from None
+    if not text.isascii():
+        surrogate = _SURROGATE.search(text)
+        if surrogate is not None:
+            raise _Unstorable(
+                "builtins.str",
+                f"a string holds the lone surrogate {surrogate.group()!r}, which no store "
+                "can encode (UTF-8 has no form for it)",
+            )
+    return text
 
 
 def loads(text: str | bytes, run_id: str) -> Any:

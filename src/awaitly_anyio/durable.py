@@ -80,7 +80,34 @@ INPUT_KEY = "input"
 """The metadata key under which a durable run keeps its input, for whoever resumes it."""
 
 FINAL_CHECKPOINT_SECONDS = 5.0
-"""How long a cancelled durable run may spend, shielded, recording that it was cancelled."""
+"""The default bound of a durable run's shielded writes (``store_write_timeout``):
+how long a write that must not be lost (a step's checkpoint, the run's end, the
+record of its cancellation) may keep outside cancellation waiting."""
+
+_ABANDONED_LIMIT = 1024
+_abandoned: dict[str, str] = {}
+"""Runs whose last write this process gave up on (the store stalled past the bound),
+by id, with the owner of the lease they may still hold.  Nobody renews that lease,
+but until it lapses other workers see the run as held; a later start of the run in
+this process claims it as that owner, so it is taken over at once."""
+
+
+def _remember_abandoned(workflow_id: str, owner: str | None) -> None:
+    if owner is None:
+        return
+    _abandoned.pop(workflow_id, None)
+    if len(_abandoned) >= _ABANDONED_LIMIT:  # the oldest first (dicts keep order)
+        del _abandoned[next(iter(_abandoned))]
+    _abandoned[workflow_id] = owner
+
+
+async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) -> None:
+    """Await ``write()`` shielded from outside cancellation for ``bound`` seconds;
+    ``TimeoutError`` if it was abandoned then."""
+    with shielded(bound) as scope:
+        await write()
+    if scope.cancelled_caught:
+        raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
 
 
 IfRunning = Literal["error", "wait"]
@@ -96,7 +123,9 @@ class DurableOptions:
     lease of ``lease`` seconds as ``owner`` (default: host, pid and a random
     part), renewed every ``lease / 3`` seconds; if another worker holds it,
     ``if_running="error"`` returns ``Err(RunInProgressError)`` and ``"wait"``
-    polls (with the workflow's clock) until it is free.
+    polls (with the workflow's clock) until it is free.  ``write_timeout`` bounds
+    each write that outside cancellation must not cut off (the workflow's
+    ``store_write_timeout``).
     """
 
     ttl: Ttl = None
@@ -107,6 +136,7 @@ class DurableOptions:
     owner: str | None = None
     if_running: IfRunning = "error"
     input: Any = None
+    write_timeout: float = FINAL_CHECKPOINT_SECONDS
 
 
 class _WholeSnapshots:
@@ -193,12 +223,14 @@ class _Checkpointer:
         registry: TypeRegistry,
         now: Callable[[], float],
         owner: str | None = None,
+        bound: float = FINAL_CHECKPOINT_SECONDS,
     ) -> None:
         self._target = target
         self._run_id = run_id
         self._registry = registry
         self._now = now
         self._owner = owner
+        self._bound = bound
 
     async def __call__(
         self,
@@ -235,13 +267,13 @@ class _Checkpointer:
         try:
             # The step's work is done: a shutdown must not drop its record, or the step
             # would run again on resume.  One short write, so it is shielded (bounded).
-            with shielded(FINAL_CHECKPOINT_SECONDS) as scope:
+            with shielded(self._bound) as scope:
                 if self._owner is None:  # stores without leases need not know the keyword
                     await self._target.checkpoint(self._run_id, step)
                 else:
                     await self._target.checkpoint(self._run_id, step, owner=self._owner)
             if scope.cancelled_caught:
-                raise TimeoutError(f"the store took over {FINAL_CHECKPOINT_SECONDS:g}s")
+                raise TimeoutError(f"the store took over {self._bound:g}s (store_write_timeout)")
         except LeaseLostError as exc:
             return Err(exc)
         except Exception as exc:
@@ -335,11 +367,13 @@ async def run_durable(
         return Err(exc)
     except Exception as exc:
         return Err(StoreError("start", workflow_id, _describe(exc)))
-    checkpointer = _Checkpointer(target, workflow_id, registry, workflow.clock.time)
+    checkpointer = _Checkpointer(
+        target, workflow_id, registry, workflow.clock.time, None, options.write_timeout
+    )
     try:
         result = await execute(body, workflow_id, snapshot, checkpointer, input)
     except BaseException:
-        await _record_cancellation(target, workflow_id, None)
+        await _record_cancellation(target, workflow_id, None, options.write_timeout)
         raise
     return await _finish(target, store, workflow, workflow_id, result, registry, options, None)
 
@@ -358,16 +392,26 @@ def _input_and_metadata(
 
 
 async def _record_cancellation(
-    target: CheckpointStore | _WholeSnapshots, workflow_id: str, owner: str | None
+    target: CheckpointStore | _WholeSnapshots, workflow_id: str, owner: str | None, bound: float
 ) -> None:
-    """Mark the run ``cancelled`` (releasing its lease) in a short shielded scope."""
-    with shielded(FINAL_CHECKPOINT_SECONDS):
-        try:
-            await _call_finish(target, workflow_id, "cancelled", None, None, owner=owner)
-        except (LeaseLostError, LookupError):
-            pass  # another worker has the run now (or never had it): theirs to record
-        except Exception:
-            logger.exception("could not record the cancellation of run %r", workflow_id)
+    """Mark the run ``cancelled`` (releasing its lease) in a shielded scope of at most
+    ``bound`` seconds.  If the store fails or stalls past the bound, the run keeps
+    its last record and, with a lease, a lease nobody renews: a warning says so, and
+    a later start of the run in this process takes the lease over at once."""
+    try:
+        await _shielded_write(
+            lambda: _call_finish(target, workflow_id, "cancelled", None, None, owner=owner), bound
+        )
+    except (LeaseLostError, LookupError):
+        pass  # another worker has the run now (or never had it): theirs to record
+    except Exception as exc:
+        _remember_abandoned(workflow_id, owner)
+        logger.warning(
+            "could not record the cancellation of run %r (%s); it stays as last recorded%s",
+            workflow_id,
+            _describe(exc),
+            "" if owner is None else ", its lease lapses unrenewed",
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -507,7 +551,7 @@ async def _run_leased(
     execute: Callable[..., Awaitable[Result[Any, Any]]],
 ) -> Result[Any, Any]:
     """A durable run under a lease: claim, load, execute with renewals, finish."""
-    owner = options.owner or default_owner()
+    owner = options.owner or _abandoned.pop(workflow_id, None) or default_owner()
     registry = _store_registry(store)
     metadata = dict(options.metadata or {})
     if options.input is not None:
@@ -527,15 +571,17 @@ async def _run_leased(
             try:
                 snapshot = await store.load(workflow_id)
             except SnapshotDecodeError as exc:
-                await _release(store, workflow_id, owner)
+                await _release(store, workflow_id, owner, options.write_timeout)
                 return Err(exc)
             except Exception as exc:
-                await _release(store, workflow_id, owner)
+                await _release(store, workflow_id, owner, options.write_timeout)
                 return Err(StoreError("load", workflow_id, _describe(exc)))
         input = options.input
         if input is None and snapshot is not None:
             input = snapshot.metadata.get(INPUT_KEY)
-        checkpointer = _Checkpointer(store, workflow_id, registry, workflow.clock.time, owner)
+        checkpointer = _Checkpointer(
+            store, workflow_id, registry, workflow.clock.time, owner, options.write_timeout
+        )
         keeper.start()
         try:
             with keeper.body_scope:
@@ -543,7 +589,7 @@ async def _run_leased(
         finally:
             keeper.stop()
     except BaseException:
-        await _record_cancellation(store, workflow_id, owner)
+        await _record_cancellation(store, workflow_id, owner, options.write_timeout)
         raise
     if keeper.lost or result is None:
         return Err(LeaseLostError(workflow_id, owner))
@@ -552,12 +598,12 @@ async def _run_leased(
     return await _finish(store, store, workflow, workflow_id, result, registry, options, owner)
 
 
-async def _release(store: LeaseStore, workflow_id: str, owner: str) -> None:
-    with shielded(FINAL_CHECKPOINT_SECONDS):
-        try:
-            await store.release(workflow_id, owner=owner)
-        except Exception:
-            logger.exception("could not release the lease on run %r", workflow_id)
+async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float) -> None:
+    try:
+        await _shielded_write(lambda: store.release(workflow_id, owner=owner), bound)
+    except Exception as exc:
+        _remember_abandoned(workflow_id, owner)
+        logger.warning("could not release the lease on run %r (%s)", workflow_id, _describe(exc))
 
 
 async def _finish(
@@ -574,15 +620,17 @@ async def _finish(
     try:
         # The run's work is done: record it even if a shutdown is cancelling us (a
         # short, bounded write), or the whole run would be executed again.
-        with shielded(FINAL_CHECKPOINT_SECONDS) as scope:
-            await _record_end(
+        await _shielded_write(
+            lambda: _record_end(
                 target, store, workflow, workflow_id, result, stored, text, options, owner
-            )
-        if scope.cancelled_caught:
-            raise TimeoutError(f"the store took over {FINAL_CHECKPOINT_SECONDS:g}s")
+            ),
+            options.write_timeout,
+        )
     except LeaseLostError as exc:
         return Err(exc)
     except Exception as exc:
+        # Its lease (if any) is left unrenewed: a later start here takes it over at once.
+        _remember_abandoned(workflow_id, owner)
         return Err(StoreError("finish", workflow_id, _describe(exc)))
     return result
 

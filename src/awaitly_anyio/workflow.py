@@ -73,6 +73,18 @@ def _check_workflow_name(name: object) -> str:
     return name
 
 
+def _check_write_timeout(seconds: object) -> float:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 < seconds < float("inf")
+    ):
+        raise ValueError(
+            f"store_write_timeout must be a positive number of seconds, not {seconds!r}"
+        )
+    return float(seconds)
+
+
 def _check_clock(clock: object) -> Clock:
     if not isinstance(clock, Clock):
         raise TypeError(f"clock must provide monotonic(), time() and async sleep(), not {clock!r}")
@@ -91,6 +103,7 @@ class Workflow(Generic[D]):
         default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
     )
     clock: Clock = attrs.field(factory=SystemClock, converter=_check_clock)
+    store_write_timeout: float = attrs.field(default=5.0, converter=_check_write_timeout)
     _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
 
     @_emit.default
@@ -210,6 +223,7 @@ class Workflow(Generic[D]):
             owner=owner,
             if_running=if_running,
             input=input,
+            write_timeout=self.store_write_timeout,
         )
         run_id = uuid4_text() if workflow_id is None else check_id(workflow_id)
         if not _capabilities(store)[0]:
@@ -384,6 +398,7 @@ def create_workflow(
     on_event: OnEvent = None,
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
+    store_write_timeout: float = 5.0,
 ) -> Workflow[Deps]: ...
 @overload
 def create_workflow(
@@ -393,6 +408,7 @@ def create_workflow(
     on_event: OnEvent = None,
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
+    store_write_timeout: float = 5.0,
 ) -> Workflow[D]: ...
 def create_workflow(
     name: str,
@@ -401,6 +417,7 @@ def create_workflow(
     on_event: OnEvent = None,
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
+    store_write_timeout: float = 5.0,
 ) -> Workflow[Any]:
     """Create a :class:`Workflow` called ``name``.
 
@@ -409,6 +426,11 @@ def create_workflow(
     takes one handler or a sequence.  ``catch_unexpected(exc)`` maps a foreign
     exception to the error value to return (default: ``UnexpectedError(exc)``).
     ``clock`` drives retries, backoff and ``step.sleep`` (default: the system clock).
+    ``store_write_timeout`` (seconds) bounds each write of a durable run that
+    outside cancellation must not cut off: a step's checkpoint, the run's end and
+    the record of its cancellation are shielded for at most that long, so a
+    cancelled run or a shutdown waits at most this long for a stalled store
+    (the write is then abandoned; see docs/operations.md).
     """
     if deps is None or isinstance(deps, Mapping):
         deps = Deps(deps)
@@ -418,6 +440,7 @@ def create_workflow(
         on_event=on_event,
         catch_unexpected=catch_unexpected,
         clock=clock if clock is not None else SystemClock(),
+        store_write_timeout=store_write_timeout,
     )
 
 

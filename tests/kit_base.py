@@ -20,9 +20,22 @@ from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.testing import FakeClock
 
-Damage = Literal["step", "metadata", "format"]
+Damage = Literal[
+    "step",
+    "metadata",
+    "format",
+    "newer",
+    "deep",
+    "created_at",
+    "workflow_name",
+    "wrong_type",
+]
 """Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
-or the format version (set to one no release wrote)."""
+the format version (set to one no release wrote), the format version of the next
+release (2), a step record nested deeper than any parser's stack (100,000 deep;
+5,000 on PostgreSQL, whose jsonb refuses more), the creation time (not a time),
+the workflow name (missing, or empty where the column cannot be missing), or the
+run's key itself (holding a value of another type: Redis only; other kits skip)."""
 
 
 def encoded(key: str, value: Any, at: datetime | None = None) -> EncodedStep:
@@ -38,12 +51,19 @@ class StoreKit:
     ``open(tmp_path, clock)`` yields a store; calling it twice in one test gives
     two stores over the same data (two processes would see the same), which the
     concurrency tests rely on.  ``damage(store, run_id, part)`` corrupts a run
-    behind the store's back.
+    behind the store's back; ``raw(store, run_id)`` reads everything stored for a
+    run, as the database holds it (to check that nothing changed).
     """
 
     name: str
     open: Callable[[Path, FakeClock], contextlib.AbstractAsyncContextManager[Any]]
     damage: Callable[[Any, str, Damage], Awaitable[None]]
+    raw: Callable[[Any, str], Awaitable[Any]]
+
+
+def deep_json(depth: int = 100_000) -> str:
+    """Valid JSON nested ``depth`` deep."""
+    return "[" * depth + "]" * depth
 
 
 def server_or_skip(kind: str, url: str, error: BaseException) -> None:

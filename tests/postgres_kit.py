@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import Damage, StoreKit, server_or_skip
+from .kit_base import Damage, StoreKit, deep_json, server_or_skip
 
 DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -65,6 +67,27 @@ async def _open_postgres(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]
             await admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+async def admin_fetch(sql: str, *args: Any) -> list[Any]:
+    """Run one query on a fresh connection of the current loop (tests only); its rows
+    as tuples."""
+    from awaitly_anyio._bridge import DriverLoop
+
+    async def run() -> list[Any]:
+        import asyncpg
+
+        connection = await asyncpg.connect(DSN, timeout=5)
+        try:
+            return [tuple(row) for row in await connection.fetch(sql, *args)]
+        finally:
+            await connection.close()
+
+    loop = DriverLoop("test admin")
+    try:
+        return await loop.call(run)
+    finally:
+        loop.release()
+
+
 async def _damage_postgres(store: Any, run_id: str, part: Damage) -> None:
     from awaitly_anyio.stores.postgres import digest
 
@@ -73,10 +96,33 @@ async def _damage_postgres(store: Any, run_id: str, part: Damage) -> None:
     if part == "step":
         # jsonb only holds valid JSON: damage the meaning instead of the syntax.
         await admin(f'UPDATE {steps} SET record = \'{{"ok": "maybe"}}\' WHERE run_digest = $1', key)
+    elif part == "deep":  # jsonb refuses 100,000 deep; 5,000 is beyond Python's parser
+        await admin(
+            f"UPDATE {steps} SET record = $2::jsonb WHERE run_digest = $1", key, deep_json(5000)
+        )
     elif part == "metadata":
         await admin(f"UPDATE {runs} SET metadata = '[1, 2]' WHERE id_digest = $1", key)
+    elif part == "created_at":
+        await admin(f"UPDATE {runs} SET created_at = 'NaN' WHERE id_digest = $1", key)
+    elif part == "workflow_name":  # NOT NULL: the closest is an empty name
+        await admin(f"UPDATE {runs} SET workflow_name = '' WHERE id_digest = $1", key)
+    elif part == "wrong_type":
+        pytest.skip("only Redis keys have types")
     else:
-        await admin(f"UPDATE {runs} SET format_version = 99 WHERE id_digest = $1", key)
+        version = 2 if part == "newer" else 99
+        await admin(f"UPDATE {runs} SET format_version = $2 WHERE id_digest = $1", key, version)
 
 
-POSTGRES = StoreKit("postgres", _open_postgres, _damage_postgres)
+async def _raw_postgres(store: Any, run_id: str) -> Any:
+    from awaitly_anyio.stores.postgres import digest
+
+    runs, steps = store.tables
+    key = digest(run_id)
+    run = await admin_fetch(f"SELECT r::text FROM {runs} r WHERE id_digest = $1", key)
+    records = await admin_fetch(
+        f"SELECT s::text FROM {steps} s WHERE run_digest = $1 ORDER BY key_digest", key
+    )
+    return run, records
+
+
+POSTGRES = StoreKit("postgres", _open_postgres, _damage_postgres, _raw_postgres)

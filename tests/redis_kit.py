@@ -11,7 +11,7 @@ from typing import Any
 
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import Damage, StoreKit, server_or_skip
+from .kit_base import Damage, StoreKit, deep_json, server_or_skip
 
 URL = os.environ.get("AWAITLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -63,13 +63,33 @@ async def _open_redis(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
 async def _damage_redis(store: Any, run_id: str, part: Damage) -> None:
     run_key, steps_key = store.keys_of(run_id)
     with contextlib.closing(raw()) as client:
-        if part == "step":
+        if part in ("step", "deep"):
             key = next(iter(client.hkeys(steps_key)))
-            client.hset(steps_key, key, '{"ok": tru')
+            client.hset(steps_key, key, '{"ok": tru' if part == "step" else deep_json())
         elif part == "metadata":
             client.hset(run_key, "metadata_json", "[1, 2")
+        elif part == "created_at":
+            client.hset(run_key, "created_at", "garbage")
+        elif part == "workflow_name":
+            client.hdel(run_key, "workflow_name")
+        elif part == "wrong_type":
+            client.delete(run_key)
+            client.set(run_key, "not a hash")
         else:
-            client.hset(run_key, "format_version", "99")
+            client.hset(run_key, "format_version", "2" if part == "newer" else "99")
 
 
-REDIS = StoreKit("redis", _open_redis, _damage_redis)
+async def _raw_redis(store: Any, run_id: str) -> Any:
+    run_key, steps_key = store.keys_of(run_id)
+    with contextlib.closing(raw()) as client:
+        found = []
+        for key in (run_key, steps_key):
+            kind = client.type(key)
+            value = client.hgetall(key) if kind == "hash" else client.get(key)
+            found.append((key, kind, value, client.pttl(key)))
+        found.append(client.zscore(store.prefix + "index", run_id))
+        found.append(client.zscore(store.prefix + "active", run_id))
+    return found
+
+
+REDIS = StoreKit("redis", _open_redis, _damage_redis, _raw_redis)

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 
-from .kit_base import Damage, StoreKit, server_or_skip
+from .kit_base import Damage, StoreKit, deep_json, server_or_skip
 
 # ---- memory ------------------------------------------------------------------------------
 
@@ -41,13 +42,28 @@ async def _open_memory(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Memory
 
 async def _damage_memory(store: MemoryStore, run_id: str, part: Damage) -> None:
     row = store._runs[run_id]
+    steps = store._steps[run_id]
     if part == "step":
-        steps = store._steps[run_id]
         steps[next(iter(steps))] = '{"ok": tru'
+    elif part == "deep":
+        steps[next(iter(steps))] = deep_json()
     elif part == "metadata":
         store._runs[run_id] = attrs.evolve(row, metadata_json="[1, 2")
+    elif part == "created_at":
+        store._runs[run_id] = attrs.evolve(row, created_at=float("nan"))
+    elif part == "workflow_name":
+        store._runs[run_id] = attrs.evolve(row, workflow_name=None)
+    elif part == "newer":
+        store._runs[run_id] = attrs.evolve(row, format_version=2)
+    elif part == "wrong_type":
+        pytest.skip("only Redis keys have types")
     else:
         store._runs[run_id] = attrs.evolve(row, format_version=99)
+
+
+async def _raw_memory(store: MemoryStore, run_id: str) -> Any:
+    row = store._runs.get(run_id)
+    return repr(row), dict(store._steps.get(run_id, {}))
 
 
 # ---- SQLite ------------------------------------------------------------------------------
@@ -62,16 +78,32 @@ async def _open_sqlite(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
 
 
 async def _damage_sqlite(store: Any, run_id: str, part: Damage) -> None:
+    if part == "wrong_type":
+        pytest.skip("only Redis keys have types")
     with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
-        if part == "step":
+        if part in ("step", "deep"):
             db.execute(
                 "UPDATE awaitly_steps SET record_json = ? WHERE run_id = ?",
-                ('{"ok": tru', run_id),
+                ('{"ok": tru' if part == "step" else deep_json(), run_id),
             )
         elif part == "metadata":
             db.execute("UPDATE awaitly_runs SET metadata_json = '[1, 2' WHERE id = ?", (run_id,))
+        elif part == "created_at":
+            db.execute("UPDATE awaitly_runs SET created_at = 'garbage' WHERE id = ?", (run_id,))
+        elif part == "workflow_name":  # NOT NULL: the closest is an empty name
+            db.execute("UPDATE awaitly_runs SET workflow_name = '' WHERE id = ?", (run_id,))
         else:
-            db.execute("UPDATE awaitly_runs SET format_version = 99 WHERE id = ?", (run_id,))
+            version = 2 if part == "newer" else 99
+            db.execute("UPDATE awaitly_runs SET format_version = ? WHERE id = ?", (version, run_id))
+
+
+async def _raw_sqlite(store: Any, run_id: str) -> Any:
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+        run = db.execute("SELECT * FROM awaitly_runs WHERE id = ?", (run_id,)).fetchall()
+        steps = db.execute(
+            "SELECT * FROM awaitly_steps WHERE run_id = ? ORDER BY key", (run_id,)
+        ).fetchall()
+    return run, steps
 
 
 def _server_kits() -> list[StoreKit]:
@@ -82,8 +114,8 @@ def _server_kits() -> list[StoreKit]:
 
 
 KITS: list[StoreKit] = [
-    StoreKit("memory", _open_memory, _damage_memory),
-    StoreKit("sqlite", _open_sqlite, _damage_sqlite),
+    StoreKit("memory", _open_memory, _damage_memory, _raw_memory),
+    StoreKit("sqlite", _open_sqlite, _damage_sqlite, _raw_sqlite),
     *_server_kits(),
 ]
 

@@ -367,7 +367,23 @@ async def test_bad_ttls_are_refused(store: SnapshotStore, ttl: Any) -> None:
 # ---- corrupt data ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("part", ["step", "metadata", "format"])
+# What each damage is reported as (a word of SnapshotDecodeError.reason).
+PROBLEM = {
+    "step": "step",
+    "deep": "deep",
+    "metadata": "metadata",
+    "format": "99",
+    "newer": "newer release",
+    "created_at": "created_at",
+    "workflow_name": "workflow name",
+    "wrong_type": "not a hash",
+}
+ALL_DAMAGE = list(PROBLEM)
+# Damage to the run row itself, which list() sees (it reads no step records or JSON).
+ROW_DAMAGE = ["created_at", "workflow_name", "wrong_type", "newer"]
+
+
+@pytest.mark.parametrize("part", ALL_DAMAGE)
 async def test_corrupt_runs_are_reported_with_their_id_and_spoil_nothing_else(
     kit: StoreKit, store: SnapshotStore, part: Any
 ) -> None:
@@ -378,11 +394,36 @@ async def test_corrupt_runs_are_reported_with_their_id_and_spoil_nothing_else(
         await store.load("broken-7")
     assert caught.value.run_id == "broken-7"
     assert "broken-7" in str(caught.value)
-    if part == "format":
-        assert "99" in str(caught.value)
+    assert PROBLEM[part] in caught.value.reason
     assert await store.load("healthy") is not None
     assert sorted(await all_ids(store)) == ["broken-7", "healthy"]
     assert await store.delete("broken-7") is True
+
+
+@pytest.mark.parametrize("part", ROW_DAMAGE)
+async def test_list_reports_a_damaged_run_lists_the_rest_and_changes_nothing(
+    kit: StoreKit, store: SnapshotStore, part: Any
+) -> None:
+    for id in ("older", "broken-7", "newer"):
+        await store.save(id, snapshot(id))
+    await kit.damage(store, "broken-7", part)
+    before = await kit.raw(store, "broken-7")
+
+    page = await store.list()
+    by_id = {info.id: info for info in page}
+    assert sorted(by_id) == ["broken-7", "newer", "older"]
+    assert by_id["older"].damaged is None
+    assert by_id["newer"].damaged is None
+    assert by_id["older"].workflow_name == "orders"
+    damaged = by_id["broken-7"].damaged
+    assert damaged is not None
+    assert PROBLEM[part] in damaged
+    # A read never repairs or deletes: the run is left for an operator.
+    assert await kit.raw(store, "broken-7") == before
+    assert sorted(await all_ids(store)) == ["broken-7", "newer", "older"]
+    assert await kit.raw(store, "broken-7") == before
+    with pytest.raises(SnapshotDecodeError, match="broken-7"):
+        await store.load("broken-7")
 
 
 # ---- lifecycle ---------------------------------------------------------------------------
@@ -609,3 +650,104 @@ async def test_concurrent_claims_have_exactly_one_winner(
 async def test_bad_lease_arguments_are_refused(store: LeaseStore, owner: Any, lease: Any) -> None:
     with pytest.raises(ValueError, match="lease"):
         await store.claim("r", "orders", owner=owner, lease=lease)
+
+
+# ---- damaged runs are never claimed, rewritten or recovered -------------------------------
+
+
+async def _failed_run(store: LeaseStore, id: str) -> None:
+    """A run that failed: two step records, its error stored, no lease."""
+    await store.claim(id, "orders", owner="w0", lease=10, metadata={"input": 1})
+    await store.checkpoint(id, encoded("a", 1), owner="w0")
+    await store.checkpoint(id, encoded("b", 2), owner="w0")
+    await store.finish(id, "failed", Err("declined"), '{"ok":false,"error":"declined"}', owner="w0")
+
+
+@pytest.mark.parametrize("part", ALL_DAMAGE)
+async def test_claiming_a_damaged_run_refuses_it_and_leaves_every_byte(
+    kit: StoreKit, store: LeaseStore, part: Any
+) -> None:
+    await _failed_run(store, "broken-7")
+    await kit.damage(store, "broken-7", part)
+    before = await kit.raw(store, "broken-7")
+
+    try:
+        await store.claim("broken-7", "orders", owner="w1", lease=30, metadata={"input": 2})
+    except SnapshotDecodeError as exc:
+        caught: Exception | None = exc
+    else:
+        caught = None
+    assert await kit.raw(store, "broken-7") == before
+    assert isinstance(caught, SnapshotDecodeError)
+    assert caught.run_id == "broken-7"
+    assert PROBLEM[part] in caught.reason
+
+
+@pytest.mark.parametrize("part", ["newer", "format"])
+async def test_a_snapshot_of_another_format_is_never_claimed_nor_downgraded(
+    kit: StoreKit, store: LeaseStore, clock: FakeClock, part: Any
+) -> None:
+    await store.claim("future", "orders", owner="dead", lease=10)
+    await store.checkpoint("future", encoded("a", 1), owner="dead")
+    await kit.damage(store, "future", part)
+    before = await kit.raw(store, "future")
+    clock.advance(20)  # its lease ran out: recovery would take it, if it could read it
+
+    with pytest.raises(SnapshotDecodeError, match="format version"):
+        await store.claim("future", "orders", owner="w1", lease=30)
+    found = await store.claim_expired(owner="w1", lease=30)
+    assert [(info.id, info.damaged is not None) for info in found] == [("future", True)]
+    assert await kit.raw(store, "future") == before
+
+
+@pytest.mark.parametrize("part", ["step", "deep", "metadata", "newer"])
+async def test_claim_expired_skips_damaged_runs_and_reports_them(
+    kit: StoreKit, store: LeaseStore, clock: FakeClock, part: Any
+) -> None:
+    for id in ("broken-1", "broken-2", "crashed"):  # oldest first
+        await store.claim(id, "orders", owner="dead", lease=10)
+        await store.checkpoint(id, encoded("a", 1), owner="dead")
+        clock.advance(1)
+    await kit.damage(store, "broken-1", part)
+    await kit.damage(store, "broken-2", part)
+    before = [await kit.raw(store, id) for id in ("broken-1", "broken-2")]
+    clock.advance(20)
+
+    # Damaged runs do not take the place of a healthy one, even with limit=1.
+    found = await store.claim_expired(owner="me", lease=30, limit=1)
+    assert [info.id for info in found if info.damaged is None] == ["crashed"]
+    reported = {info.id: info.damaged for info in found if info.damaged is not None}
+    assert sorted(reported) == ["broken-1", "broken-2"]
+    assert all(reason is not None and PROBLEM[part] in reason for reason in reported.values())
+    assert (await store.claim("crashed", "orders", owner="you", lease=30)).outcome == "held"
+    # Not claimed, not changed, and reported again by the next pass.
+    assert [await kit.raw(store, id) for id in ("broken-1", "broken-2")] == before
+    again = await store.claim_expired(owner="you", lease=30)
+    assert sorted(info.id for info in again) == ["broken-1", "broken-2"]
+    assert all(info.damaged is not None for info in again)
+    assert [await kit.raw(store, id) for id in ("broken-1", "broken-2")] == before
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "nul\x00key", "lone \ud800 surrogate", "\udfff"],
+    ids=["empty", "nul", "lone", "low"],
+)
+async def test_invalid_step_keys_are_refused_before_anything_is_written(
+    store: LeaseStore, key: str
+) -> None:
+    await store.claim("r", "orders", owner="w", lease=30)
+    await store.checkpoint("r", encoded("good", 1), owner="w")
+    step = EncodedStep(key, StepRecord(Ok(1)), '{"ok":true,"value":1}')
+    with pytest.raises(ValueError, match="step key"):
+        await store.checkpoint("r", step, owner="w")
+    with pytest.raises(ValueError, match="step key"):
+        await store.save("s", _with_step(key))
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert set(loaded.steps) == {"good"}
+    assert await store.load("s") is None
+
+
+def _with_step(key: str) -> WorkflowSnapshot:
+    return WorkflowSnapshot("orders", "s", steps={key: StepRecord(Ok(1))})

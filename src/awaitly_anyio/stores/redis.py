@@ -119,12 +119,13 @@ end
 return 1
 """
 
-# A live run: present and not expired at ARGV now.
+# A live run: present and not expired at ARGV now (a damaged expiry counts as live).
 _LIVE_FN = """
 local function live(key, now)
   local exp = redis.call('HGET', key, 'expires_at')
   if not exp then return false end
-  return exp == '' or tonumber(exp) > tonumber(now)
+  local at = tonumber(exp)
+  return exp == '' or at == nil or at > tonumber(now)
 end
 """
 
@@ -194,11 +195,14 @@ end
 return 1
 """
 
-# KEYS: run, steps, index, active.  ARGV: id, now.  Returns 1 if a live run was deleted.
+# KEYS: run, steps, index, active.  ARGV: id, now.  Returns 1 if a live run was deleted
+# (a run key that is not a hash, a damaged run, counts as one).
 _DELETE = (
     _LIVE_FN
     + """
-local was = live(KEYS[1], ARGV[2])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local was = kind ~= 'none'
+if kind == 'hash' then was = live(KEYS[1], ARGV[2]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])

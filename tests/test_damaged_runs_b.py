@@ -1,0 +1,132 @@
+"""Damaged runs in a durable run and in recovery: refused with SnapshotDecodeError, left
+byte for byte as they were, and reported, never re-run or rewritten (issue 16, items
+2, 3 and 10), on every store and both backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from awaitly_anyio import (
+    Deps,
+    Err,
+    Ok,
+    RecoveredRun,
+    SnapshotDecodeError,
+    WorkflowContext,
+    WorkflowRegistry,
+    create_workflow,
+    recover,
+)
+from awaitly_anyio.testing import FakeClock
+
+from .kit_base import encoded
+from .store_kits import KITS, StoreKit, kit_ids
+
+pytestmark = pytest.mark.anyio
+
+# Damage a durable start must refuse, and a word of the reason it gives.
+PARTS = {
+    "step": "step",
+    "deep": "deep",
+    "newer": "newer release",
+    "metadata": "metadata",
+    "created_at": "created_at",
+}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=KITS, ids=kit_ids())
+def kit(request: pytest.FixtureRequest) -> StoreKit:
+    kit: StoreKit = request.param
+    return kit
+
+
+@pytest.fixture
+async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    async with kit.open(tmp_path, clock) as opened:
+        yield opened
+
+
+class Body:
+    """A workflow body that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, ctx: WorkflowContext[Deps]) -> str:
+        self.calls += 1
+        await ctx.step("pay", lambda: "paid", key="pay")
+        return "done"
+
+
+async def _abandoned(store: Any, id: str, *, failed: bool) -> None:
+    """A run whose worker paid and then died (``running``, its lease run out later), or
+    that failed (``failed``, its error stored)."""
+    await store.claim(id, "orders", owner="dead", lease=10, metadata={"input": 7})
+    await store.checkpoint(id, encoded("pay", "paid"), owner="dead")
+    if failed:
+        await store.finish(
+            id, "failed", Err("declined"), '{"ok":false,"error":"declined"}', owner="dead"
+        )
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+async def test_starting_a_damaged_run_is_refused_and_rewrites_nothing(
+    kit: StoreKit, store: Any, clock: FakeClock, part: str
+) -> None:
+    await _abandoned(store, "order-7", failed=True)
+    await kit.damage(store, "order-7", part)
+    before = await kit.raw(store, "order-7")
+    body = Body()
+    orders = create_workflow("orders", clock=clock)
+
+    for _ in range(2):  # and again: the first refusal changed nothing
+        result = await orders.run(body, workflow_id="order-7", store=store)
+        assert await kit.raw(store, "order-7") == before
+        assert isinstance(result, Err)
+        assert isinstance(result.error, SnapshotDecodeError)
+        assert result.error.run_id == "order-7"
+        assert PARTS[part] in result.error.reason
+    assert body.calls == 0
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+async def test_recovery_reports_a_damaged_run_and_never_claims_it(
+    kit: StoreKit, store: Any, clock: FakeClock, part: str
+) -> None:
+    await _abandoned(store, "order-7", failed=False)
+    clock.advance(1)
+    await _abandoned(store, "order-8", failed=False)
+    await kit.damage(store, "order-7", part)
+    before = await kit.raw(store, "order-7")
+    clock.advance(30)  # both leases ran out
+    body = Body()
+    registry = WorkflowRegistry()
+    registry.register(create_workflow("orders", clock=clock), body)
+
+    recovered = await recover(store, registry, owner="rescuer", limit=1)
+    assert await kit.raw(store, "order-7") == before
+    assert [run.id for run in recovered] == ["order-8", "order-7"]
+    assert recovered[0] == RecoveredRun("order-8", "orders", Ok("done"))
+    error = recovered[1].result
+    assert isinstance(error, Err)
+    assert isinstance(error.error, SnapshotDecodeError)
+    assert error.error.run_id == "order-7"
+    assert PARTS[part] in error.error.reason
+    assert body.calls == 1
+    assert await kit.raw(store, "order-7") == before
+
+    # The next pass reports it again and still leaves it alone.
+    again = await recover(store, registry, owner="rescuer")
+    assert [run.id for run in again] == ["order-7"]
+    assert not again[0].result.ok
+    assert body.calls == 1
+    assert await kit.raw(store, "order-7") == before

@@ -41,12 +41,27 @@ def _describe(error: object) -> str:
     return redact_text(repr(error))
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` (text, or lists and mappings of them) with secrets masked."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
+
+
 def _redact_event(event: dict[str, Any], hint: object) -> dict[str, Any]:
-    """A scope's event processor: mask secrets in the exception messages of ``event``."""
+    """A scope's event processor: mask secrets in the exception messages of ``event`` and
+    in the local variables of their frames."""
     for exception in (event.get("exception") or {}).get("values") or ():
         value = exception.get("value")
         if isinstance(value, str):
             exception["value"] = redact_text(value)
+        for frame in (exception.get("stacktrace") or {}).get("frames") or ():
+            if "vars" in frame:
+                frame["vars"] = _redacted(frame["vars"])
     return event
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
+from ._redact import redact_text
 from .events import WorkflowComplete, WorkflowError, WorkflowEvent
 
 __all__ = [
@@ -76,9 +77,10 @@ def create_health_tracker() -> HealthTracker:
 
 
 def _describe(error: object) -> str:
+    """``error`` as text for the health answers, passwords in URLs masked."""
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}"
-    return repr(error)
+        return redact_text(f"{type(error).__name__}: {error}")
+    return redact_text(repr(error))
 
 
 # ---- checks ------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ the SDK and exporters as usual.  Without it installed, the adapter does nothing.
 
 from __future__ import annotations
 
+import traceback
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+from ._redact import redact_text
 from .errors import UnexpectedError
 from .events import (
     CircuitStateChange,
@@ -40,9 +42,10 @@ def _ns(seconds: float) -> int:
 
 
 def _describe(error: object) -> str:
+    """``error`` as text for a span, passwords in URLs masked."""
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}"
-    return repr(error)
+        return redact_text(f"{type(error).__name__}: {error}")
+    return redact_text(repr(error))
 
 
 class OtelAdapter:
@@ -173,7 +176,15 @@ class OtelAdapter:
         span.set_status(Status(StatusCode.ERROR, _describe(error)))
         cause = error.cause if isinstance(error, UnexpectedError) else error
         if isinstance(cause, BaseException):
-            span.record_exception(cause)
+            # The message and traceback as the SDK writes them, passwords masked.
+            trace = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+            span.record_exception(
+                cause,
+                attributes={
+                    "exception.message": redact_text(str(cause)),
+                    "exception.stacktrace": redact_text(trace),
+                },
+            )
 
     def _end_step(self, run: str, event: Any) -> None:
         spans = self._steps.get((run, event.name))

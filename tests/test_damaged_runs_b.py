@@ -4,10 +4,16 @@ byte for byte as they were, and reported, never re-run or rewritten (issue 16, i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from awaitly_anyio import (
@@ -23,6 +29,7 @@ from awaitly_anyio import (
 )
 from awaitly_anyio.testing import FakeClock
 
+from . import postgres_kit, redis_kit
 from .kit_base import encoded
 from .store_kits import KITS, StoreKit, kit_ids
 
@@ -129,4 +136,56 @@ async def test_recovery_reports_a_damaged_run_and_never_claims_it(
     assert [run.id for run in again] == ["order-7"]
     assert not again[0].result.ok
     assert body.calls == 1
+    assert await kit.raw(store, "order-7") == before
+
+
+# ---- the CLI lists damaged runs, flagged, beside the others ---------------------------------
+
+CLI_DAMAGE = {"sqlite": "created_at", "postgres": "created_at", "redis": "wrong_type"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "AWAITLY_STORE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "awaitly_anyio", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=environ,
+    )
+
+
+async def test_the_cli_lists_a_damaged_run_flagged_beside_the_others(
+    kit: StoreKit, store: Any, tmp_path: Path, anyio_backend: str
+) -> None:
+    if kit.name not in CLI_DAMAGE:
+        pytest.skip("the CLI opens stores by URL; memory:// is private to its process")
+    for id in ("order-1", "order-7"):
+        await _abandoned(store, id, failed=True)
+    await kit.damage(store, "order-7", CLI_DAMAGE[kit.name])  # type: ignore[arg-type]
+    before = await kit.raw(store, "order-7")
+    if kit.name == "sqlite":
+        where = ["--store", f"sqlite:///{tmp_path / 'runs.db'}"]
+    elif kit.name == "postgres":
+        where = ["--store", postgres_kit.DSN, "--schema", postgres_kit.schema_for(tmp_path)]
+    else:
+        where = ["--store", redis_kit.URL, "--key-prefix", store.prefix]
+    backend = "trio" if anyio_backend == "trio" else "asyncio"
+
+    table = await anyio.to_thread.run_sync(_cli, "runs", *where, "--backend", backend, "list")
+    as_json = await anyio.to_thread.run_sync(
+        _cli, "runs", *where, "--backend", backend, "--json", "list"
+    )
+
+    for done in (table, as_json):
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+    assert "order-1" in table.stdout
+    assert "DAMAGED" in table.stdout
+    assert "damaged run 'order-7'" in table.stdout
+    items = {item["id"]: item for item in json.loads(as_json.stdout)["items"]}
+    assert sorted(items) == ["order-1", "order-7"]
+    assert items["order-1"]["damaged"] is None
+    assert items["order-7"]["damaged"]
     assert await kit.raw(store, "order-7") == before

@@ -101,6 +101,7 @@ def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
         "created_at": info.created_at.isoformat(),
         "updated_at": info.updated_at.isoformat(),
         "expires_at": None if info.expires_at is None else info.expires_at.isoformat(),
+        "damaged": info.damaged,
     }
 
 
@@ -240,10 +241,19 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return 0
             rows = [["ID", "WORKFLOW", "STATUS", "UPDATED", "EXPIRES"]]
             rows += [
-                [i.id, i.workflow_name, i.status, _time(i.updated_at), _time(i.expires_at)]
+                [
+                    i.id,
+                    i.workflow_name,
+                    "DAMAGED" if i.damaged else i.status,
+                    _time(i.updated_at),
+                    _time(i.expires_at),
+                ]
                 for i in page
             ]
             _table(rows, out)
+            for i in page:
+                if i.damaged:
+                    out.write(f"\ndamaged run {i.id!r} (left as it is): {i.damaged}\n")
             if page.next_cursor:
                 out.write(f"\nmore: --cursor {page.next_cursor}\n")
             return 0

@@ -5,13 +5,15 @@ under trio (:mod:`awaitly_anyio._bridge`)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._bridge import DriverLoop, current_async_library
 from ._grouping import Grouped, Pending
+from ._redact import redact_text, redact_url
 
-__all__ = ["ScriptRunner", "SharedRedis"]
+__all__ = ["ScriptRunner", "SharedRedis", "unavailable_errors"]
 
 T = TypeVar("T")
 
@@ -164,6 +166,22 @@ def _redis_exceptions() -> Any:
     return redis.exceptions
 
 
+def _scheme_only(text: str) -> str:
+    """What a string that is not a Redis URL starts with, for a message: its scheme
+    alone (anything after it may be a secret; so may a string that is not a URL)."""
+    match = re.match(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}:/*", text)
+    return f"{match.group()!r}..." if match else "a string that is not a URL"
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean Redis could not serve a call: down, unreachable, too
+    slow, refusing the login, answering with an error, or its driver loop gone.
+    Cancellation is not among them."""
+    import anyio
+
+    return (_redis_exceptions().RedisError, OSError, anyio.BrokenResourceError)
+
+
 class SharedRedis:
     """One Redis, from asyncio or trio: a client made lazily from a URL (or given), its
     scripts, and the driver loop.  The Redis store, the shared limiter and the shared
@@ -180,15 +198,17 @@ class SharedRedis:
             if not client_or_url.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError(
                     "a Redis URL starts with redis://, rediss:// or unix://,"
-                    f" not {client_or_url[:30]!r}"
+                    f" not {_scheme_only(client_or_url)}"
                 )
             self._url: str | None = client_or_url
             self._client: Any = None
         elif isinstance(client_or_url, redis_asyncio.Redis):
             self._url, self._client = None, client_or_url
         else:
+            kind = type(client_or_url)
             raise TypeError(
-                f"{argument} takes a Redis URL or a redis.asyncio.Redis, not {client_or_url!r}"
+                f"{argument} takes a Redis URL or a redis.asyncio.Redis,"
+                f" not a {kind.__module__}.{kind.__qualname__}"
             )
         self._owner = owner
         self._loop = DriverLoop(owner)
@@ -203,6 +223,24 @@ class SharedRedis:
             lambda queued: min(len(queued), _BATCH),
             "the Redis script runner stopped before answering",
         )
+
+    @property
+    def where(self) -> str:
+        """Which Redis, for messages: the URL with its secrets masked, or the given
+        client's host and port."""
+        if self._url is not None:
+            return redact_url(self._url)
+        kwargs = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
+        if "path" in kwargs:
+            return f"the given client (unix socket {redact_text(str(kwargs['path']))})"
+        host, port = kwargs.get("host", "?"), kwargs.get("port", "?")
+        return f"the given client ({redact_text(str(host))}:{redact_text(str(port))})"
+
+    def describe_failure(self, exc: BaseException) -> str:
+        """``exc`` (one of :func:`unavailable_errors`) as one line naming this Redis,
+        with secrets masked."""
+        detail = redact_text(str(exc)) or "no detail"
+        return f"Redis at {self.where}: {type(exc).__name__}: {detail}"
 
     @property
     def bound(self) -> bool:

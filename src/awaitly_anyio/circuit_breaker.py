@@ -5,6 +5,10 @@ half_open_requests=3)``: after 5 failures in a row the circuit **opens** and
 calls are refused at once with ``Err(CircuitOpenError(name, retry_after))``;
 after 30 seconds it goes **half-open** and lets 3 trial calls through; if they
 all succeed it **closes**, and one failure opens it again.
+
+With ``redis=`` the breaker is shared through Redis; when Redis cannot be reached
+a call gets ``Err(SharedStateUnavailableError)`` (or, with
+``on_unavailable="allow"``, goes through unguarded).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from ._run import logger
 from ._scopes import shielded
 from ._thunk import call_thunk
 from .clock import Clock, SystemClock
-from .errors import CircuitOpenError
+from .errors import CircuitOpenError, SharedStateUnavailableError
 from .events import CircuitStateChange
+from .ratelimit import OnUnavailable, check_on_unavailable, check_shared_seconds
 from .result import Err, Ok, Result, _ok
 
 __all__ = ["CircuitBreaker", "CircuitState", "RedisCircuitBreaker", "create_circuit_breaker"]
@@ -275,6 +280,7 @@ def create_circuit_breaker(
     clock: Clock | None = None,
     redis: Any,
     key_prefix: str = "awaitly:breaker:",
+    on_unavailable: OnUnavailable = "error",
 ) -> RedisCircuitBreaker: ...
 def create_circuit_breaker(
     name: str,
@@ -287,10 +293,17 @@ def create_circuit_breaker(
     clock: Clock | None = None,
     redis: Any = None,
     key_prefix: str = "awaitly:breaker:",
+    on_unavailable: OnUnavailable = "error",
 ) -> CircuitBreaker:
     """A breaker that opens after ``failure_threshold`` failures in a row: in this process,
     or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), shared by every process
-    using the breaker's name on that Redis."""
+    using the breaker's name on that Redis.
+
+    ``on_unavailable`` (shared breakers only) says what a call does when Redis
+    cannot be reached: ``"error"`` (the default) refuses it with
+    :class:`~awaitly_anyio.SharedStateUnavailableError`, ``"allow"`` calls through.
+    Raises ``ValueError`` for invalid settings (secrets in a URL are masked).
+    """
     if redis is not None:
         return RedisCircuitBreaker(
             name,
@@ -302,6 +315,7 @@ def create_circuit_breaker(
             listeners=listeners,
             key_prefix=key_prefix,
             clock=clock,
+            on_unavailable=on_unavailable,
         )
     return CircuitBreaker(
         name,
@@ -382,6 +396,17 @@ class RedisCircuitBreaker(CircuitBreaker):
     The same semantics as :class:`CircuitBreaker`, each transition atomic in one Lua
     script, timed by the Redis server's clock; a call costs two script calls.
     ``state`` is what this process saw last; :meth:`fetch_state` asks Redis.
+    ``reset_timeout`` is at most 100 years here.
+
+    When Redis cannot be reached (down, unreachable, refusing the login,
+    answering an error) before the call, ``await breaker(fn)`` returns
+    ``Err(SharedStateUnavailableError(name, reason))`` without calling ``fn``;
+    with ``on_unavailable="allow"`` it calls ``fn`` unguarded instead (a warning
+    is logged when Redis is first missed).  When Redis fails *after* ``fn`` ran,
+    ``fn``'s outcome is returned (or its exception raised) as usual and the
+    outcome is not counted: a warning is logged.  ``unavailable_total`` counts
+    calls that found Redis unavailable.  The error's text names the Redis with
+    its password masked.
     """
 
     def __init__(
@@ -396,6 +421,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         listeners: list[Listener] | None = None,
         key_prefix: str = "awaitly:breaker:",
         clock: Clock | None = None,
+        on_unavailable: OnUnavailable = "error",
     ) -> None:
         from ._redis_client import SharedRedis
 
@@ -408,8 +434,18 @@ class RedisCircuitBreaker(CircuitBreaker):
             listeners=listeners,
             clock=clock,
         )
+        check_shared_seconds("reset_timeout", self.reset_timeout)
+        self.on_unavailable = check_on_unavailable(on_unavailable)
         self.key = f"{key_prefix}{name}"
         self._redis = SharedRedis(redis, f"RedisCircuitBreaker({name!r})")
+        self.unavailable_total = 0
+        self._missing = False  # whether the last script call found Redis unavailable
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisCircuitBreaker({self.name!r}, state={self._state.value},"
+            f" redis={self._redis.where!r})"
+        )
 
     @property
     def state(self) -> CircuitState:
@@ -417,10 +453,39 @@ class RedisCircuitBreaker(CircuitBreaker):
         return self._state
 
     async def fetch_state(self) -> CircuitState:
-        """The shared state now (an open breaker past its timeout turns half-open)."""
-        decision = await self._redis.run(_PEEK, [self.key], [int(self.reset_timeout * 1e6)])
+        """The shared state now (an open breaker past its timeout turns half-open).
+
+        Raises :class:`SharedStateUnavailableError` when Redis cannot be reached
+        (whatever ``on_unavailable`` says: there is no call to let through).
+        """
+        decision = await self._script(_PEEK, [int(self.reset_timeout * 1e6)])
         self._seen(decision[0], decision[1])
         return self._state
+
+    async def _script(self, source: str, args: list[Any]) -> Any:
+        """Run one of the breaker's scripts; raises SharedStateUnavailableError."""
+        from ._redis_client import unavailable_errors
+
+        try:
+            reply = await self._redis.run(source, [self.key], args)
+        except unavailable_errors() as exc:
+            self.unavailable_total += 1
+            if not self._missing:
+                self._missing = True
+                if self.on_unavailable == "allow":
+                    logger.warning(
+                        "circuit breaker %r: %s; letting calls through unguarded"
+                        ' (on_unavailable="allow") until it answers',
+                        self.name,
+                        self._redis.describe_failure(exc),
+                    )
+            raise SharedStateUnavailableError(
+                self.name, self._redis.describe_failure(exc)
+            ) from None
+        if self._missing:
+            self._missing = False
+            logger.warning("circuit breaker %r: Redis is answering again", self.name)
+        return reply
 
     def _seen(self, previous: object, state: object) -> None:
         """Adopt the shared state, telling listeners if this process changed it."""
@@ -432,16 +497,28 @@ class RedisCircuitBreaker(CircuitBreaker):
             self._state = CircuitState(state)
 
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
-        """Call ``fn`` unless the shared circuit is open."""
-        decision, retry_us, previous, state = await self._redis.run(
-            _BEFORE,
-            [self.key],
-            [int(self.reset_timeout * 1e6), self.half_open_requests],
-        )
-        self._seen(previous, state)
+        """Call ``fn`` unless the shared circuit is open.
+
+        Returns ``Err(CircuitOpenError)`` while it is open, and
+        ``Err(SharedStateUnavailableError)`` when Redis cannot be reached (with
+        ``on_unavailable="error"``), in both cases without calling ``fn``.
+        Exceptions from ``fn`` propagate (after counting).  Cancellation: a
+        cancelled trial call gives its place back in a short shielded write.
+        """
+        try:
+            decision, retry_us, previous, state = await self._script(
+                _BEFORE, [int(self.reset_timeout * 1e6), self.half_open_requests]
+            )
+        except SharedStateUnavailableError as exc:
+            if self.on_unavailable != "allow":
+                self.rejected_total += 1
+                return Err(exc)
+            decision, retry_us = 1, 0  # fail open: an ordinary call, not a trial
+        else:
+            self._seen(previous, state)
         if decision == 0:
             self.rejected_total += 1
-            return Err(CircuitOpenError(self.name, max(int(retry_us), 0) / 1e6))
+            return Err(CircuitOpenError(self.name, max(float(retry_us), 0.0) / 1e6))
         trial = "1" if decision == 2 else "0"
         self.calls += 1
         try:
@@ -460,19 +537,30 @@ class RedisCircuitBreaker(CircuitBreaker):
         return result
 
     async def _after(self, trial: str, failed: bool, *, cancelled: bool = False) -> None:
+        """Record the call's outcome in Redis.  If Redis cannot be reached the outcome
+        is dropped with a warning (never raised: the call itself has happened)."""
         if failed:
             self.failures_total += 1
-        previous, state = await self._redis.run(
-            _AFTER,
-            [self.key],
-            [
-                trial,
-                "1" if failed else "0",
-                self.failure_threshold,
-                self.half_open_requests,
-                "1" if cancelled else "0",
-            ],
-        )
+        was_missing = self._missing
+        try:
+            previous, state = await self._script(
+                _AFTER,
+                [
+                    trial,
+                    "1" if failed else "0",
+                    self.failure_threshold,
+                    self.half_open_requests,
+                    "1" if cancelled else "0",
+                ],
+            )
+        except SharedStateUnavailableError as exc:
+            if not was_missing:  # once per outage, not once per call
+                logger.warning(
+                    "circuit breaker %r: the outcome of a call was not recorded: %s",
+                    self.name,
+                    exc.reason,
+                )
+            return
         self._seen(previous, state)
 
     async def aclose(self) -> None:

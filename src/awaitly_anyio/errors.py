@@ -17,6 +17,7 @@ __all__ = [
     "RateLimitExceededError",
     "RunInProgressError",
     "SerializationError",
+    "SharedStateUnavailableError",
     "SnapshotDecodeError",
     "StepTimeoutError",
     "StoreError",
@@ -102,6 +103,25 @@ class RateLimitExceededError(_ValueException):
 
     def __str__(self) -> str:
         return f"rate limit {self.name!r} exceeded; retry after {self.retry_after:g}s"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class SharedStateUnavailableError(_ValueException):
+    """The Redis-shared rate limiter or circuit breaker ``name`` could not reach its
+    shared state (Redis down, unreachable, refusing the login, answering an error).
+
+    ``reason`` names the Redis (its URL with secrets masked) and the cause.  The
+    guarded call was not made.  Returned in ``Err`` by ``await limiter(fn)`` and
+    ``await breaker(fn)``, raised by ``async with limiter`` and
+    ``breaker.fetch_state()``; with ``on_unavailable="allow"`` the limiter and
+    breaker let calls through instead (see docs/reliability.md).
+    """
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the shared state of {self.name!r} is unavailable: {self.reason}"
 
 
 def is_unexpected_error(error: object) -> bool:

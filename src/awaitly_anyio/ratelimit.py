@@ -10,6 +10,10 @@ the call, inside a step as the deployment guide does::
     charge = await ctx.step("charge", lambda: stripe_limit(lambda: deps.charge(card)))
 
 or as ``async with stripe_limit: ...``.
+
+With ``redis=`` the limiter is shared through Redis; when Redis cannot be reached
+a call gets ``Err(SharedStateUnavailableError)`` (or, with
+``on_unavailable="allow"``, goes through unlimited).
 """
 
 from __future__ import annotations
@@ -20,19 +24,47 @@ import uuid
 from collections.abc import Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
 
+from ._run import logger
 from ._thunk import call_thunk
 from .clock import Clock, SystemClock
-from .errors import RateLimitExceededError
+from .errors import RateLimitExceededError, SharedStateUnavailableError
 from .result import Err, Ok, Result, _ok
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RateLimiter", "RedisRateLimiter", "create_rate_limiter"]
+__all__ = ["OnUnavailable", "RateLimiter", "RedisRateLimiter", "create_rate_limiter"]
+
+OnUnavailable = Literal["error", "allow"]
+"""What a Redis-shared limiter or breaker does when Redis cannot be reached:
+``"error"`` refuses the call with :class:`~awaitly_anyio.SharedStateUnavailableError`
+(fail closed), ``"allow"`` lets it through unguarded and logs a warning (fail open)."""
+
+# The longest window or reset timeout the Redis scripts take: their times are
+# microseconds in Lua numbers (doubles), exact up to 2**53, and replies are 64-bit.
+MAX_SHARED_SECONDS = 100 * 365 * 24 * 3600.0
+
+
+def check_on_unavailable(value: object) -> OnUnavailable:
+    """``value`` if it is ``"error"`` or ``"allow"``; raises ``ValueError`` otherwise."""
+    if value == "error":
+        return "error"
+    if value == "allow":
+        return "allow"
+    raise ValueError(f'on_unavailable must be "error" or "allow", not {value!r}')
+
+
+def check_shared_seconds(label: str, value: float) -> None:
+    """Raise ``ValueError`` if ``value`` seconds is beyond what the Redis scripts hold."""
+    if value > MAX_SHARED_SECONDS:
+        raise ValueError(
+            f"{label} must be at most {MAX_SHARED_SECONDS:.0f} seconds (100 years)"
+            f" when shared through Redis, not {value!r}"
+        )
 
 
 class _Waiter:
@@ -87,13 +119,13 @@ class _Limiter:
         if self.max_concurrent is None:
             try:
                 await self.acquire()
-            except RateLimitExceededError as exc:
+            except (RateLimitExceededError, SharedStateUnavailableError) as exc:
                 return Err(exc)
             return await call_thunk(fn)
         async with self._concurrency():
             try:
                 await self.acquire()
-            except RateLimitExceededError as exc:
+            except (RateLimitExceededError, SharedStateUnavailableError) as exc:
                 return Err(exc)
             return await call_thunk(fn)
 
@@ -279,6 +311,15 @@ class RedisRateLimiter(_Limiter):
     across processes.  ``max_wait`` counts the time waited so far plus the next
     wait.  ``last_admitted_at`` is the server time (µs) of this limiter's last
     admission.
+
+    When Redis cannot be reached (down, unreachable, refusing the login,
+    answering an error), ``await limiter(fn)`` returns
+    ``Err(SharedStateUnavailableError(name, reason))`` without calling ``fn`` and
+    ``async with limiter`` raises it; with ``on_unavailable="allow"`` the call is
+    admitted unlimited instead, and a warning is logged when Redis is first
+    missed (``unavailable_total`` counts such calls either way).  The error's
+    text names the Redis with its password masked.  ``window`` is at most 100
+    years here.
     """
 
     def __init__(
@@ -292,23 +333,52 @@ class RedisRateLimiter(_Limiter):
         max_concurrent: int | None = None,
         key_prefix: str = "awaitly:ratelimit:",
         clock: Clock | None = None,
+        on_unavailable: OnUnavailable = "error",
     ) -> None:
         from ._redis_client import SharedRedis
 
         super().__init__(name, max_requests, window, max_wait, max_concurrent, clock)
+        check_shared_seconds("window", self.window)
+        self.on_unavailable = check_on_unavailable(on_unavailable)
         self.key = f"{key_prefix}{name}"
         self._redis = SharedRedis(redis, f"RedisRateLimiter({name!r})")
         self.last_admitted_at = 0
+        self.unavailable_total = 0
+        self._missing = False  # whether the last call found Redis unavailable
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimiter({self.name!r}, max_requests={self.max_requests},"
+            f" window={self.window:g}, redis={self._redis.where!r})"
+        )
 
     async def acquire(self) -> None:
-        """Wait until the shared window has room, and take a slot; raises
-        :class:`RateLimitExceededError` when waiting would exceed ``max_wait``."""
+        """Wait until the shared window has room, and take a slot.
+
+        Raises :class:`RateLimitExceededError` when waiting would exceed
+        ``max_wait``, and :class:`SharedStateUnavailableError` when Redis cannot
+        be reached (unless ``on_unavailable="allow"``, which returns at once).
+        Cancellation: a caller cancelled while waiting takes no further slot (one
+        already granted by the server stays counted until it leaves the window).
+        """
+        from ._redis_client import unavailable_errors
+
         waited = 0.0
         window_us = int(self.window * 1_000_000)
         while True:
-            admitted, wait_us, now = await self._redis.run(
-                _ADMIT, [self.key], [self.max_requests, window_us, uuid.uuid4().hex]
-            )
+            try:
+                admitted, wait_us, now = await self._redis.run(
+                    _ADMIT, [self.key], [self.max_requests, window_us, uuid.uuid4().hex]
+                )
+            except unavailable_errors() as exc:
+                if self._unavailable(exc):
+                    return
+                raise SharedStateUnavailableError(
+                    self.name, self._redis.describe_failure(exc)
+                ) from None
+            if self._missing:
+                self._missing = False
+                logger.warning("rate limiter %r: Redis is answering again", self.name)
             if admitted:
                 self.admitted_total += 1
                 self.last_admitted_at = int(now)
@@ -319,6 +389,23 @@ class RedisRateLimiter(_Limiter):
                 raise RateLimitExceededError(self.name, _round_up(wait))
             await self._clock.sleep(wait)
             waited += wait
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Count a call that found Redis unavailable; whether to let it through."""
+        self.unavailable_total += 1
+        first, self._missing = not self._missing, True
+        if self.on_unavailable == "allow":
+            if first:
+                logger.warning(
+                    "rate limiter %r: %s; letting calls through unlimited"
+                    ' (on_unavailable="allow") until it answers',
+                    self.name,
+                    self._redis.describe_failure(exc),
+                )
+            self.admitted_total += 1
+            return True
+        self.rejected_total += 1
+        return False
 
     async def aclose(self) -> None:
         """Close this limiter's Redis connection."""
@@ -332,6 +419,7 @@ class RedisRateLimiter(_Limiter):
             "window": self.window,
             "admitted": self.admitted_total,
             "rejected": self.rejected_total,
+            "unavailable": self.unavailable_total,
             "shared": True,
         }
 
@@ -358,6 +446,7 @@ def create_rate_limiter(
     clock: Clock | None = None,
     redis: Any,
     key_prefix: str = "awaitly:ratelimit:",
+    on_unavailable: OnUnavailable = "error",
 ) -> RedisRateLimiter: ...
 def create_rate_limiter(
     name: str,
@@ -369,10 +458,17 @@ def create_rate_limiter(
     clock: Clock | None = None,
     redis: Any = None,
     key_prefix: str = "awaitly:ratelimit:",
+    on_unavailable: OnUnavailable = "error",
 ) -> RateLimiter | RedisRateLimiter:
     """A limiter admitting ``max_requests`` calls per ``window`` seconds: in this process,
     or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), across every process
-    sharing the limiter's name on that Redis."""
+    sharing the limiter's name on that Redis.
+
+    ``on_unavailable`` (shared limiters only) says what a call does when Redis
+    cannot be reached: ``"error"`` (the default) refuses it with
+    :class:`~awaitly_anyio.SharedStateUnavailableError`, ``"allow"`` lets it through.
+    Raises ``ValueError`` for invalid settings (secrets in a URL are masked).
+    """
     if redis is not None:
         return RedisRateLimiter(
             name,
@@ -383,6 +479,7 @@ def create_rate_limiter(
             max_concurrent=max_concurrent,
             key_prefix=key_prefix,
             clock=clock,
+            on_unavailable=on_unavailable,
         )
     return RateLimiter(
         name,

@@ -34,6 +34,7 @@ from .errors import (
     CircuitOpenError,
     RateLimitExceededError,
     SerializationError,
+    SharedStateUnavailableError,
     SnapshotDecodeError,
     StepTimeoutError,
     StoredException,
@@ -128,7 +129,13 @@ class TypeRegistry:
 default_registry = TypeRegistry()
 """The registry used unless a store is given another."""
 
-for _builtin in (StepTimeoutError, CircuitOpenError, RateLimitExceededError, StoredException):
+for _builtin in (
+    StepTimeoutError,
+    CircuitOpenError,
+    RateLimitExceededError,
+    SharedStateUnavailableError,
+    StoredException,
+):
     default_registry.register(_builtin, name=f"awaitly.{_builtin.__name__}")
 
 

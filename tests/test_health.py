@@ -170,3 +170,46 @@ async def test_a_hanging_check_times_out() -> None:
     await app({"type": "http", "path": "/health", "method": "GET"}, receive, send)
     assert sent[0]["status"] == 503
     assert b"timed out after 0.05s" in sent[1]["body"]
+
+
+async def test_a_websocket_is_refused_not_a_server_error(anyio_backend: str) -> None:
+    # Issue 16, item 16: the app returned without closing, so servers answered 500.
+    app = create_health_app()
+    upgrade = {
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "sec-websocket-version": "13",
+    }
+    async with served(app, anyio_backend) as base, httpx.AsyncClient(base_url=base) as http:
+        refused = await http.get("/health", headers=upgrade)
+        assert refused.status_code == 403
+        assert (await http.get("/ready")).status_code == 200  # still serving HTTP
+
+
+async def test_the_asgi_messages_for_a_websocket_and_the_lifespan() -> None:
+    app = create_health_app()
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    incoming = iter([{"type": "websocket.connect"}])
+
+    async def receive() -> Any:
+        return next(incoming)
+
+    await app({"type": "websocket", "path": "/health"}, receive, send)
+    assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
+
+    sent.clear()
+    lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def lifespan_receive() -> Any:
+        return next(lifespan)
+
+    await app({"type": "lifespan"}, lifespan_receive, send)
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]

@@ -214,7 +214,10 @@ def create_health_app(
     - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,
       ``"HALF_OPEN"``).
 
-    Other paths answer 404 and other methods 405.  Lifespan messages are accepted.
+    Other paths answer 404 and other methods 405.  Lifespan messages are accepted
+    (startup and shutdown complete at once).  A WebSocket connection is refused:
+    the app answers ``websocket.connect`` with ``websocket.close`` code 1008
+    (policy violation), which servers turn into an HTTP 403 for the handshake.
     """
     checks = dict(checks or {})
     breakers = dict(breakers or {})
@@ -268,6 +271,9 @@ def create_health_app(
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await _refuse_websocket(receive, send)
+            return
         if scope["type"] != "http":
             return
         route = routes.get(scope["path"].rstrip("/") or "/")
@@ -294,6 +300,21 @@ def create_health_app(
         )
 
     return app
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket: close it at its ``websocket.connect`` (before accepting,
+    so the server answers the handshake with 403, not a 500 for an app that
+    returned without a word)."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send(
+            {
+                "type": "websocket.close",
+                "code": 1008,
+                "reason": "the health endpoints speak HTTP only",
+            }
+        )
 
 
 def _state_name(state: Any) -> str:

@@ -232,3 +232,38 @@ def test_safe_repr_never_raises() -> None:
 
 def test_the_int_limit_is_pythons_default() -> None:
     assert sys.int_info.default_max_str_digits == MAX_INT_DIGITS
+
+
+_NEEDS_SAFE_REPR = pytest.mark.xfail(
+    strict=True,
+    reason="durable.py's stand-in for an unstorable error uses repr(), which raises for"
+    " these: it should use serialization.safe_repr (reported to the lead developer)",
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "cyclic list",
+        pytest.param("list nested 5000 deep", marks=_NEEDS_SAFE_REPR),
+        pytest.param("10,000-digit int", marks=_NEEDS_SAFE_REPR),
+    ],
+)
+async def test_an_error_value_that_cannot_be_stored_is_kept_as_text(
+    store: Any, case: str
+) -> None:
+    error = UNSTORABLE[case][0]()
+    workflow = create_workflow("unstorable")
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        await ctx.step("fail", lambda: Err(error), key="fail")
+        return "never"
+
+    result = await workflow.run(body, workflow_id="error-run", store=store)
+    assert isinstance(result, Err)
+    assert result.error is error  # the caller gets its own error back
+    snapshot = await store.load("error-run")
+    assert snapshot is not None
+    assert snapshot.status == "failed"
+    assert snapshot.result is not None
+    assert not snapshot.result.ok

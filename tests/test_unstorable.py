@@ -249,9 +249,7 @@ _NEEDS_SAFE_REPR = pytest.mark.xfail(
         pytest.param("10,000-digit int", marks=_NEEDS_SAFE_REPR),
     ],
 )
-async def test_an_error_value_that_cannot_be_stored_is_kept_as_text(
-    store: Any, case: str
-) -> None:
+async def test_an_error_value_that_cannot_be_stored_is_kept_as_text(store: Any, case: str) -> None:
     error = UNSTORABLE[case][0]()
     workflow = create_workflow("unstorable")
 

@@ -15,6 +15,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 from awaitly_anyio import (
@@ -27,7 +28,7 @@ from awaitly_anyio import (
 )
 
 from .kit_base import server_or_skip
-from .redis_kit import URL, wipe
+from .redis_kit import URL, raw, wipe
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +153,8 @@ async def test_a_shared_breaker_can_fail_open(
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
         assert PASSWORD not in caplog.text
-        assert breaker.unavailable_total == 6  # before and after each of the 3 calls
+        assert breaker.unavailable_total == 3  # Redis is not asked again after the call
+        assert (breaker.calls, breaker.failures_total) == (3, 2)
     finally:
         await breaker.aclose()
 
@@ -220,5 +222,37 @@ async def test_a_long_reset_timeout_is_reported_whole(prefix: str) -> None:
         assert isinstance(refused, Err)
         assert isinstance(refused.error, CircuitOpenError)
         assert years - 60 < refused.error.retry_after <= years
+    finally:
+        await breaker.aclose()
+
+
+async def test_a_breaker_whose_redis_fails_after_the_call_returns_the_calls_outcome(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis answers the check before the call, then an error (its key is broken
+    # meanwhile, a real WRONGTYPE reply): the call happened, so its result stands.
+    breaker = create_circuit_breaker(
+        "pay", failure_threshold=1, reset_timeout=5, redis=URL, key_prefix=prefix
+    )
+
+    def break_the_key() -> None:
+        with contextlib.closing(raw()) as client:
+            client.delete(breaker.key)
+            client.set(breaker.key, "not a hash")
+
+    async def charge() -> Err[str]:
+        await anyio.to_thread.run_sync(break_the_key)
+        return Err("DECLINED")
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert await breaker(charge) == Err("DECLINED")
+        assert "was not recorded" in caplog.text
+        assert "WRONGTYPE" in caplog.text or "ResponseError" in caplog.text
+        # Redis still answers with an error before the next call: refused, typed.
+        refused = await breaker(lambda: "never")
+        assert isinstance(refused, Err)
+        assert isinstance(refused.error, SharedStateUnavailableError)
+        assert "ResponseError" in refused.error.reason
     finally:
         await breaker.aclose()

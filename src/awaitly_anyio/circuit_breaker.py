@@ -401,8 +401,9 @@ class RedisCircuitBreaker(CircuitBreaker):
     When Redis cannot be reached (down, unreachable, refusing the login,
     answering an error) before the call, ``await breaker(fn)`` returns
     ``Err(SharedStateUnavailableError(name, reason))`` without calling ``fn``;
-    with ``on_unavailable="allow"`` it calls ``fn`` unguarded instead (a warning
-    is logged when Redis is first missed).  When Redis fails *after* ``fn`` ran,
+    with ``on_unavailable="allow"`` it calls ``fn`` unguarded instead, without
+    recording its outcome in Redis (a warning is logged when Redis is first
+    missed).  When Redis fails *after* ``fn`` ran,
     ``fn``'s outcome is returned (or its exception raised) as usual and the
     outcome is not counted: a warning is logged.  ``unavailable_total`` counts
     calls that found Redis unavailable.  The error's text names the Redis with
@@ -513,9 +514,8 @@ class RedisCircuitBreaker(CircuitBreaker):
             if self.on_unavailable != "allow":
                 self.rejected_total += 1
                 return Err(exc)
-            decision, retry_us = 1, 0  # fail open: an ordinary call, not a trial
-        else:
-            self._seen(previous, state)
+            return await self._unguarded(fn)
+        self._seen(previous, state)
         if decision == 0:
             self.rejected_total += 1
             return Err(CircuitOpenError(self.name, max(float(retry_us), 0.0) / 1e6))
@@ -534,6 +534,20 @@ class RedisCircuitBreaker(CircuitBreaker):
             raise
         failed = isinstance(result, Err) and self._counts_as_failure(result.error)
         await self._after(trial, failed)
+        return result
+
+    async def _unguarded(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+        """A call let through while Redis is unavailable (``on_unavailable="allow"``):
+        its outcome is counted here only (Redis just failed: not asked again)."""
+        self.calls += 1
+        try:
+            result = await call_thunk(fn)
+        except Exception as exc:
+            if self._counts_as_failure(exc):
+                self.failures_total += 1
+            raise
+        if isinstance(result, Err) and self._counts_as_failure(result.error):
+            self.failures_total += 1
         return result
 
     async def _after(self, trial: str, failed: bool, *, cancelled: bool = False) -> None:

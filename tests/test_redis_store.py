@@ -235,6 +235,32 @@ async def test_purge_expired_cleans_the_indexes(prefix: str) -> None:
         assert not client.exists(f"{prefix}run:old", f"{prefix}steps:old")
 
 
+@pytest.mark.parametrize("damage", ["no_expiry_field", "not_a_hash", "bad_expiry"])
+async def test_purging_and_listing_never_delete_a_damaged_run(
+    store: RedisStore, prefix: str, damage: str
+) -> None:
+    await store.claim("hurt", "orders", owner="w", lease=30)
+    await store.checkpoint("hurt", encoded("a", 1), owner="w")
+    run_key, steps_key = store.keys_of("hurt")
+    with contextlib.closing(raw()) as client:
+        if damage == "no_expiry_field":
+            client.hdel(run_key, "expires_at")
+        elif damage == "bad_expiry":
+            client.hset(run_key, "expires_at", "soon")
+        else:
+            client.delete(run_key)
+            client.set(run_key, "not a hash")
+        before = (client.dump(run_key), client.hgetall(steps_key))
+
+    assert await store.purge_expired() == 0
+    listed = await store.list()
+    assert [(info.id, info.damaged is not None) for info in listed] == [("hurt", True)]
+    with contextlib.closing(raw()) as client:
+        assert (client.dump(run_key), client.hgetall(steps_key)) == before
+        assert client.zrange(f"{prefix}index", 0, -1) == ["hurt"]
+    assert await store.delete("hurt") is True  # an operator can still remove it
+
+
 async def test_a_dropped_connection_is_an_error_and_the_store_recovers(
     store: RedisStore,
 ) -> None:

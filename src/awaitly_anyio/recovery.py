@@ -178,7 +178,9 @@ async def recovery_loop(
 ) -> NoReturn:
     """Recover abandoned runs every ``interval`` seconds, forever; start it in a task
     group (``await tg.start(recovery_loop, store, registry)``) and cancel the group
-    to stop it.  Each resumed run is passed to ``on_recovered``."""
+    to stop it.  Each resumed run is passed to ``on_recovered``, and so is each run
+    found damaged (its result ``Err(SnapshotDecodeError)``; see :func:`recover`), at
+    every pass until an operator repairs or deletes it."""
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
     clock = clock if clock is not None else SystemClock()

@@ -202,7 +202,9 @@ _DELETE = (
     + """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local was = kind ~= 'none'
-if kind == 'hash' then was = live(KEYS[1], ARGV[2]) end
+if kind == 'hash' and redis.call('HEXISTS', KEYS[1], 'expires_at') == 1 then
+  was = live(KEYS[1], ARGV[2])
+end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -245,40 +247,52 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+class _Missing:
+    """Stands for a field every run hash has, missing from a damaged one."""
+
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING: Any = _Missing()
+
+
 def _row(fields: Mapping[str, str | None]) -> RunRow:
     """A run row from its hash (all strings; '' means None).  Never raises: a missing
-    field stays ``None`` and a number that does not parse stays the text it is, for
-    :func:`~awaitly_anyio._rows.row_problem` to report."""
+    field is :data:`_MISSING` and a number that does not parse stays the text it is,
+    for :func:`~awaitly_anyio._rows.row_problem` to report."""
 
     def opt(name: str) -> str | None:
         return fields.get(name) or None
 
-    def num(name: str) -> Any:
+    def field(name: str) -> Any:
         value = fields.get(name)
-        if value is None:
-            return None
+        return _MISSING if value is None else value
+
+    def num(name: str) -> Any:
+        value = field(name)
         try:
             return float(value)
-        except ValueError:
+        except (TypeError, ValueError):
             return value
 
     def opt_num(name: str) -> Any:
-        return num(name) if fields.get(name) else None
+        return None if fields.get(name) == "" else num(name)
 
-    version: Any = fields.get("format_version")
+    version: Any = field("format_version")
     with contextlib.suppress(TypeError, ValueError):
         version = int(version)
     return RunRow(
-        workflow_name=fields.get("workflow_name"),  # type: ignore[arg-type]
-        status=fields.get("status"),  # type: ignore[arg-type]
+        workflow_name=field("workflow_name"),
+        status=field("status"),
         result_json=opt("result_json"),
-        metadata_json=fields.get("metadata_json"),  # type: ignore[arg-type]
+        metadata_json=field("metadata_json"),
         created_at=num("created_at"),
         updated_at=num("updated_at"),
         expires_at=opt_num("expires_at"),
         format_version=version,
         lease_owner=opt("lease_owner"),
-        lease_expires_at=opt_num("lease_expires_at"),
+        lease_expires_at=num("lease_expires_at") if fields.get("lease_expires_at") else None,
     )
 
 

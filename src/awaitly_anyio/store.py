@@ -253,7 +253,10 @@ def check_id(id: object) -> str:
 def check_key(key: object) -> str:
     """Validate a step key with the rules of :func:`check_id`: a non-empty string of
     valid Unicode without NUL characters (every store must be able to keep it as
-    text).  Raises ``ValueError`` naming the step key."""
+    text).  Raises ``ValueError`` naming the step key.  Every checkpoint calls it, so
+    the usual key (plain ASCII) is checked first, cheaply."""
+    if type(key) is str and key.isascii() and key and "\x00" not in key:
+        return key
     if type(key) is not str or not key:
         raise ValueError(f"a step key must be a non-empty string, not {key!r}")
     if "\x00" in key:

@@ -226,7 +226,7 @@ def test_encode_value_gives_a_clear_type_error() -> None:
 def test_safe_repr_never_raises() -> None:
     assert safe_repr(cyclic_list())
     assert safe_repr(nested(5000))
-    assert safe_repr(10**10_000)
+    assert safe_repr(10**10_000) == "<builtins.int of about 10001 digits>"
     assert len(safe_repr(list(range(10_000)))) < 200
 
 

@@ -197,6 +197,9 @@ def safe_repr(value: object) -> str:
     try:
         return reprlib.repr(value)
     except Exception:
+        if isinstance(value, int):
+            digits = int(abs(value).bit_length() * math.log10(2)) + 1
+            return f"<{_qualname(type(value))} of about {digits} digits>"
         return f"<{_qualname(type(value))} that cannot be shown>"
 
 

@@ -8,7 +8,10 @@ hits all alike).  Targets (from the core issue):
 - plain ``ctx.step`` <= 2x the hand-written minimal step (try/except, two attrs
   events, ``Ok``);
 - a step with a retry policy that never fires <= 1.1x the plain step;
-- a step with a timeout <= 1.2x the minimal step inside ``anyio.fail_after``.
+- a step with a timeout <= 1.2x the minimal step inside ``anyio.fail_after``;
+- a step with one plain ``on_event`` listener <= 1.2x the hand-written minimal step
+  that builds the same two events (our ``StepStart`` and ``StepComplete``, with the
+  same fields) and hands them to the same listener.
 
     python benchmarks/bench_steps.py [--quick] [--check] [--json PATH]
 """
@@ -28,11 +31,13 @@ import attrs
 
 from _report import Summary, medians
 from awaitly_anyio import Deps, Err, Ok, RetryPolicy, WorkflowContext, create_workflow
+from awaitly_anyio.events import StepComplete, StepStart
 
 TARGETS = {
     "plain / minimal": 2.0,
     "retry (not triggered) / plain": 1.1,
     "timeout / minimal + fail_after": 1.2,
+    "evented / minimal with our events": 1.2,
 }
 
 
@@ -79,6 +84,44 @@ def minimal_step_factory() -> Callable[[str, Callable[[], Awaitable[Any]]], Awai
     return step
 
 
+def minimal_evented_factory(
+    listener: Callable[[object], object],
+) -> Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]:
+    """The minimal step, building our two events with the fields ours carry (the run's
+    id and name, wall-clock stamps, the duration on the monotonic clock, the value)
+    and handing them to ``listener``."""
+    workflow_id, workflow_name = "run-1", "bench"
+
+    async def step(name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        started = time.monotonic()
+        listener(
+            StepStart(
+                workflow_id=workflow_id, workflow_name=workflow_name, ts=time.time(), name=name
+            )
+        )
+        try:
+            result = await fn()
+        except Exception as exc:
+            result = Err(exc)
+        if not isinstance(result, (Ok, Err)):
+            result = Ok(result)
+        if isinstance(result, Err):
+            raise StepFailedError(result.error)
+        listener(
+            StepComplete(
+                workflow_id=workflow_id,
+                workflow_name=workflow_name,
+                ts=time.time(),
+                name=name,
+                duration_ms=(time.monotonic() - started) * 1000.0,
+                value=result.value,
+            )
+        )
+        return result.value
+
+    return step
+
+
 Variant = Callable[[int], Awaitable[float]]
 
 
@@ -88,6 +131,7 @@ def variants() -> dict[str, Variant]:
     evented_wf = create_workflow("bench", on_event=lambda event: None)
     never = RetryPolicy(attempts=3, delay=0.0)
     minimal = minimal_step_factory()
+    minimal_evented = minimal_evented_factory(lambda event: None)
 
     async def bare(n: int) -> float:
         started = time.perf_counter()
@@ -99,6 +143,12 @@ def variants() -> dict[str, Variant]:
         started = time.perf_counter()
         for _ in range(n):
             await minimal("s", value)
+        return time.perf_counter() - started
+
+    async def minimal_with_events(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            await minimal_evented("s", value)
         return time.perf_counter() - started
 
     async def minimal_fail_after(n: int) -> float:
@@ -139,6 +189,7 @@ def variants() -> dict[str, Variant]:
         "bare await": bare,
         "minimal": minimal_step,
         "minimal + fail_after": minimal_fail_after,
+        "minimal with our events": minimal_with_events,
         "plain": in_workflow(plain_wf, "plain"),
         "retry (not triggered)": in_workflow(plain_wf, "retry"),
         "timeout": in_workflow(plain_wf, "timeout"),
@@ -199,6 +250,8 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
         "retry (not triggered) / plain": figures["retry (not triggered)"] / figures["plain"],
         "timeout / minimal + fail_after": figures["timeout"] / figures["minimal + fail_after"],
         "evented / minimal": figures["evented"] / figures["minimal"],
+        "evented / minimal with our events": figures["evented"]
+        / figures["minimal with our events"],
     }
     for peer in ("tenacity", "stamina"):
         name = f"{peer} retry (not triggered)"

@@ -184,6 +184,27 @@ def _asyncio_effective_deadline() -> Callable[[], float]:
     return _asyncio_backend.current_effective_deadline  # type: ignore[no-any-return]
 
 
+def _trio_public_due() -> bool:
+    trio = sys.modules["trio"]
+    return trio.current_effective_deadline() <= trio.current_time()  # type: ignore[no-any-return]
+
+
+def _learn_trio_context() -> Any:
+    """trio's run context, if its internals are the ones :func:`cancel_due` reads."""
+    try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT as context
+
+        context.task._cancel_status.effectively_cancelled  # noqa: B018
+        context.runner.deadlines.next_deadline  # noqa: B018
+        context.runner.clock.current_time  # noqa: B018
+    except (ImportError, AttributeError):  # another trio: the public, slower way
+        return False
+    return context
+
+
+_trio_context: Any = None
+
+
 def cancel_due() -> bool:
     """Whether the caller's cancellation is due, without yielding.
 
@@ -191,15 +212,41 @@ def cancel_due() -> bool:
     passed although the loop has not noticed yet (the caller ran without
     yielding), or, on asyncio, ``task.cancel()`` was called.  A sync check, so a
     step pays no coroutine for it; :func:`deliver_cancellation` then raises it.
+    It may say due when another task's deadline has passed; delivering then only
+    yields once.
     """
+    global _trio_context
     loop = asyncio._get_running_loop()
     if loop is not None:
         task = asyncio.current_task(loop)
-        return task is not None and (
-            task.cancelling() > 0 or _asyncio_effective_deadline()() <= loop.time()
-        )
-    trio = sys.modules["trio"]
-    return trio.current_effective_deadline() <= trio.current_time()  # type: ignore[no-any-return]
+        if task is None:
+            return False
+        if task.cancelling():  # task.cancel() was called: the next yield raises
+            return True
+        # anyio delivers a cancellation through the loop: a callback in its ready
+        # queue (a scope cancelled from the task itself) or a timer that is due (a
+        # deadline).  With neither pending nothing can be due, and the walk up
+        # anyio's scopes (most of the cost) is skipped.  Loops without these queues
+        # (uvloop) always walk.
+        ready: Any = getattr(loop, "_ready", True)
+        if not ready:
+            scheduled: Any = getattr(loop, "_scheduled", True)
+            if not scheduled or scheduled[0].when() > loop.time():
+                return False
+        return _asyncio_effective_deadline()() <= loop.time()
+    # On trio the public current_effective_deadline() walks every cancel status up
+    # to the root (2 us a step); the task's own status says at once whether it is
+    # cancelled, and the runner's deadline heap whether any deadline has passed
+    # unprocessed (then the checkpoint lets trio's scheduler sort it out).
+    context = _trio_context
+    if context is None:
+        context = _trio_context = _learn_trio_context()
+    if context is False:
+        return _trio_public_due()
+    if context.task._cancel_status.effectively_cancelled:
+        return True
+    runner = context.runner
+    return runner.deadlines.next_deadline() <= runner.clock.current_time()  # type: ignore[no-any-return]
 
 
 async def deliver_cancellation() -> None:
@@ -211,4 +258,3 @@ async def deliver_cancellation() -> None:
         await asyncio.sleep(0)
     else:
         await sys.modules["trio"].lowlevel.checkpoint()
-

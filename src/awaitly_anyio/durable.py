@@ -57,6 +57,7 @@ from .serialization import (
     encode_step,
     encode_step_record,
     result_to_doc,
+    safe_repr,
 )
 from .snapshot import RunStatus, WorkflowSnapshot
 from .store import (
@@ -302,7 +303,7 @@ class _Checkpointer:
 
     def _fallback_error_record(self, name: str, record: StepRecord) -> str:
         error = record.result.error if isinstance(record.result, Err) else None
-        stand_in = StoredException(_qualname(type(error)), repr(error))
+        stand_in = StoredException(_qualname(type(error)), safe_repr(error))
         return encode_step_record(name, attrs.evolve(record, result=Err(stand_in)), self._registry)
 
 
@@ -322,7 +323,7 @@ def _encode_final(
             result = Err(SerializationError("<result>", exc.type_name, exc.reason))
             return result, result, dumps(result_to_doc(result, registry))
         stand_in: Result[Any, Any] = Err(
-            StoredException(_qualname(type(result.error)), repr(result.error))
+            StoredException(_qualname(type(result.error)), safe_repr(result.error))
         )
         return result, stand_in, dumps(result_to_doc(stand_in, registry))
 
@@ -694,4 +695,4 @@ async def _call_finish(
 def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
         return "".join(traceback.format_exception_only(type(error), error)).strip()
-    return repr(error)
+    return safe_repr(error)

@@ -23,6 +23,9 @@ class StallProxy:
         self._flowing = anyio.Event()
         self._flowing.set()
         self._stalls = 0
+        self.accepted = 0
+        self._open: set[anyio.CancelScope] = set()
+        """How many connections clients have opened through the proxy."""
 
     def stall(self) -> None:
         """Stop forwarding: what is sent from now on is lost, and its connection broken
@@ -33,6 +36,12 @@ class StallProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def drop(self) -> None:
+        """Break every connection open through the proxy (as a server restart or a
+        network blip would); new connections go through as before."""
+        for scope in tuple(self._open):
+            scope.cancel()
 
     async def _pipe(self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
@@ -49,15 +58,21 @@ class StallProxy:
             await sink.send_eof()
 
     async def _serve(self, client: anyio.abc.SocketStream) -> None:
-        async with client:
+        self.accepted += 1
+        with anyio.CancelScope() as scope:
+            self._open.add(scope)
             try:
-                server = await anyio.connect_tcp(self.target_host, self.target_port)
-            except OSError:
-                return
-            async with server, anyio.create_task_group() as tg:
-                tg.start_soon(self._pipe, client, server)
-                await self._pipe(server, client)
-                tg.cancel_scope.cancel()
+                async with client:
+                    try:
+                        server = await anyio.connect_tcp(self.target_host, self.target_port)
+                    except OSError:
+                        return
+                    async with server, anyio.create_task_group() as tg:
+                        tg.start_soon(self._pipe, client, server)
+                        await self._pipe(server, client)
+                        tg.cancel_scope.cancel()
+            finally:
+                self._open.discard(scope)
 
 
 @contextlib.asynccontextmanager

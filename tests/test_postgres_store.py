@@ -3,6 +3,7 @@ checkpoints, recovery from a lost connection, pools, and no thread left behind."
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -17,6 +18,7 @@ from awaitly_anyio.testing import FakeClock
 
 from .kit_base import encoded, leftover_driver_work, server_or_skip
 from .postgres_kit import DSN, admin, schema_for
+from .stall_proxy import stall_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -311,26 +313,33 @@ async def test_concurrent_ends_are_recorded_together_each_on_its_own_terms(schem
 
 
 async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:
-    async with PostgresStore(DSN, schema=schema, max_size=1) as store:
-        await store.mark_running("r", "orders")
-        await admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND application_name = ''"
-        )
-        failure: Exception | None = None
-        try:
-            await store.checkpoint("r", encoded("a", 1))
-        except Exception as exc:
-            failure = exc
-        # asyncpg reports the dropped connection in its own words; it must not pass silently.
-        assert failure is None or str(failure)
-        # Whatever happened to that call, the store works again and nothing is half written.
-        await store.checkpoint("r", encoded("b", 2))
-        loaded = await store.load("r")
-        assert loaded is not None
-        assert set(loaded.steps) <= {"a", "b"}
-        assert loaded.steps["b"].result == Ok(2)
+    # Only this store's connection is broken (through a proxy): other suites share
+    # the server, and their connections are not ours to end.
+    parts = urllib.parse.urlsplit(DSN)
+    port = parts.port or 5432
+    async with stall_proxy(parts.hostname or "127.0.0.1", port) as proxy:
+        dsn = DSN.replace(f":{port}", f":{proxy.port}", 1)
+        async with PostgresStore(dsn, schema=schema, max_size=1) as store:
+            await store.mark_running("r", "orders")
+            proxy.drop()
+            await anyio.wait_all_tasks_blocked()  # the proxy has closed it
+            await _recovers(store)
+
+
+async def _recovers(store: PostgresStore) -> None:
+    failure: Exception | None = None
+    try:
+        await store.checkpoint("r", encoded("a", 1))
+    except Exception as exc:
+        failure = exc
+    # asyncpg reports the dropped connection in its own words; it must not pass silently.
+    assert failure is None or str(failure)
+    # Whatever happened to that call, the store works again and nothing is half written.
+    await store.checkpoint("r", encoded("b", 2))
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert set(loaded.steps) <= {"a", "b"}
+    assert loaded.steps["b"].result == Ok(2)
 
 
 async def test_an_unreachable_server_is_a_clear_error() -> None:

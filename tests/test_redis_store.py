@@ -4,6 +4,7 @@ listing from the index alone, clean-up of dangling entries, clients, lost connec
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from awaitly_anyio.testing import FakeClock
 
 from .kit_base import encoded, leftover_driver_work, server_or_skip
 from .redis_kit import URL, prefix_for, raw, wipe
+from .stall_proxy import StallProxy, stall_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -95,15 +97,22 @@ async def test_a_call_cancelled_before_its_reply_leaves_no_reply_behind(
     assert loaded.steps["c"].result == Ok(3)
 
 
-def connections_opened() -> int:
-    """How many connections the server has accepted so far (INFO stats)."""
-    with contextlib.closing(raw()) as client:
-        return int(client.info("stats")["total_connections_received"]) - 1  # less this one
-
-
 async def test_concurrent_calls_share_the_store_connection_and_each_gets_its_answer(
-    store: RedisStore,
+    prefix: str,
 ) -> None:
+    # Through a proxy that counts this store's connections only (other suites share
+    # the server, so its own connection counters are not ours to read).
+    async with stall_proxy("127.0.0.1", _port()) as proxy:
+        url = URL.replace(f":{_port()}", f":{proxy.port}", 1)
+        async with RedisStore(url, prefix=prefix) as store:
+            await _share_the_connection(store, proxy)
+
+
+def _port() -> int:
+    return urllib.parse.urlsplit(URL).port or 6379
+
+
+async def _share_the_connection(store: RedisStore, proxy: StallProxy) -> None:
     for n in range(40):
         await store.claim(f"ours-{n}", "orders", owner="a", lease=60)
     await store.claim("theirs", "orders", owner="b", lease=60)
@@ -117,7 +126,7 @@ async def test_concurrent_calls_share_the_store_connection_and_each_gets_its_ans
         else:
             outcomes[f"{run}/{key}"] = "written"
 
-    before = connections_opened()
+    before = proxy.accepted
     async with anyio.create_task_group() as tg:
         for step in range(3):
             for n in range(40):
@@ -125,7 +134,7 @@ async def test_concurrent_calls_share_the_store_connection_and_each_gets_its_ans
             tg.start_soon(write, "theirs", f"s{step}", 0)
     # Queued behind the first call and sent together on the store's own connection,
     # not each on a connection of the client's pool.
-    assert connections_opened() - before <= 1
+    assert proxy.accepted - before <= 1
     assert outcomes == {
         **{f"ours-{n}/s{step}": "written" for n in range(40) for step in range(3)},
         **{f"theirs/s{step}": "LeaseLostError" for step in range(3)},
@@ -261,12 +270,18 @@ async def test_purging_and_listing_never_delete_a_damaged_run(
     assert await store.delete("hurt") is True  # an operator can still remove it
 
 
-async def test_a_dropped_connection_is_an_error_and_the_store_recovers(
-    store: RedisStore,
-) -> None:
+async def test_a_dropped_connection_is_an_error_and_the_store_recovers(prefix: str) -> None:
+    # Only this store's connections are dropped: other suites share the server.
+    async with stall_proxy("127.0.0.1", _port()) as proxy:
+        url = URL.replace(f":{_port()}", f":{proxy.port}", 1)
+        async with RedisStore(url, prefix=prefix) as store:
+            await _recovers_from_a_drop(store, proxy)
+
+
+async def _recovers_from_a_drop(store: RedisStore, proxy: StallProxy) -> None:
     await store.mark_running("r", "orders")
-    with contextlib.closing(raw()) as client:
-        client.client_kill_filter(_type="normal", skipme=True)
+    proxy.drop()
+    await anyio.wait_all_tasks_blocked()  # the proxy has closed them
     failure: Exception | None = None
     try:
         await store.checkpoint("r", encoded("a", 1))

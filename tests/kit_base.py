@@ -35,7 +35,7 @@ the format version (set to one no release wrote), the format version of the next
 release (2), a step record nested deeper than any parser's stack (100,000 deep;
 5,000 on PostgreSQL, whose jsonb refuses more), the creation time (not a time),
 the workflow name (missing, or empty where the column cannot be missing), or the
-run's key itself (holding a value of another type: Redis only; other kits skip)."""
+run's key itself (holding a value of another type: Redis only)."""
 
 
 def encoded(key: str, value: Any, at: datetime | None = None) -> EncodedStep:
@@ -59,6 +59,11 @@ class StoreKit:
     open: Callable[[Path, FakeClock], contextlib.AbstractAsyncContextManager[Any]]
     damage: Callable[[Any, str, Damage], Awaitable[None]]
     raw: Callable[[Any, str], Awaitable[Any]]
+    cannot_damage: frozenset[str] = frozenset({"wrong_type"})
+    """The kinds of damage this store cannot suffer: a test parametrized over
+    ``part`` is not generated for them (see ``tests/conftest.py``)."""
+    by_url: bool = True
+    """Whether another process can open the same store by URL (the CLI tests)."""
 
 
 def deep_json(depth: int = 100_000) -> str:

@@ -92,4 +92,4 @@ async def _raw_redis(store: Any, run_id: str) -> Any:
     return found
 
 
-REDIS = StoreKit("redis", _open_redis, _damage_redis, _raw_redis)
+REDIS = StoreKit("redis", _open_redis, _damage_redis, _raw_redis, cannot_damage=frozenset())

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from .kit_base import server_or_skip
 from .postgres_kit import DSN, admin
 from .redis_kit import URL as REDIS_URL
 from .redis_kit import wipe
@@ -72,7 +73,7 @@ def postgres_schema(tmp_path: Path) -> Iterator[str]:
     try:
         anyio.run(admin, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     except OSError as exc:
-        pytest.skip(f"PostgreSQL at {DSN} is unreachable ({exc})")
+        server_or_skip("PostgreSQL", DSN, exc)
     yield schema
     anyio.run(admin, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -86,7 +87,7 @@ def redis_prefix(tmp_path: Path) -> Iterator[str]:
     try:
         wipe(prefix)
     except Exception as exc:  # redis.ConnectionError is not an OSError
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc})")
+        server_or_skip("Redis", REDIS_URL, exc)
     yield prefix
     wipe(prefix)
 

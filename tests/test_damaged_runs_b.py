@@ -156,11 +156,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.needs_url_store
 async def test_the_cli_lists_a_damaged_run_flagged_beside_the_others(
     kit: StoreKit, store: Any, tmp_path: Path, anyio_backend: str
 ) -> None:
-    if kit.name not in CLI_DAMAGE:
-        pytest.skip("the CLI opens stores by URL; memory:// is private to its process")
     for id in ("order-1", "order-7"):
         await _abandoned(store, id, failed=True)
     await kit.damage(store, "order-7", CLI_DAMAGE[kit.name])  # type: ignore[arg-type]

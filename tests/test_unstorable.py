@@ -228,6 +228,9 @@ def test_safe_repr_never_raises() -> None:
     assert safe_repr(nested(5000))
     assert safe_repr(10**10_000) == "<builtins.int of about 10001 digits>"
     assert len(safe_repr(list(range(10_000)))) < 200
+    assert safe_repr(ValueError("card 4000-0000-0000-0002 declined")) == repr(
+        ValueError("card 4000-0000-0000-0002 declined")
+    )
 
 
 def test_the_int_limit_is_pythons_default() -> None:

@@ -190,10 +190,18 @@ def _text_of(exc: BaseException) -> str:
 
 
 def safe_repr(value: object) -> str:
-    """A short ``repr`` of ``value`` that never raises: deep or cyclic containers and
-    integers too long to print are shown abridged (for errors stored as text)."""
+    """``repr(value)`` up to 1,000 characters; a longer one, or where ``repr`` raises
+    (containers too deep for the stack, integers too long to print), an abridged
+    form.  Never raises (for errors stored as text)."""
     import reprlib
 
+    try:
+        text = repr(value)
+    except Exception:
+        pass
+    else:
+        if len(text) <= 1000:
+            return text
     try:
         return reprlib.repr(value)
     except Exception:

@@ -71,8 +71,9 @@ async def test_shutdown_lets_active_runs_finish_within_the_grace_period() -> Non
             release.set()
         assert await handle.result() == Ok("finished")
     assert closed == ["telemetry"]
-    with pytest.raises(RuntimeError, match="closed"):
-        await store.load("slow")
+    # The store is the caller's: the host did not close it.
+    snapshot = await store.load("slow")
+    assert snapshot is not None and snapshot.status == "completed"
 
 
 async def test_runs_still_active_after_the_grace_period_are_cancelled_and_resumable() -> None:

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
+from .lifespan import WorkflowLifespan
 from .ratelimit import RateLimiter, create_rate_limiter
 from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
 from .result import Err, Ok, Result, UnwrapError, err, ok
@@ -90,6 +91,7 @@ __all__ = [
     "Workflow",
     "WorkflowContext",
     "WorkflowHost",
+    "WorkflowLifespan",
     "WorkflowMismatchError",
     "WorkflowRegistry",
     "WorkflowSnapshot",

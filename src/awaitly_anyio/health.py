@@ -1,8 +1,10 @@
 """Health: a tracker of workflow outcomes, dependency checks, and an ASGI application
 serving ``/health``, ``/ready``, ``/health/workflows`` and ``/health/circuits``.
 
-The application needs no web framework: mount it in Starlette or FastAPI
-(``app.mount("/", health_app)``) or serve it alone with Hypercorn or Uvicorn.
+The application needs no web framework: mount it under any prefix in Starlette,
+FastAPI, Litestar or Quart (``app.mount("/ops", health_app)`` answers
+``/ops/health``; the ASGI ``root_path`` is honoured whether the framework strips
+the prefix from the path or not), or serve it alone with Hypercorn or Uvicorn.
 It runs on asyncio and trio.
 """
 
@@ -214,6 +216,8 @@ def create_health_app(
     - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,
       ``"HALF_OPEN"``).
 
+    Paths are relative to where the app is mounted (the ASGI ``root_path``), so
+    ``app.mount("/ops", health_app)`` serves ``/ops/health``, ``/ops/ready``...
     Other paths answer 404 and other methods 405.  Lifespan messages are accepted
     (startup and shutdown complete at once).  A WebSocket connection is refused:
     the app answers ``websocket.connect`` with ``websocket.close`` code 1008
@@ -276,7 +280,7 @@ def create_health_app(
             return
         if scope["type"] != "http":
             return
-        route = routes.get(scope["path"].rstrip("/") or "/")
+        route = routes.get(_route_path(scope, routes))
         if route is None:
             status, body = 404, {"error": f"no such endpoint {scope['path']!r}"}
         elif scope["method"] not in ("GET", "HEAD"):
@@ -315,6 +319,27 @@ async def _refuse_websocket(receive: Receive, send: Send) -> None:
                 "reason": "the health endpoints speak HTTP only",
             }
         )
+
+
+def _route_path(scope: Scope, routes: Mapping[str, object]) -> str:
+    """The path of the request within the app, whichever way it was mounted.
+
+    ASGI servers and frameworks say where an app is mounted in ``root_path``, but
+    not all the same way: Starlette and FastAPI mounts (and uvicorn's
+    ``--root-path``) keep the full path in ``path`` and add the prefix to
+    ``root_path``; others (Litestar's ``is_mount``, Hypercorn's dispatcher) strip
+    the prefix from ``path``.  The prefix is removed when ``path`` starts with it,
+    unless only the unstripped path names an endpoint (an app mounted at
+    ``/health`` by a framework that strips: ``/health/health`` arrives as
+    ``path="/health"``).
+    """
+    path: str = scope.get("path") or "/"
+    root: str = (scope.get("root_path") or "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        inner = path[len(root) :].rstrip("/") or "/"
+        if inner in routes or path.rstrip("/") not in routes:
+            return inner
+    return path.rstrip("/") or "/"
 
 
 def _state_name(state: Any) -> str:

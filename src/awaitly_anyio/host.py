@@ -2,30 +2,39 @@
 down gracefully.
 
 On shutdown (``await host.shutdown()``, a SIGTERM/SIGINT with
-``host.serve_signals()``, or leaving ``async with``) the host stops taking new
-runs, waits up to ``grace`` seconds for the active ones, then cancels the rest:
-durable runs record themselves ``cancelled`` and release their leases, so
-another worker's ``recover()`` resumes them without repeating a checkpointed
-step.  Finally it closes the store and runs the ``on_shutdown`` callbacks (for
-example flushing telemetry).
+``host.serve_signals()``, or leaving ``async with``) the host stops recovering
+runs and stops taking new ones, waits up to ``grace`` seconds for the active
+ones (recovered runs included), then cancels the rest: durable runs record
+themselves ``cancelled`` and release their leases, so another worker's
+``recover()`` resumes them without repeating a checkpointed step.  Finally it
+closes the store if it opened it (from a URL) and runs the ``on_shutdown``
+callbacks (for example flushing telemetry).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 import anyio
 import anyio.abc
 import attrs
 
+from ._redact import redact_text, redact_url
 from ._run import logger
+from .clock import Clock, SystemClock
+from .context import WorkflowContext
+from .durable import default_owner
+from .recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from .result import Result
-from .store import SnapshotStore
+from .store import LeaseStore, SnapshotStore, open_store
 from .workflow import Workflow
 
 __all__ = ["HostAtCapacityError", "HostClosedError", "RunHandle", "WorkflowHost"]
+
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 class HostClosedError(RuntimeError):
@@ -37,12 +46,16 @@ class HostAtCapacityError(RuntimeError):
 
 
 @attrs.define(eq=False)
-class RunHandle:
-    """A run started by :meth:`WorkflowHost.start`: await :meth:`result` for its Result."""
+class RunHandle(Generic[T]):
+    """A run started by :meth:`WorkflowHost.start`: await :meth:`result` for its Result.
+
+    ``RunHandle[T]`` is the handle of a run whose body returns ``T`` (or
+    ``Result[T, E]``); :meth:`result` gives ``Result[T, Any]``.
+    """
 
     workflow_id: str | None
     _done: anyio.Event = attrs.field(factory=anyio.Event)
-    _result: Result[Any, Any] | None = None
+    _result: Result[T, Any] | None = None
     _error: Exception | None = None
 
     @property
@@ -50,11 +63,12 @@ class RunHandle:
         """Whether the run has ended (with a Result or by cancellation)."""
         return self._done.is_set()
 
-    async def result(self) -> Result[Any, Any]:
+    async def result(self) -> Result[T, Any]:
         """Wait for the run's Result.
 
-        Raises :class:`HostClosedError` if the host's shutdown cancelled the run, and
-        what ``workflow.run`` raised for bad arguments (``TypeError``, ``ValueError``).
+        A cancellation point: cancelling the wait does not cancel the run.  Raises
+        :class:`HostClosedError` if the host's shutdown cancelled the run, and what
+        ``workflow.run`` raised for bad arguments (``TypeError``, ``ValueError``).
         """
         await self._done.wait()
         if self._error is not None:
@@ -64,35 +78,68 @@ class RunHandle:
         return self._result
 
 
+def _check_store(store: object) -> None:
+    if store is not None and not isinstance(store, (str, SnapshotStore)):
+        raise TypeError(
+            "store must be a store (from open_store or awaitly_anyio.stores), a store URL "
+            f"or None, not {type(store).__name__}"
+        )
+
+
 class WorkflowHost:
     """Runs workflows for a service; use it as ``async with WorkflowHost(...) as host:``.
 
-    - ``max_active``: how many runs may be active at once; more are refused with
-      :class:`HostAtCapacityError` (so a load balancer can send them elsewhere).
+    - ``max_active``: how many runs may be active at once (recovered runs
+      included); more are refused with :class:`HostAtCapacityError` (so a load
+      balancer can send them elsewhere).
     - ``store``: given to every run started with a ``workflow_id`` (durable runs)
-      unless the call passes its own, and closed at shutdown.
+      unless the call passes its own.  A store object stays the caller's: the host
+      never closes it (open and close it yourself, ``async with store, host:``).
+      A store URL (``"sqlite:///runs.db"``, ``"postgresql://..."``) is opened by the
+      host (with ``store_options``) when it is entered and closed at the end of its
+      shutdown; :attr:`store` is that store.
     - ``grace``: seconds active runs get to finish once shutdown begins.
     - ``on_shutdown``: async callables run last (flush telemetry, close pools).
+
+    Raises ``TypeError`` / ``ValueError`` for a bad option, naming it (a store URL
+    is shown with its password masked).
     """
 
     def __init__(
         self,
         *,
         max_active: int = 100,
-        store: SnapshotStore | None = None,
+        store: SnapshotStore | str | None = None,
         grace: float = 30.0,
         on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
+        store_options: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
             raise ValueError(f"max_active must be a positive integer, not {max_active!r}")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        _check_store(store)
+        if store_options is not None and not isinstance(store_options, Mapping):
+            raise TypeError(f"store_options must be a mapping, not {type(store_options).__name__}")
+        if store_options and not isinstance(store, str):
+            raise ValueError("store_options only apply to a store given as a URL")
+        if isinstance(on_shutdown, (str, bytes)) or not all(
+            callable(callback) for callback in on_shutdown
+        ):
+            raise TypeError("on_shutdown must be a sequence of async callables")
         self.max_active = max_active
-        self.store = store
+        self._owns_store = isinstance(store, str)
+        self.store: SnapshotStore | None = (
+            open_store(store, **dict(store_options or {})) if isinstance(store, str) else store
+        )
+        self._store_url = redact_url(store) if isinstance(store, str) else None
         self.grace = float(grace)
         self._on_shutdown = list(on_shutdown)
         self._tg: anyio.abc.TaskGroup | None = None
         self._runs: anyio.abc.TaskGroup | None = None
+        self._services: anyio.abc.TaskGroup | None = None
+        self._services_stop = anyio.Event()
+        self._services_done = anyio.Event()
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -102,14 +149,29 @@ class WorkflowHost:
     # ---- life cycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> WorkflowHost:
+        """Open the store if the host was given a URL, then start taking runs.
+
+        Raises ``RuntimeError`` if the host was entered before, and what opening
+        the store raises (its message names the store with secrets masked).
+        """
         if self._tg is not None:
             raise RuntimeError("a WorkflowHost can be entered once")
         self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        if self._owns_store and self.store is not None:
+            await self.store.__aenter__()
+        try:
+            await self._tg.__aenter__()
+        except BaseException:
+            await self._close_store()
+            raise
         try:
             await self._tg.start(self._hold_runs)
+            await self._tg.start(self._hold_services)
         except BaseException:
+            self._services_stop.set()
+            self._stopped.set()
             await self._tg.__aexit__(None, None, None)
+            await self._close_store()
             raise
         return self
 
@@ -121,7 +183,20 @@ class WorkflowHost:
             task_status.started()
             await self._stopped.wait()
 
+    async def _hold_services(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # Background services (the recovery loop) are stopped first at shutdown.
+        try:
+            async with anyio.create_task_group() as services:
+                self._services = services
+                task_status.started()
+                await self._services_stop.wait()
+                services.cancel_scope.cancel()
+        finally:
+            self._services_done.set()
+
     async def __aexit__(self, *exc_info: Any) -> bool | None:
+        """Shut down (see :meth:`shutdown`), then close the store if the host opened
+        it and run the ``on_shutdown`` callbacks (shielded from cancellation)."""
         assert self._tg is not None
         try:
             await self.shutdown()
@@ -133,7 +208,7 @@ class WorkflowHost:
 
     @property
     def active(self) -> int:
-        """How many runs are active now."""
+        """How many runs are active now (recovered runs included)."""
         return self._active
 
     @property
@@ -154,19 +229,43 @@ class WorkflowHost:
 
     # ---- runs ------------------------------------------------------------------------
 
+    @overload
     def start(
         self,
-        workflow: Workflow[Any],
-        body: Callable[[Any], Awaitable[Any]],
+        workflow: Workflow[D],
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
         *,
         workflow_id: str | None = None,
         **options: Any,
-    ) -> RunHandle:
+    ) -> RunHandle[T]: ...
+    @overload
+    def start(
+        self,
+        workflow: Workflow[D],
+        body: Callable[[WorkflowContext[D]], Awaitable[T]],
+        *,
+        workflow_id: str | None = None,
+        **options: Any,
+    ) -> RunHandle[T]: ...
+    def start(
+        self,
+        workflow: Workflow[Any],
+        body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
+        *,
+        workflow_id: str | None = None,
+        **options: Any,
+    ) -> RunHandle[Any]:
         """Start ``workflow.run(body, ...)`` in the host's task group and return at once.
 
-        Raises :class:`HostClosedError` once shutdown has begun and
-        :class:`HostAtCapacityError` when ``max_active`` runs are active.
+        ``options`` are :meth:`Workflow.run <awaitly_anyio.Workflow.run>`'s
+        (``input=``, ``lease=``...); the host's store is used for a run with a
+        ``workflow_id`` unless ``store=`` is given.  Not a cancellation point.
+        Raises :class:`HostClosedError` before the host is entered and once
+        shutdown has begun, :class:`HostAtCapacityError` when ``max_active`` runs
+        are active, and ``TypeError`` when ``workflow`` is not a Workflow.
         """
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a Workflow (from create_workflow), not {workflow!r}")
         if self._runs is None or self._shutting_down:
             raise HostClosedError("the host is shutting down and takes no new runs")
         if self._active >= self.max_active:
@@ -175,30 +274,64 @@ class WorkflowHost:
             )
         if self.store is not None and workflow_id is not None:
             options.setdefault("store", self.store)
-        handle = RunHandle(workflow_id)
+        return self._launch(workflow, body, workflow_id, options)
+
+    def _launch(
+        self,
+        workflow: Workflow[Any],
+        body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
+        workflow_id: str | None,
+        options: dict[str, Any],
+        on_done: Callable[[Result[Any, Any]], object] | None = None,
+    ) -> RunHandle[Any]:
+        assert self._runs is not None
+        handle: RunHandle[Any] = RunHandle(workflow_id)
         self._active += 1
         self._idle = anyio.Event() if self._active == 1 else self._idle
-        self._runs.start_soon(self._run, handle, workflow, body, workflow_id, options)
+        self._runs.start_soon(self._run, handle, workflow, body, workflow_id, options, on_done)
         return handle
 
+    @overload
+    async def run(
+        self,
+        workflow: Workflow[D],
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
+        *,
+        workflow_id: str | None = None,
+        **options: Any,
+    ) -> Result[T, Any]: ...
+    @overload
+    async def run(
+        self,
+        workflow: Workflow[D],
+        body: Callable[[WorkflowContext[D]], Awaitable[T]],
+        *,
+        workflow_id: str | None = None,
+        **options: Any,
+    ) -> Result[T, Any]: ...
     async def run(
         self,
         workflow: Workflow[Any],
-        body: Callable[[Any], Awaitable[Any]],
+        body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
         *,
         workflow_id: str | None = None,
         **options: Any,
     ) -> Result[Any, Any]:
-        """Start a run and wait for its Result (see :meth:`start` for what it raises)."""
-        return await self.start(workflow, body, workflow_id=workflow_id, **options).result()
+        """Start a run and wait for its Result (see :meth:`start` for what it raises).
+
+        Cancelling the wait does not cancel the run: it goes on in the host.
+        """
+        handle: RunHandle[Any] = self.start(workflow, body, workflow_id=workflow_id, **options)
+        return await handle.result()
 
     async def _run(
         self,
-        handle: RunHandle,
+        handle: RunHandle[Any],
         workflow: Workflow[Any],
-        body: Callable[[Any], Awaitable[Any]],
+        body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
         workflow_id: str | None,
         options: dict[str, Any],
+        on_done: Callable[[Result[Any, Any]], object] | None,
     ) -> None:
         try:
             handle._result = await workflow.run(body, workflow_id=workflow_id, **options)
@@ -212,29 +345,143 @@ class WorkflowHost:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
+        if on_done is not None and handle._result is not None:
+            try:
+                on_done(handle._result)
+            except Exception:
+                logger.exception("on_recovered failed for run %r", workflow_id)
+
+    # ---- recovery --------------------------------------------------------------------
+
+    def _recovery_store(self) -> LeaseStore:
+        if not isinstance(self.store, LeaseStore):
+            raise TypeError(
+                "recovery through the host needs the host's store to have leases "
+                f"(LeaseStore), not {type(self.store).__name__}"
+            )
+        return self.store
+
+    async def recover(
+        self,
+        registry: WorkflowRegistry,
+        *,
+        owner: str | None = None,
+        lease: float = 30.0,
+        limit: int = 10,
+        on_recovered: Callable[[RecoveredRun], object] | None = None,
+    ) -> list[RunHandle[Any]]:
+        """One recovery pass through the host: claim up to ``limit`` abandoned runs of
+        ``registry``'s workflows from the host's store, no more than the host has
+        free capacity for, and start each in the host; return their handles.
+
+        Recovered runs are host runs: they count against ``max_active`` (and so in
+        ``/ready``) and get the host's grace period at shutdown.  Each one's
+        Result goes to ``on_recovered`` as a :class:`RecoveredRun` when it ends; a
+        run found damaged goes there at once with ``Err(SnapshotDecodeError)`` and
+        is left as it is.  Claiming is shielded from cancellation, so a claimed
+        run is always started (never left leased to nobody).  Returns ``[]`` once
+        shutdown has begun.  Raises :class:`HostClosedError` before the host is
+        entered, ``TypeError`` when the host has no store with leases.
+        """
+        store = self._recovery_store()
+        if self._runs is None:
+            raise HostClosedError("the host is not running: enter it with async with first")
+        owner = owner or default_owner()
+        free = self.max_active - self._active
+        if self._shutting_down or free <= 0:
+            return []
+        with anyio.CancelScope(shield=True):
+            claimed, damaged = await claim_abandoned(
+                store, registry, owner=owner, lease=lease, limit=min(limit, free)
+            )
+        handles: list[RunHandle[Any]] = []
+        for info in claimed:
+            workflow, body = registry.get(info.workflow_name)
+            done = None
+            if on_recovered is not None:
+                done = _report(on_recovered, info.id, info.workflow_name)
+            options: dict[str, Any] = {"store": store, "owner": owner, "lease": lease}
+            handles.append(self._launch(workflow, body, info.id, options, done))
+        if on_recovered is not None:
+            for run in damaged:
+                on_recovered(run)
+        return handles
+
+    def start_recovery(
+        self,
+        registry: WorkflowRegistry,
+        *,
+        interval: float = 10.0,
+        owner: str | None = None,
+        lease: float = 30.0,
+        limit: int = 10,
+        clock: Clock | None = None,
+        on_recovered: Callable[[RecoveredRun], object] | None = None,
+    ) -> None:
+        """Run :meth:`recover` every ``interval`` seconds in the host, until shutdown.
+
+        The loop runs in the host's own task group and is stopped first when
+        shutdown begins (before the grace period), so no run is claimed during a
+        drain.  A pass that fails (the store unreachable) is logged and retried at
+        the next interval.  Not a cancellation point.  Raises
+        :class:`HostClosedError` before the host is entered or once shutdown has
+        begun, ``TypeError`` when the host has no store with leases or
+        ``registry`` is not a :class:`WorkflowRegistry`, ``ValueError`` for a bad
+        ``interval``.
+        """
+        self._recovery_store()
+        if not isinstance(registry, WorkflowRegistry):
+            raise TypeError(f"expected a WorkflowRegistry, not {type(registry).__name__}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+        if self._services is None or self._shutting_down:
+            raise HostClosedError("the host is not running: enter it with async with first")
+        owner = owner or default_owner()
+        the_clock = clock if clock is not None else SystemClock()
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.recover(
+                        registry, owner=owner, lease=lease, limit=limit, on_recovered=on_recovered
+                    )
+                except Exception as exc:
+                    logger.warning("a recovery pass failed (retried in %gs): %s", interval, exc)
+                await the_clock.sleep(interval)
+
+        self._services.start_soon(loop)
 
     # ---- shutdown --------------------------------------------------------------------
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Stop taking runs, wait up to ``grace`` seconds (default: the host's) for the
-        active ones, then cancel the rest and wait for them to record themselves.
+        """Stop recovering and taking runs, wait up to ``grace`` seconds (default: the
+        host's) for the active ones, then cancel the rest and wait for them to
+        record themselves.
 
         Calling it again (or concurrently) waits for the first call to finish.
+        Cancelling it ends the grace period early: the remaining runs are still
+        cancelled and waited for (shielded) before the cancellation propagates.
         """
         if self._shutting_down:
             await self._stopped.wait()
             return
         self._shutting_down = True
         try:
+            self._services_stop.set()
+            if self._services is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._services_done.wait()
             with anyio.move_on_after(self.grace if grace is None else grace):
                 await self._idle.wait()
-            if self._runs is not None and self._active:
-                self._runs.cancel_scope.cancel()
-                # Cancelled durable runs record themselves in short shielded scopes.
-                with anyio.CancelScope(shield=True):
-                    await self._idle.wait()
         finally:
-            self._stopped.set()
+            try:
+                if self._runs is not None and self._active:
+                    self._runs.cancel_scope.cancel()
+                    # Cancelled durable runs record themselves in short shielded scopes.
+                    with anyio.CancelScope(shield=True):
+                        await self._idle.wait()
+            finally:
+                self._stopped.set()
 
     async def serve_signals(
         self,
@@ -244,8 +491,13 @@ class WorkflowHost:
     ) -> None:
         """Wait for one of ``signals`` (SIGTERM and SIGINT by default), then shut down.
 
-        Run it in a task group beside your server; ``await tg.start(host.serve_signals)``
-        returns once the signals are watched.
+        For a program that owns its signals (a worker process, or a server you
+        run yourself inside the same task group).  Do not use it under a server
+        that handles the signals itself (uvicorn, Hypercorn, Granian): there, let
+        the server's lifespan shut the host down (see
+        :class:`~awaitly_anyio.lifespan.WorkflowLifespan`).  Run it in a task group
+        beside your server; ``await tg.start(host.serve_signals)`` returns once the
+        signals are watched.  Cancelling it before a signal stops watching.
         """
         with anyio.open_signal_receiver(*signals) as received:
             task_status.started()
@@ -253,14 +505,28 @@ class WorkflowHost:
                 break
         await self.shutdown()
 
-    async def _close(self) -> None:
-        if self.store is not None:
+    async def _close_store(self) -> None:
+        if self._owns_store and self.store is not None:
             try:
                 await self.store.close()
-            except Exception:  # closing must not hide the rest of the shutdown
-                logger.exception("closing the store failed")
+            except Exception as exc:  # closing must not hide the rest of the shutdown
+                logger.error(
+                    "closing the store %s failed: %s", self._store_url, redact_text(str(exc))
+                )
+
+    async def _close(self) -> None:
+        await self._close_store()
         for callback in self._on_shutdown:
             try:
                 await callback()
             except Exception:
                 logger.exception("an on_shutdown callback failed")
+
+
+def _report(
+    on_recovered: Callable[[RecoveredRun], object], id: str, name: str
+) -> Callable[[Result[Any, Any]], object]:
+    def report(result: Result[Any, Any]) -> object:
+        return on_recovered(RecoveredRun(id, name, result))
+
+    return report

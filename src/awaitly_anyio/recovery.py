@@ -22,10 +22,11 @@ from .clock import Clock, SystemClock
 from .durable import default_owner
 from .errors import SnapshotDecodeError
 from .result import Err, Result
+from .snapshot import SnapshotInfo
 from .store import LeaseStore, check_lease
 from .workflow import Workflow
 
-__all__ = ["RecoveredRun", "WorkflowRegistry", "recover", "recovery_loop"]
+__all__ = ["RecoveredRun", "WorkflowRegistry", "claim_abandoned", "recover", "recovery_loop"]
 
 Body = Callable[[Any], Awaitable[Any]]
 B = TypeVar("B", bound=Body)
@@ -127,19 +128,11 @@ async def recover(
     it, until an operator repairs or deletes it.  Such runs do not count towards
     ``limit``.
     """
-    if not isinstance(store, LeaseStore):
-        raise TypeError(f"recovery needs a store with leases (LeaseStore), not {store!r}")
     owner = owner or default_owner()
-    check_lease(owner, lease)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
-    if not registry.names:
-        return []
-    claimed = await store.claim_expired(
-        owner=owner, lease=lease, limit=limit, workflow_names=registry.names
-    )
+    claimed, damaged = await claim_abandoned(store, registry, owner=owner, lease=lease, limit=limit)
     recovered: list[RecoveredRun] = []
-    damaged: list[RecoveredRun] = []
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def resume(id: str, name: str) -> None:
@@ -150,17 +143,57 @@ async def recover(
 
     async with anyio.create_task_group() as tg:
         for info in claimed:
-            if info.damaged is not None:
-                logger.warning(
-                    "run %r cannot be decoded, so it is not recovered (left as it is): %s",
-                    info.id,
-                    info.damaged,
-                )
-                error = SnapshotDecodeError(info.id, info.damaged)
-                damaged.append(RecoveredRun(info.id, info.workflow_name, Err(error)))
-                continue
             tg.start_soon(resume, info.id, info.workflow_name)
     return recovered + damaged
+
+
+async def claim_abandoned(
+    store: LeaseStore,
+    registry: WorkflowRegistry,
+    *,
+    owner: str,
+    lease: float,
+    limit: int,
+) -> tuple[list[SnapshotInfo], list[RecoveredRun]]:
+    """Claim up to ``limit`` abandoned runs of registered workflows for ``owner``.
+
+    Returns the claimed runs (now leased to ``owner`` for ``lease`` seconds: the
+    caller must resume each, or they wait for the lease to run out) and the runs
+    found damaged, as :class:`RecoveredRun` whose result is
+    ``Err(SnapshotDecodeError)`` (logged as warnings, left as they are).  Used by
+    :func:`recover` and by :meth:`WorkflowHost.start_recovery
+    <awaitly_anyio.host.WorkflowHost.start_recovery>`.  Raises ``TypeError`` for a
+    store without leases and ``ValueError`` for a bad ``owner``/``lease``/``limit``;
+    a cancellation point (the claim itself is one store call).
+    """
+    if not isinstance(store, LeaseStore):
+        raise TypeError(
+            f"recovery needs a store with leases (LeaseStore), not {type(store).__name__}"
+        )
+    if not isinstance(registry, WorkflowRegistry):
+        raise TypeError(f"expected a WorkflowRegistry, not {type(registry).__name__}")
+    check_lease(owner, lease)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    if not registry.names:
+        return [], []
+    found = await store.claim_expired(
+        owner=owner, lease=lease, limit=limit, workflow_names=registry.names
+    )
+    claimed: list[SnapshotInfo] = []
+    damaged: list[RecoveredRun] = []
+    for info in found:
+        if info.damaged is not None:
+            logger.warning(
+                "run %r cannot be decoded, so it is not recovered (left as it is): %s",
+                info.id,
+                info.damaged,
+            )
+            error = SnapshotDecodeError(info.id, info.damaged)
+            damaged.append(RecoveredRun(info.id, info.workflow_name, Err(error)))
+        else:
+            claimed.append(info)
+    return claimed, damaged
 
 
 async def recovery_loop(

@@ -83,7 +83,8 @@ async def test_a_run_is_a_span_with_a_child_per_step(telemetry: Any) -> None:
     result = await workflow.run(body, workflow_id="order-1", resume_state=ResumeState({}))
     assert result.ok
     spans = {span.name: span for span in exporter.get_finished_spans()}
-    assert set(spans) == {"workflow checkout", "step fetch_user", "step charge"}
+    attempts_spans = {f"step charge attempt {n}" for n in (1, 2, 3)}
+    assert set(spans) == {"workflow checkout", "step fetch_user", "step charge"} | attempts_spans
     run = spans["workflow checkout"]
     assert run.attributes["workflow.name"] == "checkout"
     assert run.attributes["workflow.id"] == "order-1"
@@ -97,6 +98,18 @@ async def test_a_run_is_a_span_with_a_child_per_step(telemetry: Any) -> None:
     charge = spans["step charge"]
     assert charge.attributes["step.attempt"] == 3
     assert [event.name for event in charge.events] == ["retry", "retry"]
+    outcomes = []
+    for n in (1, 2, 3):
+        attempt = spans[f"step charge attempt {n}"]
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == charge.context.span_id
+        assert attempt.attributes["step.attempt"] == n
+        outcomes.append((attempt.attributes["step.outcome"], attempt.status.status_code))
+    assert outcomes == [
+        ("retry", StatusCode.ERROR),
+        ("retry", StatusCode.ERROR),
+        ("ok", StatusCode.UNSET),
+    ]
 
     points = metric_points(reader)
     [duration] = points["awaitly.workflow.duration"]

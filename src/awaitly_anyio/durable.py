@@ -46,6 +46,7 @@ from .errors import (
     StoreError,
     WorkflowMismatchError,
 )
+from .events import TRACE_CONTEXT_KEY, WorkflowResumed
 from .result import Err, Ok, Result
 from .resume import StepRecord
 from .serialization import (
@@ -362,6 +363,11 @@ async def run_durable(
         cast(CheckpointStore, store) if checkpoints else _WholeSnapshots(store, snapshot)
     )
     input, metadata = _input_and_metadata(options, snapshot)
+    if workflow.on_event:
+        if snapshot is None:
+            metadata = _with_trace_carrier(workflow, workflow_id, metadata)
+        else:
+            _emit_resumed(workflow, workflow_id, snapshot.metadata)
     try:
         await target.mark_running(workflow_id, workflow.name, metadata=metadata)
     except SerializationError as exc:
@@ -390,6 +396,57 @@ def _input_and_metadata(
         return options.input, metadata
     stored = None if snapshot is None else snapshot.metadata.get(INPUT_KEY)
     return stored, metadata or None
+
+
+def _trace_sources(workflow: Workflow[Any]) -> list[Callable[[str], object]]:
+    """The ``trace_carrier`` methods of the workflow's handlers' owners (see
+    :class:`~awaitly_anyio.events.TraceCarrierSource`)."""
+    found = []
+    for handler in workflow.on_event:
+        source = getattr(getattr(handler, "__self__", handler), "trace_carrier", None)
+        if callable(source):
+            found.append(source)
+    return found
+
+
+def _with_trace_carrier(
+    workflow: Workflow[Any], workflow_id: str, metadata: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """``metadata`` with the trace context a source gives for a run created now."""
+    for source in _trace_sources(workflow):
+        try:
+            carrier = source(workflow_id)
+        except Exception:
+            logger.exception("trace_carrier of %r failed", source)
+            continue
+        if isinstance(carrier, Mapping) and carrier:
+            return {
+                **(metadata or {}),
+                TRACE_CONTEXT_KEY: {str(k): str(v) for k, v in carrier.items()},
+            }
+    return metadata
+
+
+def _emit_resumed(
+    workflow: Workflow[Any],
+    workflow_id: str,
+    metadata: Mapping[str, Any],
+    stored: object = None,
+) -> None:
+    """Emit ``workflow_resumed`` for a run that keeps a trace context (``stored``, read
+    before the claim, or the one in its metadata)."""
+    trace_context = stored if stored is not None else metadata.get(TRACE_CONTEXT_KEY)
+    emit = workflow._emit
+    if emit is None or not isinstance(trace_context, Mapping) or not trace_context:
+        return
+    emit(
+        WorkflowResumed(
+            workflow_id=workflow_id,
+            workflow_name=workflow.name,
+            ts=workflow.clock.time(),
+            trace_context={str(k): str(v) for k, v in trace_context.items()},
+        )
+    )
 
 
 async def _record_cancellation(
@@ -559,6 +616,19 @@ async def _run_leased(
         metadata[INPUT_KEY] = options.input
     result: Result[Any, Any] | None = None
     keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
+    stored_trace: object = None
+    if workflow.on_event and _trace_sources(workflow):
+        # Someone wants the run's trace context kept: only a run created now takes it
+        # (one read first, paid only then), an existing run keeps its original one.
+        try:
+            existing = await store.load(workflow_id)
+        except Exception:
+            existing = None  # the claim reports what is wrong with the store or run
+        else:
+            if existing is None:
+                metadata = dict(_with_trace_carrier(workflow, workflow_id, metadata) or {})
+            else:
+                stored_trace = existing.metadata.get(TRACE_CONTEXT_KEY)
     try:
         # From the claim on, a cancellation (even one landing mid-claim) is recorded, so
         # the run is never left holding a lease nobody renews.
@@ -580,6 +650,8 @@ async def _run_leased(
         input = options.input
         if input is None and snapshot is not None:
             input = snapshot.metadata.get(INPUT_KEY)
+        if snapshot is not None and workflow.on_event:
+            _emit_resumed(workflow, workflow_id, snapshot.metadata, stored_trace)
         checkpointer = _Checkpointer(
             store, workflow_id, registry, workflow.clock.time, owner, options.write_timeout
         )

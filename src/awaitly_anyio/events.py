@@ -12,8 +12,8 @@ changes the run's outcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal, TypeAlias
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias
 
 import attrs
 
@@ -27,10 +27,13 @@ __all__ = [
     "StepSkipped",
     "StepStart",
     "StepTimeout",
+    "TRACE_CONTEXT_KEY",
+    "TraceCarrierSource",
     "WorkflowCancelled",
     "WorkflowComplete",
     "WorkflowError",
     "WorkflowEvent",
+    "WorkflowResumed",
     "WorkflowStart",
 ]
 
@@ -53,6 +56,23 @@ class WorkflowStart(_Event):
     """A run began executing its body."""
 
     type: ClassVar[Literal["workflow_start"]] = "workflow_start"
+
+
+@attrs.frozen(kw_only=True)
+class WorkflowResumed(_Event):
+    """A durable run claimed a run that already existed and is about to resume it,
+    and the run keeps the trace context it was first created under.
+
+    ``trace_context`` is that W3C trace context (``traceparent`` and maybe
+    ``tracestate``), as a :class:`TraceCarrierSource` gave it when the run was
+    first created (stored in the run's metadata under :data:`TRACE_CONTEXT_KEY`).
+    Emitted after ``workflow_start`` and before any step, in the task that runs
+    the workflow, and only for runs that carry such a context, so a tracing
+    handler can continue the original trace.
+    """
+
+    type: ClassVar[Literal["workflow_resumed"]] = "workflow_resumed"
+    trace_context: Mapping[str, str]
 
 
 @attrs.frozen(kw_only=True)
@@ -146,6 +166,7 @@ class StepCancelled(_StepEvent):
 
 WorkflowEvent: TypeAlias = (
     WorkflowStart
+    | WorkflowResumed
     | WorkflowComplete
     | WorkflowError
     | WorkflowCancelled
@@ -161,6 +182,32 @@ WorkflowEvent: TypeAlias = (
 
 EventHandler: TypeAlias = Callable[[WorkflowEvent], object]
 """An ``on_event`` handler: a synchronous callable taking one event."""
+
+
+TRACE_CONTEXT_KEY = "trace_context"
+"""The metadata key under which a durable run keeps the trace context it was first
+created under (a mapping of W3C trace-context headers), for
+:class:`WorkflowResumed`."""
+
+
+class TraceCarrierSource(Protocol):
+    """What an ``on_event`` handler's owner may offer to have a durable run remember
+    the trace context it is created under (the OpenTelemetry adapter does).
+
+    A durable run looks, for each of its workflow's handlers (for a bound method,
+    its object), for a ``trace_carrier`` method.  If one returns a non-empty
+    mapping when the run is about to be created (after ``workflow_start``, in the
+    task that runs it), the run stores it in its metadata under
+    :data:`TRACE_CONTEXT_KEY`, once: a run that already exists keeps the context
+    it was first created under, and a resume of it emits
+    :class:`WorkflowResumed` with that context.  Workflows without such a
+    handler pay nothing.  Exceptions from ``trace_carrier`` are logged and
+    ignored.
+    """
+
+    def trace_carrier(self, workflow_id: str) -> Mapping[str, str] | None:
+        """The trace context of run ``workflow_id`` as W3C headers, or ``None``."""
+        ...
 
 
 @attrs.frozen(kw_only=True)

@@ -1,5 +1,6 @@
-"""OpenTelemetry for workflows: a span per run, a child span per step, and metrics, built
-from the run's events (the core knows nothing of OpenTelemetry).
+"""OpenTelemetry for workflows: a span per run, a child span per step (and per retried
+attempt), and metrics, built from the run's events (the core knows nothing of
+OpenTelemetry).
 
     otel = create_otel_adapter(service_name="checkout-service")
     workflow = create_workflow("checkout", deps, on_event=otel.handle_event)
@@ -11,7 +12,6 @@ the SDK and exporters as usual.  Without it installed, the adapter does nothing.
 from __future__ import annotations
 
 import traceback
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +29,7 @@ from .events import (
     WorkflowCancelled,
     WorkflowComplete,
     WorkflowError,
+    WorkflowResumed,
     WorkflowStart,
 )
 
@@ -48,17 +49,88 @@ def _describe(error: object) -> str:
     return redact_text(repr(error))
 
 
+class _Frame:
+    """One open run or step, as the OpenTelemetry context of the task that runs it
+    carries it (under the adapter's key): its span, the context current before it
+    began (restored when it ends) and the frame it is nested in, in this task."""
+
+    __slots__ = (
+        "attempt_span",
+        "extra",
+        "key",
+        "name",
+        "open",
+        "parent",
+        "prev",
+        "run",
+        "run_frame",
+        "span",
+        "start_ns",
+        "timed_out",
+    )
+
+    def __init__(
+        self,
+        span: Any,
+        run: str,
+        name: str | None,
+        key: str | None,
+        prev: Any,
+        parent: _Frame | None,
+        run_frame: _Frame | None,
+        start_ns: int,
+    ) -> None:
+        self.span = span
+        self.run = run
+        self.name = name  # None for a run's own frame
+        self.key = key
+        self.prev = prev
+        self.parent = parent
+        self.run_frame = run_frame
+        self.start_ns = start_ns
+        self.attempt_span: Any = None
+        self.timed_out = 0
+        self.open: set[_Frame] | None = None  # a run's steps not ended yet
+        self.extra: Any = None  # a resumed run: the span it was started with
+
+
 class OtelAdapter:
     """Turns events into spans and metrics; pass :meth:`handle_event` as ``on_event``.
 
     Spans: ``workflow <name>`` (a child of the span current where ``run`` was
     called) with ``workflow.name`` and ``workflow.id``; ``step <name>`` children
-    with ``step.name``, ``step.key``, ``step.cached``, ``step.attempt``; retries
-    and timeouts are span events; failures set an error status and record the
-    exception.  Concurrent steps with the same name in one run are paired first
-    in, first out.  Metrics: ``awaitly.workflow.duration`` and
-    ``awaitly.step.duration`` histograms (ms), ``awaitly.step.errors`` and
-    ``awaitly.circuit.state_changes`` counters.
+    with ``step.name``, ``step.key``, ``step.cached``, ``step.attempt``.  A step
+    that is retried gets a child span per attempt, ``step <name> attempt <n>``,
+    with ``step.attempt`` and ``step.outcome`` (``"retry"``, ``"ok"``,
+    ``"error"``, ``"cancelled"``; ``step.timed_out`` when its deadline ran out);
+    retries and timeouts are also span events of the step.  Failures set an
+    error status and record the exception, passwords masked.
+
+    **Context.**  The run's span is the current span for the whole run, and each
+    step's span (or its current attempt's span) for the code of that step, on
+    asyncio and trio alike: spans opened inside a step (an instrumented HTTP
+    client, a database driver, ``tracer.start_as_current_span``) are its
+    children, and so are the steps and spans of tasks a step starts
+    (``ctx.step.all``/``race``/``for_each``), since a new task copies the
+    context of the task that starts it.  The handler is called in the task
+    that runs the step, so it sets the current context there when a run or
+    step starts and restores it when it ends (whatever order ends arrive in);
+    when a run ends, the context of its task is back to what it was before the
+    run, so nothing leaks past it.
+
+    **Resumed runs.**  As a trace-context source (:meth:`trace_carrier`) the
+    adapter gives a durable run the W3C trace context of its span, which the run
+    keeps when it is first created.  When a durable run resumes a stored run
+    (after a crash, through recovery or a later start), it emits
+    :class:`~awaitly_anyio.events.WorkflowResumed` with that context: the
+    adapter then opens a second ``workflow <name>`` span, a child of the
+    original run's span (so the resumed run continues the original trace) and
+    linked to the span of the caller that resumed it, and makes it current for
+    the rest of the run.
+
+    Metrics: ``awaitly.workflow.duration`` and ``awaitly.step.duration``
+    histograms (ms), ``awaitly.step.errors`` and ``awaitly.circuit.state_changes``
+    counters.  Handling an event never raises for a well-formed event.
     """
 
     def __init__(
@@ -73,11 +145,18 @@ class OtelAdapter:
         self._enrich = enrich_span
         try:
             from opentelemetry import context, metrics, trace
+            from opentelemetry.context import Context
+            from opentelemetry.trace.propagation import _SPAN_KEY
         except ImportError:  # the cheap no-op: nothing to report to
             self._trace: Any = None
             return
         self._trace = trace
         self._context = context
+        self._Context = Context
+        self._span_key = _SPAN_KEY
+        self._frame_key = context.create_key("awaitly_anyio.frame")
+        self._get_current: Callable[[], Any] = context.get_current
+        self._attach: Callable[[Any], object] = context.attach
         self._tracer = trace.get_tracer("awaitly_anyio", tracer_provider=tracer_provider)
         meter = metrics.get_meter("awaitly_anyio", meter_provider=meter_provider)
         self._workflow_duration = meter.create_histogram(
@@ -92,8 +171,22 @@ class OtelAdapter:
         self._circuit_changes = meter.create_counter(
             "awaitly.circuit.state_changes", description="Circuit breaker state changes"
         )
-        self._runs: dict[str, Any] = {}
-        self._steps: dict[tuple[str, str], deque[Any]] = defaultdict(deque)
+        self._runs: dict[str, _Frame] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            StepStart: self._step_start,
+            StepComplete: self._step_end,
+            StepError: self._step_end,
+            StepCancelled: self._step_end,
+            StepRetry: self._step_retry,
+            StepTimeout: self._step_timeout,
+            StepSkipped: self._step_skipped,
+            WorkflowStart: self._run_start,
+            WorkflowResumed: self._run_resumed,
+            WorkflowComplete: self._end_run,
+            WorkflowError: self._end_run,
+            WorkflowCancelled: self._end_run,
+            CircuitStateChange: self._circuit,
+        }
 
     @property
     def enabled(self) -> bool:
@@ -101,79 +194,304 @@ class OtelAdapter:
         return self._trace is not None
 
     def handle_event(self, event: Any) -> None:
-        """Record one event (any event; unknown ones are ignored)."""
+        """Record one event (any event; unknown ones are ignored).
+
+        Call it synchronously from the task that emits the event (as ``on_event``
+        handlers are called): a run's and a step's start make their span current
+        in that task, their end restores what was current before.
+        """
         if self._trace is None:
             return
-        if isinstance(event, CircuitStateChange):
-            self._circuit_changes.add(1, {"circuit.name": event.name, "circuit.state": event.state})
-            return
-        run = getattr(event, "workflow_id", None)
-        if run is None:
-            return
-        if isinstance(event, WorkflowStart):
-            span = self._tracer.start_span(
-                f"workflow {event.workflow_name}",
-                context=self._context.get_current(),
-                start_time=_ns(event.ts),
-                attributes={
-                    "workflow.name": event.workflow_name,
-                    "workflow.id": event.workflow_id,
-                    "service.name": self.service_name,
-                },
-            )
-            self._runs[run] = span
-            self._enriched(span, event)
-        elif isinstance(event, StepStart):
-            parent = self._runs.get(run)
-            context = None if parent is None else self._trace.set_span_in_context(parent)
-            attributes: dict[str, Any] = {"step.name": event.name}
-            if event.step_key is not None:
-                attributes["step.key"] = event.step_key
-            span = self._tracer.start_span(
-                f"step {event.name}",
-                context=context,
-                start_time=_ns(event.ts),
-                attributes=attributes,
-            )
-            self._steps[run, event.name].append(span)
-            self._enriched(span, event)
-        elif isinstance(event, (StepRetry, StepTimeout)):
-            span = self._current_step(run, event.name)
-            if span is not None:
-                name = "retry" if isinstance(event, StepRetry) else "timeout"
-                attrs: dict[str, Any] = {"step.attempt": event.attempt}
-                if isinstance(event, StepRetry):
-                    attrs["retry.delay"] = event.delay
-                span.add_event(name, attrs, timestamp=_ns(event.ts))
-        elif isinstance(event, (StepComplete, StepError, StepCancelled)):
-            self._end_step(run, event)
-        elif isinstance(event, StepSkipped):
-            span = self._tracer.start_span(
-                f"step {event.name}",
-                context=self._parent(run),
-                start_time=_ns(event.ts),
-                attributes={"step.name": event.name, "step.skipped": True},
-            )
-            span.end(end_time=_ns(event.ts))
-        elif isinstance(event, (WorkflowComplete, WorkflowError, WorkflowCancelled)):
-            self._end_run(run, event)
+        handler = self._handlers.get(event.__class__)
+        if handler is not None:
+            handler(event)
 
-    def _parent(self, run: str) -> Any:
-        parent = self._runs.get(run)
-        return None if parent is None else self._trace.set_span_in_context(parent)
+    def trace_carrier(self, workflow_id: str) -> dict[str, str] | None:
+        """The W3C trace context (``traceparent``, ``tracestate``) of run
+        ``workflow_id``'s span while it is open, else ``None``; a durable run keeps
+        it in its metadata when it first creates the run (see
+        :data:`~awaitly_anyio.events.TRACE_CONTEXT_KEY`)."""
+        if self._trace is None:
+            return None
+        frame = self._runs.get(workflow_id)
+        if frame is None:
+            return None
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
 
-    def _current_step(self, run: str, name: str) -> Any:
-        spans = self._steps.get((run, name))
-        return spans[0] if spans else None
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(
+            carrier, context=self._trace.set_span_in_context(frame.span)
+        )
+        return carrier or None
+
+    # ---- runs -------------------------------------------------------------------
+
+    def _run_start(self, event: WorkflowStart) -> None:
+        current = self._get_current()
+        outer = current.get(self._frame_key)
+        start = _ns(event.ts)
+        span = self._tracer.start_span(
+            f"workflow {event.workflow_name}",
+            context=current,
+            start_time=start,
+            attributes={
+                "workflow.name": event.workflow_name,
+                "workflow.id": event.workflow_id,
+                "service.name": self.service_name,
+            },
+        )
+        frame = _Frame(span, event.workflow_id, None, None, current, outer, None, start)
+        frame.run_frame = frame
+        frame.open = set()
+        self._runs[event.workflow_id] = frame
+        self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
+        self._enriched(span, event)
+
+    def _run_resumed(self, event: WorkflowResumed) -> None:
+        frame = self._runs.get(event.workflow_id)
+        if frame is None or frame.extra is not None:
+            return
+        from opentelemetry.trace import Link
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
+
+        carrier = {str(k): str(v) for k, v in dict(event.trace_context).items()}
+        original = TraceContextTextMapPropagator().extract(carrier)
+        stored = self._trace.get_current_span(original).get_span_context()
+        if not stored.is_valid:
+            return
+        first = frame.span
+        span = self._tracer.start_span(
+            f"workflow {event.workflow_name}",
+            context=original,
+            start_time=_ns(event.ts),
+            links=[Link(first.get_span_context(), {"awaitly.link": "resumed_by"})],
+            attributes={
+                "workflow.name": event.workflow_name,
+                "workflow.id": event.workflow_id,
+                "service.name": self.service_name,
+                "workflow.resumed": True,
+            },
+        )
+        first.set_attribute("workflow.resumed", True)
+        if hasattr(first, "add_link"):
+            first.add_link(span.get_span_context(), {"awaitly.link": "resumed_as"})
+        frame.extra = first
+        frame.span = span
+        current = self._get_current()
+        if current.get(self._frame_key) is frame:
+            self._attach(self._Context({**current, self._span_key: span}))
+        self._enriched(span, event)
+
+    def _end_run(self, event: Any) -> None:
+        run = event.workflow_id
+        frame = self._runs.pop(run, None)
+        if frame is None:
+            return
+        end = _ns(event.ts)
+        for step in list(frame.open or ()):  # steps the run never finished
+            if step.attempt_span is not None:
+                step.attempt_span.end(end_time=end)
+            step.span.end(end_time=end)
+        frame.open = None
+        # Restore the context of this task as it was before the run (dropping any
+        # step context left behind), if the run's frame is in it.
+        current = self._get_current()
+        found = current.get(self._frame_key)
+        while found is not None and found is not frame:
+            found = found.parent
+        if found is frame:
+            self._attach(frame.prev)
+        spans = [frame.span] if frame.extra is None else [frame.span, frame.extra]
+        if isinstance(event, WorkflowComplete):
+            status = "completed"
+        elif isinstance(event, WorkflowError):
+            status = "failed"
+            for span in spans:
+                self._error(span, event.error)
+        else:
+            status = "cancelled"
+        self._workflow_duration.record(
+            event.duration_ms, {"workflow.name": event.workflow_name, "workflow.status": status}
+        )
+        for span in spans:
+            span.set_attribute("workflow.status", status)
+            self._enriched(span, event)
+            span.end(end_time=end)
+
+    # ---- steps ------------------------------------------------------------------
+
+    def _step_start(self, event: StepStart) -> None:
+        current = self._get_current()
+        outer = current.get(self._frame_key)
+        run = event.workflow_id
+        parent = current
+        if outer is not None and outer.run == run:
+            run_frame = outer.run_frame
+        else:  # not in this run's task context (yet): parent it to the run's span
+            run_frame = self._runs.get(run)
+            if run_frame is not None:
+                parent = self._Context({**current, self._span_key: run_frame.span})
+        key = event.step_key
+        start = _ns(event.ts)
+        span = self._tracer.start_span(
+            f"step {event.name}",
+            context=parent,
+            start_time=start,
+            attributes={"step.name": event.name}
+            if key is None
+            else {"step.name": event.name, "step.key": key},
+        )
+        frame = _Frame(span, run, event.name, key, current, outer, run_frame, start)
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.add(frame)
+        self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
+        if self._enrich is not None:
+            self._enrich(span, event)
+
+    def _find(self, event: Any) -> tuple[_Frame | None, bool]:
+        """The open frame of step ``event`` and whether it is the innermost one of this
+        task; a frame found deeper is unlinked from the frames above it."""
+        current = self._get_current()
+        top = current.get(self._frame_key)
+        run, name, key = event.workflow_id, event.name, event.step_key
+        above: _Frame | None = None
+        frame = top
+        while frame is not None:
+            if frame.name == name and frame.run == run and frame.key == key:
+                return frame, above is None
+            above, frame = frame, frame.parent
+        # Not in this task's context: the oldest open step of that name in the run.
+        run_frame = self._runs.get(run)
+        if run_frame is None or not run_frame.open:
+            return None, False
+        found = [f for f in run_frame.open if f.name == name and f.key == key]
+        if not found:
+            return None, False
+        return min(found, key=lambda f: f.start_ns), False
+
+    def _unlink(self, frame: _Frame) -> None:
+        """Take ``frame`` (ending, but not innermost) out of this task's chain, so that
+        the frames opened after it restore what was current before it."""
+        above = self._get_current().get(self._frame_key)
+        while above is not None and above.parent is not frame:
+            above = above.parent
+        if above is not None:
+            above.parent = frame.parent
+            above.prev = frame.prev
+
+    def _step_end(self, event: Any) -> None:
+        frame, innermost = self._find(event)
+        if frame is None:
+            return
+        if innermost:
+            self._attach(frame.prev)
+        else:
+            self._unlink(frame)
+        run_frame = frame.run_frame
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.discard(frame)
+        span = frame.span
+        end = _ns(event.ts)
+        labels = {"workflow.name": event.workflow_name, "step.name": event.name}
+        attempt = frame.attempt_span
+        if isinstance(event, StepComplete):
+            span.set_attribute("step.cached", event.cached)
+            span.set_attribute("step.attempt", event.attempt)
+            if attempt is not None:
+                attempt.set_attribute("step.outcome", "ok")
+        elif isinstance(event, StepError):
+            span.set_attribute("step.attempt", event.attempt)
+            self._error(span, event.error)
+            self._step_errors.add(1, labels)
+            if attempt is not None:
+                attempt.set_attribute("step.outcome", "error")
+                self._error(attempt, event.error, record=False)
+        else:
+            span.set_attribute("step.cancelled", True)
+            if attempt is not None:
+                attempt.set_attribute("step.outcome", "cancelled")
+        if attempt is not None:
+            attempt.end(end_time=end)
+        self._step_duration.record(event.duration_ms, labels)
+        if self._enrich is not None:
+            self._enrich(span, event)
+        span.end(end_time=end)
+
+    def _step_retry(self, event: StepRetry) -> None:
+        frame, innermost = self._find(event)
+        if frame is None:
+            return
+        ts = _ns(event.ts)
+        frame.span.add_event(
+            "retry", {"step.attempt": event.attempt, "retry.delay": event.delay}, timestamp=ts
+        )
+        attempt = frame.attempt_span
+        if attempt is None:  # the first attempt failed: its span, after the fact
+            attempt = self._attempt(frame, event.attempt, frame.start_ns)
+        attempt.set_attribute("step.outcome", "retry")
+        self._error(attempt, event.error, record=False)
+        attempt.end(end_time=ts)
+        frame.attempt_span = attempt = self._attempt(
+            frame, event.attempt + 1, ts + _ns(event.delay)
+        )
+        if innermost:
+            current = self._get_current()
+            self._attach(self._Context({**current, self._span_key: attempt}))
+
+    def _attempt(self, frame: _Frame, number: int, start: int) -> Any:
+        attributes: dict[str, Any] = {"step.name": frame.name, "step.attempt": number}
+        if frame.timed_out == number:
+            attributes["step.timed_out"] = True
+        return self._tracer.start_span(
+            f"step {frame.name} attempt {number}",
+            context=self._trace.set_span_in_context(frame.span),
+            start_time=start,
+            attributes=attributes,
+        )
+
+    def _step_timeout(self, event: StepTimeout) -> None:
+        frame, _ = self._find(event)
+        if frame is None:
+            return
+        frame.span.add_event(
+            "timeout",
+            {"step.attempt": event.attempt, "timeout.seconds": event.seconds},
+            timestamp=_ns(event.ts),
+        )
+        frame.timed_out = event.attempt
+        if frame.attempt_span is not None:
+            frame.attempt_span.set_attribute("step.timed_out", True)
+
+    def _step_skipped(self, event: StepSkipped) -> None:
+        run_frame = self._runs.get(event.workflow_id)
+        parent = None if run_frame is None else self._trace.set_span_in_context(run_frame.span)
+        span = self._tracer.start_span(
+            f"step {event.name}",
+            context=parent,
+            start_time=_ns(event.ts),
+            attributes={"step.name": event.name, "step.skipped": True},
+        )
+        span.end(end_time=_ns(event.ts))
+
+    def _circuit(self, event: CircuitStateChange) -> None:
+        self._circuit_changes.add(1, {"circuit.name": event.name, "circuit.state": event.state})
+
+    # ---- helpers ----------------------------------------------------------------
 
     def _enriched(self, span: Any, event: Any) -> None:
         if self._enrich is not None:
             self._enrich(span, event)
 
-    def _error(self, span: Any, error: object) -> None:
+    def _error(self, span: Any, error: object, *, record: bool = True) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         span.set_status(Status(StatusCode.ERROR, _describe(error)))
+        if not record:
+            return
         cause = error.cause if isinstance(error, UnexpectedError) else error
         if isinstance(cause, BaseException):
             # The message and traceback as the SDK writes them, passwords masked.
@@ -185,47 +503,6 @@ class OtelAdapter:
                     "exception.stacktrace": redact_text(trace),
                 },
             )
-
-    def _end_step(self, run: str, event: Any) -> None:
-        spans = self._steps.get((run, event.name))
-        if not spans:
-            return
-        span = spans.popleft()
-        if not spans:
-            del self._steps[run, event.name]
-        labels = {"workflow.name": event.workflow_name, "step.name": event.name}
-        if isinstance(event, StepComplete):
-            span.set_attribute("step.cached", event.cached)
-            span.set_attribute("step.attempt", event.attempt)
-        elif isinstance(event, StepError):
-            self._error(span, event.error)
-            self._step_errors.add(1, labels)
-        else:
-            span.set_attribute("step.cancelled", True)
-        self._step_duration.record(event.duration_ms, labels)
-        self._enriched(span, event)
-        span.end(end_time=_ns(event.ts))
-
-    def _end_run(self, run: str, event: Any) -> None:
-        span = self._runs.pop(run, None)
-        if span is None:
-            return
-        for key in [key for key in self._steps if key[0] == run]:
-            for step in self._steps.pop(key):  # steps the run never finished
-                step.end(end_time=_ns(event.ts))
-        if isinstance(event, WorkflowComplete):
-            status = "completed"
-        elif isinstance(event, WorkflowError):
-            status = "failed"
-            self._error(span, event.error)
-        else:
-            status = "cancelled"
-        span.set_attribute("workflow.status", status)
-        self._workflow_duration.record(
-            event.duration_ms, {"workflow.name": event.workflow_name, "workflow.status": status}
-        )
-        self._enriched(span, event)
-        span.end(end_time=_ns(event.ts))
 
 
 def create_otel_adapter(

@@ -64,7 +64,8 @@ async def _damage_redis(store: Any, run_id: str, part: Damage) -> None:
     run_key, steps_key = store.keys_of(run_id)
     with contextlib.closing(raw()) as client:
         if part in ("step", "deep"):
-            key = next(iter(client.hkeys(steps_key)))
+            # A step record's field (fields starting with NUL keep the steps' order).
+            key = next(k for k in client.hkeys(steps_key) if not k.startswith("\x00"))
             client.hset(steps_key, key, '{"ok": tru' if part == "step" else deep_json())
         elif part == "metadata":
             client.hset(run_key, "metadata_json", "[1, 2")

@@ -548,6 +548,56 @@ async def test_checkpoints_need_a_running_run(store: CheckpointStore, clock: Fak
     assert fresh.steps == {}
 
 
+# ---- step order --------------------------------------------------------------------------
+
+# Keys in an order that is neither sorted nor insertion-friendly to a hash table; enough of
+# them that no store keeps them in a small, insertion-ordered structure by luck.
+SCRAMBLED = [f"{word}-{(n * 7919) % 211:03d}" for n, word in enumerate(["zeta", "alpha"] * 75)]
+
+
+async def test_a_saved_runs_steps_load_in_the_order_they_were_recorded(
+    store: LeaseStore,
+) -> None:
+    records = {key: StepRecord(Ok(n), finished_at=T0) for n, key in enumerate(SCRAMBLED)}
+    await store.save("s", attrs.evolve(snapshot("s", steps=0), steps=records))
+    loaded = await store.load("s")
+    assert loaded is not None
+    assert list(loaded.steps) == SCRAMBLED
+    assert [r.result for r in loaded.steps.values()] == [Ok(n) for n in range(len(SCRAMBLED))]
+    # A claim of the run hands over its steps in the same order.
+    claim = await store.claim("s", "orders", owner="w", lease=30)
+    assert claim.outcome == "claimed"
+    if claim.snapshot is not None:
+        assert list(claim.snapshot.steps) == SCRAMBLED
+
+
+async def test_checkpointed_steps_load_in_the_order_they_were_recorded(
+    store: LeaseStore, clock: FakeClock
+) -> None:
+    await store.claim("c", "orders", owner="w", lease=30)
+    for n, key in enumerate(SCRAMBLED):
+        await store.checkpoint("c", encoded(key, n), owner="w")
+    # A step recorded again (a retry after a crash) keeps its place and takes its new value.
+    await store.checkpoint("c", encoded(SCRAMBLED[1], "again"), owner="w")
+    loaded = await store.load("c")
+    assert loaded is not None
+    assert list(loaded.steps) == SCRAMBLED
+    assert loaded.steps[SCRAMBLED[1]].result == Ok("again")
+
+    # Resumed after a failure: the steps keep their order and new ones go after them.
+    await store.finish("c", "failed", Err("declined"), None, owner="w")
+    clock.advance(1)
+    claim = await store.claim("c", "orders", owner="w2", lease=30)
+    assert claim.outcome == "claimed"
+    if claim.snapshot is not None:
+        assert list(claim.snapshot.steps) == SCRAMBLED
+    await store.checkpoint("c", encoded("aaa-last", 0), owner="w2")
+    await store.checkpoint("c", encoded(SCRAMBLED[0], "again"), owner="w2")
+    resumed = await store.load("c")
+    assert resumed is not None
+    assert list(resumed.steps) == [*SCRAMBLED, "aaa-last"]
+
+
 # ---- leases ------------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ sorted-set indexes, every multi-key change atomic (Lua scripts or WATCH/MULTI).
 Keys, under ``prefix`` (default ``awaitly:``)::
 
     {prefix}run:{id}     hash: the run row (status, result, metadata, times, lease)
-    {prefix}steps:{id}   hash: step key -> record JSON
+    {prefix}steps:{id}   hash: step key -> record JSON; and, to keep the steps in the
+                         order they were recorded, NUL + step key -> its place (1, 2...)
+                         and NUL -> the last place given (a step key has no NUL)
     {prefix}index        sorted set: id by updated_at, for ``list`` (never KEYS or SCAN)
     {prefix}active       sorted set: running and cancelled ids, for recovery
 
@@ -137,7 +139,10 @@ _CHECKPOINT = """
 local run = redis.call('HMGET', KEYS[1], 'expires_at', 'lease_owner')
 if not run[1] or (run[1] ~= '' and tonumber(run[1]) <= tonumber(ARGV[1])) then return 0 end
 if ARGV[2] ~= '' and run[2] ~= ARGV[2] then return -1 end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) == 1 then
+  -- A new step goes after the others; one recorded again keeps its place.
+  redis.call('HSET', KEYS[2], '\\0' .. ARGV[3], redis.call('HINCRBY', KEYS[2], '\\0', 1))
+end
 return 1
 """
 
@@ -294,6 +299,26 @@ def _row(fields: Mapping[str, str | None]) -> RunRow:
         lease_owner=opt("lease_owner"),
         lease_expires_at=num("lease_expires_at") if fields.get("lease_expires_at") else None,
     )
+
+
+_PLACE = "\x00"
+"""The steps hash's fields that order the steps start with it (see the module's doc)."""
+
+
+def _in_order(steps: Mapping[str, str]) -> builtins.list[tuple[str, str]]:
+    """A steps hash's ``(key, record json)`` pairs in the order they were recorded.  Steps
+    without a place (written by a release that kept none, or whose place is not a
+    number) come first, by key."""
+    places: dict[str, int] = {}
+    records: builtins.list[tuple[str, str]] = []
+    for field, value in steps.items():
+        if not field.startswith(_PLACE):
+            records.append((field, value))
+        elif len(field) > 1:
+            with contextlib.suppress(TypeError, ValueError):
+                places[field[1:]] = int(value)
+    records.sort(key=lambda item: (item[0] in places, places.get(item[0], 0), item[0]))
+    return records
 
 
 def _wrong_type(id: str, key: str, error: BaseException) -> SnapshotDecodeError:
@@ -535,6 +560,10 @@ class RedisStore:
         ]
         for key, text in steps:
             args += [key, text]
+        for place, (key, _) in enumerate(steps, 1):
+            args += [_PLACE + key, str(place)]
+        if steps:
+            args += [_PLACE, str(len(steps))]
         await self._run_script(_SAVE, [*self.keys_of(id), self._index, self._active], args)
 
     async def load(self, id: str) -> WorkflowSnapshot | None:
@@ -544,7 +573,7 @@ class RedisStore:
         row, steps = await self._fetch(id)
         if row is None or not _live(row, now):
             return None
-        return assemble(id, row, sorted(steps.items()), self._registry)
+        return assemble(id, row, _in_order(steps), self._registry)
 
     async def delete(self, id: str) -> bool:
         """Remove run ``id`` and its index entries; whether a live run was there."""
@@ -825,7 +854,7 @@ class RedisStore:
                 if live.lease_held_by_other(owner, now):
                     return Claim("held", live.lease_owner, live.lease_expires_at), None
                 # Decoded before anything is written: a damaged run stays as it is.
-                found = assemble(id, live, sorted(steps.items()), registry)
+                found = assemble(id, live, _in_order(steps), registry)
             fresh = restarted(id, live, workflow_name, metadata, now, registry)
 
             def write(pipe: Any, run_key: str, steps_key: str) -> None:
@@ -917,7 +946,7 @@ class RedisStore:
                     if whole is None:
                         continue
                     row = whole
-                    problem = decode_problem(member, whole, sorted(steps.items()), self._registry)
+                    problem = decode_problem(member, whole, _in_order(steps), self._registry)
             if problem is not None:
                 damaged.append(damaged_info(member, problem, row))
                 continue

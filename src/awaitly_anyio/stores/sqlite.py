@@ -55,7 +55,7 @@ from ..store import (
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: The schema this module creates; kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -82,9 +82,24 @@ CREATE TABLE IF NOT EXISTS awaitly_steps (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
     record_json TEXT NOT NULL,
+    seq INTEGER,
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
 """
+
+# Version 2: steps keep the order they were recorded in (``seq``, per run).  Steps of a
+# version 1 database have none (NULL): they come first, by key.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE awaitly_steps ADD COLUMN seq INTEGER;
+CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
+"""
+
+# A run's steps in the order they were recorded (first recording; a step recorded again
+# keeps its place).
+_STEPS_IN_ORDER = (
+    "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY seq IS NOT NULL, seq, key"
+)
 
 _RUN_COLUMNS = (
     "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
@@ -270,7 +285,11 @@ class SQLiteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                for statement in _MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _now(self) -> float:
         return self._clock.time()
@@ -308,8 +327,8 @@ class SQLiteStore:
                 _upsert_run(db, id, row)
                 db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
                 db.executemany(
-                    "INSERT INTO awaitly_steps (run_id, key, record_json) VALUES (?, ?, ?)",
-                    [(id, key, text) for key, text in steps],
+                    "INSERT INTO awaitly_steps (run_id, key, record_json, seq) VALUES (?, ?, ?, ?)",
+                    [(id, key, text, n) for n, (key, text) in enumerate(steps, 1)],
                 )
 
         await self._run(work)
@@ -324,10 +343,7 @@ class SQLiteStore:
                 row = self._row(db, id, now)
                 if row is None:
                     return None
-                steps = db.execute(
-                    "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY key",
-                    (id,),
-                ).fetchall()
+                steps = db.execute(_STEPS_IN_ORDER, (id,)).fetchall()
             return assemble(id, row, steps, self._registry)
 
         return await self._run(work)
@@ -452,10 +468,12 @@ class SQLiteStore:
                 ).rowcount
                 if touched != 1:
                     _refuse_write(db, id, now, owner)
+                # A new step goes after the run's others; one recorded again keeps its place.
                 db.execute(
-                    "INSERT INTO awaitly_steps (run_id, key, record_json) VALUES (?, ?, ?)"
+                    "INSERT INTO awaitly_steps (run_id, key, record_json, seq) VALUES (?, ?, ?,"
+                    " (SELECT coalesce(max(seq), 0) + 1 FROM awaitly_steps WHERE run_id = ?))"
                     " ON CONFLICT (run_id, key) DO UPDATE SET record_json = excluded.record_json",
-                    (id, step.key, step.json),
+                    (id, step.key, step.json, id),
                 )
 
         await self._run(work)
@@ -634,12 +652,8 @@ class SQLiteStore:
 
 
 def _steps_of(db: Any, id: str) -> list[tuple[str, str]]:
-    """Run ``id``'s step rows, by key."""
-    return list(
-        db.execute(
-            "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY key", (id,)
-        ).fetchall()
-    )
+    """Run ``id``'s step rows, in the order they were recorded."""
+    return list(db.execute(_STEPS_IN_ORDER, (id,)).fetchall())
 
 
 def _refuse_write(db: Any, id: str, now: float, owner: str | None) -> NoReturn:

@@ -5,7 +5,7 @@ The public API is this module's ``__all__``; everything else is private.
 
 from __future__ import annotations
 
-from . import events
+from . import events, logs
 from .circuit_breaker import CircuitBreaker, CircuitState, create_circuit_breaker
 from .clock import Clock, SystemClock
 from .collector import ResumeStateCollector, create_resume_state_collector
@@ -29,6 +29,7 @@ from .errors import (
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from .lifespan import WorkflowLifespan
+from .logs import WorkflowLogFilter, add_log_context, current_log_context, log_context
 from .ratelimit import RateLimiter, create_rate_limiter
 from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
 from .result import Err, Ok, Result, UnwrapError, err, ok
@@ -92,18 +93,23 @@ __all__ = [
     "WorkflowContext",
     "WorkflowHost",
     "WorkflowLifespan",
+    "WorkflowLogFilter",
     "WorkflowMismatchError",
     "WorkflowRegistry",
     "WorkflowSnapshot",
+    "add_log_context",
     "create_circuit_breaker",
     "create_health_app",
     "create_health_tracker",
     "create_rate_limiter",
     "create_resume_state_collector",
     "create_workflow",
+    "current_log_context",
     "err",
     "events",
     "is_unexpected_error",
+    "log_context",
+    "logs",
     "ok",
     "open_store",
     "recover",

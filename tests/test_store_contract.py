@@ -649,6 +649,43 @@ async def test_finishing_or_releasing_frees_the_lease(store: LeaseStore) -> None
     assert (await store.claim("f", "orders", owner="w3", lease=30)).outcome == "claimed"
 
 
+async def test_info_and_list_show_who_holds_a_run_and_until_when(
+    store: Any, clock: FakeClock
+) -> None:
+    assert await store.info("nobody") is None
+    await store.claim("r", "orders", owner="worker-1", lease=30)
+    until = datetime.fromtimestamp(clock.time() + 30, timezone.utc)
+    held = await store.info("r")
+    assert (held.id, held.workflow_name, held.status) == ("r", "orders", "running")
+    assert (held.lease_owner, held.lease_expires_at, held.damaged) == ("worker-1", until, None)
+    (listed,) = (await store.list()).items
+    assert (listed.lease_owner, listed.lease_expires_at) == ("worker-1", until)
+
+    # A dead worker's lease stays as it was, with its time in the past.
+    clock.advance(60)
+    stale = await store.info("r")
+    assert (stale.lease_owner, stale.lease_expires_at) == ("worker-1", until)
+
+    # Finished or released: no one holds it.
+    await store.claim("r", "orders", owner="worker-2", lease=30)
+    await store.release("r", owner="worker-2")
+    released = await store.info("r")
+    assert (released.lease_owner, released.lease_expires_at) == (None, None)
+    await store.finish("r", "completed", Ok(1), None, ttl=10)
+    done = await store.info("r")
+    assert (done.status, done.lease_owner) == ("completed", None)
+    clock.advance(10)
+    assert await store.info("r") is None
+
+
+async def test_info_flags_a_damaged_run_instead_of_raising(kit: StoreKit, store: Any) -> None:
+    await store.save("bad", snapshot("bad"))
+    await kit.damage(store, "bad", "created_at")
+    found = await store.info("bad")
+    assert found.id == "bad"
+    assert "created_at" in found.damaged
+
+
 async def test_claim_expired_takes_abandoned_runs_oldest_first(
     store: LeaseStore, clock: FakeClock
 ) -> None:

@@ -247,12 +247,15 @@ def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> Snapsh
     )
 
 
-def info(run_id: str, row: RunRow) -> SnapshotInfo:
+def info(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotInfo:
     """The listing entry for a run row; flagged ``damaged`` if the row cannot be read
-    (see :func:`row_problem`), never an exception."""
+    (see :func:`row_problem`), never an exception.  With ``lease``, the row's lease
+    holder and expiry too (a lease without a holder, or a holder without a time, is
+    no lease)."""
     problem = row_problem(row)
     if problem is not None:
         return damaged_info(run_id, problem, row)
+    until = row.lease_expires_at if lease and row.lease_owner else None
     return SnapshotInfo(
         id=run_id,
         workflow_name=row.workflow_name,
@@ -260,6 +263,8 @@ def info(run_id: str, row: RunRow) -> SnapshotInfo:
         created_at=from_epoch(row.created_at),
         updated_at=from_epoch(row.updated_at),
         expires_at=None if row.expires_at is None else from_epoch(row.expires_at),
+        lease_owner=None if until is None else row.lease_owner,
+        lease_expires_at=None if until is None else from_epoch(until),
     )
 
 

@@ -72,6 +72,11 @@ class WorkflowSnapshot:
 class SnapshotInfo:
     """One row of ``store.list()``: a run's identity, status and times, without its steps.
 
+    ``lease_owner`` and ``lease_expires_at`` say which worker holds the run's lease
+    and until when (both ``None`` when no one does); a lease whose time has passed is
+    one its holder no longer renews (a dead or stopped worker): the run waits for
+    recovery.  Only a store's ``list()`` and ``info()`` fill them in.
+
     ``damaged`` is ``None`` for a run that reads well.  For a run whose stored row
     cannot be read (a bad time, a missing field, a format version this release
     does not read, a store key of the wrong type) it says what is wrong, and the
@@ -88,6 +93,8 @@ class SnapshotInfo:
     updated_at: datetime
     expires_at: datetime | None = None
     damaged: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
 
 
 @attrs.frozen

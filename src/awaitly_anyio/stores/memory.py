@@ -124,6 +124,17 @@ class MemoryStore:
             return None
         return assemble(id, row, self._steps.get(id, {}).items(), self._registry)
 
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
+        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        if there is none or it expired.  A run whose row cannot be read comes back
+        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
+        invalid id."""
+        check_id(id)
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id)
+        return None if row is None else info(id, row, lease=True)
+
     async def delete(self, id: str) -> bool:
         """Remove run ``id``."""
         check_id(id)
@@ -157,7 +168,7 @@ class MemoryStore:
             rows.append((row.updated_at, id, row))
         rows.sort(key=lambda item: (_number(item[0]), item[1]), reverse=True)
         page = rows[:limit]
-        infos = [info(id, row) for _, id, row in page]
+        infos = [info(id, row, lease=True) for _, id, row in page]
         more = len(rows) > limit
         next_cursor = encode_cursor(page[-1][0], page[-1][1]) if more and page else None
         return SnapshotPage(infos, next_cursor)

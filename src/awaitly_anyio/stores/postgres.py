@@ -476,6 +476,21 @@ class PostgresStore:
         row, steps = found
         return assemble(id, RunRow(*row), [(key, text) for key, text in steps], self._registry)
 
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
+        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        if there is none or it expired.  A run whose row cannot be read comes back
+        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
+        invalid id."""
+        check_id(id)
+        now = self._clock.time()
+
+        async def work(connection: Any) -> Any:
+            return await self._row(connection, id, now)
+
+        found = await self._call(work)
+        return None if found is None else info(id, RunRow(*found), lease=True)
+
     async def delete(self, id: str) -> bool:
         """Remove run ``id`` and its steps; whether a live run was there."""
         check_id(id)
@@ -531,7 +546,7 @@ class PostgresStore:
 
         found = await self._call(work)
         page = found[:limit]
-        infos = [info(record[0], RunRow(*record[1:])) for record in page]
+        infos = [info(record[0], RunRow(*record[1:]), lease=True) for record in page]
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1][6], page[-1][0]) if more else None
         return SnapshotPage(infos, next_cursor)

@@ -575,6 +575,32 @@ class RedisStore:
             return None
         return assemble(id, row, _in_order(steps), self._registry)
 
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
+        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        if there is none or it expired.  A run whose row cannot be read comes back
+        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
+        invalid id."""
+        check_id(id)
+        now = self._clock.time()
+        run_key = self.keys_of(id)[0]
+
+        async def read(client: Any) -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(run_key)
+                found: list[Any] = await pipe.execute(raise_on_error=False)
+                return found[0]
+
+        fields = await self._call(read)
+        if isinstance(fields, Exception):
+            if _is_wrong_type(fields):
+                return damaged_info(id, _wrong_type(id, run_key, fields).reason)
+            raise fields
+        if not fields:
+            return None
+        row = _row(fields)
+        return info(id, row, lease=True) if _live(row, now) else None
+
     async def delete(self, id: str) -> bool:
         """Remove run ``id`` and its index entries; whether a live run was there."""
         check_id(id)
@@ -649,7 +675,7 @@ class RedisStore:
             await self._forget(dangling, now)
         page_rows = found[:limit]
         infos = [
-            damaged_info(member, row) if isinstance(row, str) else info(member, row)
+            damaged_info(member, row) if isinstance(row, str) else info(member, row, lease=True)
             for _, member, row in page_rows
         ]
         more = len(found) > limit

@@ -348,6 +348,17 @@ class SQLiteStore:
 
         return await self._run(work)
 
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
+        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        if there is none or it expired.  A run whose row cannot be read comes back
+        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
+        invalid id."""
+        check_id(id)
+        now = self._now()
+        row = await self._run(lambda db: self._row(db, id, now))
+        return None if row is None else info(id, row, lease=True)
+
     async def delete(self, id: str) -> bool:
         """Remove run ``id`` and its steps; whether a live run was there."""
         check_id(id)
@@ -396,7 +407,7 @@ class SQLiteStore:
 
         found = await self._run(work)
         page = found[:limit]
-        infos = [info(id, RunRow(*rest)) for id, *rest in page]
+        infos = [info(id, RunRow(*rest), lease=True) for id, *rest in page]
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1][6], page[-1][0]) if more else None
         return SnapshotPage(infos, next_cursor)

@@ -1,10 +1,18 @@
 """``python -m awaitly_anyio``: the demo, and ``runs list|show|delete`` over any store URL.
 
+The options that choose the store and the output (``--store``, ``--backend``,
+``--json``, ``--import``, ``--create``, ``--schema``, ``--table-prefix``,
+``--key-prefix``) may be given anywhere: before the command, between ``runs`` and
+the action, or after the action.  Given twice, the last one counts (``--import``
+adds up).
+
 Every failure is one line on stderr (``error: ...``), never a traceback: a bad
-argument or URL, or a store that cannot be reached or fails, named by its URL
-with the password and secret parameters masked.  Exit status: 0 on success, 1
-when the run asked for is not there (or cannot be decoded), 2 for every other
-error.
+argument or URL, a SQLite file that does not exist (unless ``--create``), or a
+store that cannot be reached or fails, named by its URL with the password and
+secret parameters masked.  A reader that stops early (``runs list | head``) ends
+the command quietly.  Exit status: 0 on success (and when the reader stopped
+early), 1 when the run asked for is not there (or cannot be decoded), 2 for every
+other error.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any, TextIO, TypeVar
+from datetime import datetime, timezone
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import anyio
 
@@ -24,73 +33,206 @@ from ._redact import redact_text, redact_url
 from .errors import SnapshotDecodeError
 from .serialization import dumps, snapshot_to_doc
 from .snapshot import RUN_STATUSES, SnapshotInfo, WorkflowSnapshot
-from .store import open_store
+from .store import check_list_args, decode_cursor, open_store
 
 DEFAULT_STORE = "sqlite:///awaitly.db"
 DEMO_STORE = "sqlite:///awaitly-demo.db"
 STORE_VARIABLE = "AWAITLY_STORE_URL"
+PROG = "python -m awaitly_anyio"
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 T = TypeVar("T")
 
+# Where an option may be written: before the command, after it, after the action.
+_LEVELS = ("top", "command", "action")
+# The options only the runs commands take (the demo takes --store and --backend).
+_RUNS_ONLY = (
+    ("json", "--json"),
+    ("imports", "--import"),
+    ("create", "--create"),
+    ("schema", "--schema"),
+    ("table_prefix", "--table-prefix"),
+    ("key_prefix", "--key-prefix"),
+)
+
 
 class _Failure(Exception):
     """A failure already worded for the user (one line, secrets masked)."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m awaitly_anyio")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _UsageError(Exception):
+    """A command line argparse refused, worded on one line."""
 
-    demo = commands.add_parser("demo", help="run the durable checkout demo and print what happens")
-    demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    demo.add_argument("--store", default=DEMO_STORE, help=f"store URL (default {DEMO_STORE})")
 
-    runs = commands.add_parser("runs", help="inspect the runs kept in a store")
-    runs.add_argument(
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (raised, not printed with the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = True) -> None:
+    """The options that may be written anywhere, stored under ``name@level`` so that a
+    later parser does not overwrite what an earlier one read (see :func:`_option`)."""
+    options = parser.add_argument_group("options accepted anywhere on the line")
+    options.add_argument(
         "--store",
-        default=None,  # resolved later, so that argparse never shows the variable's value
-        help=f"store URL (default ${STORE_VARIABLE} or {DEFAULT_STORE})",
+        dest=f"store@{level}",
+        metavar="URL",
+        # Resolved later, so that argparse never shows the variable's value.
+        help=f"store URL (runs: default ${STORE_VARIABLE} or {DEFAULT_STORE}; demo: {DEMO_STORE})",
     )
-    runs.add_argument("--schema", help="PostgreSQL schema of the tables (default public)")
-    runs.add_argument(
-        "--table-prefix", help="PostgreSQL prefix of the table names (default awaitly_)"
+    options.add_argument(
+        "--backend",
+        dest=f"backend@{level}",
+        choices=("asyncio", "trio"),
+        help="event loop to run on (default asyncio)",
     )
-    runs.add_argument("--key-prefix", help="Redis prefix of every key (default awaitly:)")
-    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    runs.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    runs.add_argument(
+    if not runs:
+        return
+    options.add_argument(
+        "--json",
+        dest=f"json@{level}",
+        action="store_true",
+        default=None,
+        help="print JSON instead of a table",
+    )
+    options.add_argument(
         "--import",
-        dest="imports",
+        dest=f"imports@{level}",
         action="append",
-        default=[],
         metavar="MODULE",
         help="import MODULE first, so the types it registers can be loaded (repeatable)",
     )
-    actions = runs.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="runs, newest first")
-    listing.add_argument("--status", choices=RUN_STATUSES)
+    options.add_argument(
+        "--create",
+        dest=f"create@{level}",
+        action="store_true",
+        default=None,
+        help="create the SQLite database if its file does not exist (else an error)",
+    )
+    options.add_argument(
+        "--schema",
+        dest=f"schema@{level}",
+        metavar="SCHEMA",
+        help="PostgreSQL schema of the tables (default public)",
+    )
+    options.add_argument(
+        "--table-prefix",
+        dest=f"table_prefix@{level}",
+        metavar="PREFIX",
+        help="PostgreSQL prefix of the table names (default awaitly_)",
+    )
+    options.add_argument(
+        "--key-prefix",
+        dest=f"key_prefix@{level}",
+        metavar="PREFIX",
+        help="Redis prefix of every key (default awaitly:)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="The durable checkout demo, and the runs kept in a store.",
+        epilog=f"Run '{PROG} COMMAND --help' for a command's options.",
+    )
+    _add_options(parser, "top")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the durable checkout demo and print what happens",
+        description="Run the durable checkout demo (it creates its own SQLite database).",
+    )
+    _add_options(demo, "command", runs=False)
+
+    runs = commands.add_parser(
+        "runs",
+        help="inspect the runs kept in a store",
+        description="List, show or delete the runs kept in a store.",
+        epilog=f"Run '{PROG} runs ACTION --help' for an action's options.",
+    )
+    _add_options(runs, "command")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="runs, newest first",
+        description="List runs, newest first, a page at a time.",
+    )
+    listing.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     listing.add_argument("--prefix", help="only ids starting with this")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--limit", type=int, default=50, help="runs per page, 1 to 10000 (default 50)"
+    )
     listing.add_argument("--cursor", help="continue after a previous page")
-    show = actions.add_parser("show", help="one run with its steps")
-    show.add_argument("id")
-    delete = actions.add_parser("delete", help="remove one run")
-    delete.add_argument("id")
+    _add_options(listing, "action")
+    show = actions.add_parser(
+        "show",
+        help="one run with its steps and lease",
+        description=(
+            "Show one run: its status, times, lease (who holds it, until when, and"
+            " whether that lease is live or expired) and its steps in execution order."
+        ),
+    )
+    show.add_argument("id", help="the run's id")
+    _add_options(show, "action")
+    delete = actions.add_parser(
+        "delete", help="remove one run", description="Remove one run and its steps."
+    )
+    delete.add_argument("id", help="the run's id")
+    _add_options(delete, "action")
     return parser
+
+
+def _option(args: argparse.Namespace, name: str) -> Any:
+    """The value of an option written anywhere: the last one given, or ``None``."""
+    value = None
+    for level in _LEVELS:
+        found = getattr(args, f"{name}@{level}", None)
+        if found is not None:
+            value = found
+    return value
+
+
+def _imports(args: argparse.Namespace) -> list[str]:
+    """Every ``--import``, wherever it was written, in order."""
+    modules: list[str] = []
+    for level in _LEVELS:
+        modules += getattr(args, f"imports@{level}", None) or []
+    return modules
 
 
 def _time(value: Any) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _duration(seconds: float) -> str:
+    """A step's duration for people: ``850us``, ``12.5ms``, ``3.20s``, ``2m05s``."""
+    if seconds < 0.001:
+        return f"{seconds * 1_000_000:.0f}us"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        out.write("\n")
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write(line.rstrip() + "\n")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
@@ -100,32 +242,73 @@ def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
         "status": info.status,
         "created_at": info.created_at.isoformat(),
         "updated_at": info.updated_at.isoformat(),
-        "expires_at": None if info.expires_at is None else info.expires_at.isoformat(),
+        "expires_at": _iso(info.expires_at),
+        "lease_owner": info.lease_owner,
+        "lease_expires_at": _iso(info.lease_expires_at),
         "damaged": info.damaged,
     }
 
 
-def _print_snapshot(snapshot: WorkflowSnapshot, out: TextIO) -> None:
+def _lease_line(info: SnapshotInfo | None, now: datetime) -> str:
+    """Who holds the run's lease, until when, and whether that is still so: a lease
+    past its time belongs to a worker that stopped renewing it (dead or stopped)."""
+    if info is None:
+        return "unknown (this store does not report leases)"
+    if info.lease_owner is None or info.lease_expires_at is None:
+        return "none (no worker holds this run)"
+    until = info.lease_expires_at
+    held = f"held by {info.lease_owner!r} until {_time(until)} UTC"
+    left = (until - now).total_seconds()
+    if left > 0:
+        return f"{held} (live: {_duration(left)} left)"
+    return (
+        f"{held} (expired {_duration(-left)} ago: its worker stopped renewing it;"
+        " recovery may take the run over)"
+    )
+
+
+def _lease_doc(info: SnapshotInfo | None, now: datetime) -> dict[str, Any] | None:
+    if info is None or info.lease_owner is None or info.lease_expires_at is None:
+        return None
+    return {
+        "owner": info.lease_owner,
+        "expires_at": info.lease_expires_at.isoformat(),
+        "live": info.lease_expires_at > now,
+    }
+
+
+def _print_snapshot(
+    snapshot: WorkflowSnapshot, info: SnapshotInfo | None, now: datetime, out: TextIO
+) -> None:
     out.write(f"run       {snapshot.workflow_id}\n")
     out.write(f"workflow  {snapshot.workflow_name}\n")
     out.write(f"status    {snapshot.status}\n")
     out.write(f"created   {_time(snapshot.created_at)}\n")
     out.write(f"updated   {_time(snapshot.updated_at)}\n")
     out.write(f"expires   {_time(snapshot.expires_at)}\n")
+    out.write(f"lease     {_lease_line(info, now)}\n")
     if snapshot.result is not None:
         out.write(f"result    {snapshot.result!r}\n")
     for key, value in snapshot.metadata.items():
         out.write(f"meta      {key} = {value!r}\n")
     if snapshot.steps:
         out.write("\n")
-        rows = [["STEP KEY", "OUTCOME", "ATTEMPTS", "FINISHED"]]
-        # In the order the steps finished (stores keep records by key, not by time).
-        ordered = sorted(
-            snapshot.steps.items(),
-            key=lambda item: (item[1].finished_at is None, item[1].finished_at or 0, item[0]),
-        )
-        for key, record in ordered:
-            rows.append([key, repr(record.result), str(record.attempts), _time(record.finished_at)])
+        # In execution order: the order the store recorded the steps in.
+        rows = [["#", "STEP KEY", "OUTCOME", "ATTEMPTS", "DURATION", "FINISHED"]]
+        for n, (key, record) in enumerate(snapshot.steps.items(), 1):
+            took = "-"
+            if record.started_at is not None and record.finished_at is not None:
+                took = _duration(max((record.finished_at - record.started_at).total_seconds(), 0))
+            rows.append(
+                [
+                    str(n),
+                    key,
+                    repr(record.result),
+                    str(record.attempts),
+                    took,
+                    _time(record.finished_at),
+                ]
+            )
         _table(rows, out)
 
 
@@ -154,6 +337,23 @@ def _one_line(exc: BaseException) -> str:
     return redact_text(message)
 
 
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the single exception an exception group holds) says that the
+    reader of our output went away."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return isinstance(exc, BrokenPipeError)
+
+
+def _reader_gone(out: TextIO) -> None:
+    """The reader of ``out`` stopped reading (``| head``): send whatever is still
+    buffered, and the interpreter's last flush, nowhere, so that nothing is printed."""
+    with contextlib.suppress(Exception):  # not a file (a StringIO): nothing to do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+
+
 async def _ask(where: str, call: Awaitable[T]) -> T:
     """``await call`` on the store; a failure of the store becomes one worded line.
 
@@ -169,8 +369,9 @@ async def _ask(where: str, call: Awaitable[T]) -> T:
 
 def _store_url(args: argparse.Namespace) -> tuple[str, str]:
     """The store URL to use, and where it came from (for messages)."""
-    if args.store is not None:
-        return args.store, ""
+    url = _option(args, "store")
+    if url is not None:
+        return url, ""
     url = os.environ.get(STORE_VARIABLE)
     if url:
         return url, f" (from ${STORE_VARIABLE})"
@@ -182,31 +383,63 @@ def _store_options(url: str, args: argparse.Namespace) -> dict[str, Any]:
     scheme = url.partition("://")[0].lower()
     options: dict[str, Any] = {}
     for flag, name, value, schemes, kind in (
-        ("--schema", "schema", args.schema, ("postgresql", "postgres"), "PostgreSQL"),
+        ("--schema", "schema", _option(args, "schema"), ("postgresql", "postgres"), "PostgreSQL"),
         (
             "--table-prefix",
             "table_prefix",
-            args.table_prefix,
+            _option(args, "table_prefix"),
             ("postgresql", "postgres"),
             "PostgreSQL",
         ),
-        ("--key-prefix", "prefix", args.key_prefix, ("redis", "rediss", "unix"), "Redis"),
+        (
+            "--key-prefix",
+            "prefix",
+            _option(args, "key_prefix"),
+            ("redis", "rediss", "unix"),
+            "Redis",
+        ),
     ):
         if value is None:
             continue
         if scheme not in schemes:
             raise ValueError(f"{flag} is for {kind} stores only")
         options[name] = value
+    if _option(args, "create") and scheme != "sqlite":
+        raise ValueError("--create is for SQLite stores only")
     return options
 
 
+def _check_sqlite_file(store: Any, source: str) -> None:
+    """Refuse to open a SQLite store whose file does not exist: opening would create an
+    empty database, and a mistyped path would look like a store without runs."""
+    from .stores.sqlite import SQLiteStore
+
+    if not isinstance(store, SQLiteStore):
+        return
+    path = store.path
+    if path == ":memory:" or path.startswith("file:") or os.path.lexists(path):
+        return
+    where = repr(path)
+    absolute = os.path.abspath(path)
+    if absolute != path:
+        where += f" ({absolute})"
+    raise _Failure(
+        f"no SQLite database at {where}{source}: check the path, or pass --create to"
+        " create an empty one"
+    )
+
+
 @contextlib.asynccontextmanager
-async def _opened(url: str, source: str, where: str, options: dict[str, Any]) -> AsyncIterator[Any]:
+async def _opened(
+    url: str, source: str, where: str, options: dict[str, Any], *, create: bool
+) -> AsyncIterator[Any]:
     """The store ``url`` names, open; any failure to open it is one worded line."""
     try:
         store = open_store(url, **options)
     except ValueError as exc:
         raise _Failure(redact_text(" ".join(str(exc).split())) + source) from None
+    if not create:
+        _check_sqlite_file(store, source)
     try:
         await store.__aenter__()
     except Exception as exc:
@@ -224,7 +457,13 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     url, source = _store_url(args)
     where = redact_url(url) + source
     options = _store_options(url, args)
-    async with _opened(url, source, where, options) as store:
+    as_json = bool(_option(args, "json"))
+    create = bool(_option(args, "create"))
+    if args.action == "list":  # bad arguments are reported before the store is opened
+        check_list_args(args.prefix, args.status, args.limit)
+        if args.cursor is not None:
+            decode_cursor(args.cursor)
+    async with _opened(url, source, where, options, create=create) as store:
         if args.action == "list":
             page = await _ask(
                 where,
@@ -232,7 +471,7 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     status=args.status, prefix=args.prefix, limit=args.limit, cursor=args.cursor
                 ),
             )
-            if args.json:
+            if as_json:
                 doc = {"items": [_info_doc(i) for i in page], "next_cursor": page.next_cursor}
                 out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
                 return 0
@@ -266,36 +505,63 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if snapshot is None:
                 err.write(f"error: no run {args.id!r} in {where}\n")
                 return 1
-            if args.json:
-                out.write(dumps(snapshot_to_doc(snapshot)) + "\n")
+            # The lease is not part of a snapshot: stores that report it do so by info().
+            reader = getattr(store, "info", None)
+            info = await _ask(where, reader(args.id)) if callable(reader) else None
+            now = datetime.now(timezone.utc)
+            if as_json:
+                doc = snapshot_to_doc(snapshot)
+                doc["lease"] = _lease_doc(info, now)
+                out.write(dumps(doc) + "\n")
             else:
-                _print_snapshot(snapshot, out)
+                _print_snapshot(snapshot, info, now, out)
             return 0
         deleted = await _ask(where, store.delete(args.id))
         if not deleted:
             err.write(f"error: no run {args.id!r} in {where}\n")
             return 1
-        out.write(json.dumps({"deleted": args.id}) + "\n" if args.json else f"deleted {args.id}\n")
+        out.write(json.dumps({"deleted": args.id}) + "\n" if as_json else f"deleted {args.id}\n")
         return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    for name, flag in _RUNS_ONLY:
+        if _option(args, name):
+            raise ValueError(f"{flag} is for the runs commands, not demo")
+    from ._demo import main as demo
+
+    store = _option(args, "store") or DEMO_STORE
+    try:
+        anyio.run(demo, store, backend=_option(args, "backend") or "asyncio")
+    except (ValueError, OSError):
+        raise
+    except Exception as exc:
+        if _broken_pipe(exc):
+            raise BrokenPipeError from None
+        raise _Failure(f"the demo failed: {_one_line(exc)}") from exc
+    return 0
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Parse ``argv`` and run the command; return the exit status (see the module's
-    docstring).  Errors are written to ``err`` as one line each, secrets masked."""
-    args = _parser().parse_args(argv)
+    docstring).  Errors are written to ``err`` as one line each, secrets masked;
+    ``--help`` prints the help and raises ``SystemExit(0)``, as argparse does."""
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        err.write(f"error: {exc}\n")
+        return 2
     try:
         if args.command == "demo":
-            from ._demo import main as demo
-
-            try:
-                anyio.run(demo, args.store, backend=args.backend)
-            except (ValueError, OSError):
-                raise
-            except Exception as exc:
-                raise _Failure(f"the demo failed: {_one_line(exc)}") from exc
-            return 0
-        _import_types(args.imports)
-        status: int = anyio.run(_runs, args, out, err, backend=args.backend)
+            status = _demo(args)
+        else:
+            _import_types(_imports(args))
+            backend = _option(args, "backend") or "asyncio"
+            status = anyio.run(_runs, args, out, err, backend=backend)
+        out.flush()  # here, so that a reader gone away is noticed here
+    except BrokenPipeError:
+        _reader_gone(out)
+        return 0
     except _Failure as exc:
         err.write(f"error: {exc}\n")
         return 2

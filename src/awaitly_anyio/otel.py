@@ -172,6 +172,7 @@ class OtelAdapter:
             "awaitly.circuit.state_changes", description="Circuit breaker state changes"
         )
         self._runs: dict[str, _Frame] = {}
+        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             StepStart: self._step_start,
             StepComplete: self._step_end,
@@ -384,23 +385,33 @@ class OtelAdapter:
             above.prev = frame.prev
 
     def _step_end(self, event: Any) -> None:
-        frame, innermost = self._find(event)
-        if frame is None:
-            return
-        if innermost:
+        frame = self._get_current().get(self._frame_key)
+        if (
+            frame is not None
+            and frame.name == event.name
+            and frame.run == event.workflow_id
+            and frame.key == event.step_key
+        ):  # the usual case: the innermost open frame of this task
             self._attach(frame.prev)
         else:
-            self._unlink(frame)
+            frame, innermost = self._find(event)
+            if frame is None:
+                return
+            if innermost:
+                self._attach(frame.prev)
+            else:
+                self._unlink(frame)
         run_frame = frame.run_frame
         if run_frame is not None and run_frame.open is not None:
             run_frame.open.discard(frame)
         span = frame.span
         end = _ns(event.ts)
-        labels = {"workflow.name": event.workflow_name, "step.name": event.name}
+        labels = self._labels.get((event.workflow_name, event.name))
+        if labels is None:
+            labels = self._step_labels(event.workflow_name, event.name)
         attempt = frame.attempt_span
-        if isinstance(event, StepComplete):
-            span.set_attribute("step.cached", event.cached)
-            span.set_attribute("step.attempt", event.attempt)
+        if event.__class__ is StepComplete:
+            span.set_attributes({"step.cached": event.cached, "step.attempt": event.attempt})
             if attempt is not None:
                 attempt.set_attribute("step.outcome", "ok")
         elif isinstance(event, StepError):
@@ -420,6 +431,13 @@ class OtelAdapter:
         if self._enrich is not None:
             self._enrich(span, event)
         span.end(end_time=end)
+
+    def _step_labels(self, workflow_name: str, name: str) -> dict[str, str]:
+        """The metric labels of a step (kept for the names seen most, bounded)."""
+        labels = {"workflow.name": workflow_name, "step.name": name}
+        if len(self._labels) < 1024:
+            self._labels[workflow_name, name] = labels
+        return labels
 
     def _step_retry(self, event: StepRetry) -> None:
         frame, innermost = self._find(event)

@@ -40,7 +40,8 @@ def _aware(value: datetime | None) -> datetime | None:
 class WorkflowSnapshot:
     """Everything needed to resume run ``workflow_id`` of ``workflow_name``, or to report on it.
 
-    ``steps`` maps step keys to their records; ``result`` is the final Result
+    ``steps`` maps step keys to their records, in the order the steps were recorded
+    (execution order; a step recorded again keeps its place); ``result`` is the final Result
     once the run has ``completed`` (or ``failed``); ``metadata`` is free-form
     JSON-able data (for example the last error and attempt time).
     """

@@ -116,7 +116,7 @@ class MemoryStore:
         self._steps[id] = dict(steps)
 
     async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``."""
+        """Run ``id``'s snapshot, or ``None``; its steps in the order they were recorded."""
         check_id(id)
         await anyio.lowlevel.checkpoint()
         row = self._live(id)

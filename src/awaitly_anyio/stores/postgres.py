@@ -454,7 +454,8 @@ class PostgresStore:
         await self._call(work)
 
     async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``; one consistent read."""
+        """Run ``id``'s snapshot, or ``None``; one consistent read.  Its steps are in the
+        order they were recorded (a step recorded again keeps its place)."""
         check_id(id)
         now = self._clock.time()
 

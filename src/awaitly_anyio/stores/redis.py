@@ -567,7 +567,8 @@ class RedisStore:
         await self._run_script(_SAVE, [*self.keys_of(id), self._index, self._active], args)
 
     async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``; one consistent read."""
+        """Run ``id``'s snapshot, or ``None``; one consistent read.  Its steps are in the
+        order they were recorded (a step recorded again keeps its place)."""
         check_id(id)
         now = self._clock.time()
         row, steps = await self._fetch(id)

@@ -334,7 +334,8 @@ class SQLiteStore:
         await self._run(work)
 
     async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``; one consistent read."""
+        """Run ``id``'s snapshot, or ``None``; one consistent read.  Its steps are in the
+        order they were recorded (a step recorded again keeps its place)."""
         check_id(id)
         now = self._now()
 

@@ -144,6 +144,16 @@ def make_emitter(handlers: Sequence[Callable[[WorkflowEvent], object]]) -> Emit 
     """One callable that feeds every handler, logging (never raising) a handler's failure."""
     if not handlers:
         return None
+    if len(handlers) == 1:  # the common case, without the loop
+        handler = handlers[0]
+
+        def emit_one(event: WorkflowEvent) -> None:
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("on_event handler %r failed on %s", handler, event.type)
+
+        return emit_one
 
     def emit_all(event: WorkflowEvent) -> None:
         for handler in handlers:

@@ -50,25 +50,52 @@ Backoff = Literal["exponential", "linear", "constant"]
 _BACKOFFS = ("exponential", "linear", "constant")
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, not {value!r}")
+# The validators of the step options.  A wrong type raises TypeError, a value out of
+# range or a misspelt choice ValueError; every message names the option, the value
+# given and what is allowed (never attrs' ``Attribute(...)`` repr).
 
 
-def _optional_timeout(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    allowed = f"{attribute.name} must be a finite number >= 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{allowed}, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{allowed}, not {value!r}")
+
+
+def _optional_timeout(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _check_timeout(value, attribute.name)
 
 
 def _check_timeout(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds > 0, not {value!r}")
+    if not value > 0:
         raise ValueError(f"{what} must be a number of seconds > 0, not {value!r}")
     return float(value)
 
 
-def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an integer >= 1, not {value!r}")
+    if value < 1:
         raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+def _backoff(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in _BACKOFFS or not isinstance(value, str):
+        choices = ", ".join(repr(choice) for choice in _BACKOFFS)
+        error = ValueError if isinstance(value, str) else TypeError
+        raise error(f"{attribute.name} must be one of {choices}, not {value!r}")
+
+
+def _optional_callable(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{attribute.name} must be a function taking the failure and returning a bool "
+            f"(or None), not {value!r}"
+        )
 
 
 @attrs.frozen
@@ -81,18 +108,20 @@ class RetryPolicy:
     ``retry_on`` sees the failure (the raised exception, the ``Err``'s error, or
     a :class:`StepTimeoutError`) and returns whether to try again; by default
     every failure is retried.  ``timeout`` bounds each attempt.
+
+    Raises ``TypeError`` for an option of the wrong type and ``ValueError`` for a
+    value out of range or an unknown ``backoff``; the message names the option,
+    the value given and what is allowed.
     """
 
     attempts: int = attrs.field(validator=_positive_int)
-    backoff: Backoff = attrs.field(default="exponential", validator=attrs.validators.in_(_BACKOFFS))
+    backoff: Backoff = attrs.field(default="exponential", validator=_backoff)
     delay: float = attrs.field(default=0.1, validator=_non_negative)
     max_delay: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(_non_negative)
     )
     jitter: float = attrs.field(default=0.0, validator=_non_negative)
-    retry_on: Callable[[Any], bool] | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
-    )
+    retry_on: Callable[[Any], bool] | None = attrs.field(default=None, validator=_optional_callable)
     timeout: float | None = attrs.field(default=None, validator=_optional_timeout)
 
     def __attrs_post_init__(self) -> None:
@@ -126,6 +155,12 @@ def _check_name(name: object) -> None:
 def _check_fn(name: str, fn: object) -> None:
     if not callable(fn):
         raise TypeError(f"step {name!r}: fn must be a zero-argument callable, not {fn!r}")
+
+
+def _check_type(name: str, type: object) -> None:
+    raise TypeError(
+        f"step {name!r}: type must be a class (the class of the step's value), not {type!r}"
+    )
 
 
 class Step(RunState):
@@ -214,13 +249,18 @@ class Step(RunState):
             check_key(key)
             if key in run.completed:
                 return self._replay(name, key)
+        emit = run.emit
         if (
             timeout is not None
-            or run.emit is not None
             or (key is not None and run.checkpoint is not None)
+            or type is not None
             or (
                 retry is not None
-                and (retry.__class__ is not RetryPolicy or retry.timeout is not None)
+                and (
+                    emit is not None
+                    or retry.__class__ is not RetryPolicy
+                    or retry.timeout is not None
+                )
             )
         ):
             if not callable(fn):
@@ -229,13 +269,38 @@ class Step(RunState):
                 raise TypeError(f"step {name!r}: retry must be a RetryPolicy, not {retry!r}")
             if timeout is not None:
                 timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+            if type is not None and not isinstance(type, builtins.type):
+                _check_type(name, type)
             return await self._execute(name, fn, key, retry, timeout, run.map_exception, type)
-        # Fast path: no events, no timeout, no checkpoint.  A retry policy costs
-        # nothing until the first attempt fails.
+        # Fast path: one attempt, between two events if someone listens; no timeout,
+        # checkpoint or type check.  A retry policy (without listeners) costs nothing
+        # until the first attempt fails.
+        clock = run.clock
+        workflow_id = ""
+        started = 0.0
+        if emit is not None:
+            if not callable(fn):
+                _check_fn(name, fn)
+            workflow_id = run._workflow_id or run.workflow_id  # the property makes one
+            started = clock.monotonic()
+            emit(
+                StepStart(
+                    workflow_id=workflow_id,
+                    workflow_name=run.name,
+                    ts=clock.time(),
+                    name=name,
+                    step_key=key,
+                )
+            )
         try:
             out = fn()
             if isawaitable(out):
                 out = await out
+        except EarlyExit as exc:
+            # A nested step inside fn ended the workflow: this step failed with it.
+            if emit is not None:
+                emit(self._error_event(name, key, started, exc.result.error, 1))
+            raise
         except Exception as exc:
             if not callable(fn):
                 _check_fn(name, fn)
@@ -244,20 +309,54 @@ class Step(RunState):
                 return await self._execute(
                     name, fn, key, retry, None, run.map_exception, type, first
                 )
-            out = Err(run.map_exception(exc))
+            try:
+                out = Err(run.map_exception(exc))
+            except Exception as failure:  # catch_unexpected raised: it propagates
+                if emit is not None:
+                    emit(self._error_event(name, key, started, failure, 1))
+                raise
+        except BaseException:
+            if emit is not None:
+                emit(
+                    StepCancelled(
+                        workflow_id=workflow_id,
+                        workflow_name=run.name,
+                        ts=clock.time(),
+                        name=name,
+                        step_key=key,
+                        duration_ms=(clock.monotonic() - started) * 1000.0,
+                    )
+                )
+            raise
         if isinstance(out, Ok):
-            if key is not None:
-                run.remember(key, out)
-            return out.value
-        if isinstance(out, Err):
+            value = out.value
+        elif isinstance(out, Err):
             if retry is not None:
                 return await self._execute(
                     name, fn, key, retry, None, run.map_exception, type, (out, None)
                 )
+            if emit is not None:
+                emit(self._error_event(name, key, started, out.error, 1))
             raise EarlyExit(run, out)
+        else:
+            value = out
+            if key is not None:
+                out = Ok(out)
         if key is not None:
-            run.remember(key, Ok(out))
-        return out
+            run.remember(key, out)
+        if emit is not None:
+            emit(
+                StepComplete(
+                    workflow_id=workflow_id,
+                    workflow_name=run.name,
+                    ts=clock.time(),
+                    name=name,
+                    step_key=key,
+                    duration_ms=(clock.monotonic() - started) * 1000.0,
+                    value=value,
+                )
+            )
+        return value
 
     def _replay(self, name: str, key: str) -> Any:
         run = self
@@ -369,7 +468,7 @@ class Step(RunState):
                     result, raised = await self._attempt_with_timeout(
                         name, key, fn, timeout, attempt
                     )
-                if result.ok or attempt >= attempts:
+                if result.ok is True or attempt >= attempts:
                     break
                 assert retry is not None
                 failure = result.error
@@ -559,17 +658,21 @@ class Step(RunState):
 
         See :class:`RetryPolicy` for the schedule and ``retry_on``.  ``timeout``
         bounds each attempt.  The last failure ends the workflow.  Cancellation
-        during an attempt or a wait propagates.
+        during an attempt or a wait propagates.  A bad option raises ``TypeError`` or
+        ``ValueError`` (see :class:`RetryPolicy`) naming the step and the option.
         """
-        policy = RetryPolicy(
-            attempts=attempts,
-            backoff=backoff,
-            delay=delay,
-            max_delay=max_delay,
-            jitter=jitter,
-            retry_on=retry_on,
-            timeout=timeout,
-        )
+        try:
+            policy = RetryPolicy(
+                attempts=attempts,
+                backoff=backoff,
+                delay=delay,
+                max_delay=max_delay,
+                jitter=jitter,
+                retry_on=retry_on,
+                timeout=timeout,
+            )
+        except (TypeError, ValueError) as exc:
+            raise exc.__class__(f"step {name!r}: {exc}") from None
         return await self(name, fn, key=key, retry=policy, type=type)
 
     @overload
@@ -612,7 +715,9 @@ class Step(RunState):
         self, name: str, fn: Callable[[], Any], *, seconds: float, key: str | None = None
     ) -> Any:
         """Run ``fn`` with a deadline of ``seconds``; past it the work is cancelled and
-        the workflow ends with ``Err(StepTimeoutError(name, seconds))``."""
+        the workflow ends with ``Err(StepTimeoutError(name, seconds))``.  ``seconds``
+        that is not a number > 0 raises ``TypeError`` / ``ValueError`` naming it."""
+        seconds = _check_timeout(seconds, f"step {name!r}: seconds")
         return await self(name, fn, key=key, timeout=seconds)
 
     @overload
@@ -621,7 +726,7 @@ class Step(RunState):
         name: str,
         fn: Callable[[], Awaitable[Result[T, Any]]],
         *,
-        error: object,
+        error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
         type: type[Any] | None = None,
@@ -632,7 +737,7 @@ class Step(RunState):
         name: str,
         fn: Callable[[], Result[T, Any]],
         *,
-        error: object,
+        error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
         type: type[Any] | None = None,
@@ -643,7 +748,7 @@ class Step(RunState):
         name: str,
         fn: Callable[[], Awaitable[T]],
         *,
-        error: object,
+        error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
         type: type[Any] | None = None,
@@ -654,7 +759,7 @@ class Step(RunState):
         name: str,
         fn: Callable[[], T],
         *,
-        error: object,
+        error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
         type: type[Any] | None = None,
@@ -664,7 +769,7 @@ class Step(RunState):
         name: str,
         fn: Callable[[], Any],
         *,
-        error: object,
+        error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
         type: type[Any] | None = None,
@@ -676,12 +781,15 @@ class Step(RunState):
         """
         _check_name(name)
         _check_fn(name, fn)
+        mapper: Callable[[Exception], object]
         if callable(error) and not isinstance(error, builtins.type):
-            mapper: Callable[[Exception], object] = error
+            mapper = error
         else:
 
-            def mapper(_: Exception) -> object:
+            def constant(_: Exception) -> object:
                 return error
+
+            mapper = constant
 
         if timeout is not None:
             timeout = _check_timeout(timeout, f"step {name!r}: timeout")
@@ -691,17 +799,19 @@ class Step(RunState):
             check_key(key)
             if key in self.completed:
                 return self._replay(name, key)
+        if type is not None and not isinstance(type, builtins.type):
+            _check_type(name, type)
         return await self._execute(name, fn, key, None, timeout, mapper, type)
 
-    def sleep(
-        self, name: str, seconds: float, *, key: str | None = None
-    ) -> Coroutine[Any, Any, None]:
+    def sleep(self, name: str, seconds: float, *, key: str | None = None) -> Awaitable[None]:
         """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable).
 
         Without a key or listeners there is nothing to record, and the clock's own
         coroutine is returned to be awaited (a waiting run keeps no frame of ours).
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
+        if not seconds >= 0:
             raise ValueError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
         if key is None and self.emit is None:
             if name.__class__ is not str or not name:
@@ -785,6 +895,42 @@ class Step(RunState):
         result: dict[Any, Any] | list[Any] = await self(name, gather, key=key, timeout=timeout)
         return result
 
+    @overload
+    async def race(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], Awaitable[Result[T, Any]]]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def race(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], Result[T, Any]]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def race(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], Awaitable[T]]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def race(
+        self,
+        name: str,
+        fns: Sequence[Callable[[], T]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> T: ...
     async def race(
         self,
         name: str,

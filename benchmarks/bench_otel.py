@@ -57,7 +57,9 @@ def variants() -> dict[str, Variant]:
     async def hand_written(name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """The step a developer writes by hand around ``fn``: the same span, the same
         attributes, the error status on failure."""
-        with tracer.start_as_current_span(f"step {name}", attributes={"step.name": name}) as span:
+        # The attributes a hand-written step knows up front go in at the start.
+        attributes = {"step.name": name, "step.cached": False, "step.attempt": 1}
+        with tracer.start_as_current_span(f"step {name}", attributes=attributes) as span:
             try:
                 result = await fn()
             except Exception as exc:
@@ -67,8 +69,6 @@ def variants() -> dict[str, Variant]:
             if isinstance(result, Err):
                 span.set_status(Status(StatusCode.ERROR, repr(result.error)))
                 raise StepFailedError(result.error)
-            span.set_attribute("step.cached", False)
-            span.set_attribute("step.attempt", 1)
         return result.value
 
     async def adapter_steps(n: int) -> float:
@@ -114,19 +114,20 @@ async def measure(rounds: int, n: int) -> list[dict[str, float]]:
     """ns per step for every variant on the running backend, one dict per round.
 
     A round runs the variants in turn, ``CHUNKS`` times ``n / CHUNKS`` steps each,
-    so that the machine's drift (other processes) reaches every variant alike."""
+    and each turn is a row: the ratio is the median of the turns' own ratios, so
+    that the machine's drift (other processes) reaches every variant alike."""
     found = variants()
     for variant in found.values():  # warm-up
         await variant(max(n // 10, 100))
     chunk = max(n // CHUNKS, 1)
     rows: list[dict[str, float]] = []
     for _ in range(rounds):
-        row = dict.fromkeys(found, 0.0)
         for _ in range(CHUNKS):
+            row: dict[str, float] = {}
             for name, variant in found.items():
                 gc.collect()
-                row[name] += await variant(chunk)
-        rows.append({name: seconds / (chunk * CHUNKS) * 1e9 for name, seconds in row.items()})
+                row[name] = await variant(chunk) / chunk * 1e9
+            rows.append(row)
     return rows
 
 
@@ -154,7 +155,9 @@ def main() -> int:
         # Each ratio is the median of the rounds' own, so drift reaches both sides alike.
         found = medians([ratios(row) for row in rows])
         report[backend] = {"ns_per_step": figures, "ratios": found}
-        print(f"\n{backend}: {n} steps x {rounds} rounds, median ns per step")
+        print(
+            f"\n{backend}: {n} steps x {rounds} rounds, median ns per step (turns of {n // CHUNKS})"
+        )
         for name, ns in figures.items():
             print(f"  {name:32s} {ns:9.0f}")
         for name, ratio in found.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from ._redact import redact_text
@@ -89,9 +90,12 @@ class _Frame:
         self.run_frame = run_frame
         self.start_ns = start_ns
         self.attempt_span: Any = None
-        self.timed_out = 0
-        self.open: set[_Frame] | None = None  # a run's steps not ended yet
-        self.extra: Any = None  # a resumed run: the span it was started with
+        # Set only where used: ``timed_out`` (the attempt that ran out of time) by a
+        # step's timeout; ``open`` (its steps not ended yet) and ``extra`` (for a
+        # resumed run, the span it was started with) on a run's own frame.
+        self.timed_out: int
+        self.open: set[_Frame] | None
+        self.extra: Any
 
 
 class OtelAdapter:
@@ -157,6 +161,12 @@ class OtelAdapter:
         self._frame_key = context.create_key("awaitly_anyio.frame")
         self._get_current: Callable[[], Any] = context.get_current
         self._attach: Callable[[Any], object] = context.attach
+        # The default runtime context is one ContextVar behind two layers of calls:
+        # use it directly (it is what context.get_current/attach do), else the API.
+        var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+        if isinstance(var, ContextVar):
+            self._get_current = var.get
+            self._attach = var.set
         self._tracer = trace.get_tracer("awaitly_anyio", tracer_provider=tracer_provider)
         meter = metrics.get_meter("awaitly_anyio", meter_provider=meter_provider)
         self._workflow_duration = meter.create_histogram(
@@ -246,6 +256,7 @@ class OtelAdapter:
         frame = _Frame(span, event.workflow_id, None, None, current, outer, None, start)
         frame.run_frame = frame
         frame.open = set()
+        frame.extra = None
         self._runs[event.workflow_id] = frame
         self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
         self._enriched(span, event)
@@ -342,9 +353,15 @@ class OtelAdapter:
             f"step {event.name}",
             context=parent,
             start_time=start,
-            attributes={"step.name": event.name}
+            # The usual outcome's attributes from the start (one write less at the end).
+            attributes={"step.name": event.name, "step.cached": False, "step.attempt": 1}
             if key is None
-            else {"step.name": event.name, "step.key": key},
+            else {
+                "step.name": event.name,
+                "step.key": key,
+                "step.cached": False,
+                "step.attempt": 1,
+            },
         )
         frame = _Frame(span, run, event.name, key, current, outer, run_frame, start)
         if run_frame is not None and run_frame.open is not None:
@@ -411,7 +428,10 @@ class OtelAdapter:
             labels = self._step_labels(event.workflow_name, event.name)
         attempt = frame.attempt_span
         if event.__class__ is StepComplete:
-            span.set_attributes({"step.cached": event.cached, "step.attempt": event.attempt})
+            if event.cached:
+                span.set_attribute("step.cached", True)
+            if event.attempt != 1:
+                span.set_attribute("step.attempt", event.attempt)
             if attempt is not None:
                 attempt.set_attribute("step.outcome", "ok")
         elif isinstance(event, StepError):
@@ -462,7 +482,7 @@ class OtelAdapter:
 
     def _attempt(self, frame: _Frame, number: int, start: int) -> Any:
         attributes: dict[str, Any] = {"step.name": frame.name, "step.attempt": number}
-        if frame.timed_out == number:
+        if getattr(frame, "timed_out", 0) == number:
             attributes["step.timed_out"] = True
         return self._tracer.start_span(
             f"step {frame.name} attempt {number}",

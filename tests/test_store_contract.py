@@ -678,12 +678,16 @@ async def test_info_and_list_show_who_holds_a_run_and_until_when(
     assert await store.info("r") is None
 
 
-async def test_info_flags_a_damaged_run_instead_of_raising(kit: StoreKit, store: Any) -> None:
+@pytest.mark.parametrize(("part", "reason"), [("created_at", "created_at"), ("wrong_type", "hash")])
+async def test_info_flags_a_damaged_run_instead_of_raising(
+    kit: StoreKit, store: Any, part: Any, reason: str
+) -> None:
     await store.save("bad", snapshot("bad"))
-    await kit.damage(store, "bad", "created_at")
+    await kit.damage(store, "bad", part)
     found = await store.info("bad")
     assert found.id == "bad"
-    assert "created_at" in found.damaged
+    assert reason in found.damaged
+    assert found.lease_owner is None
 
 
 async def test_claim_expired_takes_abandoned_runs_oldest_first(

@@ -23,7 +23,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -506,8 +506,9 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 err.write(f"error: no run {args.id!r} in {where}\n")
                 return 1
             # The lease is not part of a snapshot: stores that report it do so by info().
+            reader: Callable[[str], Awaitable[SnapshotInfo | None]] | None
             reader = getattr(store, "info", None)
-            info = await _ask(where, reader(args.id)) if callable(reader) else None
+            info = None if reader is None else await _ask(where, reader(args.id))
             now = datetime.now(timezone.utc)
             if as_json:
                 doc = snapshot_to_doc(snapshot)

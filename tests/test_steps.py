@@ -145,7 +145,7 @@ def test_jitter_spreads_the_delay_within_its_fraction() -> None:
     [
         ({"attempts": 0}, "attempts must be an integer >= 1"),
         ({"attempts": 2.5}, "attempts must be an integer >= 1"),
-        ({"attempts": 2, "backoff": "fibonacci"}, "'backoff' must be in"),
+        ({"attempts": 2, "backoff": "fibonacci"}, "backoff must be one of 'exponential'"),
         ({"attempts": 2, "delay": -1}, "delay must be a finite number >= 0"),
         ({"attempts": 2, "delay": float("nan")}, "delay must be a finite number >= 0"),
         ({"attempts": 2, "max_delay": -1}, "max_delay must be a finite number >= 0"),

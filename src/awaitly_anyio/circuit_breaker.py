@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -32,6 +32,9 @@ from .ratelimit import OnUnavailable, check_on_unavailable, check_shared_seconds
 from .result import Err, Ok, Result, _ok
 
 __all__ = ["CircuitBreaker", "CircuitState", "RedisCircuitBreaker", "create_circuit_breaker"]
+
+_T = TypeVar("_T")
+_E = TypeVar("_E")
 
 
 class CircuitState(str, enum.Enum):
@@ -203,6 +206,18 @@ class CircuitBreaker:
 
     # ---- calls -------------------------------------------------------------------------
 
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+    ) -> Result[_T, _E | CircuitOpenError]: ...
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Result[_T, _E]]
+    ) -> Result[_T, _E | CircuitOpenError]: ...
+    @overload
+    async def __call__(self, fn: Callable[[], Awaitable[_T]]) -> Result[_T, CircuitOpenError]: ...
+    @overload
+    async def __call__(self, fn: Callable[[], _T]) -> Result[_T, CircuitOpenError]: ...
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Call ``fn`` unless the circuit is open; see the class for what counts."""
         if self._state is CircuitState.CLOSED:
@@ -497,7 +512,27 @@ class RedisCircuitBreaker(CircuitBreaker):
         else:
             self._state = CircuitState(state)
 
-    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+    # The shared breaker can also answer Err(SharedStateUnavailableError): its error
+    # type is wider than the local breaker's, on purpose (hence the override ignore).
+    @overload  # type: ignore[override]
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+    ) -> Result[_T, _E | CircuitOpenError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Result[_T, _E]]
+    ) -> Result[_T, _E | CircuitOpenError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(
+        self, fn: Callable[[], Awaitable[_T]]
+    ) -> Result[_T, CircuitOpenError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(
+        self, fn: Callable[[], _T]
+    ) -> Result[_T, CircuitOpenError | SharedStateUnavailableError]: ...
+    async def __call__(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, fn: Callable[[], Any]
+    ) -> Result[Any, Any]:
         """Call ``fn`` unless the shared circuit is open.
 
         Returns ``Err(CircuitOpenError)`` while it is open, and

@@ -9,7 +9,7 @@ own clock, not this one.
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -30,8 +30,8 @@ class Clock(Protocol):
         """Wall-clock seconds since the epoch, for event timestamps and records."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``.  Must be a cancellation point."""
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait ``seconds``.  Must be a cancellation point.  ``async def sleep`` fits."""
         ...
 
 

@@ -20,7 +20,8 @@ class Deps(Mapping[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | None = None) -> None:
         self._items = dict(items or {})
-        for name in self._items:
+        names: list[object] = list(self._items)
+        for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"dependency names must be strings, not {name!r}")
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import collections
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["OnUnavailable", "RateLimiter", "RedisRateLimiter", "create_rate_limiter"]
+
+_T = TypeVar("_T")
+_E = TypeVar("_E")
 
 OnUnavailable = Literal["error", "allow"]
 """What a Redis-shared limiter or breaker does when Redis cannot be reached:
@@ -129,6 +132,22 @@ class _Limiter:
                 return Err(exc)
             return await call_thunk(fn)
 
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+    ) -> Result[_T, _E | RateLimitExceededError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Result[_T, _E]]
+    ) -> Result[_T, _E | RateLimitExceededError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(
+        self, fn: Callable[[], Awaitable[_T]]
+    ) -> Result[_T, RateLimitExceededError | SharedStateUnavailableError]: ...
+    @overload
+    async def __call__(
+        self, fn: Callable[[], _T]
+    ) -> Result[_T, RateLimitExceededError | SharedStateUnavailableError]: ...
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Run ``fn`` in its turn and return its Result, or
         ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
@@ -253,6 +272,20 @@ class RateLimiter(_Limiter):
             if head and self._queue:
                 self._queue[0].event.set()
 
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+    ) -> Result[_T, _E | RateLimitExceededError]: ...
+    @overload
+    async def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[[], Result[_T, _E]]
+    ) -> Result[_T, _E | RateLimitExceededError]: ...
+    @overload
+    async def __call__(
+        self, fn: Callable[[], Awaitable[_T]]
+    ) -> Result[_T, RateLimitExceededError]: ...
+    @overload
+    async def __call__(self, fn: Callable[[], _T]) -> Result[_T, RateLimitExceededError]: ...
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Run ``fn`` in its turn and return its Result, or
         ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""

@@ -138,7 +138,9 @@ async def recover(
     async def resume(id: str, name: str) -> None:
         async with limiter:
             workflow, body = registry.get(name)
-            result = await workflow.run(body, workflow_id=id, store=store, owner=owner, lease=lease)
+            result: Result[Any, Any] = await workflow.run(
+                body, workflow_id=id, store=store, owner=owner, lease=lease
+            )
             recovered.append(RecoveredRun(id, name, result))
 
     async with anyio.create_task_group() as tg:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -42,7 +42,7 @@ class SupportsResume(Protocol):
     def steps(self) -> Mapping[str, StepRecord]: ...
 
 
-def _to_records(steps: Mapping[str, StepRecord | Result[Any, Any]]) -> dict[str, StepRecord]:
+def _to_records(steps: Mapping[Any, StepRecord | Result[Any, Any]]) -> dict[str, StepRecord]:
     records: dict[str, StepRecord] = {}
     for key, item in steps.items():
         if not isinstance(key, str):
@@ -51,28 +51,36 @@ def _to_records(steps: Mapping[str, StepRecord | Result[Any, Any]]) -> dict[str,
     return records
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class ResumeState:
     """Step records by key.  Pass it as ``workflow.run(..., resume_state=state)``.
 
-    ``steps`` accepts plain Results too: ``ResumeState({"user:1": Ok(user)})``.
+    ``steps`` accepts plain Results too: ``ResumeState({"user:1": Ok(user)})``;
+    each becomes a :class:`StepRecord`.  Raises ``TypeError`` for a key that is
+    not a string or a value that is neither a ``StepRecord`` nor a Result.
     """
 
-    steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_to_records)
+    # A hand-written __init__ instead of attrs' ``converter=``: type checkers then see
+    # ``steps`` as the plain Mapping it is (pyright models a converter field as a
+    # descriptor, which no longer matches the SupportsResume protocol).
+    steps: Mapping[str, StepRecord]
+
+    def __init__(self, steps: Mapping[str, StepRecord | Result[Any, Any]] | None = None) -> None:
+        object.__setattr__(self, "steps", _to_records({} if steps is None else steps))
 
 
-def completed_results(state: SupportsResume | None) -> Mapping[str, Ok[Any]]:
+def completed_results(state: object) -> Mapping[str, Ok[Any]]:
     """The ``Ok`` results by key that a run seeded from ``state`` may replay."""
     if state is None:
         return NO_RESULTS
-    steps = getattr(state, "steps", None)
+    steps: object = getattr(state, "steps", None)
     if not isinstance(steps, Mapping):
         raise TypeError(
             f"resume_state must have a 'steps' mapping of key -> StepRecord "
             f"(a ResumeState or a WorkflowSnapshot), not {type(state).__name__}"
         )
     completed: dict[str, Ok[Any]] = {}
-    for key, record in steps.items():
+    for key, record in cast("Mapping[str, object]", steps).items():
         result = record.result if isinstance(record, StepRecord) else record
         if isinstance(result, Ok):
             completed[key] = result

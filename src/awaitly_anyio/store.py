@@ -348,7 +348,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return float(updated_at), id
 
 
-def open_store(url: str, **options: Any) -> SnapshotStore:
+def open_store(url: str, **options: Any) -> LeaseStore:
     """Open the store a URL names; use it with ``async with``.
 
     - ``memory://``: :class:`~awaitly_anyio.stores.MemoryStore`
@@ -358,6 +358,10 @@ def open_store(url: str, **options: Any) -> SnapshotStore:
       (needs the ``postgres`` extra)
     - ``redis://host:6379/0``: :class:`~awaitly_anyio.stores.RedisStore` (needs the
       ``redis`` extra)
+
+    Every one of them is a :class:`LeaseStore` (and so a :class:`CheckpointStore`
+    and a :class:`SnapshotStore`), which is the declared return type: the store
+    can be given to ``recover``, ``recovery_loop`` and a durable ``run`` as it is.
 
     ``options`` go to the store's constructor.  Raises ``ValueError`` for a URL
     with an unknown scheme, without a path, or malformed (a port that is not a

@@ -40,6 +40,7 @@ from .step import Step
 
 if TYPE_CHECKING:
     from .durable import IfRunning
+    from .snapshot import WorkflowSnapshot
     from .store import SnapshotStore
 from .resume import SupportsResume, completed_results
 
@@ -50,6 +51,9 @@ __all__ = ["Workflow", "create_workflow", "run"]
 
 D = TypeVar("D")
 T = TypeVar("T")
+# The body's error type in run()'s first overload: left free (not Any) so that mypy picks
+# that overload for `run(lambda ctx: body(ctx))` instead of giving up on the lambda.
+E = TypeVar("E")
 
 OnEvent: TypeAlias = EventHandler | Sequence[EventHandler] | None
 
@@ -106,17 +110,17 @@ class Workflow(Generic[D]):
     store_write_timeout: float = attrs.field(default=5.0, converter=_check_write_timeout)
     _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
 
-    @_emit.default
+    @_emit.default  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
     def _make_emit(self) -> Emit | None:
         return make_emitter(self.on_event)
 
     @overload
     def run(
         self,
-        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, E]]],
         *,
         workflow_id: str | None = None,
-        resume_state: SupportsResume | None = None,
+        resume_state: SupportsResume | WorkflowSnapshot | None = None,
         store: SnapshotStore | None = None,
         ttl: float | timedelta | None = None,
         failure_ttl: float | timedelta | None = None,
@@ -133,7 +137,7 @@ class Workflow(Generic[D]):
         body: Callable[[WorkflowContext[D]], Awaitable[T]],
         *,
         workflow_id: str | None = None,
-        resume_state: SupportsResume | None = None,
+        resume_state: SupportsResume | WorkflowSnapshot | None = None,
         store: SnapshotStore | None = None,
         ttl: float | timedelta | None = None,
         failure_ttl: float | timedelta | None = None,
@@ -149,7 +153,7 @@ class Workflow(Generic[D]):
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         *,
         workflow_id: str | None = None,
-        resume_state: SupportsResume | None = None,
+        resume_state: SupportsResume | WorkflowSnapshot | None = None,
         store: SnapshotStore | None = None,
         ttl: float | timedelta | None = None,
         failure_ttl: float | timedelta | None = None,
@@ -243,7 +247,7 @@ class Workflow(Generic[D]):
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         workflow_id: str | None,
-        resume_state: SupportsResume | None,
+        resume_state: SupportsResume | WorkflowSnapshot | None,
         checkpoint: Checkpoint | None,
         input: Any = None,
     ) -> Coroutine[Any, Any, Result[Any, Any]]:
@@ -263,7 +267,7 @@ class Workflow(Generic[D]):
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         workflow_id: str,
-        resume_state: SupportsResume | None,
+        resume_state: SupportsResume | WorkflowSnapshot | None,
         checkpoint: Checkpoint | None,
         input: Any = None,
     ) -> Coroutine[Any, Any, Result[Any, Any]]:
@@ -275,7 +279,7 @@ class Workflow(Generic[D]):
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         workflow_id: str | None,
-        resume_state: SupportsResume | None,
+        resume_state: SupportsResume | WorkflowSnapshot | None,
         checkpoint: Checkpoint | None,
         input: Any,
     ) -> tuple[RunState, Coroutine[Any, Any, Result[Any, Any]]]:
@@ -453,7 +457,7 @@ async def run(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     workflow_id: str | None = None,
-    resume_state: SupportsResume | None = None,
+    resume_state: SupportsResume | WorkflowSnapshot | None = None,
 ) -> Result[Any, Any]:
     """Run ``body`` once as an anonymous workflow; the arguments are those of
     :func:`create_workflow` and :meth:`Workflow.run`."""

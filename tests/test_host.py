@@ -13,9 +13,19 @@ from typing import Any
 import anyio
 import pytest
 
-from awaitly_anyio import Deps, Ok, WorkflowContext, create_workflow, open_store
+from awaitly_anyio import (
+    Deps,
+    Ok,
+    RecoveredRun,
+    Workflow,
+    WorkflowContext,
+    WorkflowRegistry,
+    create_workflow,
+    open_store,
+)
 from awaitly_anyio.host import HostAtCapacityError, HostClosedError, WorkflowHost
 from awaitly_anyio.stores import MemoryStore
+from awaitly_anyio.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).with_name("host_child.py")
@@ -159,3 +169,186 @@ async def _statuses(db: Path, runs: int) -> dict[str, Any]:
             snapshot = await store.load(f"run-{n:03d}")
             found[n] = None if snapshot is None else snapshot.status
         return found
+
+
+# ---- store ownership ---------------------------------------------------------------------
+
+
+async def test_a_store_the_caller_opened_stays_open_after_the_host(tmp_path: Path) -> None:
+    workflow = create_workflow("jobs")
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        return "done"
+
+    async with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        async with WorkflowHost(store=store) as host:
+            assert await host.run(workflow, body, workflow_id="a") == Ok("done")
+        # Still the caller's, still open: a second host (a restart) can use it.
+        async with WorkflowHost(store=store) as host:
+            assert await host.run(workflow, body, workflow_id="b") == Ok("done")
+        snapshot = await store.load("a")
+        assert snapshot is not None and snapshot.status == "completed"
+
+
+async def test_a_store_given_as_a_url_is_opened_and_closed_by_the_host(tmp_path: Path) -> None:
+    workflow = create_workflow("jobs")
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        return "done"
+
+    host = WorkflowHost(store=f"sqlite:///{tmp_path / 'runs.db'}")
+    async with host:
+        assert await host.run(workflow, body, workflow_id="a") == Ok("done")
+    assert host.store is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        await host.store.load("a")
+    async with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        snapshot = await store.load("a")
+        assert snapshot is not None and snapshot.status == "completed"
+
+
+def test_bad_stores_are_refused_without_showing_a_password() -> None:
+    with pytest.raises(TypeError, match="store must be a store .* not int"):
+        WorkflowHost(store=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid store URL") as caught:
+        WorkflowHost(store="postgresql://app:hunter2@db:notaport/orders")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValueError, match="store_options"):
+        WorkflowHost(store=MemoryStore(), store_options={"synchronous": "OFF"})
+
+
+async def test_a_url_store_that_cannot_be_reached_fails_the_start_without_its_password() -> None:
+    host = WorkflowHost(store="postgresql://app:hunter2@127.0.0.1:1/orders")
+    with pytest.raises(Exception) as caught:
+        async with host:
+            pass
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(caught.value)
+
+
+# ---- recovery through the host -----------------------------------------------------------
+
+
+def _stuck_registry(
+    effects: Counter[str], release: anyio.Event
+) -> tuple[WorkflowRegistry, Workflow[Deps]]:
+    registry = WorkflowRegistry()
+    workflow = create_workflow("reports")
+
+    @registry.workflow(workflow)
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        await ctx.step("gather", lambda: effects.update([ctx.workflow_id]), key="gather")
+        await release.wait()
+        return f"{ctx.workflow_id} done"
+
+    return registry, workflow
+
+
+async def _abandon(store: MemoryStore, registry: WorkflowRegistry, ids: list[str]) -> None:
+    """Leave runs ``cancelled`` after their first step, as a shutdown past its grace does."""
+    async with WorkflowHost(grace=0, store=store) as host:
+        workflow, body = registry.get("reports")
+        handles = [host.start(workflow, body, workflow_id=id) for id in ids]
+        await anyio.wait_all_tasks_blocked()
+    for handle in handles:
+        with pytest.raises(HostClosedError):
+            await handle.result()
+
+
+async def test_recovered_runs_count_against_capacity_and_show_in_readiness() -> None:
+    effects: Counter[str] = Counter()
+    release = anyio.Event()
+    registry, workflow = _stuck_registry(effects, release)
+    store = MemoryStore()
+    async with store:
+        await _abandon(store, registry, ["r-1", "r-2", "r-3"])
+        recovered: list[RecoveredRun] = []
+        async with WorkflowHost(max_active=2, store=store) as host:
+            handles = await host.recover(registry, on_recovered=recovered.append)
+            # Only as many as the host has room for.
+            assert len(handles) == 2
+            assert host.active == 2
+            assert host.readiness()["ready"] is False
+            with pytest.raises(HostAtCapacityError):
+                host.start(workflow, registry.get("reports")[1], workflow_id="new")
+            assert await host.recover(registry) == []
+            release.set()
+            results = [await handle.result() for handle in handles]
+            assert sorted(r.unwrap() for r in results) == sorted(
+                f"{h.workflow_id} done" for h in handles
+            )
+            [last] = await host.recover(registry, on_recovered=recovered.append)
+            assert await last.result() == Ok(f"{last.workflow_id} done")
+        assert sorted(run.id for run in recovered) == ["r-1", "r-2", "r-3"]
+        assert effects == {"r-1": 1, "r-2": 1, "r-3": 1}  # "gather" never ran twice
+
+
+@pytest.mark.parametrize("grace", [0, 3600])
+async def test_recovered_runs_get_the_grace_period_at_shutdown(grace: int) -> None:
+    effects: Counter[str] = Counter()
+    release = anyio.Event()
+    registry, _ = _stuck_registry(effects, release)
+    store = MemoryStore()
+    async with store:
+        await _abandon(store, registry, ["r-1"])
+        async with WorkflowHost(store=store, grace=grace) as host:
+            [handle] = await host.recover(registry)
+            await anyio.wait_all_tasks_blocked()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(host.shutdown)
+                await anyio.wait_all_tasks_blocked()
+                assert host.shutting_down
+                assert host.readiness()["ready"] is False
+                release.set()
+        snapshot = await store.load("r-1")
+        assert snapshot is not None
+        if grace:
+            # Waited for within the grace period: it finished.
+            assert await handle.result() == Ok("r-1 done")
+            assert snapshot.status == "completed"
+        else:
+            # Cancelled at once, and recorded for the next worker.
+            with pytest.raises(HostClosedError):
+                await handle.result()
+            assert snapshot.status == "cancelled"
+
+
+async def test_the_recovery_loop_runs_in_the_host_and_stops_first_at_shutdown() -> None:
+    effects: Counter[str] = Counter()
+    release = anyio.Event()
+    registry, _ = _stuck_registry(effects, release)
+    store = MemoryStore()
+    clock = ManualClock()
+    async with store:
+        await _abandon(store, registry, ["r-1", "r-2", "r-3"])
+        recovered: list[RecoveredRun] = []
+        async with WorkflowHost(store=store, max_active=1, grace=3600) as host:
+            host.start_recovery(registry, interval=5, clock=clock, on_recovered=recovered.append)
+            await anyio.wait_all_tasks_blocked()
+            assert host.active == 1  # one pass, one free slot
+            clock.advance(5)  # a pass while full claims nothing
+            await anyio.wait_all_tasks_blocked()
+            assert host.active == 1 and clock.sleeping == 1
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(host.shutdown)
+                await anyio.wait_all_tasks_blocked()
+                # Draining: the loop is already stopped, so time passing claims nothing.
+                assert clock.sleeping == 0
+                clock.advance(5)
+                await anyio.wait_all_tasks_blocked()
+                assert host.active == 1
+                release.set()
+        assert len(recovered) == 1
+        left = [await store.load(id) for id in ("r-1", "r-2", "r-3")]
+        statuses = sorted(s.status for s in left if s is not None)
+        assert statuses == ["cancelled", "cancelled", "completed"]
+
+
+def test_recovery_needs_a_store_with_leases_and_a_running_host() -> None:
+    registry = WorkflowRegistry()
+    with pytest.raises(TypeError, match="LeaseStore"):
+        WorkflowHost().start_recovery(registry)
+    with pytest.raises(HostClosedError):
+        WorkflowHost(store=MemoryStore()).start_recovery(registry)
+    with pytest.raises(TypeError, match="WorkflowRegistry"):
+        WorkflowHost(store=MemoryStore()).start_recovery("reports")  # type: ignore[arg-type]

@@ -254,7 +254,7 @@ class SharedRedis:
                 f"{self._owner} was given a Redis client, which works on asyncio only (it"
                 " belongs to the loop that made it); under trio give it a URL"
             )
-        return await self._loop.call(self._with_client, fn)
+        return await self._loop.call(self._with_client, fn)  # pyright: ignore[reportReturnType]
 
     async def _with_client(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         if self._client is None:

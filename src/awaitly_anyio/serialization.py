@@ -115,7 +115,7 @@ class TypeRegistry:
             raise ValueError(f"{cls!r} is already registered as {previous!r}")
         self._by_name[name] = cls
         self._by_type[cls] = name
-        return cls
+        return cls  # pyright: ignore[reportReturnType]  (the C given, narrowed by the checks)
 
     def name_of(self, cls: type) -> str | None:
         """The name ``cls`` is registered under, if any."""

@@ -953,7 +953,7 @@ class RedisStore:
                 wrong = _wrong_type(member, self.keys_of(member)[0], values)
                 damaged.append(damaged_info(member, wrong.reason))
                 continue
-            fields = dict(zip(_FIELDS, values, strict=True))
+            fields: dict[str, str | None] = dict(zip(_FIELDS, values, strict=True))
             if all(value is None for value in values):
                 continue  # gone
             row = _row(fields)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import math
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from inspect import isawaitable
 from typing import Any, Literal, TypeVar, overload

@@ -6,11 +6,17 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
+from typing_extensions import TypeVar as _TypeVarWithDefault
+
 from .step import Step
 
 __all__ = ["BoundSteps", "Deps", "WorkflowContext"]
 
 D = TypeVar("D")
+# The type of ``ctx.input``: ``WorkflowContext[Deps, Order]`` says the run's input is an
+# Order (``workflow.run(body, input=Order(...))`` is then checked); ``WorkflowContext[Deps]``
+# leaves it ``Any``, as before.
+I = _TypeVarWithDefault("I", default=Any)  # noqa: E741
 
 
 class Deps(Mapping[str, Any]):
@@ -91,9 +97,16 @@ def _callable_step(step: Step) -> Step:
     return cast(Step, call)
 
 
-class WorkflowContext(Generic[D]):
+class WorkflowContext(Generic[D, I]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
-    (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way)."""
+    (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way).
+
+    ``input`` is the run's input (``workflow.run(body, input=...)``, kept with a
+    durable run).  Its type is the second parameter: annotate the body with
+    ``WorkflowContext[Deps, Order]`` to have ``ctx.input`` typed as ``Order`` (and
+    the ``input=`` given to ``run`` checked); with ``WorkflowContext[Deps]`` it is
+    ``Any``.  The type is not checked at runtime.
+    """
 
     __slots__ = ("_run", "_steps", "deps", "input", "step")
 
@@ -102,7 +115,7 @@ class WorkflowContext(Generic[D]):
         self._run = run
         self._steps: BoundSteps | None = None
         self.deps = deps
-        self.input = input
+        self.input: I = input
 
     @property
     def workflow_id(self) -> str:

@@ -35,6 +35,8 @@ __all__ = ["HostAtCapacityError", "HostClosedError", "RunHandle", "WorkflowHost"
 
 T = TypeVar("T")
 D = TypeVar("D")
+# Free, not Any, in the first overloads: mypy then keeps a Result body's T (see workflow.py).
+E = TypeVar("E")
 
 
 class HostClosedError(RuntimeError):
@@ -233,7 +235,7 @@ class WorkflowHost:
     def start(
         self,
         workflow: Workflow[D],
-        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, E]]],
         *,
         workflow_id: str | None = None,
         **options: Any,
@@ -295,7 +297,7 @@ class WorkflowHost:
     async def run(
         self,
         workflow: Workflow[D],
-        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, Any]]],
+        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, E]]],
         *,
         workflow_id: str | None = None,
         **options: Any,

@@ -54,6 +54,8 @@ T = TypeVar("T")
 # The body's error type in run()'s first overload: left free (not Any) so that mypy picks
 # that overload for `run(lambda ctx: body(ctx))` instead of giving up on the lambda.
 E = TypeVar("E")
+# The type of the run's input, as the body declares it (WorkflowContext[D, I]).
+I = TypeVar("I")  # noqa: E741
 
 OnEvent: TypeAlias = EventHandler | Sequence[EventHandler] | None
 
@@ -117,7 +119,7 @@ class Workflow(Generic[D]):
     @overload
     def run(
         self,
-        body: Callable[[WorkflowContext[D]], Awaitable[Result[T, E]]],
+        body: Callable[[WorkflowContext[D, I]], Awaitable[Result[T, E]]],
         *,
         workflow_id: str | None = None,
         resume_state: SupportsResume | WorkflowSnapshot | None = None,
@@ -126,7 +128,7 @@ class Workflow(Generic[D]):
         failure_ttl: float | timedelta | None = None,
         delete_on_success: bool = False,
         metadata: Mapping[str, Any] | None = None,
-        input: Any = None,
+        input: I | None = None,
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
@@ -134,7 +136,7 @@ class Workflow(Generic[D]):
     @overload
     def run(
         self,
-        body: Callable[[WorkflowContext[D]], Awaitable[T]],
+        body: Callable[[WorkflowContext[D, I]], Awaitable[T]],
         *,
         workflow_id: str | None = None,
         resume_state: SupportsResume | WorkflowSnapshot | None = None,
@@ -143,7 +145,7 @@ class Workflow(Generic[D]):
         failure_ttl: float | timedelta | None = None,
         delete_on_success: bool = False,
         metadata: Mapping[str, Any] | None = None,
-        input: Any = None,
+        input: I | None = None,
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",

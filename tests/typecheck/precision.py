@@ -6,6 +6,10 @@ Run by ``.ci/run`` with ``mypy --strict tests/typecheck`` and ``pyright`` (stric
 (or to be rejected); loosening the library's annotations fails the check.
 """
 
+# Each `# type: ignore` here marks an error both checkers must report (mypy warns about an
+# unused one by itself; this makes pyright do the same).
+# pyright: reportUnnecessaryTypeIgnoreComment=error
+
 from __future__ import annotations
 
 from typing import Any, assert_type
@@ -173,3 +177,29 @@ async def host(host: WorkflowHost) -> None:
     handle = host.start(workflow, body, workflow_id="order-1")
     assert_type(handle, RunHandle[Receipt])
     assert_type(await handle.result(), Ok[Receipt] | Err[Any])
+
+
+# ---- ctx.input: typed by the body's WorkflowContext[D, I] ----------------------------------
+
+
+@attrs.frozen
+class Order:
+    id: str
+    cents: int
+
+
+async def with_input(ctx: WorkflowContext[Deps, Order]) -> int:
+    assert_type(ctx.input, Order)
+    return ctx.input.cents
+
+
+async def without_input_type(ctx: WorkflowContext[Deps]) -> None:
+    assert_type(ctx.input, Any)
+
+
+async def inputs() -> None:
+    workflow = create_workflow("orders")
+    assert_type(await workflow.run(with_input, input=Order("o1", 100)), Ok[int] | Err[Any])
+    assert_type(await workflow.run(without_input_type, input="anything"), Ok[None] | Err[Any])
+    # The wrong input for the body's declared type is refused.
+    await workflow.run(with_input, input="o1")  # type: ignore[arg-type]

@@ -5,6 +5,8 @@ Nothing here is executed by pytest (the file name has no ``test_`` prefix).  Eve
 loosens or breaks one of them fails the type check.
 """
 
+# pyright: reportUnnecessaryTypeIgnoreComment=error
+
 from __future__ import annotations
 
 from decimal import Decimal

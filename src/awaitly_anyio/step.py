@@ -317,16 +317,7 @@ class Step(RunState):
                 raise
         except BaseException:
             if emit is not None:
-                emit(
-                    StepCancelled(
-                        workflow_id=workflow_id,
-                        workflow_name=run.name,
-                        ts=clock.time(),
-                        name=name,
-                        step_key=key,
-                        duration_ms=(clock.monotonic() - started) * 1000.0,
-                    )
-                )
+                emit(self._cancelled_event(name, key, started))
             raise
         if isinstance(out, Ok):
             value = out.value
@@ -506,16 +497,7 @@ class Step(RunState):
                 # The error mapper itself raised: the step failed, nothing was cancelled.
                 emit(self._error_event(name, key, started, exc, attempt))
             elif emit is not None:
-                emit(
-                    StepCancelled(
-                        workflow_id=run.workflow_id,
-                        workflow_name=run.name,
-                        ts=clock.time(),
-                        name=name,
-                        step_key=key,
-                        duration_ms=(clock.monotonic() - started) * 1000.0,
-                    )
-                )
+                emit(self._cancelled_event(name, key, started))
             raise
         if isinstance(result, Ok):
             if key is not None:
@@ -537,6 +519,17 @@ class Step(RunState):
         if emit is not None:
             emit(self._error_event(name, key, started, result.error, attempt))
         raise EarlyExit(run, result)
+
+    def _cancelled_event(self, name: str, key: str | None, started: float) -> StepCancelled:
+        run = self
+        return StepCancelled(
+            workflow_id=run.workflow_id,
+            workflow_name=run.name,
+            ts=run.clock.time(),
+            name=name,
+            step_key=key,
+            duration_ms=(run.clock.monotonic() - started) * 1000.0,
+        )
 
     def _error_event(
         self, name: str, key: str | None, started: float, error: object, attempt: int

@@ -359,3 +359,30 @@ async def test_step_events_interleaved_in_one_task_restore_the_right_context(
     spans = traces.spans()
     assert traces.parent_name(spans["step b"]) == "step a"
     assert spans["step left open"].end_time is not None
+
+
+async def test_a_run_started_through_the_host_is_a_child_of_the_starters_span(
+    traces: Traces,
+) -> None:
+    from awaitly_anyio import WorkflowHost
+
+    workflow = create_workflow("order", on_event=traces.adapter.handle_event)
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        async def work() -> str:
+            with traces.tracer.start_as_current_span("work"):
+                await anyio.lowlevel.checkpoint()
+            return "done"
+
+        done: str = await ctx.step("work", work)
+        return done
+
+    async with WorkflowHost() as host:
+        with traces.tracer.start_as_current_span("request"):
+            handle = host.start(workflow, body)
+        assert trace.get_current_span() is trace.INVALID_SPAN
+        assert await handle.result() == Ok("done")
+    spans = traces.spans()
+    assert traces.parent_name(spans["workflow order"]) == "request"
+    assert traces.parent_name(spans["work"]) == "step work"
+    assert spans["work"].context.trace_id == spans["request"].context.trace_id

@@ -123,6 +123,8 @@ async def steps(ctx: WorkflowContext[Deps]) -> None:
     receipt = await ctx.step.try_(
         "charge", lambda: charge(), error=lambda exc: Declined(f"declined: {exc}")
     )
+    # pyright strict fails on that lambda if `exc` is not known (reportUnknownLambdaType);
+    # it is an Exception.  (mypy gives a lambda in an overloaded call an Any parameter.)
     assert_type(receipt, Receipt)
 
     def to_declined(exc: Exception) -> Declined:

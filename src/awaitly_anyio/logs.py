@@ -27,6 +27,7 @@ from ._logs import WorkflowLogFilter, add_log_context, current_log_context, log_
 
 __all__ = ["WorkflowLogFilter", "add_log_context", "current_log_context", "log_context"]
 
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
+WorkflowLogFilter.__module__ = __name__
+add_log_context.__module__ = __name__
+current_log_context.__module__ = __name__
+log_context.__module__ = __name__

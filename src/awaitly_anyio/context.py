@@ -110,12 +110,25 @@ class WorkflowContext(Generic[D, I]):
 
     __slots__ = ("_run", "_steps", "deps", "input", "step")
 
+    step: Step
+    """Run a step: ``await ctx.step(name, fn, key=..., retry=..., timeout=...)``.  The
+    variants are its attributes: ``ctx.step.retry``, ``with_timeout``, ``try_``,
+    ``sleep``, ``skip``, ``all``, ``race`` and ``for_each`` (see ``Step``)."""
+
+    deps: D
+    """The workflow's dependencies, as given to ``create_workflow`` (a mapping is
+    wrapped in ``Deps``, so ``ctx.deps.name`` works either way)."""
+
+    input: I
+    """The run's input (``workflow.run(body, input=...)``), kept with a durable run so
+    that whoever resumes it gets it back; ``None`` when none was given."""
+
     def __init__(self, run: Step, deps: D, input: Any = None) -> None:
         self.step = _callable_step(run)
         self._run = run
         self._steps: BoundSteps | None = None
         self.deps = deps
-        self.input: I = input
+        self.input = input
 
     @property
     def workflow_id(self) -> str:

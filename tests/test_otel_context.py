@@ -386,3 +386,40 @@ async def test_a_run_started_through_the_host_is_a_child_of_the_starters_span(
     assert traces.parent_name(spans["workflow order"]) == "request"
     assert traces.parent_name(spans["work"]) == "step work"
     assert spans["work"].context.trace_id == spans["request"].context.trace_id
+
+
+async def test_a_second_start_of_a_run_in_progress_does_not_end_the_first_ones_span(
+    traces: Traces,
+) -> None:
+    import contextvars
+
+    from awaitly_anyio.events import (
+        StepComplete,
+        StepStart,
+        WorkflowComplete,
+        WorkflowError,
+        WorkflowStart,
+    )
+
+    handle = traces.adapter.handle_event
+    ids = {"workflow_id": "order-1", "workflow_name": "w", "ts": 1.0}
+    with traces.tracer.start_as_current_span("first caller") as caller:
+        handle(WorkflowStart(**ids))
+        first_run = trace.get_current_span()
+
+        def second_start() -> None:  # another task: starts, is refused at once
+            handle(WorkflowStart(**ids))
+            handle(WorkflowError(**ids, duration_ms=0.0, error="RunInProgressError"))
+
+        contextvars.copy_context().run(second_start)
+        assert trace.get_current_span() is first_run
+        handle(StepStart(**ids, name="s"))
+        handle(StepComplete(**ids, name="s", duration_ms=0.0))
+        handle(WorkflowComplete(**ids, duration_ms=0.0))
+        assert trace.get_current_span() is caller
+    runs = [s for s in traces.exporter.get_finished_spans() if s.name == "workflow w"]
+    assert sorted(str(s.attributes["workflow.status"]) for s in runs) == ["completed", "failed"]
+    step = traces.spans()["step s"]
+    [completed] = [s for s in runs if s.attributes["workflow.status"] == "completed"]
+    assert step.parent is not None
+    assert step.parent.span_id == completed.context.span_id

@@ -300,9 +300,17 @@ class OtelAdapter:
 
     def _end_run(self, event: Any) -> None:
         run = event.workflow_id
-        frame = self._runs.pop(run, None)
+        # The run's frame in this task's context (two runs may share an id: a second
+        # start of a run in progress ends at once with RunInProgressError), else the
+        # last one started with that id.
+        in_task = self._get_current().get(self._frame_key)
+        while in_task is not None and not (in_task.name is None and in_task.run == run):
+            in_task = in_task.parent
+        frame = in_task if in_task is not None else self._runs.get(run)
         if frame is None:
             return
+        if self._runs.get(run) is frame:
+            del self._runs[run]
         end = _ns(event.ts)
         for step in list(frame.open or ()):  # steps the run never finished
             if step.attempt_span is not None:
@@ -311,11 +319,7 @@ class OtelAdapter:
         frame.open = None
         # Restore the context of this task as it was before the run (dropping any
         # step context left behind), if the run's frame is in it.
-        current = self._get_current()
-        found = current.get(self._frame_key)
-        while found is not None and found is not frame:
-            found = found.parent
-        if found is frame:
+        if in_task is not None:
             self._attach(frame.prev)
         spans = [frame.span] if frame.extra is None else [frame.span, frame.extra]
         if isinstance(event, WorkflowComplete):

@@ -306,9 +306,10 @@ class OtelAdapter:
         in_task = self._get_current().get(self._frame_key)
         while in_task is not None and not (in_task.name is None and in_task.run == run):
             in_task = in_task.parent
-        frame = in_task if in_task is not None else self._runs.get(run)
-        if frame is None:
+        found: _Frame | None = in_task if in_task is not None else self._runs.get(run)
+        if found is None:
             return
+        frame = found
         if self._runs.get(run) is frame:
             del self._runs[run]
         end = _ns(event.ts)

@@ -1,4 +1,4 @@
-"""The machinery of :mod:`awaitly_anyio.logs`: a per-task chain of open runs and steps in
+"""The machinery of `awaitly_anyio.logs`: a per-task chain of open runs and steps in
 a context variable, kept up to date by an ``on_event`` handler."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _RUN_ENDS = (WorkflowComplete, WorkflowError, WorkflowCancelled)
 
 def log_context(event: object) -> None:
     """The ``on_event`` handler that keeps the log context of the task running a run
-    and its steps (see :func:`current_log_context`).
+    and its steps (see `current_log_context`).
 
     Pass it with the workflow's other handlers:
     ``create_workflow("checkout", on_event=[log_context, otel.handle_event])``.
@@ -101,7 +101,7 @@ def current_log_context() -> dict[str, str]:
 
 
 class WorkflowLogFilter(logging.Filter):
-    """A :class:`logging.Filter` that adds ``workflow_id``, ``workflow_name``,
+    """A `logging.Filter` that adds ``workflow_id``, ``workflow_name``,
     ``step_name`` and ``step_key`` attributes to every record (``default``, ``"-"``
     unless given, where there is none), for format strings such as
     ``"%(workflow_name)s %(workflow_id)s %(step_name)s %(message)s"`` and for
@@ -132,7 +132,7 @@ class WorkflowLogFilter(logging.Filter):
 def add_log_context(
     logger: object, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A structlog processor adding :func:`current_log_context` to each event (keys
+    """A structlog processor adding `current_log_context` to each event (keys
     already bound win): ``structlog.configure(processors=[add_log_context, ...])``.
     structlog is not imported: any callable chain with this signature can use it."""
     for name, value in current_log_context().items():

@@ -400,7 +400,7 @@ def _input_and_metadata(
 
 def _trace_sources(workflow: Workflow[Any]) -> list[Callable[[str], object]]:
     """The ``trace_carrier`` methods of the workflow's handlers' owners (see
-    :class:`~awaitly_anyio.events.TraceCarrierSource`)."""
+    `TraceCarrierSource`)."""
     found = []
     for handler in workflow.on_event:
         source = getattr(getattr(handler, "__self__", handler), "trace_carrier", None)

@@ -64,8 +64,8 @@ class WorkflowResumed(_Event):
     and the run keeps the trace context it was first created under.
 
     ``trace_context`` is that W3C trace context (``traceparent`` and maybe
-    ``tracestate``), as a :class:`TraceCarrierSource` gave it when the run was
-    first created (stored in the run's metadata under :data:`TRACE_CONTEXT_KEY`).
+    ``tracestate``), as a `TraceCarrierSource` gave it when the run was
+    first created (stored in the run's metadata under `TRACE_CONTEXT_KEY`).
     Emitted after ``workflow_start`` and before any step, in the task that runs
     the workflow, and only for runs that carry such a context, so a tracing
     handler can continue the original trace.
@@ -187,7 +187,7 @@ EventHandler: TypeAlias = Callable[[WorkflowEvent], object]
 TRACE_CONTEXT_KEY = "trace_context"
 """The metadata key under which a durable run keeps the trace context it was first
 created under (a mapping of W3C trace-context headers), for
-:class:`WorkflowResumed`."""
+`WorkflowResumed`."""
 
 
 class TraceCarrierSource(Protocol):
@@ -198,9 +198,9 @@ class TraceCarrierSource(Protocol):
     its object), for a ``trace_carrier`` method.  If one returns a non-empty
     mapping when the run is about to be created (after ``workflow_start``, in the
     task that runs it), the run stores it in its metadata under
-    :data:`TRACE_CONTEXT_KEY`, once: a run that already exists keeps the context
+    `TRACE_CONTEXT_KEY`, once: a run that already exists keeps the context
     it was first created under, and a resume of it emits
-    :class:`WorkflowResumed` with that context.  Workflows without such a
+    `WorkflowResumed` with that context.  Workflows without such a
     handler pay nothing.  Exceptions from ``trace_carrier`` are logged and
     ignored.
     """

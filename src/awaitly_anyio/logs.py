@@ -13,11 +13,11 @@ inside a step the step's name.
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     workflow = create_workflow("checkout", on_event=log_context)
 
-:func:`log_context` is the ``on_event`` handler that keeps, in a context
+`log_context` is the ``on_event`` handler that keeps, in a context
 variable of the task running the run, which run and step it is in (it follows
-the tasks a step starts, on asyncio and trio); :class:`WorkflowLogFilter` adds it
-to :mod:`logging` records; :func:`add_log_context` is a structlog processor;
-:func:`current_log_context` gives it as a dict for anything else.  Nothing here
+the tasks a step starts, on asyncio and trio); `WorkflowLogFilter` adds it
+to `logging` records; `add_log_context` is a structlog processor;
+`current_log_context` gives it as a dict for anything else.  Nothing here
 imports structlog.
 """
 

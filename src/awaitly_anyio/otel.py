@@ -99,7 +99,7 @@ class _Frame:
 
 
 class OtelAdapter:
-    """Turns events into spans and metrics; pass :meth:`handle_event` as ``on_event``.
+    """Turns events into spans and metrics; pass `handle_event` as ``on_event``.
 
     Spans: ``workflow <name>`` (a child of the span current where ``run`` was
     called) with ``workflow.name`` and ``workflow.id``; ``step <name>`` children
@@ -122,11 +122,11 @@ class OtelAdapter:
     when a run ends, the context of its task is back to what it was before the
     run, so nothing leaks past it.
 
-    **Resumed runs.**  As a trace-context source (:meth:`trace_carrier`) the
+    **Resumed runs.**  As a trace-context source (`trace_carrier`) the
     adapter gives a durable run the W3C trace context of its span, which the run
     keeps when it is first created.  When a durable run resumes a stored run
     (after a crash, through recovery or a later start), it emits
-    :class:`~awaitly_anyio.events.WorkflowResumed` with that context: the
+    `WorkflowResumed` with that context: the
     adapter then opens a second ``workflow <name>`` span, a child of the
     original run's span (so the resumed run continues the original trace) and
     linked to the span of the caller that resumed it, and makes it current for
@@ -221,7 +221,7 @@ class OtelAdapter:
         """The W3C trace context (``traceparent``, ``tracestate``) of run
         ``workflow_id``'s span while it is open, else ``None``; a durable run keeps
         it in its metadata when it first creates the run (see
-        :data:`~awaitly_anyio.events.TRACE_CONTEXT_KEY`)."""
+        `TRACE_CONTEXT_KEY`)."""
         if self._trace is None:
             return None
         frame = self._runs.get(workflow_id)
@@ -555,7 +555,7 @@ def create_otel_adapter(
     tracer_provider: Any = None,
     meter_provider: Any = None,
 ) -> OtelAdapter:
-    """An :class:`OtelAdapter`; ``enrich_span(span, event)`` may add attributes to
+    """An `OtelAdapter`; ``enrich_span(span, event)`` may add attributes to
     each span as it starts and ends (as in the deployment guide)."""
     return OtelAdapter(
         service_name,

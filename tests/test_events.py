@@ -80,6 +80,7 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
         events.WorkflowComplete: "workflow_complete",
         events.WorkflowError: "workflow_error",
         events.WorkflowCancelled: "workflow_cancelled",
+        events.WorkflowResumed: "workflow_resumed",
         events.StepStart: "step_start",
         events.StepComplete: "step_complete",
         events.StepError: "step_error",

@@ -124,6 +124,7 @@ async def test_nested_steps_group_children_and_cached_steps_nest_under_their_par
 
         nested = await ctx.step("outer", outer)
         parts = await ctx.step.all("parts", {"a": leaf("a"), "b": leaf("b")})
+        await ctx.step.race("fastest", [leaf("r")])
         each = await ctx.step.for_each(
             "each",
             ["x", "y", "z"],
@@ -144,6 +145,7 @@ async def test_nested_steps_group_children_and_cached_steps_nest_under_their_par
     assert traces.parent_name(spans["work inner"]) == "step inner"
     assert traces.parent_name(spans["work a"]) == "step parts"
     assert traces.parent_name(spans["work b"]) == "step parts"
+    assert traces.parent_name(spans["work r"]) == "step fastest"
     for item in "xyz":
         assert traces.parent_name(spans[f"step item {item}"]) == "step each"
         assert traces.parent_name(spans[f"work {item}"]) == f"step item {item}"

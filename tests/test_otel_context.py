@@ -425,3 +425,28 @@ async def test_a_second_start_of_a_run_in_progress_does_not_end_the_first_ones_s
     [completed] = [s for s in runs if s.attributes["workflow.status"] == "completed"]
     assert step.parent is not None
     assert step.parent.span_id == completed.context.span_id
+
+
+async def test_a_store_without_leases_keeps_and_resumes_the_trace_context_too(
+    traces: Traces,
+) -> None:
+    from .test_durable import PlainStore
+
+    store = PlainStore()
+    workflow = create_workflow("ship", on_event=traces.adapter.handle_event)
+    up = [False]
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        await ctx.step("pack", lambda: "packed", key="pack")
+        booked: str = await ctx.step("book", lambda: Ok("booked") if up[0] else Err("down"))
+        return booked
+
+    with traces.tracer.start_as_current_span("first") as first:
+        assert await workflow.run(body, workflow_id="s-1", store=store) == Err("down")
+    first_context = store.saved["s-1"].metadata[TRACE_CONTEXT_KEY]
+    up[0] = True
+    with traces.tracer.start_as_current_span("second"):
+        assert await workflow.run(body, workflow_id="s-1", store=store) == Ok("booked")
+    assert store.saved["s-1"].metadata[TRACE_CONTEXT_KEY] == first_context
+    books = [s for s in traces.exporter.get_finished_spans() if s.name == "step book"]
+    assert [s.context.trace_id for s in books] == [first.get_span_context().trace_id] * 2

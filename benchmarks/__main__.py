@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 # In the order they run: the cheap in-memory ones first.
 SCRIPTS = {
     "steps": "bench_steps.py",
+    "otel": "bench_otel.py",
     "reliability": "bench_reliability.py",
     "concurrency": "bench_concurrency.py",
     "sqlite": "bench_checkpoint.py",

@@ -324,9 +324,9 @@ def per_trio_run(name: str, make: Callable[[], T]) -> T:
     trio ``RunVar`` holds it, so it ends with the run."""
     import trio
 
-    var = _run_vars.get(name)
+    var: trio.lowlevel.RunVar[Any] | None = _run_vars.get(name)
     if var is None:
-        var = _run_vars[name] = trio.lowlevel.RunVar(name)
+        var = _run_vars[name] = trio.lowlevel.RunVar[Any](name)
     try:
         found: T = var.get()
     except LookupError:

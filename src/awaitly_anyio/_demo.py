@@ -179,8 +179,9 @@ async def main(store_url: str = "memory://", out: Callable[[str], object] = prin
         out("")
         out("== 1. checkout for ada; the process is stopped while sending the receipt ==")
         run_id = f"order-ada-{suffix}"
-        with anyio.CancelScope() as scope:
-            services = FakeServices(interrupt=scope.cancel)
+        scope = anyio.CancelScope()
+        services = FakeServices(interrupt=scope.cancel)
+        with scope:
             await _run(store, "ada", services, run_id, out)
         out(f"charges made so far: {services.charges}")
         out("saved:")

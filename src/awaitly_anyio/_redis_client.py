@@ -205,7 +205,8 @@ class SharedRedis:
         elif isinstance(client_or_url, redis_asyncio.Redis):
             self._url, self._client = None, client_or_url
         else:
-            kind = type(client_or_url)
+            given: object = client_or_url
+            kind = type(given)
             raise TypeError(
                 f"{argument} takes a Redis URL or a redis.asyncio.Redis,"
                 f" not a {kind.__module__}.{kind.__qualname__}"

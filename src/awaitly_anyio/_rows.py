@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -190,7 +190,7 @@ def decode_metadata(run_id: str, row: RunRow, registry: TypeRegistry) -> dict[st
         raise SnapshotDecodeError(run_id, f"metadata: {exc}") from None
     if not isinstance(value, dict):
         raise SnapshotDecodeError(run_id, f"metadata should be a mapping, found {value!r}")
-    return value
+    return cast("dict[str, Any]", value)  # decoded from a JSON object: its keys are strings
 
 
 _EPOCH = from_epoch(0.0)

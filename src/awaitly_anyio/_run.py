@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._ids import uuid4_text
 from .clock import Clock
@@ -115,7 +115,8 @@ class RunState:
         """Record keyed step ``key``'s result, so the run does not execute it again."""
         completed = self.completed
         if completed is NO_RESULTS:
-            self.completed = completed = {}
+            first: dict[str, Ok[Any]] = {}
+            self.completed = completed = first
         completed[key] = result  # type: ignore[index]
 
     @property
@@ -132,7 +133,11 @@ def holds(exc: BaseException, target: BaseException) -> bool:
     """Whether ``exc`` is ``target`` or an exception group that carries it."""
     if exc is target:
         return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(lambda e: e is target) is not None
+    if not isinstance(exc, BaseExceptionGroup):
+        return False
+    # isinstance leaves the group's type argument unknown; any group holds BaseExceptions.
+    group = cast("BaseExceptionGroup[BaseException]", exc)
+    return group.subgroup(lambda e: e is target) is not None
 
 
 def default_map_exception(exc: Exception) -> object:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from inspect import isawaitable
-from typing import Any
+from typing import Any, cast
 
 from .result import Err, Ok, Result
 
@@ -18,5 +18,5 @@ async def call_thunk(fn: Callable[[], Any]) -> Result[Any, Any]:
     if isawaitable(out):
         out = await out
     if isinstance(out, (Ok, Err)):
-        return out
+        return cast("Result[object, object]", out)  # isinstance: type arguments unknown
     return Ok(out)

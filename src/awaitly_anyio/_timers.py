@@ -74,7 +74,12 @@ class _Timers:
                         fn()
                     except Exception:  # a system task must not raise: it would end the run
                         logger.exception("timer callback %r failed", fn)
-            self._waiting = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+            # An if, not a conditional expression: with one, pyright (1.1.414) deems the
+            # rest of this loop unreachable.
+            deadline = math.inf
+            if heap:
+                deadline = heap[0][0]
+            self._waiting = trio.CancelScope(deadline=deadline)
 
 
 def trio_call_later(delay: float, fn: Callable[[], object]) -> Callable[[], None]:

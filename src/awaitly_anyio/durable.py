@@ -303,7 +303,7 @@ class _Checkpointer:
         return None
 
     def _fallback_error_record(self, name: str, record: StepRecord) -> str:
-        error = record.result.error if isinstance(record.result, Err) else None
+        error: object = record.result.error if isinstance(record.result, Err) else None
         stand_in = StoredException(_qualname(type(error)), safe_repr(error))
         return encode_step_record(name, attrs.evolve(record, result=Err(stand_in)), self._registry)
 
@@ -323,9 +323,8 @@ def _encode_final(
         if isinstance(result, Ok):
             result = Err(SerializationError("<result>", exc.type_name, exc.reason))
             return result, result, dumps(result_to_doc(result, registry))
-        stand_in: Result[Any, Any] = Err(
-            StoredException(_qualname(type(result.error)), safe_repr(result.error))
-        )
+        error: object = result.error
+        stand_in: Result[Any, Any] = Err(StoredException(_qualname(type(error)), safe_repr(error)))
         return result, stand_in, dumps(result_to_doc(stand_in, registry))
 
 
@@ -401,7 +400,7 @@ def _input_and_metadata(
 def _trace_sources(workflow: Workflow[Any]) -> list[Callable[[str], object]]:
     """The ``trace_carrier`` methods of the workflow's handlers' owners (see
     `TraceCarrierSource`)."""
-    found = []
+    found: list[Callable[[str], object]] = []
     for handler in workflow.on_event:
         source = getattr(getattr(handler, "__self__", handler), "trace_carrier", None)
         if callable(source):
@@ -420,9 +419,10 @@ def _with_trace_carrier(
             logger.exception("trace_carrier of %r failed", source)
             continue
         if isinstance(carrier, Mapping) and carrier:
+            items = cast("Mapping[object, object]", carrier)  # isinstance: unknown types
             return {
                 **(metadata or {}),
-                TRACE_CONTEXT_KEY: {str(k): str(v) for k, v in carrier.items()},
+                TRACE_CONTEXT_KEY: {str(k): str(v) for k, v in items.items()},
             }
     return metadata
 
@@ -439,12 +439,13 @@ def _emit_resumed(
     emit = workflow._emit
     if emit is None or not isinstance(trace_context, Mapping) or not trace_context:
         return
+    items = cast("Mapping[object, object]", trace_context)  # isinstance: unknown types
     emit(
         WorkflowResumed(
             workflow_id=workflow_id,
             workflow_name=workflow.name,
             ts=workflow.clock.time(),
-            trace_context={str(k): str(v) for k, v in trace_context.items()},
+            trace_context={str(k): str(v) for k, v in items.items()},
         )
     )
 

@@ -111,8 +111,8 @@ class _Limiter:
         self.max_concurrent = max_concurrent
         self._clock = clock if clock is not None else SystemClock()
         self._slots: anyio.Semaphore | None = None
-        self.admitted_total = 0
-        self.rejected_total = 0
+        self.admitted_total: int = 0
+        self.rejected_total: int = 0
 
     async def acquire(self) -> None:
         raise NotImplementedError

@@ -14,7 +14,7 @@ helper, so a store URL in an error is sent with its password masked.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ._redact import redact_text
 from .errors import UnexpectedError
@@ -46,20 +46,23 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
+        mapping = cast("dict[object, object]", value)  # isinstance: unknown types
+        return {key: _redacted(item) for key, item in mapping.items()}
     if isinstance(value, list):
-        return [_redacted(item) for item in value]
+        items = cast("list[object]", value)
+        return [_redacted(item) for item in items]
     return value
 
 
 def _redact_event(event: dict[str, Any], hint: object) -> dict[str, Any]:
     """A scope's event processor: mask secrets in the exception messages of ``event`` and
     in the local variables of their frames."""
-    for exception in (event.get("exception") or {}).get("values") or ():
+    empty: dict[str, Any] = {}
+    for exception in (event.get("exception") or empty).get("values") or ():
         value = exception.get("value")
         if isinstance(value, str):
             exception["value"] = redact_text(value)
-        for frame in (exception.get("stacktrace") or {}).get("frames") or ():
+        for frame in (exception.get("stacktrace") or empty).get("frames") or ():
             if "vars" in frame:
                 frame["vars"] = _redacted(frame["vars"])
     return event

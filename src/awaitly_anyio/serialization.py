@@ -21,10 +21,10 @@ import json
 import math
 import re
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 from uuid import UUID
 
 import attrs
@@ -92,7 +92,7 @@ class TypeRegistry:
     """
 
     def __init__(self) -> None:
-        self._by_name: dict[str, type] = {}
+        self._by_name: dict[str, type[Any]] = {}
         self._by_type: dict[type, str] = {}
 
     def register(self, cls: C, *, name: str | None = None) -> C:
@@ -121,7 +121,7 @@ class TypeRegistry:
         """The name ``cls`` is registered under, if any."""
         return self._by_type.get(cls)
 
-    def lookup(self, name: str) -> type | None:
+    def lookup(self, name: str) -> type[Any] | None:
         """The class registered under ``name``, if any."""
         return self._by_name.get(name)
 
@@ -170,6 +170,10 @@ class _Undecodable(Exception):
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _type_qualname(value: object) -> str:
+    return _qualname(type(value))
 
 
 def _exception_doc(tag: str, exc: BaseException) -> dict[str, Any]:
@@ -230,7 +234,7 @@ def _children(node: object) -> list[Any] | None:
     if isinstance(node, dict):
         return [*node.keys(), *node.values()]
     if isinstance(node, (list, tuple, set, frozenset)):
-        return list(node)
+        return list(cast("Iterable[Any]", node))  # isinstance leaves the item type unknown
     if isinstance(node, enum.Enum):
         return [node.value]
     kind = type(node)
@@ -281,15 +285,17 @@ def _plain(value: Any, owner: type, depth: int = 0) -> Any:
         raise _Unstorable(
             _qualname(owner), f"a field holds data nested deeper than {MAX_DEPTH} levels"
         )
+    # (the casts: a type() test leaves the item types unknown to pyright)
     if type(value) is list:
-        return [_plain(item, owner, depth + 1) for item in value]
+        return [_plain(item, owner, depth + 1) for item in cast("list[object]", value)]
     if type(value) is dict:
-        for key in value:
+        fields = cast("dict[object, object]", value)
+        for key in fields:
             if type(key) is not str:
                 raise _Unstorable(
                     _qualname(owner), f"a field holds a dict with key {safe_repr(key)}"
                 )
-        return {key: _plain(item, owner, depth + 1) for key, item in value.items()}
+        return {key: _plain(item, owner, depth + 1) for key, item in fields.items()}
     raise _Unstorable(
         _qualname(owner),
         f"a field holds a {type(value).__name__}, which has no JSON form; "
@@ -310,7 +316,7 @@ def encode_value(value: Any, registry: TypeRegistry = default_registry) -> Any:
         raise TypeError(f"cannot store a value of type {exc.type_name}: {exc.reason}") from None
     except RecursionError:
         raise TypeError(
-            f"cannot store a value of type {_qualname(type(value))}: {_NO_STACK}"
+            f"cannot store a value of type {_type_qualname(value)}: {_NO_STACK}"
         ) from None
 
 
@@ -324,7 +330,8 @@ def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
 
     Raises :class:`_Unstorable` for what cannot be stored.
     """
-    kind = type(value)
+    obj: object = value  # (type() of an Any is partly unknown to pyright)
+    kind = type(obj)
     if kind is str:
         # PostgreSQL's jsonb cannot hold NUL; such strings travel in pieces.
         return value if "\x00" not in value else {_TAG: "nul", "v": value.split("\x00")}
@@ -404,7 +411,8 @@ def decode_value(data: Any, registry: TypeRegistry = default_registry) -> Any:
 
 
 def _decode(data: Any, registry: TypeRegistry) -> Any:
-    kind = type(data)
+    obj: object = data  # (type() of an Any is partly unknown to pyright)
+    kind = type(obj)
     if data is None or kind is str or kind is bool or kind is int or kind is float:
         return data
     if kind is list:
@@ -435,9 +443,10 @@ def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) ->
     if tag == "float":
         return float(payload)
     if tag == "nul":
-        if not isinstance(payload, list) or not all(type(part) is str for part in payload):
+        parts = cast("list[object]", payload) if isinstance(payload, list) else None
+        if parts is None or not all(type(part) is str for part in parts):
             raise _Undecodable(f"bad 'nul' value {payload!r}")
-        return "\x00".join(payload)
+        return "\x00".join(cast("list[str]", parts))
     if tag == "bytes":
         return base64.b64decode(payload, validate=True)
     if tag == "datetime":
@@ -488,7 +497,7 @@ def result_to_doc(result: Result[Any, Any], registry: TypeRegistry) -> dict[str,
         return {"ok": False, "error": _encode(result.error, registry)}
     except RecursionError:  # the caller's stack was nearly full already
         inner = result.value if isinstance(result, Ok) else result.error
-        raise _Unstorable(_qualname(type(inner)), _NO_STACK) from None
+        raise _Unstorable(_type_qualname(inner), _NO_STACK) from None
 
 
 def _record_doc(
@@ -748,7 +757,11 @@ def snapshot_from_json(
 
 
 def _structure_snapshot(doc: Any, _: type) -> WorkflowSnapshot:
-    run_id = doc.get("workflow_id", "?") if isinstance(doc, Mapping) else "?"
+    run_id = (
+        cast("Mapping[str, object]", doc).get("workflow_id", "?")
+        if isinstance(doc, Mapping)
+        else "?"
+    )
     return snapshot_from_doc(doc, str(run_id))
 
 

@@ -49,9 +49,11 @@ class WorkflowSnapshot:
     workflow_name: str
     workflow_id: str
     status: RunStatus = attrs.field(default="running", validator=attrs.validators.in_(RUN_STATUSES))
-    steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_to_records)
+    steps: Mapping[str, StepRecord] = attrs.field(
+        factory=dict[str, StepRecord], converter=_to_records
+    )
     result: Result[Any, Any] | None = None
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict[str, Any])
     created_at: datetime = attrs.field(factory=utc_now, validator=lambda s, a, v: _aware(v))
     updated_at: datetime = attrs.field(factory=utc_now, validator=lambda s, a, v: _aware(v))
     expires_at: datetime | None = attrs.field(default=None, validator=lambda s, a, v: _aware(v))

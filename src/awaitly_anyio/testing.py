@@ -20,7 +20,7 @@ class FakeClock:
 
     now: float = 0.0
     wall: float = 1_700_000_000.0
-    sleeps: list[float] = attrs.field(factory=list)
+    sleeps: list[float] = attrs.field(factory=list[float])
 
     def monotonic(self) -> float:
         """The fake monotonic time."""
@@ -54,7 +54,9 @@ class ManualClock:
 
     now: float = 0.0
     wall: float = 1_700_000_000.0
-    _sleepers: list[tuple[float, anyio.Event]] = attrs.field(factory=list, init=False)
+    _sleepers: list[tuple[float, anyio.Event]] = attrs.field(
+        factory=list[tuple[float, anyio.Event]], init=False
+    )
 
     def monotonic(self) -> float:
         """The current time."""

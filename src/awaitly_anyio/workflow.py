@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast, overload
 
 import attrs
 
@@ -66,10 +66,12 @@ def _handlers(on_event: object) -> tuple[EventHandler, ...]:
     if callable(on_event):
         return (on_event,)
     if isinstance(on_event, Sequence) and not isinstance(on_event, (str, bytes)):
-        for handler in on_event:
+        handlers: list[EventHandler] = []
+        for handler in cast("Sequence[object]", on_event):  # isinstance: unknown type
             if not callable(handler):
                 raise TypeError(f"on_event handlers must be callables, not {handler!r}")
-        return tuple(on_event)
+            handlers.append(handler)
+        return tuple(handlers)
     raise TypeError(f"on_event must be a callable or a sequence of callables, not {on_event!r}")
 
 
@@ -370,7 +372,7 @@ async def _outcome(
         # not complete, whatever the body returned.
         await deliver_cancellation()
     if isinstance(out, (Ok, Err)):
-        return out
+        return cast("Result[object, object]", out)  # isinstance: type arguments unknown
     return Ok(out)
 
 
@@ -389,9 +391,10 @@ def _early_exit_in(group: BaseExceptionGroup[BaseException], state: RunState) ->
             state.workflow_id,
             exc_info=rest,
         )
-    first: BaseException = ours
+    first = ours.exceptions[0]
     while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
+        # (isinstance leaves the group's type argument unknown)
+        first = cast("BaseExceptionGroup[BaseException]", first).exceptions[0]
     assert isinstance(first, EarlyExit)
     return first.result
 
@@ -439,7 +442,7 @@ def create_workflow(
     (the write is then abandoned; see docs/operations.md).
     """
     if deps is None or isinstance(deps, Mapping):
-        deps = Deps(deps)
+        deps = Deps(cast("Mapping[str, Any] | None", deps))
     return Workflow(
         name,
         deps,

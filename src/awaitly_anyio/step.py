@@ -20,7 +20,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from inspect import isawaitable
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 import anyio
 import attrs
@@ -144,7 +144,8 @@ class RetryPolicy:
 
 
 def _as_result(out: object) -> Result[Any, Any]:
-    return out if isinstance(out, (Ok, Err)) else Ok(out)
+    # (the cast: isinstance leaves the type arguments unknown)
+    return cast("Result[object, object]", out) if isinstance(out, (Ok, Err)) else Ok(out)
 
 
 def _check_name(name: object) -> None:
@@ -319,16 +320,19 @@ class Step(RunState):
             if emit is not None:
                 emit(self._cancelled_event(name, key, started))
             raise
+        # (the casts: isinstance leaves the type argument unknown)
         if isinstance(out, Ok):
+            out = cast("Ok[object]", out)
             value = out.value
         elif isinstance(out, Err):
+            failed = cast("Err[object]", out)
             if retry is not None:
                 return await self._execute(
-                    name, fn, key, retry, None, run.map_exception, type, (out, None)
+                    name, fn, key, retry, None, run.map_exception, type, (failed, None)
                 )
             if emit is not None:
-                emit(self._error_event(name, key, started, out.error, 1))
-            raise EarlyExit(run, out)
+                emit(self._error_event(name, key, started, failed.error, 1))
+            raise EarlyExit(run, failed)
         else:
             value = out
             if key is not None:

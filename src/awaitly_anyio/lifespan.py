@@ -134,6 +134,27 @@ class WorkflowLifespan:
             )
         return self._host
 
+    @property
+    def store(self) -> SnapshotStore:
+        """The running host's store; ``RuntimeError`` outside the lifespan or without one."""
+        store = self.host.store
+        if store is None:
+            raise RuntimeError("this WorkflowLifespan has no store")
+        return store
+
+    def readiness(self) -> dict[str, Any]:
+        """The host's :meth:`~awaitly_anyio.host.WorkflowHost.readiness`, and not ready
+        outside the lifespan: pass the lifespan itself as ``create_health_app(host=...)``
+        (the health app is built once, the host at each startup)."""
+        if self._host is None:
+            return {
+                "ready": False,
+                "active": 0,
+                "max_active": self._host_options["max_active"],
+                "shutting_down": False,
+            }
+        return self._host.readiness()
+
     async def __aenter__(self) -> WorkflowHost:
         """Open the store, enter the host, start recovery; return the host."""
         if self._host is not None:

@@ -24,6 +24,8 @@ class StallProxy:
         self._flowing.set()
         self._stalls = 0
         self.accepted = 0
+        self.sent = bytearray()
+        """Every byte clients sent through the proxy, in order (to count commands)."""
         self._open: set[anyio.CancelScope] = set()
         """How many connections clients have opened through the proxy."""
 
@@ -43,7 +45,12 @@ class StallProxy:
         for scope in tuple(self._open):
             scope.cancel()
 
-    async def _pipe(self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+    async def _pipe(
+        self,
+        source: anyio.abc.ByteStream,
+        sink: anyio.abc.ByteStream,
+        record: bytearray | None = None,
+    ) -> None:
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             while True:
                 data = await source.receive()
@@ -53,6 +60,8 @@ class StallProxy:
                     return  # lost in the stall: break the connection
                 if stalls != self._stalls:
                     return
+                if record is not None:
+                    record += data
                 await sink.send(data)
         with contextlib.suppress(Exception):
             await sink.send_eof()
@@ -68,7 +77,7 @@ class StallProxy:
                     except OSError:
                         return
                     async with server, anyio.create_task_group() as tg:
-                        tg.start_soon(self._pipe, client, server)
+                        tg.start_soon(self._pipe, client, server, self.sent)
                         await self._pipe(server, client)
                         tg.cancel_scope.cancel()
             finally:
@@ -88,3 +97,14 @@ async def stall_proxy(target_host: str, target_port: int) -> AsyncIterator[Stall
         finally:
             proxy.resume()
             tg.cancel_scope.cancel()
+
+
+def commands_sent(sent: bytes, *names: str) -> int:
+    """How many Redis commands in ``sent`` (RESP arrays, each starting a line) are
+    called one of ``names``, or how many commands there are at all without names (a
+    script's text or a key inside a command never counts)."""
+    import re
+
+    name = b"[^\r]+" if not names else "|".join(re.escape(n) for n in names).encode()
+    pattern = re.compile(rb"(?:^|(?<=\r\n))\*\d+\r\n\$\d+\r\n(?:" + name + rb")\r\n", re.I)
+    return len(pattern.findall(sent))

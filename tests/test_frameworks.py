@@ -21,7 +21,6 @@ import pytest
 from awaitly_anyio import (
     Deps,
     HostClosedError,
-    Ok,
     WorkflowContext,
     WorkflowHost,
     WorkflowLifespan,
@@ -32,7 +31,7 @@ from awaitly_anyio import (
 from awaitly_anyio.health import create_health_app
 from awaitly_anyio.stores import MemoryStore
 
-from .test_docs import ROOT, Example, _examples
+from .test_docs import ROOT, _examples
 
 RECIPES = {
     example_tag: example
@@ -108,6 +107,13 @@ def _serve(recipe: str, tmp_path: Path, store: str, grace: float) -> Iterator[An
             server.communicate()
 
 
+def _exited_cleanly(server: subprocess.Popen[str], err: str) -> None:
+    # uvicorn re-raises the signal once it has shut down gracefully (exit status -15).
+    assert server.returncode in (0, -signal.SIGTERM), err
+    if "uvicorn" in list(server.args):  # type: ignore[arg-type]
+        assert "Application shutdown complete" in err, err
+
+
 @pytest.mark.parametrize("recipe", sorted(SERVERS))
 def test_recipe_serves_orders_and_stops_gracefully_on_sigterm(recipe: str, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'orders.db'}"
@@ -124,7 +130,8 @@ def test_recipe_serves_orders_and_stops_gracefully_on_sigterm(recipe: str, tmp_p
 
         # Health under the /ops prefix.
         health = client.get("/ops/health")
-        assert health.status_code == 200 and health.json()["status"] == "healthy"
+        assert health.status_code == 200
+        assert health.json()["status"] == "healthy"
         assert client.get("/ops/nope").status_code == 404
 
         # A run that cannot finish in the grace period, caught mid-run by SIGTERM.
@@ -138,7 +145,7 @@ def test_recipe_serves_orders_and_stops_gracefully_on_sigterm(recipe: str, tmp_p
         assert ready["ready"] is True
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
-        assert server.returncode == 0, err
+        _exited_cleanly(server, err)
         assert "Traceback" not in err, err
 
     statuses, claimable = anyio.run(_after, store)
@@ -149,7 +156,7 @@ def test_recipe_serves_orders_and_stops_gracefully_on_sigterm(recipe: str, tmp_p
 
 async def _after(url: str) -> tuple[dict[str, str | None], list[str]]:
     async with open_store(url) as store:
-        statuses = {}
+        statuses: dict[str, str | None] = {}
         for id in ("quick", "slow"):
             snapshot = await store.load(id)
             statuses[id] = None if snapshot is None else snapshot.status
@@ -171,7 +178,7 @@ def test_a_run_that_finishes_within_the_grace_period_completes(recipe: str, tmp_
         )
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
-        assert server.returncode == 0, err
+        _exited_cleanly(server, err)
     assert anyio.run(_status, store, "busy") == "completed"
 
 
@@ -213,6 +220,7 @@ async def test_the_lifespan_recovers_runs_through_its_host(tmp_path: Path) -> No
         async with lifespan(None) as state:
             host = state["workflow_host"]
             assert host is lifespan.host
+            lifespan_store = lifespan.store
             await waiting[-1].wait()
             # The abandoned run is a host run: it is counted and would get the grace.
             assert lifespan.readiness()["active"] == 1
@@ -221,7 +229,7 @@ async def test_the_lifespan_recovers_runs_through_its_host(tmp_path: Path) -> No
     assert await _status(url, "r-1") == "completed"
     # The store the lifespan opened is closed with it.
     with pytest.raises(RuntimeError, match="closed"):
-        await host.store.load("r-1")
+        await lifespan_store.load("r-1")
 
 
 @pytest.mark.anyio
@@ -282,7 +290,9 @@ def test_bad_lifespan_options_are_refused_clearly_without_secrets() -> None:
 @pytest.mark.anyio
 async def test_a_lifespan_whose_store_cannot_be_opened_fails_without_the_password() -> None:
     lifespan = WorkflowLifespan("postgresql://app:hunter2@127.0.0.1:1/orders")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(
+        ConnectionError, match=r"could not open the store postgresql://app:\*\*\*@"
+    ) as caught:
         async with lifespan(None):
             pass
     text = "".join(str(e) + repr(e) for e in _chain(caught.value))
@@ -376,5 +386,5 @@ async def test_root_path_is_honoured_whether_the_prefix_is_stripped_or_not(
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path}
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    await app(scope, receive, send)
     assert sent[0]["status"] == status

@@ -23,7 +23,7 @@ from awaitly_anyio import (
     create_workflow,
     open_store,
 )
-from awaitly_anyio.host import HostAtCapacityError, HostClosedError, WorkflowHost
+from awaitly_anyio.host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import ManualClock
 
@@ -83,7 +83,8 @@ async def test_shutdown_lets_active_runs_finish_within_the_grace_period() -> Non
     assert closed == ["telemetry"]
     # The store is the caller's: the host did not close it.
     snapshot = await store.load("slow")
-    assert snapshot is not None and snapshot.status == "completed"
+    assert snapshot is not None
+    assert snapshot.status == "completed"
 
 
 async def test_runs_still_active_after_the_grace_period_are_cancelled_and_resumable() -> None:
@@ -162,7 +163,7 @@ def test_sigterm_stops_a_busy_service_within_its_grace_period(tmp_path: Path, ba
     assert max(done.values()) == 1, [line for line, n in done.items() if n > 1][:5]
 
 
-async def _statuses(db: Path, runs: int) -> dict[str, Any]:
+async def _statuses(db: Path, runs: int) -> dict[int, Any]:
     async with open_store(f"sqlite:///{db}") as store:
         found = {}
         for n in range(runs):
@@ -187,7 +188,8 @@ async def test_a_store_the_caller_opened_stays_open_after_the_host(tmp_path: Pat
         async with WorkflowHost(store=store) as host:
             assert await host.run(workflow, body, workflow_id="b") == Ok("done")
         snapshot = await store.load("a")
-        assert snapshot is not None and snapshot.status == "completed"
+        assert snapshot is not None
+        assert snapshot.status == "completed"
 
 
 async def test_a_store_given_as_a_url_is_opened_and_closed_by_the_host(tmp_path: Path) -> None:
@@ -204,11 +206,12 @@ async def test_a_store_given_as_a_url_is_opened_and_closed_by_the_host(tmp_path:
         await host.store.load("a")
     async with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
         snapshot = await store.load("a")
-        assert snapshot is not None and snapshot.status == "completed"
+        assert snapshot is not None
+        assert snapshot.status == "completed"
 
 
 def test_bad_stores_are_refused_without_showing_a_password() -> None:
-    with pytest.raises(TypeError, match="store must be a store .* not int"):
+    with pytest.raises(TypeError, match=r"store must be a store .* not int"):
         WorkflowHost(store=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="invalid store URL") as caught:
         WorkflowHost(store="postgresql://app:hunter2@db:notaport/orders")
@@ -219,7 +222,7 @@ def test_bad_stores_are_refused_without_showing_a_password() -> None:
 
 async def test_a_url_store_that_cannot_be_reached_fails_the_start_without_its_password() -> None:
     host = WorkflowHost(store="postgresql://app:hunter2@127.0.0.1:1/orders")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ConnectionError, match="could not open the store") as caught:
         async with host:
             pass
     assert "hunter2" not in str(caught.value)
@@ -248,7 +251,7 @@ async def _abandon(store: MemoryStore, registry: WorkflowRegistry, ids: list[str
     """Leave runs ``cancelled`` after their first step, as a shutdown past its grace does."""
     async with WorkflowHost(grace=0, store=store) as host:
         workflow, body = registry.get("reports")
-        handles = [host.start(workflow, body, workflow_id=id) for id in ids]
+        handles: list[RunHandle[Any]] = [host.start(workflow, body, workflow_id=id) for id in ids]
         await anyio.wait_all_tasks_blocked()
     for handle in handles:
         with pytest.raises(HostClosedError):
@@ -328,7 +331,8 @@ async def test_the_recovery_loop_runs_in_the_host_and_stops_first_at_shutdown() 
             assert host.active == 1  # one pass, one free slot
             clock.advance(5)  # a pass while full claims nothing
             await anyio.wait_all_tasks_blocked()
-            assert host.active == 1 and clock.sleeping == 1
+            assert host.active == 1
+            assert clock.sleeping == 1
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.shutdown)
                 await anyio.wait_all_tasks_blocked()

@@ -153,14 +153,22 @@ class WorkflowHost:
     async def __aenter__(self) -> WorkflowHost:
         """Open the store if the host was given a URL, then start taking runs.
 
-        Raises ``RuntimeError`` if the host was entered before, and what opening
-        the store raises (its message names the store with secrets masked).
+        Raises ``RuntimeError`` if the host was entered before, and
+        ``ConnectionError`` naming the store (password masked) and the reason when
+        a store given as a URL cannot be opened.
         """
         if self._tg is not None:
             raise RuntimeError("a WorkflowHost can be entered once")
         self._tg = anyio.create_task_group()
         if self._owns_store and self.store is not None:
-            await self.store.__aenter__()
+            try:
+                await self.store.__aenter__()
+            except Exception as exc:
+                # Say which store (masked) and why, not a bare driver error.
+                raise ConnectionError(
+                    f"could not open the store {self._store_url}: "
+                    f"{type(exc).__name__}: {redact_text(str(exc))}"
+                ) from None
         try:
             await self._tg.__aenter__()
         except BaseException:

@@ -28,6 +28,7 @@ from .context import WorkflowContext
 from .durable import default_owner
 from .recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from .result import Result
+from .snapshot import SnapshotInfo
 from .store import LeaseStore, SnapshotStore, open_store
 from .workflow import Workflow
 
@@ -159,7 +160,7 @@ class WorkflowHost:
         """
         if self._tg is not None:
             raise RuntimeError("a WorkflowHost can be entered once")
-        self._tg = anyio.create_task_group()
+        tg = self._tg = anyio.create_task_group()
         if self._owns_store and self.store is not None:
             try:
                 await self.store.__aenter__()
@@ -170,17 +171,17 @@ class WorkflowHost:
                     f"{type(exc).__name__}: {redact_text(str(exc))}"
                 ) from None
         try:
-            await self._tg.__aenter__()
+            await tg.__aenter__()
         except BaseException:
             await self._close_store()
             raise
         try:
-            await self._tg.start(self._hold_runs)
-            await self._tg.start(self._hold_services)
+            await tg.start(self._hold_runs)
+            await tg.start(self._hold_services)
         except BaseException:
             self._services_stop.set()
             self._stopped.set()
-            await self._tg.__aexit__(None, None, None)
+            await tg.__aexit__(None, None, None)
             await self._close_store()
             raise
         return self
@@ -400,6 +401,8 @@ class WorkflowHost:
         free = self.max_active - self._active
         if self._shutting_down or free <= 0:
             return []
+        claimed: list[SnapshotInfo] = []
+        damaged: list[RecoveredRun] = []
         with anyio.CancelScope(shield=True):
             claimed, damaged = await claim_abandoned(
                 store, registry, owner=owner, lease=lease, limit=min(limit, free)

@@ -34,8 +34,8 @@ __all__ = [
 
 
 class HealthTracker:
-    """Counts workflow outcomes from events: pass :meth:`handle_event` as (one of) a
-    workflow's ``on_event`` handlers and serve :meth:`get_stats`."""
+    """Counts workflow outcomes from events: pass `handle_event` as (one of) a
+    workflow's ``on_event`` handlers and serve `get_stats`."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -74,7 +74,7 @@ class HealthTracker:
 
 
 def create_health_tracker() -> HealthTracker:
-    """A new :class:`HealthTracker`."""
+    """A new `HealthTracker`."""
     return HealthTracker()
 
 
@@ -210,7 +210,7 @@ def create_health_app(
 
     - ``GET /health``: every check, concurrently, each within ``timeout`` seconds;
       200 with ``"status": "healthy"`` when all pass, else 503 ``"unhealthy"``.
-    - ``GET /ready``: 200 while ``host`` (a :class:`~awaitly_anyio.host.WorkflowHost`)
+    - ``GET /ready``: 200 while ``host`` (a `WorkflowHost`)
       accepts work, 503 when it is shutting down or full.
     - ``GET /health/workflows``: ``tracker.get_stats()``.
     - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,

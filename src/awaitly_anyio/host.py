@@ -50,10 +50,10 @@ class HostAtCapacityError(RuntimeError):
 
 @attrs.define(eq=False)
 class RunHandle(Generic[T]):
-    """A run started by :meth:`WorkflowHost.start`: await :meth:`result` for its Result.
+    """A run started by `WorkflowHost.start`: await `result` for its Result.
 
     ``RunHandle[T]`` is the handle of a run whose body returns ``T`` (or
-    ``Result[T, E]``); :meth:`result` gives ``Result[T, Any]``.
+    ``Result[T, E]``); `result` gives ``Result[T, Any]``.
     """
 
     workflow_id: str | None
@@ -70,7 +70,7 @@ class RunHandle(Generic[T]):
         """Wait for the run's Result.
 
         A cancellation point: cancelling the wait does not cancel the run.  Raises
-        :class:`HostClosedError` if the host's shutdown cancelled the run, and what
+        `HostClosedError` if the host's shutdown cancelled the run, and what
         ``workflow.run`` raised for bad arguments (``TypeError``, ``ValueError``).
         """
         await self._done.wait()
@@ -93,14 +93,14 @@ class WorkflowHost:
     """Runs workflows for a service; use it as ``async with WorkflowHost(...) as host:``.
 
     - ``max_active``: how many runs may be active at once (recovered runs
-      included); more are refused with :class:`HostAtCapacityError` (so a load
+      included); more are refused with `HostAtCapacityError` (so a load
       balancer can send them elsewhere).
     - ``store``: given to every run started with a ``workflow_id`` (durable runs)
       unless the call passes its own.  A store object stays the caller's: the host
       never closes it (open and close it yourself, ``async with store, host:``).
       A store URL (``"sqlite:///runs.db"``, ``"postgresql://..."``) is opened by the
       host (with ``store_options``) when it is entered and closed at the end of its
-      shutdown; :attr:`store` is that store.
+      shutdown; `store` is that store.
     - ``grace``: seconds active runs get to finish once shutdown begins.
     - ``on_shutdown``: async callables run last (flush telemetry, close pools).
 
@@ -206,7 +206,7 @@ class WorkflowHost:
             self._services_done.set()
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        """Shut down (see :meth:`shutdown`), then close the store if the host opened
+        """Shut down (see `shutdown`), then close the store if the host opened
         it and run the ``on_shutdown`` callbacks (shielded from cancellation)."""
         assert self._tg is not None
         try:
@@ -268,11 +268,11 @@ class WorkflowHost:
     ) -> RunHandle[Any]:
         """Start ``workflow.run(body, ...)`` in the host's task group and return at once.
 
-        ``options`` are :meth:`Workflow.run <awaitly_anyio.Workflow.run>`'s
+        ``options`` are `Workflow.run`'s
         (``input=``, ``lease=``...); the host's store is used for a run with a
         ``workflow_id`` unless ``store=`` is given.  Not a cancellation point.
-        Raises :class:`HostClosedError` before the host is entered and once
-        shutdown has begun, :class:`HostAtCapacityError` when ``max_active`` runs
+        Raises `HostClosedError` before the host is entered and once
+        shutdown has begun, `HostAtCapacityError` when ``max_active`` runs
         are active, and ``TypeError`` when ``workflow`` is not a Workflow.
         """
         if not isinstance(workflow, Workflow):
@@ -328,7 +328,7 @@ class WorkflowHost:
         workflow_id: str | None = None,
         **options: Any,
     ) -> Result[Any, Any]:
-        """Start a run and wait for its Result (see :meth:`start` for what it raises).
+        """Start a run and wait for its Result (see `start` for what it raises).
 
         Cancelling the wait does not cancel the run: it goes on in the host.
         """
@@ -387,11 +387,11 @@ class WorkflowHost:
 
         Recovered runs are host runs: they count against ``max_active`` (and so in
         ``/ready``) and get the host's grace period at shutdown.  Each one's
-        Result goes to ``on_recovered`` as a :class:`RecoveredRun` when it ends; a
+        Result goes to ``on_recovered`` as a `RecoveredRun` when it ends; a
         run found damaged goes there at once with ``Err(SnapshotDecodeError)`` and
         is left as it is.  Claiming is shielded from cancellation, so a claimed
         run is always started (never left leased to nobody).  Returns ``[]`` once
-        shutdown has begun.  Raises :class:`HostClosedError` before the host is
+        shutdown has begun.  Raises `HostClosedError` before the host is
         entered, ``TypeError`` when the host has no store with leases.
         """
         store = self._recovery_store()
@@ -431,15 +431,15 @@ class WorkflowHost:
         clock: Clock | None = None,
         on_recovered: Callable[[RecoveredRun], object] | None = None,
     ) -> None:
-        """Run :meth:`recover` every ``interval`` seconds in the host, until shutdown.
+        """Run `recover` every ``interval`` seconds in the host, until shutdown.
 
         The loop runs in the host's own task group and is stopped first when
         shutdown begins (before the grace period), so no run is claimed during a
         drain.  A pass that fails (the store unreachable) is logged and retried at
         the next interval.  Not a cancellation point.  Raises
-        :class:`HostClosedError` before the host is entered or once shutdown has
+        `HostClosedError` before the host is entered or once shutdown has
         begun, ``TypeError`` when the host has no store with leases or
-        ``registry`` is not a :class:`WorkflowRegistry`, ``ValueError`` for a bad
+        ``registry`` is not a `WorkflowRegistry`, ``ValueError`` for a bad
         ``interval``.
         """
         self._recovery_store()
@@ -508,7 +508,7 @@ class WorkflowHost:
         run yourself inside the same task group).  Do not use it under a server
         that handles the signals itself (uvicorn, Hypercorn, Granian): there, let
         the server's lifespan shut the host down (see
-        :class:`~awaitly_anyio.lifespan.WorkflowLifespan`).  Run it in a task group
+        `WorkflowLifespan`).  Run it in a task group
         beside your server; ``await tg.start(host.serve_signals)`` returns once the
         signals are watched.  Cancelling it before a signal stops watching.
         """

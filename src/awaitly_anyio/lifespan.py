@@ -1,14 +1,13 @@
-"""Run a :class:`~awaitly_anyio.host.WorkflowHost` inside a web server that owns the
+"""Run a `WorkflowHost` inside a web server that owns the
 signals (uvicorn, Hypercorn, Granian), through the application's lifespan.
 
 A server that handles SIGTERM itself stops accepting connections, lets the open
 requests finish and then sends the ASGI ``lifespan.shutdown`` message.
-:class:`WorkflowLifespan` hooks the host to that life cycle:
+`WorkflowLifespan` hooks the host to that life cycle:
 
 - at startup it opens the store (from a URL) and enters the host, and with a
   ``registry`` starts the recovery loop *in the host*
-  (:meth:`WorkflowHost.start_recovery
-  <awaitly_anyio.host.WorkflowHost.start_recovery>`), so recovered runs count
+  (`WorkflowHost.start_recovery`), so recovered runs count
   against ``max_active``, show in ``/ready`` and get the grace period;
 - at shutdown it stops the recovery loop, stops taking runs, gives the active
   runs ``grace`` seconds, cancels the rest (durable runs record themselves
@@ -56,10 +55,10 @@ class WorkflowLifespan:
     ``recovery_interval`` seconds through the host (``None`` turns the loop
     off), each holding a lease of ``lease`` seconds; their outcomes go to
     ``on_recovered``.  ``max_active``, ``grace`` and ``on_shutdown`` are the
-    host's (see :class:`~awaitly_anyio.host.WorkflowHost`); ``store_options`` go
-    to :func:`~awaitly_anyio.open_store` with a URL.
+    host's (see `WorkflowHost`); ``store_options`` go
+    to `open_store` with a URL.
 
-    While the application runs, :attr:`host` is its host (and the Starlette/FastAPI
+    While the application runs, `host` is its host (and the Starlette/FastAPI
     lifespan state has it as ``request.state.workflow_host``).  One instance can
     be entered once at a time; each startup gets a new host.
 
@@ -143,7 +142,7 @@ class WorkflowLifespan:
         return store
 
     def readiness(self) -> dict[str, Any]:
-        """The host's :meth:`~awaitly_anyio.host.WorkflowHost.readiness`, and not ready
+        """The host's `readiness`, and not ready
         outside the lifespan: pass the lifespan itself as ``create_health_app(host=...)``
         (the health app is built once, the host at each startup)."""
         if self._host is None:

@@ -3,9 +3,9 @@ whose worker died.
 
 A run that was executing when its process was killed keeps status ``running``
 with a lease nobody renews; a run stopped by a graceful shutdown is
-``cancelled``.  :func:`recover` claims such runs (atomically, so two workers never
+``cancelled``.  `recover` claims such runs (atomically, so two workers never
 take the same one) and resumes each with the body registered under its
-workflow's name; :func:`recovery_loop` does that forever, inside a task group.
+workflow's name; `recovery_loop` does that forever, inside a task group.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ B = TypeVar("B", bound=Body)
 class WorkflowRegistry:
     """Workflows and their bodies by name, so a run can be resumed from its name alone.
 
-    Register with ``registry.register(workflow, body)`` or as a decorator::
+    Register with ``registry.register(workflow, body)`` or as a decorator:
 
         @registry.workflow(checkout)
         async def checkout_body(ctx): ...
@@ -56,7 +56,7 @@ class WorkflowRegistry:
         self._entries[workflow.name] = (workflow, body)
 
     def workflow(self, workflow: Workflow[Any]) -> Callable[[B], B]:
-        """Decorator form of :meth:`register`."""
+        """Decorator form of `register`."""
 
         def decorate(body: B) -> B:
             self.register(workflow, body)
@@ -97,7 +97,7 @@ class WorkflowRegistry:
 
 @attrs.frozen
 class RecoveredRun:
-    """A run :func:`recover` resumed, and how it ended; or a run it found damaged and
+    """A run `recover` resumed, and how it ended; or a run it found damaged and
     left alone, whose ``result`` is ``Err(SnapshotDecodeError)`` saying what is wrong."""
 
     id: str
@@ -123,7 +123,7 @@ async def recover(
 
     A run whose stored snapshot cannot be decoded (damaged, or written by a newer
     release) is neither claimed nor changed: it is logged as a warning and
-    returned as a :class:`RecoveredRun` whose result is
+    returned as a `RecoveredRun` whose result is
     ``Err(SnapshotDecodeError)``, after the resumed ones, every time a pass meets
     it, until an operator repairs or deletes it.  Such runs do not count towards
     ``limit``.
@@ -161,10 +161,9 @@ async def claim_abandoned(
 
     Returns the claimed runs (now leased to ``owner`` for ``lease`` seconds: the
     caller must resume each, or they wait for the lease to run out) and the runs
-    found damaged, as :class:`RecoveredRun` whose result is
+    found damaged, as `RecoveredRun` whose result is
     ``Err(SnapshotDecodeError)`` (logged as warnings, left as they are).  Used by
-    :func:`recover` and by :meth:`WorkflowHost.start_recovery
-    <awaitly_anyio.host.WorkflowHost.start_recovery>`.  Raises ``TypeError`` for a
+    `recover` and by `WorkflowHost.start_recovery`.  Raises ``TypeError`` for a
     store without leases and ``ValueError`` for a bad ``owner``/``lease``/``limit``;
     a cancellation point (the claim itself is one store call).
     """
@@ -214,7 +213,7 @@ async def recovery_loop(
     """Recover abandoned runs every ``interval`` seconds, forever; start it in a task
     group (``await tg.start(recovery_loop, store, registry)``) and cancel the group
     to stop it.  Each resumed run is passed to ``on_recovered``, and so is each run
-    found damaged (its result ``Err(SnapshotDecodeError)``; see :func:`recover`), at
+    found damaged (its result ``Err(SnapshotDecodeError)``; see `recover`), at
     every pass until an operator repairs or deletes it."""
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")

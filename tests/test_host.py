@@ -25,7 +25,10 @@ from awaitly_anyio import (
 )
 from awaitly_anyio.host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from awaitly_anyio.stores import MemoryStore
-from awaitly_anyio.testing import ManualClock
+from awaitly_anyio.testing import FakeClock, ManualClock
+
+from .kit_base import StoreKit
+from .store_kits import KITS, kit_ids
 
 pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).with_name("host_child.py")
@@ -356,3 +359,36 @@ def test_recovery_needs_a_store_with_leases_and_a_running_host() -> None:
         WorkflowHost(store=MemoryStore()).start_recovery(registry)
     with pytest.raises(TypeError, match="WorkflowRegistry"):
         WorkflowHost(store=MemoryStore()).start_recovery("reports")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kit", KITS, ids=kit_ids())
+async def test_every_store_recovers_through_the_host_and_stays_the_callers(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    effects: Counter[str] = Counter()
+    release = anyio.Event()
+    registry, _ = _stuck_registry(effects, release)
+    workflow = registry.get("reports")[0]
+    async with kit.open(tmp_path, FakeClock()) as store:
+        started = anyio.Event()
+
+        async def first(ctx: WorkflowContext[Deps]) -> str:
+            await ctx.step("gather", lambda: effects.update([ctx.workflow_id]), key="gather")
+            started.set()
+            await anyio.sleep_forever()
+            return "never"
+
+        async with WorkflowHost(grace=0, store=store) as host:
+            host.start(workflow, first, workflow_id="r-1")
+            await started.wait()
+        recovered: list[RecoveredRun] = []
+        async with WorkflowHost(store=store, max_active=3) as host:
+            release.set()
+            [handle] = await host.recover(registry, on_recovered=recovered.append)
+            assert await handle.result() == Ok("r-1 done")
+        assert [(run.id, run.result) for run in recovered] == [("r-1", Ok("r-1 done"))]
+        assert effects == {"r-1": 1}
+        # The store is still open: the hosts did not close what they did not open.
+        snapshot = await store.load("r-1")
+        assert snapshot is not None
+        assert snapshot.status == "completed"

@@ -195,7 +195,10 @@ class _Breaker(Protocol):
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# What create_health_app returns: its parameters are typed loosely (``Any``) so that the
+# app fits every framework's and server's ASGI slot (Starlette's MutableMapping scope,
+# Hypercorn's and Litestar's TypedDict scopes) under mypy and pyright alike.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 def create_health_app(

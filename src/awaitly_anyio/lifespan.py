@@ -20,7 +20,7 @@ with Quart's ``app.while_serving(lifespan.while_serving)``, or as ``async with``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -192,7 +192,7 @@ class WorkflowLifespan:
         async with self as host:
             yield {"workflow_host": host}
 
-    async def while_serving(self) -> AsyncIterator[None]:
+    async def while_serving(self) -> AsyncGenerator[None, None]:
         """The lifespan as an async generator, for Quart's ``app.while_serving``."""
         async with self:
             yield

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -93,3 +95,20 @@ def leftover_driver_work() -> list[object]:
         with contextlib.suppress(LookupError):  # no store was used in this run
             left.extend(asyncio.all_tasks(hosted.get().loop))
     return left
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``python -m awaitly_anyio ARGS`` in a child process, as a user runs it (without
+    an inherited ``AWAITLY_STORE_URL``, unless ``env`` gives one)."""
+    environ = {k: v for k, v in os.environ.items() if k != "AWAITLY_STORE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "awaitly_anyio", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+        cwd=cwd,
+        env={**environ, **(env or {})},
+    )

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,28 +12,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from .kit_base import server_or_skip
+from .kit_base import cli, server_or_skip
 from .postgres_kit import DSN, admin
 from .redis_kit import URL as REDIS_URL
 from .redis_kit import wipe
 
 SECRET = "hunter2-S3KRET"
 BACKENDS = ["asyncio", "trio"]
-
-
-def cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AWAITLY_STORE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "awaitly_anyio", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-        env={**environ, **(env or {})},
-    )
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:

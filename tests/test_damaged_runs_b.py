@@ -5,9 +5,6 @@ byte for byte as they were, and reported, never re-run or rewritten (issue 16, i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from awaitly_anyio import (
 from awaitly_anyio.testing import FakeClock
 
 from . import postgres_kit, redis_kit
-from .kit_base import encoded
+from .kit_base import cli, encoded
 from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
@@ -144,18 +141,6 @@ async def test_recovery_reports_a_damaged_run_and_never_claims_it(
 CLI_DAMAGE = {"sqlite": "created_at", "postgres": "created_at", "redis": "wrong_type"}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AWAITLY_STORE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "awaitly_anyio", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=environ,
-    )
-
-
 @pytest.mark.needs_url_store
 async def test_the_cli_lists_a_damaged_run_flagged_beside_the_others(
     kit: StoreKit, store: Any, tmp_path: Path, anyio_backend: str
@@ -172,9 +157,9 @@ async def test_the_cli_lists_a_damaged_run_flagged_beside_the_others(
         where = ["--store", redis_kit.URL, "--key-prefix", store.prefix]
     backend = "trio" if anyio_backend == "trio" else "asyncio"
 
-    table = await anyio.to_thread.run_sync(_cli, "runs", *where, "--backend", backend, "list")
+    table = await anyio.to_thread.run_sync(cli, "runs", *where, "--backend", backend, "list")
     as_json = await anyio.to_thread.run_sync(
-        _cli, "runs", *where, "--backend", backend, "--json", "list"
+        cli, "runs", *where, "--backend", backend, "--json", "list"
     )
 
     for done in (table, as_json):

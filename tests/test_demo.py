@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .kit_base import cli as run_cli
 
-def cli(
-    *args: str, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "awaitly_anyio", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=check,
-        cwd=cwd,
-    )
+# Every command here must succeed unless a test says otherwise.
+cli = functools.partial(run_cli, check=True)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

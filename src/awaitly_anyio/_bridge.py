@@ -2,11 +2,11 @@
 
 Under asyncio a store awaits its driver directly.  Under trio it hands each
 coroutine to a private asyncio event loop and waits for the outcome without
-blocking trio.  That loop is a :class:`HostedLoop`: it lives in trio's own
+blocking trio.  That loop is a `HostedLoop`: it lives in trio's own
 thread, one per trio run, and a trio system task runs it whenever it has work,
 waiting on its selector's file descriptor in between.  No thread is crossed, so
 a driver call costs about what it costs on asyncio.  Where the selector cannot
-be waited on from trio (Windows' select), an :class:`AsyncioBridge` runs the
+be waited on from trio (Windows' select), an `AsyncioBridge` runs the
 loop in a daemon thread instead, shared by every store and stopped (its thread
 joined) when the last store using it closes.
 
@@ -168,7 +168,7 @@ class _YieldingSelector(selectors.DefaultSelector):
     polls once per run of the loop: I/O that arrives after that poll is seen by
     trio's wait, which is the next thing to happen.  While
     callbacks are ready it does not poll (the poll when they run out sees the same
-    I/O), and after :data:`TURNS` such iterations it stops the loop anyway, so a
+    I/O), and after `TURNS` such iterations it stops the loop anyway, so a
     busy driver cannot hold trio's thread.  With ``poll_io`` off it does not poll
     at all: the loop only runs what is ready, and I/O waits for the task that
     trio wakes when the selector has events.
@@ -218,7 +218,7 @@ class HostedLoop:
     The loop is run until it would block, by the caller that gives it work (so a
     driver call starts at once) and by a trio system task that waits, between
     runs, for the loop's selector to have events or its next timer to be due.
-    Made by :func:`hosted_loop`; closed when the trio run ends, after cancelling
+    Made by `hosted_loop`; closed when the trio run ends, after cancelling
     whatever a store left behind.
     """
 
@@ -386,7 +386,7 @@ def current_async_library() -> str:
 class DriverLoop:
     """Where a store's asyncio driver runs: bound to the event loop of the store's first use.
 
-    On asyncio, :meth:`call` awaits the driver directly; on trio it goes through
+    On asyncio, `call` awaits the driver directly; on trio it goes through
     the trio run's hosted loop (or the bridge thread).  Using one store from both
     kinds of loop, or from a trio run after the one it was opened in, is refused,
     since its connections belong to one asyncio loop.

@@ -75,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = True) -> None:
     """The options that may be written anywhere, stored under ``name@level`` so that a
-    later parser does not overwrite what an earlier one read (see :func:`_option`)."""
+    later parser does not overwrite what an earlier one read (see `_option`)."""
     options = parser.add_argument_group("options accepted anywhere on the line")
     options.add_argument(
         "--store",

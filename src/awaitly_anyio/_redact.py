@@ -1,8 +1,8 @@
 """The one place that takes secrets out of URLs and DSNs before they reach any text.
 
 Every message, ``repr``, error, health answer, span status or Sentry event that
-could carry a store or Redis URL passes it through :func:`redact_url` (a URL on
-its own) or :func:`redact_text` (free text that may contain URLs or DSNs).
+could carry a store or Redis URL passes it through `redact_url` (a URL on
+its own) or `redact_text` (free text that may contain URLs or DSNs).
 
 What is masked (replaced by ``***``):
 
@@ -19,7 +19,7 @@ What is masked (replaced by ``***``):
   scheme missing its slashes (``postgresql:/u:s3cret@db``).
 
 A password may hold characters a valid URL would percent-encode (``/``, ``?``,
-``#``, ``@``, even spaces in :func:`redact_url`): everything up to the last ``@``
+``#``, ``@``, even spaces in `redact_url`): everything up to the last ``@``
 is taken as the userinfo, so a sloppy URL is masked too.  When in doubt, more
 is masked rather than less (``host:5432/db?app=a@b`` loses its port and path).
 """
@@ -93,7 +93,7 @@ def redact_text(text: str) -> str:
 
 
 def redact_url(url: object) -> str:
-    """A URL or DSN as text that is safe to show: ``str(url)`` through :func:`redact_text`.
+    """A URL or DSN as text that is safe to show: ``str(url)`` through `redact_text`.
 
     Anything that is not a string is shown by its type only (a caller handing a
     bytes URL or an object must not leak it through its ``repr``).

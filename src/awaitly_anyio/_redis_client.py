@@ -1,6 +1,6 @@
 """Lua scripts on Redis for the store, the shared limiter and the shared breaker: a URL
 or a client, a connection kept for one call at a time, and the private asyncio loop
-under trio (:mod:`awaitly_anyio._bridge`)."""
+under trio (`awaitly_anyio._bridge`)."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ class ScriptRunner:
 
     Every call goes over a connection of the runner's own, straight through
     redis-py's connection (no pool, retry or metrics layer, which cost as much as
-    the round trip itself): one call :meth:`alone`, or many sent together in one
-    write and answered in order (:meth:`pipelined`), which :class:`SharedRedis`
+    the round trip itself): one call `alone`, or many sent together in one
+    write and answered in order (`pipelined`), which `SharedRedis`
     uses for the calls that queue while one is in flight, so many concurrent runs
     share round trips instead of each taking a pooled connection.  A connection
     left in an unknown state (an error on the wire, a cancellation between request
@@ -75,7 +75,7 @@ class ScriptRunner:
 
         A kept connection the server has closed meanwhile (a restart, an idle
         timeout) is replaced and the call sent once more, as the client made by
-        :class:`SharedRedis` does for its own commands; a second failure is raised.
+        `SharedRedis` does for its own commands; a second failure is raised.
         """
         kept = self._connection is not None
         connection = await self._connected(client)
@@ -238,7 +238,7 @@ class SharedRedis:
         return f"the given client ({redact_text(str(host))}:{redact_text(str(port))})"
 
     def describe_failure(self, exc: BaseException) -> str:
-        """``exc`` (one of :func:`unavailable_errors`) as one line naming this Redis,
+        """``exc`` (one of `unavailable_errors`) as one line naming this Redis,
         with secrets masked."""
         detail = redact_text(str(exc)) or "no detail"
         return f"Redis at {self.where}: {type(exc).__name__}: {detail}"

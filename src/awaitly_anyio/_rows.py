@@ -209,7 +209,7 @@ def _time_problem(value: object, name: str) -> str | None:
 def row_problem(row: RunRow) -> str | None:
     """What makes a run row unreadable (a bad time, workflow name or status, a format
     version this release does not read), or ``None`` if it reads well.  Only the
-    row: its step records, result and metadata are checked by :func:`assemble`."""
+    row: its step records, result and metadata are checked by `assemble`."""
     problem = format_problem(row.format_version)
     if problem is not None:
         return problem
@@ -228,7 +228,7 @@ def row_problem(row: RunRow) -> str | None:
 
 def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> SnapshotInfo:
     """The listing entry of a run whose row cannot be read: ``damaged`` says why, and
-    what could not be read holds the placeholders :class:`SnapshotInfo` documents."""
+    what could not be read holds the placeholders `SnapshotInfo` documents."""
 
     def when(value: object) -> datetime:
         return _EPOCH if _time_problem(value, "") is not None else from_epoch(value)  # type: ignore[arg-type]
@@ -249,7 +249,7 @@ def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> Snapsh
 
 def info(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotInfo:
     """The listing entry for a run row; flagged ``damaged`` if the row cannot be read
-    (see :func:`row_problem`), never an exception.  With ``lease``, the row's lease
+    (see `row_problem`), never an exception.  With ``lease``, the row's lease
     holder and expiry too (a lease without a holder, or a holder without a time, is
     no lease)."""
     problem = row_problem(row)
@@ -284,7 +284,7 @@ def as_claimed(
     snapshot: WorkflowSnapshot, metadata: Mapping[str, Any] | None, now: float
 ) -> WorkflowSnapshot:
     """An existing run's snapshot as a claim leaves it (running, no result or expiry,
-    ``metadata`` merged), for :attr:`~awaitly_anyio.store.Claim.snapshot`."""
+    ``metadata`` merged), for `snapshot`."""
     merged = dict(snapshot.metadata)
     merged.update(metadata or {})
     return attrs.evolve(

@@ -56,7 +56,7 @@ class EarlyExit(BaseException):
 
 NO_RESULTS: Mapping[str, Ok[Any]] = MappingProxyType({})
 """The completed results of a run that has none yet, shared: a dict is made when the
-first keyed step completes (see :meth:`RunState.remember`), not for every run."""
+first keyed step completes (see `RunState.remember`), not for every run."""
 
 
 class RunState:
@@ -97,7 +97,7 @@ class RunState:
         """The error value for a foreign exception (the workflow's ``catch_unexpected``).
 
         If the mapper itself raises, its exception is remembered as
-        :attr:`mapper_failure` and propagates: the run re-raises it as it is,
+        `mapper_failure` and propagates: the run re-raises it as it is,
         once, instead of mapping the mapper's own failure again.
         """
         failure = self.mapper_failure

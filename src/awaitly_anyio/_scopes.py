@@ -190,7 +190,7 @@ def _trio_public_due() -> bool:
 
 
 def _learn_trio_context() -> Any:
-    """trio's run context, if its internals are the ones :func:`cancel_due` reads."""
+    """trio's run context, if its internals are the ones `cancel_due` reads."""
     try:
         from trio._core._run import GLOBAL_RUN_CONTEXT as context
 
@@ -211,7 +211,7 @@ def cancel_due() -> bool:
     Due means a scope around the caller was cancelled, or its deadline has
     passed although the loop has not noticed yet (the caller ran without
     yielding), or, on asyncio, ``task.cancel()`` was called.  A sync check, so a
-    step pays no coroutine for it; :func:`deliver_cancellation` then raises it.
+    step pays no coroutine for it; `deliver_cancellation` then raises it.
     It may say due when another task's deadline has passed; delivering then only
     yields once.
     """
@@ -250,7 +250,7 @@ def cancel_due() -> bool:
 
 
 async def deliver_cancellation() -> None:
-    """Yield to the loop so that a due cancellation (see :func:`cancel_due`) is raised."""
+    """Yield to the loop so that a due cancellation (see `cancel_due`) is raised."""
     if asyncio._get_running_loop() is not None:
         # anyio delivers a passed deadline from a timer that runs after the task
         # resumes from its first yield, so the second yield is the one that raises.

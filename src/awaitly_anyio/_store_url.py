@@ -2,7 +2,7 @@
 
 Every check raises ``ValueError`` whose message says what is wrong and never
 quotes the URL itself (a caller adds the URL through
-:func:`awaitly_anyio._redact.redact_url` when it wants to name it), so a
+`awaitly_anyio._redact.redact_url` when it wants to name it), so a
 message can go into a settings error about a secret variable as it is.
 """
 

@@ -23,7 +23,7 @@ _COMPACT_AFTER = 64
 
 
 class _Timers:
-    """The timers of one trio run (made by :func:`trio_call_later` on first use)."""
+    """The timers of one trio run (made by `trio_call_later` on first use)."""
 
     def __init__(self) -> None:
         import trio

@@ -64,7 +64,7 @@ class CircuitBreaker:
 
     Half-open, at most ``half_open_requests`` trial calls run at once; other
     calls are refused as if open (``retry_after`` 0).  State changes go to the
-    ``listeners`` as :class:`~awaitly_anyio.events.CircuitStateChange` events.
+    ``listeners`` as `CircuitStateChange` events.
     """
 
     def __init__(
@@ -316,7 +316,7 @@ def create_circuit_breaker(
 
     ``on_unavailable`` (shared breakers only) says what a call does when Redis
     cannot be reached: ``"error"`` (the default) refuses it with
-    :class:`~awaitly_anyio.SharedStateUnavailableError`, ``"allow"`` calls through.
+    `SharedStateUnavailableError`, ``"allow"`` calls through.
     Raises ``ValueError`` for invalid settings (secrets in a URL are masked).
     """
     if redis is not None:
@@ -408,9 +408,9 @@ class RedisCircuitBreaker(CircuitBreaker):
     """A circuit breaker whose state lives in Redis, so every worker of a service sees
     one breaker: failures in one process open it for all.
 
-    The same semantics as :class:`CircuitBreaker`, each transition atomic in one Lua
+    The same semantics as `CircuitBreaker`, each transition atomic in one Lua
     script, timed by the Redis server's clock; a call costs two script calls.
-    ``state`` is what this process saw last; :meth:`fetch_state` asks Redis.
+    ``state`` is what this process saw last; `fetch_state` asks Redis.
     ``reset_timeout`` is at most 100 years here.
 
     When Redis cannot be reached (down, unreachable, refusing the login,
@@ -465,13 +465,13 @@ class RedisCircuitBreaker(CircuitBreaker):
 
     @property
     def state(self) -> CircuitState:
-        """The state this process saw at its last call (see :meth:`fetch_state`)."""
+        """The state this process saw at its last call (see `fetch_state`)."""
         return self._state
 
     async def fetch_state(self) -> CircuitState:
         """The shared state now (an open breaker past its timeout turns half-open).
 
-        Raises :class:`SharedStateUnavailableError` when Redis cannot be reached
+        Raises `SharedStateUnavailableError` when Redis cannot be reached
         (whatever ``on_unavailable`` says: there is no call to let through).
         """
         decision = await self._script(_PEEK, [int(self.reset_timeout * 1e6)])

@@ -1,7 +1,7 @@
 """The clock that retries, backoff and ``step.sleep`` read and wait on.
 
 Injecting a clock (``create_workflow(..., clock=FakeClock())``) lets tests run
-backoff schedules instantly; see :class:`awaitly_anyio.testing.FakeClock`.
+backoff schedules instantly; see `awaitly_anyio.testing.FakeClock`.
 Step timeouts are anyio cancel scopes and therefore follow the event loop's
 own clock, not this one.
 """
@@ -36,7 +36,7 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: :func:`time.monotonic`, :func:`time.time` and :func:`anyio.sleep`."""
+    """The real clock: `time.monotonic`, `time.time` and `anyio.sleep`."""
 
     __slots__ = ()
 

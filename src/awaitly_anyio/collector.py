@@ -30,7 +30,7 @@ __all__ = ["ResumeStateCollector", "create_resume_state_collector"]
 
 
 class ResumeStateCollector:
-    """Records keyed step outcomes from events; :meth:`get_resume_state` makes a snapshot.
+    """Records keyed step outcomes from events; `get_resume_state` makes a snapshot.
 
     One collector follows one run at a time (the last ``workflow_start`` it saw).
     """
@@ -91,5 +91,5 @@ def _record(result: Result[Any, Any], event: StepComplete | StepError) -> StepRe
 
 
 def create_resume_state_collector() -> ResumeStateCollector:
-    """A new :class:`ResumeStateCollector`."""
+    """A new `ResumeStateCollector`."""
     return ResumeStateCollector()

@@ -2,13 +2,13 @@
 
 ``Settings.from_env()`` reads one environment variable per field (the field's
 name in upper case, or ``setting(env=...)``), converts it to the field's type,
-and reports every missing or malformed variable in one :class:`SettingsError`.
-Secrets stay out of text: fields typed :class:`Secret` or declared
+and reports every missing or malformed variable in one `SettingsError`.
+Secrets stay out of text: fields typed `Secret` or declared
 ``setting(secret=True)`` show as ``***`` in ``repr(settings)`` and are never
 quoted in errors, and passwords in URL-valued fields are masked in both.  Store
 URLs (``DATABASE_URL``, ``REDIS_URL``) are checked when they are read, so a typo
 is reported at start-up rather than at the first connection.
-Extend it with your own fields by subclassing::
+Extend it with your own fields by subclassing:
 
     @attrs.frozen(kw_only=True)
     class CheckoutSettings(Settings):
@@ -40,7 +40,7 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 @attrs.frozen(repr=False)
 class Secret:
     """A value that must not appear in logs: its ``repr`` and ``str`` are masked; call
-    :meth:`reveal` where the real value is needed."""
+    `reveal` where the real value is needed."""
 
     _value: str
 
@@ -75,9 +75,9 @@ def setting(
     """A settings field read from ``env`` (default: the field name in upper case).
 
     Without ``default`` the variable is required.  ``secret`` masks a plain value
-    in ``repr`` and in error messages (fields typed :class:`Secret` are masked
+    in ``repr`` and in error messages (fields typed `Secret` are masked
     anyway).  ``check`` is called with a converted value other than ``None`` (by
-    :meth:`Settings.from_env`, and when the settings are made directly) and raises
+    `Settings.from_env`, and when the settings are made directly) and raises
     ``ValueError`` saying what is wrong with it, without quoting it.
     """
     return attrs.field(
@@ -111,7 +111,7 @@ def _validator(check: Callable[[Any], object]) -> Callable[[Any, Any, Any], None
 
 
 def _revealed(check: Callable[[str], object]) -> Callable[[Any], object]:
-    """``check`` applied to a :class:`Secret`'s value (or to a plain string)."""
+    """``check`` applied to a `Secret`'s value (or to a plain string)."""
     return lambda value: check(value.reveal() if isinstance(value, Secret) else value)
 
 
@@ -122,7 +122,7 @@ class Settings:
     - ``environment`` (``ENVIRONMENT``): ``development``, ``production`` or ``test``
     - ``port`` (``PORT``): the HTTP port, default 3000
     - ``database_url`` (``DATABASE_URL``): a PostgreSQL DSN (or any store URL
-      :func:`~awaitly_anyio.open_store` takes), or unset for SQLite; checked
+      `open_store` takes), or unset for SQLite; checked
       when read
     - ``redis_url`` (``REDIS_URL``): checked when read
     - ``otel_exporter_otlp_endpoint`` (``OTEL_EXPORTER_OTLP_ENDPOINT``)
@@ -153,7 +153,7 @@ class Settings:
     @classmethod
     def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         """Read every field from ``environ`` (default ``os.environ``); raise
-        :class:`SettingsError` listing all problems at once."""
+        `SettingsError` listing all problems at once."""
         environ = os.environ if environ is None else environ
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}

@@ -84,13 +84,13 @@ _VARIANTS = ("retry", "with_timeout", "try_", "sleep", "skip", "all", "race", "f
 
 
 def _callable_step(step: Step) -> Step:
-    """``ctx.step`` as a :func:`functools.partial` of :meth:`Step.__call__` carrying the
+    """``ctx.step`` as a `functools.partial` of `Step.__call__` carrying the
     variants as attributes.
 
     An exact partial is called through CPython's vectorcall protocol, keyword
     arguments included (a subclass of it, or an object with ``__call__``, is not
     on Python 3.11, and packing ``key=``/``retry=`` into a dict would be a large
-    share of a step's cost).  It behaves exactly like the :class:`Step` it wraps.
+    share of a step's cost).  It behaves exactly like the `Step` it wraps.
     """
     call = partial(Step.__call__, step)
     call.__dict__.update({name: getattr(step, name) for name in _VARIANTS})
@@ -99,7 +99,7 @@ def _callable_step(step: Step) -> Step:
 
 class WorkflowContext(Generic[D, I]):
     """The body's handle on its run.  ``deps`` is whatever the workflow was created with
-    (a mapping becomes :class:`Deps`, so ``ctx.deps.name`` works either way).
+    (a mapping becomes `Deps`, so ``ctx.deps.name`` works either way).
 
     ``input`` is the run's input (``workflow.run(body, input=...)``, kept with a
     durable run).  Its type is the second parameter: annotate the body with

@@ -113,6 +113,9 @@ async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) 
 
 
 IfRunning = Literal["error", "wait"]
+"""What a durable run does when another worker holds its lease: ``"error"`` returns
+``Err(RunInProgressError)`` without running anything, ``"wait"`` waits for the lease
+to be free."""
 
 
 @attrs.frozen
@@ -121,7 +124,7 @@ class DurableOptions:
 
     At its end: ``ttl`` for a completed run's snapshot, ``failure_ttl`` for a
     failed one's, ``delete_on_success`` to remove it instead, ``metadata`` to
-    attach.  With a :class:`~awaitly_anyio.store.LeaseStore`: the run holds a
+    attach.  With a `LeaseStore`: the run holds a
     lease of ``lease`` seconds as ``owner`` (default: host, pid and a random
     part), renewed every ``lease / 3`` seconds; if another worker holds it,
     ``if_running="error"`` returns ``Err(RunInProgressError)`` and ``"wait"``
@@ -216,7 +219,7 @@ def _store_registry(store: SnapshotStore) -> TypeRegistry:
 
 
 class _Checkpointer:
-    """The hook a durable run's keyed steps call; see :class:`awaitly_anyio._run.Checkpoint`."""
+    """The hook a durable run's keyed steps call; see `awaitly_anyio._run.Checkpoint`."""
 
     def __init__(
         self,
@@ -532,7 +535,7 @@ class _LeaseKeeper:
     The renewing task is started beside the run rather than in a task group of its
     own: opening a task group costs more than the rest of a short run's bookkeeping,
     and most runs end long before their first renewal.  The task never raises (a
-    failed renewal is retried until the lease would have run out), and :meth:`stop`
+    failed renewal is retried until the lease would have run out), and `stop`
     cancels it; a renewal still in flight then is a compare-and-set on the owner,
     so it cannot touch the run once it has ended.  Lease loss is the one
     cancellation this scope owns: it cancels the body's scope, nothing else.

@@ -125,7 +125,7 @@ class SharedStateUnavailableError(_ValueException):
 
 
 def is_unexpected_error(error: object) -> bool:
-    """Tell whether ``error`` (an ``Err``'s payload) is an :class:`UnexpectedError`."""
+    """Tell whether ``error`` (an ``Err``'s payload) is an `UnexpectedError`."""
     return isinstance(error, UnexpectedError)
 
 

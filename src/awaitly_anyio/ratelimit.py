@@ -5,7 +5,7 @@
 last ``max_requests`` admission times, not fixed buckets).  A call beyond the rate
 waits its turn, first come first served; with ``max_wait`` a call that would
 wait longer is refused with ``RateLimitExceededError`` instead.  Use it around
-the call, inside a step as the deployment guide does::
+the call, inside a step as the deployment guide does:
 
     charge = await ctx.step("charge", lambda: stripe_limit(lambda: deps.charge(card)))
 
@@ -44,7 +44,7 @@ _E = TypeVar("_E")
 
 OnUnavailable = Literal["error", "allow"]
 """What a Redis-shared limiter or breaker does when Redis cannot be reached:
-``"error"`` refuses the call with :class:`~awaitly_anyio.SharedStateUnavailableError`
+``"error"`` refuses the call with `SharedStateUnavailableError`
 (fail closed), ``"allow"`` lets it through unguarded and logs a warning (fail open)."""
 
 # The longest window or reset timeout the Redis scripts take: their times are
@@ -239,7 +239,7 @@ class RateLimiter(_Limiter):
     async def acquire(self) -> None:
         """Wait for this caller's turn and take a slot.
 
-        Raises :class:`RateLimitExceededError` if the wait would exceed
+        Raises `RateLimitExceededError` if the wait would exceed
         ``max_wait`` (nothing is taken).  When a slot is free and nobody waits it
         returns at once, without a checkpoint (so a slot once taken is used).
         """
@@ -338,7 +338,7 @@ class RedisRateLimiter(_Limiter):
     """A rate limiter shared by every process using the same Redis key: together they
     admit at most ``max_requests`` calls per ``window`` (by the Redis server's clock).
 
-    Same interface as :class:`RateLimiter`.  Each admission is one Lua script
+    Same interface as `RateLimiter`.  Each admission is one Lua script
     call; a caller that must wait sleeps until the oldest admission leaves the
     window and asks again, so callers are not served in strict arrival order
     across processes.  ``max_wait`` counts the time waited so far plus the next
@@ -388,8 +388,8 @@ class RedisRateLimiter(_Limiter):
     async def acquire(self) -> None:
         """Wait until the shared window has room, and take a slot.
 
-        Raises :class:`RateLimitExceededError` when waiting would exceed
-        ``max_wait``, and :class:`SharedStateUnavailableError` when Redis cannot
+        Raises `RateLimitExceededError` when waiting would exceed
+        ``max_wait``, and `SharedStateUnavailableError` when Redis cannot
         be reached (unless ``on_unavailable="allow"``, which returns at once).
         Cancellation: a caller cancelled while waiting takes no further slot (one
         already granted by the server stays counted until it leaves the window).
@@ -499,7 +499,7 @@ def create_rate_limiter(
 
     ``on_unavailable`` (shared limiters only) says what a call does when Redis
     cannot be reached: ``"error"`` (the default) refuses it with
-    :class:`~awaitly_anyio.SharedStateUnavailableError`, ``"allow"`` lets it through.
+    `SharedStateUnavailableError`, ``"allow"`` lets it through.
     Raises ``ValueError`` for invalid settings (secrets in a URL are masked).
     """
     if redis is not None:

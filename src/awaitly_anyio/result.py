@@ -2,7 +2,7 @@
 
 Expected failures are values, not exceptions, so the type checker sees every
 way a call can fail.  Narrow a ``Result`` with ``match``, ``isinstance`` or by
-testing ``.ok``::
+testing ``.ok``:
 
     match result:
         case Ok(user):
@@ -28,7 +28,7 @@ D = TypeVar("D")
 
 
 class UnwrapError(Exception):
-    """Raised by :meth:`Err.unwrap` and :meth:`Ok.unwrap_err`: the Result was not the one claimed.
+    """Raised by `Err.unwrap` and `Ok.unwrap_err`: the Result was not the one claimed.
 
     ``.result`` is the Result that was unwrapped.  When the error is itself an
     exception it is also the ``__cause__``, so its traceback is kept.
@@ -71,7 +71,7 @@ class Ok(Generic[T]):
         return self.value
 
     def unwrap_err(self) -> NoReturn:
-        """Raise :class:`UnwrapError`: an ``Ok`` has no error."""
+        """Raise `UnwrapError`: an ``Ok`` has no error."""
         raise UnwrapError(f"called unwrap_err() on {self!r}", self)
 
 
@@ -99,7 +99,7 @@ class Err(Generic[E]):
         return self
 
     def unwrap(self) -> NoReturn:
-        """Raise :class:`UnwrapError` naming the error (chained to it when it is an exception)."""
+        """Raise `UnwrapError` naming the error (chained to it when it is an exception)."""
         cause = self.error if isinstance(self.error, BaseException) else None
         raise UnwrapError(f"called unwrap() on {self!r}", self) from cause
 

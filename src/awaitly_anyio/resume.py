@@ -36,7 +36,7 @@ class StepRecord:
 
 
 class SupportsResume(Protocol):
-    """Anything with step records by key can seed a run: a :class:`ResumeState` or a snapshot."""
+    """Anything with step records by key can seed a run: a `ResumeState` or a snapshot."""
 
     @property
     def steps(self) -> Mapping[str, StepRecord]: ...
@@ -56,7 +56,7 @@ class ResumeState:
     """Step records by key.  Pass it as ``workflow.run(..., resume_state=state)``.
 
     ``steps`` accepts plain Results too: ``ResumeState({"user:1": Ok(user)})``;
-    each becomes a :class:`StepRecord`.  Raises ``TypeError`` for a key that is
+    each becomes a `StepRecord`.  Raises ``TypeError`` for a key that is
     not a string or a value that is neither a ``StepRecord`` nor a Result.
     """
 

@@ -97,7 +97,7 @@ class SentryHandler:
 
 
 def create_sentry_handler() -> SentryHandler:
-    """A :class:`SentryHandler` (call ``sentry_sdk.init`` first)."""
+    """A `SentryHandler` (call ``sentry_sdk.init`` first)."""
     return SentryHandler()
 
 

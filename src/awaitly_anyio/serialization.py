@@ -3,10 +3,10 @@
 Step values keep their types across a save: JSON natives pass through;
 tuples, sets, bytes, datetimes, dates, timedeltas, UUIDs, Decimals and
 non-finite floats are tagged; enums, attrs classes and dataclasses are stored
-under the name they were registered with (:func:`register_type`) and rebuilt
-through the one cattrs :data:`converter`.  Exceptions are stored as text
+under the name they were registered with (`register_type`) and rebuilt
+through the one cattrs `converter`.  Exceptions are stored as text
 (type name, message, traceback) and come back as
-:class:`~awaitly_anyio.StoredException`.
+`StoredException`.
 
 Class names read from storage are only ever looked up in the registry, never
 imported, so a snapshot cannot make the process load code.
@@ -65,7 +65,7 @@ _TAG = "$t"
 MAX_DEPTH = 100
 """The deepest a stored value may nest containers (lists, dicts, tuples, sets, enums,
 registered classes): a value inside more than this many is refused with
-:class:`~awaitly_anyio.SerializationError`, as is a value that contains itself.
+`SerializationError`, as is a value that contains itself.
 Deeper data could be written but not read back (JSON readers stop at a depth)."""
 
 MAX_INT_DIGITS = 4300
@@ -216,7 +216,7 @@ def safe_repr(value: object) -> str:
 
 
 def _too_deep(value: object) -> _Unstorable:
-    """The refusal of ``value``, found nested :data:`MAX_DEPTH` containers deep: it is
+    """The refusal of ``value``, found nested `MAX_DEPTH` containers deep: it is
     either part of a cycle or really that deep."""
     if _is_cyclic(value):
         return _Unstorable(
@@ -304,11 +304,11 @@ def _plain(value: Any, owner: type, depth: int = 0) -> Any:
 
 
 def encode_value(value: Any, registry: TypeRegistry = default_registry) -> Any:
-    """Encode ``value`` as JSON-ready data that :func:`decode_value` turns back into it.
+    """Encode ``value`` as JSON-ready data that `decode_value` turns back into it.
 
     Raises ``TypeError`` naming the type when the value cannot be stored (no JSON
-    form, an unregistered class, nested deeper than :data:`MAX_DEPTH`, cyclic, an
-    ``int`` longer than :data:`MAX_INT_DIGITS` digits).
+    form, an unregistered class, nested deeper than `MAX_DEPTH`, cyclic, an
+    ``int`` longer than `MAX_INT_DIGITS` digits).
     """
     try:
         return _encode(value, registry)
@@ -328,7 +328,7 @@ _CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
 def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
     """``value`` as JSON-ready data; ``depth`` counts the containers around it.
 
-    Raises :class:`_Unstorable` for what cannot be stored.
+    Raises `_Unstorable` for what cannot be stored.
     """
     obj: object = value  # (type() of an Any is partly unknown to pyright)
     kind = type(obj)
@@ -403,7 +403,7 @@ def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
 
 
 def decode_value(data: Any, registry: TypeRegistry = default_registry) -> Any:
-    """Rebuild a value encoded by :func:`encode_value`; ``ValueError`` if the data is not valid."""
+    """Rebuild a value encoded by `encode_value`; ``ValueError`` if the data is not valid."""
     try:
         return _decode(data, registry)
     except _Undecodable as exc:
@@ -489,7 +489,7 @@ def _time(value: datetime | None) -> str | None:
 def result_to_doc(result: Result[Any, Any], registry: TypeRegistry) -> dict[str, Any]:
     """``{"ok": true, "value": ...}`` or ``{"ok": false, "error": ...}``.
 
-    Raises :class:`_Unstorable` when the value or error cannot be stored.
+    Raises `_Unstorable` when the value or error cannot be stored.
     """
     try:
         if isinstance(result, Ok):
@@ -526,9 +526,9 @@ def record_to_doc(record: StepRecord, registry: TypeRegistry = default_registry)
 
 
 def encode_step_record(step: str, record: StepRecord, registry: TypeRegistry) -> str:
-    """Serialize one step's record, or raise :class:`SerializationError` naming the step
-    (a value with no JSON form, nested deeper than :data:`MAX_DEPTH`, cyclic, or an
-    ``int`` longer than :data:`MAX_INT_DIGITS` digits)."""
+    """Serialize one step's record, or raise `SerializationError` naming the step
+    (a value with no JSON form, nested deeper than `MAX_DEPTH`, cyclic, or an
+    ``int`` longer than `MAX_INT_DIGITS` digits)."""
     try:
         return dumps(record_to_doc(record, registry))
     except _Unstorable as exc:
@@ -543,9 +543,9 @@ def encode_step(
     finished_at: float,
     registry: TypeRegistry,
 ) -> str:
-    """What :func:`encode_step_record` gives for the record of these parts (times in
+    """What `encode_step_record` gives for the record of these parts (times in
     epoch seconds), without making its datetimes first: a durable run's every keyed
-    step writes one.  Raises :class:`SerializationError` naming the step."""
+    step writes one.  Raises `SerializationError` naming the step."""
     try:
         return dumps(
             _record_doc(
@@ -588,7 +588,7 @@ def _parse_time(value: Any, where: str) -> datetime:
 
 
 def result_from_doc(doc: Any, where: str, registry: TypeRegistry) -> Result[Any, Any]:
-    """The inverse of :func:`result_to_doc`."""
+    """The inverse of `result_to_doc`."""
     _expect(doc, dict, where)
     ok = _expect(doc.get("ok"), bool, f"{where}.ok")
     if ok:
@@ -601,7 +601,7 @@ def result_from_doc(doc: Any, where: str, registry: TypeRegistry) -> Result[Any,
 
 
 def record_from_doc(doc: Any, where: str, registry: TypeRegistry) -> StepRecord:
-    """The inverse of :func:`record_to_doc`."""
+    """The inverse of `record_to_doc`."""
     result = result_from_doc(doc, where, registry)
     attempts = _expect(doc.get("attempts", 1), int, f"{where}.attempts")
     return StepRecord(
@@ -647,7 +647,7 @@ def format_problem(version: object) -> str | None:
 def snapshot_from_doc(
     doc: Any, run_id: str, registry: TypeRegistry = default_registry
 ) -> WorkflowSnapshot:
-    """Rebuild a snapshot, or raise :class:`SnapshotDecodeError` naming ``run_id``."""
+    """Rebuild a snapshot, or raise `SnapshotDecodeError` naming ``run_id``."""
     try:
         _expect(doc, dict, "the snapshot")
         problem = format_problem(doc.get("format"))
@@ -700,7 +700,7 @@ _C_ENCODER = (
 def dumps(doc: Any) -> str:
     """Compact JSON; non-finite floats are refused (they are tagged before this point).
 
-    Raises :class:`_Unstorable` for text that no store can hold (a lone surrogate,
+    Raises `_Unstorable` for text that no store can hold (a lone surrogate,
     which has no UTF-8 form), an ``int`` this process will not print, or a document
     too deep for the stack left.
     """
@@ -725,7 +725,7 @@ def dumps(doc: Any) -> str:
 
 
 def loads(text: str | bytes, run_id: str) -> Any:
-    """Parse stored JSON, or raise :class:`SnapshotDecodeError` naming ``run_id`` (for
+    """Parse stored JSON, or raise `SnapshotDecodeError` naming ``run_id`` (for
     text that is not JSON, not text at all, or nested too deeply to parse)."""
     try:
         return json.loads(text)
@@ -738,7 +738,7 @@ def loads(text: str | bytes, run_id: str) -> Any:
 def snapshot_to_json(snapshot: WorkflowSnapshot, registry: TypeRegistry = default_registry) -> str:
     """Serialize a whole snapshot to a JSON string.
 
-    Raises :class:`SerializationError` (step ``"<snapshot>"`` or the step key)
+    Raises `SerializationError` (step ``"<snapshot>"`` or the step key)
     if a value cannot be stored.
     """
     for key, record in snapshot.steps.items():
@@ -752,7 +752,7 @@ def snapshot_to_json(snapshot: WorkflowSnapshot, registry: TypeRegistry = defaul
 def snapshot_from_json(
     text: str | bytes, run_id: str, registry: TypeRegistry = default_registry
 ) -> WorkflowSnapshot:
-    """Parse a snapshot serialized by :func:`snapshot_to_json`."""
+    """Parse a snapshot serialized by `snapshot_to_json`."""
     return snapshot_from_doc(loads(text, run_id), run_id, registry)
 
 

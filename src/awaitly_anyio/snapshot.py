@@ -1,6 +1,6 @@
-"""The saved form of a run: :class:`WorkflowSnapshot` and the lightweight listing types.
+"""The saved form of a run: `WorkflowSnapshot` and the lightweight listing types.
 
-A snapshot is what a :class:`~awaitly_anyio.SnapshotStore` saves and loads.
+A snapshot is what a `SnapshotStore` saves and loads.
 It is also a resume state: ``workflow.run(body, resume_state=snapshot)``
 skips the keyed steps it records as completed.
 """
@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 """The snapshot format this version writes and reads."""
 
 RunStatus: TypeAlias = Literal["running", "completed", "failed", "cancelled"]
+"""A stored run's status: ``running`` (or abandoned by a dead worker), ``completed``,
+``failed`` or ``cancelled``."""
 RUN_STATUSES: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled")
 
 
@@ -86,7 +88,7 @@ class SnapshotInfo:
     fields that could not be read hold placeholders: ``workflow_name`` ``"?"``,
     ``status`` ``"failed"``, times the epoch (1970-01-01 UTC).  Such a run is
     listed, never repaired or deleted by a read: it is left for an operator
-    (``load`` raises :class:`~awaitly_anyio.SnapshotDecodeError` for it).
+    (``load`` raises `SnapshotDecodeError` for it).
     """
 
     id: str

@@ -47,6 +47,7 @@ K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741
 
 Backoff = Literal["exponential", "linear", "constant"]
+"""How the wait between retry attempts grows (see `RetryPolicy`)."""
 _BACKOFFS = ("exponential", "linear", "constant")
 
 
@@ -106,7 +107,7 @@ class RetryPolicy:
     (``linear``) or ``delay * 2 ** (n - 1)`` (``exponential``), capped at
     ``max_delay``, then spread by ``jitter`` (a fraction: 0.2 means ±20%).
     ``retry_on`` sees the failure (the raised exception, the ``Err``'s error, or
-    a :class:`StepTimeoutError`) and returns whether to try again; by default
+    a `StepTimeoutError`) and returns whether to try again; by default
     every failure is retried.  ``timeout`` bounds each attempt.
 
     Raises ``TypeError`` for an option of the wrong type and ``ValueError`` for a
@@ -232,10 +233,10 @@ class Step(RunState):
         """Run ``fn`` as the step ``name`` and return its value.
 
         ``Ok(v)`` and plain values give ``v``; ``Err(e)`` ends the workflow with
-        ``Err(e)``.  ``retry`` is a :class:`RetryPolicy`; ``timeout`` (seconds)
+        ``Err(e)``.  ``retry`` is a `RetryPolicy`; ``timeout`` (seconds)
         cancels the work when it runs out and ends the workflow with
         ``Err(StepTimeoutError)``.  ``type`` names the class of the value for a
-        durable run's snapshot (see :func:`~awaitly_anyio.register_type`).
+        durable run's snapshot (see `register_type`).
         Raises nothing of its own: failures travel as the workflow's ``Err``;
         cancellation from outside propagates.
         """
@@ -653,10 +654,10 @@ class Step(RunState):
     ) -> Any:
         """Run ``fn`` up to ``attempts`` times, waiting on the workflow's clock in between.
 
-        See :class:`RetryPolicy` for the schedule and ``retry_on``.  ``timeout``
+        See `RetryPolicy` for the schedule and ``retry_on``.  ``timeout``
         bounds each attempt.  The last failure ends the workflow.  Cancellation
         during an attempt or a wait propagates.  A bad option raises ``TypeError`` or
-        ``ValueError`` (see :class:`RetryPolicy`) naming the step and the option.
+        ``ValueError`` (see `RetryPolicy`) naming the step and the option.
         """
         try:
             policy = RetryPolicy(

@@ -1,9 +1,9 @@
-"""The :class:`SnapshotStore` protocol, the checkpointing extension durable runs use, and
-:func:`open_store`.
+"""The `SnapshotStore` protocol, the checkpointing extension durable runs use, and
+`open_store`.
 
 A store needs only five coroutines (``save``, ``load``, ``delete``, ``list``,
 ``close``) and ``async with`` support to work with everything in this library.
-Stores that also implement :class:`CheckpointStore` let a durable run write
+Stores that also implement `CheckpointStore` let a durable run write
 one small record per keyed step instead of rewriting the whole snapshot.
 """
 
@@ -62,7 +62,7 @@ class SnapshotStore(Protocol):
     async def load(self, id: str) -> WorkflowSnapshot | None:
         """The snapshot stored under ``id``, or ``None`` if there is none or it expired.
 
-        Raises :class:`~awaitly_anyio.SnapshotDecodeError` for a corrupt or foreign one.
+        Raises `SnapshotDecodeError` for a corrupt or foreign one.
         """
         ...
 
@@ -128,7 +128,7 @@ class CheckpointStore(SnapshotStore, Protocol):
         """Add or replace one step record of run ``id``; durable once this returns.
 
         With ``owner``, write only while ``owner`` holds the run's lease, else raise
-        :class:`~awaitly_anyio.LeaseLostError`.
+        `LeaseLostError`.
         """
         ...
 
@@ -147,24 +147,25 @@ class CheckpointStore(SnapshotStore, Protocol):
         metadata, leaving the step records as they are.
 
         With ``owner``, only while ``owner`` holds the lease (else
-        :class:`~awaitly_anyio.LeaseLostError`); the lease is released.
+        `LeaseLostError`); the lease is released.
         """
         ...
 
 
 ClaimOutcome = Literal["claimed", "held", "completed", "mismatch"]
+"""What `LeaseStore.claim` found (see `Claim`)."""
 
 
 @attrs.frozen
 class Claim:
-    """What :meth:`LeaseStore.claim` found.
+    """What `LeaseStore.claim` found.
 
     - ``"claimed"``: the caller holds the lease until ``lease_expires_at``;
       ``fresh`` says the run did not exist before (so it has no steps to load).
 
     A run whose stored snapshot cannot be decoded (a damaged row or step record,
     a format version this release does not read) is never claimed: ``claim``
-    raises :class:`~awaitly_anyio.SnapshotDecodeError` and leaves it untouched.
+    raises `SnapshotDecodeError` and leaves it untouched.
     - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
     - ``"completed"``: the run is finished; nothing changed.
     - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
@@ -200,7 +201,7 @@ class LeaseStore(CheckpointStore, Protocol):
         ``running`` (created if absent), keeps its steps and merges ``metadata``.
 
         An existing run is decoded before anything is written: if its snapshot
-        cannot be decoded, :class:`~awaitly_anyio.SnapshotDecodeError` (naming the run
+        cannot be decoded, `SnapshotDecodeError` (naming the run
         and the problem) is raised and the stored run is left exactly as it was.
         A new run costs no extra read.
         """
@@ -227,7 +228,7 @@ class LeaseStore(CheckpointStore, Protocol):
 
         Candidates whose snapshot cannot be decoded are not claimed and not changed:
         they are returned too, after the claimed ones, as entries whose
-        :attr:`~awaitly_anyio.SnapshotInfo.damaged` says what is wrong (so that
+        `damaged` says what is wrong (so that
         recovery can report them), and they do not count towards ``limit``.
         """
         ...
@@ -251,7 +252,7 @@ def check_id(id: object) -> str:
 
 
 def check_key(key: object) -> str:
-    """Validate a step key with the rules of :func:`check_id`: a non-empty string of
+    """Validate a step key with the rules of `check_id`: a non-empty string of
     valid Unicode without NUL characters (every store must be able to keep it as
     text).  Raises ``ValueError`` naming the step key.  Every checkpoint calls it, so
     the usual key (plain ASCII) is checked first, cheaply."""
@@ -336,7 +337,7 @@ def encode_cursor(updated_at: float, id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
-    """The inverse of :func:`encode_cursor`; ``ValueError`` for a cursor not made by it."""
+    """The inverse of `encode_cursor`; ``ValueError`` for a cursor not made by it."""
     try:
         updated_at, id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
         if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)):
@@ -351,16 +352,16 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 def open_store(url: str, **options: Any) -> LeaseStore:
     """Open the store a URL names; use it with ``async with``.
 
-    - ``memory://``: :class:`~awaitly_anyio.stores.MemoryStore`
+    - ``memory://``: `MemoryStore`
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``:
-      :class:`~awaitly_anyio.stores.SQLiteStore`
-    - ``postgresql://user@host:5432/db``: :class:`~awaitly_anyio.stores.PostgresStore`
+      `SQLiteStore`
+    - ``postgresql://user@host:5432/db``: `PostgresStore`
       (needs the ``postgres`` extra)
-    - ``redis://host:6379/0``: :class:`~awaitly_anyio.stores.RedisStore` (needs the
+    - ``redis://host:6379/0``: `RedisStore` (needs the
       ``redis`` extra)
 
-    Every one of them is a :class:`LeaseStore` (and so a :class:`CheckpointStore`
-    and a :class:`SnapshotStore`), which is the declared return type: the store
+    Every one of them is a `LeaseStore` (and so a `CheckpointStore`
+    and a `SnapshotStore`), which is the declared return type: the store
     can be given to ``recover``, ``recovery_loop`` and a durable ``run`` as it is.
 
     ``options`` go to the store's constructor.  Raises ``ValueError`` for a URL

@@ -46,7 +46,7 @@ class FakeClock:
 @attrs.define
 class ManualClock:
     """A clock that stands still until the test moves it: ``sleep`` waits until
-    :meth:`advance` has brought time to its deadline.
+    `advance` has brought time to its deadline.
 
     Use it where several tasks wait at once and the test decides what happens in
     between (a FakeClock's sleeps return at once instead).

@@ -102,7 +102,7 @@ def _check_clock(clock: object) -> Clock:
 @attrs.frozen
 class Workflow(Generic[D]):
     """A named workflow with its dependencies and event handlers; build it with
-    :func:`create_workflow` and call :meth:`run` as often as you like (runs are independent)."""
+    `create_workflow` and call `run` as often as you like (runs are independent)."""
 
     name: str = attrs.field(converter=_check_workflow_name)
     deps: D
@@ -172,10 +172,10 @@ class Workflow(Generic[D]):
 
         The body may return a plain value (wrapped in ``Ok``) or a Result.
         ``workflow_id`` defaults to a fresh uuid4 string.  ``resume_state``
-        (a :class:`~awaitly_anyio.ResumeState` or a snapshot) answers keyed
+        (a `ResumeState` or a snapshot) answers keyed
         steps that already completed, so they are not executed again.
 
-        With ``store``, the run is durable (see :mod:`awaitly_anyio.durable`):
+        With ``store``, the run is durable (see `awaitly_anyio.durable`):
         it resumes run ``workflow_id`` from the store, checkpoints every keyed
         step as it completes, returns a completed run's stored result without
         executing anything, and records the outcome: a completed run kept for
@@ -379,7 +379,7 @@ async def _outcome(
 def _early_exit_in(group: BaseExceptionGroup[BaseException], state: RunState) -> Err[Any]:
     """The result of the early exit a task group inside the body carried out of one of
     its children; re-raises ``group`` if it holds none of this run's, or holds
-    cancellation beside it.  (Kept out of :func:`_outcome`, whose frame every waiting
+    cancellation beside it.  (Kept out of `_outcome`, whose frame every waiting
     run keeps.)"""
     ours, rest = group.split(lambda e: isinstance(e, EarlyExit) and e.run is state)
     if ours is None or (rest is not None and not isinstance(rest, Exception)):
@@ -428,10 +428,10 @@ def create_workflow(
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
 ) -> Workflow[Any]:
-    """Create a :class:`Workflow` called ``name``.
+    """Create a `Workflow` called ``name``.
 
     ``deps`` is handed to every run as ``ctx.deps``; a mapping (or ``None``)
-    becomes :class:`Deps`, which allows ``ctx.deps.fetch_user``.  ``on_event``
+    becomes `Deps`, which allows ``ctx.deps.fetch_user``.  ``on_event``
     takes one handler or a sequence.  ``catch_unexpected(exc)`` maps a foreign
     exception to the error value to return (default: ``UnexpectedError(exc)``).
     ``clock`` drives retries, backoff and ``step.sleep`` (default: the system clock).
@@ -465,7 +465,7 @@ async def run(
     resume_state: SupportsResume | WorkflowSnapshot | None = None,
 ) -> Result[Any, Any]:
     """Run ``body`` once as an anonymous workflow; the arguments are those of
-    :func:`create_workflow` and :meth:`Workflow.run`."""
+    `create_workflow` and `Workflow.run`."""
     workflow = create_workflow(
         name, deps, on_event=on_event, catch_unexpected=catch_unexpected, clock=clock
     )

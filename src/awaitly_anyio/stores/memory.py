@@ -49,7 +49,7 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) held in a dict.
+    """A `SnapshotStore` (and ``LeaseStore``) held in a dict.
 
     ``clock`` supplies wall time for TTLs and ``updated_at``; ``registry`` names
     the types step values may hold.  Every method checkpoints, so it is a
@@ -126,7 +126,7 @@ class MemoryStore:
 
     async def info(self, id: str) -> SnapshotInfo | None:
         """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        expiry, see `SnapshotInfo`), without its steps; ``None``
         if there is none or it expired.  A run whose row cannot be read comes back
         flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
         invalid id."""

@@ -8,7 +8,7 @@ keyed step's checkpoint is one ``INSERT`` (with the run's ``updated_at`` bumped
 in the same statement).
 
 Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
-(:mod:`awaitly_anyio._bridge`); nothing changes for the caller.
+(`awaitly_anyio._bridge`); nothing changes for the caller.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this module creates and reads.
 SCHEMA_VERSION = 2
+"""The version of the tables this release creates and reads: older tables are
+upgraded when the store is opened, newer ones are refused."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 
@@ -121,7 +123,7 @@ def _import_asyncpg() -> Any:
 
 
 class PostgresStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in PostgreSQL.
+    """A `SnapshotStore` (and ``LeaseStore``) in PostgreSQL.
 
     - ``dsn_or_pool``: a ``postgresql://`` DSN (the store makes and owns an asyncpg
       pool of ``min_size`` to ``max_size`` connections), or an existing
@@ -479,7 +481,7 @@ class PostgresStore:
 
     async def info(self, id: str) -> SnapshotInfo | None:
         """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        expiry, see `SnapshotInfo`), without its steps; ``None``
         if there is none or it expired.  A run whose row cannot be read comes back
         flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
         invalid id."""

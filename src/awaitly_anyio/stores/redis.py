@@ -1,7 +1,7 @@
 """A Redis store on redis-py's asyncio client: a hash per run, a hash of its steps, and
 sorted-set indexes, every multi-key change atomic (Lua scripts or WATCH/MULTI).
 
-Keys, under ``prefix`` (default ``awaitly:``)::
+Keys, under ``prefix`` (default ``awaitly:``):
 
     {prefix}run:{id}     hash: the run row (status, result, metadata, times, lease)
     {prefix}steps:{id}   hash: step key -> record JSON; and, to keep the steps in the
@@ -14,7 +14,7 @@ A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
 Redis frees them by itself; ``list`` drops index entries whose run is gone.
 Under trio the client runs on a private asyncio loop hosted in trio's thread
-(:mod:`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
+(`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
 replicas), not Redis Cluster.
 """
 
@@ -264,8 +264,8 @@ _MISSING: Any = _Missing()
 
 def _row(fields: Mapping[str, str | None]) -> RunRow:
     """A run row from its hash (all strings; '' means None).  Never raises: a missing
-    field is :data:`_MISSING` and a number that does not parse stays the text it is,
-    for :func:`~awaitly_anyio._rows.row_problem` to report."""
+    field is `_MISSING` and a number that does not parse stays the text it is,
+    for `row_problem` to report."""
 
     def opt(name: str) -> str | None:
         return fields.get(name) or None
@@ -376,7 +376,7 @@ def _live(row: RunRow | None, now: float) -> bool:
 
 
 class RedisStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in Redis.
+    """A `SnapshotStore` (and ``LeaseStore``) in Redis.
 
     - ``url_or_client``: a ``redis://`` / ``rediss://`` / ``unix://`` URL (the store
       makes and closes its client), or an existing ``redis.asyncio.Redis`` made
@@ -578,7 +578,7 @@ class RedisStore:
 
     async def info(self, id: str) -> SnapshotInfo | None:
         """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        expiry, see `SnapshotInfo`), without its steps; ``None``
         if there is none or it expired.  A run whose row cannot be read comes back
         flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
         invalid id."""

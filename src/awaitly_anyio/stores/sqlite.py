@@ -56,6 +56,8 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: The schema this module creates; kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 2
+"""The version of the tables this release creates and reads: a file of an older
+version is upgraded when opened, a newer one is refused."""
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -140,7 +142,7 @@ def _open_error(path: str, exc: sqlite3.Error) -> sqlite3.Error:
 
 
 class SQLiteStore:
-    """A :class:`~awaitly_anyio.SnapshotStore` (and ``LeaseStore``) in one SQLite file.
+    """A `SnapshotStore` (and ``LeaseStore``) in one SQLite file.
 
     - ``path``: the database file (created with its tables if missing; its folder
       must exist), or ``":memory:"`` for a private in-memory database.
@@ -150,7 +152,7 @@ class SQLiteStore:
     - ``busy_timeout``: seconds to wait for another writer's lock before failing.
     - ``connect``: a callable taking the path and returning a DB-API connection of
       the SQLite dialect in autocommit mode (for example ``libsql.connect``);
-      the default is :func:`sqlite3.connect`.
+      the default is `sqlite3.connect`.
     - ``clock`` (wall time for TTLs and ``updated_at``) and ``registry`` (the
       types step values may hold) as for every store.
 
@@ -351,7 +353,7 @@ class SQLiteStore:
 
     async def info(self, id: str) -> SnapshotInfo | None:
         """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see :class:`~awaitly_anyio.SnapshotInfo`), without its steps; ``None``
+        expiry, see `SnapshotInfo`), without its steps; ``None``
         if there is none or it expired.  A run whose row cannot be read comes back
         flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
         invalid id."""

@@ -261,3 +261,21 @@ async def test_an_error_value_that_cannot_be_stored_is_kept_as_text(store: Any, 
     assert snapshot.status == "failed"
     assert snapshot.result is not None
     assert not snapshot.result.ok
+
+
+async def test_a_secret_is_never_stored_and_the_error_says_so(store: Any) -> None:
+    from awaitly_anyio import register_type
+    from awaitly_anyio.config import Secret
+
+    secret = Secret("s3cr3t-token")
+    result = await create_workflow("w").run(
+        lambda ctx: ctx.step("token", lambda: secret, key="token"),
+        workflow_id="with-secret",
+        store=store,
+    )
+    assert isinstance(result, Err)
+    assert "never stored" in str(result.error)
+    assert "register_type" not in str(result.error)
+    assert "s3cr3t" not in str(result.error)
+    with pytest.raises(TypeError, match="never stored"):
+        register_type(Secret)

@@ -43,6 +43,8 @@ class Secret:
     `reveal` where the real value is needed."""
 
     _value: str
+    # Never written to a store, even if registered: it would be kept in plain text.
+    __awaitly_never_stored__: ClassVar[bool] = True
 
     def reveal(self) -> str:
         """The secret itself."""

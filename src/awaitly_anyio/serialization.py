@@ -103,6 +103,11 @@ class TypeRegistry:
             raise TypeError(
                 f"only attrs classes, dataclasses and enums can be registered, not {cls!r}"
             )
+        if getattr(cls, "__awaitly_never_stored__", False):
+            raise TypeError(
+                f"{cls.__qualname__} is a secret and is never stored (it would be kept in "
+                f"plain text): store a reference to it instead"
+            )
         if name is None:
             name = f"{cls.__module__}.{cls.__qualname__}"
         if not isinstance(name, str) or not name:
@@ -379,6 +384,12 @@ def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
         return {_TAG: "decimal", "v": str(value)}
     if kind is UnexpectedError:
         return _exception_doc("unexpected", value.cause)
+    if getattr(kind, "__awaitly_never_stored__", False):
+        raise _Unstorable(
+            _qualname(kind),
+            "a secret is never stored (it would be kept in plain text): store a reference "
+            "to it and read the secret inside the step that needs it",
+        )
     name = registry.name_of(kind)
     if name is not None:
         if depth > MAX_DEPTH:

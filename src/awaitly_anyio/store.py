@@ -162,13 +162,13 @@ class Claim:
 
     - ``"claimed"``: the caller holds the lease until ``lease_expires_at``;
       ``fresh`` says the run did not exist before (so it has no steps to load).
+    - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
+    - ``"completed"``: the run is finished; nothing changed.
+    - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
 
     A run whose stored snapshot cannot be decoded (a damaged row or step record,
     a format version this release does not read) is never claimed: ``claim``
     raises `SnapshotDecodeError` and leaves it untouched.
-    - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
-    - ``"completed"``: the run is finished; nothing changed.
-    - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
     """
 
     outcome: ClaimOutcome

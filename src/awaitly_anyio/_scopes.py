@@ -56,7 +56,7 @@ class Scope(Protocol):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None: ...
+    ) -> bool: ...  # `bool`: a scope may swallow its own cancellation (type checkers know)
 
 
 def _trio() -> Any:
@@ -168,7 +168,7 @@ class _BoundedShield:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> bool:
         if self._bucket is not None:
             self._bucket.discard(self._scope)
         return self._scope.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]

@@ -23,9 +23,9 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import anyio
 
@@ -326,8 +326,7 @@ def _one_line(exc: BaseException) -> str:
     """What went wrong, on one line with secrets masked: the innermost single cause of an
     exception group, its message, and its type if it comes from a driver (the
     library's own and built-in errors say enough without it)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    exc = _lone(exc)
     message = " ".join(str(exc).split())
     kind = type(exc)
     if not message:
@@ -340,9 +339,18 @@ def _one_line(exc: BaseException) -> str:
 def _broken_pipe(exc: BaseException) -> bool:
     """Whether ``exc`` (or the single exception an exception group holds) says that the
     reader of our output went away."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return isinstance(exc, BrokenPipeError)
+    return isinstance(_lone(exc), BrokenPipeError)
+
+
+def _lone(exc: BaseException) -> BaseException:
+    """The exception inside ``exc`` when ``exc`` is an exception group (nested or not)
+    holding just one; else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)  # (isinstance: unknown)
+        if len(group.exceptions) != 1:
+            return group
+        exc = group.exceptions[0]
+    return exc
 
 
 def _reader_gone(out: TextIO) -> None:
@@ -432,7 +440,7 @@ def _check_sqlite_file(store: Any, source: str) -> None:
 @contextlib.asynccontextmanager
 async def _opened(
     url: str, source: str, where: str, options: dict[str, Any], *, create: bool
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """The store ``url`` names, open; any failure to open it is one worded line."""
     try:
         store = open_store(url, **options)

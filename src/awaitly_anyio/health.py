@@ -120,10 +120,11 @@ def postgres_check(dsn_or_pool: Any) -> Check:
     from ._bridge import DriverLoop
 
     async def query() -> object:
-        import asyncpg
+        import asyncpg  # pyright: ignore[reportMissingTypeStubs]
 
+        driver: Any = asyncpg  # untyped (no stubs)
         if isinstance(dsn_or_pool, str):
-            connection = await asyncpg.connect(dsn_or_pool, timeout=5)
+            connection = await driver.connect(dsn_or_pool, timeout=5)
             try:
                 return await connection.fetchval("SELECT 1")
             finally:
@@ -147,8 +148,9 @@ def redis_check(client_or_url: Any) -> Check:
     async def ping() -> object:
         import redis.asyncio
 
+        driver: Any = redis.asyncio  # partly untyped (from_url's and ping's **kwargs)
         if isinstance(client_or_url, str):
-            client = redis.asyncio.Redis.from_url(client_or_url, socket_timeout=5)
+            client = driver.Redis.from_url(client_or_url, socket_timeout=5)
             try:
                 return await client.ping()
             finally:

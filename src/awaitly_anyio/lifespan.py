@@ -20,7 +20,7 @@ with Quart's ``app.while_serving(lifespan.while_serving)``, or as ``async with``
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -188,7 +188,7 @@ class WorkflowLifespan:
         return self._context()
 
     @asynccontextmanager
-    async def _context(self) -> AsyncIterator[dict[str, Any]]:
+    async def _context(self) -> AsyncGenerator[dict[str, Any], None]:
         async with self as host:
             yield {"workflow_host": host}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from ._redact import redact_text
 from .errors import UnexpectedError
@@ -165,6 +165,7 @@ class OtelAdapter:
         # use it directly (it is what context.get_current/attach do), else the API.
         var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
         if isinstance(var, ContextVar):
+            var = cast("ContextVar[object]", var)  # (isinstance: type argument unknown)
             self._get_current = var.get
             self._attach = var.set
         self._tracer = trace.get_tracer("awaitly_anyio", tracer_provider=tracer_provider)

@@ -156,7 +156,7 @@ class MemoryStore:
         check_list_args(prefix, status, limit)
         after = decode_cursor(cursor) if cursor is not None else None
         await anyio.lowlevel.checkpoint()
-        rows = []
+        rows: builtins.list[tuple[float, str, RunRow]] = []
         for id in list(self._runs):
             row = self._live(id)
             if row is None or (prefix is not None and not id.startswith(prefix)):
@@ -252,6 +252,7 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         now = self._clock.time()
         row = self._live(id)
+        found: WorkflowSnapshot | None = None
         if row is not None:
             problem = row_problem(row)
             if problem is not None:
@@ -270,7 +271,7 @@ class MemoryStore:
             lease_expires_at=now + seconds,
         )
         self._steps.setdefault(id, {})
-        if row is None:
+        if found is None:  # (no run before: found is set whenever row is)
             return Claim("claimed", owner, now + seconds, fresh=True)
         return Claim("claimed", owner, now + seconds, snapshot=as_claimed(found, metadata, now))
 
@@ -305,7 +306,7 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         now = self._clock.time()
         names = None if workflow_names is None else set(workflow_names)
-        candidates = []
+        candidates: builtins.list[tuple[float, str, RunRow]] = []
         for id in list(self._runs):
             row = self._live(id)
             if row is None or row.status not in ("running", "cancelled"):

@@ -59,7 +59,7 @@ from ..store import (
 )
 
 if TYPE_CHECKING:
-    import asyncpg
+    import asyncpg  # pyright: ignore[reportMissingTypeStubs]
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -114,7 +114,7 @@ _LIVE = "(expires_at IS NULL OR expires_at > {now})"
 
 def _import_asyncpg() -> Any:
     try:
-        import asyncpg
+        import asyncpg  # pyright: ignore[reportMissingTypeStubs]
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "PostgresStore needs asyncpg: pip install 'awaitly-anyio[postgres]'"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -453,7 +453,7 @@ class RedisStore:
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    async def _call(self, fn: Any) -> Any:
+    async def _call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run ``fn(client)`` (a coroutine) on the driver loop."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")

@@ -228,11 +228,14 @@ def cancel_due() -> bool:
         # deadline).  With neither pending nothing can be due, and the walk up
         # anyio's scopes (most of the cost) is skipped.  Loops without these queues
         # (uvloop) always walk.
-        ready: Any = getattr(loop, "_ready", True)
-        if not ready:
-            scheduled: Any = getattr(loop, "_scheduled", True)
-            if not scheduled or scheduled[0].when() > loop.time():
-                return False
+        base: Any = loop  # BaseEventLoop's own queues, read directly (no getattr call)
+        try:
+            ready: Any = base._ready
+            scheduled: Any = base._scheduled
+        except AttributeError:
+            ready = scheduled = True
+        if not ready and (not scheduled or scheduled[0]._when > loop.time()):
+            return False
         return _asyncio_effective_deadline()() <= loop.time()
     # On trio the public current_effective_deadline() walks every cancel status up
     # to the root (2 us a step); the task's own status says at once whether it is

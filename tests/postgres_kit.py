@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ def schema_for(tmp_path: Path) -> str:
     return "awaitly_t_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
 
 
-async def admin(sql: str, *args: Any) -> Any:
-    """Run one statement on a fresh connection of the current loop (tests only)."""
+async def _on_fresh_connection(use: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``use(connection)`` on a fresh asyncpg connection of the current loop (tests only)."""
     from awaitly_anyio._bridge import DriverLoop
 
     async def run() -> Any:
@@ -32,7 +32,7 @@ async def admin(sql: str, *args: Any) -> Any:
 
         connection = await asyncpg.connect(DSN, timeout=5)
         try:
-            return await connection.execute(sql, *args)
+            return await use(connection)
         finally:
             await connection.close()
 
@@ -41,6 +41,11 @@ async def admin(sql: str, *args: Any) -> Any:
         return await loop.call(run)
     finally:
         loop.release()
+
+
+async def admin(sql: str, *args: Any) -> Any:
+    """Run one statement on a fresh connection of the current loop (tests only)."""
+    return await _on_fresh_connection(lambda connection: connection.execute(sql, *args))
 
 
 @contextlib.asynccontextmanager
@@ -68,22 +73,12 @@ async def _open_postgres(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]
 async def admin_fetch(sql: str, *args: Any) -> list[Any]:
     """Run one query on a fresh connection of the current loop (tests only); its rows
     as tuples."""
-    from awaitly_anyio._bridge import DriverLoop
 
-    async def run() -> list[Any]:
-        import asyncpg
+    async def fetch(connection: Any) -> list[Any]:
+        return [tuple(row) for row in await connection.fetch(sql, *args)]
 
-        connection = await asyncpg.connect(DSN, timeout=5)
-        try:
-            return [tuple(row) for row in await connection.fetch(sql, *args)]
-        finally:
-            await connection.close()
-
-    loop = DriverLoop("test admin")
-    try:
-        return await loop.call(run)
-    finally:
-        loop.release()
+    result: list[Any] = await _on_fresh_connection(fetch)
+    return result
 
 
 async def _damage_postgres(store: Any, run_id: str, part: Damage) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,15 @@ async def _raw_redis(store: Any, run_id: str) -> Any:
 
 
 REDIS = StoreKit("redis", _open_redis, _damage_redis, _raw_redis, cannot_damage=frozenset())
+
+
+def fresh_prefix(label: str) -> Iterator[str]:
+    """A key prefix of its own for one test (``label`` names the suite), wiped before
+    and after; an unreachable server skips the test, or fails it under CI."""
+    name = f"awaitly-test-{label}:{uuid.uuid4().hex}:"
+    try:
+        wipe(name)
+    except Exception as exc:  # redis.ConnectionError is not an OSError
+        server_or_skip("Redis", URL, exc)
+    yield name
+    wipe(name)

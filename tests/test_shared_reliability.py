@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 
 from awaitly_anyio import CircuitOpenError, CircuitState, Err, create_circuit_breaker
 
-from .kit_base import server_or_skip
-from .redis_kit import URL, wipe
+from .redis_kit import URL, fresh_prefix
 
 pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).with_name("reliability_child.py")
@@ -22,13 +20,7 @@ CHILD = Path(__file__).with_name("reliability_child.py")
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    name = f"awaitly-test-shared:{uuid.uuid4().hex}:"
-    try:
-        wipe(name)
-    except Exception as exc:
-        server_or_skip("Redis", URL, exc)
-    yield name
-    wipe(name)
+    yield from fresh_prefix("shared")
 
 
 def children(mode: str, prefix: str, tmp_path: Path, count: int, n: int) -> list[Path]:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import socket
-import uuid
 from collections.abc import Iterator
 
 import anyio
@@ -27,8 +26,7 @@ from awaitly_anyio import (
     create_rate_limiter,
 )
 
-from .kit_base import server_or_skip
-from .redis_kit import URL, raw, wipe
+from .redis_kit import URL, fresh_prefix, raw
 
 pytestmark = pytest.mark.anyio
 
@@ -49,13 +47,7 @@ def down_url() -> str:
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    name = f"awaitly-test-shared-errors:{uuid.uuid4().hex}:"
-    try:
-        wipe(name)
-    except Exception as exc:
-        server_or_skip("Redis", URL, exc)
-    yield name
-    wipe(name)
+    yield from fresh_prefix("shared-errors")
 
 
 def assert_clear(error: object, name: str) -> None:

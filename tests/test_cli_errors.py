@@ -15,7 +15,7 @@ import pytest
 from .kit_base import cli, server_or_skip
 from .postgres_kit import DSN, admin
 from .redis_kit import URL as REDIS_URL
-from .redis_kit import wipe
+from .redis_kit import fresh_prefix
 
 SECRET = "hunter2-S3KRET"
 BACKENDS = ["asyncio", "trio"]
@@ -62,17 +62,11 @@ def postgres_schema(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_prefix(tmp_path: Path) -> Iterator[str]:
+def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own on the real server, wiped afterwards."""
     if urllib.parse.urlsplit(REDIS_URL).password:
         pytest.skip("the test server's URL has a password of its own")
-    prefix = f"awaitly-cli:{label(tmp_path)}:"
-    try:
-        wipe(prefix)
-    except Exception as exc:  # redis.ConnectionError is not an OSError
-        server_or_skip("Redis", REDIS_URL, exc)
-    yield prefix
-    wipe(prefix)
+    yield from fresh_prefix("cli")
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query"])

@@ -272,6 +272,8 @@ class _Checkpointer:
         try:
             # The step's work is done: a shutdown must not drop its record, or the step
             # would run again on resume.  One short write, so it is shielded (bounded).
+            # `_shielded_write` spelt out: every keyed step passes here, and its closure
+            # and extra coroutine would be paid on each one.
             with shielded(self._bound) as scope:
                 if self._owner is None:  # stores without leases need not know the keyword
                     await self._target.checkpoint(self._run_id, step)

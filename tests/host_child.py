@@ -24,7 +24,7 @@ from awaitly_anyio import (
     open_store,
     recover,
 )
-from awaitly_anyio.host import WorkflowHost
+from awaitly_anyio._host import WorkflowHost
 
 STEPS = 3
 

@@ -17,9 +17,9 @@ import attrs
 import pytest
 
 from awaitly_anyio import Ok, _bridge
-from awaitly_anyio.resume import StepRecord
+from awaitly_anyio._resume import StepRecord
+from awaitly_anyio._store import EncodedStep
 from awaitly_anyio.serialization import default_registry, encode_step_record
-from awaitly_anyio.store import EncodedStep
 from awaitly_anyio.testing import FakeClock
 
 Damage = Literal[

@@ -26,7 +26,7 @@ from awaitly_anyio import (
     create_resume_state_collector,
     create_workflow,
 )
-from awaitly_anyio.store import EncodedStep
+from awaitly_anyio._store import EncodedStep
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 

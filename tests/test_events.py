@@ -8,7 +8,8 @@ from typing import Any
 import attrs
 import pytest
 
-from awaitly_anyio import Deps, Err, Ok, WorkflowContext, create_workflow, events, run, step
+from awaitly_anyio import Deps, Err, Ok, WorkflowContext, create_workflow, events, run
+from awaitly_anyio import _step as step
 from awaitly_anyio.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -129,7 +130,7 @@ async def test_no_events_are_built_when_nobody_listens(monkeypatch: pytest.Monke
 
     for name in ("StepStart", "StepComplete", "StepError", "StepRetry", "StepSkipped"):
         monkeypatch.setattr(step, name, forbidden)
-    workflow_module = __import__("awaitly_anyio.workflow", fromlist=["x"])
+    workflow_module = __import__("awaitly_anyio._workflow", fromlist=["x"])
     for name in ("WorkflowStart", "WorkflowComplete", "WorkflowError"):
         monkeypatch.setattr(workflow_module, name, forbidden)
     clock = FakeClock()

@@ -5,7 +5,7 @@ mkdocstrings gives each documented object (``id="awaitly_anyio.Step.retry"``)
 are read from the reference page.  Every name in ``awaitly_anyio.__all__`` and
 in the ``__all__`` of every public module (no ``_`` in its dotted name) must
 have one, directly or through the same object documented under another path
-(``awaitly_anyio.Ok`` documents ``awaitly_anyio.result.Ok``), and so must what
+(``awaitly_anyio.Ok`` documents ``awaitly_anyio._result.Ok``), and so must what
 a workflow body uses: ``ctx.step`` and each of its variants, ``ctx.deps``,
 ``ctx.input``, ``ctx.steps``.  Docstrings use one style that mkdocstrings
 renders: no Sphinx roles (``:class:`Deps```), in src/ or in the page.
@@ -29,7 +29,7 @@ from types import ModuleType
 import pytest
 
 import awaitly_anyio
-from awaitly_anyio.context import _VARIANTS
+from awaitly_anyio._context import _VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "awaitly_anyio"

@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from awaitly_anyio import Deps, Err, WorkflowContext, create_workflow
+from awaitly_anyio._host import WorkflowHost
 from awaitly_anyio.health import (
     create_health_app,
     create_health_tracker,
     postgres_check,
     redis_check,
 )
-from awaitly_anyio.host import WorkflowHost
 from awaitly_anyio.testing import FakeClock
 
 from .postgres_kit import DSN

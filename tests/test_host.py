@@ -23,7 +23,7 @@ from awaitly_anyio import (
     create_workflow,
     open_store,
 )
-from awaitly_anyio.host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
+from awaitly_anyio._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 

@@ -14,9 +14,9 @@ import attrs
 import pytest
 
 from awaitly_anyio import Deps, Err, WorkflowContext, create_workflow, open_store
+from awaitly_anyio._errors import StoreError
 from awaitly_anyio._redact import redact_text, redact_url
 from awaitly_anyio.config import Secret, Settings, SettingsError, setting
-from awaitly_anyio.errors import StoreError
 from awaitly_anyio.health import create_health_app, create_health_tracker
 from awaitly_anyio.stores.postgres import PostgresStore
 from awaitly_anyio.stores.redis import RedisStore

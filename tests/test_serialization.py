@@ -12,14 +12,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from awaitly_anyio import Err, Ok, SerializationError
-from awaitly_anyio.resume import StepRecord
+from awaitly_anyio._resume import StepRecord
+from awaitly_anyio._store import EncodedStep, from_epoch, iso_from_epoch
 from awaitly_anyio.serialization import (
     default_registry,
     dumps,
     encode_step,
     encode_step_record,
 )
-from awaitly_anyio.store import EncodedStep, from_epoch, iso_from_epoch
 
 # Epoch seconds a datetime can hold, with microseconds; and the halves between them,
 # where rounding decides.

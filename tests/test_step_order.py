@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from awaitly_anyio import Ok
-from awaitly_anyio.resume import StepRecord
+from awaitly_anyio._resume import StepRecord
 from awaitly_anyio.serialization import default_registry, encode_step_record
 
 from .kit_base import encoded, server_or_skip

@@ -28,9 +28,9 @@ from awaitly_anyio import (
     WorkflowSnapshot,
     register_type,
 )
-from awaitly_anyio.errors import LeaseLostError
-from awaitly_anyio.resume import StepRecord
-from awaitly_anyio.store import CheckpointStore, Claim, EncodedStep, LeaseStore
+from awaitly_anyio._errors import LeaseLostError
+from awaitly_anyio._resume import StepRecord
+from awaitly_anyio._store import CheckpointStore, Claim, EncodedStep, LeaseStore
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import encoded as encoded_at

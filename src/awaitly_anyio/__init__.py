@@ -5,13 +5,20 @@ The public API is this module's ``__all__``; everything else is private.
 
 from __future__ import annotations
 
+import contextlib
+
 from . import events, logs
-from .circuit_breaker import CircuitBreaker, CircuitState, create_circuit_breaker
-from .clock import Clock, SystemClock
-from .collector import ResumeStateCollector, create_resume_state_collector
-from .config import Secret, Settings, SettingsError
-from .context import BoundSteps, Deps, WorkflowContext
-from .errors import (
+from ._circuit_breaker import (
+    CircuitBreaker,
+    CircuitState,
+    RedisCircuitBreaker,
+    create_circuit_breaker,
+)
+from ._clock import Clock, SystemClock
+from ._collector import ResumeStateCollector, create_resume_state_collector
+from ._context import BoundSteps, Deps, WorkflowContext
+from ._durable import IfRunning
+from ._errors import (
     CircuitOpenError,
     LeaseLostError,
     RateLimitExceededError,
@@ -26,19 +33,28 @@ from .errors import (
     WorkflowMismatchError,
     is_unexpected_error,
 )
+from ._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
+from ._lifespan import WorkflowLifespan
+from ._ratelimit import OnUnavailable, RateLimiter, RedisRateLimiter, create_rate_limiter
+from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover, recovery_loop
+from ._result import Err, Ok, Result, UnwrapError, err, ok
+from ._resume import ResumeState, StepRecord, SupportsResume
+from ._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from ._step import Backoff, RetryPolicy, Step
+from ._store import (
+    CheckpointStore,
+    Claim,
+    ClaimOutcome,
+    EncodedStep,
+    LeaseStore,
+    SnapshotStore,
+    open_store,
+)
+from ._workflow import Workflow, create_workflow, run
+from .config import Secret, Settings, SettingsError
 from .health import HealthTracker, create_health_app, create_health_tracker
-from .host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
-from .lifespan import WorkflowLifespan
 from .logs import WorkflowLogFilter, add_log_context, current_log_context, log_context
-from .ratelimit import RateLimiter, create_rate_limiter
-from .recovery import RecoveredRun, WorkflowRegistry, recover, recovery_loop
-from .result import Err, Ok, Result, UnwrapError, err, ok
-from .resume import ResumeState, StepRecord, SupportsResume
 from .serialization import TypeRegistry, register_type
-from .snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from .step import Backoff, RetryPolicy, Step
-from .store import CheckpointStore, Claim, EncodedStep, LeaseStore, SnapshotStore, open_store
-from .workflow import Workflow, create_workflow, run
 
 __version__ = "0.1.0"
 
@@ -50,19 +66,25 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "Claim",
+    "ClaimOutcome",
     "Clock",
     "Deps",
     "EncodedStep",
     "Err",
+    "FORMAT_VERSION",
     "HealthTracker",
     "HostAtCapacityError",
     "HostClosedError",
+    "IfRunning",
     "LeaseLostError",
     "LeaseStore",
     "Ok",
+    "OnUnavailable",
     "RateLimitExceededError",
     "RateLimiter",
     "RecoveredRun",
+    "RedisCircuitBreaker",
+    "RedisRateLimiter",
     "Result",
     "ResumeState",
     "ResumeStateCollector",
@@ -98,6 +120,7 @@ __all__ = [
     "WorkflowRegistry",
     "WorkflowSnapshot",
     "add_log_context",
+    "claim_abandoned",
     "create_circuit_breaker",
     "create_health_app",
     "create_health_tracker",
@@ -117,3 +140,18 @@ __all__ = [
     "register_type",
     "run",
 ]
+
+
+def _rewrite_modules() -> None:
+    # Like trio's facade: exported objects say they come from the package, so reprs,
+    # tracebacks, pickles and docs name the public path, not a private module.
+    for name in __all__:
+        obj = globals()[name]
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str) and module.startswith("awaitly_anyio._"):
+            # A type alias or a constant has no module of its own to rewrite.
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.__module__ = __name__
+
+
+_rewrite_modules()

@@ -12,12 +12,12 @@ import anyio
 import attrs
 
 from . import events
-from .context import Deps, WorkflowContext
-from .result import Err, Ok, Result
+from ._context import Deps, WorkflowContext
+from ._result import Err, Ok, Result
+from ._snapshot import WorkflowSnapshot
+from ._store import SnapshotStore, open_store
+from ._workflow import create_workflow
 from .serialization import register_type
-from .snapshot import WorkflowSnapshot
-from .store import SnapshotStore, open_store
-from .workflow import create_workflow
 
 
 @register_type(name="demo.User")

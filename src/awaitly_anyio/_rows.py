@@ -12,8 +12,10 @@ from typing import Any, cast
 
 import attrs
 
-from .errors import SerializationError, SnapshotDecodeError
-from .result import Result
+from ._errors import SerializationError, SnapshotDecodeError
+from ._result import Result
+from ._snapshot import FORMAT_VERSION, RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
+from ._store import check_key, from_epoch, iso_from_epoch
 from .serialization import (
     TypeRegistry,
     _decode,
@@ -27,8 +29,6 @@ from .serialization import (
     result_to_doc,
     snapshot_from_doc,
 )
-from .snapshot import FORMAT_VERSION, RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
-from .store import check_key, from_epoch, iso_from_epoch
 
 __all__ = [
     "RunRow",

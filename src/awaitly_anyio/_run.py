@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
+from ._clock import Clock
+from ._errors import UnexpectedError
 from ._ids import uuid4_text
-from .clock import Clock
-from .errors import UnexpectedError
+from ._result import Err, Ok, Result
 from .events import WorkflowEvent
-from .result import Err, Ok, Result
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from inspect import isawaitable
 from typing import Any, cast
 
-from .result import Err, Ok, Result
+from ._result import Err, Ok, Result
 
 __all__ = ["call_thunk"]
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, cast
 
+from ._errors import UnexpectedError
 from ._redact import redact_text
-from .errors import UnexpectedError
 from .events import (
     CircuitStateChange,
     StepCancelled,

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from ._errors import UnexpectedError
 from ._redact import redact_text
-from .errors import UnexpectedError
+from ._result import Err, Result
 from .events import StepError, WorkflowError
-from .result import Err, Result
 
 __all__ = ["SentryHandler", "create_sentry_handler", "run_with_sentry"]
 

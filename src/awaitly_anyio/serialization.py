@@ -30,7 +30,7 @@ from uuid import UUID
 import attrs
 from cattrs.preconf.json import make_converter
 
-from .errors import (
+from ._errors import (
     CircuitOpenError,
     RateLimitExceededError,
     SerializationError,
@@ -40,10 +40,10 @@ from .errors import (
     StoredException,
     UnexpectedError,
 )
-from .result import Err, Ok, Result
-from .resume import StepRecord
-from .snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
-from .store import iso_from_epoch
+from ._result import Err, Ok, Result
+from ._resume import StepRecord
+from ._snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
+from ._store import iso_from_epoch
 
 __all__ = [
     "MAX_DEPTH",

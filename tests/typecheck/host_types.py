@@ -25,7 +25,7 @@ from awaitly_anyio import (
     err,
     ok,
 )
-from awaitly_anyio.host import RunHandle
+from awaitly_anyio._host import RunHandle
 
 
 @attrs.frozen

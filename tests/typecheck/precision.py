@@ -36,10 +36,10 @@ from awaitly_anyio import (
     recover,
     recovery_loop,
 )
-from awaitly_anyio.circuit_breaker import CircuitBreaker, RedisCircuitBreaker
-from awaitly_anyio.host import RunHandle
-from awaitly_anyio.ratelimit import RateLimiter, RedisRateLimiter
-from awaitly_anyio.store import LeaseStore
+from awaitly_anyio._circuit_breaker import CircuitBreaker, RedisCircuitBreaker
+from awaitly_anyio._host import RunHandle
+from awaitly_anyio._ratelimit import RateLimiter, RedisRateLimiter
+from awaitly_anyio._store import LeaseStore
 
 
 @attrs.frozen

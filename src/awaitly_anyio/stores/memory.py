@@ -14,6 +14,9 @@ from typing import Any
 import anyio.lowlevel
 import attrs
 
+from .._clock import Clock, SystemClock
+from .._errors import LeaseLostError, SnapshotDecodeError
+from .._result import Result
 from .._rows import (
     RunRow,
     as_claimed,
@@ -27,12 +30,8 @@ from .._rows import (
     row_problem,
     split,
 )
-from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError, SnapshotDecodeError
-from ..result import Result
-from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from ..store import (
+from .._snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._store import (
     Claim,
     EncodedStep,
     Ttl,
@@ -44,6 +43,7 @@ from ..store import (
     encode_cursor,
     ttl_seconds,
 )
+from ..serialization import TypeRegistry, default_registry
 
 __all__ = ["MemoryStore"]
 

@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 
 from .._bridge import DriverLoop, current_async_library
+from .._clock import Clock, SystemClock
+from .._errors import LeaseLostError, SnapshotDecodeError
 from .._grouping import Grouped, Pending
 from .._redact import redact_url
+from .._result import Result
 from .._rows import (
     RunRow,
     as_claimed,
@@ -39,13 +42,8 @@ from .._rows import (
     row_problem,
     split,
 )
-from .._store_url import check_postgres_dsn
-from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError, SnapshotDecodeError
-from ..result import Result
-from ..serialization import TypeRegistry, default_registry
-from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from ..store import (
+from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._store import (
     Claim,
     EncodedStep,
     Ttl,
@@ -57,6 +55,8 @@ from ..store import (
     encode_cursor,
     ttl_seconds,
 )
+from .._store_url import check_postgres_dsn
+from ..serialization import TypeRegistry, default_registry
 
 if TYPE_CHECKING:
     import asyncpg  # pyright: ignore[reportMissingTypeStubs]

@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._clock import Clock, SystemClock
+from .._errors import LeaseLostError, SnapshotDecodeError
 from .._redact import redact_url
 from .._redis_client import SharedRedis
+from .._result import Result
 from .._rows import (
     RunRow,
     as_claimed,
@@ -43,13 +46,8 @@ from .._rows import (
     row_problem,
     split,
 )
-from .._store_url import check_redis_url
-from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError, SnapshotDecodeError
-from ..result import Result
-from ..serialization import TypeRegistry, default_registry
-from ..snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from ..store import (
+from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._store import (
     Claim,
     EncodedStep,
     Ttl,
@@ -61,6 +59,8 @@ from ..store import (
     encode_cursor,
     ttl_seconds,
 )
+from .._store_url import check_redis_url
+from ..serialization import TypeRegistry, default_registry
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -21,6 +21,9 @@ from typing import Any, Literal, NoReturn, TypeVar
 import anyio
 import anyio.to_thread
 
+from .._clock import Clock, SystemClock
+from .._errors import LeaseLostError, SnapshotDecodeError
+from .._result import Result
 from .._rows import (
     RunRow,
     as_claimed,
@@ -34,12 +37,8 @@ from .._rows import (
     row_problem,
     split,
 )
-from ..clock import Clock, SystemClock
-from ..errors import LeaseLostError, SnapshotDecodeError
-from ..result import Result
-from ..serialization import TypeRegistry, default_registry
-from ..snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from ..store import (
+from .._snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._store import (
     Claim,
     EncodedStep,
     Ttl,
@@ -51,6 +50,7 @@ from ..store import (
     encode_cursor,
     ttl_seconds,
 )
+from ..serialization import TypeRegistry, default_registry
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 

@@ -24,12 +24,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from ._clock import Clock
+from ._host import WorkflowHost, _check_store
+from ._recovery import RecoveredRun, WorkflowRegistry
 from ._redact import redact_url
+from ._store import LeaseStore, SnapshotStore
 from ._store_url import check_store_url
-from .clock import Clock
-from .host import WorkflowHost, _check_store
-from .recovery import RecoveredRun, WorkflowRegistry
-from .store import LeaseStore, SnapshotStore
 
 __all__ = ["WorkflowLifespan"]
 

@@ -34,10 +34,7 @@ import anyio
 import attrs
 
 from ._bridge import current_async_library
-from ._run import logger
-from ._scopes import cancel_scope, shielded
-from ._timers import trio_call_later
-from .errors import (
+from ._errors import (
     LeaseLostError,
     RunInProgressError,
     SerializationError,
@@ -46,9 +43,24 @@ from .errors import (
     StoreError,
     WorkflowMismatchError,
 )
+from ._result import Err, Ok, Result
+from ._resume import StepRecord
+from ._run import logger
+from ._scopes import cancel_scope, shielded
+from ._snapshot import RunStatus, WorkflowSnapshot
+from ._store import (
+    CheckpointStore,
+    Claim,
+    EncodedStep,
+    LeaseStore,
+    SnapshotStore,
+    Ttl,
+    check_id,
+    from_epoch,
+    iso_from_epoch,
+)
+from ._timers import trio_call_later
 from .events import TRACE_CONTEXT_KEY, WorkflowResumed
-from .result import Err, Ok, Result
-from .resume import StepRecord
 from .serialization import (
     TypeRegistry,
     _qualname,
@@ -60,21 +72,9 @@ from .serialization import (
     result_to_doc,
     safe_repr,
 )
-from .snapshot import RunStatus, WorkflowSnapshot
-from .store import (
-    CheckpointStore,
-    Claim,
-    EncodedStep,
-    LeaseStore,
-    SnapshotStore,
-    Ttl,
-    check_id,
-    from_epoch,
-    iso_from_epoch,
-)
 
 if TYPE_CHECKING:
-    from .workflow import Workflow
+    from ._workflow import Workflow
 
 __all__ = ["FINAL_CHECKPOINT_SECONDS", "INPUT_KEY", "DurableOptions", "IfRunning", "default_owner"]
 

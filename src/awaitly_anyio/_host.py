@@ -21,16 +21,16 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._clock import Clock, SystemClock
+from ._context import WorkflowContext
+from ._durable import default_owner
+from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from ._redact import redact_text, redact_url
+from ._result import Result
 from ._run import logger
-from .clock import Clock, SystemClock
-from .context import WorkflowContext
-from .durable import default_owner
-from .recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
-from .result import Result
-from .snapshot import SnapshotInfo
-from .store import LeaseStore, SnapshotStore, open_store
-from .workflow import Workflow
+from ._snapshot import SnapshotInfo
+from ._store import LeaseStore, SnapshotStore, open_store
+from ._workflow import Workflow
 
 __all__ = ["HostAtCapacityError", "HostClosedError", "RunHandle", "WorkflowHost"]
 

@@ -25,9 +25,11 @@ from typing import Any, Literal, TypeVar, cast, overload
 import anyio
 import attrs
 
+from ._errors import StepTimeoutError
+from ._result import Err, Ok, Result
 from ._run import EarlyExit, RunState
 from ._scopes import cancel_due, deliver_cancellation
-from .errors import StepTimeoutError
+from ._store import check_key
 from .events import (
     StepCancelled,
     StepComplete,
@@ -37,8 +39,6 @@ from .events import (
     StepStart,
     StepTimeout,
 )
-from .result import Err, Ok, Result
-from .store import check_key
 
 __all__ = ["Backoff", "RetryPolicy", "Step"]
 

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from typing_extensions import TypeVar as _TypeVarWithDefault
 
-from .step import Step
+from ._step import Step
 
 __all__ = ["BoundSteps", "Deps", "WorkflowContext"]
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol, cast
 
 import attrs
 
+from ._result import Err, Ok, Result
 from ._run import NO_RESULTS
-from .result import Err, Ok, Result
 
 __all__ = ["ResumeState", "StepRecord", "SupportsResume"]
 

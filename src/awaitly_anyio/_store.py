@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .result import Result
-from .resume import StepRecord
-from .snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from ._result import Result
+from ._resume import StepRecord
+from ._snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 
+from ._clock import Clock, SystemClock
+from ._errors import RateLimitExceededError, SharedStateUnavailableError
+from ._result import Err, Ok, Result, _ok
 from ._run import logger
 from ._thunk import call_thunk
-from .clock import Clock, SystemClock
-from .errors import RateLimitExceededError, SharedStateUnavailableError
-from .result import Err, Ok, Result, _ok
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -13,8 +13,8 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from .result import Result
-from .resume import StepRecord, _to_records
+from ._result import Result
+from ._resume import StepRecord, _to_records
 
 __all__ = ["FORMAT_VERSION", "RunStatus", "SnapshotInfo", "SnapshotPage", "WorkflowSnapshot"]
 

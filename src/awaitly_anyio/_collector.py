@@ -12,6 +12,10 @@ from typing import Any
 
 import attrs
 
+from ._result import Err, Ok, Result
+from ._resume import StepRecord
+from ._snapshot import RunStatus, WorkflowSnapshot
+from ._store import from_epoch
 from .events import (
     StepComplete,
     StepError,
@@ -21,10 +25,6 @@ from .events import (
     WorkflowEvent,
     WorkflowStart,
 )
-from .result import Err, Ok, Result
-from .resume import StepRecord
-from .snapshot import RunStatus, WorkflowSnapshot
-from .store import from_epoch
 
 __all__ = ["ResumeStateCollector", "create_resume_state_collector"]
 

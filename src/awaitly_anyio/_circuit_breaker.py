@@ -22,14 +22,14 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
+from ._clock import Clock, SystemClock
+from ._errors import CircuitOpenError, SharedStateUnavailableError
+from ._ratelimit import OnUnavailable, check_on_unavailable, check_shared_seconds
+from ._result import Err, Ok, Result, _ok
 from ._run import logger
 from ._scopes import shielded
 from ._thunk import call_thunk
-from .clock import Clock, SystemClock
-from .errors import CircuitOpenError, SharedStateUnavailableError
 from .events import CircuitStateChange
-from .ratelimit import OnUnavailable, check_on_unavailable, check_shared_seconds
-from .result import Err, Ok, Result, _ok
 
 __all__ = ["CircuitBreaker", "CircuitState", "RedisCircuitBreaker", "create_circuit_breaker"]
 

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast, overlo
 
 import attrs
 
+from ._clock import Clock, SystemClock
+from ._context import Deps, WorkflowContext
 from ._ids import uuid4_text
+from ._result import Err, Ok, Result
 from ._run import (
     Checkpoint,
     EarlyExit,
@@ -26,8 +29,7 @@ from ._run import (
     make_emitter,
 )
 from ._scopes import cancel_due, deliver_cancellation
-from .clock import Clock, SystemClock
-from .context import Deps, WorkflowContext
+from ._step import Step
 from .events import (
     EventHandler,
     WorkflowCancelled,
@@ -35,14 +37,12 @@ from .events import (
     WorkflowError,
     WorkflowStart,
 )
-from .result import Err, Ok, Result
-from .step import Step
 
 if TYPE_CHECKING:
-    from .durable import IfRunning
-    from .snapshot import WorkflowSnapshot
-    from .store import SnapshotStore
-from .resume import SupportsResume, completed_results
+    from ._durable import IfRunning
+    from ._snapshot import WorkflowSnapshot
+    from ._store import SnapshotStore
+from ._resume import SupportsResume, completed_results
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -175,7 +175,7 @@ class Workflow(Generic[D]):
         (a `ResumeState` or a snapshot) answers keyed
         steps that already completed, so they are not executed again.
 
-        With ``store``, the run is durable (see `awaitly_anyio.durable`):
+        With ``store``, the run is durable (see `awaitly_anyio._durable`):
         it resumes run ``workflow_id`` from the store, checkpoints every keyed
         step as it completes, returns a completed run's stored result without
         executing anything, and records the outcome: a completed run kept for
@@ -214,8 +214,8 @@ class Workflow(Generic[D]):
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
                 f"(a durable run resumes from its store)"
             )
-        from .durable import DurableOptions, _capabilities, run_durable
-        from .store import check_id, check_lease, ttl_seconds
+        from ._durable import DurableOptions, _capabilities, run_durable
+        from ._store import check_id, check_lease, ttl_seconds
 
         ttl_seconds(ttl)
         ttl_seconds(failure_ttl)

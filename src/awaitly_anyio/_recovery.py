@@ -17,14 +17,14 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from ._clock import Clock, SystemClock
+from ._durable import default_owner
+from ._errors import SnapshotDecodeError
+from ._result import Err, Result
 from ._run import logger
-from .clock import Clock, SystemClock
-from .durable import default_owner
-from .errors import SnapshotDecodeError
-from .result import Err, Result
-from .snapshot import SnapshotInfo
-from .store import LeaseStore, check_lease
-from .workflow import Workflow
+from ._snapshot import SnapshotInfo
+from ._store import LeaseStore, check_lease
+from ._workflow import Workflow
 
 __all__ = ["RecoveredRun", "WorkflowRegistry", "claim_abandoned", "recover", "recovery_loop"]
 

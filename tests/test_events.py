@@ -68,10 +68,10 @@ async def test_event_order_for_a_failing_run() -> None:
         "workflow_error",
     ]
     step_error, workflow_error = seen[2], seen[3]
-    assert isinstance(step_error, events.StepError)
+    assert isinstance(step_error, events.StepFailed)
     assert (step_error.name, step_error.step_key) == ("charge", "charge")
     assert step_error.error == "DECLINED"
-    assert isinstance(workflow_error, events.WorkflowError)
+    assert isinstance(workflow_error, events.WorkflowFailed)
     assert workflow_error.error == "DECLINED"
 
 
@@ -79,12 +79,12 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
     expected = {
         events.WorkflowStart: "workflow_start",
         events.WorkflowComplete: "workflow_complete",
-        events.WorkflowError: "workflow_error",
+        events.WorkflowFailed: "workflow_error",
         events.WorkflowCancelled: "workflow_cancelled",
         events.WorkflowResumed: "workflow_resumed",
         events.StepStart: "step_start",
         events.StepComplete: "step_complete",
-        events.StepError: "step_error",
+        events.StepFailed: "step_error",
         events.StepRetry: "step_retry",
         events.StepTimeout: "step_timeout",
         events.StepSkipped: "step_skipped",
@@ -128,10 +128,10 @@ async def test_no_events_are_built_when_nobody_listens(monkeypatch: pytest.Monke
     def forbidden(**fields: Any) -> None:
         raise AssertionError(f"an event was built: {fields}")
 
-    for name in ("StepStart", "StepComplete", "StepError", "StepRetry", "StepSkipped"):
+    for name in ("StepStart", "StepComplete", "StepFailed", "StepRetry", "StepSkipped"):
         monkeypatch.setattr(step, name, forbidden)
     workflow_module = __import__("awaitly_anyio._workflow", fromlist=["x"])
-    for name in ("WorkflowStart", "WorkflowComplete", "WorkflowError"):
+    for name in ("WorkflowStart", "WorkflowComplete", "WorkflowFailed"):
         monkeypatch.setattr(workflow_module, name, forbidden)
     clock = FakeClock()
 

@@ -399,7 +399,7 @@ async def test_a_second_start_of_a_run_in_progress_does_not_end_the_first_ones_s
         StepComplete,
         StepStart,
         WorkflowComplete,
-        WorkflowError,
+        WorkflowFailed,
         WorkflowStart,
     )
 
@@ -411,7 +411,7 @@ async def test_a_second_start_of_a_run_in_progress_does_not_end_the_first_ones_s
 
         def second_start() -> None:  # another task: starts, is refused at once
             handle(WorkflowStart(**ids))
-            handle(WorkflowError(**ids, duration_ms=0.0, error="RunInProgressError"))
+            handle(WorkflowFailed(**ids, duration_ms=0.0, error="RunInProgressError"))
 
         contextvars.copy_context().run(second_start)
         assert trace.get_current_span() is first_run

@@ -70,7 +70,7 @@ async def test_a_failed_final_write_is_a_workflow_error_not_a_completion(store: 
     assert isinstance(result, Err)
     assert isinstance(result.error, StoreError)
     [terminal] = seen.terminal()
-    assert isinstance(terminal, events.WorkflowError)
+    assert isinstance(terminal, events.WorkflowFailed)
     assert terminal.error is result.error
     assert seen.health.get_stats()["failed"] == 1
     assert seen.health.get_stats()["successful"] == 0

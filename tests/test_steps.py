@@ -79,7 +79,7 @@ async def test_retry_gives_up_after_attempts_with_the_last_error() -> None:
         (1, 0.5, "UPSTREAM_DOWN"),
         (2, 0.75, "UPSTREAM_DOWN"),
     ]
-    (error_event,) = [e for e in seen if isinstance(e, events.StepError)]
+    (error_event,) = [e for e in seen if isinstance(e, events.StepFailed)]
     assert error_event.attempt == 3
 
 

@@ -18,11 +18,11 @@ from ._snapshot import RunStatus, WorkflowSnapshot
 from ._store import from_epoch
 from .events import (
     StepComplete,
-    StepError,
+    StepFailed,
     WorkflowCancelled,
     WorkflowComplete,
-    WorkflowError,
     WorkflowEvent,
+    WorkflowFailed,
     WorkflowStart,
 )
 
@@ -50,7 +50,7 @@ class ResumeStateCollector:
                 self._steps[event.step_key] = _record(Ok(event.value), event)
             elif event.step_key is not None:
                 self._steps.setdefault(event.step_key, StepRecord(Ok(event.value)))
-        elif isinstance(event, StepError):
+        elif isinstance(event, StepFailed):
             if event.step_key is not None:
                 self._steps[event.step_key] = _record(Err(event.error), event)
         elif isinstance(event, WorkflowStart):
@@ -61,7 +61,7 @@ class ResumeStateCollector:
             self._status, self._result, self._created = "running", None, event.ts
         elif isinstance(event, WorkflowComplete):
             self._status, self._result = "completed", Ok(event.value)
-        elif isinstance(event, WorkflowError):
+        elif isinstance(event, WorkflowFailed):
             self._status, self._result = "failed", Err(event.error)
         elif isinstance(event, WorkflowCancelled):
             self._status = "cancelled"
@@ -81,7 +81,7 @@ class ResumeStateCollector:
         return attrs.evolve(snapshot, created_at=from_epoch(self._created))
 
 
-def _record(result: Result[Any, Any], event: StepComplete | StepError) -> StepRecord:
+def _record(result: Result[Any, Any], event: StepComplete | StepFailed) -> StepRecord:
     return StepRecord(
         result,
         attempts=event.attempt,

@@ -94,13 +94,13 @@ def describe(event: events.WorkflowEvent) -> str | None:
                 f"  step {event.name}: attempt {event.attempt} failed ({event.error!r}), "
                 f"retrying in {event.delay:.2f}s"
             )
-        case events.StepError():
+        case events.StepFailed():
             return f"  step {event.name}: failed with {event.error!r}"
         case events.StepCancelled():
             return f"  step {event.name}: interrupted"
         case events.WorkflowComplete():
             return f"workflow completed in {event.duration_ms:.1f} ms -> {event.value!r}"
-        case events.WorkflowError():
+        case events.WorkflowFailed():
             return f"workflow failed in {event.duration_ms:.1f} ms -> {event.error!r}"
         case events.WorkflowCancelled():
             return "workflow interrupted; its completed steps are saved"

@@ -11,11 +11,11 @@ from typing import Any
 from .events import (
     StepCancelled,
     StepComplete,
-    StepError,
+    StepFailed,
     StepStart,
     WorkflowCancelled,
     WorkflowComplete,
-    WorkflowError,
+    WorkflowFailed,
     WorkflowStart,
 )
 
@@ -39,8 +39,8 @@ _current: ContextVar[_Frame | None] = ContextVar("awaitly_anyio_log_context", de
 _get = _current.get
 _set = _current.set
 
-_STEP_ENDS = (StepComplete, StepError, StepCancelled)
-_RUN_ENDS = (WorkflowComplete, WorkflowError, WorkflowCancelled)
+_STEP_ENDS = (StepComplete, StepFailed, StepCancelled)
+_RUN_ENDS = (WorkflowComplete, WorkflowFailed, WorkflowCancelled)
 
 
 def log_context(event: object) -> None:

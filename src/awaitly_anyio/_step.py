@@ -33,7 +33,7 @@ from ._store import check_key
 from .events import (
     StepCancelled,
     StepComplete,
-    StepError,
+    StepFailed,
     StepRetry,
     StepSkipped,
     StepStart,
@@ -538,9 +538,9 @@ class Step(RunState):
 
     def _error_event(
         self, name: str, key: str | None, started: float, error: object, attempt: int
-    ) -> StepError:
+    ) -> StepFailed:
         run = self
-        return StepError(
+        return StepFailed(
             workflow_id=run.workflow_id,
             workflow_name=run.name,
             ts=run.clock.time(),

@@ -34,7 +34,7 @@ from .events import (
     EventHandler,
     WorkflowCancelled,
     WorkflowComplete,
-    WorkflowError,
+    WorkflowFailed,
     WorkflowStart,
 )
 
@@ -338,7 +338,7 @@ class Workflow(Generic[D]):
             )
         else:
             emit(
-                WorkflowError(
+                WorkflowFailed(
                     workflow_id=workflow_id,
                     workflow_name=self.name,
                     ts=clock.time(),

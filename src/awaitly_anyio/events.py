@@ -22,7 +22,7 @@ __all__ = [
     "EventHandler",
     "StepCancelled",
     "StepComplete",
-    "StepError",
+    "StepFailed",
     "StepRetry",
     "StepSkipped",
     "StepStart",
@@ -31,7 +31,7 @@ __all__ = [
     "TraceCarrierSource",
     "WorkflowCancelled",
     "WorkflowComplete",
-    "WorkflowError",
+    "WorkflowFailed",
     "WorkflowEvent",
     "WorkflowResumed",
     "WorkflowStart",
@@ -85,7 +85,7 @@ class WorkflowComplete(_Event):
 
 
 @attrs.frozen(kw_only=True)
-class WorkflowError(_Event):
+class WorkflowFailed(_Event):
     """A run finished with ``Err(error)``."""
 
     type: ClassVar[Literal["workflow_error"]] = "workflow_error"
@@ -120,7 +120,7 @@ class StepComplete(_StepEvent):
 
 
 @attrs.frozen(kw_only=True)
-class StepError(_StepEvent):
+class StepFailed(_StepEvent):
     """A step ended with ``Err(error)`` after ``attempt`` attempts; the workflow exits early."""
 
     type: ClassVar[Literal["step_error"]] = "step_error"
@@ -168,11 +168,11 @@ WorkflowEvent: TypeAlias = (
     WorkflowStart
     | WorkflowResumed
     | WorkflowComplete
-    | WorkflowError
+    | WorkflowFailed
     | WorkflowCancelled
     | StepStart
     | StepComplete
-    | StepError
+    | StepFailed
     | StepRetry
     | StepTimeout
     | StepSkipped

@@ -20,7 +20,7 @@ import anyio
 import attrs
 
 from ._redact import redact_text
-from .events import WorkflowComplete, WorkflowError, WorkflowEvent
+from .events import WorkflowComplete, WorkflowEvent, WorkflowFailed
 
 __all__ = [
     "CheckResult",
@@ -48,7 +48,7 @@ class HealthTracker:
         """Count a finished run (other events are ignored)."""
         if isinstance(event, WorkflowComplete):
             self.successful += 1
-        elif isinstance(event, WorkflowError):
+        elif isinstance(event, WorkflowFailed):
             self.failed += 1
             self.last_error = {
                 "time": datetime.fromtimestamp(event.ts, timezone.utc).isoformat(),

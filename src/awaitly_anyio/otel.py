@@ -22,14 +22,14 @@ from .events import (
     CircuitStateChange,
     StepCancelled,
     StepComplete,
-    StepError,
+    StepFailed,
     StepRetry,
     StepSkipped,
     StepStart,
     StepTimeout,
     WorkflowCancelled,
     WorkflowComplete,
-    WorkflowError,
+    WorkflowFailed,
     WorkflowResumed,
     WorkflowStart,
 )
@@ -187,7 +187,7 @@ class OtelAdapter:
         self._handlers: dict[type, Callable[[Any], None]] = {
             StepStart: self._step_start,
             StepComplete: self._step_end,
-            StepError: self._step_end,
+            StepFailed: self._step_end,
             StepCancelled: self._step_end,
             StepRetry: self._step_retry,
             StepTimeout: self._step_timeout,
@@ -195,7 +195,7 @@ class OtelAdapter:
             WorkflowStart: self._run_start,
             WorkflowResumed: self._run_resumed,
             WorkflowComplete: self._end_run,
-            WorkflowError: self._end_run,
+            WorkflowFailed: self._end_run,
             WorkflowCancelled: self._end_run,
             CircuitStateChange: self._circuit,
         }
@@ -326,7 +326,7 @@ class OtelAdapter:
         spans = [frame.span] if frame.extra is None else [frame.span, frame.extra]
         if isinstance(event, WorkflowComplete):
             status = "completed"
-        elif isinstance(event, WorkflowError):
+        elif isinstance(event, WorkflowFailed):
             status = "failed"
             for span in spans:
                 self._error(span, event.error)
@@ -440,7 +440,7 @@ class OtelAdapter:
                 span.set_attribute("step.attempt", event.attempt)
             if attempt is not None:
                 attempt.set_attribute("step.outcome", "ok")
-        elif isinstance(event, StepError):
+        elif isinstance(event, StepFailed):
             span.set_attribute("step.attempt", event.attempt)
             self._error(span, event.error)
             self._step_errors.add(1, labels)

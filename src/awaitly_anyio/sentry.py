@@ -19,7 +19,7 @@ from typing import Any, cast
 from ._errors import UnexpectedError
 from ._redact import redact_text
 from ._result import Err, Result
-from .events import StepError, WorkflowError
+from .events import StepFailed, WorkflowFailed
 
 __all__ = ["SentryHandler", "create_sentry_handler", "run_with_sentry"]
 
@@ -80,14 +80,14 @@ class SentryHandler:
     def handle_event(self, event: object) -> None:
         """Report or note one event (others are ignored)."""
         sdk = self._sdk
-        if isinstance(event, StepError):
+        if isinstance(event, StepFailed):
             sdk.add_breadcrumb(
                 category="workflow.step",
                 message=f"step {event.name} failed: {_describe(event.error)}",
                 level="error",
                 data={"workflow_id": event.workflow_id, "workflow_name": event.workflow_name},
             )
-        elif isinstance(event, WorkflowError) and isinstance(event.error, UnexpectedError):
+        elif isinstance(event, WorkflowFailed) and isinstance(event.error, UnexpectedError):
             with sdk.new_scope() as scope:
                 scope.add_event_processor(_redact_event)
                 scope.set_tag("workflow.name", event.workflow_name)

@@ -122,10 +122,6 @@ class CircuitBreaker:
         self._maybe_half_open(self._clock.monotonic())
         return self._state
 
-    def get_state(self) -> str:
-        """The state's name, ``"CLOSED"``, ``"OPEN"`` or ``"HALF_OPEN"``, as the guide uses it."""
-        return self.state.value
-
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` on every state change."""
         self._listeners.append(listener)

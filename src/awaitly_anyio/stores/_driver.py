@@ -1,0 +1,268 @@
+"""The row-driver protocol: what one database must do for the store front.
+
+A store is `StoreFront` (in ``_front``) over one `RowDriver`.  The front
+implements `SnapshotStore`, `CheckpointStore` and `LeaseStore` once:
+it validates arguments, reads the clock and turns TTLs into expiry times, owns the
+type registry, encodes and decodes (``_rows``), keeps the closed state and turns
+the driver's signals below into the library's errors.  A driver speaks only rows
+(`RunRow`) and step JSON text, in its database's own way.
+
+Rules every driver keeps:
+
+- **Times come from the front.** Every method that needs "now" is given ``now``
+  (epoch seconds); a driver never reads a clock.  A run is *live* when its
+  ``expires_at`` is ``None`` or later than ``now``; a run that is not live is, for
+  every method, absent (a driver may delete it and its steps when it meets it).
+- **No validation, TTL or encoding.** Ids and keys arrive checked; rows arrive
+  encoded.  Where a decision needs a decoded run inside the driver's transaction
+  (claiming, recovering, merging metadata), the front passes a *callback*: sync,
+  pure, rows in and a decision out.  A callback may raise (`SnapshotDecodeError`,
+  `SerializationError`): the driver then writes nothing and lets it propagate.
+- **Signals, not library errors.** A refused write raises `RunMissing` or
+  `LeaseLost`; a run the database cannot even read as a row (a Redis key of the
+  wrong type) raises `RowUnreadable`.  Anything else the database raises
+  (``sqlite3.Error``, ``asyncpg.PostgresError``, ``OSError``...) propagates as it is.
+- **Atomic and cancellable.** Each method is one transaction (or script, or WATCH
+  block): a cancelled call either wrote all of its change or none of it.  Every
+  method is a cancellation point.
+- **Steps keep their order.** A run's steps are returned in the order they were
+  first recorded; a step written again keeps its place.
+- **The lease is the driver's to keep.** `write_run` and `start_run` leave the
+  stored lease (``lease_owner``, ``lease_expires_at``) as it is; `claim`,
+  `claim_expired`, `renew`, `release` and `end_run` change it as documented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+
+from .._rows import RunRow
+from .._snapshot import RunStatus
+from .._store import Claim
+
+__all__ = [
+    "ClaimTerms",
+    "EndTerms",
+    "LeaseLost",
+    "ListedRow",
+    "RowDriver",
+    "RowUnreadable",
+    "RunMissing",
+    "Steps",
+]
+
+Steps = Sequence[tuple[str, str]]
+"""A run's steps as ``(key, record JSON)`` pairs, in the order they were recorded."""
+
+
+# ---- signals ---------------------------------------------------------------------------
+
+
+class RunMissing(Exception):
+    """The run a write needs is absent (or expired): the front raises ``LookupError``."""
+
+
+class LeaseLost(Exception):
+    """The run is live but the writing owner does not hold its lease: the front raises
+    `LeaseLostError`."""
+
+
+class RowUnreadable(Exception):
+    """The run is stored in a form that is not a run row at all (a Redis key holding
+    another type); ``reason`` says what is wrong.  The front raises
+    `SnapshotDecodeError` naming the run, or lists the run as damaged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---- what the front hands a driver ------------------------------------------------------
+
+
+@attrs.frozen
+class ListedRow:
+    """One run of a listing: its id, the time it sorts by (``updated_at``, or the
+    driver's stand-in for a damaged one) and its row, or ``row=None`` with ``damage``
+    when the driver could not read a row at all (`RowUnreadable`'s reason)."""
+
+    id: str
+    at: float
+    row: RunRow | None
+    damage: str | None = None
+
+
+class ClaimTerms(Protocol):
+    """What `RowDriver.claim` needs from the front to take one run.
+
+    The driver, in one transaction:
+
+    1. if there is no live run ``id`` (an expired one is deleted with its steps),
+       writes `fresh_row` (a new run, leased to the claimer, no steps) and returns
+       `fresh`.  A driver may try this first as an insert that does nothing if the
+       id exists, so a new run costs one statement;
+    2. else calls ``check(row)``: a `Claim` means "refused" (held, completed, another
+       workflow's) and is returned with nothing written; ``check`` raises
+       `SnapshotDecodeError` for a row it cannot read;
+    3. else reads the run's steps and calls ``take(row, steps)``, which decodes the
+       whole run (raising `SnapshotDecodeError`, with nothing written, if it
+       cannot) and returns the row to write (every field, lease included) and the
+       `Claim` to return.  The steps are kept.
+    """
+
+    @property
+    def fresh_row(self) -> RunRow: ...
+
+    @property
+    def fresh(self) -> Claim: ...
+
+    def check(self, row: RunRow) -> Claim | None: ...
+
+    def take(self, row: RunRow, steps: Steps) -> tuple[RunRow, Claim]: ...
+
+
+class EndTerms(Protocol):
+    """How a run ends (`RowDriver.end_run`): the fields to write over the live run.
+
+    ``lease_owner`` and ``lease_expires_at`` become ``None``.  The metadata:
+
+    - ``merge is None``: keep the stored ``metadata_json``;
+    - else the new ``metadata_json`` is ``merge(row)`` (decoding the stored one;
+      may raise `SnapshotDecodeError` or `SerializationError`, nothing written).
+      When ``metadata_patch`` is not ``None`` it is a JSON object whose top-level
+      keys replace the stored metadata's: a driver may apply it itself (in SQL)
+      instead of calling ``merge``, but only when the stored metadata is a JSON
+      object without a ``"$t"`` key; otherwise it must call ``merge``.
+    """
+
+    @property
+    def status(self) -> RunStatus: ...
+
+    @property
+    def result_json(self) -> str | None: ...
+
+    @property
+    def expires_at(self) -> float | None: ...
+
+    @property
+    def owner(self) -> str | None: ...
+
+    @property
+    def metadata_patch(self) -> str | None: ...
+
+    @property
+    def merge(self) -> Callable[[RunRow], str] | None: ...
+
+
+# ---- the protocol ------------------------------------------------------------------------
+
+
+class RowDriver(Protocol):
+    """One database's rows under `StoreFront`.  See the module's rules; every
+    method is a cancellation point and one atomic change."""
+
+    async def open(self) -> None:
+        """Connect (and create or migrate the tables) now instead of at first use;
+        ``async with store`` calls it.  Raises what connecting raises."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files.  The front calls it once; a call in flight
+        may still be finishing."""
+        ...
+
+    async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
+        """Live run ``id``'s row and, with ``steps``, its steps in order (else ``()``),
+        read consistently; ``None`` if absent.  `RowUnreadable` for a run that is not
+        a row.  Never decodes."""
+        ...
+
+    async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
+        """Replace run ``id`` (created if absent) with ``row`` (its lease fields are
+        ignored: a stored lease is kept) and exactly ``steps``, in this order."""
+        ...
+
+    async def delete(self, id: str, now: float) -> bool:
+        """Remove run ``id`` and its steps; whether a live run was there (a run that
+        cannot be read counts as live)."""
+        ...
+
+    async def start_run(
+        self, id: str, now: float, restart: Callable[[RunRow | None], RunRow]
+    ) -> None:
+        """``mark_running``: write ``restart(live row or None)`` over run ``id``, keeping
+        its steps and lease; when no live run was there, any expired one's steps are
+        dropped first."""
+        ...
+
+    async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
+        """Add or replace step ``key`` of live run ``id`` (a new key goes last, an old one
+        keeps its place); durable once this returns.  With ``owner``, only while the
+        run's ``lease_owner`` is ``owner``.  `RunMissing` or `LeaseLost` otherwise.
+        A driver may move the run's ``updated_at`` to ``now`` or leave it."""
+        ...
+
+    async def end_run(self, id: str, now: float, end: EndTerms) -> None:
+        """Record live run ``id``'s end (see `EndTerms`): status, result, ``updated_at =
+        now``, expiry, metadata; lease cleared; steps kept.  With ``end.owner``, only
+        while it holds the lease.  `RunMissing` or `LeaseLost` otherwise."""
+        ...
+
+    async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
+        """Take run ``id`` on ``terms`` (see `ClaimTerms`); two claimers never both win."""
+        ...
+
+    async def renew(self, id: str, now: float, owner: str, until: float) -> bool:
+        """Set live run ``id``'s ``lease_expires_at`` to ``until`` if ``owner`` holds its
+        lease; whether it did."""
+        ...
+
+    async def release(self, id: str, owner: str) -> None:
+        """Clear run ``id``'s lease if ``owner`` holds it."""
+        ...
+
+    async def claim_expired(
+        self,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        workflow_names: Sequence[str] | None,
+        problem: Callable[[str, RunRow, Steps], str | None],
+    ) -> tuple[list[tuple[str, RunRow]], list[ListedRow]]:
+        """Lease to ``owner`` until ``until`` up to ``limit`` live runs whose status is
+        ``running`` or ``cancelled``, whose lease is free or expired (``lease_expires_at``
+        ``None`` or not after ``now``) and whose workflow is one of
+        ``workflow_names`` (any, when ``None``; an empty list claims nothing), oldest
+        ``updated_at`` first.
+
+        Each candidate is checked with ``problem(id, row, steps)`` before it is
+        claimed, in the same transaction: a candidate with a problem (or one that is
+        `RowUnreadable`) is not changed and comes back as a damaged `ListedRow`
+        (``damage`` set), not counting towards ``limit``.  Returns the claimed runs'
+        ``(id, row as read)`` and the damaged ones.
+        """
+        ...
+
+    async def list(
+        self,
+        now: float,
+        prefix: str | None,
+        status: RunStatus | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[ListedRow]:
+        """Up to ``limit`` live runs newest first (``updated_at`` descending, then id
+        descending by code point), those whose id starts with ``prefix``, whose
+        status is ``status`` and which come strictly after position ``after`` (an
+        ``(at, id)`` from an earlier `ListedRow`).  A run that cannot be read is listed
+        too (as a `ListedRow` with ``damage``), unless ``status`` is given."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Delete runs expired at ``now`` (and whatever indexes point at gone runs) for
+        good; how many went."""
+        ...

@@ -1,0 +1,422 @@
+"""The store front: `SnapshotStore`, `CheckpointStore` and `LeaseStore`, written
+once over a `RowDriver`.
+
+Every shipped store is this class over its own driver.  The front validates
+arguments, reads the clock and turns TTLs into expiry times, keeps the type
+registry, encodes and decodes (``_rows``), owns ``async with`` and the closed state,
+and turns the driver's signals (``_driver``) into the library's errors.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._clock import Clock, SystemClock
+from .._errors import LeaseLostError, SnapshotDecodeError
+from .._result import Result
+from .._rows import (
+    RunRow,
+    as_claimed,
+    assemble,
+    damaged_info,
+    decode_metadata,
+    decode_problem,
+    encode_metadata,
+    info,
+    restarted,
+    row_problem,
+    split,
+)
+from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._store import (
+    Claim,
+    EncodedStep,
+    Ttl,
+    check_id,
+    check_key,
+    check_lease,
+    check_list_args,
+    decode_cursor,
+    encode_cursor,
+    ttl_seconds,
+)
+from ..serialization import TypeRegistry, default_registry
+from ._driver import LeaseLost, RowDriver, RowUnreadable, RunMissing, Steps
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["StoreFront"]
+
+
+def _missing(id: str) -> LookupError:
+    return LookupError(f"run {id!r} is not in the store (mark_running first)")
+
+
+class StoreFront:
+    """A `LeaseStore` (so also a `CheckpointStore` and a `SnapshotStore`) over
+    a row driver.
+
+    ``clock`` supplies wall time for TTLs, ``updated_at`` and leases; ``registry``
+    names the types step values may hold.  Every method is a cancellation point;
+    a closed store raises ``RuntimeError``; a refused write raises ``LookupError``
+    (no such run) or `LeaseLostError`; a run that cannot be decoded raises
+    `SnapshotDecodeError`; the database's own errors propagate as they are.
+    """
+
+    def __init__(
+        self,
+        driver: RowDriver,
+        *,
+        clock: Clock | None = None,
+        registry: TypeRegistry = default_registry,
+    ) -> None:
+        self._driver = driver
+        self._clock = clock if clock is not None else SystemClock()
+        self._registry = registry
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        """Open the store now (connect, create or migrate its tables); if that fails,
+        it is closed again and the error raised."""
+        self._check_open()
+        try:
+            await self._driver.open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The types this store can save and load."""
+        return self._registry
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+    def _expiry(self, ttl: Ttl, now: float) -> float | None:
+        seconds = ttl_seconds(ttl)
+        return None if seconds is None else now + seconds
+
+    # ---- SnapshotStore -----------------------------------------------------------------
+
+    async def save(
+        self,
+        id: str,
+        snapshot: WorkflowSnapshot,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replace run ``id`` with ``snapshot`` (its steps, status, result and metadata,
+        ``metadata`` merged over the snapshot's own), in one atomic write; a lease on
+        the run is kept.  ``ttl`` makes it expire.  ``ValueError`` for an invalid id or
+        TTL and `SerializationError` for a value that cannot be stored, both before
+        anything is written."""
+        check_id(id)
+        self._check_open()
+        now = self._clock.time()
+        row, steps = split(
+            snapshot,
+            self._registry,
+            now=now,
+            expires_at=self._expiry(ttl, now),
+            metadata=metadata,
+        )
+        await self._driver.write_run(id, row, steps)
+
+    async def load(self, id: str) -> WorkflowSnapshot | None:
+        """Run ``id``'s snapshot, or ``None`` if there is none or it expired; its steps in
+        the order they were recorded.  `SnapshotDecodeError` (naming the run and the
+        problem) for one that cannot be decoded."""
+        check_id(id)
+        self._check_open()
+        try:
+            found = await self._driver.read(id, self._clock.time(), steps=True)
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+        if found is None:
+            return None
+        return assemble(id, found[0], found[1], self._registry)
+
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
+        expiry, see `SnapshotInfo`), without its steps; ``None``
+        if there is none or it expired.  A run whose row cannot be read comes back
+        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
+        invalid id."""
+        check_id(id)
+        self._check_open()
+        try:
+            found = await self._driver.read(id, self._clock.time(), steps=False)
+        except RowUnreadable as exc:
+            return damaged_info(id, exc.reason)
+        return None if found is None else info(id, found[0], lease=True)
+
+    async def delete(self, id: str) -> bool:
+        """Remove run ``id`` and its steps; whether a live run was there."""
+        check_id(id)
+        self._check_open()
+        return await self._driver.delete(id, self._clock.time())
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage:
+        """Runs newest first (by ``updated_at``), ``limit`` at a time; pass the page's
+        ``next_cursor`` back to continue.  Expired runs are never listed; a run whose
+        row cannot be read is listed flagged ``damaged``.  ``ValueError`` or
+        ``TypeError`` for bad arguments (a cursor this store did not make included)."""
+        check_list_args(prefix, status, limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        self._check_open()
+        found = await self._driver.list(self._clock.time(), prefix, status, after, limit + 1)
+        page = found[:limit]
+        infos = [
+            damaged_info(entry.id, entry.damage or "unreadable")
+            if entry.row is None
+            else info(entry.id, entry.row, lease=True)
+            for entry in page
+        ]
+        next_cursor = encode_cursor(page[-1].at, page[-1].id) if len(found) > limit else None
+        return SnapshotPage(infos, next_cursor)
+
+    async def purge_expired(self) -> int:
+        """Delete expired runs for good (they are already invisible); how many went."""
+        self._check_open()
+        return await self._driver.purge(self._clock.time())
+
+    async def close(self) -> None:
+        """Release the store's connections and files.  Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._driver.close()
+
+    # ---- CheckpointStore ---------------------------------------------------------------
+
+    async def mark_running(
+        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create run ``id`` (status ``running``) or set an existing one back to
+        ``running``, keeping its steps and merging ``metadata`` over its own."""
+        check_id(id)
+        self._check_open()
+        registry = self._registry
+        now = self._clock.time()
+
+        def restart(row: RunRow | None) -> RunRow:
+            return restarted(id, row, workflow_name, metadata, now, registry)
+
+        await self._driver.start_run(id, now, restart)
+
+    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
+        """Add or replace one step record of run ``id``; durable once this returns.
+        ``ValueError`` for an invalid step key, before anything is written;
+        ``LookupError`` if the run is not in the store; with ``owner``,
+        `LeaseLostError` unless ``owner`` holds the run's lease."""
+        check_key(step.key)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        try:
+            await self._driver.write_step(id, step.key, step.json, self._clock.time(), owner)
+        except RunMissing:
+            raise _missing(id) from None
+        except LeaseLost:
+            raise LeaseLostError(id, owner or "") from None
+
+    async def finish(
+        self,
+        id: str,
+        status: RunStatus,
+        result: Result[Any, Any] | None,
+        result_json: str | None,
+        *,
+        ttl: Ttl = None,
+        metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """Record the run's end (status, pre-encoded result, expiry, ``metadata`` merged
+        over its own), keeping its steps and releasing the lease.  ``LookupError`` if
+        the run is not in the store; with ``owner``, `LeaseLostError` unless
+        ``owner`` holds the lease."""
+        self._check_open()
+        now = self._clock.time()
+        end = _End(status, result_json, self._expiry(ttl, now), owner)
+        if metadata:
+            registry = self._registry
+            patch = encode_metadata(dict(metadata), registry)
+            # Plain JSON (no tagged values) may be merged by the database itself.
+            if patch.startswith("{") and '"$t"' not in patch:
+                end.metadata_patch = patch
+
+            def merge(row: RunRow) -> str:
+                merged = decode_metadata(id, row, registry)
+                merged.update(metadata)
+                return encode_metadata(merged, registry)
+
+            end.merge = merge
+        try:
+            await self._driver.end_run(id, now, end)
+        except RunMissing:
+            raise _missing(id) from None
+        except LeaseLost:
+            raise LeaseLostError(id, owner or "") from None
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+
+    # ---- LeaseStore --------------------------------------------------------------------
+
+    async def claim(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        owner: str,
+        lease: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Claim:
+        """Take run ``id`` for ``lease`` seconds unless another owner's lease is live,
+        the run completed, or it belongs to another workflow (see `Claim`).  An
+        existing run is decoded before anything is written: `SnapshotDecodeError`
+        if it cannot be, the stored run left as it was.  A new run costs no extra
+        read.  ``ValueError`` for an invalid id, owner or lease."""
+        check_id(id)
+        seconds = check_lease(owner, lease)
+        self._check_open()
+        now = self._clock.time()
+        terms = _Claiming(id, workflow_name, owner, now, now + seconds, metadata, self._registry)
+        try:
+            return await self._driver.claim(id, now, terms)
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+
+    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it."""
+        seconds = check_lease(owner, lease)
+        self._check_open()
+        now = self._clock.time()
+        return await self._driver.renew(id, now, owner, now + seconds)
+
+    async def release(self, id: str, *, owner: str) -> None:
+        """Give up ``owner``'s lease (nothing happens if it is not the holder)."""
+        self._check_open()
+        await self._driver.release(id, owner)
+
+    async def claim_expired(
+        self,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 10,
+        workflow_names: Sequence[str] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Claim up to ``limit`` runs that are ``running`` or ``cancelled`` and whose lease
+        is free or expired, oldest first; runs that cannot be decoded are left as they
+        are and returned after the claimed ones, flagged ``damaged``."""
+        seconds = check_lease(owner, lease)
+        self._check_open()
+        names = None if workflow_names is None else builtins.list(workflow_names)
+        if names == []:
+            return []
+        now = self._clock.time()
+        registry = self._registry
+
+        def problem(id: str, row: RunRow, steps: Steps) -> str | None:
+            return decode_problem(id, row, steps, registry)
+
+        claimed, damaged = await self._driver.claim_expired(
+            now, owner, now + seconds, limit, names, problem
+        )
+        return [info(id, row) for id, row in claimed] + [
+            damaged_info(entry.id, entry.damage or "unreadable", entry.row) for entry in damaged
+        ]
+
+
+@attrs.define(slots=True)
+class _End:
+    """`EndTerms`, as the front makes them."""
+
+    status: RunStatus
+    result_json: str | None
+    expires_at: float | None
+    owner: str | None
+    metadata_patch: str | None = None
+    merge: Callable[[RunRow], str] | None = None
+
+
+class _Claiming:
+    """`ClaimTerms`, as the front makes them: one claim of run ``id``."""
+
+    __slots__ = ("_id", "_metadata", "_name", "_now", "_owner", "_registry", "_until", "fresh_row")
+
+    def __init__(
+        self,
+        id: str,
+        workflow_name: str,
+        owner: str,
+        now: float,
+        until: float,
+        metadata: Mapping[str, Any] | None,
+        registry: TypeRegistry,
+    ) -> None:
+        self._id, self._name, self._owner = id, workflow_name, owner
+        self._now, self._until = now, until
+        self._metadata, self._registry = metadata, registry
+        self.fresh_row = RunRow(
+            workflow_name=workflow_name,
+            status="running",
+            result_json=None,
+            metadata_json=encode_metadata(dict(metadata or {}), registry),
+            created_at=now,
+            updated_at=now,
+            expires_at=None,
+            format_version=FORMAT_VERSION,
+            lease_owner=owner,
+            lease_expires_at=until,
+        )
+
+    @property
+    def fresh(self) -> Claim:
+        return Claim("claimed", self._owner, self._until, fresh=True)
+
+    def check(self, row: RunRow) -> Claim | None:
+        problem = row_problem(row)
+        if problem is not None:
+            raise SnapshotDecodeError(self._id, problem)
+        if row.workflow_name != self._name:
+            return Claim("mismatch", workflow_name=row.workflow_name)
+        if row.status == "completed":
+            return Claim("completed")
+        if row.lease_held_by_other(self._owner, self._now):
+            return Claim("held", row.lease_owner, row.lease_expires_at)
+        return None
+
+    def take(self, row: RunRow, steps: Steps) -> tuple[RunRow, Claim]:
+        # Decoded before anything is written: a damaged run stays as it is.
+        found = assemble(self._id, row, steps, self._registry)
+        taken = attrs.evolve(
+            restarted(self._id, row, self._name, self._metadata, self._now, self._registry),
+            lease_owner=self._owner,
+            lease_expires_at=self._until,
+        )
+        claimed = as_claimed(found, self._metadata, self._now)
+        return taken, Claim("claimed", self._owner, self._until, snapshot=claimed)

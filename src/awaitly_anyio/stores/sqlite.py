@@ -15,103 +15,30 @@ import builtins
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._clock import Clock, SystemClock
-from .._errors import LeaseLostError, SnapshotDecodeError
-from .._result import Result
-from .._rows import (
-    RunRow,
-    as_claimed,
-    assemble,
-    damaged_info,
-    decode_metadata,
-    decode_problem,
-    encode_metadata,
-    info,
-    restarted,
-    row_problem,
-    split,
-)
-from .._snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from .._store import (
-    Claim,
-    EncodedStep,
-    Ttl,
-    check_id,
-    check_key,
-    check_lease,
-    check_list_args,
-    decode_cursor,
-    encode_cursor,
-    ttl_seconds,
-)
+from .._clock import Clock
+from .._rows import RunRow
+from .._snapshot import RunStatus
+from .._store import Claim
 from ..serialization import TypeRegistry, default_registry
+from . import _sqlite_sql as sql
+from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RunMissing, Steps
+from ._front import StoreFront
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-#: The schema this module creates; kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = sql.SCHEMA_VERSION
 """The version of the tables this release creates and reads: a file of an older
 version is upgraded when opened, a newer one is refused."""
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _T = TypeVar("_T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS awaitly_runs (
-    id TEXT PRIMARY KEY NOT NULL,
-    workflow_name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    result_json TEXT,
-    metadata_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    expires_at REAL,
-    format_version INTEGER NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at REAL
-);
-CREATE INDEX IF NOT EXISTS awaitly_runs_by_update ON awaitly_runs (updated_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS awaitly_runs_by_expiry ON awaitly_runs (expires_at)
-    WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS awaitly_steps (
-    run_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    record_json TEXT NOT NULL,
-    seq INTEGER,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
-"""
-
-# Version 2: steps keep the order they were recorded in (``seq``, per run).  Steps of a
-# version 1 database have none (NULL): they come first, by key.
-_MIGRATE_1_TO_2 = """
-ALTER TABLE awaitly_steps ADD COLUMN seq INTEGER;
-CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
-"""
-
-# A run's steps in the order they were recorded (first recording; a step recorded again
-# keeps its place).
-_STEPS_IN_ORDER = (
-    "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY seq IS NOT NULL, seq, key"
-)
-
-_RUN_COLUMNS = (
-    "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
-    " format_version, lease_owner, lease_expires_at"
-)
-_WRITE_COLUMNS = (
-    "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
-    " format_version"
-)
-_LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
 def _connect_sqlite3(path: str) -> Any:
@@ -141,7 +68,7 @@ def _open_error(path: str, exc: sqlite3.Error) -> sqlite3.Error:
     return exc
 
 
-class SQLiteStore:
+class SQLiteStore(StoreFront):
     """A `SnapshotStore` (and ``LeaseStore``) in one SQLite file.
 
     - ``path``: the database file (created with its tables if missing; its folder
@@ -175,10 +102,10 @@ class SQLiteStore:
         clock: Clock | None = None,
         registry: TypeRegistry = default_registry,
     ) -> None:
-        self._path = os.fspath(path)
-        if not isinstance(self._path, str) or not self._path:
+        file = os.fspath(path)
+        if not isinstance(file, str) or not file:
             raise ValueError(f"a SQLite path must be a non-empty path, not {path!r}")
-        if "\x00" in self._path:
+        if "\x00" in file:
             raise ValueError("a SQLite path must not contain NUL characters")
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(
@@ -190,21 +117,15 @@ class SQLiteStore:
             or not 0 <= busy_timeout <= 3600
         ):
             raise ValueError(f"busy_timeout must be 0 to 3600 seconds, not {busy_timeout!r}")
-        self._synchronous = synchronous
-        self._busy_ms = int(busy_timeout * 1000)
-        self._connect = connect if connect is not None else _connect_sqlite3
-        self._clock = clock if clock is not None else SystemClock()
-        self._registry = registry
-        self._db: Any = None
-        self._lock: anyio.Lock | None = None
-        self._closed = False
-
-    async def __aenter__(self) -> SQLiteStore:
-        await self._run(lambda db: None)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        self._path = file
+        driver = _SQLiteDriver(
+            file,
+            synchronous,
+            int(busy_timeout * 1000),
+            connect if connect is not None else _connect_sqlite3,
+            repr(self),
+        )
+        super().__init__(driver, clock=clock, registry=registry)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -214,22 +135,31 @@ class SQLiteStore:
         """The database file."""
         return self._path
 
-    @property
-    def registry(self) -> TypeRegistry:
-        """The types this store can save and load."""
-        return self._registry
+
+class _SQLiteDriver:
+    """Rows in two tables of one SQLite file, one worker-thread call at a time."""
+
+    def __init__(
+        self, path: str, synchronous: str, busy_ms: int, connect: Callable[[str], Any], name: str
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_ms = busy_ms
+        self._connect = connect
+        self._name = name
+        self._db: Any = None
+        self._lock: anyio.Lock | None = None
+        self._closed = False
 
     # ---- plumbing ----------------------------------------------------------------------
 
     async def _run(self, work: Callable[[Any], _T]) -> _T:
         """Run ``work(connection)`` in a worker thread, one call at a time."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
+            if self._closed:  # closed while this call waited for the lock
+                raise RuntimeError(f"{self._name} is closed")
             return await anyio.to_thread.run_sync(self._call, work)
 
     def _call(self, work: Callable[[Any], _T]) -> _T:
@@ -283,161 +213,16 @@ class SQLiteStore:
                     f"{self._path!r} holds awaitly schema version {version}; this version of"
                     f" awaitly-anyio knows up to {SCHEMA_VERSION}: upgrade awaitly-anyio"
                 )
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            elif version == 1:
-                for statement in _MIGRATE_1_TO_2.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            script = sql.SCHEMA if version == 0 else sql.MIGRATE_1_TO_2 if version == 1 else ""
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _now(self) -> float:
-        return self._clock.time()
-
-    def _expiry(self, ttl: Ttl) -> float | None:
-        seconds = ttl_seconds(ttl)
-        return None if seconds is None else self._clock.time() + seconds
-
-    @staticmethod
-    def _row(db: Any, id: str, now: float) -> RunRow | None:
-        found = db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM awaitly_runs WHERE id = ? AND {_LIVE}", (id, now)
-        ).fetchone()
-        return None if found is None else RunRow(*found)
-
-    # ---- SnapshotStore -----------------------------------------------------------------
-
-    async def save(
-        self,
-        id: str,
-        snapshot: WorkflowSnapshot,
-        *,
-        ttl: Ttl = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Replace run ``id`` with ``snapshot``, in one transaction."""
-        check_id(id)
-        expires_at = self._expiry(ttl)
-        row, steps = split(
-            snapshot, self._registry, now=self._now(), expires_at=expires_at, metadata=metadata
-        )
-
-        def work(db: Any) -> None:
-            with _transaction(db):
-                _upsert_run(db, id, row)
-                db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                db.executemany(
-                    "INSERT INTO awaitly_steps (run_id, key, record_json, seq) VALUES (?, ?, ?, ?)",
-                    [(id, key, text, n) for n, (key, text) in enumerate(steps, 1)],
-                )
-
-        await self._run(work)
-
-    async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``; one consistent read.  Its steps are in the
-        order they were recorded (a step recorded again keeps its place)."""
-        check_id(id)
-        now = self._now()
-
-        def work(db: Any) -> WorkflowSnapshot | None:
-            with _transaction(db, "BEGIN"):
-                row = self._row(db, id, now)
-                if row is None:
-                    return None
-                steps = db.execute(_STEPS_IN_ORDER, (id,)).fetchall()
-            return assemble(id, row, steps, self._registry)
-
-        return await self._run(work)
-
-    async def info(self, id: str) -> SnapshotInfo | None:
-        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see `SnapshotInfo`), without its steps; ``None``
-        if there is none or it expired.  A run whose row cannot be read comes back
-        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
-        invalid id."""
-        check_id(id)
-        now = self._now()
-        row = await self._run(lambda db: self._row(db, id, now))
-        return None if row is None else info(id, row, lease=True)
-
-    async def delete(self, id: str) -> bool:
-        """Remove run ``id`` and its steps; whether a live run was there."""
-        check_id(id)
-        now = self._now()
-
-        def work(db: Any) -> bool:
-            with _transaction(db):
-                existed = self._row(db, id, now) is not None
-                db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                db.execute("DELETE FROM awaitly_runs WHERE id = ?", (id,))
-            return existed
-
-        return await self._run(work)
-
-    async def list(
-        self,
-        *,
-        prefix: str | None = None,
-        status: RunStatus | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> SnapshotPage:
-        """Runs newest first, ``limit`` at a time, by index."""
-        check_list_args(prefix, status, limit)
-        after = decode_cursor(cursor) if cursor is not None else None
-        clauses = [_LIVE]
-        params: list[Any] = [self._now()]
-        if prefix:
-            # substr, not LIKE: ids may hold any character, including % and _.
-            clauses.append("substr(id, 1, ?) = ?")
-            params += [len(prefix), prefix]
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if after is not None:
-            clauses.append("(updated_at < ? OR (updated_at = ? AND id < ?))")
-            params += [after[0], after[0], after[1]]
-        params.append(limit + 1)
-        sql = (
-            f"SELECT id, {_RUN_COLUMNS} FROM awaitly_runs WHERE {' AND '.join(clauses)}"
-            " ORDER BY updated_at DESC, id DESC LIMIT ?"
-        )
-
-        def work(db: Any) -> list[Any]:
-            return list(db.execute(sql, params).fetchall())
-
-        found = await self._run(work)
-        page = found[:limit]
-        infos = [info(id, RunRow(*rest), lease=True) for id, *rest in page]
-        more = len(found) > limit
-        next_cursor = encode_cursor(page[-1][6], page[-1][0]) if more else None
-        return SnapshotPage(infos, next_cursor)
-
-    async def purge_expired(self) -> int:
-        """Delete expired runs for good (they are already invisible); how many went."""
-        now = self._now()
-
-        def work(db: Any) -> int:
-            with _transaction(db):
-                db.execute(
-                    "DELETE FROM awaitly_steps WHERE run_id IN (SELECT id FROM awaitly_runs"
-                    " WHERE expires_at IS NOT NULL AND expires_at <= ?)",
-                    (now,),
-                )
-                cursor = db.execute(
-                    "DELETE FROM awaitly_runs WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                    (now,),
-                )
-                return int(cursor.rowcount)
-
-        return await self._run(work)
+    async def open(self) -> None:
+        await self._run(_nothing)
 
     async def close(self) -> None:
-        """Close the database file.  Closing twice is harmless."""
-        if self._closed:
-            return
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
@@ -446,246 +231,220 @@ class SQLiteStore:
             if db is not None:
                 await anyio.to_thread.run_sync(db.close)
 
-    # ---- CheckpointStore ---------------------------------------------------------------
+    # ---- rows --------------------------------------------------------------------------
 
-    async def mark_running(
-        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
-    ) -> None:
-        """Create run ``id`` or set it back to running, keeping its steps."""
-        check_id(id)
-        now = self._now()
-        registry = self._registry
-
-        def work(db: Any) -> None:
-            with _transaction(db):
-                row = self._row(db, id, now)
+    async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
+        def work(db: Any) -> tuple[RunRow, Steps] | None:
+            if not steps:
+                row = _row(db, id, now)
+                return None if row is None else (row, ())
+            with _transaction(db, "BEGIN"):
+                row = _row(db, id, now)
                 if row is None:
-                    # Gone or expired: start afresh, without an expired run's steps.
-                    db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                fresh = restarted(id, row, workflow_name, metadata, now, registry)
-                _upsert_run(db, id, fresh)
-
-        await self._run(work)
-
-    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one small transaction.
-        ``ValueError`` for an invalid step key, before anything is written."""
-        check_key(step.key)
-        now = self._now()
-
-        def work(db: Any) -> None:
-            with _transaction(db):
-                touched = db.execute(
-                    f"UPDATE awaitly_runs SET updated_at = ? WHERE id = ? AND {_LIVE}"
-                    " AND (? IS NULL OR lease_owner = ?)",
-                    (now, id, now, owner, owner),
-                ).rowcount
-                if touched != 1:
-                    _refuse_write(db, id, now, owner)
-                # A new step goes after the run's others; one recorded again keeps its place.
-                db.execute(
-                    "INSERT INTO awaitly_steps (run_id, key, record_json, seq) VALUES (?, ?, ?,"
-                    " (SELECT coalesce(max(seq), 0) + 1 FROM awaitly_steps WHERE run_id = ?))"
-                    " ON CONFLICT (run_id, key) DO UPDATE SET record_json = excluded.record_json",
-                    (id, step.key, step.json, id),
-                )
-
-        await self._run(work)
-
-    async def finish(
-        self,
-        id: str,
-        status: RunStatus,
-        result: Result[Any, Any] | None,
-        result_json: str | None,
-        *,
-        ttl: Ttl = None,
-        metadata: Mapping[str, Any] | None = None,
-        owner: str | None = None,
-    ) -> None:
-        """Record how run ``id`` ended, keeping its steps (releasing ``owner``'s lease)."""
-        now = self._now()
-        expires_at = self._expiry(ttl)
-        registry = self._registry
-
-        def work(db: Any) -> None:
-            with _transaction(db):
-                row = self._row(db, id, now)
-                if row is None or (owner is not None and row.lease_owner != owner):
-                    _refuse_write(db, id, now, owner)
-                merged = decode_metadata(id, row, registry)
-                merged.update(metadata or {})
-                db.execute(
-                    "UPDATE awaitly_runs SET status = ?, result_json = ?, metadata_json = ?,"
-                    " updated_at = ?, expires_at = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL WHERE id = ?",
-                    (
-                        status,
-                        result_json,
-                        encode_metadata(merged, registry),
-                        now,
-                        expires_at,
-                        id,
-                    ),
-                )
-
-        await self._run(work)
-
-    # ---- LeaseStore --------------------------------------------------------------------
-
-    async def claim(
-        self,
-        id: str,
-        workflow_name: str,
-        *,
-        owner: str,
-        lease: float,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Claim:
-        """Take run ``id`` for ``lease`` seconds unless it is held or completed; one
-        transaction under the write lock, so two claimers never both win."""
-        check_id(id)
-        seconds = check_lease(owner, lease)
-        now = self._now()
-        registry = self._registry
-
-        def work(db: Any) -> Claim:
-            with _transaction(db):
-                row = self._row(db, id, now)
-                found = None
-                if row is not None:
-                    problem = row_problem(row)
-                    if problem is not None:
-                        raise SnapshotDecodeError(id, problem)
-                    if row.workflow_name != workflow_name:
-                        return Claim("mismatch", workflow_name=row.workflow_name)
-                    if row.status == "completed":
-                        return Claim("completed")
-                    if row.lease_held_by_other(owner, now):
-                        return Claim("held", row.lease_owner, row.lease_expires_at)
-                    # Decoded before anything is written: a damaged run stays as it is.
-                    found = assemble(id, row, _steps_of(db, id), registry)
-                else:
-                    db.execute("DELETE FROM awaitly_steps WHERE run_id = ?", (id,))
-                fresh = restarted(id, row, workflow_name, metadata, now, registry)
-                _upsert_run(db, id, fresh)
-                db.execute(
-                    "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
-                    (owner, now + seconds, id),
-                )
-                if found is None:
-                    return Claim("claimed", owner, now + seconds, fresh=True)
-                claimed = as_claimed(found, metadata, now)
-                return Claim("claimed", owner, now + seconds, snapshot=claimed)
+                    return None
+                return row, _steps_of(db, id)
 
         return await self._run(work)
 
-    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
-        """Extend ``owner``'s lease on run ``id``; ``False`` if it lost it."""
-        seconds = check_lease(owner, lease)
-        now = self._now()
+    async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                _upsert_run(db, id, row)
+                db.execute(sql.DELETE_STEPS, (id,))
+                db.executemany(
+                    sql.INSERT_STEP, [(id, key, text, n) for n, (key, text) in enumerate(steps, 1)]
+                )
 
+        await self._run(work)
+
+    async def delete(self, id: str, now: float) -> bool:
         def work(db: Any) -> bool:
             with _transaction(db):
-                cursor = db.execute(
-                    "UPDATE awaitly_runs SET lease_expires_at = ?"
-                    f" WHERE id = ? AND lease_owner = ? AND {_LIVE}",
-                    (now + seconds, id, owner, now),
-                )
-                return bool(cursor.rowcount == 1)
+                existed = _row(db, id, now) is not None
+                db.execute(sql.DELETE_STEPS, (id,))
+                db.execute(sql.DELETE_RUN, (id,))
+            return existed
 
         return await self._run(work)
 
-    async def release(self, id: str, *, owner: str) -> None:
-        """Give up ``owner``'s lease on run ``id``."""
-
+    async def start_run(
+        self, id: str, now: float, restart: Callable[[RunRow | None], RunRow]
+    ) -> None:
         def work(db: Any) -> None:
             with _transaction(db):
+                row = _row(db, id, now)
+                fresh = restart(row)
+                if row is None:
+                    # Gone or expired: start afresh, without an expired run's steps.
+                    db.execute(sql.DELETE_STEPS, (id,))
+                _upsert_run(db, id, fresh)
+
+        await self._run(work)
+
+    async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                touched = db.execute(sql.TOUCH_RUN, (now, id, now, owner, owner)).rowcount
+                if touched != 1:
+                    _refuse_write(db, id, now)
+                db.execute(sql.UPSERT_STEP, (id, key, json, id))
+
+        await self._run(work)
+
+    async def end_run(self, id: str, now: float, end: EndTerms) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                row = _row(db, id, now)
+                if row is None or (end.owner is not None and row.lease_owner != end.owner):
+                    _refuse_write(db, id, now)
+                metadata = row.metadata_json if end.merge is None else end.merge(row)
                 db.execute(
-                    "UPDATE awaitly_runs SET lease_owner = NULL, lease_expires_at = NULL"
-                    " WHERE id = ? AND lease_owner = ?",
-                    (id, owner),
+                    sql.END_RUN,
+                    (end.status, end.result_json, metadata, now, end.expires_at, id),
                 )
+
+        await self._run(work)
+
+    async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
+        def work(db: Any) -> Claim:
+            with _transaction(db):
+                row = _row(db, id, now)
+                if row is None:
+                    db.execute(sql.DELETE_STEPS, (id,))
+                    _upsert_run(db, id, terms.fresh_row, lease=True)
+                    return terms.fresh
+                refused = terms.check(row)
+                if refused is not None:
+                    return refused
+                taken, claimed = terms.take(row, _steps_of(db, id))
+                _upsert_run(db, id, taken, lease=True)
+                return claimed
+
+        return await self._run(work)
+
+    async def renew(self, id: str, now: float, owner: str, until: float) -> bool:
+        def work(db: Any) -> bool:
+            with _transaction(db):
+                return bool(db.execute(sql.RENEW, (until, id, owner, now)).rowcount == 1)
+
+        return await self._run(work)
+
+    async def release(self, id: str, owner: str) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                db.execute(sql.RELEASE, (id, owner))
 
         await self._run(work)
 
     async def claim_expired(
         self,
-        *,
+        now: float,
         owner: str,
-        lease: float,
-        limit: int = 10,
-        workflow_names: Sequence[str] | None = None,
-    ) -> builtins.list[SnapshotInfo]:
-        """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
-        expired), oldest first; runs that cannot be decoded are left as they are and
-        returned after them, flagged ``damaged``."""
-        seconds = check_lease(owner, lease)
-        now = self._now()
-        names = None if workflow_names is None else builtins.list(workflow_names)
-        where = (
-            f"{_LIVE} AND status IN ('running', 'cancelled')"
-            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
-        )
+        until: float,
+        limit: int,
+        workflow_names: Sequence[str] | None,
+        problem: Callable[[str, RunRow, Steps], str | None],
+    ) -> tuple[builtins.list[tuple[str, RunRow]], builtins.list[ListedRow]]:
         params: builtins.list[Any] = [now, now]
-        if names is not None:
-            where += f" AND workflow_name IN ({', '.join('?' * len(names))})"
-            params += names
+        names = ""
+        if workflow_names is not None:
+            if not workflow_names:
+                return [], []
+            names = sql.ABANDONED_OF.format(marks=", ".join("?" * len(workflow_names)))
+            params += workflow_names
+        pick = sql.ABANDONED.format(names=names)
 
-        def work(db: Any) -> builtins.list[SnapshotInfo]:
-            claimed: builtins.list[SnapshotInfo] = []
-            damaged: dict[str, SnapshotInfo] = {}
+        def work(db: Any) -> tuple[builtins.list[tuple[str, RunRow]], builtins.list[ListedRow]]:
+            claimed: builtins.list[tuple[str, RunRow]] = []
+            damaged: dict[str, ListedRow] = {}
             with _transaction(db):
                 # Claimed runs leave the candidates; damaged ones stay, so ask for as
                 # many more as have been found damaged, until enough are claimed.
                 while len(claimed) < limit:
                     found = db.execute(
-                        f"SELECT id, {_RUN_COLUMNS} FROM awaitly_runs WHERE {where}"
-                        " ORDER BY updated_at, id LIMIT ?",
-                        (*params, limit - len(claimed) + len(damaged)),
+                        pick, (*params, limit - len(claimed) + len(damaged))
                     ).fetchall()
                     new = [(row[0], RunRow(*row[1:])) for row in found if row[0] not in damaged]
                     if not new:
                         break
                     for id, row in new:
-                        problem = decode_problem(id, row, _steps_of(db, id), self._registry)
-                        if problem is not None:
-                            damaged[id] = damaged_info(id, problem, row)
+                        why = problem(id, row, _steps_of(db, id))
+                        if why is not None:
+                            damaged[id] = ListedRow(id, _number(row.updated_at), row, why)
                             continue
-                        db.execute(
-                            "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ?"
-                            " WHERE id = ?",
-                            (owner, now + seconds, id),
-                        )
-                        claimed.append(info(id, row))
-            return claimed + builtins.list(damaged.values())
+                        db.execute(sql.SET_LEASE, (owner, until, id))
+                        claimed.append((id, row))
+            return claimed, builtins.list(damaged.values())
 
-        if names == []:
-            return []
+        return await self._run(work)
+
+    async def list(
+        self,
+        now: float,
+        prefix: str | None,
+        status: RunStatus | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> builtins.list[ListedRow]:
+        clauses = [sql.LIVE]
+        params: builtins.list[Any] = [now]
+        if prefix:
+            clauses.append(sql.LIST_PREFIX)
+            params += [len(prefix), prefix]
+        if status is not None:
+            clauses.append(sql.LIST_STATUS)
+            params.append(status)
+        if after is not None:
+            clauses.append(sql.LIST_AFTER)
+            params += [after[0], after[0], after[1]]
+        params.append(limit)
+        statement = sql.LIST.format(where=" AND ".join(clauses))
+
+        def work(db: Any) -> builtins.list[Any]:
+            return builtins.list(db.execute(statement, params).fetchall())
+
+        found = await self._run(work)
+        return [ListedRow(id, _number(rest[5]), RunRow(*rest)) for id, *rest in found]
+
+    async def purge(self, now: float) -> int:
+        def work(db: Any) -> int:
+            with _transaction(db):
+                db.execute(sql.PURGE_STEPS, (now,))
+                return int(db.execute(sql.PURGE_RUNS, (now,)).rowcount)
+
         return await self._run(work)
 
 
-def _steps_of(db: Any, id: str) -> list[tuple[str, str]]:
+def _nothing(db: Any) -> None:
+    return None
+
+
+def _number(value: object) -> float:
+    """A time to sort by; a damaged one (not a number) sorts as the epoch."""
+    return float(value) if isinstance(value, float | int) else 0.0
+
+
+def _row(db: Any, id: str, now: float) -> RunRow | None:
+    found = db.execute(sql.SELECT_RUN, (id, now)).fetchone()
+    return None if found is None else RunRow(*found)
+
+
+def _steps_of(db: Any, id: str) -> builtins.list[tuple[str, str]]:
     """Run ``id``'s step rows, in the order they were recorded."""
-    return list(db.execute(_STEPS_IN_ORDER, (id,)).fetchall())
+    return builtins.list(db.execute(sql.STEPS_IN_ORDER, (id,)).fetchall())
 
 
-def _refuse_write(db: Any, id: str, now: float, owner: str | None) -> NoReturn:
-    """Raise why a write to run ``id`` was refused: it is gone, or another owner has it."""
-    found = db.execute(f"SELECT 1 FROM awaitly_runs WHERE id = ? AND {_LIVE}", (id, now)).fetchone()
-    if found is None:
-        raise LookupError(f"run {id!r} is not in the store (mark_running first)")
-    raise LeaseLostError(id, owner or "")
+def _refuse_write(db: Any, id: str, now: float) -> NoReturn:
+    """Signal why a write to run ``id`` was refused: it is gone, or another owner has it."""
+    if db.execute(sql.RUN_IS_LIVE, (id, now)).fetchone() is None:
+        raise RunMissing
+    raise LeaseLost
 
 
-def _upsert_run(db: Any, id: str, row: RunRow) -> None:
+def _upsert_run(db: Any, id: str, row: RunRow, *, lease: bool = False) -> None:
+    """Write ``row`` over run ``id``; its lease too with ``lease``, else the stored one stays."""
     db.execute(
-        f"INSERT INTO awaitly_runs (id, {_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET workflow_name = excluded.workflow_name,"
-        " status = excluded.status, result_json = excluded.result_json,"
-        " metadata_json = excluded.metadata_json, created_at = excluded.created_at,"
-        " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
-        " format_version = excluded.format_version",
+        sql.UPSERT_RUN,
         (
             id,
             row.workflow_name,
@@ -698,6 +457,8 @@ def _upsert_run(db: Any, id: str, row: RunRow) -> None:
             row.format_version,
         ),
     )
+    if lease:
+        db.execute(sql.SET_LEASE, (row.lease_owner, row.lease_expires_at, id))
 
 
 class _transaction:

@@ -107,3 +107,86 @@ def test_library_errors_compare_as_values() -> None:
     cause = ValueError("x")
     assert UnexpectedError(cause) == UnexpectedError(cause)
     assert UnexpectedError(cause) != UnexpectedError(ValueError("x"))
+
+
+# The documented tree (docs/results.md, "The error tree"): every exception the library
+# defines, with the built-in it also derives from where it had one before the root.
+ERROR_TREE: dict[str, type[BaseException] | None] = {
+    "UnexpectedError": None,
+    "StepTimeoutError": None,
+    "CircuitOpenError": None,
+    "RateLimitExceededError": None,
+    "SharedStateUnavailableError": None,
+    "StoredException": None,
+    "SerializationError": None,
+    "SnapshotDecodeError": None,
+    "StoreError": None,
+    "WorkflowMismatchError": None,
+    "RunInProgressError": None,
+    "LeaseLostError": None,
+    "UnwrapError": None,
+    "HostClosedError": RuntimeError,
+    "HostAtCapacityError": RuntimeError,
+    "SettingsError": ValueError,
+}
+
+
+def _public_exception_classes() -> dict[str, type[BaseException]]:
+    """Every exception class a public module of the package exports."""
+    import importlib
+    import pkgutil
+
+    import awaitly_anyio
+
+    modules = [awaitly_anyio]
+    for info in pkgutil.walk_packages(awaitly_anyio.__path__, "awaitly_anyio."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            modules.append(importlib.import_module(info.name))
+    found: dict[str, type[BaseException]] = {}
+    for module in modules:
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                found[name] = obj
+    return found
+
+
+def test_every_library_exception_derives_from_the_root() -> None:
+    import awaitly_anyio
+    from awaitly_anyio import AwaitlyError
+    from awaitly_anyio._run import EarlyExit
+
+    found = _public_exception_classes()
+    assert found.pop("AwaitlyError") is AwaitlyError
+    assert AwaitlyError.__bases__ == (Exception,)
+    # Nothing exported is left out of the documented tree, nor the tree out of the exports.
+    assert sorted(found) == sorted(ERROR_TREE)
+    for name, builtin in ERROR_TREE.items():
+        cls = getattr(awaitly_anyio, name)
+        assert issubclass(cls, AwaitlyError), name
+        if builtin is not None:
+            assert issubclass(cls, builtin), f"{name} no longer derives from {builtin.__name__}"
+    # The early exit is no library exception: `except Exception` must not catch it.
+    assert not issubclass(EarlyExit, Exception)
+    assert not issubclass(EarlyExit, AwaitlyError)
+
+
+def test_the_error_tree_is_documented() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "results.md").read_text()
+    tree = page.split("## The error tree", 1)[1].split("\n## ", 1)[0]
+    for name in ("AwaitlyError", *ERROR_TREE):
+        assert f" {name}" in tree, f"{name} is missing from the tree in docs/results.md"
+
+
+def test_the_root_catches_what_the_library_raises() -> None:
+    from awaitly_anyio import AwaitlyError, HostClosedError, SettingsError
+
+    with pytest.raises(AwaitlyError):
+        Err("no").unwrap()
+    # The refusals that were built-ins before the root still match their old clauses.
+    with pytest.raises(RuntimeError):
+        raise HostClosedError("closed")
+    with pytest.raises(ValueError):
+        raise SettingsError(["AWAITLY_STORE_URL: missing"])

@@ -19,6 +19,7 @@ from ._collector import ResumeStateCollector, create_resume_state_collector
 from ._context import BoundSteps, Deps, WorkflowContext
 from ._durable import IfRunning
 from ._errors import (
+    AwaitlyError,
     CircuitOpenError,
     LeaseLostError,
     RateLimitExceededError,
@@ -48,17 +49,18 @@ from ._store import (
     EncodedStep,
     LeaseStore,
     SnapshotStore,
-    open_store,
 )
 from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .logs import WorkflowLogFilter, add_log_context, current_log_context, log_context
 from .serialization import TypeRegistry, register_type
+from .stores import open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AwaitlyError",
     "Backoff",
     "BoundSteps",
     "CheckpointStore",

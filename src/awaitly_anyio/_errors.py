@@ -1,8 +1,12 @@
-"""The errors the library itself puts into ``Err``.
+"""The errors the library itself puts into ``Err``, and the root of every exception
+it defines.
 
 They are exceptions (so they carry tracebacks and can be raised by code that
 prefers to), but steps and workflows *return* them inside ``Err``; they are
-raised only by the context-manager forms that cannot return a value.
+raised only by the context-manager forms that cannot return a value.  Every
+exception class of the library derives from `AwaitlyError` (see the tree in
+docs/results.md); the early-exit signal that ends a workflow body is not an
+exception of the library's API and derives from ``BaseException``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, cast
 import attrs
 
 __all__ = [
+    "AwaitlyError",
     "CircuitOpenError",
     "LeaseLostError",
     "RateLimitExceededError",
@@ -28,7 +33,20 @@ __all__ = [
 ]
 
 
-class _ValueException(Exception):
+class AwaitlyError(Exception):
+    """The root of every exception the library defines: ``except AwaitlyError`` catches
+    them all, and nothing else.
+
+    Most are returned inside ``Err`` rather than raised (`UnexpectedError`,
+    `StepTimeoutError`, the store and durable-run errors); some are raised for a
+    misuse or a refusal (`UnwrapError`, `HostClosedError`, `HostAtCapacityError`,
+    `SettingsError`), and those also derive from the built-in they used to be
+    (``RuntimeError``, ``ValueError``), so existing ``except`` clauses still match.
+    Cancellation is never one of them.
+    """
+
+
+class _ValueException(AwaitlyError):
     """Equality and hashing by type and fields, which attrs leaves out for exceptions.
 
     Errors are values in this library: ``Err(StepTimeoutError("a", 1.0))`` should

@@ -24,6 +24,7 @@ import attrs
 from ._clock import Clock, SystemClock
 from ._context import WorkflowContext
 from ._durable import default_owner
+from ._errors import AwaitlyError
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from ._redact import redact_text, redact_url
 from ._result import Result
@@ -40,11 +41,11 @@ D = TypeVar("D")
 E = TypeVar("E")
 
 
-class HostClosedError(RuntimeError):
+class HostClosedError(AwaitlyError, RuntimeError):
     """The host is shutting down (or not started) and takes no new runs."""
 
 
-class HostAtCapacityError(RuntimeError):
+class HostAtCapacityError(AwaitlyError, RuntimeError):
     """The host already runs ``max_active`` workflows; try again later (or elsewhere)."""
 
 

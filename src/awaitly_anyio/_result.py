@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Generic, Literal, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
+from ._errors import AwaitlyError
+
 __all__ = ["Err", "Ok", "Result", "UnwrapError", "err", "ok"]
 
 T = TypeVar("T", covariant=True)
@@ -27,7 +29,7 @@ F = TypeVar("F")
 D = TypeVar("D")
 
 
-class UnwrapError(Exception):
+class UnwrapError(AwaitlyError):
     """Raised by `Err.unwrap` and `Ok.unwrap_err`: the Result was not the one claimed.
 
     ``.result`` is the Result that was unwrapped.  When the error is itself an

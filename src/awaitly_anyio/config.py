@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import attrs
 
+from ._errors import AwaitlyError
 from ._redact import redact_text
 from ._store_url import check_redis_url, check_store_url
 
@@ -56,7 +57,7 @@ class Secret:
     __str__ = __repr__
 
 
-class SettingsError(ValueError):
+class SettingsError(AwaitlyError, ValueError):
     """Some environment variables were missing or malformed; ``problems`` lists each
     as ``VARIABLE: what is wrong`` (values of secrets are never included)."""
 

@@ -188,5 +188,5 @@ def test_the_root_catches_what_the_library_raises() -> None:
     # The refusals that were built-ins before the root still match their old clauses.
     with pytest.raises(RuntimeError):
         raise HostClosedError("closed")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="AWAITLY_STORE_URL"):
         raise SettingsError(["AWAITLY_STORE_URL: missing"])

@@ -17,6 +17,10 @@
 Store failures and values that cannot be serialized end the run with
 ``Err(StoreError)`` / ``Err(SerializationError)``; nothing half-written is
 ever reported as complete.
+
+The run is a `DurableSession` that the core's `Workflow.run` drives (begin, the
+body, finish); this module installs `open_session` into the core's slot
+(`awaitly_anyio._session`) and imports nothing of the workflow itself.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import secrets
 import socket
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
 
 from ._bridge import current_async_library
+from ._clock import Clock
 from ._errors import (
     LeaseLostError,
     RunInProgressError,
@@ -43,10 +49,12 @@ from ._errors import (
     StoreError,
     WorkflowMismatchError,
 )
+from ._ids import uuid4_text
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
-from ._run import logger
+from ._run import Emit, logger
 from ._scopes import cancel_scope, shielded
+from ._session import IfRunning, install
 from ._snapshot import RunStatus, WorkflowSnapshot
 from ._store import (
     CheckpointStore,
@@ -56,11 +64,13 @@ from ._store import (
     SnapshotStore,
     Ttl,
     check_id,
+    check_lease,
     from_epoch,
     iso_from_epoch,
+    ttl_seconds,
 )
 from ._timers import trio_call_later
-from .events import TRACE_CONTEXT_KEY, WorkflowResumed
+from .events import TRACE_CONTEXT_KEY, EventHandler, WorkflowResumed
 from .serialization import (
     TypeRegistry,
     _qualname,
@@ -74,9 +84,17 @@ from .serialization import (
 )
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from types import TracebackType
 
-__all__ = ["FINAL_CHECKPOINT_SECONDS", "INPUT_KEY", "DurableOptions", "IfRunning", "default_owner"]
+__all__ = [
+    "FINAL_CHECKPOINT_SECONDS",
+    "INPUT_KEY",
+    "DurableOptions",
+    "DurableSession",
+    "IfRunning",
+    "default_owner",
+    "open_session",
+]
 
 INPUT_KEY = "input"
 """The metadata key under which a durable run keeps its input, for whoever resumes it."""
@@ -110,12 +128,6 @@ async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) 
         await write()
     if scope.cancelled_caught:
         raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
-
-
-IfRunning = Literal["error", "wait"]
-"""What a durable run does when another worker holds its lease: ``"error"`` returns
-``Err(RunInProgressError)`` without running anything, ``"wait"`` waits for the lease
-to be free."""
 
 
 @attrs.frozen
@@ -333,60 +345,292 @@ def _encode_final(
         return result, stand_in, dumps(result_to_doc(stand_in, registry))
 
 
-async def run_durable(
-    workflow: Workflow[Any],
-    body: Callable[[Any], Awaitable[Any]],
+def open_session(
+    store: object,
+    workflow_id: str | None,
     *,
-    store: SnapshotStore,
-    workflow_id: str,
-    options: DurableOptions,
-    execute: Callable[..., Awaitable[Result[Any, Any]]],
-) -> Result[Any, Any]:
-    """Run ``body`` durably in ``store``; ``execute`` is the core runner to call with the
-    resumed step results and the checkpoint hook."""
-    check_id(workflow_id)
+    workflow_name: str,
+    clock: Clock,
+    handlers: tuple[EventHandler, ...],
+    emit: Emit | None,
+    write_timeout: float,
+    ttl: float | timedelta | None,
+    failure_ttl: float | timedelta | None,
+    delete_on_success: bool,
+    metadata: Mapping[str, Any] | None,
+    input: Any,
+    lease: float,
+    owner: str | None,
+    if_running: IfRunning,
+) -> DurableSession:
+    """The session of a durable run of workflow ``workflow_name`` in ``store`` (see
+    `DurableSession`), its arguments validated: ``ValueError`` for a bad TTL, lease,
+    owner, ``if_running`` or run id, ``TypeError`` for a store that is no
+    `SnapshotStore`.  Installed as the core's `awaitly_anyio._session.OpenSession`."""
+    ttl_seconds(ttl)
+    ttl_seconds(failure_ttl)
+    check_lease(owner or "-", lease)
+    if if_running not in ("error", "wait"):
+        raise ValueError(f"if_running must be 'error' or 'wait', not {if_running!r}")
+    run_id = uuid4_text() if workflow_id is None else check_id(workflow_id)
     basic, checkpoints, leases = _capabilities(store)
     if not basic:
         raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
-    if leases:
-        leased = cast(LeaseStore, store)
-        return await _run_leased(workflow, body, leased, workflow_id, options, execute)
-    registry = _store_registry(store)
-    try:
-        snapshot = await store.load(workflow_id)
-    except SnapshotDecodeError as exc:
-        return Err(exc)
-    except Exception as exc:
-        return Err(StoreError("load", workflow_id, _describe(exc)))
-    if snapshot is not None:
-        if snapshot.workflow_name != workflow.name:
-            return Err(WorkflowMismatchError(workflow_id, snapshot.workflow_name, workflow.name))
-        if snapshot.status == "completed" and snapshot.result is not None:
-            return snapshot.result
-    target: CheckpointStore | _WholeSnapshots = (
-        cast(CheckpointStore, store) if checkpoints else _WholeSnapshots(store, snapshot)
+    options = DurableOptions(
+        ttl,
+        failure_ttl,
+        bool(delete_on_success),
+        metadata,
+        lease=float(lease),
+        owner=owner,
+        if_running=if_running,
+        input=input,
+        write_timeout=write_timeout,
     )
-    input, metadata = _input_and_metadata(options, snapshot)
-    if workflow.on_event:
-        if snapshot is None:
-            metadata = _with_trace_carrier(workflow, workflow_id, metadata)
-        else:
-            _emit_resumed(workflow, workflow_id, snapshot.metadata)
-    try:
-        await target.mark_running(workflow_id, workflow.name, metadata=metadata)
-    except SerializationError as exc:
-        return Err(exc)
-    except Exception as exc:
-        return Err(StoreError("start", workflow_id, _describe(exc)))
-    checkpointer = _Checkpointer(
-        target, workflow_id, registry, workflow.clock.time, None, options.write_timeout
+    return DurableSession(
+        cast(SnapshotStore, store),
+        run_id,
+        options,
+        checkpoints,
+        leases,
+        workflow_name=workflow_name,
+        clock=clock,
+        handlers=handlers,
+        emit=emit,
     )
-    try:
-        result = await execute(body, workflow_id, snapshot, checkpointer, input)
-    except BaseException:
-        await _record_cancellation(target, workflow_id, None, options.write_timeout)
-        raise
-    return await _finish(target, store, workflow, workflow_id, result, registry, options, None)
+
+
+class DurableSession:
+    """One durable run, as `Workflow.run` drives it (the core's
+    `awaitly_anyio._session.DurableRun`): `begin`, the body inside ``with session:``,
+    then `finish`, or `cancelled` if the body raised.
+
+    With a `LeaseStore` the run is claimed under a lease that is renewed while
+    the body runs (``with session:``); if the lease is lost the body is cancelled
+    (the one cancellation the session owns: leaving the block swallows it) and
+    `finish` returns ``Err(LeaseLostError)``.  Without leases the run is loaded and
+    marked running; a store with only the five `SnapshotStore` methods saves the
+    whole snapshot at each write.
+    """
+
+    __slots__ = (
+        "_checkpoints",
+        "_keeper",
+        "_leases",
+        "_options",
+        "_owner",
+        "_registry",
+        "_store",
+        "_target",
+        "checkpoint",
+        "clock",
+        "emit",
+        "handlers",
+        "input",
+        "resume",
+        "workflow_id",
+        "workflow_name",
+    )
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        workflow_id: str,
+        options: DurableOptions,
+        checkpoints: bool,
+        leases: bool,
+        *,
+        workflow_name: str,
+        clock: Clock,
+        handlers: tuple[EventHandler, ...],
+        emit: Emit | None,
+    ) -> None:
+        self.workflow_name = workflow_name
+        self.clock = clock
+        self.handlers = handlers
+        self.emit = emit
+        self._store = store
+        self.workflow_id = workflow_id
+        self._options = options
+        self._checkpoints = checkpoints
+        self._leases = leases
+        self._registry = _store_registry(store)
+        self._owner: str | None = None
+        self._target: CheckpointStore | _WholeSnapshots | None = None
+        self._keeper: _LeaseKeeper | None = None
+        self.resume: WorkflowSnapshot | None = None
+        self.checkpoint: _Checkpointer | None = None
+        self.input: Any = None
+
+    async def begin(self) -> Result[Any, Any] | None:
+        """Claim the run (or load it and mark it running); a Result ends the run here.
+
+        Returns a completed run's stored result, or ``Err`` (`RunInProgressError`,
+        `WorkflowMismatchError`, `SnapshotDecodeError`, `SerializationError`,
+        `StoreError`); ``None`` when the body is to run.  With
+        ``if_running="wait"`` it waits (on the workflow's clock) for the lease.
+        Cancellation propagates; with leases, a cancellation from the claim on is
+        first recorded (in a shielded scope of at most ``store_write_timeout``), so
+        the run never keeps a lease nobody renews.
+        """
+        if self._leases:
+            return await self._begin_leased(cast(LeaseStore, self._store))
+        return await self._begin_plain(self._store)
+
+    async def _begin_plain(self, store: SnapshotStore) -> Result[Any, Any] | None:
+        run, workflow_id, options = self, self.workflow_id, self._options
+        try:
+            snapshot = await store.load(workflow_id)
+        except SnapshotDecodeError as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("load", workflow_id, _describe(exc)))
+        if snapshot is not None:
+            if snapshot.workflow_name != run.workflow_name:
+                return Err(
+                    WorkflowMismatchError(workflow_id, snapshot.workflow_name, run.workflow_name)
+                )
+            if snapshot.status == "completed" and snapshot.result is not None:
+                return snapshot.result
+        target: CheckpointStore | _WholeSnapshots = (
+            cast(CheckpointStore, store) if self._checkpoints else _WholeSnapshots(store, snapshot)
+        )
+        self._target = target
+        input, metadata = _input_and_metadata(options, snapshot)
+        if run.handlers:
+            if snapshot is None:
+                metadata = _with_trace_carrier(run, workflow_id, metadata)
+            else:
+                _emit_resumed(run, workflow_id, snapshot.metadata)
+        try:
+            await target.mark_running(workflow_id, run.workflow_name, metadata=metadata)
+        except SerializationError as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("start", workflow_id, _describe(exc)))
+        self.resume = snapshot
+        self.input = input
+        self.checkpoint = _Checkpointer(
+            target, workflow_id, self._registry, run.clock.time, None, options.write_timeout
+        )
+        return None
+
+    async def _begin_leased(self, store: LeaseStore) -> Result[Any, Any] | None:
+        run, workflow_id, options = self, self.workflow_id, self._options
+        owner = options.owner or _abandoned.pop(workflow_id, None) or default_owner()
+        self._owner = owner
+        self._target = store
+        metadata = dict(options.metadata or {})
+        if options.input is not None:
+            metadata[INPUT_KEY] = options.input
+        stored_trace: object = None
+        if run.handlers and _trace_sources(run):
+            # Someone wants the run's trace context kept: only a run created now takes
+            # it (one read first, paid only then), an existing run keeps its original one.
+            try:
+                existing = await store.load(workflow_id)
+            except Exception:
+                existing = None  # the claim reports what is wrong with the store or run
+            else:
+                if existing is None:
+                    metadata = dict(_with_trace_carrier(run, workflow_id, metadata) or {})
+                else:
+                    stored_trace = existing.metadata.get(TRACE_CONTEXT_KEY)
+        try:
+            # From the claim on, a cancellation (even one landing mid-claim) is recorded,
+            # so the run is never left holding a lease nobody renews.
+            claimed = await _claim(run, store, workflow_id, owner, options, metadata or None)
+            if not isinstance(claimed, Claim):
+                return claimed
+            # The stores shipped here decode an existing run while claiming it (so a
+            # damaged one is refused before anything is written) and hand it over: no
+            # second read.
+            snapshot: WorkflowSnapshot | None = claimed.snapshot
+            if not claimed.fresh and snapshot is None:
+                try:
+                    snapshot = await store.load(workflow_id)
+                except SnapshotDecodeError as exc:
+                    await _release(store, workflow_id, owner, options.write_timeout)
+                    return Err(exc)
+                except Exception as exc:
+                    await _release(store, workflow_id, owner, options.write_timeout)
+                    return Err(StoreError("load", workflow_id, _describe(exc)))
+        except BaseException:
+            await _record_cancellation(store, workflow_id, owner, options.write_timeout)
+            raise
+        input = options.input
+        if input is None and snapshot is not None:
+            input = snapshot.metadata.get(INPUT_KEY)
+        if snapshot is not None and run.handlers:
+            _emit_resumed(run, workflow_id, snapshot.metadata, stored_trace)
+        self.resume = snapshot
+        self.input = input
+        self.checkpoint = _Checkpointer(
+            store, workflow_id, self._registry, run.clock.time, owner, options.write_timeout
+        )
+        self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
+        return None
+
+    def __enter__(self) -> None:
+        """Start keeping the lease (renewals begin a third of the lease from now) and
+        enter the scope a lost lease cancels."""
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.start()
+            keeper.body_scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Stop the renewals; swallows only the cancellation a lost lease caused."""
+        keeper = self._keeper
+        if keeper is None:
+            return False
+        try:
+            return bool(keeper.body_scope.__exit__(exc_type, exc, traceback))
+        finally:
+            keeper.stop()
+
+    async def cancelled(self) -> None:
+        """Record the run as ``cancelled`` (releasing its lease) in a shielded scope of
+        at most ``store_write_timeout``; never raises (a failure is logged)."""
+        target = self._target
+        if target is not None:
+            await _record_cancellation(
+                target, self.workflow_id, self._owner, self._options.write_timeout
+            )
+
+    async def finish(self, result: Result[Any, Any] | None) -> Result[Any, Any]:
+        """Record how the run ended and return what `Workflow.run` returns.
+
+        ``result`` is the body's outcome, ``None`` if the session swallowed the
+        body's cancellation (a lost lease): that returns ``Err(LeaseLostError)``.
+        A completed run is kept for ``ttl`` (or deleted), a failed one for
+        ``failure_ttl`` with the error in its metadata, in a shielded scope of at
+        most ``store_write_timeout``; a store failure returns ``Err(StoreError)``, a
+        final value with no JSON form ``Err(SerializationError)``.
+        """
+        keeper = self._keeper
+        if keeper is not None:
+            if keeper.lost or result is None:
+                return Err(LeaseLostError(self.workflow_id, self._owner or "?"))
+            if isinstance(result, Err) and isinstance(result.error, LeaseLostError):
+                return result
+        assert result is not None
+        assert self._target is not None
+        return await _finish(
+            self._target,
+            self._store,
+            self,
+            self.workflow_id,
+            result,
+            self._registry,
+            self._options,
+            self._owner,
+        )
 
 
 def _input_and_metadata(
@@ -402,11 +646,11 @@ def _input_and_metadata(
     return stored, metadata or None
 
 
-def _trace_sources(workflow: Workflow[Any]) -> list[Callable[[str], object]]:
+def _trace_sources(run: DurableSession) -> list[Callable[[str], object]]:
     """The ``trace_carrier`` methods of the workflow's handlers' owners (see
     `TraceCarrierSource`)."""
     found: list[Callable[[str], object]] = []
-    for handler in workflow.on_event:
+    for handler in run.handlers:
         source = getattr(getattr(handler, "__self__", handler), "trace_carrier", None)
         if callable(source):
             found.append(source)
@@ -414,10 +658,10 @@ def _trace_sources(workflow: Workflow[Any]) -> list[Callable[[str], object]]:
 
 
 def _with_trace_carrier(
-    workflow: Workflow[Any], workflow_id: str, metadata: Mapping[str, Any] | None
+    run: DurableSession, workflow_id: str, metadata: Mapping[str, Any] | None
 ) -> Mapping[str, Any] | None:
     """``metadata`` with the trace context a source gives for a run created now."""
-    for source in _trace_sources(workflow):
+    for source in _trace_sources(run):
         try:
             carrier = source(workflow_id)
         except Exception:
@@ -433,7 +677,7 @@ def _with_trace_carrier(
 
 
 def _emit_resumed(
-    workflow: Workflow[Any],
+    run: DurableSession,
     workflow_id: str,
     metadata: Mapping[str, Any],
     stored: object = None,
@@ -441,15 +685,15 @@ def _emit_resumed(
     """Emit ``workflow_resumed`` for a run that keeps a trace context (``stored``, read
     before the claim, or the one in its metadata)."""
     trace_context = stored if stored is not None else metadata.get(TRACE_CONTEXT_KEY)
-    emit = workflow._emit
+    emit = run.emit
     if emit is None or not isinstance(trace_context, Mapping) or not trace_context:
         return
     items = cast("Mapping[object, object]", trace_context)  # isinstance: unknown types
     emit(
         WorkflowResumed(
             workflow_id=workflow_id,
-            workflow_name=workflow.name,
-            ts=workflow.clock.time(),
+            workflow_name=run.workflow_name,
+            ts=run.clock.time(),
             trace_context={str(k): str(v) for k, v in items.items()},
         )
     )
@@ -489,7 +733,7 @@ def default_owner() -> str:
 
 
 async def _claim(
-    workflow: Workflow[Any],
+    run: DurableSession,
     store: LeaseStore,
     workflow_id: str,
     owner: str,
@@ -500,7 +744,11 @@ async def _claim(
     while True:
         try:
             claim = await store.claim(
-                workflow_id, workflow.name, owner=owner, lease=options.lease, metadata=metadata
+                workflow_id,
+                run.workflow_name,
+                owner=owner,
+                lease=options.lease,
+                metadata=metadata,
             )
         except (SerializationError, SnapshotDecodeError) as exc:
             # A run that cannot be decoded is refused by the claim itself, untouched.
@@ -511,7 +759,7 @@ async def _claim(
             return claim
         if claim.outcome == "mismatch":
             stored = claim.workflow_name or "?"
-            return Err(WorkflowMismatchError(workflow_id, stored, workflow.name))
+            return Err(WorkflowMismatchError(workflow_id, stored, run.workflow_name))
         if claim.outcome == "completed":
             try:
                 snapshot = await store.load(workflow_id)
@@ -525,8 +773,8 @@ async def _claim(
         holder, until = claim.owner or "?", claim.lease_expires_at or 0.0
         if options.if_running == "error":
             return Err(RunInProgressError(workflow_id, holder, until))
-        wait = min(options.lease / 3, max(until - workflow.clock.time(), 0.0))
-        await workflow.clock.sleep(max(wait, 0.01))
+        wait = min(options.lease / 3, max(until - run.clock.time(), 0.0))
+        await run.clock.sleep(max(wait, 0.01))
 
 
 class _LeaseKeeper:
@@ -606,77 +854,6 @@ class _LeaseKeeper:
                 return
 
 
-async def _run_leased(
-    workflow: Workflow[Any],
-    body: Callable[[Any], Awaitable[Any]],
-    store: LeaseStore,
-    workflow_id: str,
-    options: DurableOptions,
-    execute: Callable[..., Awaitable[Result[Any, Any]]],
-) -> Result[Any, Any]:
-    """A durable run under a lease: claim, load, execute with renewals, finish."""
-    owner = options.owner or _abandoned.pop(workflow_id, None) or default_owner()
-    registry = _store_registry(store)
-    metadata = dict(options.metadata or {})
-    if options.input is not None:
-        metadata[INPUT_KEY] = options.input
-    result: Result[Any, Any] | None = None
-    keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
-    stored_trace: object = None
-    if workflow.on_event and _trace_sources(workflow):
-        # Someone wants the run's trace context kept: only a run created now takes it
-        # (one read first, paid only then), an existing run keeps its original one.
-        try:
-            existing = await store.load(workflow_id)
-        except Exception:
-            existing = None  # the claim reports what is wrong with the store or run
-        else:
-            if existing is None:
-                metadata = dict(_with_trace_carrier(workflow, workflow_id, metadata) or {})
-            else:
-                stored_trace = existing.metadata.get(TRACE_CONTEXT_KEY)
-    try:
-        # From the claim on, a cancellation (even one landing mid-claim) is recorded, so
-        # the run is never left holding a lease nobody renews.
-        claimed = await _claim(workflow, store, workflow_id, owner, options, metadata or None)
-        if not isinstance(claimed, Claim):
-            return claimed
-        # The stores shipped here decode an existing run while claiming it (so a damaged
-        # one is refused before anything is written) and hand it over: no second read.
-        snapshot: WorkflowSnapshot | None = claimed.snapshot
-        if not claimed.fresh and snapshot is None:
-            try:
-                snapshot = await store.load(workflow_id)
-            except SnapshotDecodeError as exc:
-                await _release(store, workflow_id, owner, options.write_timeout)
-                return Err(exc)
-            except Exception as exc:
-                await _release(store, workflow_id, owner, options.write_timeout)
-                return Err(StoreError("load", workflow_id, _describe(exc)))
-        input = options.input
-        if input is None and snapshot is not None:
-            input = snapshot.metadata.get(INPUT_KEY)
-        if snapshot is not None and workflow.on_event:
-            _emit_resumed(workflow, workflow_id, snapshot.metadata, stored_trace)
-        checkpointer = _Checkpointer(
-            store, workflow_id, registry, workflow.clock.time, owner, options.write_timeout
-        )
-        keeper.start()
-        try:
-            with keeper.body_scope:
-                result = await execute(body, workflow_id, snapshot, checkpointer, input)
-        finally:
-            keeper.stop()
-    except BaseException:
-        await _record_cancellation(store, workflow_id, owner, options.write_timeout)
-        raise
-    if keeper.lost or result is None:
-        return Err(LeaseLostError(workflow_id, owner))
-    if isinstance(result, Err) and isinstance(result.error, LeaseLostError):
-        return result
-    return await _finish(store, store, workflow, workflow_id, result, registry, options, owner)
-
-
 async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float) -> None:
     try:
         await _shielded_write(lambda: store.release(workflow_id, owner=owner), bound)
@@ -688,7 +865,7 @@ async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float
 async def _finish(
     target: CheckpointStore | _WholeSnapshots,
     store: SnapshotStore,
-    workflow: Workflow[Any],
+    run: DurableSession,
     workflow_id: str,
     result: Result[Any, Any],
     registry: TypeRegistry,
@@ -701,7 +878,7 @@ async def _finish(
         # short, bounded write), or the whole run would be executed again.
         await _shielded_write(
             lambda: _record_end(
-                target, store, workflow, workflow_id, result, stored, text, options, owner
+                target, store, run, workflow_id, result, stored, text, options, owner
             ),
             options.write_timeout,
         )
@@ -717,7 +894,7 @@ async def _finish(
 async def _record_end(
     target: CheckpointStore | _WholeSnapshots,
     store: SnapshotStore,
-    workflow: Workflow[Any],
+    run: DurableSession,
     workflow_id: str,
     result: Result[Any, Any],
     stored: Result[Any, Any],
@@ -736,7 +913,7 @@ async def _record_end(
         return
     metadata = {
         "error": _error_text(result.error),
-        "last_attempt": iso_from_epoch(workflow.clock.time()),
+        "last_attempt": iso_from_epoch(run.clock.time()),
     }
     await _call_finish(
         target,
@@ -774,3 +951,6 @@ def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
         return "".join(traceback.format_exception_only(type(error), error)).strip()
     return safe_repr(error)
+
+
+install(open_session)

@@ -17,7 +17,6 @@ import attrs
 
 from ._clock import Clock, SystemClock
 from ._context import Deps, WorkflowContext
-from ._ids import uuid4_text
 from ._result import Err, Ok, Result
 from ._run import (
     Checkpoint,
@@ -29,6 +28,7 @@ from ._run import (
     make_emitter,
 )
 from ._scopes import cancel_due, deliver_cancellation
+from ._session import DurableRun, IfRunning, open_session
 from ._step import Step
 from .events import (
     EventHandler,
@@ -39,7 +39,6 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from ._durable import IfRunning
     from ._snapshot import WorkflowSnapshot
     from ._store import SnapshotStore
 from ._resume import SupportsResume, completed_results
@@ -214,38 +213,53 @@ class Workflow(Generic[D]):
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
                 f"(a durable run resumes from its store)"
             )
-        from ._durable import DurableOptions, _capabilities, run_durable
-        from ._store import check_id, check_lease, ttl_seconds
-
-        ttl_seconds(ttl)
-        ttl_seconds(failure_ttl)
-        check_lease(owner or "-", lease)
-        if if_running not in ("error", "wait"):
-            raise ValueError(f"if_running must be 'error' or 'wait', not {if_running!r}")
-        options = DurableOptions(
-            ttl,
-            failure_ttl,
-            bool(delete_on_success),
-            metadata,
-            lease=float(lease),
+        # The durable layer validates the rest and opens the run's session (it fills the
+        # core's slot; the core imports nothing from above).
+        session = open_session()(
+            store,
+            workflow_id,
+            workflow_name=self.name,
+            clock=self.clock,
+            handlers=self.on_event,
+            emit=self._emit,
+            write_timeout=self.store_write_timeout,
+            ttl=ttl,
+            failure_ttl=failure_ttl,
+            delete_on_success=delete_on_success,
+            metadata=metadata,
+            input=input,
+            lease=lease,
             owner=owner,
             if_running=if_running,
-            input=input,
-            write_timeout=self.store_write_timeout,
         )
-        run_id = uuid4_text() if workflow_id is None else check_id(workflow_id)
-        if not _capabilities(store)[0]:
-            raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
-        durable = run_durable(
-            self, body, store=store, workflow_id=run_id, options=options, execute=self._outcome
-        )
+        durable = self._durable(session, body)
         emit = self._emit
         if emit is None:
             return durable
         # The workflow's events wrap the whole durable run, store writes included, so
         # its terminal event is the Result run() returns (a failed final write is a
         # workflow_error, a failed claim is seen at all).
-        return self._evented(run_id, durable, emit)
+        return self._evented(session.workflow_id, durable, emit)
+
+    async def _durable(
+        self, session: DurableRun, body: Callable[[WorkflowContext[D]], Awaitable[Any]]
+    ) -> Result[Any, Any]:
+        """Drive a durable run's session: begin (which may end the run), the body
+        within the session's block, then finish; or, when the body raises (outside
+        cancellation), record it cancelled and re-raise."""
+        ended = await session.begin()
+        if ended is not None:
+            return ended
+        result: Result[Any, Any] | None = None
+        try:
+            with session:
+                result = await self._state_and_outcome(
+                    body, session.workflow_id, session.resume, session.checkpoint, session.input
+                )[1]
+        except BaseException:
+            await session.cancelled()
+            raise
+        return await session.finish(result)
 
     def _execute(
         self,
@@ -266,18 +280,6 @@ class Workflow(Generic[D]):
         if emit is None:
             return outcome
         return self._evented(state, outcome, emit)
-
-    def _outcome(
-        self,
-        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
-        workflow_id: str,
-        resume_state: SupportsResume | WorkflowSnapshot | None,
-        checkpoint: Checkpoint | None,
-        input: Any = None,
-    ) -> Coroutine[Any, Any, Result[Any, Any]]:
-        """The body's outcome without workflow events: the durable run emits those
-        around its store writes."""
-        return self._state_and_outcome(body, workflow_id, resume_state, checkpoint, input)[1]
 
     def _state_and_outcome(
         self,

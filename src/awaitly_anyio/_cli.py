@@ -29,11 +29,13 @@ from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import anyio
 
+from ._checks import check_list_args
 from ._errors import SnapshotDecodeError
 from ._redact import redact_text, redact_url
+from ._rows import decode_cursor
 from ._snapshot import RUN_STATUSES, SnapshotInfo, WorkflowSnapshot
-from ._store import check_list_args, decode_cursor, open_store
 from .serialization import dumps, snapshot_to_doc
+from .stores import open_store
 
 DEFAULT_STORE = "sqlite:///awaitly.db"
 DEMO_STORE = "sqlite:///awaitly-demo.db"

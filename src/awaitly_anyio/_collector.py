@@ -15,7 +15,7 @@ import attrs
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._snapshot import RunStatus, WorkflowSnapshot
-from ._store import from_epoch
+from ._times import from_epoch
 from .events import (
     StepComplete,
     StepFailed,

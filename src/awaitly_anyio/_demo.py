@@ -15,9 +15,10 @@ from . import events
 from ._context import Deps, WorkflowContext
 from ._result import Err, Ok, Result
 from ._snapshot import WorkflowSnapshot
-from ._store import SnapshotStore, open_store
+from ._store import SnapshotStore
 from ._workflow import create_workflow
 from .serialization import register_type
+from .stores import open_store
 
 
 @register_type(name="demo.User")

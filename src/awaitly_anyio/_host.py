@@ -30,8 +30,9 @@ from ._redact import redact_text, redact_url
 from ._result import Result
 from ._run import logger
 from ._snapshot import SnapshotInfo
-from ._store import LeaseStore, SnapshotStore, open_store
+from ._store import LeaseStore, SnapshotStore
 from ._workflow import Workflow
+from .stores import open_store
 
 __all__ = ["HostAtCapacityError", "HostClosedError", "RunHandle", "WorkflowHost"]
 

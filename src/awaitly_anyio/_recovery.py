@@ -17,13 +17,14 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from ._checks import check_lease
 from ._clock import Clock, SystemClock
 from ._durable import default_owner
 from ._errors import SnapshotDecodeError
 from ._result import Err, Result
 from ._run import logger
 from ._snapshot import SnapshotInfo
-from ._store import LeaseStore, check_lease
+from ._store import LeaseStore
 from ._workflow import Workflow
 
 __all__ = ["RecoveredRun", "WorkflowRegistry", "claim_abandoned", "recover", "recovery_loop"]

@@ -6,16 +6,19 @@ hashes); turning snapshots into rows and back happens here, once.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
 import attrs
 
+from ._checks import check_key
 from ._errors import SerializationError, SnapshotDecodeError
 from ._result import Result
 from ._snapshot import FORMAT_VERSION, RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
-from ._store import check_key, from_epoch, iso_from_epoch
+from ._times import from_epoch, iso_from_epoch
 from .serialization import (
     TypeRegistry,
     _decode,
@@ -32,17 +35,19 @@ from .serialization import (
 
 __all__ = [
     "RunRow",
-    "as_claimed",
-    "assemble",
-    "damaged_info",
+    "claimed_snapshot",
+    "damaged_entry",
+    "decode_cursor",
     "decode_metadata",
     "decode_problem",
+    "encode_cursor",
     "encode_metadata",
     "encode_result",
-    "info",
-    "restarted",
+    "listing_entry",
+    "restarted_row",
     "row_problem",
-    "split",
+    "rows_from_snapshot",
+    "snapshot_from_rows",
 ]
 
 
@@ -91,7 +96,7 @@ def encode_result(result: Result[Any, Any] | None, registry: TypeRegistry) -> st
         raise SerializationError("<result>", exc.type_name, exc.reason) from None
 
 
-def split(
+def rows_from_snapshot(
     snapshot: WorkflowSnapshot,
     registry: TypeRegistry,
     *,
@@ -123,7 +128,7 @@ def split(
     return row, steps
 
 
-def assemble(
+def snapshot_from_rows(
     run_id: str, row: RunRow, steps: Iterable[tuple[str, str]], registry: TypeRegistry
 ) -> WorkflowSnapshot:
     """Rebuild a snapshot from its rows; raises SnapshotDecodeError naming ``run_id`` and
@@ -159,7 +164,7 @@ def assemble(
     return snapshot_from_doc(doc, run_id, registry)
 
 
-def restarted(
+def restarted_row(
     run_id: str,
     previous: RunRow | None,
     workflow_name: str,
@@ -209,7 +214,7 @@ def _time_problem(value: object, name: str) -> str | None:
 def row_problem(row: RunRow) -> str | None:
     """What makes a run row unreadable (a bad time, workflow name or status, a format
     version this release does not read), or ``None`` if it reads well.  Only the
-    row: its step records, result and metadata are checked by `assemble`."""
+    row: its step records, result and metadata are checked by `snapshot_from_rows`."""
     problem = format_problem(row.format_version)
     if problem is not None:
         return problem
@@ -226,7 +231,7 @@ def row_problem(row: RunRow) -> str | None:
     return None
 
 
-def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> SnapshotInfo:
+def damaged_entry(run_id: str, problem: str, row: RunRow | None = None) -> SnapshotInfo:
     """The listing entry of a run whose row cannot be read: ``damaged`` says why, and
     what could not be read holds the placeholders `SnapshotInfo` documents."""
 
@@ -247,14 +252,14 @@ def damaged_info(run_id: str, problem: str, row: RunRow | None = None) -> Snapsh
     )
 
 
-def info(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotInfo:
+def listing_entry(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotInfo:
     """The listing entry for a run row; flagged ``damaged`` if the row cannot be read
     (see `row_problem`), never an exception.  With ``lease``, the row's lease
     holder and expiry too (a lease without a holder, or a holder without a time, is
     no lease)."""
     problem = row_problem(row)
     if problem is not None:
-        return damaged_info(run_id, problem, row)
+        return damaged_entry(run_id, problem, row)
     until = row.lease_expires_at if lease and row.lease_owner else None
     return SnapshotInfo(
         id=run_id,
@@ -274,13 +279,13 @@ def decode_problem(
     """Why run ``run_id`` cannot be decoded (row, step records, result or metadata), or
     ``None`` if it can: what recovery checks before it claims a run."""
     try:
-        assemble(run_id, row, steps, registry)
+        snapshot_from_rows(run_id, row, steps, registry)
     except SnapshotDecodeError as exc:
         return exc.reason
     return None
 
 
-def as_claimed(
+def claimed_snapshot(
     snapshot: WorkflowSnapshot, metadata: Mapping[str, Any] | None, now: float
 ) -> WorkflowSnapshot:
     """An existing run's snapshot as a claim leaves it (running, no result or expiry,
@@ -295,3 +300,31 @@ def as_claimed(
         updated_at=from_epoch(now),
         expires_at=None,
     )
+
+
+def encode_cursor(updated_at: float, id: str) -> str:
+    """An opaque cursor pointing just after (``updated_at``, ``id``) in newest-first order."""
+    raw = json.dumps([updated_at, id], ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The inverse of `encode_cursor`; ``ValueError`` for a cursor not made by it."""
+    try:
+        updated_at, id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)):
+            raise TypeError
+        if not isinstance(id, str):
+            raise TypeError
+    except (ValueError, TypeError, UnicodeError):
+        raise ValueError(f"invalid list cursor {cursor!r}") from None
+    return float(updated_at), id
+
+
+# The names these functions had before: the Redis store still uses them.
+split = rows_from_snapshot
+assemble = snapshot_from_rows
+info = listing_entry
+damaged_info = damaged_entry
+restarted = restarted_row
+as_claimed = claimed_snapshot

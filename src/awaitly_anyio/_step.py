@@ -25,11 +25,11 @@ from typing import Any, Literal, TypeVar, cast, overload
 import anyio
 import attrs
 
+from ._checks import check_key
 from ._errors import StepTimeoutError
 from ._result import Err, Ok, Result
 from ._run import EarlyExit, RunState
 from ._scopes import cancel_due, deliver_cancellation
-from ._store import check_key
 from .events import (
     StepCancelled,
     StepComplete,

@@ -43,7 +43,7 @@ from ._errors import (
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
-from ._store import iso_from_epoch
+from ._times import iso_from_epoch
 
 __all__ = [
     "MAX_DEPTH",

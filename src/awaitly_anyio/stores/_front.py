@@ -15,35 +15,27 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._checks import check_id, check_key, check_lease, check_list_args, ttl_seconds
 from .._clock import Clock, SystemClock
 from .._errors import LeaseLostError, SnapshotDecodeError
 from .._result import Result
 from .._rows import (
     RunRow,
-    as_claimed,
-    assemble,
-    damaged_info,
+    claimed_snapshot,
+    damaged_entry,
+    decode_cursor,
     decode_metadata,
     decode_problem,
+    encode_cursor,
     encode_metadata,
-    info,
-    restarted,
+    listing_entry,
+    restarted_row,
     row_problem,
-    split,
+    rows_from_snapshot,
+    snapshot_from_rows,
 )
 from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from .._store import (
-    Claim,
-    EncodedStep,
-    Ttl,
-    check_id,
-    check_key,
-    check_lease,
-    check_list_args,
-    decode_cursor,
-    encode_cursor,
-    ttl_seconds,
-)
+from .._store import Claim, EncodedStep, Ttl
 from ..serialization import TypeRegistry, default_registry
 from ._driver import LeaseLost, RowDriver, RowUnreadable, RunMissing, Steps
 
@@ -130,7 +122,7 @@ class StoreFront:
         check_id(id)
         self._check_open()
         now = self._clock.time()
-        row, steps = split(
+        row, steps = rows_from_snapshot(
             snapshot,
             self._registry,
             now=now,
@@ -151,7 +143,7 @@ class StoreFront:
             raise SnapshotDecodeError(id, exc.reason) from None
         if found is None:
             return None
-        return assemble(id, found[0], found[1], self._registry)
+        return snapshot_from_rows(id, found[0], found[1], self._registry)
 
     async def info(self, id: str) -> SnapshotInfo | None:
         """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
@@ -164,8 +156,8 @@ class StoreFront:
         try:
             found = await self._driver.read(id, self._clock.time(), steps=False)
         except RowUnreadable as exc:
-            return damaged_info(id, exc.reason)
-        return None if found is None else info(id, found[0], lease=True)
+            return damaged_entry(id, exc.reason)
+        return None if found is None else listing_entry(id, found[0], lease=True)
 
     async def delete(self, id: str) -> bool:
         """Remove run ``id`` and its steps; whether a live run was there."""
@@ -191,9 +183,9 @@ class StoreFront:
         found = await self._driver.list(self._clock.time(), prefix, status, after, limit + 1)
         page = found[:limit]
         infos = [
-            damaged_info(entry.id, entry.damage or "unreadable")
+            damaged_entry(entry.id, entry.damage or "unreadable")
             if entry.row is None
-            else info(entry.id, entry.row, lease=True)
+            else listing_entry(entry.id, entry.row, lease=True)
             for entry in page
         ]
         next_cursor = encode_cursor(page[-1].at, page[-1].id) if len(found) > limit else None
@@ -224,7 +216,7 @@ class StoreFront:
         now = self._clock.time()
 
         def restart(row: RunRow | None) -> RunRow:
-            return restarted(id, row, workflow_name, metadata, now, registry)
+            return restarted_row(id, row, workflow_name, metadata, now, registry)
 
         await self._driver.start_run(id, now, restart)
 
@@ -346,8 +338,8 @@ class StoreFront:
         claimed, damaged = await self._driver.claim_expired(
             now, owner, now + seconds, limit, names, problem
         )
-        return [info(id, row) for id, row in claimed] + [
-            damaged_info(entry.id, entry.damage or "unreadable", entry.row) for entry in damaged
+        return [listing_entry(id, row) for id, row in claimed] + [
+            damaged_entry(entry.id, entry.damage or "unreadable", entry.row) for entry in damaged
         ]
 
 
@@ -412,11 +404,11 @@ class _Claiming:
 
     def take(self, row: RunRow, steps: Steps) -> tuple[RunRow, Claim]:
         # Decoded before anything is written: a damaged run stays as it is.
-        found = assemble(self._id, row, steps, self._registry)
+        found = snapshot_from_rows(self._id, row, steps, self._registry)
         taken = attrs.evolve(
-            restarted(self._id, row, self._name, self._metadata, self._now, self._registry),
+            restarted_row(self._id, row, self._name, self._metadata, self._now, self._registry),
             lease_owner=self._owner,
             lease_expires_at=self._until,
         )
-        claimed = as_claimed(found, self._metadata, self._now)
+        claimed = claimed_snapshot(found, self._metadata, self._now)
         return taken, Claim("claimed", self._owner, self._until, snapshot=claimed)

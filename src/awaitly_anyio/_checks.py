@@ -1,0 +1,76 @@
+"""Checks of what callers hand a store (run ids, step keys, leases, list arguments,
+TTLs), shared by the store front and the durable run so every store refuses the
+same things with the same messages."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from ._snapshot import RUN_STATUSES
+
+__all__ = ["check_id", "check_key", "check_lease", "check_list_args", "ttl_seconds"]
+
+
+def check_id(id: object) -> str:
+    """Validate a run id: a non-empty string of valid Unicode without NUL characters
+    (every store must be able to keep it as text)."""
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"a run id must be a non-empty string, not {id!r}")
+    if "\x00" in id:
+        raise ValueError("a run id must not contain NUL characters")
+    try:
+        id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a run id must be valid Unicode text, not {id!r}") from None
+    return id
+
+
+def check_key(key: object) -> str:
+    """Validate a step key with the rules of `check_id`: a non-empty string of
+    valid Unicode without NUL characters (every store must be able to keep it as
+    text).  Raises ``ValueError`` naming the step key.  Every checkpoint calls it, so
+    the usual key (plain ASCII) is checked first, cheaply."""
+    if type(key) is str and key.isascii() and key and "\x00" not in key:
+        return key
+    if type(key) is not str or not key:
+        raise ValueError(f"a step key must be a non-empty string, not {key!r}")
+    if "\x00" in key:
+        raise ValueError(f"a step key must not contain NUL characters, not {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a step key must be valid Unicode text, not {key!r}") from None
+    return key
+
+
+def check_list_args(prefix: object, status: object, limit: object) -> None:
+    """Validate the arguments of ``list``."""
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, not {prefix!r}")
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit must be an integer from 1 to 10000, not {limit!r}")
+
+
+def check_lease(owner: object, lease: object) -> float:
+    """Validate a lease owner and duration; the duration in seconds."""
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"a lease owner must be a non-empty string, not {owner!r}")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:
+        raise ValueError(f"a lease must be a positive number of seconds, not {lease!r}")
+    return float(lease)
+
+
+def ttl_seconds(ttl: object) -> float | None:
+    """Normalize a TTL to seconds (``None`` means no expiry)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds or a timedelta, not {ttl!r}")
+    if not math.isfinite(ttl):
+        return None
+    return float(ttl)

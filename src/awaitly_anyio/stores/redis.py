@@ -16,6 +16,9 @@ Redis frees them by itself; ``list`` drops index entries whose run is gone.
 Under trio the client runs on a private asyncio loop hosted in trio's thread
 (`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
 replicas), not Redis Cluster.
+
+`RedisStore` is the store front (``_front``) over `_RedisDriver`, which speaks
+rows and step JSON only; its Lua scripts live in ``_redis_lua``.
 """
 
 from __future__ import annotations
@@ -26,218 +29,22 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from .._clock import Clock, SystemClock
-from .._errors import LeaseLostError, SnapshotDecodeError
+from .._clock import Clock
 from .._redact import redact_url
 from .._redis_client import SharedRedis
-from .._result import Result
-from .._rows import (
-    RunRow,
-    as_claimed,
-    assemble,
-    damaged_info,
-    decode_metadata,
-    decode_problem,
-    encode_metadata,
-    info,
-    restarted,
-    row_problem,
-    split,
-)
-from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from .._store import (
-    Claim,
-    EncodedStep,
-    Ttl,
-    check_id,
-    check_key,
-    check_lease,
-    check_list_args,
-    decode_cursor,
-    encode_cursor,
-    ttl_seconds,
-)
+from .._rows import RunRow
+from .._snapshot import RunStatus
+from .._store import Claim
 from .._store_url import check_redis_url
 from ..serialization import TypeRegistry, default_registry
+from . import _redis_lua as lua
+from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RowUnreadable, RunMissing, Steps
+from ._front import StoreFront
 
 if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["RedisStore"]
-
-_FIELDS = (
-    "workflow_name",
-    "status",
-    "result_json",
-    "metadata_json",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "format_version",
-    "lease_owner",
-    "lease_expires_at",
-)
-
-# KEYS: run, steps, index, active.  ARGV: id, now, ttl_ms ('' = none), active (0/1),
-# then the run's field/value pairs, '--', then the steps' key/json pairs.
-_SAVE = """
-local lease = redis.call('HMGET', KEYS[1], 'lease_owner', 'lease_expires_at')
-redis.call('DEL', KEYS[1], KEYS[2])
-local i = 5
-local fields = {}
-while ARGV[i] ~= '--' do
-  fields[#fields + 1] = ARGV[i]
-  fields[#fields + 1] = ARGV[i + 1]
-  i = i + 2
-end
-if lease[1] then
-  fields[#fields + 1] = 'lease_owner'
-  fields[#fields + 1] = lease[1]
-  fields[#fields + 1] = 'lease_expires_at'
-  fields[#fields + 1] = lease[2]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
-i = i + 1
-local batch = {}
-while i <= #ARGV do
-  batch[#batch + 1] = ARGV[i]
-  batch[#batch + 1] = ARGV[i + 1]
-  i = i + 2
-  if #batch >= 1000 then
-    redis.call('HSET', KEYS[2], unpack(batch))
-    batch = {}
-  end
-end
-if #batch > 0 then redis.call('HSET', KEYS[2], unpack(batch)) end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-else redis.call('ZREM', KEYS[4], ARGV[1]) end
-if ARGV[3] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-return 1
-"""
-
-# A live run: present and not expired at ARGV now (a damaged expiry counts as live).
-_LIVE_FN = """
-local function live(key, now)
-  local exp = redis.call('HGET', key, 'expires_at')
-  if not exp then return false end
-  local at = tonumber(exp)
-  return exp == '' or at == nil or at > tonumber(now)
-end
-"""
-
-# KEYS: run, steps.  ARGV: now, owner ('' = any), step key, record json.
-# Returns 1 (written), 0 (no such live run), -1 (another owner holds the lease).
-# The run's updated_at moves when it starts and ends, not per step (as in PostgreSQL):
-# a checkpoint reads the run hash once and writes one field.
-_CHECKPOINT = """
-local run = redis.call('HMGET', KEYS[1], 'expires_at', 'lease_owner')
-if not run[1] or (run[1] ~= '' and tonumber(run[1]) <= tonumber(ARGV[1])) then return 0 end
-if ARGV[2] ~= '' and run[2] ~= ARGV[2] then return -1 end
-if redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) == 1 then
-  -- A new step goes after the others; one recorded again keeps its place.
-  redis.call('HSET', KEYS[2], '\\0' .. ARGV[3], redis.call('HINCRBY', KEYS[2], '\\0', 1))
-end
-return 1
-"""
-
-# KEYS: run, steps, index, active.  ARGV: id, now, workflow_name, metadata json, owner,
-# lease_expires_at, format version.  Creates the run if absent (1), else returns 0.
-_CREATE_CLAIMED = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'workflow_name', ARGV[3], 'status', 'running',
-  'result_json', '', 'metadata_json', ARGV[4], 'created_at', ARGV[2], 'updated_at', ARGV[2],
-  'expires_at', '', 'format_version', ARGV[7], 'lease_owner', ARGV[5],
-  'lease_expires_at', ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-return 1
-"""
-
-# KEYS: run, steps, index, active.  ARGV: id, now, owner ('' = any), status, result json,
-# expires_at, ttl_ms.  Records the end of a run whose metadata does not change.
-# Returns 1 (done), 0 (no such live run), -1 (another owner holds the lease).
-_FINISH = (
-    _LIVE_FN
-    + """
-if not live(KEYS[1], ARGV[2]) then return 0 end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[3] then return -1 end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'result_json', ARGV[5], 'updated_at', ARGV[2],
-  'expires_at', ARGV[6], 'lease_owner', '', 'lease_expires_at', '')
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[4] == 'cancelled' then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-else redis.call('ZREM', KEYS[4], ARGV[1]) end
-if ARGV[7] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
-end
-return 1
-"""
-)
-
-# KEYS: run.  ARGV: now, owner, new lease_expires_at.  Returns 1 if renewed.
-_RENEW = (
-    _LIVE_FN
-    + """
-if not live(KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[3])
-return 1
-"""
-)
-
-# KEYS: run.  ARGV: owner.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_expires_at', '')
-end
-return 1
-"""
-
-# KEYS: run, steps, index, active.  ARGV: id, now.  Returns 1 if a live run was deleted
-# (a run key that is not a hash, a damaged run, counts as one).
-_DELETE = (
-    _LIVE_FN
-    + """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local was = kind ~= 'none'
-if kind == 'hash' and redis.call('HEXISTS', KEYS[1], 'expires_at') == 1 then
-  was = live(KEYS[1], ARGV[2])
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-if was then return 1 end
-return 0
-"""
-)
-
-# KEYS: run.  ARGV: now, owner, lease_expires_at, names ('' = any, else \\n-joined).
-# Claims an abandoned run (running/cancelled, lease free or expired) for owner.
-_CLAIM_ABANDONED = (
-    _LIVE_FN
-    + """
-if not live(KEYS[1], ARGV[1]) then return 0 end
-local f = redis.call('HMGET', KEYS[1], 'status', 'lease_expires_at', 'workflow_name')
-if f[1] ~= 'running' and f[1] ~= 'cancelled' then return 0 end
-if f[2] and f[2] ~= '' and tonumber(f[2]) > tonumber(ARGV[1]) then return 0 end
-if ARGV[4] ~= '' then
-  local found = false
-  for name in string.gmatch(ARGV[4], '[^\\n]+') do
-    if name == f[3] then found = true end
-  end
-  if not found then return 0 end
-end
-redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_expires_at', ARGV[3])
-return 1
-"""
-)
 
 
 def _import_redis() -> Any:
@@ -248,134 +55,7 @@ def _import_redis() -> Any:
     return redis.asyncio
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
-
-
-class _Missing:
-    """Stands for a field every run hash has, missing from a damaged one."""
-
-    def __repr__(self) -> str:
-        return "(missing)"
-
-
-_MISSING: Any = _Missing()
-
-
-def _row(fields: Mapping[str, str | None]) -> RunRow:
-    """A run row from its hash (all strings; '' means None).  Never raises: a missing
-    field is `_MISSING` and a number that does not parse stays the text it is,
-    for `row_problem` to report."""
-
-    def opt(name: str) -> str | None:
-        return fields.get(name) or None
-
-    def field(name: str) -> Any:
-        value = fields.get(name)
-        return _MISSING if value is None else value
-
-    def num(name: str) -> Any:
-        value = field(name)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return value
-
-    def opt_num(name: str) -> Any:
-        return None if fields.get(name) == "" else num(name)
-
-    version: Any = field("format_version")
-    with contextlib.suppress(TypeError, ValueError):
-        version = int(version)
-    return RunRow(
-        workflow_name=field("workflow_name"),
-        status=field("status"),
-        result_json=opt("result_json"),
-        metadata_json=field("metadata_json"),
-        created_at=num("created_at"),
-        updated_at=num("updated_at"),
-        expires_at=opt_num("expires_at"),
-        format_version=version,
-        lease_owner=opt("lease_owner"),
-        lease_expires_at=num("lease_expires_at") if fields.get("lease_expires_at") else None,
-    )
-
-
-_PLACE = "\x00"
-"""The steps hash's fields that order the steps start with it (see the module's doc)."""
-
-
-def _in_order(steps: Mapping[str, str]) -> builtins.list[tuple[str, str]]:
-    """A steps hash's ``(key, record json)`` pairs in the order they were recorded.  Steps
-    without a place (written by a release that kept none, or whose place is not a
-    number) come first, by key."""
-    places: dict[str, int] = {}
-    records: builtins.list[tuple[str, str]] = []
-    for field, value in steps.items():
-        if not field.startswith(_PLACE):
-            records.append((field, value))
-        elif len(field) > 1:
-            with contextlib.suppress(TypeError, ValueError):
-                places[field[1:]] = int(value)
-    records.sort(key=lambda item: (item[0] in places, places.get(item[0], 0), item[0]))
-    return records
-
-
-def _wrong_type(id: str, key: str, error: BaseException) -> SnapshotDecodeError:
-    """The error for a run whose key holds something other than a hash."""
-    return SnapshotDecodeError(id, f"Redis key {key!r} is not a hash ({error})")
-
-
-def _is_wrong_type(error: object) -> bool:
-    return isinstance(error, _import_redis().ResponseError) and "WRONGTYPE" in str(error)
-
-
-def _hash(row: RunRow) -> list[str]:
-    """A run row as field/value pairs (without the lease)."""
-    return [
-        "workflow_name",
-        row.workflow_name,
-        "status",
-        row.status,
-        "result_json",
-        row.result_json or "",
-        "metadata_json",
-        row.metadata_json,
-        "created_at",
-        _num(row.created_at),
-        "updated_at",
-        _num(row.updated_at),
-        "expires_at",
-        _num(row.expires_at),
-        "format_version",
-        str(row.format_version),
-    ]
-
-
-def _mapping(pairs: list[str]) -> dict[str, str]:
-    return dict(zip(pairs[::2], pairs[1::2], strict=True))
-
-
-def _expired(expires: object, now: float) -> bool:
-    """Whether a stored ``expires_at`` has passed (a damaged one has not)."""
-    if not isinstance(expires, str) or not expires:
-        return False
-    try:
-        return float(expires) <= now
-    except ValueError:
-        return False
-
-
-def _live(row: RunRow | None, now: float) -> bool:
-    """Whether ``row`` is a run that has not expired (a damaged expiry counts as live,
-    so that the run is reported, never dropped)."""
-    if row is None or row.expires_at is None:
-        return row is not None
-    expires_at: object = row.expires_at
-    return not isinstance(expires_at, float) or expires_at > now
-
-
-class RedisStore:
+class RedisStore(StoreFront):
     """A `SnapshotStore` (and ``LeaseStore``) in Redis.
 
     - ``url_or_client``: a ``redis://`` / ``rediss://`` / ``unix://`` URL (the store
@@ -385,9 +65,12 @@ class RedisStore:
     - ``prefix``: put before every key, so several applications can share a database.
     - ``clock`` and ``registry`` as for every store.
 
-    Every method is a cancellation point; a cancelled call either ran its script
-    (atomically) or not.  Connection errors (``redis.ConnectionError``) propagate;
-    the client reconnects once the server is back.
+    ``ValueError`` for a URL that is not a Redis URL (the message masks its
+    secrets) or a prefix holding NUL; ``TypeError`` for something that is neither
+    a URL nor a client.  Every method is a cancellation point; a cancelled call
+    either ran its script (atomically) or not.  Connection errors
+    (``redis.ConnectionError``) propagate; the client reconnects once the server is
+    back.
     """
 
     def __init__(
@@ -415,32 +98,13 @@ class RedisStore:
         if not isinstance(prefix, str) or "\x00" in prefix:
             raise ValueError(f"prefix must be a string without NUL, not {prefix!r}")
         self._prefix = prefix
-        self._index = f"{prefix}index"
-        self._active = f"{prefix}active"
-        self._clock = clock if clock is not None else SystemClock()
-        self._registry = registry
-        self._redis = SharedRedis(url_or_client, repr(self), argument="RedisStore")
-        self._closed = False
-
-    async def __aenter__(self) -> RedisStore:
-        try:
-            await self._call(lambda client: client.ping())
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.close()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        self._keys = _RedisDriver(
+            SharedRedis(url_or_client, repr(self), argument="RedisStore"), prefix
+        )
+        super().__init__(self._keys, clock=clock, registry=registry)
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where}, prefix={self._prefix!r})"
-
-    @property
-    def registry(self) -> TypeRegistry:
-        """The types this store can save and load."""
-        return self._registry
 
     @property
     def prefix(self) -> str:
@@ -449,55 +113,237 @@ class RedisStore:
 
     def keys_of(self, id: str) -> tuple[str, str]:
         """The run hash and steps hash keys of run ``id``."""
+        return self._keys.keys_of(id)
+
+
+# ---- rows as hashes -------------------------------------------------------------------
+
+_FIELDS = (
+    "workflow_name",
+    "status",
+    "result_json",
+    "metadata_json",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "format_version",
+    "lease_owner",
+    "lease_expires_at",
+)
+
+_PLACE = "\x00"
+"""The steps hash's fields that order the steps start with it (see the module's doc)."""
+
+_ACTIVE = ("running", "cancelled")
+"""The statuses the set of active runs holds (recovery's candidates)."""
+
+
+class _Missing:
+    """Stands for a field every run hash has, missing from a damaged one."""
+
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING: Any = _Missing()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _ttl_ms(expires_at: float | None, now: float) -> str:
+    """The ``PEXPIRE`` that frees a run's keys once it expires (``''``: never)."""
+    if expires_at is None:
+        return ""
+    return str(max(1, math.ceil((expires_at - now) * 1000)))
+
+
+def _parse(fields: Mapping[str, str | None]) -> tuple[RunRow, bool]:
+    """A run row from its hash (all strings; '' means None), and whether every field
+    parsed.  Never raises: a missing field is `_MISSING` and a number that does not
+    parse stays the text it is, for the front to report."""
+    whole = True
+
+    def opt(name: str) -> str | None:
+        return fields.get(name) or None
+
+    def field(name: str) -> Any:
+        nonlocal whole
+        value = fields.get(name)
+        if value is None:
+            whole = False
+            return _MISSING
+        return value
+
+    def num(name: str) -> Any:
+        nonlocal whole
+        value = field(name)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            whole = False
+            return value
+
+    def opt_num(name: str) -> Any:
+        return None if fields.get(name) == "" else num(name)
+
+    version: Any = field("format_version")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        whole = False
+    row = RunRow(
+        workflow_name=field("workflow_name"),
+        status=field("status"),
+        result_json=opt("result_json"),
+        metadata_json=field("metadata_json"),
+        created_at=num("created_at"),
+        updated_at=num("updated_at"),
+        expires_at=opt_num("expires_at"),
+        format_version=version,
+        lease_owner=opt("lease_owner"),
+        lease_expires_at=num("lease_expires_at") if fields.get("lease_expires_at") else None,
+    )
+    return row, whole
+
+
+def _row(fields: Mapping[str, str | None]) -> RunRow:
+    return _parse(fields)[0]
+
+
+def _hash(row: RunRow) -> builtins.list[str]:
+    """A run row as field/value pairs (without the lease)."""
+    return [
+        "workflow_name",
+        row.workflow_name,
+        "status",
+        row.status,
+        "result_json",
+        row.result_json or "",
+        "metadata_json",
+        row.metadata_json,
+        "created_at",
+        _num(row.created_at),
+        "updated_at",
+        _num(row.updated_at),
+        "expires_at",
+        _num(row.expires_at),
+        "format_version",
+        str(row.format_version),
+    ]
+
+
+def _leased_hash(row: RunRow) -> dict[str, str]:
+    """A run row as a mapping of every field, its lease included."""
+    pairs = _hash(row)
+    mapping = dict(zip(pairs[::2], pairs[1::2], strict=True))
+    mapping["lease_owner"] = row.lease_owner or ""
+    mapping["lease_expires_at"] = _num(row.lease_expires_at)
+    return mapping
+
+
+def _in_order(steps: Mapping[str, str]) -> builtins.list[tuple[str, str]]:
+    """A steps hash's ``(key, record json)`` pairs in the order they were recorded.  Steps
+    without a place (written by a release that kept none, or whose place is not a
+    number) come first, by key."""
+    places: dict[str, int] = {}
+    records: builtins.list[tuple[str, str]] = []
+    for field, value in steps.items():
+        if not field.startswith(_PLACE):
+            records.append((field, value))
+        elif len(field) > 1:
+            with contextlib.suppress(TypeError, ValueError):
+                places[field[1:]] = int(value)
+    records.sort(key=lambda item: (item[0] in places, places.get(item[0], 0), item[0]))
+    return records
+
+
+def _expired(expires: object, now: float) -> bool:
+    """Whether a stored ``expires_at`` text has passed (a damaged one has not)."""
+    if not isinstance(expires, str) or not expires:
+        return False
+    try:
+        return float(expires) <= now
+    except ValueError:
+        return False
+
+
+def _live(row: RunRow | None, now: float) -> bool:
+    """Whether ``row`` is a run that has not expired (a damaged expiry counts as live,
+    so that the run is reported, never dropped)."""
+    if row is None or row.expires_at is None:
+        return row is not None
+    expires_at: object = row.expires_at
+    return not isinstance(expires_at, float) or expires_at > now
+
+
+def _abandoned(row: RunRow, now: float, wanted: set[str] | None) -> bool:
+    """Whether live ``row`` is one recovery may take: running or cancelled, its lease
+    free or run out, its workflow among ``wanted`` (any, when ``None``)."""
+    lease: object = row.lease_expires_at
+    return (
+        row.status in _ACTIVE
+        and (wanted is None or row.workflow_name in wanted)
+        and _live(row, now)
+        and (lease is None or (isinstance(lease, float) and lease <= now))
+    )
+
+
+def _is_wrong_type(error: object) -> bool:
+    return isinstance(error, _import_redis().ResponseError) and "WRONGTYPE" in str(error)
+
+
+def _not_a_hash(key: str, error: BaseException) -> str:
+    """What is wrong with a run whose key holds something other than a hash."""
+    return f"Redis key {key!r} is not a hash ({error})"
+
+
+def _unreadable(key: str, error: BaseException) -> BaseException:
+    """`RowUnreadable` for a key of the wrong type; any other error as it is."""
+    return RowUnreadable(_not_a_hash(key, error)) if _is_wrong_type(error) else error
+
+
+# A change under WATCH: given the run's row (and steps, when watched), the outcome and a
+# function that queues the writes into the MULTI block (None: write nothing).
+_Write = Callable[[Any, str, str], None]
+
+
+class _RedisDriver:
+    """The rows of `RedisStore` in Redis hashes and sorted sets (see the module's
+    doc), through one `SharedRedis`.  Speaks rows and step JSON only; times come
+    from the front."""
+
+    def __init__(self, redis: SharedRedis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._index = f"{prefix}index"
+        self._active = f"{prefix}active"
+
+    def keys_of(self, id: str) -> tuple[str, str]:
+        """The run hash and steps hash keys of run ``id``."""
         return f"{self._prefix}run:{id}", f"{self._prefix}steps:{id}"
+
+    def _all_keys(self, id: str) -> builtins.list[str]:
+        """What a script changing run ``id`` and the indexes takes as its KEYS."""
+        return [f"{self._prefix}run:{id}", f"{self._prefix}steps:{id}", self._index, self._active]
 
     # ---- plumbing ----------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Run ``fn(client)`` (a coroutine) on the driver loop."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+        """``await fn(client)`` on the driver loop."""
         return await self._redis.call(fn)
 
-    async def _run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+    async def _script(self, source: str, keys: builtins.list[str], args: builtins.list[Any]) -> Any:
+        """One Lua script call (batched with others in flight)."""
         return await self._redis.run(source, keys, args)
-
-    def _expiry(self, ttl: Ttl) -> float | None:
-        seconds = ttl_seconds(ttl)
-        return None if seconds is None else self._clock.time() + seconds
-
-    @staticmethod
-    def _ttl_ms(expires_at: float | None, now: float) -> str:
-        if expires_at is None:
-            return ""
-        return str(max(1, math.ceil((expires_at - now) * 1000)))
-
-    async def _fetch(self, id: str) -> tuple[RunRow | None, dict[str, str]]:
-        """The run row and steps of ``id``, read together (MULTI/EXEC)."""
-        run_key, steps_key = self.keys_of(id)
-
-        async def read(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(run_key)
-                pipe.hgetall(steps_key)
-                result: list[Any] = await pipe.execute(raise_on_error=False)
-                return result
-
-        fields, steps = await self._call(read)
-        for key, found in ((run_key, fields), (steps_key, steps)):
-            if isinstance(found, Exception):
-                if _is_wrong_type(found):
-                    raise _wrong_type(id, key, found)
-                raise found
-        return (_row(fields) if fields else None), steps
 
     async def _update(self, id: str, change: Any, *, with_steps: bool = False) -> Any:
         """Read run ``id`` under WATCH, let ``change(row)`` (``change(row, steps)`` with
-        ``with_steps``, the steps watched too) return (outcome, a function writing the
-        change into the MULTI pipeline, or None), and write atomically; retried if the
-        run changed meanwhile.  A key of the wrong type raises SnapshotDecodeError."""
+        ``with_steps``, the steps watched too) return (outcome, a `_Write` or None),
+        and write atomically; retried if the run changed meanwhile.  A key of the
+        wrong type raises `RowUnreadable`; what ``change`` raises propagates with
+        nothing written."""
         run_key, steps_key = self.keys_of(id)
         redis = _import_redis()
 
@@ -505,9 +351,7 @@ class RedisStore:
             try:
                 return await pipe.hgetall(key)
             except redis.ResponseError as exc:
-                if _is_wrong_type(exc):
-                    raise _wrong_type(id, key, exc) from None
-                raise
+                raise _unreadable(key, exc) from None
 
         async def transact(client: Any) -> Any:
             async with client.pipeline(transaction=True) as pipe:
@@ -533,28 +377,60 @@ class RedisStore:
 
         return await self._call(transact)
 
-    # ---- SnapshotStore -----------------------------------------------------------------
+    def _rewrite(self, id: str, row: RunRow, now: float, *, drop: bool, lease: bool) -> _Write:
+        """Queue writing ``row`` over run ``id`` (after dropping its keys, with
+        ``drop``; with its lease, with ``lease``), never to expire, active at ``now``."""
 
-    async def save(
-        self,
-        id: str,
-        snapshot: WorkflowSnapshot,
-        *,
-        ttl: Ttl = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Replace run ``id`` with ``snapshot``, in one script."""
-        check_id(id)
-        now = self._clock.time()
-        expires_at = self._expiry(ttl)
-        row, steps = split(
-            snapshot, self._registry, now=now, expires_at=expires_at, metadata=metadata
-        )
-        args: list[Any] = [
+        def write(pipe: Any, run_key: str, steps_key: str) -> None:
+            if drop:
+                pipe.delete(run_key, steps_key)
+            if lease:
+                pipe.hset(run_key, mapping=_leased_hash(row))
+            else:
+                pairs = _hash(row)
+                pipe.hset(run_key, mapping=dict(zip(pairs[::2], pairs[1::2], strict=True)))
+            pipe.persist(run_key)
+            pipe.persist(steps_key)
+            pipe.zadd(self._index, {id: now})
+            pipe.zadd(self._active, {id: now})
+
+        return write
+
+    # ---- RowDriver ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._call(lambda client: client.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
+        run_key, steps_key = self.keys_of(id)
+
+        async def run_and_steps(client: Any) -> builtins.list[Any]:
+            async with client.pipeline(transaction=steps) as pipe:
+                pipe.hgetall(run_key)
+                if steps:
+                    pipe.hgetall(steps_key)
+                found: builtins.list[Any] = await pipe.execute(raise_on_error=False)
+                return found
+
+        found = await self._call(run_and_steps)
+        for key, value in zip((run_key, steps_key), found, strict=False):
+            if isinstance(value, Exception):
+                raise _unreadable(key, value)
+        row = _row(found[0]) if found[0] else None
+        if row is None or not _live(row, now):
+            return None
+        return row, (_in_order(found[1]) if steps else ())
+
+    async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
+        now = row.updated_at  # the front saves at its "now"
+        args: builtins.list[Any] = [
             id,
             _num(now),
-            self._ttl_ms(row.expires_at, now),
-            "1" if row.status in ("running", "cancelled") else "0",
+            _ttl_ms(row.expires_at, now),
+            "1" if row.status in _ACTIVE else "0",
             *_hash(row),
             "--",
         ]
@@ -564,74 +440,228 @@ class RedisStore:
             args += [_PLACE + key, str(place)]
         if steps:
             args += [_PLACE, str(len(steps))]
-        await self._run_script(_SAVE, [*self.keys_of(id), self._index, self._active], args)
+        await self._script(lua.SAVE, self._all_keys(id), args)
 
-    async def load(self, id: str) -> WorkflowSnapshot | None:
-        """Run ``id``'s snapshot, or ``None``; one consistent read.  Its steps are in the
-        order they were recorded (a step recorded again keeps its place)."""
-        check_id(id)
-        now = self._clock.time()
-        row, steps = await self._fetch(id)
-        if row is None or not _live(row, now):
-            return None
-        return assemble(id, row, _in_order(steps), self._registry)
+    async def delete(self, id: str, now: float) -> bool:
+        return bool(await self._script(lua.DELETE, self._all_keys(id), [id, _num(now)]))
 
-    async def info(self, id: str) -> SnapshotInfo | None:
-        """Run ``id``'s listing entry, read-only: its status, times and lease (holder and
-        expiry, see `SnapshotInfo`), without its steps; ``None``
-        if there is none or it expired.  A run whose row cannot be read comes back
-        flagged ``damaged``, never raised.  A cancellation point; ``ValueError`` for an
-        invalid id."""
-        check_id(id)
-        now = self._clock.time()
-        run_key = self.keys_of(id)[0]
+    async def start_run(
+        self, id: str, now: float, restart: Callable[[RunRow | None], RunRow]
+    ) -> None:
+        def change(row: RunRow | None) -> tuple[None, _Write]:
+            live = row if _live(row, now) else None
+            # Without its lease fields, so a stored lease is kept.
+            return None, self._rewrite(id, restart(live), now, drop=live is None, lease=False)
 
-        async def read(client: Any) -> Any:
+        await self._update(id, change)
+
+    async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
+        done = await self._script(
+            lua.CHECKPOINT, [*self.keys_of(id)], [_num(now), owner or "", key, json]
+        )
+        if done == 0:
+            raise RunMissing
+        if done == -1:
+            raise LeaseLost
+
+    async def end_run(self, id: str, now: float, end: EndTerms) -> None:
+        expires_at, owner, merge = end.expires_at, end.owner, end.merge
+        if merge is None:  # the metadata stays: one script call
+            done = await self._script(
+                lua.FINISH,
+                self._all_keys(id),
+                [
+                    id,
+                    _num(now),
+                    owner or "",
+                    end.status,
+                    end.result_json or "",
+                    _num(expires_at),
+                    _ttl_ms(expires_at, now),
+                ],
+            )
+            if done == 0:
+                raise RunMissing
+            if done == -1:
+                raise LeaseLost
+            return
+
+        def change(row: RunRow | None) -> tuple[None, _Write]:
+            if row is None or not _live(row, now):
+                raise RunMissing
+            if owner is not None and row.lease_owner != owner:
+                raise LeaseLost
+            metadata_json = merge(row)
+
+            def write(pipe: Any, run_key: str, steps_key: str) -> None:
+                pipe.hset(
+                    run_key,
+                    mapping={
+                        "status": end.status,
+                        "result_json": end.result_json or "",
+                        "metadata_json": metadata_json,
+                        "updated_at": _num(now),
+                        "expires_at": _num(expires_at),
+                        "lease_owner": "",
+                        "lease_expires_at": "",
+                    },
+                )
+                pipe.zadd(self._index, {id: now})
+                if end.status == "cancelled":
+                    pipe.zadd(self._active, {id: now})
+                else:
+                    pipe.zrem(self._active, id)
+                ttl_ms = _ttl_ms(expires_at, now)
+                if ttl_ms:
+                    pipe.pexpire(run_key, int(ttl_ms))
+                    pipe.pexpire(steps_key, int(ttl_ms))
+
+            return None, write
+
+        await self._update(id, change)
+
+    async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
+        fresh = terms.fresh_row
+        # A new run: one script call, no read.
+        created = await self._script(
+            lua.CREATE_CLAIMED,
+            self._all_keys(id),
+            [
+                id,
+                _num(now),
+                fresh.workflow_name,
+                fresh.metadata_json,
+                fresh.lease_owner or "",
+                _num(fresh.lease_expires_at),
+                str(fresh.format_version),
+            ],
+        )
+        if created:
+            return terms.fresh
+
+        def change(row: RunRow | None, steps: dict[str, str]) -> tuple[Claim, _Write | None]:
+            if row is None or not _live(row, now):
+                return terms.fresh, self._rewrite(id, fresh, now, drop=True, lease=True)
+            refused = terms.check(row)
+            if refused is not None:
+                return refused, None
+            # Decoded (by the front) before anything is written: a damaged run stays.
+            taken, claim = terms.take(row, _in_order(steps))
+            return claim, self._rewrite(id, taken, now, drop=False, lease=True)
+
+        outcome: Claim = await self._update(id, change, with_steps=True)
+        return outcome
+
+    async def renew(self, id: str, now: float, owner: str, until: float) -> bool:
+        renewed = await self._script(
+            lua.RENEW, [self.keys_of(id)[0]], [_num(now), owner, _num(until)]
+        )
+        return bool(renewed)
+
+    async def release(self, id: str, owner: str) -> None:
+        await self._script(lua.RELEASE, [self.keys_of(id)[0]], [owner])
+
+    async def claim_expired(
+        self,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        workflow_names: Sequence[str] | None,
+        problem: Callable[[str, RunRow, Steps], str | None],
+    ) -> tuple[builtins.list[tuple[str, RunRow]], builtins.list[ListedRow]]:
+        wanted = None if workflow_names is None else set(workflow_names)
+
+        async def scan(client: Any) -> Any:
+            members = await client.zrange(self._active, 0, -1, withscores=True)
             async with client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(run_key)
-                found: list[Any] = await pipe.execute(raise_on_error=False)
-                return found[0]
+                for member, _ in members:
+                    pipe.hmget(self.keys_of(member)[0], *_FIELDS)
+                return members, await pipe.execute(raise_on_error=False)
 
-        fields = await self._call(read)
-        if isinstance(fields, Exception):
-            if _is_wrong_type(fields):
-                return damaged_info(id, _wrong_type(id, run_key, fields).reason)
-            raise fields
-        if not fields:
-            return None
-        row = _row(fields)
-        return info(id, row, lease=True) if _live(row, now) else None
+        members, rows = await self._call(scan)
+        claimed: builtins.list[tuple[str, RunRow]] = []
+        damaged: builtins.list[ListedRow] = []
+        for (member, score), values in zip(members, rows, strict=True):
+            if len(claimed) >= limit:
+                break
+            if isinstance(values, Exception):
+                error = _unreadable(self.keys_of(member)[0], values)
+                if not isinstance(error, RowUnreadable):
+                    raise error
+                damaged.append(ListedRow(member, score, None, error.reason))
+                continue
+            if all(value is None for value in values):
+                continue  # gone
+            row, whole = _parse(dict(zip(_FIELDS, values, strict=True)))
+            # A row that did not parse is read whole and reported, whatever it says.
+            if whole and not _abandoned(row, now, wanted):
+                continue
+            try:
+                took = await self._take_abandoned(
+                    member, score, whole, now, owner, until, wanted, problem
+                )
+            except RowUnreadable as exc:
+                damaged.append(ListedRow(member, score, None, exc.reason))
+                continue
+            if isinstance(took, ListedRow):
+                damaged.append(took)
+            elif took is not None:
+                claimed.append((member, took))
+        return claimed, damaged
 
-    async def delete(self, id: str) -> bool:
-        """Remove run ``id`` and its index entries; whether a live run was there."""
-        check_id(id)
-        keys = [*self.keys_of(id), self._index, self._active]
-        done = await self._run_script(_DELETE, keys, [id, _num(self._clock.time())])
-        return bool(done)
+    async def _take_abandoned(
+        self,
+        id: str,
+        at: float,
+        whole: bool,
+        now: float,
+        owner: str,
+        until: float,
+        wanted: set[str] | None,
+        problem: Callable[[str, RunRow, Steps], str | None],
+    ) -> RunRow | ListedRow | None:
+        """Under WATCH: read run ``id`` and its steps, report it (a damaged `ListedRow`)
+        if ``problem`` finds one, else lease it to ``owner`` if recovery may still take
+        it; the row as read if it was taken, ``None`` if not.  ``whole``: whether its
+        row parsed when it was scanned (if not, it is checked whatever it says)."""
+
+        def change(
+            row: RunRow | None, steps: dict[str, str]
+        ) -> tuple[RunRow | ListedRow | None, _Write | None]:
+            if row is None:
+                return None, None
+            if whole and not _abandoned(row, now, wanted):
+                return None, None
+            found = problem(id, row, _in_order(steps))
+            if found is not None:
+                return ListedRow(id, at, row, found), None
+            if not _abandoned(row, now, wanted):
+                return None, None
+
+            def write(pipe: Any, run_key: str, steps_key: str) -> None:
+                pipe.hset(run_key, mapping={"lease_owner": owner, "lease_expires_at": _num(until)})
+
+            return row, write
+
+        took: RunRow | ListedRow | None = await self._update(id, change, with_steps=True)
+        return took
 
     async def list(
         self,
-        *,
-        prefix: str | None = None,
-        status: RunStatus | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> SnapshotPage:
-        """Runs newest first from the ``updated_at`` index, ``limit`` at a time.
-
-        A run whose hash cannot be read (a missing or bad field, a key of the wrong
-        type) is listed flagged ``damaged`` and left as it is; only index entries
-        whose run is gone or expired are dropped."""
-        check_list_args(prefix, status, limit)
-        after = decode_cursor(cursor) if cursor is not None else None
-        now = self._clock.time()
+        now: float,
+        prefix: str | None,
+        status: RunStatus | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> builtins.list[ListedRow]:
         batch = max(limit * 2, 100)
         top = "+inf" if after is None else repr(after[0])
         after_id = None if after is None else after[1].encode()
-        found: builtins.list[tuple[float, str, RunRow | str]] = []  # str: what is damaged
+        found: builtins.list[ListedRow] = []
         dangling: builtins.list[str] = []
         offset = 0
-        while len(found) <= limit:
+        while len(found) < limit:
 
             async def page(client: Any, top: str = top, offset: int = offset) -> Any:
                 members = await client.zrevrangebyscore(
@@ -655,12 +685,11 @@ class RedisStore:
                 if prefix is not None and not member.startswith(prefix):
                     continue
                 if isinstance(values, Exception):
-                    if not _is_wrong_type(values) or status is not None:
-                        if not _is_wrong_type(values):
-                            raise values
-                        continue
-                    damaged = _wrong_type(member, self.keys_of(member)[0], values)
-                    found.append((score, member, damaged.reason))
+                    error = _unreadable(self.keys_of(member)[0], values)
+                    if not isinstance(error, RowUnreadable):
+                        raise error
+                    if status is None:
+                        found.append(ListedRow(member, score, None, error.reason))
                     continue
                 row = _row(dict(zip(_FIELDS, values, strict=True)))
                 if not _live(row, now):
@@ -668,36 +697,21 @@ class RedisStore:
                     continue
                 if status is not None and row.status != status:
                     continue
-                found.append((score, member, row))
+                found.append(ListedRow(member, score, row))
             if len(members) < batch:
                 break
             offset += batch
         if dangling:
             await self._forget(dangling, now)
-        page_rows = found[:limit]
-        infos = [
-            damaged_info(member, row) if isinstance(row, str) else info(member, row, lease=True)
-            for _, member, row in page_rows
-        ]
-        more = len(found) > limit
-        last = page_rows[-1] if page_rows else None
-        next_cursor = encode_cursor(last[0], last[1]) if more and last else None
-        return SnapshotPage(infos, next_cursor)
+        return found[:limit]
 
     async def _forget(self, ids: Sequence[str], now: float) -> int:
         """Drop index entries of runs that are gone or expired (and such runs' keys)."""
-        forgotten = 0
         for id in ids:
-            keys = [*self.keys_of(id), self._index, self._active]
-            await self._run_script(_DELETE, keys, [id, _num(now)])
-            forgotten += 1
-        return forgotten
+            await self._script(lua.DELETE, self._all_keys(id), [id, _num(now)])
+        return len(ids)
 
-    async def purge_expired(self) -> int:
-        """Delete expired runs and dangling index entries now; how many went.  (Redis
-        also expires the keys by itself; this cleans the indexes.)"""
-        now = self._clock.time()
-
+    async def purge(self, now: float) -> int:
         async def scan(client: Any) -> Any:
             members = await client.zrange(self._index, 0, -1)
             async with client.pipeline(transaction=False) as pipe:
@@ -713,275 +727,3 @@ class RedisStore:
             if exists == 0 or _expired(expires, now)  # damaged runs are left alone
         ]
         return await self._forget(gone, now)
-
-    async def close(self) -> None:
-        """Close the client (if the store made it).  Closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._redis.aclose()
-
-    # ---- CheckpointStore ---------------------------------------------------------------
-
-    async def mark_running(
-        self, id: str, workflow_name: str, *, metadata: Mapping[str, Any] | None = None
-    ) -> None:
-        """Create run ``id`` or set it back to running, keeping its steps."""
-        check_id(id)
-        now = self._clock.time()
-        registry = self._registry
-
-        def change(row: RunRow | None) -> tuple[None, Any]:
-            live = row if _live(row, now) else None
-            fresh = restarted(id, live, workflow_name, metadata, now, registry)
-
-            def write(pipe: Any, run_key: str, steps_key: str) -> None:
-                if live is None:
-                    pipe.delete(run_key, steps_key)
-                pipe.hset(run_key, mapping=_mapping(_hash(fresh)))
-                pipe.persist(run_key)
-                pipe.persist(steps_key)
-                pipe.zadd(self._index, {id: now})
-                pipe.zadd(self._active, {id: now})
-
-            return None, write
-
-        await self._update(id, change)
-
-    async def checkpoint(self, id: str, step: EncodedStep, *, owner: str | None = None) -> None:
-        """Add or replace one step record of run ``id``: one script, one round trip.
-        The run's ``updated_at`` moves when the run starts and ends, not per step.
-        ``ValueError`` for an invalid step key, before anything is sent."""
-        check_key(step.key)
-        now = self._clock.time()
-        done = await self._run_script(
-            _CHECKPOINT, [*self.keys_of(id)], [_num(now), owner or "", step.key, step.json]
-        )
-        if done == 0:
-            raise LookupError(f"run {id!r} is not in the store (mark_running first)")
-        if done == -1:
-            raise LeaseLostError(id, owner or "")
-
-    async def finish(
-        self,
-        id: str,
-        status: RunStatus,
-        result: Result[Any, Any] | None,
-        result_json: str | None,
-        *,
-        ttl: Ttl = None,
-        metadata: Mapping[str, Any] | None = None,
-        owner: str | None = None,
-    ) -> None:
-        """Record how run ``id`` ended, keeping its steps (releasing ``owner``'s lease)."""
-        now = self._clock.time()
-        expires_at = self._expiry(ttl)
-        registry = self._registry
-        if not metadata:
-            # Nothing to merge: one script call.
-            done = await self._run_script(
-                _FINISH,
-                [*self.keys_of(id), self._index, self._active],
-                [
-                    id,
-                    _num(now),
-                    owner or "",
-                    status,
-                    result_json or "",
-                    _num(expires_at),
-                    self._ttl_ms(expires_at, now),
-                ],
-            )
-            if done == 0:
-                raise LookupError(f"run {id!r} is not in the store (mark_running first)")
-            if done == -1:
-                raise LeaseLostError(id, owner or "")
-            return
-
-        def change(row: RunRow | None) -> tuple[None, Any]:
-            if row is None or not _live(row, now):
-                raise LookupError(f"run {id!r} is not in the store (mark_running first)")
-            if owner is not None and row.lease_owner != owner:
-                raise LeaseLostError(id, owner)
-            merged = decode_metadata(id, row, registry)
-            merged.update(metadata or {})
-
-            def write(pipe: Any, run_key: str, steps_key: str) -> None:
-                pipe.hset(
-                    run_key,
-                    mapping={
-                        "status": status,
-                        "result_json": result_json or "",
-                        "metadata_json": encode_metadata(merged, registry),
-                        "updated_at": _num(now),
-                        "expires_at": _num(expires_at),
-                        "lease_owner": "",
-                        "lease_expires_at": "",
-                    },
-                )
-                pipe.zadd(self._index, {id: now})
-                if status == "cancelled":
-                    pipe.zadd(self._active, {id: now})
-                else:
-                    pipe.zrem(self._active, id)
-                ttl_ms = self._ttl_ms(expires_at, now)
-                if ttl_ms:
-                    pipe.pexpire(run_key, int(ttl_ms))
-                    pipe.pexpire(steps_key, int(ttl_ms))
-
-            return None, write
-
-        await self._update(id, change)
-
-    # ---- LeaseStore --------------------------------------------------------------------
-
-    async def claim(
-        self,
-        id: str,
-        workflow_name: str,
-        *,
-        owner: str,
-        lease: float,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Claim:
-        """Take run ``id`` for ``lease`` seconds unless it is held or completed; a new run
-        is created by one script, an existing one changed under WATCH."""
-        check_id(id)
-        seconds = check_lease(owner, lease)
-        now = self._clock.time()
-        until = now + seconds
-        registry = self._registry
-        created = await self._run_script(
-            _CREATE_CLAIMED,
-            [*self.keys_of(id), self._index, self._active],
-            [
-                id,
-                _num(now),
-                workflow_name,
-                encode_metadata(dict(metadata or {}), registry),
-                owner,
-                _num(until),
-                str(FORMAT_VERSION),
-            ],
-        )
-        if created:
-            return Claim("claimed", owner, until, fresh=True)
-
-        def change(row: RunRow | None, steps: dict[str, str]) -> tuple[Claim, Any]:
-            live = row if _live(row, now) else None
-            found = None
-            if live is not None:
-                problem = row_problem(live)
-                if problem is not None:
-                    raise SnapshotDecodeError(id, problem)
-                if live.workflow_name != workflow_name:
-                    return Claim("mismatch", workflow_name=live.workflow_name), None
-                if live.status == "completed":
-                    return Claim("completed"), None
-                if live.lease_held_by_other(owner, now):
-                    return Claim("held", live.lease_owner, live.lease_expires_at), None
-                # Decoded before anything is written: a damaged run stays as it is.
-                found = assemble(id, live, _in_order(steps), registry)
-            fresh = restarted(id, live, workflow_name, metadata, now, registry)
-
-            def write(pipe: Any, run_key: str, steps_key: str) -> None:
-                if live is None:
-                    pipe.delete(run_key, steps_key)
-                pairs = [*_hash(fresh), "lease_owner", owner, "lease_expires_at", _num(until)]
-                pipe.hset(run_key, mapping=_mapping(pairs))
-                pipe.persist(run_key)
-                pipe.persist(steps_key)
-                pipe.zadd(self._index, {id: now})
-                pipe.zadd(self._active, {id: now})
-
-            if found is None:
-                return Claim("claimed", owner, until, fresh=True), write
-            return Claim("claimed", owner, until, snapshot=as_claimed(found, metadata, now)), write
-
-        outcome: Claim = await self._update(id, change, with_steps=True)
-        return outcome
-
-    async def renew(self, id: str, *, owner: str, lease: float) -> bool:
-        """Extend ``owner``'s lease on run ``id``; ``False`` if it lost it."""
-        seconds = check_lease(owner, lease)
-        now = self._clock.time()
-        renewed = await self._run_script(
-            _RENEW, [self.keys_of(id)[0]], [_num(now), owner, _num(now + seconds)]
-        )
-        return bool(renewed)
-
-    async def release(self, id: str, *, owner: str) -> None:
-        """Give up ``owner``'s lease on run ``id``."""
-        await self._run_script(_RELEASE, [self.keys_of(id)[0]], [owner])
-
-    async def claim_expired(
-        self,
-        *,
-        owner: str,
-        lease: float,
-        limit: int = 10,
-        workflow_names: Sequence[str] | None = None,
-    ) -> builtins.list[SnapshotInfo]:
-        """Claim up to ``limit`` abandoned runs (running or cancelled, lease free or
-        expired), oldest first, from the index of active runs.  Each candidate is read
-        and decoded before the script claims it (the script checks the lease again):
-        runs that cannot be decoded are left as they are and returned after the
-        claimed ones, flagged ``damaged``."""
-        seconds = check_lease(owner, lease)
-        if workflow_names is not None and not workflow_names:
-            return []
-        now = self._clock.time()
-        names = "" if workflow_names is None else "\n".join(workflow_names)
-        wanted = None if workflow_names is None else set(workflow_names)
-
-        async def scan(client: Any) -> Any:
-            members = await client.zrange(self._active, 0, -1)
-            async with client.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.hmget(self.keys_of(member)[0], *_FIELDS)
-                return members, await pipe.execute(raise_on_error=False)
-
-        members, rows = await self._call(scan)
-        claimed: builtins.list[SnapshotInfo] = []
-        damaged: builtins.list[SnapshotInfo] = []
-        for member, values in zip(members, rows, strict=True):
-            if len(claimed) >= limit:
-                break
-            if isinstance(values, Exception):
-                if not _is_wrong_type(values):
-                    raise values
-                wrong = _wrong_type(member, self.keys_of(member)[0], values)
-                damaged.append(damaged_info(member, wrong.reason))
-                continue
-            fields: dict[str, str | None] = dict(zip(_FIELDS, values, strict=True))
-            if all(value is None for value in values):
-                continue  # gone
-            row = _row(fields)
-            problem = row_problem(row)
-            if problem is None:
-                if not _live(row, now) or row.status not in ("running", "cancelled"):
-                    continue
-                if wanted is not None and row.workflow_name not in wanted:
-                    continue
-                if row.lease_expires_at is not None and row.lease_expires_at > now:
-                    continue
-                try:
-                    whole, steps = await self._fetch(member)
-                except SnapshotDecodeError as exc:
-                    problem = exc.reason
-                else:
-                    if whole is None:
-                        continue
-                    row = whole
-                    problem = decode_problem(member, whole, _in_order(steps), self._registry)
-            if problem is not None:
-                damaged.append(damaged_info(member, problem, row))
-                continue
-            took = await self._run_script(
-                _CLAIM_ABANDONED,
-                [self.keys_of(member)[0]],
-                [_num(now), owner, _num(now + seconds), names],
-            )
-            if took:
-                claimed.append(info(member, row))
-        return claimed + damaged

@@ -279,6 +279,27 @@ async def test_purging_and_listing_never_delete_a_damaged_run(
     assert await store.delete("hurt") is True  # an operator can still remove it
 
 
+async def test_recovery_reports_a_run_missing_a_field_even_when_choosing_by_name(
+    prefix: str,
+) -> None:
+    # Its workflow name is gone, so no filter can tell whose it is: it is reported.
+    clock = FakeClock()
+    async with RedisStore(URL, prefix=prefix, clock=clock) as store:
+        await store.claim("hurt", "orders", owner="dead", lease=10)
+        await store.checkpoint("hurt", encoded("a", 1), owner="dead")
+        run_key, steps_key = store.keys_of("hurt")
+        with contextlib.closing(raw()) as client:
+            client.hdel(run_key, "workflow_name")
+            before = (client.hgetall(run_key), client.hgetall(steps_key))
+        clock.advance(20)
+        found = await store.claim_expired(owner="me", lease=30, workflow_names=["orders"])
+        assert [info.id for info in found] == ["hurt"]
+        assert found[0].damaged is not None
+        assert "workflow name" in found[0].damaged
+        with contextlib.closing(raw()) as client:
+            assert (client.hgetall(run_key), client.hgetall(steps_key)) == before
+
+
 async def test_a_dropped_connection_is_an_error_and_the_store_recovers(prefix: str) -> None:
     # Only this store's connections are dropped: other suites share the server.
     async with stall_proxy("127.0.0.1", _port()) as proxy:

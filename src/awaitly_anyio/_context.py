@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from typing_extensions import TypeVar as _TypeVarWithDefault
 
+from ._run import RunState
 from ._step import Step
 
 __all__ = ["BoundSteps", "Deps", "WorkflowContext"]
@@ -80,21 +81,8 @@ class BoundSteps:
         return call
 
 
+# The variants of ``ctx.step``, the attributes of `Step` the reference documents.
 _VARIANTS = ("retry", "with_timeout", "try_", "sleep", "skip", "all", "race", "for_each")
-
-
-def _callable_step(step: Step) -> Step:
-    """``ctx.step`` as a `functools.partial` of `Step.__call__` carrying the
-    variants as attributes.
-
-    An exact partial is called through CPython's vectorcall protocol, keyword
-    arguments included (a subclass of it, or an object with ``__call__``, is not
-    on Python 3.11, and packing ``key=``/``retry=`` into a dict would be a large
-    share of a step's cost).  It behaves exactly like the `Step` it wraps.
-    """
-    call = partial(Step.__call__, step)
-    call.__dict__.update({name: getattr(step, name) for name in _VARIANTS})
-    return cast(Step, call)
 
 
 class WorkflowContext(Generic[D, I]):
@@ -123,8 +111,8 @@ class WorkflowContext(Generic[D, I]):
     """The run's input (``workflow.run(body, input=...)``), kept with a durable run so
     that whoever resumes it gets it back; ``None`` when none was given."""
 
-    def __init__(self, run: Step, deps: D, input: Any = None) -> None:
-        self.step = _callable_step(run)
+    def __init__(self, run: RunState, deps: D, input: Any = None) -> None:
+        self.step = Step(run)
         self._run = run
         self._steps: BoundSteps | None = None
         self.deps = deps

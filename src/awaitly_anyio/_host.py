@@ -42,11 +42,11 @@ D = TypeVar("D")
 E = TypeVar("E")
 
 
-class HostClosedError(AwaitlyError, RuntimeError):
+class HostClosedError(RuntimeError, AwaitlyError):
     """The host is shutting down (or not started) and takes no new runs."""
 
 
-class HostAtCapacityError(AwaitlyError, RuntimeError):
+class HostAtCapacityError(RuntimeError, AwaitlyError):
     """The host already runs ``max_active`` workflows; try again later (or elsewhere)."""
 
 

@@ -10,26 +10,31 @@ Cancellation: every step is a cancellation point.  Cancellation from outside
 the step (the caller's cancel scope, a shutdown) always propagates and is
 never turned into a Result.  Only the step's own timeout, which owns its
 deadline, turns its cancellation into ``Err(StepTimeoutError)``.
+
+`Step` is the API (``ctx.step`` is one); what the run's steps share lives in
+its `RunState` (``awaitly_anyio._run``).  The keyword options are declared once,
+in ``awaitly_anyio._step_options``; the retry policy in ``awaitly_anyio._retry``.
 """
 
 from __future__ import annotations
 
 import builtins
-import math
-import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from inspect import isawaitable
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, TypeVar, overload
 
 import anyio
-import attrs
+from typing_extensions import Unpack
 
 from ._checks import check_key
 from ._errors import StepTimeoutError
 from ._result import Err, Ok, Result
+from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
 from ._scopes import cancel_due, deliver_cancellation
+from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
+from ._thunk import as_result, is_result
 from .events import (
     StepCancelled,
     StepComplete,
@@ -46,107 +51,9 @@ T = TypeVar("T")
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741
 
-Backoff = Literal["exponential", "linear", "constant"]
-"""How the wait between retry attempts grows (see `RetryPolicy`)."""
-_BACKOFFS = ("exponential", "linear", "constant")
-
-
-# The validators of the step options.  A wrong type raises TypeError, a value out of
-# range or a misspelt choice ValueError; every message names the option, the value
-# given and what is allowed (never attrs' ``Attribute(...)`` repr).
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    allowed = f"{attribute.name} must be a finite number >= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{allowed}, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{allowed}, not {value!r}")
-
-
-def _optional_timeout(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _check_timeout(value, attribute.name)
-
-
-def _check_timeout(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds > 0, not {value!r}")
-    if not value > 0:
-        raise ValueError(f"{what} must be a number of seconds > 0, not {value!r}")
-    return float(value)
-
-
-def _positive_int(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an integer >= 1, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
-
-
-def _backoff(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value not in _BACKOFFS or not isinstance(value, str):
-        choices = ", ".join(repr(choice) for choice in _BACKOFFS)
-        error = ValueError if isinstance(value, str) else TypeError
-        raise error(f"{attribute.name} must be one of {choices}, not {value!r}")
-
-
-def _optional_callable(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(
-            f"{attribute.name} must be a function taking the failure and returning a bool "
-            f"(or None), not {value!r}"
-        )
-
-
-@attrs.frozen
-class RetryPolicy:
-    """How a step retries: up to ``attempts`` attempts in all, waiting between them.
-
-    The wait after attempt *n* is ``delay`` (``constant``), ``delay * n``
-    (``linear``) or ``delay * 2 ** (n - 1)`` (``exponential``), capped at
-    ``max_delay``, then spread by ``jitter`` (a fraction: 0.2 means ±20%).
-    ``retry_on`` sees the failure (the raised exception, the ``Err``'s error, or
-    a `StepTimeoutError`) and returns whether to try again; by default
-    every failure is retried.  ``timeout`` bounds each attempt.
-
-    Raises ``TypeError`` for an option of the wrong type and ``ValueError`` for a
-    value out of range or an unknown ``backoff``; the message names the option,
-    the value given and what is allowed.
-    """
-
-    attempts: int = attrs.field(validator=_positive_int)
-    backoff: Backoff = attrs.field(default="exponential", validator=_backoff)
-    delay: float = attrs.field(default=0.1, validator=_non_negative)
-    max_delay: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_non_negative)
-    )
-    jitter: float = attrs.field(default=0.0, validator=_non_negative)
-    retry_on: Callable[[Any], bool] | None = attrs.field(default=None, validator=_optional_callable)
-    timeout: float | None = attrs.field(default=None, validator=_optional_timeout)
-
-    def __attrs_post_init__(self) -> None:
-        if self.jitter > 1:
-            raise ValueError(f"jitter must be a fraction between 0 and 1, not {self.jitter!r}")
-
-    def delay_for(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if self.backoff == "exponential":
-            wait = self.delay * 2.0 ** (attempt - 1)
-        elif self.backoff == "linear":
-            wait = self.delay * attempt
-        else:
-            wait = self.delay
-        if self.max_delay is not None:
-            wait = min(wait, self.max_delay)
-        if self.jitter:
-            wait *= 1.0 + self.jitter * (2.0 * rand() - 1.0)
-        return max(wait, 0.0)
-
-
-def _as_result(out: object) -> Result[Any, Any]:
-    # (the cast: isinstance leaves the type arguments unknown)
-    return cast("Result[object, object]", out) if isinstance(out, (Ok, Err)) else Ok(out)
+# What an attempt ended with: its Result, and the exception if it raised (kept apart so
+# that the error mapper sees the exception only once the step has given up).
+Attempt = tuple[Result[Any, Any], Exception | None]
 
 
 def _check_name(name: object) -> None:
@@ -165,70 +72,52 @@ def _check_type(name: str, type: object) -> None:
     )
 
 
-class Step(RunState):
+class Step:
     """``ctx.step``: run a step, or one of its variants (``retry``, ``all``, ``race``, ...).
 
     Every variant accepts ``key=``: a keyed step whose key already completed
     (earlier in this run, or in the resume state) is not executed again.
+    The options each takes are declared once (``StepOptions``, ``TryOptions``,
+    ``RetryOptions`` in ``awaitly_anyio._step_options``).
     """
 
-    # A step is its run's state (one object per run instead of two); `run = self`
-    # below reads as what it is.
-    __slots__ = ()
+    __slots__ = ("_run",)
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+
+    def __repr__(self) -> str:
+        return f"<Step of workflow {self._run.name!r}>"
 
     @overload
     async def __call__(
         self,
         name: str,
         fn: Callable[[], Awaitable[Result[T, Any]]],
-        *,
-        key: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[StepOptions],
     ) -> T: ...
     @overload
     async def __call__(
-        self,
-        name: str,
-        fn: Callable[[], Result[T, Any]],
-        *,
-        key: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        self, name: str, fn: Callable[[], Result[T, Any]], **options: Unpack[StepOptions]
     ) -> T: ...
     @overload
     async def __call__(
-        self,
-        name: str,
-        fn: Callable[[], Awaitable[T]],
-        *,
-        key: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        self, name: str, fn: Callable[[], Awaitable[T]], **options: Unpack[StepOptions]
     ) -> T: ...
     @overload
     async def __call__(
-        self,
-        name: str,
-        fn: Callable[[], T],
-        *,
-        key: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        self, name: str, fn: Callable[[], T], **options: Unpack[StepOptions]
     ) -> T: ...
     async def __call__(
         self,
         name: str,
         fn: Callable[[], Any],
         *,
+        # The options of `StepOptions`, spelt out: a **options dict would cost every step.
         key: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-        type: type[Any] | None = None,
+        type: builtins.type[Any] | None = None,
     ) -> Any:
         """Run ``fn`` as the step ``name`` and return its value.
 
@@ -238,9 +127,10 @@ class Step(RunState):
         ``Err(StepTimeoutError)``.  ``type`` names the class of the value for a
         durable run's snapshot (see `register_type`).
         Raises nothing of its own: failures travel as the workflow's ``Err``;
-        cancellation from outside propagates.
+        cancellation from outside propagates.  A bad argument raises ``TypeError``
+        or ``ValueError`` naming the step.
         """
-        run = self
+        run = self._run
         if name.__class__ is not str or not name:
             _check_name(name)
         if cancel_due():  # every step is a cancellation point, before its work
@@ -270,7 +160,7 @@ class Step(RunState):
             if retry is not None and not isinstance(retry, RetryPolicy):
                 raise TypeError(f"step {name!r}: retry must be a RetryPolicy, not {retry!r}")
             if timeout is not None:
-                timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+                timeout = check_timeout(timeout, f"step {name!r}: timeout")
             if type is not None and not isinstance(type, builtins.type):
                 _check_type(name, type)
             return await self._execute(name, fn, key, retry, timeout, run.map_exception, type)
@@ -283,7 +173,7 @@ class Step(RunState):
         if emit is not None:
             if not callable(fn):
                 _check_fn(name, fn)
-            workflow_id = run._workflow_id or run.workflow_id  # the property makes one
+            workflow_id = run.workflow_id
             started = clock.monotonic()
             emit(
                 StepStart(
@@ -301,45 +191,51 @@ class Step(RunState):
         except EarlyExit as exc:
             # A nested step inside fn ended the workflow: this step failed with it.
             if emit is not None:
-                emit(self._error_event(name, key, started, exc.result.error, 1))
+                emit(self._failed_event(name, key, started, exc.result.error, 1))
             raise
         except Exception as exc:
             if not callable(fn):
                 _check_fn(name, fn)
             if retry is not None:
-                first: tuple[Result[Any, Any], Exception | None] = (Err(exc), exc)
                 return await self._execute(
-                    name, fn, key, retry, None, run.map_exception, type, first
+                    name, fn, key, retry, None, run.map_exception, type, (Err(exc), exc)
                 )
             try:
-                out = Err(run.map_exception(exc))
+                failed = Err(run.map_exception(exc))
             except Exception as failure:  # catch_unexpected raised: it propagates
                 if emit is not None:
-                    emit(self._error_event(name, key, started, failure, 1))
+                    emit(self._failed_event(name, key, started, failure, 1))
                 raise
+            if emit is not None:
+                emit(self._failed_event(name, key, started, failed.error, 1))
+            raise EarlyExit(run, failed) from None
         except BaseException:
             if emit is not None:
                 emit(self._cancelled_event(name, key, started))
             raise
-        # (the casts: isinstance leaves the type argument unknown)
-        if isinstance(out, Ok):
-            out = cast("Ok[object]", out)
+        # Ok and Err told apart by their exact class: `out` stays Any for the type
+        # checkers (isinstance would leave their type arguments unknown), and a
+        # subclass of either, which nobody should write, takes the typed way round.
+        cls = out.__class__
+        kept: Ok[Any] | None = None
+        if cls is Ok:
+            kept = out
             value = out.value
-        elif isinstance(out, Err):
-            failed = cast("Err[object]", out)
-            if retry is not None:
-                return await self._execute(
-                    name, fn, key, retry, None, run.map_exception, type, (failed, None)
-                )
-            if emit is not None:
-                emit(self._error_event(name, key, started, failed.error, 1))
-            raise EarlyExit(run, failed)
+        elif cls is Err or is_result(out):
+            result = as_result(out)
+            if result.ok is False:
+                if retry is not None:
+                    return await self._execute(
+                        name, fn, key, retry, None, run.map_exception, type, (result, None)
+                    )
+                if emit is not None:
+                    emit(self._failed_event(name, key, started, result.error, 1))
+                raise EarlyExit(run, result)
+            value = result.value
         else:
             value = out
-            if key is not None:
-                out = Ok(out)
         if key is not None:
-            run.remember(key, out)
+            run.remember(key, Ok(value) if kept is None else kept)
         if emit is not None:
             emit(
                 StepComplete(
@@ -355,7 +251,7 @@ class Step(RunState):
         return value
 
     def _replay(self, name: str, key: str) -> Any:
-        run = self
+        run = self._run
         value = run.completed[key].value
         emit = run.emit
         if emit is not None:
@@ -385,7 +281,7 @@ class Step(RunState):
 
     async def _attempt_with_timeout(
         self, name: str, key: str | None, fn: Callable[[], Any], timeout: float, attempt: int
-    ) -> tuple[Result[Any, Any], Exception | None]:
+    ) -> Attempt:
         """One call of ``fn`` under a deadline: its Result, and the exception if it raised."""
         with anyio.move_on_after(timeout):
             try:
@@ -394,9 +290,9 @@ class Step(RunState):
                     out = await out
             except Exception as exc:
                 return Err(exc), exc
-            return _as_result(out), None
+            return as_result(out), None
         # Only our own deadline lands here: outside cancellation propagates through the scope.
-        run = self
+        run = self._run
         if run.emit is not None:
             run.emit(
                 StepTimeout(
@@ -420,14 +316,14 @@ class Step(RunState):
         timeout: float | None,
         map_exception: Callable[[Exception], object],
         type_hint: type[Any] | None = None,
-        first: tuple[Result[Any, Any], Exception | None] | None = None,
+        made: Attempt | None = None,
     ) -> Any:
         """The full step: events, attempts with backoff, per-attempt timeout, checkpoint.
 
-        ``first`` is the outcome of an attempt the fast path already made (it
+        ``made`` is the outcome of the attempt the fast path already made (it
         emits no events, so it is only given when nobody listens).
         """
-        run = self
+        run = self._run
         emit = run.emit
         clock = run.clock
         started = clock.monotonic() if emit is not None else 0.0
@@ -450,14 +346,14 @@ class Step(RunState):
         try:
             while True:
                 attempt += 1
-                if first is not None:
-                    (result, raised), first = first, None
+                if made is not None:
+                    (result, raised), made = made, None
                 elif timeout is None:
                     try:
                         out = fn()
                         if isawaitable(out):
                             out = await out
-                        result, raised = _as_result(out), None
+                        result, raised = as_result(out), None
                     except Exception as exc:
                         result, raised = Err(exc), exc
                 else:
@@ -495,12 +391,12 @@ class Step(RunState):
         except EarlyExit as exc:
             # A nested step inside fn ended the workflow: this step failed with it.
             if emit is not None:
-                emit(self._error_event(name, key, started, exc.result.error, attempt))
+                emit(self._failed_event(name, key, started, exc.result.error, attempt))
             raise
         except BaseException as exc:
             if emit is not None and exc is run.mapper_failure:
                 # The error mapper itself raised: the step failed, nothing was cancelled.
-                emit(self._error_event(name, key, started, exc, attempt))
+                emit(self._failed_event(name, key, started, exc, attempt))
             elif emit is not None:
                 emit(self._cancelled_event(name, key, started))
             raise
@@ -522,11 +418,11 @@ class Step(RunState):
                 )
             return result.value
         if emit is not None:
-            emit(self._error_event(name, key, started, result.error, attempt))
+            emit(self._failed_event(name, key, started, result.error, attempt))
         raise EarlyExit(run, result)
 
     def _cancelled_event(self, name: str, key: str | None, started: float) -> StepCancelled:
-        run = self
+        run = self._run
         return StepCancelled(
             workflow_id=run.workflow_id,
             workflow_name=run.name,
@@ -536,10 +432,10 @@ class Step(RunState):
             duration_ms=(run.clock.monotonic() - started) * 1000.0,
         )
 
-    def _error_event(
+    def _failed_event(
         self, name: str, key: str | None, started: float, error: object, attempt: int
     ) -> StepFailed:
-        run = self
+        run = self._run
         return StepFailed(
             workflow_id=run.workflow_id,
             workflow_name=run.name,
@@ -556,7 +452,7 @@ class Step(RunState):
 
         Each child is a cancellation point, before its work (a group's children that
         never yield would otherwise all run in a cancelled scope)."""
-        run = self
+        run = self._run
         if cancel_due():
             await deliver_cancellation()
         try:
@@ -569,7 +465,7 @@ class Step(RunState):
             return exc.result
         except Exception as exc:
             return Err(run.map_exception(exc))
-        return _as_result(out)
+        return as_result(out)
 
     # ---- variants -----------------------------------------------------------------
 
@@ -580,14 +476,7 @@ class Step(RunState):
         fn: Callable[[], Awaitable[Result[T, Any]]],
         *,
         attempts: int,
-        backoff: Backoff = "exponential",
-        delay: float = 0.1,
-        max_delay: float | None = None,
-        jitter: float = 0.0,
-        retry_on: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
-        key: str | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[RetryOptions],
     ) -> T: ...
     @overload
     async def retry(
@@ -596,14 +485,7 @@ class Step(RunState):
         fn: Callable[[], Result[T, Any]],
         *,
         attempts: int,
-        backoff: Backoff = "exponential",
-        delay: float = 0.1,
-        max_delay: float | None = None,
-        jitter: float = 0.0,
-        retry_on: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
-        key: str | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[RetryOptions],
     ) -> T: ...
     @overload
     async def retry(
@@ -612,30 +494,11 @@ class Step(RunState):
         fn: Callable[[], Awaitable[T]],
         *,
         attempts: int,
-        backoff: Backoff = "exponential",
-        delay: float = 0.1,
-        max_delay: float | None = None,
-        jitter: float = 0.0,
-        retry_on: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
-        key: str | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[RetryOptions],
     ) -> T: ...
     @overload
     async def retry(
-        self,
-        name: str,
-        fn: Callable[[], T],
-        *,
-        attempts: int,
-        backoff: Backoff = "exponential",
-        delay: float = 0.1,
-        max_delay: float | None = None,
-        jitter: float = 0.0,
-        retry_on: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
-        key: str | None = None,
-        type: type[Any] | None = None,
+        self, name: str, fn: Callable[[], T], *, attempts: int, **options: Unpack[RetryOptions]
     ) -> T: ...
     async def retry(
         self,
@@ -643,35 +506,23 @@ class Step(RunState):
         fn: Callable[[], Any],
         *,
         attempts: int,
-        backoff: Backoff = "exponential",
-        delay: float = 0.1,
-        max_delay: float | None = None,
-        jitter: float = 0.0,
-        retry_on: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
         key: str | None = None,
-        type: type[Any] | None = None,
+        type: builtins.type[Any] | None = None,
+        **policy: Unpack[RetryPolicyOptions],
     ) -> Any:
         """Run ``fn`` up to ``attempts`` times, waiting on the workflow's clock in between.
 
-        See `RetryPolicy` for the schedule and ``retry_on``.  ``timeout``
-        bounds each attempt.  The last failure ends the workflow.  Cancellation
-        during an attempt or a wait propagates.  A bad option raises ``TypeError`` or
-        ``ValueError`` (see `RetryPolicy`) naming the step and the option.
+        The other options are those of `RetryPolicy` (the schedule, ``retry_on``, and
+        ``timeout``, which bounds each attempt) and the step's ``key`` and ``type``.
+        The last failure ends the workflow.  Cancellation during an attempt or a wait
+        propagates.  A bad option raises ``TypeError`` or ``ValueError`` (see
+        `RetryPolicy`) naming the step and the option.
         """
         try:
-            policy = RetryPolicy(
-                attempts=attempts,
-                backoff=backoff,
-                delay=delay,
-                max_delay=max_delay,
-                jitter=jitter,
-                retry_on=retry_on,
-                timeout=timeout,
-            )
+            retry = RetryPolicy(attempts, **policy)
         except (TypeError, ValueError) as exc:
             raise exc.__class__(f"step {name!r}: {exc}") from None
-        return await self(name, fn, key=key, retry=policy, type=type)
+        return await self(name, fn, key=key, retry=retry, type=type)
 
     @overload
     async def with_timeout(
@@ -684,30 +535,15 @@ class Step(RunState):
     ) -> T: ...
     @overload
     async def with_timeout(
-        self,
-        name: str,
-        fn: Callable[[], Result[T, Any]],
-        *,
-        seconds: float,
-        key: str | None = None,
+        self, name: str, fn: Callable[[], Result[T, Any]], *, seconds: float, key: str | None = None
     ) -> T: ...
     @overload
     async def with_timeout(
-        self,
-        name: str,
-        fn: Callable[[], Awaitable[T]],
-        *,
-        seconds: float,
-        key: str | None = None,
+        self, name: str, fn: Callable[[], Awaitable[T]], *, seconds: float, key: str | None = None
     ) -> T: ...
     @overload
     async def with_timeout(
-        self,
-        name: str,
-        fn: Callable[[], T],
-        *,
-        seconds: float,
-        key: str | None = None,
+        self, name: str, fn: Callable[[], T], *, seconds: float, key: str | None = None
     ) -> T: ...
     async def with_timeout(
         self, name: str, fn: Callable[[], Any], *, seconds: float, key: str | None = None
@@ -715,7 +551,7 @@ class Step(RunState):
         """Run ``fn`` with a deadline of ``seconds``; past it the work is cancelled and
         the workflow ends with ``Err(StepTimeoutError(name, seconds))``.  ``seconds``
         that is not a number > 0 raises ``TypeError`` / ``ValueError`` naming it."""
-        seconds = _check_timeout(seconds, f"step {name!r}: seconds")
+        seconds = check_timeout(seconds, f"step {name!r}: seconds")
         return await self(name, fn, key=key, timeout=seconds)
 
     @overload
@@ -725,9 +561,7 @@ class Step(RunState):
         fn: Callable[[], Awaitable[Result[T, Any]]],
         *,
         error: Callable[[Exception], object] | object,
-        key: str | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[TryOptions],
     ) -> T: ...
     @overload
     async def try_(
@@ -736,9 +570,7 @@ class Step(RunState):
         fn: Callable[[], Result[T, Any]],
         *,
         error: Callable[[Exception], object] | object,
-        key: str | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[TryOptions],
     ) -> T: ...
     @overload
     async def try_(
@@ -747,9 +579,7 @@ class Step(RunState):
         fn: Callable[[], Awaitable[T]],
         *,
         error: Callable[[Exception], object] | object,
-        key: str | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[TryOptions],
     ) -> T: ...
     @overload
     async def try_(
@@ -758,9 +588,7 @@ class Step(RunState):
         fn: Callable[[], T],
         *,
         error: Callable[[Exception], object] | object,
-        key: str | None = None,
-        timeout: float | None = None,
-        type: type[Any] | None = None,
+        **options: Unpack[TryOptions],
     ) -> T: ...
     async def try_(
         self,
@@ -770,12 +598,13 @@ class Step(RunState):
         error: Callable[[Exception], object] | object,
         key: str | None = None,
         timeout: float | None = None,
-        type: type[Any] | None = None,
+        type: builtins.type[Any] | None = None,
     ) -> Any:
         """Run ``fn``, turning an exception it raises into ``Err(error)``.
 
         ``error`` is the typed error to use, or a function (not a class) that
         builds one from the exception: ``error=lambda exc: PaymentDeclined(str(exc))``.
+        The other options are those of ``ctx.step`` but ``retry``.
         """
         _check_name(name)
         _check_fn(name, fn)
@@ -790,12 +619,12 @@ class Step(RunState):
             mapper = constant
 
         if timeout is not None:
-            timeout = _check_timeout(timeout, f"step {name!r}: timeout")
+            timeout = check_timeout(timeout, f"step {name!r}: timeout")
         if cancel_due():
             await deliver_cancellation()
         if key is not None:
             check_key(key)
-            if key in self.completed:
+            if key in self._run.completed:
                 return self._replay(name, key)
         if type is not None and not isinstance(type, builtins.type):
             _check_type(name, type)
@@ -811,20 +640,20 @@ class Step(RunState):
             raise TypeError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
         if not seconds >= 0:
             raise ValueError(f"step {name!r}: seconds must be a number >= 0, not {seconds!r}")
-        if key is None and self.emit is None:
+        if key is None and self._run.emit is None:
             if name.__class__ is not str or not name:
                 _check_name(name)
-            return self.clock.sleep(seconds)
+            return self._run.clock.sleep(seconds)
         return self._recorded_sleep(name, seconds, key)
 
     async def _recorded_sleep(self, name: str, seconds: float, key: str | None) -> None:
-        clock = self.clock
+        clock = self._run.clock
         await self(name, lambda: clock.sleep(seconds), key=key)
 
     def skip(self, name: str, *, key: str | None = None, reason: str | None = None) -> None:
         """Record that the step ``name`` was deliberately not run (emits ``step_skipped``)."""
         _check_name(name)
-        run = self
+        run = self._run
         if run.emit is not None:
             run.emit(
                 StepSkipped(

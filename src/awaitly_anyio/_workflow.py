@@ -29,7 +29,6 @@ from ._run import (
 )
 from ._scopes import cancel_due, deliver_cancellation
 from ._session import DurableRun, IfRunning, open_session
-from ._step import Step
 from .events import (
     EventHandler,
     WorkflowCancelled,
@@ -290,7 +289,7 @@ class Workflow(Generic[D]):
         input: Any,
     ) -> tuple[RunState, Coroutine[Any, Any, Result[Any, Any]]]:
         map_exception = self.catch_unexpected or default_map_exception
-        state = Step(
+        state = RunState(
             name=self.name,
             workflow_id=workflow_id,
             clock=self.clock,

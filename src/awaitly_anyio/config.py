@@ -57,7 +57,7 @@ class Secret:
     __str__ = __repr__
 
 
-class SettingsError(AwaitlyError, ValueError):
+class SettingsError(ValueError, AwaitlyError):
     """Some environment variables were missing or malformed; ``problems`` lists each
     as ``VARIABLE: what is wrong`` (values of secrets are never included)."""
 

@@ -39,6 +39,7 @@ import anyio
 import attrs
 
 from ._bridge import current_async_library
+from ._checks import check_id, check_lease, ttl_seconds
 from ._clock import Clock
 from ._errors import (
     LeaseLostError,
@@ -63,13 +64,9 @@ from ._store import (
     LeaseStore,
     SnapshotStore,
     Ttl,
-    check_id,
-    check_lease,
-    from_epoch,
-    iso_from_epoch,
-    ttl_seconds,
 )
 from ._timers import trio_call_later
+from ._times import from_epoch, iso_from_epoch
 from .events import TRACE_CONTEXT_KEY, EventHandler, WorkflowResumed
 from .serialization import (
     TypeRegistry,

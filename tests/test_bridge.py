@@ -9,8 +9,10 @@ import threading
 import anyio
 import pytest
 
-from awaitly_anyio import _bridge
-from awaitly_anyio._bridge import AsyncioBridge, DriverLoop, current_async_library
+from awaitly_anyio import _loops
+from awaitly_anyio._bridge import DriverLoop
+from awaitly_anyio._loops import _trio
+from awaitly_anyio._loops._hosted import AsyncioBridge
 
 from .kit_base import bridge_threads
 
@@ -22,7 +24,7 @@ def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     """Run a trio test once with the hosted loop and once with the bridge thread (the
     fallback where the selector has no file descriptor); on asyncio both are direct."""
     if request.param == "thread":
-        monkeypatch.setattr(_bridge, "_pollable", lambda: False)
+        monkeypatch.setattr(_trio, "pollable", lambda: False)
     return str(request.param)
 
 
@@ -32,7 +34,7 @@ class Boom(Exception):
 
 async def on_asyncio(value: int) -> tuple[int, str]:
     await asyncio.sleep(0)
-    return value * 2, current_async_library()
+    return value * 2, _loops.current_name()
 
 
 async def fails() -> None:
@@ -143,7 +145,7 @@ def test_a_store_used_from_both_kinds_of_loop_is_refused() -> None:
 
 def test_outside_an_event_loop_there_is_no_library() -> None:
     with pytest.raises(RuntimeError, match="asyncio or trio"):
-        current_async_library()
+        _loops.current()
 
 
 async def test_timers_and_other_threads_wake_the_hosted_loop(
@@ -193,3 +195,13 @@ def test_the_hosted_loop_ends_with_its_trio_run() -> None:
     assert bridge_threads() == []
     with pytest.raises(RuntimeError, match="the store was opened in a trio run that has ended"):
         trio.run(loop.call, leaves_a_task)
+
+
+async def test_a_released_driver_loop_is_not_used_again(runner: str) -> None:
+    loop = DriverLoop("the store")
+    assert await loop.call(on_asyncio, 1) == (2, "asyncio")
+    loop.release()
+    loop.release()  # twice is harmless
+    assert bridge_threads() == []
+    with pytest.raises(RuntimeError, match="the store has let go of its driver loop"):
+        await loop.call(on_asyncio, 1)

@@ -1,6 +1,6 @@
-"""Calls that arrive while one is in flight go together (PostgreSQL's group commit and
-Redis pipelining stand on this).  It runs on its callers' loop: these tests drive it
-with asyncio and trio directly."""
+"""Calls that arrive while one is in flight go together (`WriteBatcher`: PostgreSQL's
+group commit and Redis pipelining stand on this).  It runs on its callers' loop:
+these tests drive it with asyncio and trio directly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from awaitly_anyio._grouping import Grouped, Pending
+from awaitly_anyio._grouping import Grouped, Pending, WriteBatcher
 
 
 class Sender:
@@ -20,7 +20,7 @@ class Sender:
     def __init__(self, batch_size: int = 100) -> None:
         self.sent: list[list[int]] = []
         self.gate = asyncio.Event()
-        self.grouped: Grouped[int, int] = Grouped(
+        self.grouped: WriteBatcher[int, int] = WriteBatcher(
             self.alone, self.together, lambda queue: min(len(queue), batch_size), "stopped"
         )
 
@@ -56,9 +56,9 @@ def test_a_cancelled_sender_fails_its_batch_and_the_queue_instead_of_leaving_the
         assert await callers[0] == 0
         await asyncio.sleep(0)  # the sending task takes its first batch and waits
         assert sender.sent == [[0], [1, 2]]
-        task = sender.grouped._sender
-        assert task is not None
-        task.cancel()
+        stop = sender.grouped._stop_sender
+        assert stop is not None
+        stop()
         outcomes = await asyncio.gather(*callers[1:], return_exceptions=True)
         assert all(
             isinstance(outcome, RuntimeError) and str(outcome) == "stopped" for outcome in outcomes
@@ -82,7 +82,7 @@ def test_a_failed_batch_fails_only_its_own_calls() -> None:
             await asyncio.sleep(0)
             return item
 
-        grouped: Grouped[int, int] = Grouped(alone, together, lambda queue: 2, "stopped")
+        grouped: WriteBatcher[int, int] = WriteBatcher(alone, together, lambda queue: 2, "stopped")
         outcomes = await asyncio.gather(*(grouped(n) for n in range(5)), return_exceptions=True)
         assert outcomes[0] == 0
         assert [type(o) for o in outcomes[1:3]] == [ValueError, ValueError]
@@ -123,7 +123,7 @@ def test_under_trio_the_queue_waits_on_trio_and_batches_go_as_on_asyncio() -> No
                 pending.set_result(pending.item * 10)
 
     async def main() -> None:
-        grouped: Grouped[int, int] = Grouped(
+        grouped: WriteBatcher[int, int] = WriteBatcher(
             alone, together, lambda queue: min(len(queue), 3), "stopped"
         )
         answers: dict[int, int] = {}
@@ -164,7 +164,7 @@ def test_under_trio_a_failed_batch_fails_its_callers() -> None:
         raise ValueError("the server said no")
 
     async def main() -> None:
-        grouped: Grouped[int, int] = Grouped(alone, together, len, "stopped")
+        grouped: WriteBatcher[int, int] = WriteBatcher(alone, together, len, "stopped")
         outcomes: dict[int, object] = {}
 
         async def call(n: int) -> None:
@@ -183,3 +183,7 @@ def test_under_trio_a_failed_batch_fails_its_callers() -> None:
         assert outcomes == {0: 0, 1: "the server said no", 2: "the server said no"}
 
     trio.run(main)
+
+
+def test_the_former_name_is_the_same_class() -> None:
+    assert Grouped is WriteBatcher

@@ -1,5 +1,6 @@
-"""The cancel scopes durable runs use on every step: trio's own on trio, anyio's on
-asyncio, with the same behaviour either way."""
+"""The cancel scopes durable runs use on every step (`Loop.cancel_scope`,
+`Loop.shielded`): trio's own on trio, anyio's on asyncio, with the same behaviour
+either way."""
 
 from __future__ import annotations
 
@@ -9,17 +10,28 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from awaitly_anyio import _scopes
-from awaitly_anyio._scopes import Scope, cancel_scope, shielded
+from awaitly_anyio import _loops
+from awaitly_anyio._loops import Scope
+from awaitly_anyio._loops._asyncio import buckets_of
+
+
+def cancel_scope() -> Scope:
+    return _loops.current().cancel_scope()
+
+
+def shielded(seconds: float) -> Scope:
+    return _loops.current().shielded(seconds)
+
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_a_shielded_write_finishes_though_its_caller_is_cancelled() -> None:
     finished = anyio.Event()
+    scope = shielded(5.0)
     with anyio.CancelScope() as outer:
         outer.cancel()
-        with shielded(5.0) as scope:
+        with scope:
             await anyio.lowlevel.checkpoint()  # the outer cancellation does not land here
             finished.set()
         await anyio.lowlevel.checkpoint()  # it lands here, after the shield
@@ -84,13 +96,13 @@ async def test_concurrent_shields_share_their_bounds_timers() -> None:
                 inside.set()
             await release.wait()
 
+    buckets = buckets_of(loop)
     timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
     async with anyio.create_task_group() as tg:
         for _ in range(100):
             tg.start_soon(write)
         await inside.wait()
         assert len(loop._scheduled) - timers_before <= 2  # type: ignore[attr-defined]
-        buckets = _scopes._buckets_of(loop)
         assert sum(len(bucket) for bucket in buckets.values()) == 100
         release.set()
     assert sum(len(bucket) for bucket in buckets.values()) == 0

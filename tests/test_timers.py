@@ -1,13 +1,22 @@
-"""Timers on trio (asyncio has ``loop.call_later``): a durable run's lease renewal
-waits on one, so a short run costs no task of its own."""
+"""Timers (`Loop.call_later`): a durable run's lease renewal waits on one, so a short
+run costs no task of its own.  trio has no timer callbacks, so its loop keeps a heap
+in one system task per run; these tests drive that with trio's mock clock, and the
+contract shared with asyncio's ``loop.call_later`` on both loops."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import anyio
 import pytest
 import trio
 import trio.testing
 
-from awaitly_anyio._timers import trio_call_later
+from awaitly_anyio import _loops
+
+
+def trio_call_later(delay: float, fn: Callable[[], object]) -> Callable[[], None]:
+    return _loops.current().call_later(delay, fn)
 
 
 def test_timers_fire_when_due_in_order_and_cancelled_ones_never() -> None:
@@ -65,3 +74,19 @@ def test_a_failing_callback_is_logged_and_the_run_goes_on(caplog: pytest.LogCapt
     assert fired == ["after"]
     assert "timer callback" in caplog.text
     assert "boom" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_call_later_calls_once_and_cancelled_calls_never_on_every_loop() -> None:
+    loop = _loops.current()
+    fired: list[str] = []
+    done = anyio.Event()
+    # Due at once (no test waits for time): each fires on the loop's next turn.
+    loop.call_later(0.0, lambda: fired.append("once"))
+    cancel = loop.call_later(0.0, lambda: fired.append("cancelled"))
+    cancel()
+    loop.call_later(0.0, done.set)
+    with anyio.fail_after(5):  # only a failure waits this long
+        await done.wait()
+    cancel()  # after its time: harmless
+    assert fired == ["once"]

@@ -1,427 +1,120 @@
-"""The one way asyncio-only drivers (asyncpg, redis.asyncio) are reached from trio.
+"""The one way asyncio-only drivers (asyncpg, redis.asyncio) are reached from any
+event loop: `DriverLoop`.
 
-Under asyncio a store awaits its driver directly.  Under trio it hands each
-coroutine to a private asyncio event loop and waits for the outcome without
-blocking trio.  That loop is a `HostedLoop`: it lives in trio's own
-thread, one per trio run, and a trio system task runs it whenever it has work,
-waiting on its selector's file descriptor in between.  No thread is crossed, so
-a driver call costs about what it costs on asyncio.  Where the selector cannot
-be waited on from trio (Windows' select), an `AsyncioBridge` runs the
-loop in a daemon thread instead, shared by every store and stopped (its thread
-joined) when the last store using it closes.
+On asyncio a store awaits its driver directly.  On trio it hands each coroutine to
+a private asyncio loop and waits for the outcome without blocking trio (the trio
+run's hosted loop, or a bridge thread where trio cannot wait on that loop's
+selector; see `awaitly_anyio._loops._hosted`).  The caller's event loop says which
+(`awaitly_anyio._loops.Loop.driver_runner`); this module names no loop.
 
-Cancellation crosses over: if the trio caller is cancelled, the asyncio task is
+Cancellation crosses over: if the caller is cancelled, the driver's task is
 cancelled too and the caller waits (shielded, briefly) until the driver has
 finished unwinding, so no operation outlives the scope that started it.
+
+The other names here (`current_async_library`, `AsyncioBridge`, `HostedLoop`,
+`shared_bridge`, `runner_for_current_loop`, `per_trio_run`, `hosted_loop`) are the
+former home of what now lives in `awaitly_anyio._loops`, kept until every caller
+imports from there.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
-import selectors
-import sys
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
+from . import _loops
+from ._loops._hosted import AsyncioBridge, HostedLoop, shared_bridge
+from ._loops._per_run import per_trio_run, run_vars
 
 __all__ = [
     "AsyncioBridge",
     "DriverLoop",
     "HostedLoop",
     "current_async_library",
+    "hosted_loop",
+    "per_trio_run",
     "runner_for_current_loop",
     "shared_bridge",
 ]
 
 T = TypeVar("T")
 
+_run_vars = run_vars  # tests/kit_base.py reads it
 
-class AsyncioBridge:
-    """A private asyncio loop in a daemon thread, started by the first user and
-    stopped by the last (``acquire`` / ``release``)."""
-
-    def __init__(self, name: str = "awaitly-asyncio-bridge") -> None:
-        self._name = name
-        self._mutex = threading.Lock()
-        self._users = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the loop thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The bridge's event loop (only while acquired)."""
-        if self._loop is None:
-            raise RuntimeError("the asyncio bridge is not running (acquire it first)")
-        return self._loop
-
-    def acquire(self) -> None:
-        """Count one more user, starting the loop thread for the first."""
-        with self._mutex:
-            if self._users == 0:
-                ready = threading.Event()
-                loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._serve, args=(loop, ready), name=self._name, daemon=True
-                )
-                self._loop = loop
-                self._thread.start()
-                ready.wait()
-            self._users += 1
-
-    def release(self) -> None:
-        """Count one user less; the last one stops the loop and joins its thread."""
-        with self._mutex:
-            if self._users == 0:
-                raise RuntimeError("the asyncio bridge was released more often than acquired")
-            self._users -= 1
-            if self._users:
-                return
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        assert loop is not None
-        assert thread is not None
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-
-    @staticmethod
-    def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
-        _wind_down(loop)
-
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Await ``fn(*args)`` on the bridge loop from a trio task and return its outcome.
-
-        Raises what ``fn`` raises.  If the caller is cancelled, the asyncio task is
-        cancelled, awaited to its end (shielded), and the cancellation re-raised.
-        """
-        import trio
-
-        loop = self.loop
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        holder: dict[str, asyncio.Task[T]] = {}
-
-        def deliver(_: object) -> None:
-            # The caller waits (shielded) for this, so its run cannot have finished.
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
-
-        def start() -> None:
-            task = loop.create_task(_call(fn, args))
-            task.add_done_callback(deliver)
-            holder["task"] = task
-
-        loop.call_soon_threadsafe(start)
-        try:
-            await done.wait()
-        except trio.Cancelled:
-            loop.call_soon_threadsafe(lambda: holder["task"].cancel())
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            raise
-        return _outcome(holder["task"])
-
-
-def _outcome(task: asyncio.Task[T]) -> T:
-    """A finished driver task's result (or its exception)."""
-    if task.cancelled():
-        # Cancelled from the asyncio side (its loop shutting down under the caller).
-        raise anyio.BrokenResourceError("the asyncio loop stopped during the operation")
-    return task.result()
-
-
-def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what a store left running on ``loop`` (one that was never closed), let it
-    unwind, and close the loop."""
-    try:
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
-
-
-async def _call(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-    return await fn(*args)
-
-
-class _YieldingSelector(selectors.DefaultSelector):
-    """The hosted loop's selector: it never blocks.
-
-    When asyncio would block (nothing ready and no I/O), it stops the loop instead
-    and notes how long asyncio meant to wait, so that trio does the waiting.  It
-    polls once per run of the loop: I/O that arrives after that poll is seen by
-    trio's wait, which is the next thing to happen.  While
-    callbacks are ready it does not poll (the poll when they run out sees the same
-    I/O), and after `TURNS` such iterations it stops the loop anyway, so a
-    busy driver cannot hold trio's thread.  With ``poll_io`` off it does not poll
-    at all: the loop only runs what is ready, and I/O waits for the task that
-    trio wakes when the selector has events.
-    """
-
-    TURNS = 64
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.hosted = True
-        self.wait: float | None = None
-        self.turns = 0
-        self.poll_io = True
-        self.polled = False
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if not self.hosted:
-            return super().select(timeout)
-        assert self.loop is not None
-        if timeout == 0:
-            self.turns += 1
-            if self.turns < self.TURNS:
-                return []
-            self.wait = 0.0
-            self.loop.stop()
-        elif not self.poll_io or self.polled:
-            self.wait = timeout
-            self.loop.stop()
-            return []
-        ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
-        self.polled = True
-        if not ready and timeout != 0:
-            self.wait = timeout
-            self.loop.stop()  # run_forever() returns after this iteration
-        return ready
-
-
-def _pollable() -> bool:
-    """Whether trio can wait on the default selector's file descriptor (epoll, kqueue)."""
-    return hasattr(selectors.DefaultSelector, "fileno")
-
-
-class HostedLoop:
-    """A private asyncio loop run in trio's own thread, one per trio run.
-
-    The loop is run until it would block, by the caller that gives it work (so a
-    driver call starts at once) and by a trio system task that waits, between
-    runs, for the loop's selector to have events or its next timer to be due.
-    Made by `hosted_loop`; closed when the trio run ends, after cancelling
-    whatever a store left behind.
-    """
-
-    def __init__(self) -> None:
-        import trio
-
-        self._selector = _YieldingSelector()
-        self.loop = asyncio.SelectorEventLoop(self._selector)
-        self._selector.loop = self.loop
-        self._waiting = trio.CancelScope()
-        trio.lowlevel.spawn_system_task(self._drive, name="awaitly-hosted-asyncio-loop")
-
-    def acquire(self) -> None:
-        """Nothing to count: the loop lives as long as the trio run."""
-
-    def release(self) -> None:
-        """Nothing to stop: the loop ends with the trio run."""
-
-    def _step(self, poll_io: bool = False) -> None:
-        """Run the loop until it would block, then have the waiting task wait only as
-        long as asyncio's next timer allows.
-
-        Callers handing work over run only what is ready (their new task, which
-        sends its request at once) and leave the I/O to the waiting task, which
-        polls once per trio batch: when many callers hand work over in one batch,
-        their requests meet in the driver's queues (a group commit gets them all)
-        instead of each caller's poll letting a reply split them up.
-        """
-        import trio
-
-        self._selector.turns = 0
-        self._selector.poll_io = poll_io
-        self._selector.polled = False
-        self.loop.run_forever()
-        wait = self._selector.wait
-        if wait is not None:
-            # Only ever brought forward: a later timer is found when the task wakes
-            # early and runs the loop again, and moving trio's deadlines is not free.
-            deadline = trio.current_time() + wait
-            if deadline < self._waiting.deadline:
-                self._waiting.deadline = deadline
-
-    async def _drive(self) -> None:
-        import trio
-
-        fd = self._selector.fileno()
-        try:
-            while True:
-                # One scope for as long as the loop's I/O wakes it; a new one after a
-                # timer (asyncio's next timer is the scope's deadline).
-                with self._waiting:
-                    while True:
-                        self._step(poll_io=True)
-                        await trio.lowlevel.wait_readable(fd)
-                self._waiting = trio.CancelScope()
-        finally:
-            self._close()
-
-    def _close(self) -> None:
-        """The trio run is ending: let the selector block again, and wind the loop down."""
-        self._selector.hosted = False
-        _wind_down(self.loop)
-
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Await ``fn(*args)`` on the hosted loop and return its outcome.
-
-        Raises what ``fn`` raises.  If the caller is cancelled, the asyncio task is
-        cancelled, awaited to its end (shielded), and the cancellation re-raised.
-        """
-        import trio
-
-        done = trio.Event()
-        # A fresh context: the driver's code must not see the trio caller's context
-        # variables (sniffio's among them would call this asyncio code trio).
-        task = self.loop.create_task(_call_then(fn, args, done.set), context=contextvars.Context())
-        self._step()
-        try:
-            await done.wait()
-        except trio.Cancelled:
-            task.cancel()
-            self._step()
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            raise
-        return _outcome(task)
-
-
-async def _call_then(
-    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], then: Callable[[], object]
-) -> T:
-    """``await fn(*args)``, then call ``then`` (however it ended)."""
-    try:
-        return await fn(*args)
-    finally:
-        then()
-
-
-_run_vars: dict[str, Any] = {}  # trio.lowlevel.RunVar by name, made on first use
-
-
-def per_trio_run(name: str, make: Callable[[], T]) -> T:
-    """The current trio run's ``name`` object, made by ``make()`` on first use; a
-    trio ``RunVar`` holds it, so it ends with the run."""
-    import trio
-
-    var: trio.lowlevel.RunVar[Any] | None = _run_vars.get(name)
-    if var is None:
-        var = _run_vars[name] = trio.lowlevel.RunVar[Any](name)
-    try:
-        found: T = var.get()
-    except LookupError:
-        found = make()
-        var.set(found)
-    return found
+current_async_library = _loops.current_name
+"""The former name of `awaitly_anyio._loops.current_name`."""
 
 
 def hosted_loop() -> HostedLoop:
-    """The current trio run's hosted asyncio loop, started on first use."""
+    """The current trio run's hosted asyncio loop, started on first use (former home)."""
     return per_trio_run("awaitly_hosted_loop", HostedLoop)
 
 
-_shared = AsyncioBridge()
-
-
-def shared_bridge() -> AsyncioBridge:
-    """The process-wide bridge every store uses under trio."""
-    return _shared
-
-
-def runner_for_current_loop() -> tuple[str, AsyncioBridge | HostedLoop | None]:
-    """Which event loop the caller is on, and where to run drivers from it (``None``
-    on asyncio: directly; on trio, the run's hosted loop, or the bridge thread where
-    the selector cannot be waited on).
-
-    The runner is acquired; release it when the store closes.
-    """
-    library = current_async_library()
-    if library == "asyncio":
-        return library, None
-    runner: AsyncioBridge | HostedLoop = hosted_loop() if _pollable() else _shared
-    runner.acquire()
-    return library, runner
-
-
-def current_async_library() -> str:
-    """``"asyncio"`` or ``"trio"``: the event loop running the caller.
-
-    Asked of asyncio first, which answers without raising (trio code never sees a
-    running asyncio loop: the hosted one runs only inside its driver calls); it is
-    asked on every store call and durable step.
-    """
-    if asyncio._get_running_loop() is not None:
-        return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    raise RuntimeError("awaitly-anyio stores must be used from asyncio or trio code")
+def runner_for_current_loop() -> tuple[str, _loops.DriverRunner | None]:
+    """The caller's loop's name and its acquired driver runner (former home; see
+    `awaitly_anyio._loops.Loop.driver_runner`)."""
+    loop = _loops.current()
+    return loop.name, loop.driver_runner()
 
 
 class DriverLoop:
-    """Where a store's asyncio driver runs: bound to the event loop of the store's first use.
+    """Where a store's asyncio driver runs: bound to the event loop of the store's
+    first use.
 
-    On asyncio, `call` awaits the driver directly; on trio it goes through
-    the trio run's hosted loop (or the bridge thread).  Using one store from both
-    kinds of loop, or from a trio run after the one it was opened in, is refused,
-    since its connections belong to one asyncio loop.
+    `call` awaits the driver directly where the loop drives asyncio code itself,
+    else through the loop's driver runner.  Using one store from two kinds of loop,
+    or from a trio run after the one it was opened in, is refused, since its
+    connections belong to one asyncio loop.
     """
+
+    __slots__ = ("_loop", "_owner", "_released", "_runner")
 
     def __init__(self, owner: str) -> None:
         self._owner = owner
-        self._library: str | None = None
-        self._bridge: AsyncioBridge | HostedLoop | None = None
+        self._loop: _loops.Loop | None = None
+        self._runner: _loops.DriverRunner | None = None
+        self._released = False
 
     @property
     def bound(self) -> bool:
         """Whether the store has been used (and its driver loop chosen)."""
-        return self._library is not None
+        return self._loop is not None
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await fn(*args)`` on the driver's loop."""
-        library = current_async_library()
-        if self._library is None:
-            self._library, self._bridge = runner_for_current_loop()
-        elif library != self._library:
+        """``await fn(*args)`` on the driver's loop and return its outcome.
+
+        Raises what ``fn`` raises; ``RuntimeError`` if called from another kind of
+        loop than the first call, from a later run than the one whose hosted loop
+        it uses, or after `release`.  A cancelled caller's cancellation propagates
+        once the driver's task has unwound.
+        """
+        loop = _loops.current()
+        bound = self._loop
+        if bound is None:
+            if self._released:
+                raise RuntimeError(f"{self._owner} has let go of its driver loop")
+            self._loop = bound = loop
+            self._runner = loop.driver_runner()
+        elif loop is not bound:
             raise RuntimeError(
-                f"{self._owner} was opened on {self._library} and cannot be used from {library}"
+                f"{self._owner} was opened on {bound.name} and cannot be used from {loop.name}"
             )
-        if self._bridge is None:
+        runner = self._runner
+        if runner is None:
+            if self._released:
+                raise RuntimeError(f"{self._owner} has let go of its driver loop")
             return await fn(*args)
-        if isinstance(self._bridge, HostedLoop) and self._bridge.loop.is_closed():
+        if runner.ended:
             raise RuntimeError(
-                f"{self._owner} was opened in a trio run that has ended, and its connections"
-                " ended with it; open the store in the run that uses it"
+                f"{self._owner} was opened in a {bound.name} run that has ended, and its"
+                f" connections ended with it; open the store in the run that uses it"
             )
-        return await self._bridge.run(fn, *args)
+        return await runner.run(fn, *args)
 
     def release(self) -> None:
-        """Let go of the bridge (after the driver's connections are closed)."""
-        bridge, self._bridge = self._bridge, None
-        if bridge is not None:
-            bridge.release()
+        """Let go of the driver runner (after the driver's connections are closed);
+        calls afterwards raise ``RuntimeError``."""
+        runner, self._runner = self._runner, None
+        self._released = True
+        if runner is not None:
+            runner.release()

@@ -6,83 +6,55 @@ A call made when nothing is in flight goes out alone, at once.  Calls made while
 a task of their own, so the caller that went alone returns as soon as its own answer
 is in.  Each batch costs one round trip however many calls it holds.
 
-It runs on its callers' event loop, asyncio or trio (whichever calls it first).
-Under trio, that keeps the queue on trio's side: a queued call waits on a trio
-event instead of handing its own work to the hosted asyncio loop, and only the
-calls that go out (alone, or a batch) cross over.
+It runs on its callers' event loop (whichever calls it first; see
+`awaitly_anyio._loops`): a queued call waits on that loop's `Answer`, and the
+batches go from one of its system tasks.  Under trio that keeps the queue on trio's
+side: only the calls that go out (alone, or a batch) cross over to the hosted
+asyncio loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from ._bridge import current_async_library
+from . import _loops
 
-__all__ = ["Grouped", "Pending"]
+__all__ = ["Grouped", "Pending", "WriteBatcher"]
 
 Item = TypeVar("Item")
 R = TypeVar("R")
 
 
 class Pending(Generic[Item, R]):
-    """A queued call: what to send, and how its answer gets back to its caller.
+    """A queued call: what to send (``item``), and how its answer gets back to its
+    caller.
 
     Its methods mirror an asyncio future's (``done``, ``set_result``,
-    ``set_exception``); ``done()`` is also true once the caller has stopped
-    waiting (it was cancelled), so a batch can skip it.
+    ``set_exception``); ``done()`` is also true once the caller has stopped waiting
+    (it was cancelled), so a batch skips it; answering a done call raises.
     """
 
-    __slots__ = ("_error", "_event", "_future", "_value", "item")
+    __slots__ = ("_answer", "item")
 
-    def __init__(self, item: Item, trio: bool) -> None:
+    def __init__(self, item: Item, answer: _loops.Answer[R]) -> None:
         self.item = item
-        if trio:
-            import trio as trio_module
-
-            self._future: asyncio.Future[R] | None = None
-            self._event: Any = trio_module.Event()
-            self._value: R | None = None
-            self._error: BaseException | None = None
-        else:
-            self._future = asyncio.get_running_loop().create_future()
+        self._answer = answer
 
     def done(self) -> bool:
         """Whether it was answered, or its caller stopped waiting."""
-        if self._future is not None:
-            return self._future.done()
-        return bool(self._event.is_set())
+        return self._answer.done()
 
     def set_result(self, value: R) -> None:
-        if self._future is not None:
-            self._future.set_result(value)
-        else:
-            self._value = value
-            self._event.set()
+        """Answer the call with ``value``."""
+        self._answer.set_result(value)
 
     def set_exception(self, error: BaseException) -> None:
-        if self._future is not None:
-            self._future.set_exception(error)
-        else:
-            self._error = error
-            self._event.set()
-
-    async def answer(self) -> R:
-        """Wait for the answer (its caller's side)."""
-        if self._future is not None:
-            return await self._future
-        try:
-            await self._event.wait()
-        except BaseException:
-            self._event.set()  # the caller stopped waiting: done, so a batch skips it
-            raise
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
+        """Answer the call by raising ``error`` in its caller."""
+        self._answer.set_exception(error)
 
 
-class Grouped(Generic[Item, R]):
+class WriteBatcher(Generic[Item, R]):
     """One call in flight at a time; the others queue and go in batches.
 
     ``alone(item)`` sends a call by itself; ``together(batch)`` sends a batch and
@@ -107,18 +79,25 @@ class Grouped(Generic[Item, R]):
         self._stopped = stopped
         self._busy = False
         self._queue: list[Pending[Item, R]] = []
-        self._trio: bool | None = None  # learnt from the first caller
-        self._sender: asyncio.Task[None] | None = None  # asyncio keeps only weak references
+        self._loop: _loops.Loop | None = None  # learnt from the first queued caller
+        self._stop_sender: Callable[[], None] | None = None
 
     async def __call__(self, item: Item) -> R:
-        """Send ``item`` alone if nothing is in flight, else in the next batch."""
+        """Send ``item`` alone if nothing is in flight, else in the next batch, and
+        return its answer.
+
+        Raises what ``alone`` raises, or what ``together`` raised for the batch, or
+        ``RuntimeError(stopped)`` if the sending task was cancelled first.  A
+        caller cancelled while queued stops waiting (its cancellation propagates);
+        its call may still go out.
+        """
         if self._busy:
-            trio = self._trio
-            if trio is None:
-                trio = self._trio = current_async_library() == "trio"
-            pending: Pending[Item, R] = Pending(item, trio)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = _loops.current()
+            pending: Pending[Item, R] = Pending(item, loop.answer())
             self._queue.append(pending)
-            return await pending.answer()
+            return await pending._answer  # pyright: ignore[reportPrivateUsage]
         self._busy = True
         try:
             return await self._alone(item)
@@ -129,12 +108,10 @@ class Grouped(Generic[Item, R]):
                 self._busy = False
 
     def _start_sender(self) -> None:
-        if self._trio:
-            import trio
-
-            trio.lowlevel.spawn_system_task(self._send_queued, name="awaitly-grouped-sender")
-        else:
-            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+        loop = self._loop
+        if loop is None:  # only queued callers set it, and there are some
+            loop = self._loop = _loops.current()
+        self._stop_sender = loop.start_system_task(self._send_queued, "awaitly-write-batcher")
 
     async def _send_queued(self) -> None:
         """Send the queue, a batch at a time, until it is empty."""
@@ -153,7 +130,12 @@ class Grouped(Generic[Item, R]):
                 batch = []
         finally:
             self._busy = False
+            self._stop_sender = None
             for pending in (*batch, *self._queue):  # only if this task itself was cancelled
                 if not pending.done():
                     pending.set_exception(RuntimeError(self._stopped))
             self._queue.clear()
+
+
+Grouped = WriteBatcher
+"""The former name of `WriteBatcher` (kept until the stores import the new one)."""

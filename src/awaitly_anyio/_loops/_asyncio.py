@@ -1,0 +1,242 @@
+"""asyncio's `Loop`.
+
+Cancel scopes are anyio's (asyncio has none of its own that shields), made from
+anyio's asyncio class directly, which skips the look-up of the running backend that
+``anyio.CancelScope(...)`` does each time (a quarter of a shielded scope's cost).
+
+A shielded scope needs a bound, and on asyncio a deadline is a timer: pushed onto
+the loop's heap on entry and popped from it later, each step of either a Python-level
+comparison, so with a hundred runs in flight a shielded write's timer cost a tenth
+of its checkpoint.  Shielded scopes share their timers instead: bounds fall into
+buckets `TICK` wide, one asyncio timer per bucket, and a scope joins and leaves
+its bucket (a set) in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import weakref
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, ClassVar
+
+import anyio
+from typing_extensions import Self
+
+from ._base import Answer, DriverRunner, Loop, Scope
+
+__all__ = ["TICK", "AsyncioLoop", "buckets_of", "cancel_due"]
+
+_get_running_loop = asyncio._get_running_loop  # the C function: no exception when none runs
+_current_task = asyncio.current_task
+
+
+TICK = 0.1
+"""The width of a bucket of bounds: a shielded scope's bound is kept to within this."""
+
+Buckets = dict[int, set[Scope]]
+"""One asyncio loop's bounds: the scopes to cancel at the end of each tick."""
+
+_buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Buckets] = (
+    weakref.WeakKeyDictionary()
+)
+_last: tuple[Callable[[], object], Buckets] = (lambda: None, {})
+"""The last loop's buckets, kept at hand (a process mostly has one loop)."""
+
+
+def buckets_of(loop: asyncio.AbstractEventLoop) -> Buckets:
+    """``loop``'s buckets of shielded scopes' bounds (made on first use)."""
+    global _last
+    found = _buckets.get(loop)
+    if found is None:
+        found = _buckets[loop] = {}
+    _last = (weakref.ref(loop), found)
+    return found
+
+
+def _new_bucket(loop: asyncio.AbstractEventLoop, buckets: Buckets, slot: int) -> set[Scope]:
+    """Start bucket ``slot``, with the one timer that cancels what is left in it."""
+
+    def expire() -> None:
+        for scope in tuple(buckets.pop(slot)):
+            scope.cancel()
+
+    bucket = buckets[slot] = set()
+    loop.call_at(slot * TICK, expire)
+    return bucket
+
+
+class _BoundedShield:
+    """anyio's shielded scope, its bound kept in the loop's buckets."""
+
+    __slots__ = ("_bucket", "_scope", "_seconds")
+
+    def __init__(self, scope: Scope, seconds: float) -> None:
+        self._scope = scope
+        self._seconds = seconds
+        self._bucket: set[Scope] | None = None
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self._scope.cancelled_caught
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    def __enter__(self) -> Self:
+        scope = self._scope
+        scope.__enter__()
+        loop = asyncio.get_running_loop()
+        loop_of_last, buckets = _last
+        if loop_of_last() is not loop:
+            buckets = buckets_of(loop)
+        slot = int((loop.time() + self._seconds) / TICK) + 1  # the tick's end: never early
+        bucket = buckets.get(slot)
+        if bucket is None:
+            bucket = _new_bucket(loop, buckets, slot)
+        bucket.add(scope)
+        self._bucket = bucket
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._bucket is not None:
+            self._bucket.discard(self._scope)
+        return self._scope.__exit__(exc_type, exc, tb)
+
+
+def _anyio_scope_class() -> Callable[..., Scope]:
+    """The class ``anyio.CancelScope(...)`` gives on asyncio (call it on an asyncio loop)."""
+    made: Callable[..., Scope] = type(anyio.CancelScope())
+    return made
+
+
+def _learn_effective_deadline() -> Callable[[], float]:
+    """anyio's asyncio backend's ``current_effective_deadline`` (``-inf`` once a scope
+    around the task is cancelled), taken from its class directly: the public
+    ``anyio.current_effective_deadline()`` looks the backend up on every call."""
+    global _effective_deadline
+    backend: Any = sys.modules[_anyio_scope_class().__module__]
+    reader: Callable[[], float] = backend.AsyncIOBackend.current_effective_deadline
+    _effective_deadline = reader
+    return reader
+
+
+_effective_deadline: Callable[[], float] | None = None
+
+
+def _no_loop_due() -> bool:
+    raise RuntimeError("awaitly-anyio must be used from asyncio or trio code")
+
+
+elsewhere_due: Callable[[], bool] = _no_loop_due
+"""What `cancel_due` asks when no asyncio loop runs: the caller's other loop's
+check (`awaitly_anyio._loops` sets it)."""
+
+
+def cancel_due(_self: object = None, /) -> bool:
+    """asyncio's `Loop.cancel_due`; where no asyncio loop runs, `elsewhere_due`.
+
+    Asking asyncio first is how the caller's loop is found (asyncio answers without
+    raising), so this one function serves every loop with no frame more on asyncio.
+    It is also `AsyncioLoop.cancel_due` itself (the loop object arrives as
+    ``_self``, unused): one body, called as a plain function or as a method at the
+    cost of either.
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        return elsewhere_due()
+    task = _current_task(loop)
+    if task is None:
+        return False
+    if task.cancelling():  # task.cancel() was called: the next yield raises
+        return True
+    # anyio delivers a cancellation through the loop: a callback in its ready
+    # queue (a scope cancelled from the task itself) or a timer that is due (a
+    # deadline).  With neither pending nothing can be due, and the walk up
+    # anyio's scopes (most of the cost) is skipped.  Loops without these queues
+    # (uvloop) always walk.
+    base: Any = loop  # BaseEventLoop's own queues, read directly (no getattr call)
+    try:
+        ready: Any = base._ready
+        scheduled: Any = base._scheduled
+    except AttributeError:
+        ready = scheduled = True
+    if not ready and (not scheduled or scheduled[0]._when > loop.time()):
+        return False
+    reader = _effective_deadline
+    if reader is None:
+        reader = _learn_effective_deadline()
+    return reader() <= loop.time()
+
+
+_system_tasks: set[asyncio.Task[Any]] = set()
+"""System tasks still running: asyncio keeps only weak references to tasks."""
+
+
+class AsyncioLoop(Loop):
+    """asyncio (and loops that implement its API, such as uvloop)."""
+
+    __slots__ = ("_scope_class",)
+
+    name: ClassVar[str] = "asyncio"
+    drives_asyncio: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        # Learnt from anyio on first use (it knows its asyncio backend's classes only
+        # once a loop runs).
+        self._scope_class: Callable[..., Scope] | None = None
+
+    def _scopes(self) -> Callable[..., Scope]:
+        """The class ``anyio.CancelScope(...)`` gives on asyncio (learnt from the first one)."""
+        made = self._scope_class
+        if made is None:
+            made = self._scope_class = _anyio_scope_class()
+        return made
+
+    def cancel_scope(self) -> Scope:
+        return self._scopes()()
+
+    def shielded(self, seconds: float) -> Scope:
+        if seconds <= 0:
+            return self._scopes()(shield=True, deadline=-math.inf)
+        return _BoundedShield(self._scopes()(shield=True), seconds)
+
+    # The module's function itself (not a staticmethod, which a method call on the
+    # object pays for): `awaitly_anyio._loops.cancel_due` asks asyncio with no frame
+    # more, and so does a caller that holds this object.
+    cancel_due = cancel_due
+
+    async def deliver_cancellation(self) -> None:
+        # anyio delivers a passed deadline from a timer that runs after the task
+        # resumes from its first yield, so the second yield is the one that raises.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> Callable[[], None]:
+        # asyncio logs a failing callback through the loop's exception handler.
+        return asyncio.get_running_loop().call_later(delay, fn).cancel
+
+    def start_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, object]], name: str
+    ) -> Callable[[], None]:
+        task = asyncio.get_running_loop().create_task(fn(), name=name)
+        _system_tasks.add(task)
+        task.add_done_callback(_system_tasks.discard)
+
+        def cancel() -> None:
+            task.cancel()
+
+        return cancel
+
+    def answer(self) -> Answer[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def driver_runner(self) -> DriverRunner | None:
+        return None

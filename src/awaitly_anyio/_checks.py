@@ -1,15 +1,13 @@
-"""Checks of what callers hand a store (run ids, step keys, leases, list arguments,
-TTLs), shared by the store front and the durable run so every store refuses the
-same things with the same messages."""
+"""Checks of what callers hand a store (run ids, step keys, leases, TTLs), shared by
+the store front, the steps and the durable run, so that every store refuses the same
+things with the same messages."""
 
 from __future__ import annotations
 
 import math
 from datetime import timedelta
 
-from ._snapshot import RUN_STATUSES
-
-__all__ = ["check_id", "check_key", "check_lease", "check_list_args", "ttl_seconds"]
+__all__ = ["check_id", "check_key", "check_lease", "ttl_seconds"]
 
 
 def check_id(id: object) -> str:
@@ -42,16 +40,6 @@ def check_key(key: object) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"a step key must be valid Unicode text, not {key!r}") from None
     return key
-
-
-def check_list_args(prefix: object, status: object, limit: object) -> None:
-    """Validate the arguments of ``list``."""
-    if prefix is not None and not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a string, not {prefix!r}")
-    if status is not None and status not in RUN_STATUSES:
-        raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-        raise ValueError(f"limit must be an integer from 1 to 10000, not {limit!r}")
 
 
 def check_lease(owner: object, lease: object) -> float:

@@ -29,7 +29,6 @@ from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import anyio
 
-from . import _loops
 from ._errors import SnapshotDecodeError
 from ._redact import redact_text, redact_url
 from ._rows import check_list_args, decode_cursor
@@ -89,8 +88,8 @@ def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = Tr
     options.add_argument(
         "--backend",
         dest=f"backend@{level}",
-        choices=_loops.NAMES,
-        help=f"event loop to run on (default {_loops.DEFAULT})",
+        choices=("asyncio", "trio"),
+        help="event loop to run on (default asyncio)",
     )
     if not runs:
         return
@@ -543,7 +542,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     store = _option(args, "store") or DEMO_STORE
     try:
-        anyio.run(demo, store, backend=_option(args, "backend") or _loops.DEFAULT)
+        anyio.run(demo, store, backend=_option(args, "backend") or "asyncio")
     except (ValueError, OSError):
         raise
     except Exception as exc:
@@ -567,7 +566,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             status = _demo(args)
         else:
             _import_types(_imports(args))
-            backend = _option(args, "backend") or _loops.DEFAULT
+            backend = _option(args, "backend") or "asyncio"
             status = anyio.run(_runs, args, out, err, backend=backend)
         out.flush()  # here, so that a reader gone away is noticed here
     except BrokenPipeError:

@@ -35,6 +35,7 @@ from .serialization import (
 
 __all__ = [
     "RunRow",
+    "check_list_args",
     "claimed_snapshot",
     "damaged_entry",
     "decode_cursor",
@@ -302,6 +303,16 @@ def claimed_snapshot(
     )
 
 
+def check_list_args(prefix: object, status: object, limit: object) -> None:
+    """Validate the arguments of ``list``."""
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, not {prefix!r}")
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit must be an integer from 1 to 10000, not {limit!r}")
+
+
 def encode_cursor(updated_at: float, id: str) -> str:
     """An opaque cursor pointing just after (``updated_at``, ``id``) in newest-first order."""
     raw = json.dumps([updated_at, id], ensure_ascii=False).encode()
@@ -319,12 +330,3 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     except (ValueError, TypeError, UnicodeError):
         raise ValueError(f"invalid list cursor {cursor!r}") from None
     return float(updated_at), id
-
-
-# The names these functions had before: the Redis store still uses them.
-split = rows_from_snapshot
-assemble = snapshot_from_rows
-info = listing_entry
-damaged_info = damaged_entry
-restarted = restarted_row
-as_claimed = claimed_snapshot

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .._checks import check_id, check_key, check_lease, check_list_args, ttl_seconds
+from .._checks import check_id, check_key, check_lease, ttl_seconds
 from .._clock import Clock, SystemClock
 from .._errors import LeaseLostError, SnapshotDecodeError
 from .._result import Result
 from .._rows import (
     RunRow,
+    check_list_args,
     claimed_snapshot,
     damaged_entry,
     decode_cursor,

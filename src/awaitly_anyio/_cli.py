@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import anyio
 
+from . import _loops
 from ._errors import SnapshotDecodeError
 from ._redact import redact_text, redact_url
 from ._rows import check_list_args, decode_cursor
@@ -88,8 +89,8 @@ def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = Tr
     options.add_argument(
         "--backend",
         dest=f"backend@{level}",
-        choices=("asyncio", "trio"),
-        help="event loop to run on (default asyncio)",
+        choices=_loops.NAMES,
+        help=f"event loop to run on (default {_loops.DEFAULT})",
     )
     if not runs:
         return
@@ -542,7 +543,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     store = _option(args, "store") or DEMO_STORE
     try:
-        anyio.run(demo, store, backend=_option(args, "backend") or "asyncio")
+        anyio.run(demo, store, backend=_option(args, "backend") or _loops.DEFAULT)
     except (ValueError, OSError):
         raise
     except Exception as exc:
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
             status = _demo(args)
         else:
             _import_types(_imports(args))
-            backend = _option(args, "backend") or "asyncio"
+            backend = _option(args, "backend") or _loops.DEFAULT
             status = anyio.run(_runs, args, out, err, backend=backend)
         out.flush()  # here, so that a reader gone away is noticed here
     except BrokenPipeError:

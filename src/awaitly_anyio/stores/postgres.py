@@ -10,7 +10,8 @@ ends that arrive while one of their kind is being written are committed together
 one statement per batch (group commit).
 
 Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
-(`awaitly_anyio._bridge`); nothing changes for the caller.
+(the loops layer's driver runner, through `awaitly_anyio._bridge.DriverLoop`); nothing
+changes for the caller.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import re
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .._bridge import DriverLoop, current_async_library
+from .. import _loops
+from .._bridge import DriverLoop
 from .._clock import Clock
-from .._grouping import Grouped, Pending
+from .._grouping import Pending, WriteBatcher
 from .._redact import redact_url
 from .._rows import RunRow
 from .._snapshot import RunStatus
@@ -167,13 +169,13 @@ class _PostgresDriver:
         self._dsn, self._pool = dsn, pool
         self._min_size, self._max_size = min_size, max_size
         # A write goes alone if none of its kind is in flight; else it queues for a batch.
-        self._checkpoints = self._grouped(
+        self._checkpoints = self._batcher(
             self._write_one, sql.checkpoint_batch, _step_of, "writing checkpoints"
         )
-        self._starts = self._grouped(
+        self._starts = self._batcher(
             self._start_one, sql.claim_new_batch, _run_of_start, "claiming runs"
         )
-        self._ends = self._grouped(self._end_one, sql.finish_batch, _run_of_end, "recording ends")
+        self._ends = self._batcher(self._end_one, sql.finish_batch, _run_of_end, "recording ends")
         self._loop = DriverLoop(name)
         self._hot: Any = None
         self._hot_busy = False
@@ -190,7 +192,7 @@ class _PostgresDriver:
         store's own one when it is free, else one from the pool."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
-        if self._dsn is None and current_async_library() != "asyncio":
+        if self._dsn is None and not _loops.current().drives_asyncio:
             raise RuntimeError(
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
@@ -369,7 +371,7 @@ class _PostgresDriver:
     # ---- a durable run's writes ----------------------------------------------------------
 
     async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
-        """One step row, alone or in a batch with others (see `_grouped`); a lone one is
+        """One step row, alone or in a batch with others (see `_batcher`); a lone one is
         one INSERT of one row.  The run's ``updated_at`` stays."""
         if not await self._checkpoints((digest(id), key, digest(key), json, owner, now)):
             await self.call(self._refuse_write, id, now)
@@ -543,13 +545,13 @@ class _PostgresDriver:
 
     # ---- group commit --------------------------------------------------------------------
 
-    def _grouped(
+    def _batcher(
         self,
         one: Callable[[Any, Item], Awaitable[bool]],
         many_sql: str,
         key: Callable[[Item], tuple[bytes, ...]],
         what: str,
-    ) -> Grouped[Item, bool]:
+    ) -> WriteBatcher[Item, bool]:
         """Writes of one kind, sent alone by ``one(connection, item)`` when none is in
         flight, else in batches by ``many_sql`` (an array per field of the items, and
         the keys of the rows it wrote returned).  Each caller learns whether its own
@@ -576,7 +578,7 @@ class _PostgresDriver:
                 if not pending.done():  # its caller may have been cancelled meanwhile
                     pending.set_result(key(pending.item) in taken)
 
-        return Grouped(alone, together, _distinct(key), f"{self.name} stopped {what}")
+        return WriteBatcher(alone, together, _distinct(key), f"{self.name} stopped {what}")
 
 
 async def _upsert(connection: Any, sql: Statements, id: str, key: bytes, row: RunRow) -> None:

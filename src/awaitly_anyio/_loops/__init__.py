@@ -65,11 +65,12 @@ def _current_trio() -> Loop:
         else:
             found = _trio_loop
             if found is None:
+                from . import _trio
                 from ._trio import TrioLoop
 
                 found = _trio_loop = TrioLoop()
                 # From now on `cancel_due` off asyncio asks trio's check straight away.
-                _asyncio.elsewhere_due = found.cancel_due
+                _asyncio.elsewhere_due = _trio.cancel_due
             return found
     raise RuntimeError("awaitly-anyio must be used from asyncio or trio code")
 

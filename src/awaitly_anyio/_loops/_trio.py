@@ -149,16 +149,36 @@ def _learn_run_context() -> Any:
     return context
 
 
+_context: Any = None
+"""trio's run context (`_learn_run_context`), learnt on first use."""
+
+
+def cancel_due(_self: object = None, /) -> bool:
+    """trio's `Loop.cancel_due`, also `TrioLoop.cancel_due` itself (the loop object
+    arrives as ``_self``, unused).  Call it from a trio task."""
+    global _context
+    # The public current_effective_deadline() walks every cancel status up to the
+    # root (2 us a step); the task's own status says at once whether it is
+    # cancelled, and the runner's deadline heap whether any deadline has passed
+    # unprocessed (then the checkpoint lets trio's scheduler sort it out).
+    context = _context
+    if context is None:
+        context = _context = _learn_run_context()
+    if context is False:
+        return _public_due()
+    if context.task._cancel_status.effectively_cancelled:
+        return True
+    runner = context.runner
+    return runner.deadlines.next_deadline() <= runner.clock.current_time()  # type: ignore[no-any-return]
+
+
 class TrioLoop(Loop):
     """trio."""
 
-    __slots__ = ("_context",)
+    __slots__ = ()
 
     name: ClassVar[str] = "trio"
     drives_asyncio: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self._context: Any = None  # trio's run context, learnt on first use
 
     def cancel_scope(self) -> Scope:
         return trio.CancelScope()
@@ -166,20 +186,9 @@ class TrioLoop(Loop):
     def shielded(self, seconds: float) -> Scope:
         return trio.CancelScope(shield=True, deadline=trio.current_time() + seconds)
 
-    def cancel_due(self) -> bool:
-        # The public current_effective_deadline() walks every cancel status up to the
-        # root (2 us a step); the task's own status says at once whether it is
-        # cancelled, and the runner's deadline heap whether any deadline has passed
-        # unprocessed (then the checkpoint lets trio's scheduler sort it out).
-        context = self._context
-        if context is None:
-            context = self._context = _learn_run_context()
-        if context is False:
-            return _public_due()
-        if context.task._cancel_status.effectively_cancelled:
-            return True
-        runner = context.runner
-        return runner.deadlines.next_deadline() <= runner.clock.current_time()  # type: ignore[no-any-return]
+    # The module's function itself, as on asyncio: `awaitly_anyio._loops.cancel_due`
+    # off asyncio calls it with no bound method between.
+    cancel_due = cancel_due
 
     async def deliver_cancellation(self) -> None:
         await trio.lowlevel.checkpoint()

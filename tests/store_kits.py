@@ -1,7 +1,7 @@
 """How the shared tests open each store, and how they damage its rows on purpose.
 
-A store joins the contract suite (``test_store_contract.py``) and the durable
-tests by adding one :class:`StoreKit` to :data:`KITS`.
+A store joins the durable tests by adding one :class:`StoreKit` to :data:`KITS`, and
+the contract suite by one ``check_store`` line in ``test_store_contract.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def _open_memory(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Memory
 
 async def _damage_memory(store: MemoryStore, run_id: str, part: Damage) -> None:
     row = store._runs[run_id]
-    steps = store._steps[run_id]
+    steps = store._steps[run_id]  # (the driver's dicts, which MemoryStore names)
     if part == "step":
         steps[next(iter(steps))] = '{"ok": tru'
     elif part == "deep":
@@ -112,11 +112,9 @@ def _server_kits() -> list[StoreKit]:
     return [POSTGRES, REDIS]
 
 
-KITS: list[StoreKit] = [
-    StoreKit("memory", _open_memory, _damage_memory, _raw_memory, by_url=False),
-    StoreKit("sqlite", _open_sqlite, _damage_sqlite, _raw_sqlite),
-    *_server_kits(),
-]
+MEMORY = StoreKit("memory", _open_memory, _damage_memory, _raw_memory, by_url=False)
+SQLITE = StoreKit("sqlite", _open_sqlite, _damage_sqlite, _raw_sqlite)
+KITS: list[StoreKit] = [MEMORY, SQLITE, *_server_kits()]
 
 
 def kit_ids() -> list[str]:
@@ -124,4 +122,4 @@ def kit_ids() -> list[str]:
     return [kit.name for kit in KITS]
 
 
-__all__ = ["KITS", "Damage", "StoreKit", "kit_ids", "server_or_skip"]
+__all__ = ["KITS", "MEMORY", "SQLITE", "Damage", "StoreKit", "kit_ids", "server_or_skip"]

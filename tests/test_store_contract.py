@@ -1,844 +1,95 @@
-"""The contract every SnapshotStore keeps, run against each store in ``store_kits.KITS``.
+"""The contract every SnapshotStore keeps (``awaitly_anyio.testing.check_store``), run
+against each shipped store: a new store is one driver file and one line here.
 
-A new store joins by adding one ``StoreKit`` line there.
+The tests themselves live in ``awaitly_anyio/_contract.py`` so that third-party store
+authors run the very same suite.
 """
 
 from __future__ import annotations
 
-import enum
+import ast
+import contextlib
 from collections.abc import AsyncIterator
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import anyio
-import attrs
 import pytest
 
-from awaitly_anyio import (
-    Err,
-    Ok,
-    SerializationError,
-    SnapshotDecodeError,
-    SnapshotStore,
-    StepTimeoutError,
-    UnexpectedError,
-    WorkflowSnapshot,
-    register_type,
-)
-from awaitly_anyio._errors import LeaseLostError
-from awaitly_anyio._resume import StepRecord
-from awaitly_anyio._store import CheckpointStore, Claim, EncodedStep, LeaseStore
-from awaitly_anyio.testing import FakeClock
+import awaitly_anyio.stores
+from awaitly_anyio.testing import DAMAGE, FakeClock, check_store
 
-from .kit_base import encoded as encoded_at
-from .store_kits import KITS, StoreKit, kit_ids
+from .postgres_kit import POSTGRES
+from .redis_kit import REDIS
+from .store_kits import MEMORY, SQLITE
 
-pytestmark = pytest.mark.anyio
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=timezone.utc)
+TestMemoryStore = check_store(MEMORY.open, damage=MEMORY.damage, raw=MEMORY.raw)
+TestSQLiteStore = check_store(SQLITE.open, damage=SQLITE.damage, raw=SQLITE.raw)
+TestPostgresStore = check_store(POSTGRES.open, damage=POSTGRES.damage, raw=POSTGRES.raw)
+TestRedisStore = check_store(REDIS.open, damage=REDIS.damage, raw=REDIS.raw, damages=DAMAGE)
 
 
-@register_type(name="contract.Point")
-@attrs.frozen
-class Point:
-    x: int
-    y: int
+# ---- the drivers speak rows only -----------------------------------------------------------
 
-
-@register_type(name="contract.Colour")
-class Colour(enum.Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
-
-
-def snapshot(id: str, *, steps: int = 2, **changes: Any) -> WorkflowSnapshot:
-    records = {
-        f"step-{n}": StepRecord(Ok(n), attempts=1, started_at=T0, finished_at=T0)
-        for n in range(steps)
-    }
-    fields: dict[str, Any] = {
-        "workflow_name": "orders",
-        "workflow_id": id,
-        "steps": records,
-        "created_at": T0,
-        "updated_at": T0,
-    }
-    fields.update(changes)
-    return WorkflowSnapshot(**fields)
-
-
-def encoded(key: str, value: Any) -> EncodedStep:
-    return encoded_at(key, value, T0)
-
-
-async def all_ids(store: SnapshotStore, **filters: Any) -> list[str]:
-    ids, cursor = [], None
-    while True:
-        page = await store.list(cursor=cursor, limit=7, **filters)
-        ids += [info.id for info in page]
-        cursor = page.next_cursor
-        if cursor is None:
-            return ids
-
-
-# ---- save, load, delete ------------------------------------------------------------------
-
-
-async def test_every_kind_of_value_round_trips(store: SnapshotStore, clock: FakeClock) -> None:
-    values: dict[str, Any] = {
-        "json": {"a": [1, 2.5, None, True, "x"]},
-        "tuple": (1, (2, 3)),
-        "set": frozenset({1, 2}),
-        "bytes": b"\x00\xff",
-        "datetime": T0,
-        "date": date(2026, 1, 2),
-        "delta": timedelta(seconds=90),
-        "uuid": UUID("12345678-1234-5678-1234-567812345678"),
-        "decimal": Decimal("10.05"),
-        "point": Point(1, 2),
-        "enum": Colour.BLUE,
-        "huge float": 1e308,
-        "tiny float": 1e-300,
-        "infinity": float("-inf"),
-        "nul in text": "a\x00b",
-        "nul in a key": {"k\x00": "\x00"},
-    }
-    steps: dict[str, Any] = {
-        key: StepRecord(Ok(value), attempts=2, started_at=T0, finished_at=T0)
-        for key, value in values.items()
-    }
-    steps["typed error"] = StepRecord(Err(StepTimeoutError("charge", 2.5)))
-    steps["string error"] = StepRecord(Err("card declined"))
-    steps["bug"] = StepRecord(Err(UnexpectedError(KeyError("sku-1"))))
-    saved = WorkflowSnapshot(
-        workflow_name="orders",
-        workflow_id="run-1",
-        status="completed",
-        steps=steps,
-        result=Ok(Point(3, 4)),
-        metadata={"tenant": "acme", "when": T0},
-        created_at=T0,
-        updated_at=T0,
-    )
-    await store.save("run-1", saved)
-    loaded = await store.load("run-1")
-
-    assert loaded is not None
-    assert loaded.workflow_name == "orders"
-    assert loaded.workflow_id == "run-1"
-    assert loaded.status == "completed"
-    assert loaded.result == Ok(Point(3, 4))
-    assert dict(loaded.metadata) == {"tenant": "acme", "when": T0}
-    assert loaded.created_at == T0
-    assert loaded.updated_at.timestamp() == pytest.approx(clock.time())
-    for key, value in values.items():
-        assert loaded.steps[key].result == Ok(value), key
-        assert type(loaded.steps[key].result.value) is type(value), key
-        assert loaded.steps[key].attempts == 2
-        assert loaded.steps[key].finished_at == T0
-    assert loaded.steps["typed error"].result == Err(StepTimeoutError("charge", 2.5))
-    assert loaded.steps["string error"].result == Err("card declined")
-    bug = loaded.steps["bug"].result
-    assert isinstance(bug, Err)
-    assert isinstance(bug.error, UnexpectedError)
-    assert bug.error.cause.type_name == "builtins.KeyError"
-    assert "sku-1" in bug.error.cause.message
-
-
-async def test_missing_runs_load_as_none_and_delete_as_false(store: SnapshotStore) -> None:
-    assert await store.load("nope") is None
-    assert await store.delete("nope") is False
-
-
-async def test_save_replaces_the_whole_run(store: SnapshotStore) -> None:
-    await store.save("r", snapshot("r", steps=3))
-    await store.save("r", snapshot("r", steps=1, status="failed", result=Err("boom")))
-    loaded = await store.load("r")
-    assert loaded is not None
-    assert list(loaded.steps) == ["step-0"]
-    assert loaded.status == "failed"
-    assert loaded.result == Err("boom")
-
-
-async def test_delete_removes_a_run_and_only_that_run(store: SnapshotStore) -> None:
-    await store.save("a", snapshot("a"))
-    await store.save("b", snapshot("b"))
-    assert await store.delete("a") is True
-    assert await store.load("a") is None
-    assert await store.delete("a") is False
-    assert await store.load("b") is not None
-    assert await all_ids(store) == ["b"]
-
-
-async def test_metadata_is_merged_over_the_snapshots_own(store: SnapshotStore) -> None:
-    await store.save("m", snapshot("m", metadata={"a": 1, "b": 2}), metadata={"b": (3, 4), "c": T0})
-    loaded = await store.load("m")
-    assert loaded is not None
-    assert dict(loaded.metadata) == {"a": 1, "b": (3, 4), "c": T0}
-
-
-async def test_an_unstorable_value_fails_the_save_and_keeps_the_old_run(
-    store: SnapshotStore,
-) -> None:
-    await store.save("r", snapshot("r", steps=1))
-    bad = WorkflowSnapshot(
-        workflow_name="orders",
-        workflow_id="r",
-        steps={"sock": Ok(object())},
-        created_at=T0,
-        updated_at=T0,
-    )
-    with pytest.raises(SerializationError) as caught:
-        await store.save("r", bad)
-    assert caught.value.step == "sock"
-    assert "object" in caught.value.type_name
-    loaded = await store.load("r")
-    assert loaded is not None
-    assert list(loaded.steps) == ["step-0"]
-    with pytest.raises(SerializationError, match="metadata"):
-        await store.save("r", snapshot("r"), metadata={"lock": anyio.Lock()})
-
-
-async def test_large_values_and_many_steps_round_trip(store: SnapshotStore) -> None:
-    big = "x" * 5_000_000
-    many = {f"k{n:05d}": Ok(n) for n in range(5_000)}
-    many["big"] = Ok(big)
-    await store.save(
-        "big",
-        WorkflowSnapshot(
-            workflow_name="orders", workflow_id="big", steps=many, created_at=T0, updated_at=T0
-        ),
-    )
-    loaded = await store.load("big")
-    assert loaded is not None
-    assert len(loaded.steps) == 5_001
-    assert loaded.steps["big"].result == Ok(big)
-    assert loaded.steps["k04999"].result == Ok(4999)
-
-
-# ---- ids ---------------------------------------------------------------------------------
-
-HOSTILE_IDS = [
-    "'; DROP TABLE awaitly_runs; --",
-    'say "hi"',
-    "100%_off*?[a-z]\\",
-    "ünïcødé 🚀 名前",
-    "new\nline\ttab",
-    "{$where: 'sleep(1)'}",
-    "awaitly:run:key:*",
-    " leading and trailing ",
-    "x" * 10_240,
-]
-
-
-@pytest.mark.parametrize("run_id", HOSTILE_IDS, ids=[f"id{n}" for n in range(len(HOSTILE_IDS))])
-async def test_hostile_ids_are_only_ever_data(store: SnapshotStore, run_id: str) -> None:
-    await store.save("bystander", snapshot("bystander"))
-    await store.save(run_id, snapshot(run_id))
-    loaded = await store.load(run_id)
-    assert loaded is not None
-    assert loaded.workflow_id == run_id
-    assert sorted(await all_ids(store)) == sorted(["bystander", run_id])
-    assert await all_ids(store, prefix=run_id[:5]) == [run_id]
-    assert await store.delete(run_id) is True
-    assert await all_ids(store) == ["bystander"]
-
-
-@pytest.mark.parametrize("bad", ["", "a\x00b", "\ud800", None, 42])
-async def test_invalid_ids_are_refused_before_anything_is_written(
-    store: SnapshotStore, bad: Any
-) -> None:
-    with pytest.raises(ValueError, match="run id"):
-        await store.save(bad, snapshot("x"))
-    with pytest.raises(ValueError, match="run id"):
-        await store.load(bad)
-    with pytest.raises(ValueError, match="run id"):
-        await store.delete(bad)
-    assert await all_ids(store) == []
-
-
-# ---- list --------------------------------------------------------------------------------
-
-
-async def test_list_pages_newest_first_without_gaps_or_repeats(
-    store: SnapshotStore, clock: FakeClock
-) -> None:
-    for n in range(12):
-        await store.save(f"run-{n:02d}", snapshot(f"run-{n:02d}"))
-        clock.advance(1)
-    # Ten more saved in the same instant: ties are ordered by id.
-    for n in range(12, 22):
-        await store.save(f"run-{n:02d}", snapshot(f"run-{n:02d}"))
-    ids = await all_ids(store)
-    assert ids == [f"run-{n:02d}" for n in range(21, -1, -1)]
-    first = await store.list(limit=5)
-    assert [info.id for info in first] == ids[:5]
-    assert first.items[0].updated_at >= first.items[-1].updated_at
-    last = await store.list(limit=22)
-    assert len(last) == 22
-    assert last.next_cursor is None
-
-
-async def test_list_filters_by_prefix_and_status(store: SnapshotStore) -> None:
-    await store.save("order-1", snapshot("order-1", status="completed", result=Ok(1)))
-    await store.save("order-2", snapshot("order-2"))
-    await store.save("order_3", snapshot("order_3"))
-    await store.save("orderX", snapshot("orderX"))
-    await store.save("refund-1", snapshot("refund-1", status="failed", result=Err("x")))
-    assert sorted(await all_ids(store, prefix="order-")) == ["order-1", "order-2"]
-    assert await all_ids(store, prefix="order_") == ["order_3"]
-    assert await all_ids(store, prefix="order%") == []
-    assert await all_ids(store, status="failed") == ["refund-1"]
-    assert await all_ids(store, prefix="order", status="completed") == ["order-1"]
-    page = await store.list(prefix="refund")
-    (info,) = page
-    assert info.workflow_name == "orders"
-    assert info.status == "failed"
-    assert info.created_at == T0
-
-
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        ({"limit": 0}, "limit"),
-        ({"limit": 10_001}, "limit"),
-        ({"limit": True}, "limit"),
-        ({"status": "sleeping"}, "status"),
-        ({"cursor": "not a cursor"}, "cursor"),
-    ],
-)
-async def test_list_refuses_bad_arguments(
-    store: SnapshotStore, arguments: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        await store.list(**arguments)
-
-
-# ---- ttl ---------------------------------------------------------------------------------
-
-
-async def test_expired_runs_are_never_returned(store: SnapshotStore, clock: FakeClock) -> None:
-    await store.save("short", snapshot("short"), ttl=10)
-    await store.save("long", snapshot("long"), ttl=timedelta(hours=1))
-    await store.save("forever", snapshot("forever"))
-    short = await store.load("short")
-    assert short is not None
-    assert short.expires_at is not None
-    assert short.expires_at.timestamp() == pytest.approx(clock.time() + 10)
-    clock.advance(10)
-    assert await store.load("short") is None
-    assert sorted(await all_ids(store)) == ["forever", "long"]
-    assert await store.delete("short") is False
-    clock.advance(3600)
-    assert await all_ids(store) == ["forever"]
-    # Saving again without a ttl makes a run permanent.
-    await store.save("long", snapshot("long"))
-    clock.advance(10**6)
-    assert sorted(await all_ids(store)) == ["forever", "long"]
-
-
-@pytest.mark.parametrize("ttl", [0, -5, "60", True, timedelta(0)])
-async def test_bad_ttls_are_refused(store: SnapshotStore, ttl: Any) -> None:
-    with pytest.raises(ValueError, match="ttl"):
-        await store.save("t", snapshot("t"), ttl=ttl)
-    assert await store.load("t") is None
-
-
-# ---- corrupt data ------------------------------------------------------------------------
-
-
-# What each damage is reported as (a word of SnapshotDecodeError.reason).
-PROBLEM = {
-    "step": "step",
-    "deep": "deep",
-    "metadata": "metadata",
-    "format": "99",
-    "newer": "newer release",
-    "created_at": "created_at",
-    "workflow_name": "workflow name",
-    "wrong_type": "not a hash",
+STORES = Path(awaitly_anyio.stores.__file__).parent
+DRIVER_FILES = ["memory.py", "sqlite.py", "postgres.py", "redis.py"]
+# Validation, TTL, encoding and listing helpers: the front's business, never a driver's.
+FRONT_ONLY_MODULES = {"_checks", "_times"}
+ALLOWED = {
+    "_rows": {"RunRow"},
+    "_store": {"Claim", "ClaimOutcome"},
+    "serialization": {"TypeRegistry", "default_registry"},
 }
-ALL_DAMAGE = list(PROBLEM)
-# Damage to the run row itself, which list() sees (it reads no step records or JSON).
-ROW_DAMAGE = ["created_at", "workflow_name", "wrong_type", "newer"]
-
-
-@pytest.mark.parametrize("part", ALL_DAMAGE)
-async def test_corrupt_runs_are_reported_with_their_id_and_spoil_nothing_else(
-    kit: StoreKit, store: SnapshotStore, part: Any
-) -> None:
-    await store.save("healthy", snapshot("healthy"))
-    await store.save("broken-7", snapshot("broken-7"))
-    await kit.damage(store, "broken-7", part)
-    with pytest.raises(SnapshotDecodeError) as caught:
-        await store.load("broken-7")
-    assert caught.value.run_id == "broken-7"
-    assert "broken-7" in str(caught.value)
-    assert PROBLEM[part] in caught.value.reason
-    assert await store.load("healthy") is not None
-    assert sorted(await all_ids(store)) == ["broken-7", "healthy"]
-    assert await store.delete("broken-7") is True
-
-
-@pytest.mark.parametrize("part", ROW_DAMAGE)
-async def test_list_reports_a_damaged_run_lists_the_rest_and_changes_nothing(
-    kit: StoreKit, store: SnapshotStore, part: Any
-) -> None:
-    for id in ("older", "broken-7", "newer"):
-        await store.save(id, snapshot(id))
-    await kit.damage(store, "broken-7", part)
-    before = await kit.raw(store, "broken-7")
-
-    page = await store.list()
-    by_id = {info.id: info for info in page}
-    assert sorted(by_id) == ["broken-7", "newer", "older"]
-    assert by_id["older"].damaged is None
-    assert by_id["newer"].damaged is None
-    assert by_id["older"].workflow_name == "orders"
-    damaged = by_id["broken-7"].damaged
-    assert damaged is not None
-    assert PROBLEM[part] in damaged
-    # A read never repairs or deletes: the run is left for an operator.
-    assert await kit.raw(store, "broken-7") == before
-    assert sorted(await all_ids(store)) == ["broken-7", "newer", "older"]
-    assert await kit.raw(store, "broken-7") == before
-    with pytest.raises(SnapshotDecodeError, match="broken-7"):
-        await store.load("broken-7")
-
-
-# ---- lifecycle ---------------------------------------------------------------------------
-
-
-async def test_a_closed_store_refuses_work_and_closes_twice_quietly(
-    kit: StoreKit, tmp_path: Path, clock: FakeClock
-) -> None:
-    async with kit.open(tmp_path, clock) as store:
-        await store.save("r", snapshot("r"))
-    await store.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        await store.load("r")
-
-
-async def test_cancelled_saves_leave_the_old_run_or_the_new_one_never_a_mix(
-    store: SnapshotStore,
-) -> None:
-    await store.save("r", snapshot("r", steps=3))
-    for _ in range(20):
-        with anyio.CancelScope() as scope:
-            scope.cancel()
-            await store.save("r", snapshot("r", steps=1, status="failed", result=Err("x")))
-        loaded = await store.load("r")
-        assert loaded is not None
-        assert (loaded.status, len(loaded.steps)) in {("running", 3), ("failed", 1)}
-    with anyio.move_on_after(0.001):
-        while True:
-            await store.save("r", snapshot("r", steps=3))
-            await store.save("r", snapshot("r", steps=1, status="failed", result=Err("x")))
-    loaded = await store.load("r")
-    assert loaded is not None
-    assert (loaded.status, len(loaded.steps)) in {("running", 3), ("failed", 1)}
-
-
-# ---- concurrency -------------------------------------------------------------------------
-
-
-async def test_concurrent_writers_on_two_stores_lose_nothing(
-    kit: StoreKit, tmp_path: Path, clock: FakeClock
-) -> None:
-    async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
-
-        async def writer(store: Any, run: int) -> None:
-            await store.mark_running(f"run-{run}", "orders")
-            for n in range(10):
-                await store.checkpoint(f"run-{run}", encoded(f"k{n}", (run, n)))
-            # Every writer also adds a step to one shared run.
-            await store.checkpoint("shared", encoded(f"from-{run}", run))
-
-        await one.mark_running("shared", "orders")
-        async with anyio.create_task_group() as tg:
-            for run in range(16):
-                tg.start_soon(writer, one if run % 2 else two, run)
-
-        for run in range(16):
-            loaded = await one.load(f"run-{run}")
-            assert loaded is not None
-            assert {k: r.result.value for k, r in loaded.steps.items()} == {
-                f"k{n}": (run, n) for n in range(10)
-            }
-        shared = await two.load("shared")
-        assert shared is not None
-        assert sorted(shared.steps) == sorted(f"from-{run}" for run in range(16))
-
-
-# ---- checkpointing -----------------------------------------------------------------------
-
-
-async def test_checkpoints_build_a_run_one_step_at_a_time(
-    store: CheckpointStore, clock: FakeClock
-) -> None:
-    assert isinstance(store, CheckpointStore)
-    await store.mark_running("c", "orders", metadata={"tenant": "acme"})
-    clock.advance(1)
-    await store.checkpoint("c", encoded("a", 1))
-    await store.checkpoint("c", encoded("b", Point(1, 2)))
-    await store.checkpoint("c", encoded("a", 10))  # replaces
-    running = await store.load("c")
-    assert running is not None
-    assert running.status == "running"
-    # updated_at moves at least when a run starts and ends (stores may also move it per step).
-    assert running.updated_at.timestamp() >= clock.time() - 1
-    assert {k: r.result for k, r in running.steps.items()} == {"a": Ok(10), "b": Ok(Point(1, 2))}
-
-    await store.finish("c", "failed", Err("declined"), None, ttl=60, metadata={"tries": 1})
-    failed = await store.load("c")
-    assert failed is not None
-    assert failed.status == "failed"
-    assert dict(failed.metadata) == {"tenant": "acme", "tries": 1}
-    assert failed.expires_at is not None
-    assert len(failed.steps) == 2
-
-    # Resuming sets it running again, keeps its steps and its creation time, drops the expiry.
-    await store.mark_running("c", "orders", metadata={"tries": 2})
-    again = await store.load("c")
-    assert again is not None
-    assert (again.status, again.expires_at, again.created_at) == (
-        "running",
-        None,
-        running.created_at,
-    )
-    assert dict(again.metadata) == {"tenant": "acme", "tries": 2}
-    assert len(again.steps) == 2
-
-
-async def test_checkpoints_need_a_running_run(store: CheckpointStore, clock: FakeClock) -> None:
-    with pytest.raises(LookupError, match="ghost"):
-        await store.checkpoint("ghost", encoded("a", 1))
-    with pytest.raises(LookupError, match="ghost"):
-        await store.finish("ghost", "completed", Ok(1), None)
-    # An expired run is gone: checkpoints to it fail, and starting it again starts afresh.
-    await store.mark_running("old", "orders")
-    await store.checkpoint("old", encoded("a", 1))
-    await store.finish("old", "completed", Ok(1), None, ttl=5)
-    clock.advance(5)
-    with pytest.raises(LookupError):
-        await store.checkpoint("old", encoded("b", 2))
-    await store.mark_running("old", "orders")
-    fresh = await store.load("old")
-    assert fresh is not None
-    assert fresh.steps == {}
-
-
-# ---- step order --------------------------------------------------------------------------
-
-# Keys in an order that is neither sorted nor insertion-friendly to a hash table; enough of
-# them that no store keeps them in a small, insertion-ordered structure by luck.
-SCRAMBLED = [f"{word}-{(n * 7919) % 211:03d}" for n, word in enumerate(["zeta", "alpha"] * 75)]
-
-
-async def test_a_saved_runs_steps_load_in_the_order_they_were_recorded(
-    store: LeaseStore,
-) -> None:
-    records = {key: StepRecord(Ok(n), finished_at=T0) for n, key in enumerate(SCRAMBLED)}
-    await store.save("s", attrs.evolve(snapshot("s", steps=0), steps=records))
-    loaded = await store.load("s")
-    assert loaded is not None
-    assert list(loaded.steps) == SCRAMBLED
-    assert [r.result for r in loaded.steps.values()] == [Ok(n) for n in range(len(SCRAMBLED))]
-    # A claim of the run hands over its steps in the same order.
-    claim = await store.claim("s", "orders", owner="w", lease=30)
-    assert claim.outcome == "claimed"
-    if claim.snapshot is not None:
-        assert list(claim.snapshot.steps) == SCRAMBLED
-
-
-async def test_checkpointed_steps_load_in_the_order_they_were_recorded(
-    store: LeaseStore, clock: FakeClock
-) -> None:
-    await store.claim("c", "orders", owner="w", lease=30)
-    for n, key in enumerate(SCRAMBLED):
-        await store.checkpoint("c", encoded(key, n), owner="w")
-    # A step recorded again (a retry after a crash) keeps its place and takes its new value.
-    await store.checkpoint("c", encoded(SCRAMBLED[1], "again"), owner="w")
-    loaded = await store.load("c")
-    assert loaded is not None
-    assert list(loaded.steps) == SCRAMBLED
-    assert loaded.steps[SCRAMBLED[1]].result == Ok("again")
-
-    # Resumed after a failure: the steps keep their order and new ones go after them.
-    await store.finish("c", "failed", Err("declined"), None, owner="w")
-    clock.advance(1)
-    claim = await store.claim("c", "orders", owner="w2", lease=30)
-    assert claim.outcome == "claimed"
-    if claim.snapshot is not None:
-        assert list(claim.snapshot.steps) == SCRAMBLED
-    await store.checkpoint("c", encoded("aaa-last", 0), owner="w2")
-    await store.checkpoint("c", encoded(SCRAMBLED[0], "again"), owner="w2")
-    resumed = await store.load("c")
-    assert resumed is not None
-    assert list(resumed.steps) == [*SCRAMBLED, "aaa-last"]
-
-
-# ---- leases ------------------------------------------------------------------------------
-
-
-async def test_one_owner_at_a_time_holds_a_run(store: LeaseStore, clock: FakeClock) -> None:
-    assert isinstance(store, LeaseStore)
-    first = await store.claim("r", "orders", owner="w1", lease=30, metadata={"input": 7})
-    assert first == Claim("claimed", "w1", clock.time() + 30, fresh=True)
-    assert await store.claim("r", "refunds", owner="w1", lease=30) == Claim(
-        "mismatch", workflow_name="orders"
-    )
-    held = await store.claim("r", "orders", owner="w2", lease=30)
-    assert held == Claim("held", "w1", clock.time() + 30)
-    # The holder may claim again (a retry in the same worker).
-    again = await store.claim("r", "orders", owner="w1", lease=30)
-    assert (again.outcome, again.fresh) == ("claimed", False)
-    await store.checkpoint("r", encoded("a", 1), owner="w1")
-    with pytest.raises(LeaseLostError):
-        await store.checkpoint("r", encoded("b", 2), owner="w2")
-    with pytest.raises(LeaseLostError):
-        await store.finish("r", "completed", Ok(1), None, owner="w2")
-
-    clock.advance(30)  # w1 went silent: its lease ran out
-    taken = await store.claim("r", "orders", owner="w2", lease=30)
-    assert taken.outcome == "claimed"
-    assert await store.renew("r", owner="w1", lease=30) is False
-    with pytest.raises(LeaseLostError):
-        await store.checkpoint("r", encoded("late", 0), owner="w1")
-    assert await store.renew("r", owner="w2", lease=60) is True
-    clock.advance(45)
-    assert (await store.claim("r", "orders", owner="w3", lease=30)).outcome == "held"
-
-    snapshot_ = await store.load("r")
-    assert snapshot_ is not None
-    assert set(snapshot_.steps) == {"a"}
-    assert dict(snapshot_.metadata) == {"input": 7}
-
-    await store.finish("r", "completed", Ok(1), None, owner="w2")
-    assert (await store.claim("r", "orders", owner="w3", lease=30)).outcome == "completed"
-
-
-async def test_finishing_or_releasing_frees_the_lease(store: LeaseStore) -> None:
-    await store.claim("f", "orders", owner="w1", lease=30)
-    await store.finish("f", "failed", Err("declined"), None, owner="w1")
-    # A failed run can be retried at once by anyone.
-    assert (await store.claim("f", "orders", owner="w2", lease=30)).outcome == "claimed"
-    await store.release("f", owner="w1")  # not the holder: nothing happens
-    assert (await store.claim("f", "orders", owner="w3", lease=30)).outcome == "held"
-    await store.release("f", owner="w2")
-    assert (await store.claim("f", "orders", owner="w3", lease=30)).outcome == "claimed"
-
-
-async def test_info_and_list_show_who_holds_a_run_and_until_when(
-    store: Any, clock: FakeClock
-) -> None:
-    assert await store.info("nobody") is None
-    await store.claim("r", "orders", owner="worker-1", lease=30)
-    until = datetime.fromtimestamp(clock.time() + 30, timezone.utc)
-    held = await store.info("r")
-    assert (held.id, held.workflow_name, held.status) == ("r", "orders", "running")
-    assert (held.lease_owner, held.lease_expires_at, held.damaged) == ("worker-1", until, None)
-    (listed,) = (await store.list()).items
-    assert (listed.lease_owner, listed.lease_expires_at) == ("worker-1", until)
-
-    # A dead worker's lease stays as it was, with its time in the past.
-    clock.advance(60)
-    stale = await store.info("r")
-    assert (stale.lease_owner, stale.lease_expires_at) == ("worker-1", until)
-
-    # Finished or released: no one holds it.
-    await store.claim("r", "orders", owner="worker-2", lease=30)
-    await store.release("r", owner="worker-2")
-    released = await store.info("r")
-    assert (released.lease_owner, released.lease_expires_at) == (None, None)
-    await store.finish("r", "completed", Ok(1), None, ttl=10)
-    done = await store.info("r")
-    assert (done.status, done.lease_owner) == ("completed", None)
-    clock.advance(10)
-    assert await store.info("r") is None
-
-
-@pytest.mark.parametrize(("part", "reason"), [("created_at", "created_at"), ("wrong_type", "hash")])
-async def test_info_flags_a_damaged_run_instead_of_raising(
-    kit: StoreKit, store: Any, part: Any, reason: str
-) -> None:
-    await store.save("bad", snapshot("bad"))
-    await kit.damage(store, "bad", part)
-    found = await store.info("bad")
-    assert found.id == "bad"
-    assert reason in found.damaged
-    assert found.lease_owner is None
-
-
-async def test_claim_expired_takes_abandoned_runs_oldest_first(
-    store: LeaseStore, clock: FakeClock
-) -> None:
-    await store.claim("crashed", "orders", owner="dead", lease=10)
-    clock.advance(1)
-    await store.claim("shut-down", "orders", owner="gone", lease=10)
-    await store.finish("shut-down", "cancelled", None, None, owner="gone")
-    clock.advance(1)
-    await store.claim("busy", "orders", owner="alive", lease=1000)
-    await store.claim("done", "orders", owner="x", lease=10)
-    await store.finish("done", "completed", Ok(1), None, owner="x")
-    await store.claim("declined", "orders", owner="x", lease=10)
-    await store.finish("declined", "failed", Err("no"), None, owner="x")
-    await store.claim("other", "refunds", owner="dead", lease=10)
-    clock.advance(10)
-
-    claimed = await store.claim_expired(owner="me", lease=30, workflow_names=["orders"])
-    assert [info.id for info in claimed] == ["crashed", "shut-down"]
-    assert {info.workflow_name for info in claimed} == {"orders"}
-    assert await store.claim_expired(owner="you", lease=30, workflow_names=["orders"]) == []
-    assert (await store.claim("crashed", "orders", owner="you", lease=30)).outcome == "held"
-    await store.checkpoint("crashed", encoded("a", 1), owner="me")
-
-    rest = await store.claim_expired(owner="you", lease=30, limit=5)
-    assert [info.id for info in rest] == ["other"]
-    assert await store.claim_expired(owner="you", lease=30, workflow_names=[]) == []
-
-
-async def test_concurrent_claims_have_exactly_one_winner(
-    kit: StoreKit, tmp_path: Path, clock: FakeClock
-) -> None:
-    async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
-        outcomes: list[str] = []
-
-        async def claimer(n: int) -> None:
-            store = one if n % 2 else two
-            claim = await store.claim("hot", "orders", owner=f"w{n}", lease=30)
-            outcomes.append(claim.outcome)
-
-        async with anyio.create_task_group() as tg:
-            for n in range(20):
-                tg.start_soon(claimer, n)
-        assert sorted(outcomes) == ["claimed"] + ["held"] * 19
-
-
-@pytest.mark.parametrize(
-    ("owner", "lease"), [("", 30), (None, 30), ("w", 0), ("w", -1), ("w", "30")]
-)
-async def test_bad_lease_arguments_are_refused(store: LeaseStore, owner: Any, lease: Any) -> None:
-    with pytest.raises(ValueError, match="lease"):
-        await store.claim("r", "orders", owner=owner, lease=lease)
-
-
-# ---- damaged runs are never claimed, rewritten or recovered -------------------------------
-
-
-async def _failed_run(store: LeaseStore, id: str) -> None:
-    """A run that failed: two step records, its error stored, no lease."""
-    await store.claim(id, "orders", owner="w0", lease=10, metadata={"input": 1})
-    await store.checkpoint(id, encoded("a", 1), owner="w0")
-    await store.checkpoint(id, encoded("b", 2), owner="w0")
-    await store.finish(id, "failed", Err("declined"), '{"ok":false,"error":"declined"}', owner="w0")
-
-
-@pytest.mark.parametrize("part", ALL_DAMAGE)
-async def test_claiming_a_damaged_run_refuses_it_and_leaves_every_byte(
-    kit: StoreKit, store: LeaseStore, part: Any
-) -> None:
-    await _failed_run(store, "broken-7")
-    await kit.damage(store, "broken-7", part)
-    before = await kit.raw(store, "broken-7")
-
-    try:
-        await store.claim("broken-7", "orders", owner="w1", lease=30, metadata={"input": 2})
-    except SnapshotDecodeError as exc:
-        caught: Exception | None = exc
-    else:
-        caught = None
-    assert await kit.raw(store, "broken-7") == before
-    assert isinstance(caught, SnapshotDecodeError)
-    assert caught.run_id == "broken-7"
-    assert PROBLEM[part] in caught.reason
-
-
-@pytest.mark.parametrize("part", ["newer", "format"])
-async def test_a_snapshot_of_another_format_is_never_claimed_nor_downgraded(
-    kit: StoreKit, store: LeaseStore, clock: FakeClock, part: Any
-) -> None:
-    await store.claim("future", "orders", owner="dead", lease=10)
-    await store.checkpoint("future", encoded("a", 1), owner="dead")
-    await kit.damage(store, "future", part)
-    before = await kit.raw(store, "future")
-    clock.advance(20)  # its lease ran out: recovery would take it, if it could read it
-
-    with pytest.raises(SnapshotDecodeError, match="format version"):
-        await store.claim("future", "orders", owner="w1", lease=30)
-    found = await store.claim_expired(owner="w1", lease=30)
-    assert [(info.id, info.damaged is not None) for info in found] == [("future", True)]
-    assert await kit.raw(store, "future") == before
-
-
-@pytest.mark.parametrize("part", ["step", "deep", "metadata", "newer"])
-async def test_claim_expired_skips_damaged_runs_and_reports_them(
-    kit: StoreKit, store: LeaseStore, clock: FakeClock, part: Any
-) -> None:
-    for id in ("broken-1", "broken-2", "crashed"):  # oldest first
-        await store.claim(id, "orders", owner="dead", lease=10)
-        await store.checkpoint(id, encoded("a", 1), owner="dead")
-        clock.advance(1)
-    await kit.damage(store, "broken-1", part)
-    await kit.damage(store, "broken-2", part)
-    before = [await kit.raw(store, id) for id in ("broken-1", "broken-2")]
-    clock.advance(20)
-
-    # Damaged runs do not take the place of a healthy one, even with limit=1.
-    found = await store.claim_expired(owner="me", lease=30, limit=1)
-    assert [info.id for info in found if info.damaged is None] == ["crashed"]
-    reported = {info.id: info.damaged for info in found if info.damaged is not None}
-    assert sorted(reported) == ["broken-1", "broken-2"]
-    assert all(reason is not None and PROBLEM[part] in reason for reason in reported.values())
-    assert (await store.claim("crashed", "orders", owner="you", lease=30)).outcome == "held"
-    # Not claimed, not changed, and reported again by the next pass.
-    assert [await kit.raw(store, id) for id in ("broken-1", "broken-2")] == before
-    again = await store.claim_expired(owner="you", lease=30)
-    assert sorted(info.id for info in again) == ["broken-1", "broken-2"]
-    assert all(info.damaged is not None for info in again)
-    assert [await kit.raw(store, id) for id in ("broken-1", "broken-2")] == before
-
-
-@pytest.mark.parametrize(
-    "key",
-    ["", "nul\x00key", "lone \ud800 surrogate", "\udfff"],
-    ids=["empty", "nul", "lone", "low"],
-)
-async def test_invalid_step_keys_are_refused_before_anything_is_written(
-    store: LeaseStore, key: str
-) -> None:
-    await store.claim("r", "orders", owner="w", lease=30)
-    await store.checkpoint("r", encoded("good", 1), owner="w")
-    step = EncodedStep(key, StepRecord(Ok(1)), '{"ok":true,"value":1}')
-    with pytest.raises(ValueError, match="step key"):
-        await store.checkpoint("r", step, owner="w")
-    with pytest.raises(ValueError, match="step key"):
-        await store.save("s", _with_step(key))
-    loaded = await store.load("r")
-    assert loaded is not None
-    assert set(loaded.steps) == {"good"}
-    assert await store.load("s") is None
-
-
-def _with_step(key: str) -> WorkflowSnapshot:
-    return WorkflowSnapshot("orders", "s", steps={key: StepRecord(Ok(1))})
+
+
+def front_helpers_used(source: str) -> list[str]:
+    """What a driver module imports that only the front may use."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module is not None:
+            module = node.module.split(".")[0]
+            names = {alias.name for alias in node.names}
+            if module in FRONT_ONLY_MODULES:
+                found += [f"{module}.{name}" for name in sorted(names)]
+            elif module in ALLOWED:
+                found += [f"{module}.{name}" for name in sorted(names - ALLOWED[module])]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("awaitly_anyio")]
+    return found
+
+
+@pytest.mark.parametrize("name", DRIVER_FILES)
+def test_no_driver_file_calls_validation_ttl_or_encoding_helpers(name: str) -> None:
+    assert front_helpers_used((STORES / name).read_text(encoding="utf-8")) == []
+
+
+def test_the_driver_check_catches_a_helper() -> None:
+    sneaky = "from .._rows import RunRow, snapshot_from_rows\nfrom .._checks import check_id\n"
+    assert front_helpers_used(sneaky) == ["_rows.snapshot_from_rows", "_checks.check_id"]
+
+
+# ---- a whole-document store written by a user: the one docs/custom-store.md shows -----------
+
+
+def _docs_dict_store() -> type:
+    """The ``DictStore`` class of docs/custom-store.md (its first example, run as a module)."""
+    from .test_docs import DOCS, _examples
+
+    (example,) = [e for e in _examples(DOCS / "custom-store.md") if "class DictStore" in e.code]
+    namespace: dict[str, Any] = {"__name__": "docs_custom_store"}
+    source = "\n" * example.line + example.code  # the Markdown file's line numbers
+    exec(compile(source, "docs/custom-store.md", "exec"), namespace)
+    store_class: type = namespace["DictStore"]
+    return store_class
+
+
+_docs_store_class = _docs_dict_store()
+_docs_store_data: dict[Path, dict[str, str]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _open_docs_store(folder: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    async with _docs_store_class(_docs_store_data.setdefault(folder, {}), clock=clock) as store:
+        yield store
+
+
+TestDocsDictStore = check_store(_open_docs_store)

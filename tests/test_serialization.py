@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from awaitly_anyio import Err, Ok, SerializationError
 from awaitly_anyio._resume import StepRecord
-from awaitly_anyio._store import EncodedStep, from_epoch, iso_from_epoch
+from awaitly_anyio._store import EncodedStep
+from awaitly_anyio._times import from_epoch, iso_from_epoch
 from awaitly_anyio.serialization import (
     default_registry,
     dumps,

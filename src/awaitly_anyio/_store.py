@@ -16,15 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-# Moved to _checks and _times; re-exported until _durable imports them from there.
-from ._checks import check_id as check_id
-from ._checks import check_lease as check_lease
-from ._checks import ttl_seconds as ttl_seconds
 from ._result import Result
 from ._resume import StepRecord
 from ._snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
-from ._times import from_epoch as from_epoch
-from ._times import iso_from_epoch as iso_from_epoch
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -1,6 +1,6 @@
 """Lua scripts on Redis for the store, the shared limiter and the shared breaker: a URL
 or a client, a connection kept for one call at a time, and the private asyncio loop
-under trio (`awaitly_anyio._bridge`)."""
+under trio (the loops layer's driver runner, through `awaitly_anyio._bridge.DriverLoop`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._bridge import DriverLoop, current_async_library
-from ._grouping import Grouped, Pending
+from . import _loops
+from ._bridge import DriverLoop
+from ._grouping import Pending, WriteBatcher
 from ._redact import redact_text, redact_url
 
 __all__ = ["ScriptRunner", "SharedRedis", "unavailable_errors"]
@@ -218,7 +219,7 @@ class SharedRedis:
         # in one write (pipelined) on the runner's connection.  One cancelled while
         # queued is not sent; once sent, its reply is read (and dropped), so the
         # connection stays in step.
-        self._calls: Grouped[_Call, Any] = Grouped(
+        self._calls: WriteBatcher[_Call, Any] = WriteBatcher(
             self._alone,
             self._together,
             lambda queued: min(len(queued), _BATCH),
@@ -250,7 +251,7 @@ class SharedRedis:
 
     async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """``await fn(client)`` on the driver loop."""
-        if self._url is None and current_async_library() != "asyncio":
+        if self._url is None and not _loops.current().drives_asyncio:
             raise RuntimeError(
                 f"{self._owner} was given a Redis client, which works on asyncio only (it"
                 " belongs to the loop that made it); under trio give it a URL"

@@ -14,8 +14,8 @@ A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
 Redis frees them by itself; ``list`` drops index entries whose run is gone.
 Under trio the client runs on a private asyncio loop hosted in trio's thread
-(`awaitly_anyio._bridge`).  Meant for a single Redis (or a primary with
-replicas), not Redis Cluster.
+(the loops layer's driver runner, through `awaitly_anyio._redis_client.SharedRedis`).
+Meant for a single Redis (or a primary with replicas), not Redis Cluster.
 
 `RedisStore` is the store front (``_front``) over `_RedisDriver`, which speaks
 rows and step JSON only; its Lua scripts live in ``_redis_lua``.
@@ -98,10 +98,10 @@ class RedisStore(StoreFront):
         if not isinstance(prefix, str) or "\x00" in prefix:
             raise ValueError(f"prefix must be a string without NUL, not {prefix!r}")
         self._prefix = prefix
-        self._keys = _RedisDriver(
+        self._redis_driver = _RedisDriver(
             SharedRedis(url_or_client, repr(self), argument="RedisStore"), prefix
         )
-        super().__init__(self._keys, clock=clock, registry=registry)
+        super().__init__(self._redis_driver, clock=clock, registry=registry)
 
     def __repr__(self) -> str:
         return f"RedisStore({self._where}, prefix={self._prefix!r})"
@@ -113,7 +113,7 @@ class RedisStore(StoreFront):
 
     def keys_of(self, id: str) -> tuple[str, str]:
         """The run hash and steps hash keys of run ``id``."""
-        return self._keys.keys_of(id)
+        return self._redis_driver.keys_of(id)
 
 
 # ---- rows as hashes -------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """No regression: the current tree against the pre-change commit, side by side, in one run.
 
     python -m benchmarks.bench_regression [--base fb81b7a] [--new REV|DIR] [--quick]
-        [--instructions] [--rounds N] [--only plain timeout sqlite postgres redis]
-        [--backends asyncio trio] [--json PATH] [--remove-worktrees]
+        [--instructions] [--rounds N] [--pairs N] [--backends asyncio trio]
+        [--only plain timeout sqlite postgres redis] [--json PATH] [--remove-worktrees]
 
 Issue 18 asks that a plain step, a step with a timeout, and a keyed step checkpointed
 to SQLite, PostgreSQL and Redis stay within 5% of the commit before the architecture
@@ -20,10 +20,13 @@ see the check catch it).
 
 Two modes:
 
-- time (default): rounds of A B A B children (the order flips every round), so the
-  machine's drift and the other loads on it reach both trees alike.  A child warms up,
-  then times a few repetitions; its figure is their median.  The verdict is on the
-  median over rounds of each round's own new/old ratio: PASS if <= 1.05.
+- time (default): for each benchmark and backend, a session starts one child per
+  tree, each warms up and then waits; the parent then asks them in turn for one timed
+  repetition each, A B, B A, A B... (``--pairs`` of them), so that the machine's drift
+  and the other loads on it reach both trees alike, repetition by repetition.  There
+  are ``--rounds`` sessions (fresh processes, so one process's luck with its memory
+  layout or hash seed does not decide).  The verdict is on the median of all the
+  pairs' own new/old ratios: PASS if <= 1.05.
 - ``--instructions``: each child runs under valgrind's cachegrind at two sizes N1 and
   N2; ``(I(N2) - I(N1)) / (N2 - N1)`` is the instructions per operation, with the
   interpreter's start, the imports and the warm-up subtracted out.  A quieter witness
@@ -44,6 +47,9 @@ import importlib
 import json
 import os
 import re
+import select
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,6 +75,7 @@ BENCHES = ("plain", "timeout", "sqlite", "postgres", "redis")
 BACKENDS = ("asyncio", "trio")
 PG_DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AWAITLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHILD_TIMEOUT = 1800.0  # seconds: a child under valgrind on a busy machine is slow
 
 LABELS = {
     "plain": "plain step",
@@ -81,22 +88,23 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Sizes:
-    """Operations per timed repetition, repetitions per child, and the two sizes
-    of the instruction count."""
+    """Operations per timed repetition (full, ``--quick``), and the two sizes of the
+    instruction count."""
 
     n: int
-    reps: int
     quick_n: int
     n1: int
     n2: int
 
 
+# A repetition takes some tens of milliseconds: long against the timer and a
+# context switch, short against the drift of a shared machine.
 SIZES = {
-    "plain": Sizes(n=50_000, reps=5, quick_n=5_000, n1=1_000, n2=5_000),
-    "timeout": Sizes(n=20_000, reps=5, quick_n=5_000, n1=1_000, n2=5_000),
-    "sqlite": Sizes(n=200, reps=5, quick_n=50, n1=20, n2=100),
-    "postgres": Sizes(n=200, reps=5, quick_n=50, n1=20, n2=100),
-    "redis": Sizes(n=200, reps=5, quick_n=50, n1=20, n2=100),
+    "plain": Sizes(n=20_000, quick_n=5_000, n1=1_000, n2=5_000),
+    "timeout": Sizes(n=5_000, quick_n=2_000, n1=1_000, n2=5_000),
+    "sqlite": Sizes(n=50, quick_n=20, n1=20, n2=100),
+    "postgres": Sizes(n=50, quick_n=20, n1=20, n2=100),
+    "redis": Sizes(n=100, quick_n=30, n1=20, n2=100),
 }
 
 
@@ -119,18 +127,29 @@ class ChildError(RuntimeError):
 
 @dataclass
 class Result:
-    """Every round's figure of one benchmark on one backend, for both trees."""
+    """Every figure of one benchmark on one backend, for both trees, pair by pair
+    (``old[i]`` and ``new[i]`` were taken back to back)."""
 
     bench: str
     backend: str
     old: list[float] = field(default_factory=list[float])
     new: list[float] = field(default_factory=list[float])
+    old_cpu: list[float] = field(default_factory=list[float])
+    new_cpu: list[float] = field(default_factory=list[float])
     error: str | None = None
 
     @property
     def ratio(self) -> float:
-        """The median of the rounds' own new/old ratios."""
+        """The median of the pairs' own new/old ratios."""
         return statistics.median(n / o for n, o in zip(self.new, self.old, strict=True))
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """The same on the children's CPU time (time mode only)."""
+        if not self.old_cpu:
+            return None
+        pairs = zip(self.new_cpu, self.old_cpu, strict=True)
+        return statistics.median(n / o for n, o in pairs)
 
 
 # --- the trees ----------------------------------------------------------------------
@@ -177,23 +196,22 @@ def describe(root: Path) -> str:
 # --- the children -------------------------------------------------------------------
 
 
-def run_child(
-    tree: Tree,
-    bench: str,
-    backend: str,
-    n: int,
-    reps: int,
-    tag: str,
-    *,
-    valgrind: bool = False,
-) -> dict[str, Any]:
-    """Run one child against ``tree``; return its report (plus ``instructions`` under
-    valgrind).  Raises `ChildError` if it fails or imported another tree's package."""
+def child_env(tree: Tree, *, valgrind: bool = False) -> dict[str, str]:
+    """The environment of a child of ``tree``: its ``src/`` first on ``PYTHONPATH``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(tree.src), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-    command = [
+    if valgrind:
+        # A fixed hash seed: set and dict orders, and so the work done, repeat exactly.
+        env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def child_command(
+    tree: Tree, bench: str, backend: str, n: int, reps: int, tag: str, *extra: str
+) -> list[str]:
+    return [
         sys.executable,
         str(CHILD),
         "--src",
@@ -208,10 +226,34 @@ def run_child(
         str(reps),
         "--tag",
         tag,
+        *extra,
     ]
+
+
+def check_import(tree: Tree, report: dict[str, Any]) -> None:
+    """Stop the run if a child imported another tree's package."""
+    imported = Path(report["file"]).resolve()
+    if not imported.is_relative_to(tree.src.resolve()):
+        raise SystemExit(
+            f"the {tree.label} child imported {imported}, not the package under {tree.src}:"
+            " the comparison would be meaningless"
+        )
+
+
+def run_child(
+    tree: Tree,
+    bench: str,
+    backend: str,
+    n: int,
+    reps: int,
+    tag: str,
+    *,
+    valgrind: bool = False,
+) -> dict[str, Any]:
+    """Run one child against ``tree`` to its end; return its report (plus
+    ``instructions`` under valgrind).  Raises `ChildError` if it fails."""
+    command = child_command(tree, bench, backend, n, reps, tag)
     if valgrind:
-        # A fixed hash seed: set and dict orders, and so the work done, repeat exactly.
-        env["PYTHONHASHSEED"] = "0"
         command = [
             "valgrind",
             "--tool=cachegrind",
@@ -221,28 +263,90 @@ def run_child(
         ]
     try:
         done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=1800, check=False
+            command,
+            env=child_env(tree, valgrind=valgrind),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ChildError(
-            f"{tree.label} {bench} {backend}: timed out after {exc.timeout} s"
-        ) from None
+        why = f"timed out after {exc.timeout} s"
+        raise ChildError(f"{tree.label} {bench} {backend}: {why}") from None
     if done.returncode != 0 or not done.stdout.strip():
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise ChildError(f"{tree.label} {bench} {backend}: exit {done.returncode}\n{tail}")
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    imported = Path(report["file"]).resolve()
-    if not imported.is_relative_to(tree.src.resolve()):
-        raise SystemExit(
-            f"the {tree.label} child imported {imported}, not the package under {tree.src}:"
-            " the comparison would be meaningless"
-        )
+    check_import(tree, report)
     if valgrind:
         found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
         if found is None:
             raise ChildError(f"{tree.label} {bench} {backend}: no 'I refs' in valgrind's output")
         report["instructions"] = int(found.group(1).replace(",", ""))
     return report
+
+
+class Server:
+    """A child of one tree in ``--serve`` mode: warmed up, it times one repetition
+    each time `go` asks.  Raises `ChildError` when it fails or stays silent for
+    ``CHILD_TIMEOUT`` seconds."""
+
+    def __init__(self, tree: Tree, bench: str, backend: str, n: int, tag: str) -> None:
+        self.tree, self.what = tree, f"{tree.label} {bench} {backend}"
+        # Closed in close(): the file outlives this method, as the child does.
+        self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            child_command(tree, bench, backend, n, 0, tag, "--serve"),
+            env=child_env(tree),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+        )
+        try:
+            self._read()  # ready: warmed up
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        # One line per request and nothing else on stdout, so the pipe's readiness
+        # is the line's (no line waits in the reader's buffer).
+        ready, _, _ = select.select([self.process.stdout], [], [], CHILD_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            self.errors.seek(0)
+            tail = "\n".join(self.errors.read().strip().splitlines()[-6:])
+            why = f"exit {self.process.returncode}" if ready else "no answer"
+            raise ChildError(f"{self.what}: {why}\n{tail}")
+        report: dict[str, Any] = json.loads(line)
+        check_import(self.tree, report)
+        return report
+
+    def go(self) -> tuple[float, float]:
+        """Wall-clock and CPU seconds per operation of one repetition."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        report = self._read()
+        return float(report["seconds_per_op"]), float(report["cpu_per_op"])
+
+    def close(self) -> None:
+        """Ask the child to stop (it drops what it wrote), and wait for it."""
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write("stop\n")
+            self.process.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.errors.close()
 
 
 def check_trees(trees: Sequence[Tree], benches: Sequence[str], tag: str) -> dict[str, str]:
@@ -268,20 +372,43 @@ def check_trees(trees: Sequence[Tree], benches: Sequence[str], tag: str) -> dict
 # --- the two modes ------------------------------------------------------------------
 
 
-def one_figure(
-    tree: Tree, bench: str, backend: str, tag: str, *, quick: bool, instructions: bool
-) -> float:
-    """Seconds per operation (median of the child's repetitions) or, with
-    ``instructions``, instructions per operation (the two-size difference)."""
+def time_session(
+    trees: Sequence[Tree], bench: str, backend: str, pairs: int, tag: str, *, quick: bool
+) -> dict[str, list[float]]:
+    """One session: a server per tree, then ``pairs`` repetitions of each, back to
+    back, the order flipping every pair.  Seconds per operation, per tree (and per
+    tree + ``" cpu"``, CPU seconds)."""
+    n = SIZES[bench].quick_n if quick else SIZES[bench].n
+    figures: dict[str, list[float]] = {}
+    for tree in trees:
+        figures[tree.label], figures[f"{tree.label} cpu"] = [], []
+    servers: dict[str, Server] = {}
+    try:
+        for tree in trees:
+            servers[tree.label] = Server(tree, bench, backend, n, f"{tag}_{tree.label}")
+        for pair in range(pairs):
+            for tree in trees if pair % 2 == 0 else reversed(trees):
+                wall, cpu = servers[tree.label].go()
+                figures[tree.label].append(wall)
+                figures[f"{tree.label} cpu"].append(cpu)
+    finally:
+        for server in servers.values():
+            server.close()
+    return figures
+
+
+def instruction_session(
+    trees: Sequence[Tree], bench: str, backend: str, tag: str
+) -> dict[str, list[float]]:
+    """Instructions per operation of each tree: ``(I(N2) - I(N1)) / (N2 - N1)``."""
     sizes = SIZES[bench]
-    if instructions:
-        small = run_child(tree, bench, backend, sizes.n1, 1, f"{tag}a", valgrind=True)
-        large = run_child(tree, bench, backend, sizes.n2, 1, f"{tag}b", valgrind=True)
-        return float(large["instructions"] - small["instructions"]) / (sizes.n2 - sizes.n1)
-    n = sizes.quick_n if quick else sizes.n
-    reps = 2 if quick else sizes.reps
-    report = run_child(tree, bench, backend, n, reps, tag)
-    return float(statistics.median(report["seconds_per_op"]))
+    figures: dict[str, list[float]] = {}
+    for tree in trees:
+        small = run_child(tree, bench, backend, sizes.n1, 1, f"{tag}_{tree.label}a", valgrind=True)
+        large = run_child(tree, bench, backend, sizes.n2, 1, f"{tag}_{tree.label}b", valgrind=True)
+        per_op = (large["instructions"] - small["instructions"]) / (sizes.n2 - sizes.n1)
+        figures[tree.label] = [float(per_op)]
+    return figures
 
 
 def measure(
@@ -289,13 +416,14 @@ def measure(
     benches: Sequence[str],
     backends: Sequence[str],
     rounds: int,
+    pairs: int,
     tag: str,
     *,
     quick: bool,
     instructions: bool,
 ) -> list[Result]:
-    """Every benchmark on every backend, ``rounds`` times, the two trees back to back
-    (old first in even rounds, new first in odd ones)."""
+    """Every benchmark on every backend, ``rounds`` sessions each (the old tree
+    first in even rounds, the new one in odd ones)."""
     results = {(b, k): Result(b, k) for b in benches for k in backends}
     for round_ in range(rounds):
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
@@ -305,39 +433,41 @@ def measure(
                 result = results[bench, backend]
                 if result.error is not None:
                     continue
-                figures: dict[str, float] = {}
-                for tree in order:
-                    child_tag = f"{tag}_{tree.label}_{backend[0]}{round_}"
+                session_tag = f"{tag}_{backend[0]}{round_}"
+                figures: dict[str, list[float]] = {}
+                for attempt in range(2):
                     try:
-                        figures[tree.label] = one_figure(
-                            tree, bench, backend, child_tag, quick=quick, instructions=instructions
-                        )
+                        if instructions:
+                            figures = instruction_session(order, bench, backend, session_tag)
+                        else:
+                            figures = time_session(
+                                order, bench, backend, pairs, session_tag, quick=quick
+                            )
+                        break
                     except ChildError as exc:
                         # A tree being edited may fail now and then: one retry.
-                        print(f"  {bench} {backend}: {exc}\n  retrying once", flush=True)
-                        try:
-                            figures[tree.label] = one_figure(
-                                tree,
-                                bench,
-                                backend,
-                                f"{child_tag}r",
-                                quick=quick,
-                                instructions=instructions,
-                            )
-                        except ChildError as again:
-                            result.error = str(again)
-                            break
+                        print(f"  {bench} {backend}: {exc}", flush=True)
+                        if attempt:
+                            result.error = str(exc)
+                        session_tag += "r"
                 if result.error is not None:
                     print(f"  {bench:9s} {backend:8s} FAILED, dropped", flush=True)
                     continue
-                result.old.append(figures["old"])
-                result.new.append(figures["new"])
-                print(
-                    f"  {bench:9s} {backend:8s} old {fmt(bench, figures['old'], instructions):>12s}"
-                    f"  new {fmt(bench, figures['new'], instructions):>12s}"
-                    f"  new/old {figures['new'] / figures['old']:.3f}",
-                    flush=True,
-                )
+                result.old.extend(figures["old"])
+                result.new.extend(figures["new"])
+                result.old_cpu.extend(figures.get("old cpu", []))
+                result.new_cpu.extend(figures.get("new cpu", []))
+                ratios = [n / o for n, o in zip(figures["new"], figures["old"], strict=True)]
+                old = fmt(bench, statistics.median(figures["old"]), instructions)
+                new = fmt(bench, statistics.median(figures["new"]), instructions)
+                line = f"  {bench:9s} {backend:8s} old {old:>12s}  new {new:>12s}"
+                line += f"  new/old {statistics.median(ratios):.3f}"
+                if len(ratios) > 1:
+                    line += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+                if "old cpu" in figures:
+                    cpu = zip(figures["new cpu"], figures["old cpu"], strict=True)
+                    line += f"  cpu {statistics.median(n / o for n, o in cpu):.3f}"
+                print(line, flush=True)
     return list(results.values())
 
 
@@ -351,23 +481,34 @@ def fmt(bench: str, figure: float, instructions: bool) -> str:
 
 def table(results: Sequence[Result], instructions: bool) -> str:
     """The verdicts as a Markdown table (it pastes into the docs)."""
-    unit = "instructions per op" if instructions else "median per op"
-    lines = [
-        f"| benchmark | backend | old ({unit}) | new | new / old | target | |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
+    if instructions:
+        lines = [
+            "| benchmark | backend | old (instructions per op) | new | new / old | target | |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+    else:
+        lines = [
+            "| benchmark | backend | old (median per op) | new | new / old"
+            " | CPU time new / old | target | |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
     for result in results:
         name = LABELS[result.bench]
+        cells = [name, result.backend]
         if result.error is not None or not result.old:
-            lines.append(f"| {name} | {result.backend} | | | | <= {TARGET} | ERROR |")
-            continue
-        old = fmt(result.bench, statistics.median(result.old), instructions)
-        new = fmt(result.bench, statistics.median(result.new), instructions)
-        ratio = result.ratio
-        lines.append(
-            f"| {name} | {result.backend} | {old} | {new} | {ratio:.3f}x | <= {TARGET} |"
-            f" {verdict(ratio, TARGET, '<=')} |"
-        )
+            cells += [""] * (3 if instructions else 4) + [f"<= {TARGET}", "ERROR"]
+        else:
+            ratio = result.ratio
+            cells += [
+                fmt(result.bench, statistics.median(result.old), instructions),
+                fmt(result.bench, statistics.median(result.new), instructions),
+                f"{ratio:.3f}x",
+            ]
+            if not instructions:
+                cpu = result.cpu_ratio
+                cells.append("" if cpu is None else f"{cpu:.3f}x")
+            cells += [f"<= {TARGET}", verdict(ratio, TARGET, "<=")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -417,11 +558,14 @@ def main() -> int:
     parser.add_argument(
         "--new", help="a commit or a checkout to measure as the new side (default: this one)"
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="small sizes, fewer pairs")
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions under valgrind"
     )
-    parser.add_argument("--rounds", type=int, help="rounds (11; 3 with --quick; 1 counting)")
+    parser.add_argument(
+        "--rounds", type=int, help="sessions per benchmark (3; 2 quick; 1 counting)"
+    )
+    parser.add_argument("--pairs", type=int, help="timed pairs per session (15; 5 quick)")
     parser.add_argument("--only", nargs="+", choices=BENCHES, help="run only these benchmarks")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -437,10 +581,14 @@ def main() -> int:
     elif args.instructions:
         rounds = 1
     else:
-        rounds = 3 if args.quick else 11
-    if args.instructions and subprocess.run(["which", "valgrind"], capture_output=True).returncode:
+        rounds = 2 if args.quick else 3
+    pairs = args.pairs if args.pairs is not None else 5 if args.quick else 15
+    if args.instructions and shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install -y valgrind)")
 
+    # A SIGTERM ends the run through the clean-up below (children stopped, schemas
+    # and keys swept), not in the middle of it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.perf_counter()
     made: list[Path] = []
     base_root = worktree(args.base)
@@ -451,7 +599,8 @@ def main() -> int:
         new_root = Path(args.new).resolve()
     else:
         new_root = worktree(args.new)
-        made.append(new_root)
+        if new_root not in made:
+            made.append(new_root)
     trees = [
         Tree("old", base_root, describe(base_root)),
         Tree("new", new_root, describe(new_root)),
@@ -459,7 +608,8 @@ def main() -> int:
     tag = uuid.uuid4().hex[:8]
     mode = "instructions (cachegrind, two-size difference)" if args.instructions else "time"
     print(f"old: {trees[0].description}\nnew: {trees[1].description}")
-    print(f"mode: {mode}; {rounds} rounds; backends: {', '.join(backends)}; tag {tag}")
+    shape = f"{rounds} rounds" if args.instructions else f"{rounds} sessions x {pairs} pairs"
+    print(f"mode: {mode}; {shape}; backends: {', '.join(backends)}; tag {tag}")
     try:
         print("\nchecking both trees run every benchmark", flush=True)
         failed = check_trees(trees, benches, tag)
@@ -468,6 +618,7 @@ def main() -> int:
             [b for b in benches if b not in failed],
             backends,
             rounds,
+            pairs,
             tag,
             quick=args.quick,
             instructions=args.instructions,
@@ -486,7 +637,7 @@ def main() -> int:
 
     order = {(b, k): i for i, (b, k) in enumerate((b, k) for b in BENCHES for k in BACKENDS)}
     results.sort(key=lambda r: order[r.bench, r.backend])
-    print(f"\n=== new / old ({time.perf_counter() - started:.0f} s, {mode}, {rounds} rounds)")
+    print(f"\n=== new / old ({time.perf_counter() - started:.0f} s, {mode}, {shape})")
     print(table(results, args.instructions))
 
     summary = Summary()
@@ -508,6 +659,7 @@ def main() -> int:
                     "new": trees[1].description,
                     "mode": "instructions" if args.instructions else "time",
                     "rounds": rounds,
+                    "pairs": None if args.instructions else pairs,
                     "target": TARGET,
                     "results": [
                         {
@@ -515,6 +667,9 @@ def main() -> int:
                             "backend": r.backend,
                             "old": r.old,
                             "new": r.new,
+                            "old_cpu": r.old_cpu,
+                            "new_cpu": r.new_cpu,
+                            "cpu_ratio": r.cpu_ratio if r.error is None and r.old else None,
                             "ratio": r.ratio if r.error is None and r.old else None,
                             "error": r.error,
                         }

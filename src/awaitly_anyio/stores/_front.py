@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
 
 from .._checks import check_id, check_key, check_lease, ttl_seconds
@@ -74,13 +75,16 @@ class StoreFront:
         self._closed = False
 
     async def __aenter__(self) -> Self:
-        """Open the store now (connect, create or migrate its tables); if that fails,
-        it is closed again and the error raised."""
+        """Open the store now (connect, create or migrate its tables); if that fails or
+        is cancelled, the store is closed again (shielded: closing is bounded) and the
+        error raised."""
         self._check_open()
         try:
             await self._driver.open()
         except BaseException:
-            await self.close()
+            # Connected but could not start (a newer schema, say): let nothing leak.
+            with anyio.CancelScope(shield=True):
+                await self.close()
             raise
         return self
 

@@ -212,35 +212,22 @@ def _row(fields: Mapping[str, str | None]) -> RunRow:
     return _parse(fields)[0]
 
 
-def _hash(row: RunRow) -> builtins.list[str]:
-    """A run row as field/value pairs (without the lease)."""
-    return [
-        "workflow_name",
-        row.workflow_name,
-        "status",
-        row.status,
-        "result_json",
-        row.result_json or "",
-        "metadata_json",
-        row.metadata_json,
-        "created_at",
-        _num(row.created_at),
-        "updated_at",
-        _num(row.updated_at),
-        "expires_at",
-        _num(row.expires_at),
-        "format_version",
-        str(row.format_version),
-    ]
-
-
-def _leased_hash(row: RunRow) -> dict[str, str]:
-    """A run row as a mapping of every field, its lease included."""
-    pairs = _hash(row)
-    mapping = dict(zip(pairs[::2], pairs[1::2], strict=True))
-    mapping["lease_owner"] = row.lease_owner or ""
-    mapping["lease_expires_at"] = _num(row.lease_expires_at)
-    return mapping
+def _fields(row: RunRow, *, lease: bool) -> dict[str, str]:
+    """A run row as its hash's fields, with or without the lease."""
+    fields = {
+        "workflow_name": row.workflow_name,
+        "status": row.status,
+        "result_json": row.result_json or "",
+        "metadata_json": row.metadata_json,
+        "created_at": _num(row.created_at),
+        "updated_at": _num(row.updated_at),
+        "expires_at": _num(row.expires_at),
+        "format_version": str(row.format_version),
+    }
+    if lease:
+        fields["lease_owner"] = row.lease_owner or ""
+        fields["lease_expires_at"] = _num(row.lease_expires_at)
+    return fields
 
 
 def _in_order(steps: Mapping[str, str]) -> builtins.list[tuple[str, str]]:
@@ -384,11 +371,7 @@ class _RedisDriver:
         def write(pipe: Any, run_key: str, steps_key: str) -> None:
             if drop:
                 pipe.delete(run_key, steps_key)
-            if lease:
-                pipe.hset(run_key, mapping=_leased_hash(row))
-            else:
-                pairs = _hash(row)
-                pipe.hset(run_key, mapping=dict(zip(pairs[::2], pairs[1::2], strict=True)))
+            pipe.hset(run_key, mapping=_fields(row, lease=lease))
             pipe.persist(run_key)
             pipe.persist(steps_key)
             pipe.zadd(self._index, {id: now})
@@ -431,7 +414,7 @@ class _RedisDriver:
             _num(now),
             _ttl_ms(row.expires_at, now),
             "1" if row.status in _ACTIVE else "0",
-            *_hash(row),
+            *[text for pair in _fields(row, lease=False).items() for text in pair],
             "--",
         ]
         for key, text in steps:

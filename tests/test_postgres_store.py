@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,37 @@ async def test_concurrent_ends_are_recorded_together_each_on_its_own_terms(schem
     # Updated rows carry the xmin of the transaction that updated them.
     rows, transactions = await written_by(schema, "runs", "id LIKE 'ours-%'")
     assert (rows, transactions <= 3) == (30, True)
+
+
+async def test_metadata_sql_cannot_merge_is_merged_in_one_transaction_on_the_same_terms(
+    schema: str,
+) -> None:
+    at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    async with PostgresStore(DSN, schema=schema) as store:
+        # Stored metadata that is tagged as a whole (a "$t" key of its own): jsonb ||
+        # would corrupt it, so the end is merged in Python.
+        await store.claim("tagged", "orders", owner="a", lease=60, metadata={"$t": "x", "n": 1})
+        await store.finish("tagged", "completed", Ok(1), None, metadata={"n": 2}, owner="a")
+        # A tagged value in the new metadata: merged in Python too.
+        await store.claim("dated", "orders", owner="a", lease=60, metadata={"n": 1})
+        await store.finish("dated", "failed", None, None, metadata={"at": at}, owner="a")
+        # And refused on the same terms as the one-statement end.
+        await store.claim("theirs", "orders", owner="b", lease=60)
+        with pytest.raises(LeaseLostError):
+            await store.finish("theirs", "failed", None, None, metadata={"at": at}, owner="a")
+        with pytest.raises(LookupError):
+            await store.finish("gone", "failed", None, None, metadata={"at": at}, owner="a")
+
+        tagged, dated, theirs = [await store.load(id) for id in ("tagged", "dated", "theirs")]
+        assert tagged is not None
+        assert dated is not None
+        assert theirs is not None
+        assert (tagged.status, dict(tagged.metadata)) == ("completed", {"$t": "x", "n": 2})
+        assert (dated.status, dict(dated.metadata)) == ("failed", {"n": 1, "at": at})
+        assert (theirs.status, dict(theirs.metadata)) == ("running", {})
+        # Each end released its lease: another owner may claim the run at once.
+        claimed = await store.claim("dated", "orders", owner="c", lease=60)
+        assert claimed.outcome == "claimed"
 
 
 async def test_a_lost_connection_is_an_error_and_the_store_recovers(schema: str) -> None:

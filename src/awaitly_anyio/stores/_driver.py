@@ -259,7 +259,9 @@ class RowDriver(Protocol):
         descending by code point), those whose id starts with ``prefix``, whose
         status is ``status`` and which come strictly after position ``after`` (an
         ``(at, id)`` from an earlier `ListedRow`).  A run that cannot be read is listed
-        too (as a `ListedRow` with ``damage``), unless ``status`` is given."""
+        too (as a `ListedRow` with ``damage``), unless ``status`` is given.  The front
+        asks for one more run than a page holds, to learn whether another page follows,
+        and makes the next page's cursor from the last `ListedRow`'s ``at`` and ``id``."""
         ...
 
     async def purge(self, now: float) -> int:

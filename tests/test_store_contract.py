@@ -93,3 +93,29 @@ async def _open_docs_store(folder: Path, clock: FakeClock) -> AsyncIterator[Any]
 
 
 TestDocsDictStore = check_store(_open_docs_store)
+
+
+# ---- check_store's own arguments -------------------------------------------------------------
+
+
+def test_check_store_refuses_half_a_damage_kit_and_unknown_names() -> None:
+    async def damage(store: Any, run_id: str, part: str) -> None: ...
+
+    async def raw(store: Any, run_id: str) -> Any: ...
+
+    with pytest.raises(TypeError, match="both"):
+        check_store(_open_docs_store, damage=damage)
+    with pytest.raises(TypeError, match="both"):
+        check_store(_open_docs_store, raw=raw)
+    with pytest.raises(ValueError, match="melted"):
+        check_store(_open_docs_store, damage=damage, raw=raw, damages=["step", "melted"])
+    with pytest.raises(ValueError, match="backends"):
+        check_store(_open_docs_store, backends=["curio"])
+    with pytest.raises(ValueError, match="backends"):
+        check_store(_open_docs_store, backends=[])
+
+
+def test_check_store_makes_a_class_pytest_collects() -> None:
+    made = check_store(_open_docs_store, backends=["asyncio"])
+    assert made.__test__ is True
+    assert "test_hostile_ids_are_only_ever_data" in dir(made)

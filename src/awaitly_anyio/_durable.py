@@ -25,8 +25,8 @@ body, finish); this module installs `open_session` into the core's slot
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import itertools
 import os
 import secrets
 import socket
@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import attrs
 
-from ._bridge import current_async_library
 from ._checks import check_id, check_lease, ttl_seconds
 from ._clock import Clock
 from ._errors import (
@@ -51,10 +50,10 @@ from ._errors import (
     WorkflowMismatchError,
 )
 from ._ids import uuid4_text
+from ._loops import Loop, current
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._run import Emit, logger
-from ._scopes import cancel_scope, shielded
 from ._session import IfRunning, install
 from ._snapshot import RunStatus, WorkflowSnapshot
 from ._store import (
@@ -65,7 +64,6 @@ from ._store import (
     SnapshotStore,
     Ttl,
 )
-from ._timers import trio_call_later
 from ._times import from_epoch, iso_from_epoch
 from .events import TRACE_CONTEXT_KEY, EventHandler, WorkflowResumed
 from .serialization import (
@@ -121,7 +119,7 @@ def _remember_abandoned(workflow_id: str, owner: str | None) -> None:
 async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) -> None:
     """Await ``write()`` shielded from outside cancellation for ``bound`` seconds;
     ``TimeoutError`` if it was abandoned then."""
-    with shielded(bound) as scope:
+    with current().shielded(bound) as scope:
         await write()
     if scope.cancelled_caught:
         raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
@@ -236,6 +234,7 @@ class _Checkpointer:
         run_id: str,
         registry: TypeRegistry,
         now: Callable[[], float],
+        loop: Loop,
         owner: str | None = None,
         bound: float = FINAL_CHECKPOINT_SECONDS,
     ) -> None:
@@ -243,6 +242,7 @@ class _Checkpointer:
         self._run_id = run_id
         self._registry = registry
         self._now = now
+        self._loop = loop
         self._owner = owner
         self._bound = bound
 
@@ -283,7 +283,7 @@ class _Checkpointer:
             # would run again on resume.  One short write, so it is shielded (bounded).
             # `_shielded_write` spelt out: every keyed step passes here, and its closure
             # and extra coroutine would be paid on each one.
-            with shielded(self._bound) as scope:
+            with self._loop.shielded(self._bound) as scope:
                 if self._owner is None:  # stores without leases need not know the keyword
                     await self._target.checkpoint(self._run_id, step)
                 else:
@@ -414,6 +414,7 @@ class DurableSession:
         "_checkpoints",
         "_keeper",
         "_leases",
+        "_loop",
         "_options",
         "_owner",
         "_registry",
@@ -455,6 +456,7 @@ class DurableSession:
         self._owner: str | None = None
         self._target: CheckpointStore | _WholeSnapshots | None = None
         self._keeper: _LeaseKeeper | None = None
+        self._loop: Loop | None = None
         self.resume: WorkflowSnapshot | None = None
         self.checkpoint: _Checkpointer | None = None
         self.input: Any = None
@@ -470,58 +472,24 @@ class DurableSession:
         first recorded (in a shielded scope of at most ``store_write_timeout``), so
         the run never keeps a lease nobody renews.
         """
-        if self._leases:
-            return await self._begin_leased(cast(LeaseStore, self._store))
-        return await self._begin_plain(self._store)
-
-    async def _begin_plain(self, store: SnapshotStore) -> Result[Any, Any] | None:
-        run, workflow_id, options = self, self.workflow_id, self._options
-        try:
-            snapshot = await store.load(workflow_id)
-        except SnapshotDecodeError as exc:
-            return Err(exc)
-        except Exception as exc:
-            return Err(StoreError("load", workflow_id, _describe(exc)))
-        if snapshot is not None:
-            if snapshot.workflow_name != run.workflow_name:
-                return Err(
-                    WorkflowMismatchError(workflow_id, snapshot.workflow_name, run.workflow_name)
-                )
-            if snapshot.status == "completed" and snapshot.result is not None:
-                return snapshot.result
-        target: CheckpointStore | _WholeSnapshots = (
-            cast(CheckpointStore, store) if self._checkpoints else _WholeSnapshots(store, snapshot)
-        )
-        self._target = target
-        input, metadata = _input_and_metadata(options, snapshot)
-        if run.handlers:
-            if snapshot is None:
-                metadata = _with_trace_carrier(run, workflow_id, metadata)
-            else:
-                _emit_resumed(run, workflow_id, snapshot.metadata)
-        try:
-            await target.mark_running(workflow_id, run.workflow_name, metadata=metadata)
-        except SerializationError as exc:
-            return Err(exc)
-        except Exception as exc:
-            return Err(StoreError("start", workflow_id, _describe(exc)))
-        self.resume = snapshot
-        self.input = input
-        self.checkpoint = _Checkpointer(
-            target, workflow_id, self._registry, run.clock.time, None, options.write_timeout
-        )
-        return None
-
-    async def _begin_leased(self, store: LeaseStore) -> Result[Any, Any] | None:
-        run, workflow_id, options = self, self.workflow_id, self._options
+        # The session lives in one task: its loop is looked up once, here.
+        loop = self._loop = current()
+        if not self._leases:
+            return await self._begin_plain(self._store, loop)
+        # The leased path, every run of every shipped store, is spelt out here (no
+        # coroutine between the workflow and the store's claim).
+        store = cast(LeaseStore, self._store)
+        workflow_id, options = self.workflow_id, self._options
         owner = options.owner or _abandoned.pop(workflow_id, None) or default_owner()
         self._owner = owner
         self._target = store
-        metadata = dict(options.metadata or {})
-        if options.input is not None:
-            metadata[INPUT_KEY] = options.input
+        metadata: dict[str, Any] | None = None
+        if options.metadata or options.input is not None:
+            metadata = dict(options.metadata or {})
+            if options.input is not None:
+                metadata[INPUT_KEY] = options.input
         stored_trace: object = None
-        if run.handlers and _trace_sources(run):
+        if self.handlers and _trace_sources(self):
             # Someone wants the run's trace context kept: only a run created now takes
             # it (one read first, paid only then), an existing run keeps its original one.
             try:
@@ -530,20 +498,35 @@ class DurableSession:
                 existing = None  # the claim reports what is wrong with the store or run
             else:
                 if existing is None:
-                    metadata = dict(_with_trace_carrier(run, workflow_id, metadata) or {})
+                    metadata = dict(_with_trace_carrier(self, workflow_id, metadata) or {})
                 else:
                     stored_trace = existing.metadata.get(TRACE_CONTEXT_KEY)
         try:
             # From the claim on, a cancellation (even one landing mid-claim) is recorded,
             # so the run is never left holding a lease nobody renews.
-            claimed = await _claim(run, store, workflow_id, owner, options, metadata or None)
-            if not isinstance(claimed, Claim):
-                return claimed
+            try:
+                claim = await store.claim(
+                    workflow_id,
+                    self.workflow_name,
+                    owner=owner,
+                    lease=options.lease,
+                    metadata=metadata or None,
+                )
+            except (SerializationError, SnapshotDecodeError) as exc:
+                # A run that cannot be decoded is refused by the claim itself, untouched.
+                return Err(exc)
+            except Exception as exc:
+                return Err(StoreError("claim", workflow_id, _describe(exc)))
+            if claim.outcome != "claimed":
+                settled = await _settle_claim(self, store, owner, metadata or None, claim)
+                if not isinstance(settled, Claim):
+                    return settled
+                claim = settled
             # The stores shipped here decode an existing run while claiming it (so a
             # damaged one is refused before anything is written) and hand it over: no
             # second read.
-            snapshot: WorkflowSnapshot | None = claimed.snapshot
-            if not claimed.fresh and snapshot is None:
+            snapshot: WorkflowSnapshot | None = claim.snapshot
+            if not claim.fresh and snapshot is None:
                 try:
                     snapshot = await store.load(workflow_id)
                 except SnapshotDecodeError as exc:
@@ -555,17 +538,67 @@ class DurableSession:
         except BaseException:
             await _record_cancellation(store, workflow_id, owner, options.write_timeout)
             raise
-        input = options.input
-        if input is None and snapshot is not None:
-            input = snapshot.metadata.get(INPUT_KEY)
-        if snapshot is not None and run.handlers:
-            _emit_resumed(run, workflow_id, snapshot.metadata, stored_trace)
+        if snapshot is not None:
+            self.resume = snapshot
+            input = options.input
+            self.input = snapshot.metadata.get(INPUT_KEY) if input is None else input
+            if self.handlers:
+                _emit_resumed(self, workflow_id, snapshot.metadata, stored_trace)
+        else:
+            self.input = options.input
+        self.checkpoint = _Checkpointer(
+            store,
+            workflow_id,
+            self._registry,
+            self.clock.time,
+            loop,
+            owner,
+            options.write_timeout,
+        )
+        self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease, loop)
+        return None
+
+    async def _begin_plain(self, store: SnapshotStore, loop: Loop) -> Result[Any, Any] | None:
+        workflow_id, options = self.workflow_id, self._options
+        try:
+            snapshot = await store.load(workflow_id)
+        except SnapshotDecodeError as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("load", workflow_id, _describe(exc)))
+        if snapshot is not None:
+            if snapshot.workflow_name != self.workflow_name:
+                stored = snapshot.workflow_name
+                return Err(WorkflowMismatchError(workflow_id, stored, self.workflow_name))
+            if snapshot.status == "completed" and snapshot.result is not None:
+                return snapshot.result
+        target: CheckpointStore | _WholeSnapshots = (
+            cast(CheckpointStore, store) if self._checkpoints else _WholeSnapshots(store, snapshot)
+        )
+        self._target = target
+        input, metadata = _input_and_metadata(options, snapshot)
+        if self.handlers:
+            if snapshot is None:
+                metadata = _with_trace_carrier(self, workflow_id, metadata)
+            else:
+                _emit_resumed(self, workflow_id, snapshot.metadata)
+        try:
+            await target.mark_running(workflow_id, self.workflow_name, metadata=metadata)
+        except SerializationError as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("start", workflow_id, _describe(exc)))
         self.resume = snapshot
         self.input = input
         self.checkpoint = _Checkpointer(
-            store, workflow_id, self._registry, run.clock.time, owner, options.write_timeout
+            target,
+            workflow_id,
+            self._registry,
+            self.clock.time,
+            loop,
+            None,
+            options.write_timeout,
         )
-        self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease)
         return None
 
     def __enter__(self) -> None:
@@ -610,24 +643,45 @@ class DurableSession:
         most ``store_write_timeout``; a store failure returns ``Err(StoreError)``, a
         final value with no JSON form ``Err(SerializationError)``.
         """
+        workflow_id, owner = self.workflow_id, self._owner
         keeper = self._keeper
         if keeper is not None:
             if keeper.lost or result is None:
-                return Err(LeaseLostError(self.workflow_id, self._owner or "?"))
+                return Err(LeaseLostError(workflow_id, owner or "?"))
             if isinstance(result, Err) and isinstance(result.error, LeaseLostError):
                 return result
         assert result is not None
-        assert self._target is not None
-        return await _finish(
-            self._target,
-            self._store,
-            self,
-            self.workflow_id,
-            result,
-            self._registry,
-            self._options,
-            self._owner,
-        )
+        target, options, loop = self._target, self._options, self._loop
+        assert target is not None
+        assert loop is not None
+        result, stored, text = _encode_final(result, self._registry)
+        bound = options.write_timeout
+        try:
+            # The run's work is done: record it even if a shutdown is cancelling us (a
+            # short, bounded write), or the whole run would be executed again.  The
+            # common end (completed, kept) is spelt out: no coroutine between here and
+            # the store's write.
+            with loop.shielded(bound) as scope:
+                if isinstance(result, Ok) and not options.delete_on_success:
+                    if owner is None:
+                        await target.finish(workflow_id, "completed", stored, text, ttl=options.ttl)
+                    else:
+                        await target.finish(
+                            workflow_id, "completed", stored, text, ttl=options.ttl, owner=owner
+                        )
+                else:
+                    await _record_end(
+                        target, self._store, self, workflow_id, result, stored, text, options, owner
+                    )
+            if scope.cancelled_caught:
+                raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
+        except LeaseLostError as exc:
+            return Err(exc)
+        except Exception as exc:
+            # Its lease (if any) is left unrenewed: a later start here takes it over at once.
+            _remember_abandoned(workflow_id, owner)
+            return Err(StoreError("finish", workflow_id, _describe(exc)))
+        return result
 
 
 def _input_and_metadata(
@@ -724,34 +778,43 @@ def _host() -> str:
     return socket.gethostname()
 
 
+_owner_prefix: str | None = None
+_owner_count = itertools.count(1)
+
+
+def _forget_owner_prefix() -> None:
+    global _owner_prefix
+    _owner_prefix = None
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has its own pid and random part
+    os.register_at_fork(after_in_child=_forget_owner_prefix)
+
+
 def default_owner() -> str:
-    """A lease owner id unique to this process and call: ``host:pid:random``."""
-    return f"{_host()}:{os.getpid()}:{secrets.token_hex(6)}"
+    """A lease owner id unique to this process and call: ``host:pid:random``, the
+    random part a process-wide random prefix and a per-call counter."""
+    global _owner_prefix
+    prefix = _owner_prefix
+    if prefix is None:
+        # One random draw per process (a system call each time was most of the cost).
+        prefix = _owner_prefix = f"{_host()}:{os.getpid()}:{secrets.token_hex(6)}"
+    return f"{prefix}{next(_owner_count):x}"
 
 
-async def _claim(
+async def _settle_claim(
     run: DurableSession,
     store: LeaseStore,
-    workflow_id: str,
     owner: str,
-    options: DurableOptions,
     metadata: Mapping[str, Any] | None,
+    claim: Claim,
 ) -> Claim | Result[Any, Any]:
-    """Claim the run, waiting for another holder if asked; a Result ends the run here."""
+    """Settle a claim that did not take the run: a Result ends the run here (its stored
+    result, a mismatch, a run held elsewhere with ``if_running="error"``); otherwise
+    claim again (after waiting for the holder, on the workflow's clock) until it is
+    taken."""
+    workflow_id, options = run.workflow_id, run._options
     while True:
-        try:
-            claim = await store.claim(
-                workflow_id,
-                run.workflow_name,
-                owner=owner,
-                lease=options.lease,
-                metadata=metadata,
-            )
-        except (SerializationError, SnapshotDecodeError) as exc:
-            # A run that cannot be decoded is refused by the claim itself, untouched.
-            return Err(exc)
-        except Exception as exc:
-            return Err(StoreError("claim", workflow_id, _describe(exc)))
         if claim.outcome == "claimed":
             return claim
         if claim.outcome == "mismatch":
@@ -766,12 +829,25 @@ async def _claim(
                 return Err(StoreError("load", workflow_id, _describe(exc)))
             if snapshot is not None and snapshot.result is not None:
                 return snapshot.result
-            continue  # it expired meanwhile: claim it afresh
-        holder, until = claim.owner or "?", claim.lease_expires_at or 0.0
-        if options.if_running == "error":
-            return Err(RunInProgressError(workflow_id, holder, until))
-        wait = min(options.lease / 3, max(until - run.clock.time(), 0.0))
-        await run.clock.sleep(max(wait, 0.01))
+            # It expired meanwhile: claim it afresh.
+        else:
+            holder, until = claim.owner or "?", claim.lease_expires_at or 0.0
+            if options.if_running == "error":
+                return Err(RunInProgressError(workflow_id, holder, until))
+            wait = min(options.lease / 3, max(until - run.clock.time(), 0.0))
+            await run.clock.sleep(max(wait, 0.01))
+        try:
+            claim = await store.claim(
+                workflow_id,
+                run.workflow_name,
+                owner=owner,
+                lease=options.lease,
+                metadata=metadata,
+            )
+        except (SerializationError, SnapshotDecodeError) as exc:
+            return Err(exc)
+        except Exception as exc:
+            return Err(StoreError("claim", workflow_id, _describe(exc)))
 
 
 class _LeaseKeeper:
@@ -788,52 +864,48 @@ class _LeaseKeeper:
     cancellation this scope owns: it cancels the body's scope, nothing else.
     """
 
-    def __init__(self, store: LeaseStore, workflow_id: str, owner: str, lease: float) -> None:
+    __slots__ = (
+        "_lease",
+        "_loop",
+        "_owner",
+        "_stop",
+        "_store",
+        "_workflow_id",
+        "body_scope",
+        "lost",
+    )
+
+    def __init__(
+        self, store: LeaseStore, workflow_id: str, owner: str, lease: float, loop: Loop
+    ) -> None:
         self._store = store
         self._workflow_id = workflow_id
         self._owner = owner
         self._lease = lease
+        self._loop = loop
         self.lost = False
-        self.body_scope = cancel_scope()
+        self.body_scope = loop.cancel_scope()
         self._stop: Callable[[], object] | None = None
-        self._task: asyncio.Task[None] | None = None  # asyncio keeps only weak references
 
     def start(self) -> None:
-        """Start renewing from a task started only once the first renewal is due (a
-        timer until then, the cheapest thing each loop has), since most runs end
-        before it: on trio a system task, on asyncio a task."""
-        every = self._lease / 3
-        if current_async_library() == "trio":
-            import trio
+        """Start renewing from a system task started only once the first renewal is due
+        (a timer until then, the cheapest thing each loop has), since most runs end
+        before it."""
+        loop = self._loop
 
-            def spawn() -> None:
-                scope = trio.CancelScope()
+        def spawn() -> None:
+            self._stop = loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
 
-                async def keep() -> None:
-                    with scope:
-                        await self._keep(0.0)
-
-                trio.lowlevel.spawn_system_task(keep)
-                self._stop = scope.cancel
-
-            self._stop = trio_call_later(every, spawn)
-        else:
-            loop = asyncio.get_running_loop()
-
-            def spawn() -> None:
-                self._task = loop.create_task(self._keep(0.0))
-                self._stop = self._task.cancel
-
-            self._stop = loop.call_later(every, spawn).cancel
+        self._stop = loop.call_later(self._lease / 3, spawn)
 
     def stop(self) -> None:
         """Stop renewing; a renewing task ends at its next await."""
         if self._stop is not None:
             self._stop()
-        self._stop = self._task = None
+        self._stop = None
 
-    async def _keep(self, first: float) -> None:
-        wait = first
+    async def _keep(self) -> None:
+        wait = 0.0
         while True:
             await anyio.sleep(wait)
             wait = self._lease / 3
@@ -857,35 +929,6 @@ async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float
     except Exception as exc:
         _remember_abandoned(workflow_id, owner)
         logger.warning("could not release the lease on run %r (%s)", workflow_id, _describe(exc))
-
-
-async def _finish(
-    target: CheckpointStore | _WholeSnapshots,
-    store: SnapshotStore,
-    run: DurableSession,
-    workflow_id: str,
-    result: Result[Any, Any],
-    registry: TypeRegistry,
-    options: DurableOptions,
-    owner: str | None,
-) -> Result[Any, Any]:
-    result, stored, text = _encode_final(result, registry)
-    try:
-        # The run's work is done: record it even if a shutdown is cancelling us (a
-        # short, bounded write), or the whole run would be executed again.
-        await _shielded_write(
-            lambda: _record_end(
-                target, store, run, workflow_id, result, stored, text, options, owner
-            ),
-            options.write_timeout,
-        )
-    except LeaseLostError as exc:
-        return Err(exc)
-    except Exception as exc:
-        # Its lease (if any) is left unrenewed: a later start here takes it over at once.
-        _remember_abandoned(workflow_id, owner)
-        return Err(StoreError("finish", workflow_id, _describe(exc)))
-    return result
 
 
 async def _record_end(

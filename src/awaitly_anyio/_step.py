@@ -22,6 +22,7 @@ import builtins
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from inspect import isawaitable
+from types import CoroutineType
 from typing import Any, TypeVar, overload
 
 import anyio
@@ -34,7 +35,7 @@ from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
 from ._scopes import cancel_due, deliver_cancellation
 from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
-from ._thunk import as_result, is_result
+from ._thunk import as_result
 from .events import (
     StepCancelled,
     StepComplete,
@@ -50,6 +51,8 @@ __all__ = ["Backoff", "RetryPolicy", "Step"]
 T = TypeVar("T")
 K = TypeVar("K")
 I = TypeVar("I")  # noqa: E741
+
+_RESULTS = (Ok, Err)
 
 # What an attempt ended with: its Result, and the exception if it raised (kept apart so
 # that the error mapper sees the exception only once the step has given up).
@@ -186,7 +189,8 @@ class Step:
             )
         try:
             out = fn()
-            if isawaitable(out):
+            # A coroutine (an async fn) is told apart without calling isawaitable.
+            if out.__class__ is CoroutineType or isawaitable(out):
                 out = await out
         except EarlyExit as exc:
             # A nested step inside fn ended the workflow: this step failed with it.
@@ -213,15 +217,15 @@ class Step:
             if emit is not None:
                 emit(self._cancelled_event(name, key, started))
             raise
-        # Ok and Err told apart by their exact class: `out` stays Any for the type
-        # checkers (isinstance would leave their type arguments unknown), and a
-        # subclass of either, which nobody should write, takes the typed way round.
+        # Ok and Err told apart by their class: `out` stays Any for the type checkers
+        # (isinstance would narrow it to Ok[Unknown]), and a subclass of either, which
+        # nobody should write, takes the typed way round through as_result.
         cls = out.__class__
         kept: Ok[Any] | None = None
         if cls is Ok:
             kept = out
             value = out.value
-        elif cls is Err or is_result(out):
+        elif cls is Err or issubclass(cls, _RESULTS):
             result = as_result(out)
             if result.ok is False:
                 if retry is not None:

@@ -439,8 +439,12 @@ class _RedisDriver:
         await self._update(id, change)
 
     async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
-        done = await self._script(
-            lua.CHECKPOINT, [*self.keys_of(id)], [_num(now), owner or "", key, json]
+        # The hot path: straight to the script runner (no `_script` frame).
+        prefix = self._prefix
+        done = await self._redis.run(
+            lua.CHECKPOINT,
+            [f"{prefix}run:{id}", f"{prefix}steps:{id}"],
+            [_num(now), owner or "", key, json],
         )
         if done == 0:
             raise RunMissing

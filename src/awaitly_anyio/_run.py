@@ -73,9 +73,10 @@ class RunState:
         "name",
     )
 
+    # Positional only: a run is made for every workflow run, and keyword arguments to a
+    # class cost it a dict.
     def __init__(
         self,
-        *,
         name: str,
         workflow_id: str | None,
         clock: Clock,
@@ -83,6 +84,7 @@ class RunState:
         map_exception: Callable[[Exception], object],
         completed: Mapping[str, Ok[Any]],
         checkpoint: Checkpoint | None = None,
+        /,
     ) -> None:
         self.name = name
         self._workflow_id = workflow_id

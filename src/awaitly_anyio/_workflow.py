@@ -19,6 +19,7 @@ from ._clock import Clock, SystemClock
 from ._context import Deps, WorkflowContext
 from ._result import Err, Ok, Result
 from ._run import (
+    NO_RESULTS,
     Checkpoint,
     EarlyExit,
     Emit,
@@ -274,7 +275,8 @@ class Workflow(Generic[D]):
         Not itself a coroutine function: a run without listeners is one coroutine
         (the body's outcome) instead of a chain of them.
         """
-        state, outcome = self._state_and_outcome(body, workflow_id, resume_state, checkpoint, input)
+        state = self._run_state(workflow_id, resume_state, checkpoint)
+        outcome = _outcome(state, body, WorkflowContext(state, self.deps, input))
         emit = self._emit
         if emit is None:
             return outcome
@@ -288,18 +290,25 @@ class Workflow(Generic[D]):
         checkpoint: Checkpoint | None,
         input: Any,
     ) -> tuple[RunState, Coroutine[Any, Any, Result[Any, Any]]]:
-        map_exception = self.catch_unexpected or default_map_exception
-        state = RunState(
-            name=self.name,
-            workflow_id=workflow_id,
-            clock=self.clock,
-            emit=self._emit,
-            map_exception=map_exception,
-            completed=completed_results(resume_state),
-            checkpoint=checkpoint,
+        state = self._run_state(workflow_id, resume_state, checkpoint)
+        return state, _outcome(state, body, WorkflowContext(state, self.deps, input))
+
+    def _run_state(
+        self,
+        workflow_id: str | None,
+        resume_state: SupportsResume | WorkflowSnapshot | None,
+        checkpoint: Checkpoint | None,
+    ) -> RunState:
+        """The state a new run of this workflow starts with."""
+        return RunState(
+            self.name,
+            workflow_id,
+            self.clock,
+            self._emit,
+            self.catch_unexpected or default_map_exception,
+            NO_RESULTS if resume_state is None else completed_results(resume_state),
+            checkpoint,
         )
-        ctx = WorkflowContext(state, self.deps, input)
-        return state, _outcome(state, body, ctx)
 
     async def _evented(
         self,

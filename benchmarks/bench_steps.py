@@ -7,7 +7,8 @@ hits all alike).  Targets (from the core issue):
 
 - plain ``ctx.step`` <= 2x the hand-written minimal step (try/except, two attrs
   events, ``Ok``);
-- a step with a retry policy that never fires <= 1.1x the plain step;
+- a step with a retry policy that never fires <= 1.15x the plain step (issue 18:
+  ``ctx.step`` is the `Step` object itself, whose keyword arguments cost a dict);
 - a step with a timeout <= 1.2x the minimal step inside ``anyio.fail_after``;
 - a step with one plain ``on_event`` listener <= 1.2x the hand-written minimal step
   that builds the same two events (our ``StepStart`` and ``StepComplete``, with the
@@ -35,7 +36,7 @@ from awaitly_anyio.events import StepComplete, StepStart
 
 TARGETS = {
     "plain / minimal": 2.0,
-    "retry (not triggered) / plain": 1.1,
+    "retry (not triggered) / plain": 1.15,
     "timeout / minimal + fail_after": 1.2,
     "evented / minimal with our events": 1.2,
 }

@@ -56,7 +56,7 @@ _RESULTS = (Ok, Err)
 
 # What an attempt ended with: its Result, and the exception if it raised (kept apart so
 # that the error mapper sees the exception only once the step has given up).
-Attempt = tuple[Result[Any, Any], Exception | None]
+AttemptOutcome = tuple[Result[Any, Any], Exception | None]
 
 
 def _check_name(name: object) -> None:
@@ -285,7 +285,7 @@ class Step:
 
     async def _attempt_with_timeout(
         self, name: str, key: str | None, fn: Callable[[], Any], timeout: float, attempt: int
-    ) -> Attempt:
+    ) -> AttemptOutcome:
         """One call of ``fn`` under a deadline: its Result, and the exception if it raised."""
         with anyio.move_on_after(timeout):
             try:
@@ -320,7 +320,7 @@ class Step:
         timeout: float | None,
         map_exception: Callable[[Exception], object],
         type_hint: type[Any] | None = None,
-        made: Attempt | None = None,
+        made: AttemptOutcome | None = None,
     ) -> Any:
         """The full step: events, attempts with backoff, per-attempt timeout, checkpoint.
 

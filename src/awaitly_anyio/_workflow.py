@@ -207,7 +207,7 @@ class Workflow(Generic[D]):
                     f"metadata need a store"
                 )
             # Without a store, a default id is made only if someone asks for it.
-            return self._execute(body, workflow_id, resume_state, None, input)
+            return self._plain_run(body, workflow_id, resume_state, None, input)
         if resume_state is not None:
             raise ValueError(
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
@@ -261,7 +261,7 @@ class Workflow(Generic[D]):
             raise
         return await session.finish(result)
 
-    def _execute(
+    def _plain_run(
         self,
         body: Callable[[WorkflowContext[D]], Awaitable[Any]],
         workflow_id: str | None,
@@ -312,14 +312,14 @@ class Workflow(Generic[D]):
 
     async def _evented(
         self,
-        run: RunState | str,
+        state: RunState | str,
         outcome: Coroutine[Any, Any, Result[Any, Any]],
         emit: Emit,
     ) -> Result[Any, Any]:
-        """Await ``outcome`` (the run of ``run``, its state or its id) with workflow
+        """Await ``outcome`` (a run; ``state`` is its state, or its id) with workflow
         events around it: one start, and one terminal event matching what it returns
         (or ``workflow_cancelled`` when it raises)."""
-        workflow_id = run if isinstance(run, str) else run.workflow_id
+        workflow_id = state if isinstance(state, str) else state.workflow_id
         clock = self.clock
         started = clock.monotonic()
         emit(WorkflowStart(workflow_id=workflow_id, workflow_name=self.name, ts=clock.time()))

@@ -123,6 +123,12 @@ STEP_CASES: list[tuple[str, Call, type[Exception], str]] = [
         "step 'charge': backoff must be one of 'exponential', 'linear', 'constant', not 'expo'",
     ),
     (
+        "misspelt retry option",
+        lambda ctx: ctx.step.retry("charge", _never_called, attempts=3, delays=1.0),  # type: ignore[call-overload]
+        TypeError,
+        "step 'charge': RetryPolicy.__init__() got an unexpected keyword argument 'delays'",
+    ),
+    (
         "attempts of the wrong type",
         lambda ctx: ctx.step.retry("charge", _never_called, attempts="3"),  # type: ignore[call-overload]
         TypeError,

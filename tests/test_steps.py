@@ -440,3 +440,52 @@ async def test_bad_step_arguments_end_the_run_with_a_clear_error(call: Any, mess
     assert isinstance(result, Err)
     assert isinstance(result.error, UnexpectedError)
     assert message in str(result.error.cause)
+
+
+async def test_ctx_step_is_the_step_object_and_keeps_the_run_to_itself() -> None:
+    from awaitly_anyio import Step
+
+    seen: list[Any] = []
+
+    async def body(ctx: WorkflowContext[Deps]) -> None:
+        seen.append(ctx.step)
+        assert type(ctx.step) is Step
+        # The variants are its own methods, bound to it (no copies per run).
+        assert ctx.step.retry.__self__ is ctx.step
+        assert ctx.step.all.__func__ is Step.all
+        # The run's state stays behind it: nothing of it is an attribute of ctx.step.
+        for name in ("completed", "emit", "clock", "checkpoint", "remember", "workflow_id"):
+            assert not hasattr(ctx.step, name), name
+        assert await ctx.step("one", lambda: 1) == 1
+
+    workflow = create_workflow("shape")
+    assert (await workflow.run(body)).ok
+    assert (await workflow.run(body)).ok
+    assert seen[0] is not seen[1]  # one per run
+
+
+@attrs.frozen
+class _Approved(Ok[str]):
+    pass
+
+
+@attrs.frozen
+class _Refused(Err[str]):
+    pass
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_subclasses_of_ok_and_err_count_as_ok_and_err(keyed: bool) -> None:
+    key = {"key": "k"} if keyed else {}
+
+    async def approved(ctx: WorkflowContext[Deps]) -> str:
+        return await ctx.step("approve", lambda: _Approved("yes"), **key)
+
+    async def refused(ctx: WorkflowContext[Deps]) -> str:
+        return await ctx.step("refuse", lambda: _Refused("no"), **key)
+
+    workflow = create_workflow("subclasses")
+    assert await workflow.run(approved) == Ok("yes")
+    result = await workflow.run(refused)
+    assert result.ok is False
+    assert result.error == "no"

@@ -300,6 +300,24 @@ async def test_recovery_reports_a_run_missing_a_field_even_when_choosing_by_name
             assert (client.hgetall(run_key), client.hgetall(steps_key)) == before
 
 
+@pytest.mark.parametrize("metadata", [None, {"note": 1}], ids=["kept", "merged"])
+async def test_ending_a_run_whose_key_is_not_a_hash_is_a_decode_error(
+    store: RedisStore, metadata: dict[str, int] | None
+) -> None:
+    from awaitly_anyio import SnapshotDecodeError
+
+    await store.claim("hurt", "orders", owner="w", lease=30)
+    run_key = store.keys_of("hurt")[0]
+    with contextlib.closing(raw()) as client:
+        client.delete(run_key)
+        client.set(run_key, "not a hash")
+    with pytest.raises(SnapshotDecodeError, match="not a hash") as caught:
+        await store.finish("hurt", "completed", Ok(1), None, metadata=metadata, owner="w")
+    assert caught.value.run_id == "hurt"
+    with contextlib.closing(raw()) as client:
+        assert client.get(run_key) == "not a hash"
+
+
 async def test_a_dropped_connection_is_an_error_and_the_store_recovers(prefix: str) -> None:
     # Only this store's connections are dropped: other suites share the server.
     async with stall_proxy("127.0.0.1", _port()) as proxy:

@@ -454,19 +454,24 @@ class _RedisDriver:
     async def end_run(self, id: str, now: float, end: EndTerms) -> None:
         expires_at, owner, merge = end.expires_at, end.owner, end.merge
         if merge is None:  # the metadata stays: one script call
-            done = await self._script(
-                lua.FINISH,
-                self._all_keys(id),
-                [
-                    id,
-                    _num(now),
-                    owner or "",
-                    end.status,
-                    end.result_json or "",
-                    _num(expires_at),
-                    _ttl_ms(expires_at, now),
-                ],
-            )
+            keys = self._all_keys(id)
+            try:
+                done = await self._script(
+                    lua.FINISH,
+                    keys,
+                    [
+                        id,
+                        _num(now),
+                        owner or "",
+                        end.status,
+                        end.result_json or "",
+                        _num(expires_at),
+                        _ttl_ms(expires_at, now),
+                    ],
+                )
+            except _import_redis().ResponseError as exc:
+                # A run key of another type: unreadable, as when the metadata is merged.
+                raise _unreadable(keys[0], exc) from None
             if done == 0:
                 raise RunMissing
             if done == -1:

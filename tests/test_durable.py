@@ -377,3 +377,45 @@ async def test_durable_options_need_a_store_and_exclude_resume_state() -> None:
         await workflow.run(body, store=MemoryStore(), failure_ttl=-1)
     with pytest.raises(TypeError, match="store must implement SnapshotStore"):
         await workflow.run(body, store=object())  # type: ignore[arg-type]
+
+
+async def test_default_lease_owners_are_unique_and_name_the_host_and_process() -> None:
+    import os
+    import socket
+
+    from awaitly_anyio._durable import default_owner
+
+    owners = [default_owner() for _ in range(1000)]
+    assert len(set(owners)) == len(owners)
+    prefix = f"{socket.gethostname()}:{os.getpid()}:"
+    assert all(owner.startswith(prefix) and len(owner) > len(prefix) for owner in owners)
+
+
+async def test_a_run_held_elsewhere_names_its_default_owner() -> None:
+    import os
+    import socket
+
+    from awaitly_anyio import RunInProgressError
+
+    workflow = create_workflow("orders")
+    inside, release = anyio.Event(), anyio.Event()
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        inside.set()
+        await release.wait()
+        return "done"
+
+    async with MemoryStore() as store, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: workflow.run(body, workflow_id="order-1", store=store))
+        await inside.wait()
+        second = await workflow.run(body, workflow_id="order-1", store=store)
+        release.set()
+    assert isinstance(second, Err)
+    assert isinstance(second.error, RunInProgressError)
+    assert second.error.owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")
+
+
+async def test_the_durable_layer_fills_the_cores_slot() -> None:
+    from awaitly_anyio import _durable, _session
+
+    assert _session.open_session() is _durable.open_session

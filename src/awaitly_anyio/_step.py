@@ -176,7 +176,7 @@ class Step:
         if emit is not None:
             if not callable(fn):
                 _check_fn(name, fn)
-            workflow_id = run.workflow_id
+            workflow_id = run._workflow_id or run.workflow_id  # the property makes one
             started = clock.monotonic()
             emit(
                 StepStart(

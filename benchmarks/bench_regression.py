@@ -169,22 +169,29 @@ def git(*args: str, cwd: Path = REPO) -> str:
 
 
 def worktree(rev: str) -> Path:
-    """A detached worktree of ``rev`` in the temp directory, created or reused."""
+    """A detached worktree of ``rev`` in the temp directory, created or reused (only
+    if its ``src/`` is the commit's, unedited)."""
     sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     path = Path(tempfile.gettempdir()) / f"awaitly-regress-{sha[:12]}"
-    if path.exists():
+    if not path.exists():
         try:
-            head = git("rev-parse", "HEAD", cwd=path)
+            # --force: the path may still be registered from a worktree whose directory
+            # the temp cleaner removed; it is named after the commit, so it is this one.
+            git("worktree", "add", "--force", "--detach", str(path), sha)
+            print(f"created a worktree of {sha[:12]} at {path}", flush=True)
+            return path
         except RuntimeError:
-            head = ""
-        if head != sha or not (path / "src" / "awaitly_anyio" / "__init__.py").exists():
-            raise SystemExit(f"{path} exists but is not a clean worktree of {sha[:12]}: remove it")
-        print(f"reusing the worktree of {sha[:12]} at {path}", flush=True)
-        return path
-    # --force: the path may still be registered from a worktree whose directory the
-    # temp cleaner removed; it is ours (named after the commit), so taking it is safe.
-    git("worktree", "add", "--force", "--detach", str(path), sha)
-    print(f"created a worktree of {sha[:12]} at {path}", flush=True)
+            if not path.exists():
+                raise
+            # Another run created it at the same moment: check it like any other.
+    try:
+        head = git("rev-parse", "HEAD", cwd=path)
+        edited = git("status", "--porcelain", "--untracked-files=no", "--", "src", cwd=path)
+    except RuntimeError:
+        head, edited = "", ""
+    if head != sha or edited or not (path / "src" / "awaitly_anyio" / "__init__.py").exists():
+        raise SystemExit(f"{path} exists but is not a clean worktree of {sha[:12]}: remove it")
+    print(f"reusing the worktree of {sha[:12]} at {path}", flush=True)
     return path
 
 

@@ -35,6 +35,7 @@ SCRIPTS = {
     "sqlite": "bench_checkpoint.py",
     "servers": "bench_servers.py",
     "durable_load": "bench_durable_load.py",
+    "durable_floor": "bench_durable_floor.py",
     "dbos": "bench_dbos.py",
 }
 

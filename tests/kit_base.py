@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from awaitly_anyio import Ok, _bridge
+from awaitly_anyio import Ok, _loops
 from awaitly_anyio._resume import StepRecord
 from awaitly_anyio._store import EncodedStep
 from awaitly_anyio.serialization import default_registry, encode_step_record
@@ -90,10 +89,7 @@ def leftover_driver_work() -> list[object]:
     """What closed stores could have left running: bridge threads and, under trio, tasks
     still pending on the run's hosted asyncio loop."""
     left: list[object] = list(bridge_threads())
-    hosted = _bridge._run_vars.get("awaitly_hosted_loop")  # read, so as not to make one
-    if hosted is not None and _bridge.current_async_library() == "trio":
-        with contextlib.suppress(LookupError):  # no store was used in this run
-            left.extend(asyncio.all_tasks(hosted.get().loop))
+    left.extend(_loops.current().driver_tasks())
     return left
 
 

@@ -22,12 +22,12 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
+from . import _loops
 from ._clock import Clock, SystemClock
 from ._errors import CircuitOpenError, SharedStateUnavailableError
 from ._ratelimit import OnUnavailable, check_on_unavailable, check_shared_seconds
 from ._result import Err, Ok, Result, _ok
 from ._run import logger
-from ._scopes import shielded
 from ._thunk import call_thunk
 from .events import CircuitStateChange
 
@@ -560,7 +560,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         except BaseException:
             if trial == "1":
                 # Give the trial's place back: a short, bounded write.
-                with shielded(5):
+                with _loops.current().shielded(5):
                     await self._after(trial, False, cancelled=True)
             raise
         failed = isinstance(result, Err) and self._counts_as_failure(result.error)

@@ -17,6 +17,7 @@ import attrs
 
 from ._clock import Clock, SystemClock
 from ._context import Deps, WorkflowContext
+from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._run import (
     NO_RESULTS,
@@ -28,7 +29,6 @@ from ._run import (
     logger,
     make_emitter,
 )
-from ._scopes import cancel_due, deliver_cancellation
 from ._session import DurableRun, IfRunning, open_session
 from .events import (
     EventHandler,

@@ -16,10 +16,13 @@ from awaitly_anyio._resume import StepRecord
 from awaitly_anyio._store import EncodedStep
 from awaitly_anyio._times import from_epoch, iso_from_epoch
 from awaitly_anyio.serialization import (
+    _Unstorable,
     default_registry,
     dumps,
+    encode_result,
     encode_step,
     encode_step_record,
+    result_to_doc,
 )
 
 # Epoch seconds a datetime can hold, with microseconds; and the halves between them,
@@ -76,6 +79,72 @@ def test_encode_step_is_the_records_json(
     )
     text = encode_step("s", result, attempts, started, started + took, default_registry)
     assert text == encode_step_record("s", record, default_registry)
+
+
+# Scalars that a step's record writes out directly, and the edges of that fast path
+# (where the general encoder takes over).
+_SCALARS: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -7,
+    10**18 - 1,
+    -(10**18) + 1,
+    10**18,
+    -(10**18),
+    10**30,
+    "",
+    "plain",
+    'quote " backslash \\ newline \n tab \t bell \x07 del \x7f',
+    "nul \x00 inside",
+    "caf\u00e9",
+    "lone \ud800 surrogate",
+    0.0,
+    -0.0,
+    1.5,
+    1e-300,
+    9999999999999998.0,
+    1e16,
+    -1e16,
+    math.inf,
+    math.nan,
+    1,
+    True,
+]
+
+
+@pytest.mark.parametrize("value", _SCALARS, ids=repr)
+def test_a_scalar_steps_record_is_the_documents_json(value: Any) -> None:
+    started = 1_700_000_000.123456
+    record = StepRecord(
+        Ok(value), attempts=3, started_at=from_epoch(started), finished_at=from_epoch(started + 2)
+    )
+
+    def outcome(encode: Any) -> str:
+        try:
+            return str(encode())
+        except SerializationError as exc:
+            return f"refused: {exc}"
+
+    fast = outcome(lambda: encode_step("s", Ok(value), 3, started, started + 2, default_registry))
+    general = outcome(lambda: encode_step_record("s", record, default_registry))
+    assert fast == general
+
+
+@pytest.mark.parametrize("value", _SCALARS, ids=repr)
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_final_results_json_is_the_documents_json(value: Any, ok: bool) -> None:
+    result = Ok(value) if ok else Err(value)
+
+    def outcome(encode: Any) -> str:
+        try:
+            return str(encode())
+        except _Unstorable as exc:
+            return f"refused: {exc.type_name}: {exc.reason}"
+
+    general = outcome(lambda: dumps(result_to_doc(result, default_registry)))
+    assert outcome(lambda: encode_result(result, default_registry)) == general
 
 
 def test_encode_step_names_the_step_whose_value_has_no_json_form() -> None:

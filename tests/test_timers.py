@@ -90,3 +90,66 @@ async def test_call_later_calls_once_and_cancelled_calls_never_on_every_loop() -
         await done.wait()
     cancel()  # after its time: harmless
     assert fired == ["once"]
+
+
+def test_coarse_calls_are_never_early_nor_late_by_more_than_a_sixteenth() -> None:
+    fired: list[tuple[str, float, float]] = []
+
+    async def main() -> None:
+        loop = _loops.current()
+        start = trio.current_time()
+        for delay in (0.05, 0.051, 1.0, 1.03, 10.0, 33.3):
+            loop.call_later_coarse(
+                delay,
+                lambda delay=delay: fired.append(("due", delay, trio.current_time() - start)),
+            )
+        for delay in (0.05, 1.0):
+            loop.call_later_coarse(delay, lambda: fired.append(("cancelled", 0.0, 0.0)))()
+        await trio.sleep(40)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [delay for _, delay, _ in fired] == [0.05, 0.051, 1.0, 1.03, 10.0, 33.3]
+    for label, delay, at in fired:
+        assert label == "due"
+        assert delay <= at <= delay * (1 + 1 / 16), (delay, at)
+
+
+def test_a_failing_coarse_call_is_logged_and_its_bucket_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fired: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    async def main() -> None:
+        loop = _loops.current()
+        loop.call_later_coarse(1.0, fail)
+        loop.call_later_coarse(1.0, lambda: fired.append("same bucket"))
+        await trio.sleep(3)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert fired == ["same bucket"]
+    assert "timer callback" in caplog.text
+    assert "boom" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_coarse_calls_fire_once_not_early_and_cancelled_ones_never_on_every_loop() -> None:
+    loop = _loops.current()
+    fired: list[str] = []
+    done = anyio.Event()
+    now = anyio.current_time
+    due = now() + 0.002
+
+    def once() -> None:
+        fired.append("once" if now() >= due else "early")
+
+    loop.call_later_coarse(0.002, once)
+    cancel = loop.call_later_coarse(0.002, lambda: fired.append("cancelled"))
+    cancel()
+    loop.call_later_coarse(0.003, done.set)
+    with anyio.fail_after(5):  # only a failure waits this long
+        await done.wait()
+    cancel()  # after its time: harmless
+    assert fired == ["once"]

@@ -72,6 +72,7 @@ from .serialization import (
     _Unstorable,
     default_registry,
     dumps,
+    encode_result,
     encode_step,
     encode_step_record,
     result_to_doc,
@@ -332,7 +333,7 @@ def _encode_final(
     form is stored as text, so the failure itself is never lost.
     """
     try:
-        return result, result, dumps(result_to_doc(result, registry))
+        return result, result, encode_result(result, registry)
     except _Unstorable as exc:
         if isinstance(result, Ok):
             result = Err(SerializationError("<result>", exc.type_name, exc.reason))
@@ -896,7 +897,7 @@ class _LeaseKeeper:
         def spawn() -> None:
             self._stop = loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
 
-        self._stop = loop.call_later(self._lease / 3, spawn)
+        self._stop = loop.call_later_coarse(self._lease / 3, spawn)
 
     def stop(self) -> None:
         """Stop renewing; a renewing task ends at its next await."""

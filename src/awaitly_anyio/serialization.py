@@ -557,6 +557,16 @@ def encode_step(
     """What `encode_step_record` gives for the record of these parts (times in
     epoch seconds), without making its datetimes first: a durable run's every keyed
     step writes one.  Raises `SerializationError` naming the step."""
+    # Most steps return a plain scalar: their record is written out directly, the
+    # same text the documents' encoder gives (the tests hold the two together).
+    if type(result) is Ok and type(attempts) is int:
+        value = _scalar_json(result.value)
+        if value is not None:
+            return (
+                f'{{"ok":true,"value":{value},"attempts":{attempts},'
+                f'"started_at":"{iso_from_epoch(started_at)}",'
+                f'"finished_at":"{iso_from_epoch(finished_at)}"}}'
+            )
     try:
         return dumps(
             _record_doc(
@@ -569,6 +579,44 @@ def encode_step(
         )
     except _Unstorable as exc:
         raise SerializationError(step, exc.type_name, exc.reason) from None
+
+
+def encode_result(result: Result[Any, Any], registry: TypeRegistry) -> str:
+    """``dumps(result_to_doc(result, registry))``: a run's final result as stored.
+
+    Raises `_Unstorable` when the value or error cannot be stored."""
+    if type(result) is Ok:
+        value = _scalar_json(result.value)
+        if value is not None:
+            return f'{{"ok":true,"value":{value}}}'
+    return dumps(result_to_doc(result, registry))
+
+
+_SMALL_INT = 10**18
+_encode_basestring: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _scalar_json(value: Any) -> str | None:
+    """``dumps(_encode(value, ...))`` for the scalars whose JSON needs no checks
+    beyond these (ASCII text without NUL, small ints, floats with no exponent,
+    ``None``, booleans), else ``None`` (let the general path decide)."""
+    obj: object = value  # (type() of an Any is partly unknown to pyright)
+    kind = type(obj)
+    if kind is int:
+        if -_SMALL_INT < value < _SMALL_INT:
+            return int.__repr__(value)
+        return None
+    if kind is str:
+        if value.isascii() and "\x00" not in value:
+            return _encode_basestring(value)
+        return None
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float and -1e16 < value < 1e16:  # NaN fails it
+        return float.__repr__(value)
+    return None
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:

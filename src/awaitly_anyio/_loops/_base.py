@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
+import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from typing_extensions import Self
 
-__all__ = ["Answer", "DriverRunner", "Loop", "Scope"]
+__all__ = ["Answer", "CoarseTimers", "DriverRunner", "Loop", "Scope"]
+
+logger = logging.getLogger("awaitly_anyio")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -141,6 +147,14 @@ class Loop(abc.ABC):
         ``fn`` is logged, never raised into the loop.  The call does not outlive the
         run: pending calls are dropped when it ends."""
 
+    def call_later_coarse(self, delay: float, fn: Callable[[], object]) -> Callable[[], object]:
+        """`call_later`, but up to a sixteenth of ``delay`` late: calls due at about the
+        same time share one of the loop's timers (`CoarseTimers`), which costs a
+        fraction of a timer of their own, for timers that are mostly cancelled before
+        they are due (a durable run's first lease renewal).  Never early; returns a
+        function that cancels the call (harmless to call again, or after the call)."""
+        return self.call_later(delay, fn)
+
     @abc.abstractmethod
     def start_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, object]], name: str
@@ -165,3 +179,42 @@ class Loop(abc.ABC):
         asyncio loop) if one was started, for tests to check that closed stores
         left nothing behind; none where drivers run directly.  Starts nothing."""
         return []
+
+
+class CoarseTimers:
+    """Calls due at about the same time, sharing one timer of the loop per bucket.
+
+    A call ``delay`` seconds from now joins the bucket that ends at the first multiple
+    of its width after that time, the width a power of two between a 32nd and a 16th
+    of ``delay`` (so calls of similar delays share buckets, and none is late by more
+    than a 16th of its delay, nor early).  Each bucket has one timer of the loop (set
+    through ``call_at``, on the clock ``now`` reads); joining and leaving a bucket are
+    dict operations.  A call that raises is logged; the others in its bucket still run.
+    """
+
+    __slots__ = ("_buckets", "_call_at", "_keys")
+
+    def __init__(self, call_at: Callable[[float, Callable[[], object]], object]) -> None:
+        self._buckets: dict[float, dict[int, Callable[[], object]]] = {}
+        self._call_at = call_at
+        self._keys = itertools.count()
+
+    def call(self, now: float, delay: float, fn: Callable[[], object]) -> Callable[[], object]:
+        """Call ``fn()`` at the end of the bucket ``now + delay`` falls in; returns a
+        function that cancels the call."""
+        width = math.ldexp(1.0, math.frexp(delay)[1] - 5)
+        end = ((now + delay) // width + 1.0) * width  # the bucket's end: never early
+        bucket = self._buckets.get(end)
+        if bucket is None:
+            bucket = self._buckets[end] = {}
+            self._call_at(end, partial(self._expire, end))
+        key = next(self._keys)
+        bucket[key] = fn
+        return partial(bucket.pop, key, None)
+
+    def _expire(self, end: float) -> None:
+        for fn in tuple(self._buckets.pop(end).values()):
+            try:
+                fn()
+            except Exception:  # the loop's callback must not raise (on trio: end the run)
+                logger.exception("timer callback %r failed", fn)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import trio
 import trio.lowlevel
 
-from ._base import Answer, DriverRunner, Loop, Scope
+from ._base import Answer, CoarseTimers, DriverRunner, Loop, Scope
 from ._hosted import HostedLoop, pollable, shared_bridge
 from ._per_run import found_in_trio_run, per_trio_run
 
@@ -31,6 +31,7 @@ R = TypeVar("R")
 logger = logging.getLogger("awaitly_anyio")
 
 _TIMERS = "awaitly_timers"
+_COARSE_TIMERS = "awaitly_coarse_timers"
 _HOSTED_LOOP = "awaitly_hosted_loop"
 
 # Cancelled timers stay in the heap until due; it is rebuilt without them once they
@@ -49,7 +50,10 @@ class _Timers:
         trio.lowlevel.spawn_system_task(self._run, name="awaitly-timers")
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> Callable[[], None]:
-        when = trio.current_time() + delay
+        return self.call_at(trio.current_time() + delay, fn)
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> Callable[[], None]:
+        """Call ``fn()`` once trio's clock reads ``when``; returns the cancel function."""
         entry: list[Callable[[], object] | None] = [fn]
         self._count += 1
         heapq.heappush(self._heap, (when, self._count, entry))
@@ -90,6 +94,15 @@ class _Timers:
             if heap:
                 deadline = heap[0][0]
             self._waiting = trio.CancelScope(deadline=deadline)
+
+
+_last_coarse: tuple[object, CoarseTimers] = (None, CoarseTimers(lambda when, fn: None))
+"""The last trio run's runner and coarse timers (a process mostly runs one at a time)."""
+
+
+def _coarse_timers() -> CoarseTimers:
+    """The current trio run's coarse timers, on its timers' heap."""
+    return CoarseTimers(per_trio_run(_TIMERS, _Timers).call_at)
 
 
 class _TrioAnswer(Generic[R]):
@@ -153,6 +166,13 @@ _context: Any = None
 """trio's run context (`_learn_run_context`), learnt on first use."""
 
 
+def _learn_context() -> Any:
+    """`_context`, learnt now."""
+    global _context
+    _context = _learn_run_context()
+    return _context
+
+
 def cancel_due(_self: object = None, /) -> bool:
     """trio's `Loop.cancel_due`, also `TrioLoop.cancel_due` itself (the loop object
     arrives as ``_self``, unused).  Call it from a trio task."""
@@ -195,6 +215,20 @@ class TrioLoop(Loop):
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> Callable[[], None]:
         return per_trio_run(_TIMERS, _Timers).call_later(delay, fn)
+
+    def call_later_coarse(self, delay: float, fn: Callable[[], object]) -> Callable[[], object]:
+        global _last_coarse
+        # The run's coarse timers, from the last call's if this is the same run: the
+        # look-up of a run variable costs as much as the timer itself.
+        context = _context
+        if context is None:
+            context = _learn_context()
+        runner = context.runner if context is not False else None
+        last_runner, timers = _last_coarse
+        if runner is None or runner is not last_runner:
+            timers = per_trio_run(_COARSE_TIMERS, _coarse_timers)
+            _last_coarse = (runner, timers)
+        return timers.call(trio.current_time(), delay, fn)
 
     def start_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, object]], name: str

@@ -17,20 +17,33 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import types
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
-from typing_extensions import Self
 
 from ._base import Answer, CoarseTimers, DriverRunner, Loop, Scope
 
 __all__ = ["TICK", "AsyncioLoop", "buckets_of", "cancel_due"]
 
 _get_running_loop = asyncio._get_running_loop  # the C function: no exception when none runs
-_current_task = asyncio.current_task
+
+
+def _task_reader() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """``asyncio.current_task``, or where that is a Python function (3.11) around the
+    dict of current tasks, that dict's ``get`` (no frame)."""
+    tasks: Any = asyncio.tasks
+    current: Any = getattr(tasks, "_current_tasks", None)
+    if isinstance(asyncio.current_task, types.FunctionType) and type(current) is dict:
+        by_loop = cast("dict[asyncio.AbstractEventLoop, asyncio.Task[Any]]", current)
+        return by_loop.get
+    return asyncio.current_task
+
+
+_current_task = _task_reader()
 
 
 TICK = 0.1
@@ -68,31 +81,24 @@ def _new_bucket(loop: asyncio.AbstractEventLoop, buckets: Buckets, slot: int) ->
     return bucket
 
 
-def _bounded_shield_class(base: type[Any]) -> Callable[[set[Scope]], Scope]:
-    """A subclass of anyio's asyncio scope (``base``) that is shielded and, from when it
-    is made, waits in ``bucket`` to be cancelled at the bucket's tick until it exits.
+def _scope_classes(base: type[Any]) -> tuple[Callable[[], Scope], Callable[[], Any]]:
+    """Subclasses of anyio's asyncio scope (``base``): a plain scope, and a bounded
+    shield that leaves its bucket (its ``_bucket``, set by `AsyncioLoop.shielded`) on
+    exit.
 
-    A subclass rather than a wrapper: the ``with`` statement then calls anyio's own
+    Subclasses rather than wrappers: the ``with`` statement calls anyio's own
     ``__enter__`` and reads its own ``cancelled_caught``, with no frame of ours
-    between (a wrapper's three frames were a third of a shielded write's cost)."""
-
-    base_init: Any = base.__init__
+    between (a wrapper's three frames were a third of a shielded write's cost).  Both
+    are made by ``object.__new__`` itself, with no arguments (anyio's ``__new__`` is
+    a Python function), so the shield's settings are written after it is made."""
     base_exit: Any = base.__exit__
 
-    class BoundedShield(base):  # type: ignore[misc]  # anyio's class, learnt at run time
+    class PlainScope(base):  # type: ignore[misc]  # anyio's class, learnt at run time
+        __slots__ = ()
+        __new__ = object.__new__
+
+    class BoundedShield(PlainScope):
         __slots__ = ("_bucket",)
-
-        # anyio's ``__new__`` takes its keywords only; this one is handed the bucket.
-        def __new__(cls, bucket: set[Scope]) -> Self:
-            return object.__new__(cls)
-
-        def __init__(self, bucket: set[Scope]) -> None:
-            base_init(self, shield=True)
-            self._bucket = bucket
-            # Joined now, not on entry (the scope is entered at once): a bucket that
-            # expires first only makes the scope enter cancelled, as anyio does with a
-            # deadline already passed.
-            bucket.add(self)
 
         def __exit__(
             self,
@@ -104,8 +110,7 @@ def _bounded_shield_class(base: type[Any]) -> Callable[[set[Scope]], Scope]:
             exited: bool = base_exit(self, exc_type, exc, tb)
             return exited
 
-    made: Callable[[set[Scope]], Scope] = BoundedShield
-    return made
+    return PlainScope, BoundedShield
 
 
 def _anyio_scope_class() -> Callable[..., Scope]:
@@ -197,7 +202,7 @@ _system_tasks: set[asyncio.Task[Any]] = set()
 class AsyncioLoop(Loop):
     """asyncio (and loops that implement its API, such as uvloop)."""
 
-    __slots__ = ("_scope_class", "_shield_class")
+    __slots__ = ("_plain_class", "_scope_class", "_shield_class")
 
     name: ClassVar[str] = "asyncio"
     drives_asyncio: ClassVar[bool] = True
@@ -206,7 +211,13 @@ class AsyncioLoop(Loop):
         # Learnt from anyio on first use (it knows its asyncio backend's classes only
         # once a loop runs).
         self._scope_class: Callable[..., Scope] | None = None
-        self._shield_class: Callable[[set[Scope]], Scope] | None = None
+        self._plain_class: Callable[[], Scope] | None = None
+        self._shield_class: Callable[[], Any] | None = None
+
+    def _learn_classes(self) -> tuple[Callable[[], Scope], Callable[[], Any]]:
+        plain, shield = _scope_classes(type(self._scopes()()))
+        self._plain_class, self._shield_class = plain, shield
+        return plain, shield
 
     def _scopes(self) -> Callable[..., Scope]:
         """The class ``anyio.CancelScope(...)`` gives on asyncio (learnt from the first one)."""
@@ -216,14 +227,17 @@ class AsyncioLoop(Loop):
         return made
 
     def cancel_scope(self) -> Scope:
-        return self._scopes()()
+        plain = self._plain_class
+        if plain is None:
+            plain = self._learn_classes()[0]
+        return plain()
 
     def shielded(self, seconds: float) -> Scope:
         if seconds <= 0:
             return self._scopes()(shield=True, deadline=-math.inf)
-        shield = self._shield_class
-        if shield is None:
-            shield = self._shield_class = _bounded_shield_class(type(self._scopes()()))
+        shield_class = self._shield_class
+        if shield_class is None:
+            shield_class = self._learn_classes()[1]
         loop = asyncio.get_running_loop()
         loop_of_last, buckets = _last
         if loop_of_last() is not loop:
@@ -232,7 +246,15 @@ class AsyncioLoop(Loop):
         bucket = buckets.get(slot)
         if bucket is None:
             bucket = _new_bucket(loop, buckets, slot)
-        return shield(bucket)
+        shield = shield_class()
+        shield._shield = True  # anyio's own attribute (its __init__ was given no arguments)
+        shield._bucket = bucket
+        # Joined now, not on entry (the scope is entered at once): a bucket that expires
+        # first only makes the scope enter cancelled, as anyio does with a deadline
+        # already passed.
+        bucket.add(shield)
+        shielded: Scope = shield
+        return shielded
 
     # The module's function itself (not a staticmethod, which a method call on the
     # object pays for): `awaitly_anyio._loops.cancel_due` asks asyncio with no frame

@@ -117,8 +117,9 @@ async def test_a_scope_opened_inside_a_shield_is_shielded_with_it() -> None:
     # Code inside a shielded write may open scopes of its own (a driver's timeout,
     # a task group): an outer cancellation must not reach them either.
     finished = anyio.Event()
+    scope = shielded(5.0)
     with anyio.CancelScope() as outer:
-        with shielded(5.0) as scope:
+        with scope:
             outer.cancel()
             with anyio.CancelScope() as inner:
                 await anyio.lowlevel.checkpoint()

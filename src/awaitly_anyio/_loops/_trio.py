@@ -30,6 +30,8 @@ R = TypeVar("R")
 
 logger = logging.getLogger("awaitly_anyio")
 
+_CancelScope = trio.CancelScope
+
 _TIMERS = "awaitly_timers"
 _COARSE_TIMERS = "awaitly_coarse_timers"
 _HOSTED_LOOP = "awaitly_hosted_loop"
@@ -201,10 +203,15 @@ class TrioLoop(Loop):
     drives_asyncio: ClassVar[bool] = False
 
     def cancel_scope(self) -> Scope:
-        return trio.CancelScope()
+        return _CancelScope()
 
     def shielded(self, seconds: float) -> Scope:
-        return trio.CancelScope(shield=True, deadline=trio.current_time() + seconds)
+        # The run's clock read directly: trio.current_time() is two frames more.
+        context = _context
+        if context is None:
+            context = _learn_context()
+        now = trio.current_time() if context is False else context.runner.clock.current_time()
+        return _CancelScope(shield=True, deadline=now + seconds)
 
     # The module's function itself, as on asyncio: `awaitly_anyio._loops.cancel_due`
     # off asyncio calls it with no bound method between.
@@ -228,7 +235,8 @@ class TrioLoop(Loop):
         if runner is None or runner is not last_runner:
             timers = per_trio_run(_COARSE_TIMERS, _coarse_timers)
             _last_coarse = (runner, timers)
-        return timers.call(trio.current_time(), delay, fn)
+        now = trio.current_time() if runner is None else runner.clock.current_time()
+        return timers.call(now, delay, fn)
 
     def start_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, object]], name: str

@@ -378,17 +378,18 @@ class _Claiming:
         self._id, self._name, self._owner = id, workflow_name, owner
         self._now, self._until = now, until
         self._metadata, self._registry = metadata, registry
+        # Positional: every claim makes one, and keywords cost the attrs __init__ a dict.
         self.fresh_row = RunRow(
-            workflow_name=workflow_name,
-            status="running",
-            result_json=None,
-            metadata_json=encode_metadata(dict(metadata or {}), registry),
-            created_at=now,
-            updated_at=now,
-            expires_at=None,
-            format_version=FORMAT_VERSION,
-            lease_owner=owner,
-            lease_expires_at=until,
+            workflow_name,
+            "running",
+            None,  # result_json
+            encode_metadata(dict(metadata) if metadata else {}, registry),
+            now,  # created_at
+            now,  # updated_at
+            None,  # expires_at
+            FORMAT_VERSION,
+            owner,  # lease_owner
+            until,  # lease_expires_at
         )
 
     @property

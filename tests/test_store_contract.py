@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import awaitly_anyio.stores
+from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import DAMAGE, FakeClock, check_store
 
 from .postgres_kit import POSTGRES
@@ -92,7 +93,8 @@ async def _open_docs_store(folder: Path, clock: FakeClock) -> AsyncIterator[Any]
         yield store
 
 
-TestDocsDictStore = check_store(_open_docs_store)
+# Its class is known: what a whole-document store lacks is left out, not skipped.
+TestDocsDictStore = check_store(_open_docs_store, store_type=_docs_store_class)
 
 
 # ---- check_store's own arguments -------------------------------------------------------------
@@ -119,3 +121,17 @@ def test_check_store_makes_a_class_pytest_collects() -> None:
     made = check_store(_open_docs_store, backends=["asyncio"])
     assert made.__test__ is True
     assert "test_hostile_ids_are_only_ever_data" in dir(made)
+
+
+def test_a_known_store_type_leaves_out_what_it_cannot_take() -> None:
+    # The docs' DictStore keeps whole documents: no checkpoints, leases or damage kit.
+    made = check_store(_open_docs_store, store_type=_docs_store_class)
+    assert made.test_hostile_ids_are_only_ever_data is not None
+    assert made.test_concurrent_claims_have_exactly_one_winner is None  # a LeaseStore's
+    assert made.test_concurrent_writers_on_two_stores_lose_nothing is None  # a CheckpointStore's
+    damaged = [name for name in dir(made) if name.startswith("test_") and "damage" in name]
+    assert damaged
+    assert all(getattr(made, name) is None for name in damaged)
+    # A store class that has it all keeps every test.
+    full = check_store(MEMORY.open, damage=MEMORY.damage, raw=MEMORY.raw, store_type=MemoryStore)
+    assert all(getattr(full, name) is not None for name in dir(full) if name.startswith("test_"))

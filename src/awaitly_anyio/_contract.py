@@ -569,6 +569,7 @@ class StoreContract:
 
     # ---- concurrency -------------------------------------------------------------------------
 
+    @_needs(CheckpointStore)  # (for store_type; the test opens its own stores)
     async def test_concurrent_writers_on_two_stores_lose_nothing(
         self, kit: StoreKit, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -825,6 +826,7 @@ class StoreContract:
         assert [info.id for info in rest] == ["other"]
         assert await store.claim_expired(owner="you", lease=30, workflow_names=[]) == []
 
+    @_needs(LeaseStore)  # (for store_type; the test opens its own stores)
     async def test_concurrent_claims_have_exactly_one_winner(
         self, kit: StoreKit, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -940,8 +942,11 @@ class StoreContract:
         assert set(loaded.steps) == {"good"}
 
 
-def make_contract(kit: StoreKit, backends: Collection[str]) -> type[StoreContract]:
-    """A `StoreContract` subclass bound to ``kit``, its tests run on each of ``backends``."""
+def make_contract(
+    kit: StoreKit, backends: Collection[str], store_type: type | None = None
+) -> type[StoreContract]:
+    """A `StoreContract` subclass bound to ``kit``, its tests run on each of ``backends``;
+    with ``store_type``, the tests it cannot take are left out (see `check_store`)."""
 
     @pytest.fixture(params=list(backends))
     def anyio_backend(self: StoreContract, request: pytest.FixtureRequest) -> Any:
@@ -953,4 +958,22 @@ def make_contract(kit: StoreKit, backends: Collection[str]) -> type[StoreContrac
         "kit": kit,
         "anyio_backend": anyio_backend,
     }
+    if store_type is not None:
+        for name, test in vars(StoreContract).items():
+            if name.startswith("test_") and not _can_take(test, kit, store_type):
+                namespace[name] = None  # pytest collects no test under this name
     return type("StoreContractTests", (StoreContract,), namespace)
+
+
+def _can_take(test: object, kit: StoreKit, store_type: type) -> bool:
+    """Whether a store of ``store_type`` (and ``kit``'s damage) can take ``test``."""
+    parts = getattr(test, "damage_parts", None)
+    if parts is not None and not set(parts) & kit.damageable:
+        return False
+    for need in getattr(test, "store_needs", ()):
+        if isinstance(need, str):
+            if not callable(getattr(store_type, need, None)):
+                return False
+        elif not issubclass(store_type, need):
+            return False
+    return True

@@ -136,6 +136,7 @@ def check_store(
     raw: Callable[[Any, str], Awaitable[Any]] | None = None,
     damages: Iterable[str] | None = None,
     backends: Iterable[str] | None = None,
+    store_type: type | None = None,
 ) -> type:
     """The store contract suite as a pytest test class, for one kind of store.
 
@@ -161,6 +162,10 @@ def check_store(
       skipped.
     - ``backends``: the anyio backends to run on; every event loop this library
       supports (asyncio and trio) by default.
+    - ``store_type``: the store's class, if you know it.  Then the tests of a
+      protocol or method the class does not have are left out when pytest collects
+      (instead of reported as skipped), and so are the damaged-row tests when
+      there is no ``damage``.
 
     Every store must pass the `SnapshotStore` tests (save, load, delete, list,
     close, ``async with``; TTLs; hostile ids; invalid arguments refused with a
@@ -186,5 +191,5 @@ def check_store(
     if not chosen or not set(chosen) <= set(_loops.NAMES):
         raise ValueError(f"backends must be some of {', '.join(_loops.NAMES)}, not {chosen!r}")
     if damage is None or raw is None:
-        return make_contract(StoreKit(open, FakeClock), chosen)
-    return make_contract(StoreKit(open, FakeClock, damage, raw, parts), chosen)
+        return make_contract(StoreKit(open, FakeClock), chosen, store_type)
+    return make_contract(StoreKit(open, FakeClock, damage, raw, parts), chosen, store_type)

@@ -138,3 +138,36 @@ async def test_a_shield_says_it_shields_and_a_plain_scope_does_not() -> None:
     plain: Any = cancel_scope()
     assert shield.shield is True
     assert plain.shield is False
+
+
+async def test_scopes_left_by_an_exception_or_their_own_cancel_restore_the_callers_scope() -> None:
+    # The fast paths of asyncio's scopes hand these cases to anyio: whichever way a
+    # scope is left, the caller's own scope (and its cancellation) is as before.
+    with anyio.CancelScope() as outer:
+        with pytest.raises(ValueError, match="inside"), shielded(5.0):
+            raise ValueError("inside")
+        with cancel_scope() as own:
+            own.cancel()
+            await anyio.lowlevel.checkpoint()
+        assert own.cancelled_caught
+        with shielded(5.0) as shield:
+            shield.cancel()
+            await anyio.lowlevel.checkpoint()
+        assert shield.cancelled_caught
+        outer.cancel()
+        await anyio.lowlevel.checkpoint()
+        pytest.fail("the outer cancellation was lost")
+    assert outer.cancelled_caught
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_misnested_exit_is_refused_as_anyio_refuses_it() -> None:
+    first, second = cancel_scope(), shielded(5.0)
+    first.__enter__()
+    second.__enter__()
+    with pytest.raises(RuntimeError, match="current cancel scope"):
+        first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    first.__exit__(None, None, None)
+    with pytest.raises(RuntimeError, match=r"single 'with' block|not active"):
+        first.__exit__(None, None, None)

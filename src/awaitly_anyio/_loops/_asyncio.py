@@ -81,21 +81,135 @@ def _new_bucket(loop: asyncio.AbstractEventLoop, buckets: Buckets, slot: int) ->
     return bucket
 
 
+_ANYIO_SCOPE_FIELDS = (
+    "_active",
+    "_cancel_called",
+    "_cancelling_at_enter",
+    "_child_scopes",
+    "_deadline",
+    "_host_task",
+    "_parent_scope",
+    "_pending_uncancellations",
+    "_restart_cancellation_in_parent",
+    "_shield",
+    "_tasks",
+    "_timeout_handle",
+)
+"""What the fast ``with`` of `_scope_classes` reads and writes of anyio's scope."""
+
+
+def _task_states_of(base: type[Any]) -> dict[Any, Any] | None:
+    """anyio's asyncio table of task states (what the fast ``with`` of
+    `_scope_classes` reads), or ``None`` if this anyio keeps them otherwise (then
+    its own ``__enter__`` and ``__exit__`` run)."""
+    backend: Any = sys.modules[base.__module__]
+    states: Any = getattr(backend, "_task_states", None)
+    if not isinstance(states, weakref.WeakKeyDictionary):
+        return None
+    if not all(hasattr(base, name) for name in _ANYIO_SCOPE_FIELDS):
+        return None
+    data: dict[Any, Any] = cast(Any, states).data  # its dict, by weak reference to the task
+    return data
+
+
 def _scope_classes(base: type[Any]) -> tuple[Callable[[], Scope], Callable[[], Any]]:
     """Subclasses of anyio's asyncio scope (``base``): a plain scope, and a bounded
     shield that leaves its bucket (its ``_bucket``, set by `AsyncioLoop.shielded`) on
     exit.
 
-    Subclasses rather than wrappers: the ``with`` statement calls anyio's own
-    ``__enter__`` and reads its own ``cancelled_caught``, with no frame of ours
-    between (a wrapper's three frames were a third of a shielded write's cost).  Both
-    are made by ``object.__new__`` itself, with no arguments (anyio's ``__new__`` is
-    a Python function), so the shield's settings are written after it is made."""
+    Subclasses rather than wrappers: the ``with`` statement reads anyio's own
+    ``cancelled_caught``, with no frame of ours between (a wrapper's three frames
+    were a third of a shielded write's cost).  Both are made by ``object.__new__``
+    itself, with no arguments (anyio's ``__new__`` is a Python function), so the
+    shield's settings are written after it is made.
+
+    Their ``with`` does what anyio's does for a scope with no deadline that is
+    entered uncancelled and left without an exception (every durable write and
+    most run bodies): the same fields set the same way, without anyio's look-ups
+    through Python frames (``asyncio.current_task`` on 3.11, the weak table of
+    task states, the deadline check).  Any other case (an exception, a
+    cancellation, misuse) is anyio's own ``__enter__``/``__exit__``, and so is
+    every case if this anyio's scope lacks the fields read here.
+    """
+    base_enter: Any = base.__enter__
     base_exit: Any = base.__exit__
+    found = _task_states_of(base)
+    states: dict[Any, Any] = {} if found is None else found
+    ref = weakref.ref
 
     class PlainScope(base):  # type: ignore[misc]  # anyio's class, learnt at run time
         __slots__ = ()
         __new__ = object.__new__
+
+        if found is not None:
+
+            def __enter__(self) -> Any:
+                scope: Any = self  # (anyio's fields, unknown to the type checkers here)
+                loop = _get_running_loop()
+                host = None if loop is None else _current_task(loop)
+                state = None if host is None else states.get(ref(host))
+                if (
+                    state is None
+                    or scope._active
+                    or scope._cancel_called
+                    or scope._deadline != math.inf  # set by hand: anyio starts its timer
+                ):
+                    return base_enter(self)
+                # anyio's __enter__ for a fresh, uncancelled scope with no deadline.
+                scope._host_task = host
+                scope._tasks.add(host)
+                parent = state.cancel_scope
+                scope._parent_scope = parent
+                state.cancel_scope = self
+                if parent is not None:
+                    parent._child_scopes.add(self)
+                    parent._tasks.discard(host)
+                scope._active = True
+                if scope._pending_uncancellations is not None:
+                    scope._cancelling_at_enter = host.cancelling()  # type: ignore[union-attr]  # a state: a task
+                return self
+
+            def __exit__(
+                self,
+                exc_type: type[BaseException] | None,
+                exc: BaseException | None,
+                tb: TracebackType | None,
+            ) -> bool:
+                scope: Any = self  # (anyio's fields, unknown to the type checkers here)
+                host = scope._host_task
+                if (
+                    exc_type is not None
+                    or host is None
+                    or scope._cancel_called
+                    or scope._pending_uncancellations
+                    or scope._timeout_handle is not None
+                    or not scope._active
+                ):
+                    exited: bool = base_exit(self, exc_type, exc, tb)
+                    return exited
+                loop = _get_running_loop()
+                state = states.get(ref(host))
+                if (
+                    loop is None
+                    or _current_task(loop) is not host
+                    or state is None
+                    or state.cancel_scope is not self
+                ):
+                    exited = base_exit(self, exc_type, exc, tb)  # raises anyio's error
+                    return exited
+                # anyio's __exit__ for an uncancelled scope left without an exception.
+                scope._active = False
+                scope._tasks.remove(host)
+                parent = scope._parent_scope
+                if parent is not None:
+                    parent._child_scopes.remove(self)
+                    parent._tasks.add(host)
+                state.cancel_scope = parent
+                # A scope around this one may have been cancelled meanwhile (this one
+                # shielded it): its delivery starts again, as anyio's exit does.
+                scope._restart_cancellation_in_parent()
+                scope._host_task = None
+                return False
 
     class BoundedShield(PlainScope):
         __slots__ = ("_bucket",)
@@ -107,7 +221,7 @@ def _scope_classes(base: type[Any]) -> tuple[Callable[[], Scope], Callable[[], A
             tb: TracebackType | None,
         ) -> bool:
             self._bucket.discard(self)
-            exited: bool = base_exit(self, exc_type, exc, tb)
+            exited: bool = PlainScope.__exit__(self, exc_type, exc, tb)
             return exited
 
     return PlainScope, BoundedShield

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import time
 import types
 import weakref
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,8 @@ def _task_reader() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | 
 
 
 _current_task = _task_reader()
+_monotonic = time.monotonic
+_base_time = asyncio.BaseEventLoop.time
 
 
 TICK = 0.1
@@ -206,8 +209,15 @@ def _scope_classes(base: type[Any]) -> tuple[Callable[[], Scope], Callable[[], A
                     parent._tasks.add(host)
                 state.cancel_scope = parent
                 # A scope around this one may have been cancelled meanwhile (this one
-                # shielded it): its delivery starts again, as anyio's exit does.
-                scope._restart_cancellation_in_parent()
+                # shielded it): its delivery starts again, as anyio's exit does (the
+                # walk up to the nearest shield spelt out: mostly nothing is found).
+                while parent is not None:
+                    if parent._cancel_called:
+                        scope._restart_cancellation_in_parent()
+                        break
+                    if parent._shield:
+                        break
+                    parent = parent._parent_scope
                 scope._host_task = None
                 return False
 
@@ -356,7 +366,9 @@ class AsyncioLoop(Loop):
         loop_of_last, buckets = _last
         if loop_of_last() is not loop:
             buckets = buckets_of(loop)
-        slot = int((loop.time() + seconds) / TICK) + 1  # the tick's end: never early
+        # asyncio's own loops read time.monotonic(): read it here without the frame.
+        now = _monotonic() if type(loop).time is _base_time else loop.time()
+        slot = int((now + seconds) / TICK) + 1  # the tick's end: never early
         bucket = buckets.get(slot)
         if bucket is None:
             bucket = _new_bucket(loop, buckets, slot)

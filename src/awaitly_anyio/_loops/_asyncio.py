@@ -1,8 +1,11 @@
 """asyncio's `Loop`.
 
-Cancel scopes are anyio's (asyncio has none of its own that shields), made from
-anyio's asyncio class directly, which skips the look-up of the running backend that
-``anyio.CancelScope(...)`` does each time (a quarter of a shielded scope's cost).
+Cancel scopes are anyio's (asyncio has none of its own that shields): subclasses of
+anyio's asyncio class (`_scope_classes`), made directly, which skips the look-up of
+the running backend that ``anyio.CancelScope(...)`` does each time (a quarter of a
+shielded scope's cost).  Their ``with`` does anyio's bookkeeping itself in the
+common case (a fresh scope with no deadline, left without an exception or a
+cancellation) and hands every other case to anyio's own methods.
 
 A shielded scope needs a bound, and on asyncio a deadline is a timer: pushed onto
 the loop's heap on entry and popped from it later, each step of either a Python-level

@@ -45,7 +45,6 @@ def test_the_layer_finds_loop_names_where_they_are() -> None:
     assert names == set(_loops.NAMES)
 
 
-@pytest.mark.xfail(strict=False, reason="integration pending")
 def test_no_loop_is_named_outside_the_loops_layer() -> None:
     assert loop_names_outside_the_layer() == []
 

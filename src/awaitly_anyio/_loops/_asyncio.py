@@ -297,12 +297,52 @@ def cancel_due(_self: object = None, /) -> bool:
         scheduled: Any = base._scheduled
     except AttributeError:
         ready = scheduled = True
-    if not ready and (not scheduled or scheduled[0]._when > loop.time()):
+    timer_due = bool(scheduled) and scheduled[0]._when <= loop.time()
+    if not ready and not timer_due:
         return False
-    reader = _effective_deadline
-    if reader is None:
-        reader = _learn_effective_deadline()
-    return reader() <= loop.time()
+    states = _scope_states
+    if states is None:
+        states = _learn_scope_states()
+        if states is False:  # an anyio whose scopes this walk does not know
+            reader = _effective_deadline
+            if reader is None:
+                reader = _learn_effective_deadline()
+            return reader() <= loop.time()
+    # anyio's own walk (current_effective_deadline), without its calls: with many
+    # tasks the ready queue is never empty, so every step of every run walks.  A
+    # deadline can only have passed if a timer is due (anyio sets one per deadline,
+    # and cancels at once a deadline set in the past), so without one only
+    # cancelled scopes are looked for.
+    state = states.data.get(weakref.ref(task))
+    if state is None:
+        return False
+    scope = state.cancel_scope
+    now = loop.time() if timer_due else -math.inf
+    while scope is not None:
+        if scope._cancel_called or scope._deadline <= now:
+            return True
+        if scope._shield:
+            return False
+        scope = scope._parent_scope
+    return False
+
+
+_scope_states: Any = None
+"""anyio's asyncio task states (task -> its innermost cancel scope), once checked to
+hold scopes with the fields `cancel_due` reads; ``False`` if they do not."""
+
+
+def _learn_scope_states() -> Any:
+    global _scope_states
+    backend: Any = sys.modules[_anyio_scope_class().__module__]
+    states = getattr(backend, "_task_states", None)
+    probe: Any = anyio.CancelScope()
+    fields = ("_cancel_called", "_deadline", "_shield", "_parent_scope")
+    known = isinstance(states, weakref.WeakKeyDictionary) and all(
+        hasattr(probe, name) for name in fields
+    )
+    _scope_states = states if known else False
+    return _scope_states
 
 
 _coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CoarseTimers] = (

@@ -335,14 +335,15 @@ hold scopes with the fields `cancel_due` reads; ``False`` if they do not."""
 def _learn_scope_states() -> Any:
     global _scope_states
     backend: Any = sys.modules[_anyio_scope_class().__module__]
-    states = getattr(backend, "_task_states", None)
+    states: Any = getattr(backend, "_task_states", None)
     probe: Any = anyio.CancelScope()
     fields = ("_cancel_called", "_deadline", "_shield", "_parent_scope")
     known = isinstance(states, weakref.WeakKeyDictionary) and all(
         hasattr(probe, name) for name in fields
     )
-    _scope_states = states if known else False
-    return _scope_states
+    found: Any = states if known else False
+    _scope_states = found
+    return found
 
 
 _coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CoarseTimers] = (

@@ -338,12 +338,11 @@ def _learn_scope_states() -> Any:
     states: Any = getattr(backend, "_task_states", None)
     probe: Any = anyio.CancelScope()
     fields = ("_cancel_called", "_deadline", "_shield", "_parent_scope")
-    known = isinstance(states, weakref.WeakKeyDictionary) and all(
+    known = type(states) is weakref.WeakKeyDictionary and all(
         hasattr(probe, name) for name in fields
     )
-    found: Any = states if known else False
-    _scope_states = found
-    return found
+    _scope_states = states if known else False
+    return _scope_states
 
 
 _coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CoarseTimers] = (

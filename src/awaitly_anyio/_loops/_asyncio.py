@@ -338,11 +338,12 @@ def _learn_scope_states() -> Any:
     states: Any = getattr(backend, "_task_states", None)
     probe: Any = anyio.CancelScope()
     fields = ("_cancel_called", "_deadline", "_shield", "_parent_scope")
-    known = type(states) is weakref.WeakKeyDictionary and all(
+    if type(states) is not weakref.WeakKeyDictionary or not all(
         hasattr(probe, name) for name in fields
-    )
-    _scope_states = states if known else False
-    return _scope_states
+    ):
+        states = False
+    _scope_states = states
+    return states
 
 
 _coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CoarseTimers] = (

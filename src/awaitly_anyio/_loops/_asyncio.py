@@ -332,13 +332,18 @@ _scope_states: Any = None
 hold scopes with the fields `cancel_due` reads; ``False`` if they do not."""
 
 
+def _holds(value: object, kind: type) -> bool:
+    # isinstance without the narrowing: what anyio keeps stays typed Any.
+    return isinstance(value, kind)
+
+
 def _learn_scope_states() -> Any:
     global _scope_states
     backend: Any = sys.modules[_anyio_scope_class().__module__]
     states: Any = getattr(backend, "_task_states", None)
     probe: Any = anyio.CancelScope()
     fields = ("_cancel_called", "_deadline", "_shield", "_parent_scope")
-    if type(states) is not weakref.WeakKeyDictionary or not all(
+    if not _holds(states, weakref.WeakKeyDictionary) or not all(
         hasattr(probe, name) for name in fields
     ):
         states = False

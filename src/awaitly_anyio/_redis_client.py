@@ -29,6 +29,21 @@ def _redis_asyncio() -> Any:
     return redis.asyncio
 
 
+async def ping(client_or_url: Any) -> object:
+    """``PING`` on a redis.asyncio client or a Redis URL (a short connection, closed
+    after), on the caller's asyncio loop (callers under trio go through a
+    `DriverLoop`): the health check's probe, kept here so that only the driver
+    imports redis-py."""
+    driver: Any = _redis_asyncio()  # partly untyped (from_url's and ping's **kwargs)
+    if isinstance(client_or_url, str):
+        client = driver.Redis.from_url(client_or_url, socket_timeout=5)
+        try:
+            return await client.ping()
+        finally:
+            await client.aclose()
+    return await client_or_url.ping()
+
+
 class _Call:
     """One script call: the script, its SHA-1, keys and arguments."""
 

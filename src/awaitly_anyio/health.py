@@ -119,22 +119,12 @@ def postgres_check(dsn_or_pool: Any) -> Check:
     """``SELECT 1`` on a PostgreSQL DSN (a short connection each time) or an asyncpg pool."""
     from ._bridge import DriverLoop
 
-    async def query() -> object:
-        import asyncpg  # pyright: ignore[reportMissingTypeStubs]
-
-        driver: Any = asyncpg  # untyped (no stubs)
-        if isinstance(dsn_or_pool, str):
-            connection = await driver.connect(dsn_or_pool, timeout=5)
-            try:
-                return await connection.fetchval("SELECT 1")
-            finally:
-                await connection.close()
-        return await dsn_or_pool.fetchval("SELECT 1")
-
     async def check() -> object:
+        from .stores.postgres import select_one
+
         loop = DriverLoop("postgres health check")
         try:
-            return await loop.call(query)
+            return await loop.call(select_one, dsn_or_pool)
         finally:
             loop.release()
 
@@ -145,22 +135,12 @@ def redis_check(client_or_url: Any) -> Check:
     """``PING`` on a redis.asyncio client or a Redis URL (a short connection each time)."""
     from ._bridge import DriverLoop
 
-    async def ping() -> object:
-        import redis.asyncio
-
-        driver: Any = redis.asyncio  # partly untyped (from_url's and ping's **kwargs)
-        if isinstance(client_or_url, str):
-            client = driver.Redis.from_url(client_or_url, socket_timeout=5)
-            try:
-                return await client.ping()
-            finally:
-                await client.aclose()
-        return await client_or_url.ping()
-
     async def check() -> object:
+        from ._redis_client import ping
+
         loop = DriverLoop("redis health check")
         try:
-            return await loop.call(ping)
+            return await loop.call(ping, client_or_url)
         finally:
             loop.release()
 

@@ -61,6 +61,20 @@ def _import_asyncpg() -> Any:
     return asyncpg
 
 
+async def select_one(dsn_or_pool: Any) -> object:
+    """``SELECT 1`` on a PostgreSQL DSN (a short connection, closed after) or an asyncpg
+    pool, on the caller's asyncio loop (callers under trio go through a `DriverLoop`):
+    the health check's probe, kept here so that only the driver imports asyncpg."""
+    driver: Any = _import_asyncpg()  # untyped (no stubs)
+    if isinstance(dsn_or_pool, str):
+        connection = await driver.connect(dsn_or_pool, timeout=5)
+        try:
+            return await connection.fetchval("SELECT 1")
+        finally:
+            await connection.close()
+    return await dsn_or_pool.fetchval("SELECT 1")
+
+
 class PostgresStore(StoreFront):
     """A `SnapshotStore` (and ``LeaseStore``) in PostgreSQL.
 

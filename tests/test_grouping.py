@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from awaitly_anyio._grouping import Grouped, Pending, WriteBatcher
+from awaitly_anyio._grouping import Pending, WriteBatcher
 
 
 class Sender:
@@ -183,7 +183,3 @@ def test_under_trio_a_failed_batch_fails_its_callers() -> None:
         assert outcomes == {0: 0, 1: "the server said no", 2: "the server said no"}
 
     trio.run(main)
-
-
-def test_the_former_name_is_the_same_class() -> None:
-    assert Grouped is WriteBatcher

@@ -10,11 +10,6 @@ selector; see `awaitly_anyio._loops._hosted`).  The caller's event loop says whi
 Cancellation crosses over: if the caller is cancelled, the driver's task is
 cancelled too and the caller waits (shielded, briefly) until the driver has
 finished unwinding, so no operation outlives the scope that started it.
-
-The other names here (`current_async_library`, `AsyncioBridge`, `HostedLoop`,
-`shared_bridge`, `runner_for_current_loop`, `per_trio_run`, `hosted_loop`) are the
-former home of what now lives in `awaitly_anyio._loops`, kept until every caller
-imports from there.
 """
 
 from __future__ import annotations
@@ -23,38 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import _loops
-from ._loops._hosted import AsyncioBridge, HostedLoop, shared_bridge
-from ._loops._per_run import per_trio_run, run_vars
 
-__all__ = [
-    "AsyncioBridge",
-    "DriverLoop",
-    "HostedLoop",
-    "current_async_library",
-    "hosted_loop",
-    "per_trio_run",
-    "runner_for_current_loop",
-    "shared_bridge",
-]
+__all__ = ["DriverLoop"]
 
 T = TypeVar("T")
-
-_run_vars = run_vars  # tests/kit_base.py reads it
-
-current_async_library = _loops.current_name
-"""The former name of `awaitly_anyio._loops.current_name`."""
-
-
-def hosted_loop() -> HostedLoop:
-    """The current trio run's hosted asyncio loop, started on first use (former home)."""
-    return per_trio_run("awaitly_hosted_loop", HostedLoop)
-
-
-def runner_for_current_loop() -> tuple[str, _loops.DriverRunner | None]:
-    """The caller's loop's name and its acquired driver runner (former home; see
-    `awaitly_anyio._loops.Loop.driver_runner`)."""
-    loop = _loops.current()
-    return loop.name, loop.driver_runner()
 
 
 class DriverLoop:

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 from . import _loops
 
-__all__ = ["Grouped", "Pending", "WriteBatcher"]
+__all__ = ["Pending", "WriteBatcher"]
 
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -135,7 +135,3 @@ class WriteBatcher(Generic[Item, R]):
                 if not pending.done():
                     pending.set_exception(RuntimeError(self._stopped))
             self._queue.clear()
-
-
-Grouped = WriteBatcher
-"""The former name of `WriteBatcher` (kept until the stores import the new one)."""

@@ -30,10 +30,10 @@ from typing_extensions import Unpack
 
 from ._checks import check_key
 from ._errors import StepTimeoutError
+from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
-from ._scopes import cancel_due, deliver_cancellation
 from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
 from ._thunk import as_result
 from .events import (

@@ -12,7 +12,11 @@ __all__ = ["check_id", "check_key", "check_lease", "ttl_seconds"]
 
 def check_id(id: object) -> str:
     """Validate a run id: a non-empty string of valid Unicode without NUL characters
-    (every store must be able to keep it as text)."""
+    (every store must be able to keep it as text).  Every durable run calls it twice
+    (its session and its store's claim), so the usual id (plain ASCII) is checked
+    first, cheaply."""
+    if type(id) is str and id.isascii() and id and "\x00" not in id:
+        return id
     if not isinstance(id, str) or not id:
         raise ValueError(f"a run id must be a non-empty string, not {id!r}")
     if "\x00" in id:
@@ -43,7 +47,11 @@ def check_key(key: object) -> str:
 
 
 def check_lease(owner: object, lease: object) -> float:
-    """Validate a lease owner and duration; the duration in seconds."""
+    """Validate a lease owner and duration; the duration in seconds.  The usual pair
+    (a non-empty string, a float in range) is checked first, cheaply: every durable
+    run checks it twice."""
+    if type(lease) is float and type(owner) is str and owner and 0 < lease < 1e9:
+        return lease
     if not isinstance(owner, str) or not owner:
         raise ValueError(f"a lease owner must be a non-empty string, not {owner!r}")
     if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:

@@ -892,12 +892,11 @@ class _LeaseKeeper:
         """Start renewing from a system task started only once the first renewal is due
         (a timer until then, the cheapest thing each loop has), since most runs end
         before it."""
-        loop = self._loop
+        # A bound method, not a closure: every run starts one.
+        self._stop = self._loop.call_later_coarse(self._lease / 3, self._spawn)
 
-        def spawn() -> None:
-            self._stop = loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
-
-        self._stop = loop.call_later_coarse(self._lease / 3, spawn)
+    def _spawn(self) -> None:
+        self._stop = self._loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
 
     def stop(self) -> None:
         """Stop renewing; a renewing task ends at its next await."""

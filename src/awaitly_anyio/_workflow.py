@@ -253,9 +253,9 @@ class Workflow(Generic[D]):
         result: Result[Any, Any] | None = None
         try:
             with session:
-                result = await self._state_and_outcome(
-                    body, session.workflow_id, session.resume, session.checkpoint, session.input
-                )[1]
+                state = self._run_state(session.workflow_id, session.resume, session.checkpoint)
+                context = WorkflowContext(state, self.deps, session.input)
+                result = await _outcome(state, body, context)
         except BaseException:
             await session.cancelled()
             raise

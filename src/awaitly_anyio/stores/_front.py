@@ -257,7 +257,8 @@ class StoreFront:
         ``owner`` holds the lease."""
         self._check_open()
         now = self._clock.time()
-        end = _End(status, result_json, self._expiry(ttl, now), owner)
+        # No TTL (the usual end) needs no call to normalize it.
+        end = _End(status, result_json, None if ttl is None else self._expiry(ttl, now), owner)
         if metadata:
             registry = self._registry
             patch = encode_metadata(dict(metadata), registry)

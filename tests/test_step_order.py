@@ -70,7 +70,7 @@ async def test_a_version_1_sqlite_database_is_upgraded_and_keeps_its_steps(
 @pytest.fixture
 async def old_schema(tmp_path: Path) -> AsyncIterator[str]:
     """A schema of this test's own holding a version 1 database."""
-    from awaitly_anyio.stores.postgres import _MIGRATIONS
+    from awaitly_anyio.stores._postgres_sql import MIGRATIONS
 
     schema = schema_for(tmp_path) + "_v1"
     try:
@@ -79,7 +79,7 @@ async def old_schema(tmp_path: Path) -> AsyncIterator[str]:
         server_or_skip("PostgreSQL", DSN, exc)
     runs, steps = f'"{schema}"."awaitly_runs"', f'"{schema}"."awaitly_steps"'
     await admin(f'CREATE SCHEMA "{schema}"')
-    await admin(_MIGRATIONS[1].format(runs=runs, steps=steps, prefix="awaitly_"))
+    await admin(MIGRATIONS[1].format(runs=runs, steps=steps, prefix="awaitly_"))
     await admin(f'CREATE TABLE "{schema}"."awaitly_schema_version" (version integer NOT NULL)')
     await admin(f'INSERT INTO "{schema}"."awaitly_schema_version" VALUES (1)')
     yield schema

@@ -50,7 +50,7 @@ from ._errors import (
     WorkflowMismatchError,
 )
 from ._ids import uuid4_text
-from ._loops import Loop, current
+from ._loops import Loop, Scope, current
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._run import Emit, logger
@@ -124,6 +124,15 @@ async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) 
         await write()
     if scope.cancelled_caught:
         raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
+
+
+def _shield_open(scope: Scope, bound: float) -> None:
+    """Make ``scope``, entered and never cancelled, a shield bounded ``bound`` seconds
+    from now (anyio's and trio's scopes both take ``shield`` and ``deadline`` while
+    they are open)."""
+    open_scope: Any = scope  # (the loops' scopes, whose settings `Scope` does not name)
+    open_scope.shield = True
+    open_scope.deadline = anyio.current_time() + bound
 
 
 @attrs.frozen
@@ -416,6 +425,7 @@ class DurableSession:
         "_keeper",
         "_leases",
         "_loop",
+        "_open",
         "_options",
         "_owner",
         "_registry",
@@ -458,6 +468,7 @@ class DurableSession:
         self._target: CheckpointStore | _WholeSnapshots | None = None
         self._keeper: _LeaseKeeper | None = None
         self._loop: Loop | None = None
+        self._open: Scope | None = None
         self.resume: WorkflowSnapshot | None = None
         self.checkpoint: _Checkpointer | None = None
         self.input: Any = None
@@ -616,12 +627,23 @@ class DurableSession:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        """Stop the renewals; swallows only the cancellation a lost lease caused."""
+        """Stop the renewals; swallows only the cancellation a lost lease caused.
+
+        A body that ended without an exception, its lease held, leaves its scope
+        open where the loop's scopes are costly to enter (not asyncio's, which are
+        cheaper made anew than re-armed with a deadline): `finish` (which must
+        follow) makes it the bounded shield of the run's last write and closes it, so
+        the run enters one scope fewer."""
         keeper = self._keeper
         if keeper is None:
             return False
+        scope = keeper.body_scope
+        if exc_type is None and not keeper.lost and not keeper.loop.drives_asyncio:
+            keeper.stop()  # before the scope is reused: nothing may cancel it now
+            self._open = scope
+            return False
         try:
-            return bool(keeper.body_scope.__exit__(exc_type, exc, traceback))
+            return bool(scope.__exit__(exc_type, exc, traceback))
         finally:
             keeper.stop()
 
@@ -646,23 +668,40 @@ class DurableSession:
         """
         workflow_id, owner = self.workflow_id, self._owner
         keeper = self._keeper
+        # The body's scope, if the block left it open (see `__exit__`): closed here on
+        # every path.
+        scope = self._open
+        self._open = None
         if keeper is not None:
+            ended: Result[Any, Any] | None = None
             if keeper.lost or result is None:
-                return Err(LeaseLostError(workflow_id, owner or "?"))
-            if isinstance(result, Err) and isinstance(result.error, LeaseLostError):
-                return result
+                ended = Err(LeaseLostError(workflow_id, owner or "?"))
+            elif isinstance(result, Err) and isinstance(result.error, LeaseLostError):
+                ended = result
+            if ended is not None:
+                if scope is not None:
+                    scope.__exit__(None, None, None)
+                return ended
         assert result is not None
         target, options, loop = self._target, self._options, self._loop
         assert target is not None
         assert loop is not None
-        result, stored, text = _encode_final(result, self._registry)
         bound = options.write_timeout
+        if scope is None:
+            scope = loop.shielded(bound)
+            scope.__enter__()
+        else:
+            # The body's scope, still open and never cancelled (its keeper stopped
+            # before the body's block ended), becomes the write's bounded shield.
+            _shield_open(scope, bound)
         try:
             # The run's work is done: record it even if a shutdown is cancelling us (a
             # short, bounded write), or the whole run would be executed again.  The
             # common end (completed, kept) is spelt out: no coroutine between here and
-            # the store's write.
-            with loop.shielded(bound) as scope:
+            # the store's write.  The scope's `with` is spelt out too (it was entered
+            # by the body's block, or just above).
+            try:
+                result, stored, text = _encode_final(result, self._registry)
                 if isinstance(result, Ok) and not options.delete_on_success:
                     if owner is None:
                         await target.finish(workflow_id, "completed", stored, text, ttl=options.ttl)
@@ -674,6 +713,11 @@ class DurableSession:
                     await _record_end(
                         target, self._store, self, workflow_id, result, stored, text, options, owner
                     )
+            except BaseException as exc:
+                if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                scope.__exit__(None, None, None)
             if scope.cancelled_caught:
                 raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
         except LeaseLostError as exc:
@@ -867,12 +911,12 @@ class _LeaseKeeper:
 
     __slots__ = (
         "_lease",
-        "_loop",
         "_owner",
         "_stop",
         "_store",
         "_workflow_id",
         "body_scope",
+        "loop",
         "lost",
     )
 
@@ -883,7 +927,7 @@ class _LeaseKeeper:
         self._workflow_id = workflow_id
         self._owner = owner
         self._lease = lease
-        self._loop = loop
+        self.loop = loop
         self.lost = False
         self.body_scope = loop.cancel_scope()
         self._stop: Callable[[], object] | None = None
@@ -893,10 +937,10 @@ class _LeaseKeeper:
         (a timer until then, the cheapest thing each loop has), since most runs end
         before it."""
         # A bound method, not a closure: every run starts one.
-        self._stop = self._loop.call_later_coarse(self._lease / 3, self._spawn)
+        self._stop = self.loop.call_later_coarse(self._lease / 3, self._spawn)
 
     def _spawn(self) -> None:
-        self._stop = self._loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
+        self._stop = self.loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
 
     def stop(self) -> None:
         """Stop renewing; a renewing task ends at its next await."""

@@ -36,6 +36,7 @@ SCRIPTS = {
     "servers": "bench_servers.py",
     "durable_load": "bench_durable_load.py",
     "durable_floor": "bench_durable_floor.py",
+    "regression": "bench_regression.py",
     "dbos": "bench_dbos.py",
 }
 

@@ -597,19 +597,7 @@ class _PostgresDriver:
 
 async def _upsert(connection: Any, sql: Statements, id: str, key: bytes, row: RunRow) -> None:
     """Write run row ``row`` (created if absent; a stored lease is kept)."""
-    await connection.execute(
-        sql.upsert_run,
-        id,
-        row.workflow_name,
-        row.status,
-        row.result_json,
-        row.metadata_json,
-        row.created_at,
-        row.updated_at,
-        row.expires_at,
-        row.format_version,
-        key,
-    )
+    await connection.execute(sql.upsert_run, id, *_fields(row)[:8], key)  # all but the lease
 
 
 def _fields(row: RunRow) -> tuple[Any, ...]:

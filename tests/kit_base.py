@@ -10,33 +10,17 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import pytest
 
 from awaitly_anyio import Ok, _loops
+from awaitly_anyio._contract import Damage
 from awaitly_anyio._resume import StepRecord
 from awaitly_anyio._store import EncodedStep
 from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.testing import FakeClock
-
-Damage = Literal[
-    "step",
-    "metadata",
-    "format",
-    "newer",
-    "deep",
-    "created_at",
-    "workflow_name",
-    "wrong_type",
-]
-"""Which part of a stored run to corrupt: a step record's JSON, the metadata JSON,
-the format version (set to one no release wrote), the format version of the next
-release (2), a step record nested deeper than any parser's stack (100,000 deep;
-5,000 on PostgreSQL, whose jsonb refuses more), the creation time (not a time),
-the workflow name (missing, or empty where the column cannot be missing), or the
-run's key itself (holding a value of another type: Redis only)."""
 
 
 def encoded(key: str, value: Any, at: datetime | None = None) -> EncodedStep:

@@ -282,17 +282,6 @@ class Workflow(Generic[D]):
             return outcome
         return self._evented(state, outcome, emit)
 
-    def _state_and_outcome(
-        self,
-        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
-        workflow_id: str | None,
-        resume_state: SupportsResume | WorkflowSnapshot | None,
-        checkpoint: Checkpoint | None,
-        input: Any,
-    ) -> tuple[RunState, Coroutine[Any, Any, Result[Any, Any]]]:
-        state = self._run_state(workflow_id, resume_state, checkpoint)
-        return state, _outcome(state, body, WorkflowContext(state, self.deps, input))
-
     def _run_state(
         self,
         workflow_id: str | None,

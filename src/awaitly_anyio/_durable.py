@@ -126,15 +126,6 @@ async def _shielded_write(write: Callable[[], Awaitable[object]], bound: float) 
         raise TimeoutError(f"the store took over {bound:g}s (store_write_timeout)")
 
 
-def _shield_open(scope: Scope, bound: float) -> None:
-    """Make ``scope``, entered and never cancelled, a shield bounded ``bound`` seconds
-    from now (anyio's and trio's scopes both take ``shield`` and ``deadline`` while
-    they are open)."""
-    open_scope: Any = scope  # (the loops' scopes, whose settings `Scope` does not name)
-    open_scope.shield = True
-    open_scope.deadline = anyio.current_time() + bound
-
-
 @attrs.frozen
 class DurableOptions:
     """How a durable run behaves.
@@ -630,15 +621,15 @@ class DurableSession:
         """Stop the renewals; swallows only the cancellation a lost lease caused.
 
         A body that ended without an exception, its lease held, leaves its scope
-        open where the loop's scopes are costly to enter (not asyncio's, which are
-        cheaper made anew than re-armed with a deadline): `finish` (which must
+        open where the loop re-arms an open scope more cheaply than it enters one
+        (`Loop.reuses_open_scopes`): `finish` (which must
         follow) makes it the bounded shield of the run's last write and closes it, so
         the run enters one scope fewer."""
         keeper = self._keeper
         if keeper is None:
             return False
         scope = keeper.body_scope
-        if exc_type is None and not keeper.lost and not keeper.loop.drives_asyncio:
+        if exc_type is None and not keeper.lost and keeper.loop.reuses_open_scopes:
             keeper.stop()  # before the scope is reused: nothing may cancel it now
             self._open = scope
             return False
@@ -693,7 +684,7 @@ class DurableSession:
         else:
             # The body's scope, still open and never cancelled (its keeper stopped
             # before the body's block ended), becomes the write's bounded shield.
-            _shield_open(scope, bound)
+            loop.shield_open(scope, bound)
         try:
             # The run's work is done: record it even if a shutdown is cancelling us (a
             # short, bounded write), or the whole run would be executed again.  The

@@ -205,13 +205,21 @@ class TrioLoop(Loop):
     def cancel_scope(self) -> Scope:
         return _CancelScope()
 
+    # A native trio scope is costly to enter and cheap to re-arm.
+    reuses_open_scopes: ClassVar[bool] = True
+
     def shielded(self, seconds: float) -> Scope:
+        return _CancelScope(shield=True, deadline=self._now() + seconds)
+
+    def _now(self) -> float:
         # The run's clock read directly: trio.current_time() is two frames more.
         context = _context
         if context is None:
             context = _learn_context()
-        now = trio.current_time() if context is False else context.runner.clock.current_time()
-        return _CancelScope(shield=True, deadline=now + seconds)
+        if context is False:
+            return trio.current_time()
+        now: float = context.runner.clock.current_time()
+        return now
 
     # The module's function itself, as on asyncio: `awaitly_anyio._loops.cancel_due`
     # off asyncio calls it with no bound method between.

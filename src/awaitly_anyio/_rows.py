@@ -17,7 +17,15 @@ import attrs
 from ._checks import check_key
 from ._errors import SerializationError, SnapshotDecodeError
 from ._result import Result
-from ._snapshot import FORMAT_VERSION, RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
+from ._snapshot import (
+    FORMAT_VERSION,
+    RUN_STATUSES,
+    WAIT_KINDS,
+    RunStatus,
+    SnapshotInfo,
+    WaitKind,
+    WorkflowSnapshot,
+)
 from ._times import from_epoch, iso_from_epoch
 from .serialization import (
     TypeRegistry,
@@ -66,6 +74,11 @@ class RunRow:
     format_version: int = FORMAT_VERSION
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    # The pending wait (see `RowDriver.begin_wait`): kept by the driver like the lease.
+    wait_step: str | None = None
+    wait_key: str | None = None
+    wait_kind: str | None = None
+    wake_at: float | None = None
 
     def lease_held_by_other(self, owner: str, now: float) -> bool:
         """Whether someone other than ``owner`` holds a live lease on this run."""
@@ -176,7 +189,8 @@ def restarted_row(
     registry: TypeRegistry,
 ) -> RunRow:
     """The row of a run (re)started at ``now``: running, without result, expiry or lease,
-    keeping the previous row's creation time and metadata (with ``metadata`` over it)."""
+    keeping the previous row's creation time, pending wait and metadata (with
+    ``metadata`` over it)."""
     merged = {} if previous is None else decode_metadata(run_id, previous, registry)
     merged.update(metadata or {})
     return RunRow(
@@ -187,6 +201,12 @@ def restarted_row(
         created_at=now if previous is None else previous.created_at,
         updated_at=now,
         expires_at=None,
+        # A pending wait outlives a restart: the resumed run waits again until the
+        # same deadline, not a full wait later.
+        wait_step=None if previous is None else previous.wait_step,
+        wait_key=None if previous is None else previous.wait_key,
+        wait_kind=None if previous is None else previous.wait_kind,
+        wake_at=None if previous is None else previous.wake_at,
     )
 
 
@@ -273,7 +293,15 @@ def listing_entry(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotI
         expires_at=None if row.expires_at is None else from_epoch(row.expires_at),
         lease_owner=None if until is None else row.lease_owner,
         lease_expires_at=None if until is None else from_epoch(until),
+        waiting_for=row.wait_key if row.status == "waiting" else None,
+        wait_kind=_wait_kind(row) if row.status == "waiting" else None,
+        wake_at=None if row.status != "waiting" or row.wake_at is None else from_epoch(row.wake_at),
     )
+
+
+def _wait_kind(row: RunRow) -> WaitKind | None:
+    kind = row.wait_kind
+    return kind if kind in WAIT_KINDS else None  # type: ignore[return-value]
 
 
 def decode_problem(

@@ -16,15 +16,27 @@ import attrs
 from ._result import Result
 from ._resume import StepRecord, _to_records
 
-__all__ = ["FORMAT_VERSION", "RunStatus", "SnapshotInfo", "SnapshotPage", "WorkflowSnapshot"]
+__all__ = [
+    "FORMAT_VERSION",
+    "RunStatus",
+    "SnapshotInfo",
+    "SnapshotPage",
+    "WaitKind",
+    "WorkflowSnapshot",
+]
 
 FORMAT_VERSION = 1
 """The snapshot format this version writes and reads."""
 
-RunStatus: TypeAlias = Literal["running", "completed", "failed", "cancelled"]
-"""A stored run's status: ``running`` (or abandoned by a dead worker), ``completed``,
-``failed`` or ``cancelled``."""
-RUN_STATUSES: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled")
+RunStatus: TypeAlias = Literal["running", "waiting", "completed", "failed", "cancelled"]
+"""A stored run's status: ``running`` (or abandoned by a dead worker), ``waiting``
+(for a message, an approval, a hook or a timer: see `SnapshotInfo.waiting_for`),
+``completed``, ``failed`` or ``cancelled``."""
+RUN_STATUSES: tuple[RunStatus, ...] = ("running", "waiting", "completed", "failed", "cancelled")
+
+WaitKind: TypeAlias = Literal["message", "approval", "hook", "timer"]
+"""What a waiting run waits for."""
+WAIT_KINDS: tuple[WaitKind, ...] = ("message", "approval", "hook", "timer")
 
 
 def utc_now() -> datetime:
@@ -89,6 +101,10 @@ class SnapshotInfo:
     ``status`` ``"failed"``, times the epoch (1970-01-01 UTC).  Such a run is
     listed, never repaired or deleted by a read: it is left for an operator
     (``load`` raises `SnapshotDecodeError` for it).
+
+    A ``waiting`` run says what it waits for: ``wait_kind`` (``"message"``,
+    ``"approval"``, ``"hook"`` or ``"timer"``), ``waiting_for`` (the message key; ``None``
+    for a timer) and ``wake_at``, its durable deadline (``None``: no deadline).
     """
 
     id: str
@@ -100,6 +116,9 @@ class SnapshotInfo:
     damaged: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    waiting_for: str | None = None
+    wait_kind: WaitKind | None = None
+    wake_at: datetime | None = None
 
 
 @attrs.frozen

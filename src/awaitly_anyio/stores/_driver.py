@@ -30,6 +30,16 @@ Rules every driver keeps:
 - **The lease is the driver's to keep.** `write_run` and `start_run` leave the
   stored lease (``lease_owner``, ``lease_expires_at``) as it is; `claim`,
   `claim_expired`, `renew`, `release` and `end_run` change it as documented.
+- **So is the pending wait** (``wait_step``, ``wait_key``, ``wait_kind``,
+  ``wake_at``): `write_run` and `start_run` leave it as stored; `begin_wait` sets it
+  (and status ``waiting``); `write_step` of the wait's own step, `receive` of it and
+  `end_run` clear it; `send` of the awaited key makes it due (``wake_at = now``).
+  The rows `claim`'s ``take`` returns carry it already (the front copies it).
+- **A mailbox per run.** Messages are rows apart from the run (``run id, key,
+  value JSON, sent at, order``), kept in the order they were sent, consumed oldest
+  first per key, each exactly once (`receive` deletes the one it returns in the same
+  transaction as it records the step).  They go with the run (`delete`, `purge`,
+  `write_run` keeps them; a run that expires takes its messages with it).
 """
 
 from __future__ import annotations
@@ -44,14 +54,17 @@ from .._snapshot import RunStatus
 from .._store import Claim
 
 __all__ = [
+    "AlreadySent",
     "ClaimTerms",
     "EndTerms",
     "LeaseLost",
     "ListedRow",
     "RowDriver",
     "RowUnreadable",
+    "RunEnded",
     "RunMissing",
     "Steps",
+    "WaitRow",
 ]
 
 Steps = Sequence[tuple[str, str]]
@@ -80,7 +93,34 @@ class RowUnreadable(Exception):
         self.reason = reason
 
 
+class RunEnded(Exception):
+    """`RowDriver.send` to a run that already ``completed`` or ``failed``: nothing waits
+    for the message any more.  ``status`` is the run's."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class AlreadySent(Exception):
+    """`RowDriver.send` with ``once``: a message with the key is already pending, or the
+    step ``once`` is already recorded (the value was delivered and consumed)."""
+
+
 # ---- what the front hands a driver ------------------------------------------------------
+
+
+@attrs.frozen
+class WaitRow:
+    """A wait `RowDriver.begin_wait` records: the step that waits (``step``, its key),
+    the message key it waits for (``key``; ``None`` for a timer), what kind of wait it
+    is (``kind``: ``"message"``, ``"approval"``, ``"hook"``, ``"timer"``) and its
+    deadline in epoch seconds (``wake_at``; ``None``: none)."""
+
+    step: str
+    key: str | None
+    kind: str
+    wake_at: float | None
 
 
 @attrs.frozen
@@ -202,13 +242,16 @@ class RowDriver(Protocol):
         """Add or replace step ``key`` of live run ``id`` (a new key goes last, an old one
         keeps its place); durable once this returns.  With ``owner``, only while the
         run's ``lease_owner`` is ``owner``.  `RunMissing` or `LeaseLost` otherwise.
-        A driver may move the run's ``updated_at`` to ``now`` or leave it."""
+        A driver may move the run's ``updated_at`` to ``now`` or leave it.  When the
+        stored ``wait_step`` is ``key`` the wait is cleared (the four wait fields
+        ``None``) and a ``waiting`` run becomes ``running`` again."""
         ...
 
     async def end_run(self, id: str, now: float, end: EndTerms) -> None:
         """Record live run ``id``'s end (see `EndTerms`): status, result, ``updated_at =
-        now``, expiry, metadata; lease cleared; steps kept.  With ``end.owner``, only
-        while it holds the lease.  `RunMissing` or `LeaseLost` otherwise."""
+        now``, expiry, metadata; lease and pending wait cleared; steps and messages
+        kept.  With ``end.owner``, only while it holds the lease.  `RunMissing` or
+        `LeaseLost` otherwise."""
         ...
 
     async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
@@ -234,7 +277,8 @@ class RowDriver(Protocol):
         problem: Callable[[str, RunRow, Steps], str | None],
     ) -> tuple[list[tuple[str, RunRow]], list[ListedRow]]:
         """Lease to ``owner`` until ``until`` up to ``limit`` live runs whose status is
-        ``running`` or ``cancelled``, whose lease is free or expired (``lease_expires_at``
+        ``running`` or ``cancelled``, or ``waiting`` and due (``wake_at`` not ``None`` and
+        not after ``now``), whose lease is free or expired (``lease_expires_at``
         ``None`` or not after ``now``) and whose workflow is one of
         ``workflow_names`` (any, when ``None``; an empty list claims nothing), oldest
         ``updated_at`` first.
@@ -267,4 +311,72 @@ class RowDriver(Protocol):
     async def purge(self, now: float) -> int:
         """Delete runs expired at ``now`` (and whatever indexes point at gone runs) for
         good; how many went."""
+        ...
+
+    # ---- waiting: messages, waits and wake-ups ---------------------------------------
+
+    @property
+    def channel(self) -> str:
+        """Names the database (and schema or prefix) this driver writes to, so that the
+        front can wake waiters of the same database in the same process at once (a
+        SQLite file's resolved path, ``memory:<name>``, the PostgreSQL DSN and schema,
+        the Redis URL and prefix).  Never holds a password (redact it)."""
+        ...
+
+    async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
+        """Append a message (``key``, value ``json``) to live run ``id``'s mailbox, in one
+        transaction, after any message sent before it.
+
+        `RunMissing` if there is no live run; `RunEnded` if its status is
+        ``completed`` or ``failed``.  With ``once`` (a step key): `AlreadySent` if a
+        message with ``key`` is pending or step ``once`` is recorded.  Nothing is
+        written when it raises.
+
+        When the run is ``waiting`` with ``wait_key == key``, sets its ``wake_at`` to
+        ``now`` (so the sweep, `claim_expired`, finds it due).  Then tells other
+        processes (`watch`): PostgreSQL ``NOTIFY`` after commit, Redis ``PUBLISH``;
+        a driver without push does nothing more."""
+        ...
+
+    async def receive(
+        self,
+        id: str,
+        key: str,
+        step: str,
+        record: Callable[[str], str],
+        now: float,
+        owner: str | None,
+    ) -> str | None:
+        """Consume the oldest pending message with ``key`` of live run ``id`` into step
+        ``step``, in one transaction: delete the message, write step ``step`` with the
+        JSON ``record(message json)`` (as `write_step` does: a new step goes last; the
+        pending wait is cleared when it is ``step``'s) and return the message's JSON.
+
+        ``None`` with nothing written when no message with ``key`` is pending, or
+        when step ``step`` is already recorded.  `RunMissing` / `LeaseLost` (with
+        ``owner``) as `write_step`.  ``record`` may raise; nothing is written then."""
+        ...
+
+    async def begin_wait(
+        self, id: str, wait: WaitRow, now: float, owner: str | None
+    ) -> tuple[bool, float | None]:
+        """Record that live run ``id`` waits (see `WaitRow`), in one transaction, and
+        return ``(ready, wake_at)``:
+
+        - ``wait.key`` set and a message with it pending: ``(True, None)``, nothing
+          written (the caller receives it at once);
+        - else, if the stored ``wait_step`` is ``wait.step`` (the same wait, resumed):
+          the stored wait is kept, status becomes ``waiting``, and the *stored*
+          ``wake_at`` is returned (a restart does not restart the clock);
+        - else the wait fields become ``wait``'s, status ``waiting``, ``updated_at``
+          ``now``; returns ``(False, wait.wake_at)``.
+
+        `RunMissing` / `LeaseLost` (with ``owner``) as `write_step`."""
+        ...
+
+    async def watch(self, woken: Callable[[str], object]) -> None:
+        """Call ``woken(run id)`` for every `send` to this database from any process,
+        until cancelled: PostgreSQL ``LISTEN``, Redis ``SUBSCRIBE``.  A driver without
+        push (memory, SQLite) returns at once.  Raises what the connection raises when
+        it drops (the front sweeps, then watches again)."""
         ...

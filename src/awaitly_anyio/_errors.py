@@ -16,10 +16,14 @@ from typing import Any, cast
 import attrs
 
 __all__ = [
+    "AlreadyDeliveredError",
+    "ApprovalRejectedError",
     "AwaitlyError",
     "CircuitOpenError",
+    "HookTokenError",
     "LeaseLostError",
     "RateLimitExceededError",
+    "RunFinishedError",
     "RunInProgressError",
     "SerializationError",
     "SharedStateUnavailableError",
@@ -28,6 +32,7 @@ __all__ = [
     "StoreError",
     "StoredException",
     "UnexpectedError",
+    "WaitTimeoutError",
     "WorkflowMismatchError",
     "is_unexpected_error",
 ]
@@ -250,3 +255,65 @@ class LeaseLostError(_ValueException):
         return (
             f"lost the lease on run {self.run_id!r} (owner {self.owner!r}); another worker has it"
         )
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class WaitTimeoutError(_ValueException):
+    """Step ``step`` waited for ``key`` (``None``: a timer) until its durable deadline,
+    ``deadline`` (epoch seconds), and nothing came."""
+
+    step: str
+    key: str | None
+    deadline: float
+
+    def __str__(self) -> str:
+        return f"step {self.step!r} waited for {self.key!r} past its deadline"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class ApprovalRejectedError(_ValueException):
+    """The approval step ``step`` (key ``key``) was rejected by ``by``, for ``reason``."""
+
+    step: str
+    key: str
+    by: str
+    reason: str | None = None
+
+    def __str__(self) -> str:
+        why = "" if self.reason is None else f": {self.reason}"
+        return f"step {self.step!r} ({self.key!r}) was rejected by {self.by!r}{why}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class RunFinishedError(_ValueException, LookupError):
+    """A message was sent to run ``run_id``, which already ended (``status``
+    ``completed`` or ``failed``): nothing will ever read it, so nothing was stored."""
+
+    run_id: str
+    status: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r} has already {self.status}; the message was not stored"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class AlreadyDeliveredError(_ValueException):
+    """``key`` of run ``run_id`` takes one value only, and it was already delivered
+    (a hook resolves once); nothing was stored."""
+
+    run_id: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.key!r} of run {self.run_id!r} was already delivered; nothing was stored"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class HookTokenError(_ValueException, ValueError):
+    """A hook token could not be resolved: ``reason`` says why (malformed, unknown,
+    already resolved, its run ended).  The token itself is never repeated in full."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"hook token refused: {self.reason}"

@@ -42,6 +42,10 @@ from .serialization import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
+    "decode_message",
+    "encode_message",
+    "message_record",
     "RunRow",
     "check_list_args",
     "claimed_snapshot",
@@ -88,6 +92,48 @@ class RunRow:
             and self.lease_expires_at is not None
             and self.lease_expires_at > now
         )
+
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""The largest value (encoded as JSON, in UTF-8 bytes) a run's mailbox takes: 1 MiB."""
+
+
+def encode_message(value: Any, registry: TypeRegistry) -> str:
+    """A message's value as JSON, typed like a step value.  `SerializationError` (step
+    ``"<message>"``) for a value with no JSON form; ``ValueError`` naming the size for
+    one over `MAX_MESSAGE_BYTES`."""
+    try:
+        text = dumps(_encode(value, registry))
+    except _Unstorable as exc:
+        raise SerializationError("<message>", exc.type_name, exc.reason) from None
+    except RecursionError:
+        raise SerializationError(
+            "<message>", type(value).__qualname__, "it is nested too deeply to encode"
+        ) from None
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(
+            f"a message holds at most {MAX_MESSAGE_BYTES} bytes of JSON; this value takes {size}"
+        )
+    return text
+
+
+def decode_message(run_id: str, text: str, registry: TypeRegistry) -> Any:
+    """A stored message's value; `SnapshotDecodeError` naming the run if it cannot be
+    read (damaged JSON, a type this registry does not know)."""
+    try:
+        return _decode(loads(text, run_id), registry)
+    except _Undecodable as exc:
+        raise SnapshotDecodeError(run_id, f"a message: {exc}") from None
+
+
+def message_record(text: str, now: float) -> str:
+    """The record (JSON) of the step that consumed a message whose value is ``text``:
+    ``Ok(value)``, one attempt, started and finished ``now``.  The value's JSON is
+    spliced in as it was stored (it is the same encoding a step value has), so the
+    value is not encoded twice."""
+    at = iso_from_epoch(now)
+    return f'{{"ok":true,"value":{text},"attempts":1,"started_at":"{at}","finished_at":"{at}"}}'
 
 
 def encode_metadata(metadata: Mapping[str, Any], registry: TypeRegistry) -> str:
@@ -301,7 +347,7 @@ def listing_entry(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotI
 
 def _wait_kind(row: RunRow) -> WaitKind | None:
     kind = row.wait_kind
-    return kind if kind in WAIT_KINDS else None  # type: ignore[return-value]
+    return kind if kind in WAIT_KINDS else None
 
 
 def decode_problem(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ._result import Result
+from ._result import Ok, Result
 from ._resume import StepRecord
 from ._snapshot import RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 
@@ -29,6 +29,7 @@ __all__ = [
     "ClaimOutcome",
     "EncodedStep",
     "LeaseStore",
+    "MailboxStore",
     "SnapshotStore",
 ]
 
@@ -228,4 +229,64 @@ class LeaseStore(CheckpointStore, Protocol):
         `damaged` says what is wrong (so that
         recovery can report them), and they do not count towards ``limit``.
         """
+        ...
+
+
+@runtime_checkable
+class MailboxStore(LeaseStore, Protocol):
+    """Messages addressed to runs, and runs that wait for them (durable waiting).
+
+    Every shipped store is one.  A run's mailbox keeps the messages sent to it in
+    the order they were sent; each is consumed once, oldest first per key, into
+    the step that waited for it.  Every method is a cancellation point and one
+    atomic change: a cancelled call wrote all of it or nothing.
+    """
+
+    async def send(self, run_id: str, key: str, value: Any, *, once: str | None = None) -> None:
+        """Store ``value`` for run ``run_id`` under ``key``; durable once this returns,
+        whether or not a worker is running or the run is waiting yet.
+
+        Raises, with nothing stored: ``ValueError`` for an invalid id or key or a value
+        over `MAX_MESSAGE_BYTES` encoded; `SerializationError` for a value that cannot
+        be stored; ``LookupError`` when there is no such run; `RunFinishedError` when
+        it already completed or failed; with ``once`` (a step key),
+        `AlreadyDeliveredError` when a value for ``key`` is pending or that step is
+        recorded."""
+        ...
+
+    async def receive(
+        self, run_id: str, key: str, *, step: str, name: str, owner: str | None = None
+    ) -> Ok[Any] | None:
+        """Consume the oldest value sent under ``key`` into step ``step`` (recorded as
+        ``Ok(value)`` under ``name``, the wait cleared) and return it; ``None``,
+        with nothing written, when there is none or the step is already recorded."""
+        ...
+
+    async def begin_wait(
+        self,
+        run_id: str,
+        *,
+        step: str,
+        key: str | None,
+        kind: str,
+        wake_at: float | None,
+        owner: str | None = None,
+    ) -> tuple[bool, float | None]:
+        """Record that the run waits in step ``step`` for ``key`` until ``wake_at``
+        (epoch seconds): ``(True, None)`` when a value for ``key`` is already pending
+        (receive it); else ``(False, deadline)``, the deadline stored the first time
+        this step began waiting (a resumed run keeps it)."""
+        ...
+
+    async def next_send(self, run_id: str) -> None:
+        """Return once a value is sent to ``run_id`` after this call began: at once
+        from this process, through the database's push (PostgreSQL ``NOTIFY``,
+        Redis pub/sub) from others.  A push can be missed (a dropped connection):
+        callers bound the wait and receive again (see `poll_interval`)."""
+        ...
+
+    @property
+    def poll_interval(self) -> float:
+        """How often (seconds, real time) a waiter should look again without a push:
+        short for a store that cannot push (SQLite), long for one that can."""
         ...

@@ -18,6 +18,7 @@ its bucket (a set) in constant time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -464,6 +465,15 @@ class AsyncioLoop(Loop):
             task.cancel()
 
         return cancel
+
+    def call_soon_threadsafe(self) -> Callable[[Callable[[], object]], None]:
+        loop = asyncio.get_running_loop()
+
+        def call(fn: Callable[[], object]) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to wake
+                loop.call_soon_threadsafe(fn)
+
+        return call
 
     def answer(self) -> Answer[Any]:
         return asyncio.get_running_loop().create_future()

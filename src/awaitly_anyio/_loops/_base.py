@@ -182,6 +182,12 @@ class Loop(abc.ABC):
         crash the run): it catches what it does not mean to propagate."""
 
     @abc.abstractmethod
+    def call_soon_threadsafe(self) -> Callable[[Callable[[], object]], None]:
+        """A function that, from any thread, has this loop call ``fn()`` soon (in its own
+        thread): how a driver callback fired on the hosted asyncio loop reaches the
+        caller's loop.  Calls after the loop ended are dropped."""
+
+    @abc.abstractmethod
     def answer(self) -> Answer[Any]:
         """A new `Answer` awaited by a task of this loop."""
 

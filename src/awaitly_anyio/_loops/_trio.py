@@ -11,6 +11,7 @@ other bookkeeping.  asyncio-only drivers run on the run's hosted asyncio loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
@@ -257,6 +258,15 @@ class TrioLoop(Loop):
 
         trio.lowlevel.spawn_system_task(run, name=name)
         return scope.cancel
+
+    def call_soon_threadsafe(self) -> Callable[[Callable[[], object]], None]:
+        token = trio.lowlevel.current_trio_token()
+
+        def call(fn: Callable[[], object]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
+                token.run_sync_soon(fn)
+
+        return call
 
     def answer(self) -> Answer[Any]:
         return _TrioAnswer[Any]()

@@ -10,6 +10,8 @@ and turns the driver's signals (``_driver``) into the library's errors.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,33 +20,81 @@ import attrs
 
 from .._checks import check_id, check_key, check_lease, ttl_seconds
 from .._clock import Clock, SystemClock
-from .._errors import LeaseLostError, SnapshotDecodeError
-from .._result import Result
+from .._errors import (
+    AlreadyDeliveredError,
+    LeaseLostError,
+    RunFinishedError,
+    SnapshotDecodeError,
+)
+from .._loops import current
+from .._result import Ok, Result
 from .._rows import (
     RunRow,
     check_list_args,
     claimed_snapshot,
     damaged_entry,
     decode_cursor,
+    decode_message,
     decode_metadata,
     decode_problem,
     encode_cursor,
+    encode_message,
     encode_metadata,
     listing_entry,
+    message_record,
     restarted_row,
     row_problem,
     rows_from_snapshot,
     snapshot_from_rows,
 )
-from .._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from .._run import logger
+from .._snapshot import (
+    FORMAT_VERSION,
+    WAIT_KINDS,
+    RunStatus,
+    SnapshotInfo,
+    SnapshotPage,
+    WorkflowSnapshot,
+)
 from .._store import Claim, EncodedStep, Ttl
 from ..serialization import TypeRegistry, default_registry
-from ._driver import LeaseLost, RowDriver, RowUnreadable, RunMissing, Steps
+from ._driver import (
+    AlreadySent,
+    LeaseLost,
+    RowDriver,
+    RowUnreadable,
+    RunEnded,
+    RunMissing,
+    Steps,
+    WaitRow,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["StoreFront"]
+
+
+_local: dict[str, dict[str, set[anyio.Event]]] = {}
+"""This process's waiters (`StoreFront.next_send`), by database channel and run id:
+a send from this process wakes them at once, whatever the store object."""
+
+
+def _wake_local(channel: str, run_id: str) -> None:
+    waiters = _local.get(channel, {}).get(run_id)
+    for wake in list(waiters or ()):
+        _set(wake)
+
+
+def _wake_all_local(channel: str) -> None:
+    for waiters in list(_local.get(channel, {}).values()):
+        for wake in list(waiters):
+            _set(wake)
+
+
+def _set(wake: anyio.Event) -> None:
+    with contextlib.suppress(RuntimeError):  # a waiter of another loop's thread: it polls
+        wake.set()
 
 
 def _missing(id: str) -> LookupError:
@@ -68,11 +118,14 @@ class StoreFront:
         *,
         clock: Clock | None = None,
         registry: TypeRegistry = default_registry,
+        poll_interval: float = 5.0,
     ) -> None:
         self._driver = driver
         self._clock = clock if clock is not None else SystemClock()
         self._registry = registry
         self._closed = False
+        self._poll_interval = poll_interval
+        self._stop_watching: Callable[[], None] | None = None
 
     async def __aenter__(self) -> Self:
         """Open the store now (connect, create or migrate its tables); if that fails or
@@ -206,6 +259,9 @@ class StoreFront:
         if self._closed:
             return
         self._closed = True
+        if self._stop_watching is not None:
+            self._stop_watching()
+            self._stop_watching = None
         await self._driver.close()
 
     # ---- CheckpointStore ---------------------------------------------------------------
@@ -347,6 +403,153 @@ class StoreFront:
         return [listing_entry(id, row) for id, row in claimed] + [
             damaged_entry(entry.id, entry.damage or "unreadable", entry.row) for entry in damaged
         ]
+
+    # ---- MailboxStore: messages, waits and wake-ups -----------------------------------
+
+    @property
+    def poll_interval(self) -> float:
+        """How often (real seconds) a waiter looks again without a push: see
+        `MailboxStore.poll_interval`.  Set per store (``store.poll_interval = 0.2``)."""
+        return self._poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"poll_interval must be a number of seconds > 0, not {seconds!r}")
+        self._poll_interval = float(seconds)
+
+    async def send(self, run_id: str, key: str, value: Any, *, once: str | None = None) -> None:
+        """Store ``value`` for run ``run_id`` under ``key``: see `MailboxStore.send`."""
+        check_id(run_id)
+        check_key(key)
+        if once is not None:
+            check_key(once)
+        text = encode_message(value, self._registry)
+        self._check_open()
+        driver = self._driver
+        try:
+            await driver.send(run_id, key, text, self._clock.time(), once)
+        except RunMissing:
+            raise LookupError(f"run {run_id!r} is not in the store; nothing was sent") from None
+        except RunEnded as exc:
+            raise RunFinishedError(run_id, exc.status) from None
+        except AlreadySent:
+            raise AlreadyDeliveredError(run_id, key) from None
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(run_id, exc.reason) from None
+        _wake_local(driver.channel, run_id)
+
+    async def receive(
+        self, run_id: str, key: str, *, step: str, name: str, owner: str | None = None
+    ) -> Ok[Any] | None:
+        """Consume the oldest value sent under ``key`` into step ``step``: see
+        `MailboxStore.receive`.  `SnapshotDecodeError` for a stored value this
+        store's registry cannot decode (nothing is consumed then)."""
+        check_id(run_id)
+        check_key(key)
+        check_key(step)
+        self._check_open()
+        registry = self._registry
+        now = self._clock.time()
+        decoded: list[Any] = []
+
+        def record(text: str) -> str:
+            # Decoded before anything is written: a value that cannot be read back is
+            # left in the mailbox, and the run sees the error.
+            decoded.append(decode_message(run_id, text, registry))
+            return message_record(text, now)
+
+        try:
+            found = await self._driver.receive(run_id, key, step, record, now, owner)
+        except RunMissing:
+            raise _missing(run_id) from None
+        except LeaseLost:
+            raise LeaseLostError(run_id, owner or "") from None
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(run_id, exc.reason) from None
+        if found is None:
+            return None
+        return Ok(decoded[-1] if decoded else decode_message(run_id, found, registry))
+
+    async def begin_wait(
+        self,
+        run_id: str,
+        *,
+        step: str,
+        key: str | None,
+        kind: str,
+        wake_at: float | None,
+        owner: str | None = None,
+    ) -> tuple[bool, float | None]:
+        """Record that run ``run_id`` waits: see `MailboxStore.begin_wait`."""
+        check_id(run_id)
+        check_key(step)
+        if key is not None:
+            check_key(key)
+        if kind not in WAIT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(WAIT_KINDS)}, not {kind!r}")
+        if wake_at is not None and not math.isfinite(wake_at):
+            raise ValueError(f"wake_at must be a finite epoch time, not {wake_at!r}")
+        self._check_open()
+        try:
+            return await self._driver.begin_wait(
+                run_id, WaitRow(step, key, kind, wake_at), self._clock.time(), owner
+            )
+        except RunMissing:
+            raise _missing(run_id) from None
+        except LeaseLost:
+            raise LeaseLostError(run_id, owner or "") from None
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(run_id, exc.reason) from None
+
+    async def next_send(self, run_id: str) -> None:
+        """Return once a value is sent to ``run_id``: see `MailboxStore.next_send`.
+        Cancel it to stop waiting (it holds nothing then)."""
+        check_id(run_id)
+        self._check_open()
+        channel = self._driver.channel
+        wake = anyio.Event()
+        waiters = _local.setdefault(channel, {}).setdefault(run_id, set())
+        waiters.add(wake)
+        self._start_watching(channel)
+        try:
+            await wake.wait()
+        finally:
+            waiters.discard(wake)
+            if not waiters:
+                by_run = _local.get(channel)
+                if by_run is not None and by_run.get(run_id) is waiters:
+                    del by_run[run_id]
+
+    def _start_watching(self, channel: str) -> None:
+        """Start, once per store, the task that turns the database's pushes into local
+        wake-ups.  It runs until the store closes; when the push connection drops it
+        wakes every local waiter of the channel (so they look again: a missed push is
+        caught) and watches again after a pause."""
+        if self._stop_watching is not None:
+            return
+        loop = current()
+        call = loop.call_soon_threadsafe()
+        driver = self._driver
+
+        def woken(run_id: str) -> None:
+            # Drivers may call from their own thread (the hosted asyncio loop).
+            call(lambda: _wake_local(channel, run_id))
+
+        async def watch() -> None:
+            pause = 0.05
+            while not self._closed:
+                try:
+                    await driver.watch(woken)
+                except Exception as exc:
+                    logger.warning("store wake-ups interrupted (%s); waiters look again", exc)
+                    _wake_all_local(channel)
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, self._poll_interval)
+                    continue
+                return  # a driver without push: waiters poll
+
+        self._stop_watching = loop.start_system_task(watch, name=f"awaitly wake-ups {channel}")
 
 
 @attrs.define(slots=True)

@@ -19,10 +19,14 @@ from ._collector import ResumeStateCollector, create_resume_state_collector
 from ._context import BoundSteps, Deps, WorkflowContext
 from ._durable import IfRunning
 from ._errors import (
+    AlreadyDeliveredError,
+    ApprovalRejectedError,
     AwaitlyError,
     CircuitOpenError,
+    HookTokenError,
     LeaseLostError,
     RateLimitExceededError,
+    RunFinishedError,
     RunInProgressError,
     SerializationError,
     SharedStateUnavailableError,
@@ -31,6 +35,7 @@ from ._errors import (
     StoredException,
     StoreError,
     UnexpectedError,
+    WaitTimeoutError,
     WorkflowMismatchError,
     is_unexpected_error,
 )
@@ -40,7 +45,15 @@ from ._ratelimit import OnUnavailable, RateLimiter, RedisRateLimiter, create_rat
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover, recovery_loop
 from ._result import Err, Ok, Result, UnwrapError, err, ok
 from ._resume import ResumeState, StepRecord, SupportsResume
-from ._snapshot import FORMAT_VERSION, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
+from ._rows import MAX_MESSAGE_BYTES
+from ._snapshot import (
+    FORMAT_VERSION,
+    RunStatus,
+    SnapshotInfo,
+    SnapshotPage,
+    WaitKind,
+    WorkflowSnapshot,
+)
 from ._step import Backoff, RetryPolicy, Step
 from ._store import (
     CheckpointStore,
@@ -48,8 +61,11 @@ from ._store import (
     ClaimOutcome,
     EncodedStep,
     LeaseStore,
+    MailboxStore,
     SnapshotStore,
 )
+from ._waiting import approve, pending_approvals, reject, resolve_hook, send
+from ._waits import Approval, Hook
 from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
 from .health import HealthTracker, create_health_app, create_health_tracker
@@ -60,6 +76,9 @@ from .stores import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyDeliveredError",
+    "Approval",
+    "ApprovalRejectedError",
     "AwaitlyError",
     "Backoff",
     "BoundSteps",
@@ -75,11 +94,15 @@ __all__ = [
     "Err",
     "FORMAT_VERSION",
     "HealthTracker",
+    "Hook",
+    "HookTokenError",
     "HostAtCapacityError",
     "HostClosedError",
     "IfRunning",
     "LeaseLostError",
     "LeaseStore",
+    "MAX_MESSAGE_BYTES",
+    "MailboxStore",
     "Ok",
     "OnUnavailable",
     "RateLimitExceededError",
@@ -91,6 +114,7 @@ __all__ = [
     "ResumeState",
     "ResumeStateCollector",
     "RetryPolicy",
+    "RunFinishedError",
     "RunHandle",
     "RunInProgressError",
     "RunStatus",
@@ -113,6 +137,8 @@ __all__ = [
     "TypeRegistry",
     "UnexpectedError",
     "UnwrapError",
+    "WaitKind",
+    "WaitTimeoutError",
     "Workflow",
     "WorkflowContext",
     "WorkflowHost",
@@ -122,6 +148,7 @@ __all__ = [
     "WorkflowRegistry",
     "WorkflowSnapshot",
     "add_log_context",
+    "approve",
     "claim_abandoned",
     "create_circuit_breaker",
     "create_health_app",
@@ -137,10 +164,14 @@ __all__ = [
     "logs",
     "ok",
     "open_store",
+    "pending_approvals",
     "recover",
     "recovery_loop",
     "register_type",
+    "reject",
+    "resolve_hook",
     "run",
+    "send",
 ]
 
 

@@ -65,7 +65,8 @@ from ._store import (
     Ttl,
 )
 from ._times import from_epoch, iso_from_epoch
-from .events import TRACE_CONTEXT_KEY, EventHandler, WorkflowResumed
+from ._waiting import wait_in_store
+from .events import TRACE_CONTEXT_KEY, EventHandler, StepWaiting, WorkflowResumed
 from .serialization import (
     TypeRegistry,
     _qualname,
@@ -238,6 +239,9 @@ class _Checkpointer:
         loop: Loop,
         owner: str | None = None,
         bound: float = FINAL_CHECKPOINT_SECONDS,
+        clock: Clock | None = None,
+        emit: Emit | None = None,
+        workflow_name: str = "",
     ) -> None:
         self._target = target
         self._run_id = run_id
@@ -246,6 +250,48 @@ class _Checkpointer:
         self._loop = loop
         self._owner = owner
         self._bound = bound
+        self._clock = clock
+        self._emit = emit
+        self._workflow_name = workflow_name
+        # The step whose record a wait already wrote with the value it consumed (one
+        # write for both): its checkpoint is not written again.
+        self._received: str | None = None
+
+    @property
+    def workflow_id(self) -> str:
+        """The run's id."""
+        return self._run_id
+
+    async def wait(
+        self, name: str, step: str, key: str | None, kind: str, seconds: float | None
+    ) -> Result[Any, Any]:
+        """A durable wait of this run (see `awaitly_anyio._waits.DurableWaits`)."""
+        clock = self._clock
+        assert clock is not None  # the session gives it; a bare checkpointer cannot wait
+        emit = self._emit
+        waiting = (
+            None
+            if emit is None
+            else _announce_wait(
+                emit, clock, self._run_id, self._workflow_name, name, step, key, kind
+            )
+        )
+        target = self._target
+        result = await wait_in_store(
+            target._store if isinstance(target, _WholeSnapshots) else target,
+            self._run_id,
+            self._owner,
+            clock,
+            name,
+            step,
+            key,
+            kind,
+            seconds,
+            waiting,
+        )
+        if key is not None and isinstance(result, Ok):
+            self._received = step
+        return result
 
     async def __call__(
         self,
@@ -256,6 +302,9 @@ class _Checkpointer:
         started_at: float,
         type_hint: type | None,
     ) -> Err[Any] | None:
+        if self._received is not None and self._received == key:
+            self._received = None  # the wait wrote this record already, with the value
+            return None
         now = self._now()
         if type_hint is not None and isinstance(result, Ok):
             problem = self._check_type(name, result.value, type_hint)
@@ -321,6 +370,35 @@ class _Checkpointer:
         error: object = record.result.error if isinstance(record.result, Err) else None
         stand_in = StoredException(_qualname(type(error)), safe_repr(error))
         return encode_step_record(name, attrs.evolve(record, result=Err(stand_in)), self._registry)
+
+
+def _announce_wait(
+    emit: Emit,
+    clock: Clock,
+    run_id: str,
+    workflow_name: str,
+    name: str,
+    step: str,
+    key: str | None,
+    kind: str,
+) -> Callable[[float | None], None]:
+    """What emits a step's `StepWaiting` once its wait is recorded, with the deadline."""
+
+    def waiting(deadline: float | None) -> None:
+        emit(
+            StepWaiting(
+                workflow_id=run_id,
+                workflow_name=workflow_name,
+                ts=clock.time(),
+                name=name,
+                step_key=step,
+                waiting_for=key,
+                wait_kind=kind,
+                wake_at=deadline,
+            )
+        )
+
+    return waiting
 
 
 def _encode_final(
@@ -557,6 +635,9 @@ class DurableSession:
             loop,
             owner,
             options.write_timeout,
+            self.clock,
+            self.emit,
+            self.workflow_name,
         )
         self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease, loop)
         return None
@@ -601,6 +682,9 @@ class DurableSession:
             loop,
             None,
             options.write_timeout,
+            self.clock,
+            self.emit,
+            self.workflow_name,
         )
         return None
 

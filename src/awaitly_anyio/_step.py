@@ -19,7 +19,9 @@ in ``awaitly_anyio._step_options``; the retry policy in ``awaitly_anyio._retry``
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from functools import partial
 from inspect import isawaitable
 from types import CoroutineType
@@ -29,13 +31,14 @@ import anyio
 from typing_extensions import Unpack
 
 from ._checks import check_key
-from ._errors import StepTimeoutError
+from ._errors import ApprovalRejectedError, StepTimeoutError, UnexpectedError
 from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
 from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
 from ._thunk import as_result
+from ._waits import Approval, DurableWaits, Hook, hook_key, new_hook_token
 from .events import (
     StepCancelled,
     StepComplete,
@@ -637,6 +640,10 @@ class Step:
     def sleep(self, name: str, seconds: float, *, key: str | None = None) -> Awaitable[None]:
         """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable).
 
+        With ``key``, in a durable run, the sleep is a durable timer: its wake time is
+        stored when it starts (the run is listed ``waiting``), and a restarted run
+        wakes at that time, not a full sleep later.
+
         Without a key or listeners there is nothing to record, and the clock's own
         coroutine is returned to be awaited (a waiting run keeps no frame of ours).
         """
@@ -651,7 +658,13 @@ class Step:
         return self._recorded_sleep(name, seconds, key)
 
     async def _recorded_sleep(self, name: str, seconds: float, key: str | None) -> None:
-        clock = self._run.clock
+        run = self._run
+        if key is not None and seconds > 0 and isinstance(run.checkpoint, DurableWaits):
+            # A keyed sleep of a durable run is a durable timer: its wake time is stored
+            # the first time, so a restarted run wakes then, not a full sleep later.
+            await self._wait(name, key, None, "timer", seconds)
+            return
+        clock = run.clock
         await self(name, lambda: clock.sleep(seconds), key=key)
 
     def skip(self, name: str, *, key: str | None = None, reason: str | None = None) -> None:
@@ -843,6 +856,99 @@ class Step:
 
         result: list[Any] = await self(name, each, key=key, timeout=timeout)
         return result
+
+    # ---- durable waiting ----------------------------------------------------------------
+
+    def _waits(self, name: str, what: str) -> DurableWaits:
+        waits = self._run.checkpoint
+        if not isinstance(waits, DurableWaits):
+            # Not a bad argument but a step used where it cannot work: like anyio's
+            # "no running event loop", a RuntimeError.
+            raise RuntimeError(  # noqa: TRY004
+                f"step {name!r}: {what} needs a durable run "
+                f"(workflow.run(..., workflow_id=..., store=...))"
+            )
+        return waits
+
+    async def wait_for(
+        self, name: str, *, key: str, timeout: float | timedelta | None = None
+    ) -> Any:
+        """Wait for the value sent to this run under ``key`` (`awaitly_anyio.send`) and
+        return it.  The step's key is ``key``: once received, the value is the step's
+        record, so a resumed run never waits for it again.
+
+        A value sent before the wait began is kept and received at once; each is
+        received once.  ``timeout`` (seconds or a ``timedelta``) sets a durable
+        deadline, stored the first time the step waits: a restart does not restart
+        the clock, and when it passes the workflow ends with ``Err(WaitTimeoutError)``.
+
+        Only in a durable run (``RuntimeError`` otherwise); ``ValueError`` for an
+        invalid key or timeout.  A cancellation point: cancellation propagates and
+        leaves the run waiting in the store."""
+        return await self._wait(name, key, key, "message", timeout)
+
+    async def wait_for_approval(
+        self, name: str, *, key: str, timeout: float | timedelta | None = None
+    ) -> Approval:
+        """Wait for `awaitly_anyio.approve` or `awaitly_anyio.reject` of ``key``, as
+        `wait_for` does: an approval returns the `Approval` (who, why, when); a
+        rejection ends the workflow with ``Err(ApprovalRejectedError)``.  The run is
+        listed by `awaitly_anyio.pending_approvals` while it waits."""
+        decision = await self._wait(name, key, key, "approval", timeout)
+        if not isinstance(decision, Approval):
+            raise EarlyExit(
+                self._run,
+                Err(UnexpectedError(TypeError(f"{key!r} was sent {decision!r}, not an Approval"))),
+            )
+        if not decision.approved:
+            raise EarlyExit(
+                self._run, Err(ApprovalRejectedError(name, key, decision.by, decision.reason))
+            )
+        return decision
+
+    async def create_hook(self, name: str, *, key: str) -> Hook:
+        """Make a hook: an unguessable token a webhook handler resolves with
+        `awaitly_anyio.resolve_hook` (without knowing the run) and that
+        `wait_for_hook` waits for.  The token is this step's record under ``key``, so a
+        resumed run hands out the same one.  Only in a durable run."""
+        waits = self._waits(name, "create_hook")
+        token: str = await self(name, lambda: new_hook_token(waits.workflow_id, key), key=key)
+        return Hook(token, hook_key(key))
+
+    async def wait_for_hook(
+        self, name: str, hook: Hook, *, timeout: float | timedelta | None = None
+    ) -> Any:
+        """Wait until ``hook``'s token is resolved and return the value it was resolved
+        with, as `wait_for` does (the step's key is ``hook.key``)."""
+        if not isinstance(hook, Hook):
+            raise TypeError(f"step {name!r}: expected a Hook (from create_hook), not {hook!r}")
+        return await self._wait(name, hook.key, hook.key, "hook", timeout)
+
+    async def _wait(
+        self,
+        name: str,
+        step: str,
+        key: str | None,
+        kind: str,
+        timeout: float | timedelta | None,
+    ) -> Any:
+        _check_name(name)
+        check_key(step)
+        seconds = None if timeout is None else wait_seconds(name, timeout)
+        if step in self._run.completed:
+            return self._replay(name, step)
+        waits = self._waits(name, f"waiting ({kind})")
+        return await self(name, lambda: waits.wait(name, step, key, kind, seconds), key=step)
+
+
+def wait_seconds(name: str, timeout: float | timedelta) -> float:
+    """A wait's timeout in seconds: a number or ``timedelta`` > 0 (``ValueError`` else)."""
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"step {name!r}: timeout must be seconds or a timedelta, not {timeout!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"step {name!r}: timeout must be > 0 and finite, not {timeout!r}")
+    return float(seconds)
 
 
 def _labelled(

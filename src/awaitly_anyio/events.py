@@ -27,6 +27,7 @@ __all__ = [
     "StepSkipped",
     "StepStart",
     "StepTimeout",
+    "StepWaiting",
     "TRACE_CONTEXT_KEY",
     "TraceCarrierSource",
     "WorkflowCancelled",
@@ -157,6 +158,20 @@ class StepSkipped(_StepEvent):
 
 
 @attrs.frozen(kw_only=True)
+class StepWaiting(_StepEvent):
+    """A durable run's step began waiting (``ctx.step.wait_for`` and friends, a keyed
+    ``sleep``): for the value sent under ``waiting_for`` (``None`` for a timer), of
+    kind ``wait_kind``, until ``wake_at`` (epoch seconds; ``None``: no deadline).  The
+    run is recorded ``waiting`` in its store; its ``step_complete`` follows when the
+    value arrives or the timer rings."""
+
+    type: ClassVar[Literal["step_waiting"]] = "step_waiting"
+    waiting_for: str | None = None
+    wait_kind: str = "message"
+    wake_at: float | None = None
+
+
+@attrs.frozen(kw_only=True)
 class StepCancelled(_StepEvent):
     """A running step was cancelled from outside; cancellation propagates."""
 
@@ -176,6 +191,7 @@ WorkflowEvent: TypeAlias = (
     | StepRetry
     | StepTimeout
     | StepSkipped
+    | StepWaiting
     | StepCancelled
 )
 """Every event a run can emit; narrow it on ``event.type`` or with ``match``."""

@@ -31,6 +31,7 @@ import attrs
 from cattrs.preconf.json import make_converter
 
 from ._errors import (
+    ApprovalRejectedError,
     CircuitOpenError,
     RateLimitExceededError,
     SerializationError,
@@ -39,11 +40,13 @@ from ._errors import (
     StepTimeoutError,
     StoredException,
     UnexpectedError,
+    WaitTimeoutError,
 )
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
 from ._times import iso_from_epoch
+from ._waits import Approval
 
 __all__ = [
     "MAX_DEPTH",
@@ -135,6 +138,9 @@ default_registry = TypeRegistry()
 """The registry used unless a store is given another."""
 
 for _builtin in (
+    Approval,
+    ApprovalRejectedError,
+    WaitTimeoutError,
     StepTimeoutError,
     CircuitOpenError,
     RateLimitExceededError,

@@ -6,7 +6,7 @@ given beside it.  ``LIVE`` is the condition "not expired at ``?`` (now)".
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables this release creates and reads: a file of an older
 version is upgraded when opened, a newer one is refused."""
 
@@ -22,11 +22,17 @@ CREATE TABLE IF NOT EXISTS awaitly_runs (
     expires_at REAL,
     format_version INTEGER NOT NULL,
     lease_owner TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    wait_step TEXT,
+    wait_key TEXT,
+    wait_kind TEXT,
+    wake_at REAL
 );
 CREATE INDEX IF NOT EXISTS awaitly_runs_by_update ON awaitly_runs (updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS awaitly_runs_by_expiry ON awaitly_runs (expires_at)
     WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS awaitly_runs_due ON awaitly_runs (wake_at)
+    WHERE status = 'waiting' AND wake_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS awaitly_steps (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -35,6 +41,14 @@ CREATE TABLE IF NOT EXISTS awaitly_steps (
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
+CREATE TABLE IF NOT EXISTS awaitly_messages (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS awaitly_messages_in_order ON awaitly_messages (run_id, key, seq);
 """
 
 # Version 2: steps keep the order they were recorded in (``seq``, per run).  Steps of a
@@ -44,11 +58,35 @@ ALTER TABLE awaitly_steps ADD COLUMN seq INTEGER;
 CREATE INDEX IF NOT EXISTS awaitly_steps_in_order ON awaitly_steps (run_id, seq);
 """
 
+# Version 3: durable waiting.  A run's pending wait (four columns, NULL in every run of
+# a version 2 database: none waits), the index the sweep of due waits reads, and the
+# mailboxes (a message's ``seq`` orders it: a new one is numbered after every other).
+MIGRATE_2_TO_3 = """
+ALTER TABLE awaitly_runs ADD COLUMN wait_step TEXT;
+ALTER TABLE awaitly_runs ADD COLUMN wait_key TEXT;
+ALTER TABLE awaitly_runs ADD COLUMN wait_kind TEXT;
+ALTER TABLE awaitly_runs ADD COLUMN wake_at REAL;
+CREATE INDEX IF NOT EXISTS awaitly_runs_due ON awaitly_runs (wake_at)
+    WHERE status = 'waiting' AND wake_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS awaitly_messages (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS awaitly_messages_in_order ON awaitly_messages (run_id, key, seq);
+"""
+
+MIGRATIONS = {0: SCHEMA, 1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3}
+"""The script that brings a database of each older version to `SCHEMA_VERSION`
+(version 0: an empty file)."""
+
 LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 RUN_COLUMNS = (
     "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
-    " format_version, lease_owner, lease_expires_at"
+    " format_version, lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at"
 )
 """The columns of a `RunRow`, in its field order."""
 
@@ -63,33 +101,64 @@ STEPS_IN_ORDER = (
     "SELECT key, record_json FROM awaitly_steps WHERE run_id = ? ORDER BY seq IS NOT NULL, seq, key"
 )
 
-# id, workflow_name, status, result_json, metadata_json, created_at, updated_at,
-# expires_at, format_version.  Leaves the lease columns as they are.
-UPSERT_RUN = (
+_UPSERT_RUN = (
     "INSERT INTO awaitly_runs (id, workflow_name, status, result_json, metadata_json,"
-    " created_at, updated_at, expires_at, format_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " created_at, updated_at, expires_at, format_version{columns})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?{marks})"
     " ON CONFLICT (id) DO UPDATE SET workflow_name = excluded.workflow_name,"
     " status = excluded.status, result_json = excluded.result_json,"
     " metadata_json = excluded.metadata_json, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
-    " format_version = excluded.format_version"
+    " format_version = excluded.format_version{updates}"
 )
+_LEASE = ("lease_owner", "lease_expires_at")
+_WAIT = ("wait_step", "wait_key", "wait_kind", "wake_at")
+
+
+def _upsert(*extra: str) -> str:
+    return _UPSERT_RUN.format(
+        columns="".join(f", {name}" for name in extra),
+        marks=", ?" * len(extra),
+        updates="".join(f", {name} = excluded.{name}" for name in extra),
+    )
+
+
+# id, workflow_name, status, result_json, metadata_json, created_at, updated_at,
+# expires_at, format_version.  Leaves the lease and wait columns as they are (a new
+# run has neither).
+UPSERT_RUN = _upsert()
+# The same, then wait_step, wait_key, wait_kind, wake_at: writes the wait, keeps the lease.
+UPSERT_RUN_WAIT = _upsert(*_WAIT)
+# The same, then lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at:
+# writes every column.
+UPSERT_RUN_ALL = _upsert(*_LEASE, *_WAIT)
 
 # id, lease_owner, lease_expires_at
 SET_LEASE = "UPDATE awaitly_runs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?"
 
 # run id
 DELETE_STEPS = "DELETE FROM awaitly_steps WHERE run_id = ?"
+# run id
+DELETE_MESSAGES = "DELETE FROM awaitly_messages WHERE run_id = ?"
 # id
 DELETE_RUN = "DELETE FROM awaitly_runs WHERE id = ?"
 
 # run id, key, record_json, seq
 INSERT_STEP = "INSERT INTO awaitly_steps (run_id, key, record_json, seq) VALUES (?, ?, ?, ?)"
 
-# now, id, now, owner, owner.  Touches a live run (held by owner, if one is given).
+# ?1 now, ?2 id, ?3 owner (or NULL), ?4 the step's key.  Touches a live run (held by
+# owner, if one is given); when the run waits in step ?4, its wait is over: the wait
+# columns are cleared and a waiting run runs again.  (SQLite computes every new value
+# from the old row, so the order of the assignments does not matter.)
 TOUCH_RUN = (
-    f"UPDATE awaitly_runs SET updated_at = ? WHERE id = ? AND {LIVE}"
-    " AND (? IS NULL OR lease_owner = ?)"
+    "UPDATE awaitly_runs SET updated_at = ?1,"
+    " status = CASE WHEN wait_step = ?4 AND status = 'waiting' THEN 'running' ELSE status END,"
+    " wait_step = CASE WHEN wait_step = ?4 THEN NULL ELSE wait_step END,"
+    " wait_key = CASE WHEN wait_step = ?4 THEN NULL ELSE wait_key END,"
+    " wait_kind = CASE WHEN wait_step = ?4 THEN NULL ELSE wait_kind END,"
+    " wake_at = CASE WHEN wait_step = ?4 THEN NULL ELSE wake_at END"
+    " WHERE id = ?2 AND (expires_at IS NULL OR expires_at > ?1)"
+    " AND (?3 IS NULL OR lease_owner = ?3)"
 )
 
 # run id, key, record_json, run id.  A new step goes after the run's others; one
@@ -100,10 +169,15 @@ UPSERT_STEP = (
     " ON CONFLICT (run_id, key) DO UPDATE SET record_json = excluded.record_json"
 )
 
-# status, result_json, metadata_json, updated_at, expires_at, id
+# run id, key
+STEP_IS_RECORDED = "SELECT 1 FROM awaitly_steps WHERE run_id = ? AND key = ?"
+
+# status, result_json, metadata_json, updated_at, expires_at, id.  Clears the lease
+# and the pending wait.
 END_RUN = (
     "UPDATE awaitly_runs SET status = ?, result_json = ?, metadata_json = ?,"
-    " updated_at = ?, expires_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE id = ?"
+    " updated_at = ?, expires_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
+    " wait_step = NULL, wait_key = NULL, wait_kind = NULL, wake_at = NULL WHERE id = ?"
 )
 
 # until, id, owner, now
@@ -115,11 +189,12 @@ RELEASE = (
     " WHERE id = ? AND lease_owner = ?"
 )
 
-# now, now, then the workflow names (``{names}``: as many ``?`` as there are), then how
-# many.  Abandoned runs, oldest first.
+# now, now, now, then the workflow names (``{names}``: as many ``?`` as there are), then
+# how many.  Abandoned runs and waiting runs that are due, oldest first.
 ABANDONED = (
     f"SELECT id, {RUN_COLUMNS} FROM awaitly_runs WHERE {LIVE}"
-    " AND status IN ('running', 'cancelled')"
+    " AND (status IN ('running', 'cancelled')"
+    " OR (status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= ?))"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= ?){names}"
     " ORDER BY updated_at, id LIMIT ?"
 )
@@ -143,4 +218,44 @@ PURGE_STEPS = (
     " WHERE expires_at IS NOT NULL AND expires_at <= ?)"
 )
 # now
+PURGE_MESSAGES = (
+    "DELETE FROM awaitly_messages WHERE run_id IN (SELECT id FROM awaitly_runs"
+    " WHERE expires_at IS NOT NULL AND expires_at <= ?)"
+)
+# now
 PURGE_RUNS = "DELETE FROM awaitly_runs WHERE expires_at IS NOT NULL AND expires_at <= ?"
+
+# ---- waiting: messages and waits --------------------------------------------------------
+
+# run id, key, value_json, sent_at.  Numbered after every stored message.
+INSERT_MESSAGE = (
+    "INSERT INTO awaitly_messages (run_id, key, value_json, sent_at) VALUES (?, ?, ?, ?)"
+)
+
+# run id, key.  The oldest pending message with the key: its seq and value.
+OLDEST_MESSAGE = (
+    "SELECT seq, value_json FROM awaitly_messages WHERE run_id = ? AND key = ? ORDER BY seq LIMIT 1"
+)
+# run id, key
+MESSAGE_IS_PENDING = "SELECT 1 FROM awaitly_messages WHERE run_id = ? AND key = ? LIMIT 1"
+# seq
+DELETE_MESSAGE = "DELETE FROM awaitly_messages WHERE seq = ?"
+
+# run id, key (a message's), run id, key (a step's).  Whether a message with the key is
+# pending or the step is recorded (a ``send`` with ``once`` is refused then).
+ALREADY_SENT = (
+    "SELECT EXISTS (SELECT 1 FROM awaitly_messages WHERE run_id = ? AND key = ?)"
+    " OR EXISTS (SELECT 1 FROM awaitly_steps WHERE run_id = ? AND key = ?)"
+)
+
+# now, id.  A message for the key the run waits for has come: the wait is due.
+WAKE_NOW = "UPDATE awaitly_runs SET wake_at = ? WHERE id = ?"
+
+# id.  The same wait, resumed: the stored wait is kept.
+WAIT_AGAIN = "UPDATE awaitly_runs SET status = 'waiting' WHERE id = ?"
+
+# wait_step, wait_key, wait_kind, wake_at, updated_at, id.  A new wait.
+BEGIN_WAIT = (
+    "UPDATE awaitly_runs SET status = 'waiting', wait_step = ?, wait_key = ?, wait_kind = ?,"
+    " wake_at = ?, updated_at = ? WHERE id = ?"
+)

@@ -8,6 +8,8 @@ shares objects with the one that was saved.
 from __future__ import annotations
 
 import builtins
+import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import anyio.lowlevel
@@ -18,10 +20,22 @@ from .._rows import RunRow
 from .._snapshot import RunStatus
 from .._store import Claim
 from ..serialization import TypeRegistry, default_registry
-from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RunMissing, Steps
+from ._driver import (
+    AlreadySent,
+    ClaimTerms,
+    EndTerms,
+    LeaseLost,
+    ListedRow,
+    RunEnded,
+    RunMissing,
+    Steps,
+    WaitRow,
+)
 from ._front import StoreFront
 
 __all__ = ["MemoryStore"]
+
+_STORES = itertools.count(1)  # numbers the stores' channels: each store is its own database
 
 
 class MemoryStore(StoreFront):
@@ -40,18 +54,25 @@ class MemoryStore(StoreFront):
         # The rows themselves, for tests that damage them on purpose.
         self._runs = driver.runs
         self._steps = driver.steps
+        self._messages = driver.messages
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._runs)} runs)"
 
 
 class _MemoryDriver:
-    """Rows in two dicts: run id to row, run id to its steps (key to JSON, in the order
-    they were first recorded, which a dict keeps)."""
+    """Rows in three dicts: run id to row, run id to its steps (key to JSON, in the order
+    they were first recorded, which a dict keeps) and run id to its mailbox (message key
+    to the pending values' JSON and send times, oldest first).
+
+    Every method does all of its work after its one checkpoint, without awaiting
+    again, so each is atomic."""
 
     def __init__(self) -> None:
         self.runs: dict[str, RunRow] = {}
         self.steps: dict[str, dict[str, str]] = {}
+        self.messages: dict[str, dict[str, deque[tuple[str, float]]]] = {}
+        self._channel = f"memory:{next(_STORES)}"
 
     def _live(self, id: str, now: float) -> RunRow | None:
         row = self.runs.get(id)
@@ -63,6 +84,7 @@ class _MemoryDriver:
     def _forget(self, id: str) -> None:
         self.runs.pop(id, None)
         self.steps.pop(id, None)
+        self.messages.pop(id, None)
 
     async def open(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -70,6 +92,7 @@ class _MemoryDriver:
     async def close(self) -> None:
         self.runs.clear()
         self.steps.clear()
+        self.messages.clear()
 
     async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
         await anyio.lowlevel.checkpoint()
@@ -87,6 +110,8 @@ class _MemoryDriver:
             )
         else:
             row = attrs.evolve(row, lease_owner=None, lease_expires_at=None)
+        # The pending wait stays as stored, like the lease (a new run has none).
+        row = _with_wait(row, old)
         self.runs[id] = row
         self.steps[id] = dict(steps)
 
@@ -120,7 +145,14 @@ class _MemoryDriver:
     async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
         await anyio.lowlevel.checkpoint()
         row = self._writable(id, now, owner)
-        self.steps[id][key] = json
+        self._record(id, row, key, json, now)
+
+    def _record(self, id: str, row: RunRow, key: str, json: str, now: float) -> None:
+        """Write step ``key`` of run ``id`` (whose row is ``row``), ending its wait if
+        it is that step's."""
+        self.steps.setdefault(id, {})[key] = json
+        if row.wait_step == key:
+            row = _with_wait(row, None, status="running" if row.status == "waiting" else None)
         self.runs[id] = attrs.evolve(row, updated_at=now)
 
     async def end_run(self, id: str, now: float, end: EndTerms) -> None:
@@ -136,6 +168,10 @@ class _MemoryDriver:
             expires_at=end.expires_at,
             lease_owner=None,
             lease_expires_at=None,
+            wait_step=None,
+            wait_key=None,
+            wait_kind=None,
+            wake_at=None,
         )
 
     async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
@@ -181,7 +217,7 @@ class _MemoryDriver:
         candidates: builtins.list[tuple[float, str, RunRow]] = []
         for id in builtins.list(self.runs):
             row = self._live(id, now)
-            if row is None or row.status not in ("running", "cancelled"):
+            if row is None or not _claimable(row, now):
                 continue
             if names is not None and row.workflow_name not in names:
                 continue
@@ -235,6 +271,107 @@ class _MemoryDriver:
         for id in gone:
             self._forget(id)
         return len(gone)
+
+    # ---- waiting: messages, waits and wake-ups ---------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    def _pending(self, id: str, key: str) -> deque[tuple[str, float]] | None:
+        """Run ``id``'s pending messages with ``key``, oldest first; ``None`` if none."""
+        return self.messages.get(id, {}).get(key) or None
+
+    async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id, now)
+        if row is None:
+            raise RunMissing
+        if row.status in ("completed", "failed"):
+            raise RunEnded(row.status)
+        if once is not None and (
+            self._pending(id, key) is not None or once in self.steps.get(id, {})
+        ):
+            raise AlreadySent
+        self.messages.setdefault(id, {}).setdefault(key, deque()).append((json, now))
+        if row.status == "waiting" and row.wait_key == key:
+            self.runs[id] = attrs.evolve(row, wake_at=now)
+        # No push: the front wakes this store's waiters itself (they share the process).
+
+    async def receive(
+        self,
+        id: str,
+        key: str,
+        step: str,
+        record: Callable[[str], str],
+        now: float,
+        owner: str | None,
+    ) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        row = self._writable(id, now, owner)
+        if step in self.steps.get(id, {}):
+            return None
+        pending = self._pending(id, key)
+        if pending is None:
+            return None
+        value = pending[0][0]
+        text = record(value)  # may raise: nothing written yet
+        pending.popleft()
+        if not pending:
+            mailbox = self.messages[id]
+            del mailbox[key]
+            if not mailbox:
+                del self.messages[id]
+        self._record(id, row, step, text, now)
+        return value
+
+    async def begin_wait(
+        self, id: str, wait: WaitRow, now: float, owner: str | None
+    ) -> tuple[bool, float | None]:
+        await anyio.lowlevel.checkpoint()
+        row = self._writable(id, now, owner)
+        if wait.key is not None and self._pending(id, wait.key) is not None:
+            return True, None
+        if row.wait_step == wait.step:
+            # The same wait, resumed: its deadline stands.
+            self.runs[id] = attrs.evolve(row, status="waiting")
+            return False, row.wake_at
+        self.runs[id] = attrs.evolve(
+            row,
+            status="waiting",
+            wait_step=wait.step,
+            wait_key=wait.key,
+            wait_kind=wait.kind,
+            wake_at=wait.wake_at,
+            updated_at=now,
+        )
+        return False, wait.wake_at
+
+    async def watch(self, woken: Callable[[str], object]) -> None:
+        # Nothing to listen to: every sender shares the process, and the front wakes
+        # its waiters at once.
+        await anyio.lowlevel.checkpoint()
+
+
+def _claimable(row: RunRow, now: float) -> bool:
+    """Whether ``claim_expired`` may take the run, its lease aside: abandoned (running or
+    cancelled) or waiting and due."""
+    if row.status in ("running", "cancelled"):
+        return True
+    return row.status == "waiting" and isinstance(row.wake_at, float | int) and row.wake_at <= now
+
+
+def _with_wait(row: RunRow, source: RunRow | None, *, status: RunStatus | None = None) -> RunRow:
+    """``row`` with ``source``'s pending wait (none when ``source`` is ``None``) and, if
+    given, ``status``."""
+    return attrs.evolve(
+        row,
+        status=row.status if status is None else status,
+        wait_step=None if source is None else source.wait_step,
+        wait_key=None if source is None else source.wait_key,
+        wait_kind=None if source is None else source.wait_kind,
+        wake_at=None if source is None else source.wake_at,
+    )
 
 
 def _number(value: object) -> float:

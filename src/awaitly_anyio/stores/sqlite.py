@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NoReturn, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._clock import Clock
@@ -27,7 +29,17 @@ from .._snapshot import RunStatus
 from .._store import Claim
 from ..serialization import TypeRegistry, default_registry
 from . import _sqlite_sql as sql
-from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RunMissing, Steps
+from ._driver import (
+    AlreadySent,
+    ClaimTerms,
+    EndTerms,
+    LeaseLost,
+    ListedRow,
+    RunEnded,
+    RunMissing,
+    Steps,
+    WaitRow,
+)
 from ._front import StoreFront
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -39,6 +51,7 @@ version is upgraded when opened, a newer one is refused."""
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _T = TypeVar("_T")
+_PRIVATE = itertools.count(1)  # numbers the private databases' channels
 
 
 def _connect_sqlite3(path: str) -> Any:
@@ -137,7 +150,8 @@ class SQLiteStore(StoreFront):
 
 
 class _SQLiteDriver:
-    """Rows in two tables of one SQLite file, one worker-thread call at a time."""
+    """Runs, their steps and their messages in three tables of one SQLite file, one
+    worker-thread call at a time."""
 
     def __init__(
         self, path: str, synchronous: str, busy_ms: int, connect: Callable[[str], Any], name: str
@@ -150,6 +164,7 @@ class _SQLiteDriver:
         self._db: Any = None
         self._lock: anyio.Lock | None = None
         self._closed = False
+        self._channel = "sqlite:" + _resolved(path)
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -213,7 +228,7 @@ class _SQLiteDriver:
                     f"{self._path!r} holds awaitly schema version {version}; this version of"
                     f" awaitly-anyio knows up to {SCHEMA_VERSION}: upgrade awaitly-anyio"
                 )
-            script = sql.SCHEMA if version == 0 else sql.MIGRATE_1_TO_2 if version == 1 else ""
+            script = sql.MIGRATIONS.get(version, "")
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -262,6 +277,7 @@ class _SQLiteDriver:
             with _transaction(db):
                 existed = _row(db, id, now) is not None
                 db.execute(sql.DELETE_STEPS, (id,))
+                db.execute(sql.DELETE_MESSAGES, (id,))
                 db.execute(sql.DELETE_RUN, (id,))
             return existed
 
@@ -275,16 +291,19 @@ class _SQLiteDriver:
                 row = _row(db, id, now)
                 fresh = restart(row)
                 if row is None:
-                    # Gone or expired: start afresh, without an expired run's steps.
+                    # Gone or expired: start afresh, without an expired run's steps
+                    # and messages.
                     db.execute(sql.DELETE_STEPS, (id,))
-                _upsert_run(db, id, fresh)
+                    db.execute(sql.DELETE_MESSAGES, (id,))
+                # The wait as ``restart`` gives it (the live run's, or none); the lease stays.
+                _upsert_run(db, id, fresh, wait=True)
 
         await self._run(work)
 
     async def write_step(self, id: str, key: str, json: str, now: float, owner: str | None) -> None:
         def work(db: Any) -> None:
             with _transaction(db):
-                touched = db.execute(sql.TOUCH_RUN, (now, id, now, owner, owner)).rowcount
+                touched = db.execute(sql.TOUCH_RUN, (now, id, owner, key)).rowcount
                 if touched != 1:
                     _refuse_write(db, id, now)
                 db.execute(sql.UPSERT_STEP, (id, key, json, id))
@@ -294,9 +313,7 @@ class _SQLiteDriver:
     async def end_run(self, id: str, now: float, end: EndTerms) -> None:
         def work(db: Any) -> None:
             with _transaction(db):
-                row = _row(db, id, now)
-                if row is None or (end.owner is not None and row.lease_owner != end.owner):
-                    _refuse_write(db, id, now)
+                row = _writable(db, id, now, end.owner)
                 metadata = row.metadata_json if end.merge is None else end.merge(row)
                 db.execute(
                     sql.END_RUN,
@@ -311,13 +328,14 @@ class _SQLiteDriver:
                 row = _row(db, id, now)
                 if row is None:
                     db.execute(sql.DELETE_STEPS, (id,))
-                    _upsert_run(db, id, terms.fresh_row, lease=True)
+                    db.execute(sql.DELETE_MESSAGES, (id,))
+                    _upsert_run(db, id, terms.fresh_row, lease=True, wait=True)
                     return terms.fresh
                 refused = terms.check(row)
                 if refused is not None:
                     return refused
                 taken, claimed = terms.take(row, _steps_of(db, id))
-                _upsert_run(db, id, taken, lease=True)
+                _upsert_run(db, id, taken, lease=True, wait=True)
                 return claimed
 
         return await self._run(work)
@@ -345,7 +363,7 @@ class _SQLiteDriver:
         workflow_names: Sequence[str] | None,
         problem: Callable[[str, RunRow, Steps], str | None],
     ) -> tuple[builtins.list[tuple[str, RunRow]], builtins.list[ListedRow]]:
-        params: builtins.list[Any] = [now, now]
+        params: builtins.list[Any] = [now, now, now]
         names = ""
         if workflow_names is not None:
             if not workflow_names:
@@ -410,9 +428,97 @@ class _SQLiteDriver:
         def work(db: Any) -> int:
             with _transaction(db):
                 db.execute(sql.PURGE_STEPS, (now,))
+                db.execute(sql.PURGE_MESSAGES, (now,))
                 return int(db.execute(sql.PURGE_RUNS, (now,)).rowcount)
 
         return await self._run(work)
+
+    # ---- waiting: messages, waits and wake-ups ---------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                row = _row(db, id, now)
+                if row is None:
+                    raise RunMissing
+                if row.status in ("completed", "failed"):
+                    raise RunEnded(row.status)
+                if (
+                    once is not None
+                    and db.execute(sql.ALREADY_SENT, (id, key, id, once)).fetchone()[0]
+                ):
+                    raise AlreadySent
+                db.execute(sql.INSERT_MESSAGE, (id, key, json, now))
+                if row.status == "waiting" and row.wait_key == key:
+                    db.execute(sql.WAKE_NOW, (now, id))
+
+        # No push: a waiter in another process finds the run due when it sweeps.
+        await self._run(work)
+
+    async def receive(
+        self,
+        id: str,
+        key: str,
+        step: str,
+        record: Callable[[str], str],
+        now: float,
+        owner: str | None,
+    ) -> str | None:
+        def work(db: Any) -> str | None:
+            with _transaction(db):
+                _writable(db, id, now, owner)
+                if db.execute(sql.STEP_IS_RECORDED, (id, step)).fetchone() is not None:
+                    return None
+                found = db.execute(sql.OLDEST_MESSAGE, (id, key)).fetchone()
+                if found is None:
+                    return None
+                seq, value = found
+                text = record(value)
+                db.execute(sql.DELETE_MESSAGE, (seq,))
+                db.execute(sql.UPSERT_STEP, (id, step, text, id))
+                db.execute(sql.TOUCH_RUN, (now, id, owner, step))
+                return str(value)
+
+        return await self._run(work)
+
+    async def begin_wait(
+        self, id: str, wait: WaitRow, now: float, owner: str | None
+    ) -> tuple[bool, float | None]:
+        def work(db: Any) -> tuple[bool, float | None]:
+            with _transaction(db):
+                row = _writable(db, id, now, owner)
+                if (
+                    wait.key is not None
+                    and db.execute(sql.MESSAGE_IS_PENDING, (id, wait.key)).fetchone() is not None
+                ):
+                    return True, None
+                if row.wait_step == wait.step:
+                    # The same wait, resumed: its deadline stands.
+                    db.execute(sql.WAIT_AGAIN, (id,))
+                    return False, row.wake_at
+                db.execute(sql.BEGIN_WAIT, (wait.step, wait.key, wait.kind, wait.wake_at, now, id))
+                return False, wait.wake_at
+
+        return await self._run(work)
+
+    async def watch(self, woken: Callable[[str], object]) -> None:
+        # SQLite cannot push: waiters poll (and wake at once when the sender shares
+        # their process, through the front).
+        await anyio.lowlevel.checkpoint()
+
+
+def _resolved(path: str) -> str:
+    """The database ``path`` names, for its channel: a file's resolved path; a private
+    in-memory database is its own (numbered) database."""
+    if path == ":memory:":
+        return f":memory:{next(_PRIVATE)}"
+    if path.startswith("file:"):
+        return path
+    return os.path.realpath(path)
 
 
 def _nothing(db: Any) -> None:
@@ -441,24 +547,40 @@ def _refuse_write(db: Any, id: str, now: float) -> NoReturn:
     raise LeaseLost
 
 
-def _upsert_run(db: Any, id: str, row: RunRow, *, lease: bool = False) -> None:
-    """Write ``row`` over run ``id``; its lease too with ``lease``, else the stored one stays."""
-    db.execute(
-        sql.UPSERT_RUN,
-        (
-            id,
-            row.workflow_name,
-            row.status,
-            row.result_json,
-            row.metadata_json,
-            row.created_at,
-            row.updated_at,
-            row.expires_at,
-            row.format_version,
-        ),
+def _writable(db: Any, id: str, now: float, owner: str | None) -> RunRow:
+    """Live run ``id``'s row, if ``owner`` (when given) holds its lease; else the signal."""
+    row = _row(db, id, now)
+    if row is None:
+        raise RunMissing
+    if owner is not None and row.lease_owner != owner:
+        raise LeaseLost
+    return row
+
+
+def _upsert_run(db: Any, id: str, row: RunRow, *, lease: bool = False, wait: bool = False) -> None:
+    """Write ``row`` over run ``id``; its lease too with ``lease`` and its pending wait
+    with ``wait``, else the stored ones stay (a new run has neither)."""
+    params: tuple[Any, ...] = (
+        id,
+        row.workflow_name,
+        row.status,
+        row.result_json,
+        row.metadata_json,
+        row.created_at,
+        row.updated_at,
+        row.expires_at,
+        row.format_version,
     )
+    if not wait:
+        db.execute(sql.UPSERT_RUN, params)
+        if lease:
+            db.execute(sql.SET_LEASE, (row.lease_owner, row.lease_expires_at, id))
+        return
+    waiting = (row.wait_step, row.wait_key, row.wait_kind, row.wake_at)
     if lease:
-        db.execute(sql.SET_LEASE, (row.lease_owner, row.lease_expires_at, id))
+        db.execute(sql.UPSERT_RUN_ALL, (*params, row.lease_owner, row.lease_expires_at, *waiting))
+    else:
+        db.execute(sql.UPSERT_RUN_WAIT, (*params, *waiting))
 
 
 class _transaction:

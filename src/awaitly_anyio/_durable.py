@@ -30,6 +30,7 @@ import itertools
 import os
 import secrets
 import socket
+import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -65,7 +66,7 @@ from ._store import (
     Ttl,
 )
 from ._times import from_epoch, iso_from_epoch
-from ._waiting import wait_in_store
+from ._waiting import parked_in, wait_in_store
 from .events import TRACE_CONTEXT_KEY, EventHandler, StepWaiting, WorkflowResumed
 from .serialization import (
     TypeRegistry,
@@ -256,6 +257,9 @@ class _Checkpointer:
         # The step whose record a wait already wrote with the value it consumed (one
         # write for both): its checkpoint is not written again.
         self._received: str | None = None
+        # Whether a step of the run is waiting now: a run cancelled then (a shutdown)
+        # stays `waiting` in the store, with its deadline, instead of `cancelled`.
+        self.waiting = False
 
     @property
     def workflow_id(self) -> str:
@@ -277,6 +281,8 @@ class _Checkpointer:
             )
         )
         target = self._target
+        # Left set when the wait raises (cancelled, parked): see `DurableSession.cancelled`.
+        self.waiting = True
         result = await wait_in_store(
             target._store if isinstance(target, _WholeSnapshots) else target,
             self._run_id,
@@ -289,6 +295,7 @@ class _Checkpointer:
             seconds,
             waiting,
         )
+        self.waiting = False
         if key is not None and isinstance(result, Ok):
             self._received = step
         return result
@@ -724,12 +731,25 @@ class DurableSession:
 
     async def cancelled(self) -> None:
         """Record the run as ``cancelled`` (releasing its lease) in a shielded scope of
-        at most ``store_write_timeout``; never raises (a failure is logged)."""
+        at most ``store_write_timeout``; never raises (a failure is logged).  Called
+        while the body's exception propagates: a run its host parks (`RunParked`) only
+        releases its lease and stays ``waiting``."""
         target = self._target
-        if target is not None:
-            await _record_cancellation(
-                target, self.workflow_id, self._owner, self._options.write_timeout
-            )
+        if target is None:
+            return
+        checkpoint = self.checkpoint
+        if parked_in(sys.exception()) or (
+            isinstance(checkpoint, _Checkpointer) and checkpoint.waiting
+        ):
+            # Parked by its host: the run stays `waiting`; only its lease goes, so that
+            # any worker's recovery can resume it when it is due.
+            owner = self._owner
+            if owner is not None and isinstance(target, LeaseStore):
+                await _release(target, self.workflow_id, owner, self._options.write_timeout)
+            return
+        await _record_cancellation(
+            target, self.workflow_id, self._owner, self._options.write_timeout
+        )
 
     async def finish(self, result: Result[Any, Any] | None) -> Result[Any, Any]:
         """Record how the run ended and return what `Workflow.run` returns.

@@ -25,6 +25,7 @@ __all__ = [
     "RateLimitExceededError",
     "RunFinishedError",
     "RunInProgressError",
+    "RunParkedError",
     "SerializationError",
     "SharedStateUnavailableError",
     "SnapshotDecodeError",
@@ -317,3 +318,16 @@ class HookTokenError(_ValueException, ValueError):
 
     def __str__(self) -> str:
         return f"hook token refused: {self.reason}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class RunParkedError(_ValueException):
+    """Run ``run_id`` waited longer than its host's ``park_after``: its coroutine was
+    dropped and it waits in its store (status ``waiting``).  A host's recovery
+    resumes it from its checkpoints when the value arrives or the deadline passes;
+    its final Result is then in the store, not here."""
+
+    run_id: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r} is parked: it waits in its store and resumes from there"

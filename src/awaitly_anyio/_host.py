@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
 import anyio
@@ -24,13 +25,14 @@ import attrs
 from ._clock import Clock, SystemClock
 from ._context import WorkflowContext
 from ._durable import default_owner
-from ._errors import AwaitlyError
+from ._errors import AwaitlyError, RunParkedError
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from ._redact import redact_text, redact_url
-from ._result import Result
+from ._result import Err, Result
 from ._run import logger
 from ._snapshot import SnapshotInfo
-from ._store import LeaseStore, SnapshotStore
+from ._store import LeaseStore, MailboxStore, SnapshotStore
+from ._waiting import HOSTING, parked_in
 from ._workflow import Workflow
 from .stores import open_store
 
@@ -105,6 +107,12 @@ class WorkflowHost:
       shutdown; `store` is that store.
     - ``grace``: seconds active runs get to finish once shutdown begins.
     - ``on_shutdown``: async callables run last (flush telemetry, close pools).
+    - ``park_after``: seconds (or a ``timedelta``) a durable run may wait
+      (``ctx.step.wait_for`` and friends) in memory before it is parked: its
+      coroutine is dropped, its lease released, and it waits in the store as rows
+      only; the host's recovery (`start_recovery`) resumes it from its checkpoints
+      when its value arrives or its deadline passes.  ``None`` (the default): never.
+      A waiting run holds no capacity (``max_active``) either way.
 
     Raises ``TypeError`` / ``ValueError`` for a bad option, naming it (a store URL
     is shown with its password masked).
@@ -118,7 +126,10 @@ class WorkflowHost:
         grace: float = 30.0,
         on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
         store_options: Mapping[str, Any] | None = None,
+        park_after: float | timedelta | None = None,
     ) -> None:
+        if park_after is not None:
+            park_after = _seconds("park_after", park_after)
         if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
             raise ValueError(f"max_active must be a positive integer, not {max_active!r}")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
@@ -139,6 +150,7 @@ class WorkflowHost:
         )
         self._store_url = redact_url(store) if isinstance(store, str) else None
         self.grace = float(grace)
+        self.park_after: float | None = park_after
         self._on_shutdown = list(on_shutdown)
         self._tg: anyio.abc.TaskGroup | None = None
         self._runs: anyio.abc.TaskGroup | None = None
@@ -346,6 +358,7 @@ class WorkflowHost:
         options: dict[str, Any],
         on_done: Callable[[Result[Any, Any]], object] | None,
     ) -> None:
+        hosting = HOSTING.set(_Slot(self))
         try:
             handle._result = await workflow.run(body, workflow_id=workflow_id, **options)
         except Exception as exc:
@@ -353,7 +366,13 @@ class WorkflowHost:
             # handle, not to every other run in the host.
             logger.exception("run %r could not start", workflow_id)
             handle._error = exc
+        except BaseException as exc:
+            if not parked_in(exc):
+                raise
+            # Parked: the run waits in its store now; a recovery pass brings it back.
+            handle._result = Err(RunParkedError(workflow_id or "?"))
         finally:
+            HOSTING.reset(hosting)
             handle._done.set()
             self._active -= 1
             if self._active == 0:
@@ -462,9 +481,31 @@ class WorkflowHost:
                     )
                 except Exception as exc:
                     logger.warning("a recovery pass failed (retried in %gs): %s", interval, exc)
-                await the_clock.sleep(interval)
+                await self._until_next_pass(the_clock, interval)
 
         self._services.start_soon(loop)
+
+    async def _until_next_pass(self, clock: Clock, interval: float) -> None:
+        """Wait ``interval`` on ``clock``, or less: a value sent to any run of the host's
+        store (from this process, or pushed by the database) may make a parked run
+        due, so the next pass starts at once."""
+        store = self.store
+        if not isinstance(store, MailboxStore):
+            await clock.sleep(interval)
+            return
+        async with anyio.create_task_group() as group:
+
+            async def ring() -> None:
+                await clock.sleep(interval)
+                group.cancel_scope.cancel()
+
+            group.start_soon(ring)
+            try:
+                await store.next_send()
+            except Exception as exc:  # the store closed under us: the interval decides
+                logger.debug("wake-ups unavailable: %s", exc)
+                await anyio.sleep_forever()
+            group.cancel_scope.cancel()
 
     # ---- shutdown --------------------------------------------------------------------
 
@@ -536,6 +577,38 @@ class WorkflowHost:
                 await callback()
             except Exception:
                 logger.exception("an on_shutdown callback failed")
+
+
+class _Slot:
+    """A host run's `HostSlot`: while it waits it does not count as active."""
+
+    __slots__ = ("_host",)
+
+    def __init__(self, host: WorkflowHost) -> None:
+        self._host = host
+
+    @property
+    def park_after(self) -> float | None:
+        return self._host.park_after
+
+    def waiting(self) -> None:
+        host = self._host
+        host._active -= 1
+        if host._active == 0:
+            host._idle.set()
+
+    def resumed(self) -> None:
+        host = self._host
+        host._active += 1
+        if host._active == 1:
+            host._idle = anyio.Event()
+
+
+def _seconds(name: str, value: object) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"{name} must be seconds >= 0 or a timedelta, not {value!r}")
+    return float(seconds)
 
 
 def _report(

@@ -278,8 +278,9 @@ class MailboxStore(LeaseStore, Protocol):
         this step began waiting (a resumed run keeps it)."""
         ...
 
-    async def next_send(self, run_id: str) -> None:
-        """Return once a value is sent to ``run_id`` after this call began: at once
+    async def next_send(self, run_id: str | None = None) -> None:
+        """Return once a value is sent to ``run_id`` (``None``: any run) after this call
+        began: at once
         from this process, through the database's push (PostgreSQL ``NOTIFY``,
         Redis pub/sub) from others.  A push can be missed (a dropped connection):
         callers bound the wait and receive again (see `poll_interval`)."""

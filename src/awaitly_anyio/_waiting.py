@@ -11,9 +11,11 @@ write.  See docs/waiting.md.
 from __future__ import annotations
 
 import hmac
+import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol, cast
 
 import anyio
 
@@ -32,14 +34,61 @@ from ._snapshot import SnapshotInfo
 from ._store import MailboxStore
 from ._waits import Approval, hook_key, parse_hook_token
 
+if sys.version_info < (3, 11):  # pragma: no cover  (ruff still targets 3.10's names)
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = [
+    "HOSTING",
+    "HostSlot",
+    "RunParked",
     "approve",
+    "parked_in",
     "pending_approvals",
     "reject",
     "resolve_hook",
     "send",
     "wait_in_store",
 ]
+
+
+class RunParked(BaseException):
+    """Raised out of a waiting step when its host parks the run: it unwinds the body
+    (like a cancellation, so ``except Exception`` cannot stop it) up to the durable
+    session, which releases the run's lease and leaves it ``waiting`` in the store,
+    and on to the host, which forgets the run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+class HostSlot(Protocol):
+    """What a waiting run tells the host that runs it (`HOSTING`): a waiting run holds
+    no capacity, and after ``park_after`` seconds of waiting (``None``: never) it is
+    parked."""
+
+    @property
+    def park_after(self) -> float | None: ...
+
+    def waiting(self) -> None:
+        """The run began waiting: it stops counting against the host's capacity."""
+
+    def resumed(self) -> None:
+        """The run stopped waiting (a value, the deadline, an error, cancellation)."""
+
+
+def parked_in(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is `RunParked`, or a group (a task group's) that holds one."""
+    if isinstance(exc, RunParked):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return group.subgroup(lambda e: isinstance(e, RunParked)) is not None
+    return False
+
+
+HOSTING: ContextVar[HostSlot | None] = ContextVar("awaitly_hosting", default=None)
+"""The host slot of the run executing in this context, set by `WorkflowHost`."""
 
 
 def _mailbox(store: object) -> MailboxStore:
@@ -172,23 +221,53 @@ async def wait_in_store(
         )
         if not ready and waiting is not None:
             waiting(deadline)
-        while True:
-            if key is not None:
-                got = await mailbox.receive(run_id, key, step=step, name=name, owner=owner)
-                if got is not None:
-                    return got
-            now = clock.time()
-            if deadline is not None and now >= deadline:
-                if key is None:
-                    return Ok(None)
-                return Err(WaitTimeoutError(name, key, deadline))
-            await _until_woken(
-                mailbox, run_id, clock, None if deadline is None else deadline - now, key
+        slot = None if ready else HOSTING.get()
+        if slot is None:
+            return await _receive_until(mailbox, run_id, owner, clock, name, step, key, deadline)
+        slot.waiting()
+        try:
+            return await _receive_until(
+                mailbox, run_id, owner, clock, name, step, key, deadline, slot.park_after
             )
+        finally:
+            slot.resumed()
     except (LeaseLostError, SnapshotDecodeError) as exc:
         return Err(exc)
     except Exception as exc:
         return Err(StoreError("wait", run_id, _describe(exc)))
+
+
+async def _receive_until(
+    mailbox: MailboxStore,
+    run_id: str,
+    owner: str | None,
+    clock: Clock,
+    name: str,
+    step: str,
+    key: str | None,
+    deadline: float | None,
+    park_after: float | None = None,
+) -> Result[Any, Any]:
+    """Receive, or wait to be woken, until a value, the deadline, or (with ``park_after``)
+    parking, which raises `RunParked`."""
+    park_at = None if park_after is None else clock.monotonic() + park_after
+    while True:
+        if key is not None:
+            got = await mailbox.receive(run_id, key, step=step, name=name, owner=owner)
+            if got is not None:
+                return got
+        now = clock.time()
+        if deadline is not None and now >= deadline:
+            if key is None:
+                return Ok(None)
+            return Err(WaitTimeoutError(name, key, deadline))
+        remaining = None if deadline is None else deadline - now
+        if park_at is not None:
+            parking = park_at - clock.monotonic()
+            if parking <= 0:
+                raise RunParked(run_id)
+            remaining = parking if remaining is None else min(remaining, parking)
+        await _until_woken(mailbox, run_id, clock, remaining, key)
 
 
 async def _until_woken(

@@ -75,15 +75,18 @@ if TYPE_CHECKING:
 __all__ = ["StoreFront"]
 
 
-_local: dict[str, dict[str, set[anyio.Event]]] = {}
-"""This process's waiters (`StoreFront.next_send`), by database channel and run id:
-a send from this process wakes them at once, whatever the store object."""
+_ANY = ()
+_local: dict[str, dict[tuple[str, ...], set[anyio.Event]]] = {}
+"""This process's waiters (`StoreFront.next_send`), by database channel and ``(run id,)``
+(``()``: any run): a send from this process wakes them at once, whatever the store
+object."""
 
 
 def _wake_local(channel: str, run_id: str) -> None:
-    waiters = _local.get(channel, {}).get(run_id)
-    for wake in list(waiters or ()):
-        _set(wake)
+    by_run = _local.get(channel, {})
+    for key in ((run_id,), _ANY):
+        for wake in list(by_run.get(key, ())):
+            _set(wake)
 
 
 def _wake_all_local(channel: str) -> None:
@@ -502,14 +505,17 @@ class StoreFront:
         except RowUnreadable as exc:
             raise SnapshotDecodeError(run_id, exc.reason) from None
 
-    async def next_send(self, run_id: str) -> None:
-        """Return once a value is sent to ``run_id``: see `MailboxStore.next_send`.
-        Cancel it to stop waiting (it holds nothing then)."""
-        check_id(run_id)
+    async def next_send(self, run_id: str | None = None) -> None:
+        """Return once a value is sent to ``run_id`` (``None``: to any run of this
+        database): see `MailboxStore.next_send`.  Cancel it to stop waiting (it holds
+        nothing then)."""
+        if run_id is not None:
+            check_id(run_id)
         self._check_open()
         channel = self._driver.channel
         wake = anyio.Event()
-        waiters = _local.setdefault(channel, {}).setdefault(run_id, set())
+        by_run = _local.setdefault(channel, {})
+        waiters = by_run.setdefault(_ANY if run_id is None else (run_id,), set())
         waiters.add(wake)
         self._start_watching(channel)
         try:
@@ -517,9 +523,9 @@ class StoreFront:
         finally:
             waiters.discard(wake)
             if not waiters:
-                by_run = _local.get(channel)
-                if by_run is not None and by_run.get(run_id) is waiters:
-                    del by_run[run_id]
+                key = _ANY if run_id is None else (run_id,)
+                if by_run.get(key) is waiters:
+                    del by_run[key]
 
     def _start_watching(self, channel: str) -> None:
         """Start, once per store, the task that turns the database's pushes into local

@@ -1,4 +1,6 @@
-"""``python -m awaitly_anyio``: the demo, and ``runs list|show|delete`` over any store URL.
+"""``python -m awaitly_anyio``: the demo, and the ``runs`` commands over any store URL:
+``list|show|delete`` the runs, ``send`` a value to a run, ``approve|reject`` an approval,
+list the approvals ``pending``, and ``resolve-hook`` a hook's token.
 
 The options that choose the store and the output (``--store``, ``--backend``,
 ``--json``, ``--import``, ``--create``, ``--schema``, ``--table-prefix``,
@@ -12,7 +14,12 @@ store that cannot be reached or fails, named by its URL with the password and
 secret parameters masked.  A reader that stops early (``runs list | head``) ends
 the command quietly.  Exit status: 0 on success (and when the reader stopped
 early), 1 when the run asked for is not there (or cannot be decoded), 2 for every
-other error.
+other error (a value that is not JSON, a run that already ended, a value too large,
+a hook token refused: nothing is stored then).
+
+``send``, ``resolve-hook`` take the value with ``--json VALUE`` (JSON text; ``-`` reads
+it from stdin, ``@FILE`` from a file): there ``--json`` is the value, and JSON output is
+asked for before the action (``runs --json send ...``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,15 @@ from typing import Any, NoReturn, TextIO, TypeVar, cast
 import anyio
 
 from . import _loops
-from ._errors import SnapshotDecodeError
+from ._errors import (
+    AlreadyDeliveredError,
+    AwaitlyError,
+    HookTokenError,
+    RunFinishedError,
+    SerializationError,
+    SnapshotDecodeError,
+    StoreError,
+)
 from ._redact import redact_text, redact_url
 from ._rows import check_list_args, decode_cursor
 from ._snapshot import RUN_STATUSES, SnapshotInfo, WorkflowSnapshot
@@ -46,6 +61,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 T = TypeVar("T")
+
+# The library's refusals of a delivery (worded on their own; nothing was stored).
+_REFUSALS = (AlreadyDeliveredError, HookTokenError, SerializationError)
 
 # Where an option may be written: before the command, after it, after the action.
 _LEVELS = ("top", "command", "action")
@@ -75,9 +93,12 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = True) -> None:
+def _add_options(
+    parser: argparse.ArgumentParser, level: str, *, runs: bool = True, output: bool = True
+) -> None:
     """The options that may be written anywhere, stored under ``name@level`` so that a
-    later parser does not overwrite what an earlier one read (see `_option`)."""
+    later parser does not overwrite what an earlier one read (see `_option`).  Without
+    ``output``, ``--json`` is left to the action (where it gives a value)."""
     options = parser.add_argument_group("options accepted anywhere on the line")
     options.add_argument(
         "--store",
@@ -94,13 +115,14 @@ def _add_options(parser: argparse.ArgumentParser, level: str, *, runs: bool = Tr
     )
     if not runs:
         return
-    options.add_argument(
-        "--json",
-        dest=f"json@{level}",
-        action="store_true",
-        default=None,
-        help="print JSON instead of a table",
-    )
+    if output:
+        options.add_argument(
+            "--json",
+            dest=f"json@{level}",
+            action="store_true",
+            default=None,
+            help="print JSON instead of a table",
+        )
     options.add_argument(
         "--import",
         dest=f"imports@{level}",
@@ -154,7 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     runs = commands.add_parser(
         "runs",
         help="inspect the runs kept in a store",
-        description="List, show or delete the runs kept in a store.",
+        description=(
+            "List, show or delete the runs kept in a store; deliver values, approvals"
+            " and hook resolutions to the runs that wait for them."
+        ),
         epilog=f"Run '{PROG} runs ACTION --help' for an action's options.",
     )
     _add_options(runs, "command")
@@ -186,7 +211,78 @@ def _parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("id", help="the run's id")
     _add_options(delete, "action")
+    _waiting_actions(actions)
     return parser
+
+
+_VALUE_HELP = (
+    "the value, as JSON text (quote it for the shell: --json '{\"ok\": true}');"
+    " '-' reads it from stdin, '@FILE' from a file"
+)
+_OUTPUT_NOTE = (
+    "Here --json gives the value; for JSON output write --json before the action"
+    f" ({PROG} runs --json ACTION ...)."
+)
+
+
+def _waiting_actions(actions: Any) -> None:
+    """The actions for waiting runs: send, approve, reject, pending, resolve-hook."""
+    send = actions.add_parser(
+        "send",
+        help="deliver a value to a run (stored at once, consumed once)",
+        description=(
+            "Deliver VALUE to run ID under KEY: it is stored before the command returns,"
+            " kept when the run is not waiting yet, and consumed once by the step that"
+            " waits for KEY.  A run that does not exist or already ended, or a value over"
+            " 1 MiB, is an error and nothing is stored."
+        ),
+        epilog=_OUTPUT_NOTE,
+    )
+    send.add_argument("id", metavar="ID", help="the run's id")
+    send.add_argument("key", metavar="KEY", help="the key the run waits (or will wait) for")
+    send.add_argument("--json", dest="value", metavar="VALUE", required=True, help=_VALUE_HELP)
+    _add_options(send, "action", output=False)
+    for verb, does in (("approve", "approves"), ("reject", "rejects")):
+        decide = actions.add_parser(
+            verb,
+            help=f"{verb} what a run waits for under KEY",
+            description=(
+                f"{does.capitalize()} what run ID waits for under KEY (its step gets"
+                f" {'the approval' if verb == 'approve' else 'a rejection'}), saying who"
+                " decided and why."
+            ),
+        )
+        decide.add_argument("id", metavar="ID", help="the run's id")
+        decide.add_argument("key", metavar="KEY", help="the key of the approval the run waits for")
+        decide.add_argument("--by", required=True, metavar="WHO", help="who decided")
+        decide.add_argument("--reason", metavar="WHY", help="why (optional)")
+        _add_options(decide, "action")
+    pending = actions.add_parser(
+        "pending",
+        aliases=["approvals"],
+        help="runs waiting for an approval, across runs",
+        description=(
+            "List the runs waiting for an approval: each run's id, workflow, the key to"
+            " approve or reject, since when it waits and its deadline."
+        ),
+    )
+    pending.add_argument(
+        "--limit", type=int, default=100, help="runs to list, 1 to 10000 (default 100)"
+    )
+    _add_options(pending, "action")
+    hook = actions.add_parser(
+        "resolve-hook",
+        help="resolve a hook's token with a value",
+        description=(
+            "Resolve the hook TOKEN names with VALUE, as a webhook handler does: the run"
+            " that handed the token out gets the value.  A token resolves once; a"
+            " malformed, unknown or already resolved token is an error."
+        ),
+        epilog=_OUTPUT_NOTE,
+    )
+    hook.add_argument("token", metavar="TOKEN", help="the hook's token")
+    hook.add_argument("--json", dest="value", metavar="VALUE", required=True, help=_VALUE_HELP)
+    _add_options(hook, "action", output=False)
 
 
 def _option(args: argparse.Namespace, name: str) -> Any:
@@ -212,7 +308,8 @@ def _time(value: Any) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """A step's duration for people: ``850us``, ``12.5ms``, ``3.20s``, ``2m05s``."""
+    """A duration for people: ``850us``, ``12.5ms``, ``3.20s``, ``2m05s``, ``5h10m``,
+    ``3d04h``."""
     if seconds < 0.001:
         return f"{seconds * 1_000_000:.0f}us"
     if seconds < 1:
@@ -223,7 +320,10 @@ def _duration(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes}m{rest:02d}s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -248,6 +348,48 @@ def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
         "lease_owner": info.lease_owner,
         "lease_expires_at": _iso(info.lease_expires_at),
         "damaged": info.damaged,
+        "waiting_for": info.waiting_for,
+        "wait_kind": info.wait_kind,
+        "wake_at": _iso(info.wake_at),
+    }
+
+
+def _shown(text: str, width: int = 48) -> str:
+    """``text`` (a key) for a table cell: as it is when it is plain, else quoted (so
+    spaces and control characters cannot break the line), cut short when long."""
+    plain = text.isprintable() and not any(c.isspace() for c in text) and text != ""
+    shown = text if plain else repr(text)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
+def _waits_for(info: SnapshotInfo, *, short: bool = False) -> str:
+    """What a waiting run waits for: ``approval 'approve:order-7'``, ``timer``."""
+    kind = info.wait_kind or "?"
+    if info.waiting_for is None:
+        return kind
+    return f"{kind} {_shown(info.waiting_for) if short else repr(info.waiting_for)}"
+
+
+def _wait_line(info: SnapshotInfo, now: datetime) -> str:
+    """What a waiting run waits for, until when, and whether that time has come: a
+    deadline past belongs to a run that a worker wakes when it next looks."""
+    what = _waits_for(info)
+    if info.wake_at is None:
+        return f"{what} (no deadline)"
+    until = f"{what} until {_time(info.wake_at)} UTC"
+    left = (info.wake_at - now).total_seconds()
+    if left > 0:
+        return f"{until} ({_duration(left)} left)"
+    return f"{until} (due {_duration(-left)} ago: a worker wakes it when it next looks)"
+
+
+def _wait_doc(info: SnapshotInfo | None) -> dict[str, Any] | None:
+    if info is None or info.status != "waiting":
+        return None
+    return {
+        "waiting_for": info.waiting_for,
+        "wait_kind": info.wait_kind,
+        "wake_at": _iso(info.wake_at),
     }
 
 
@@ -285,6 +427,8 @@ def _print_snapshot(
     out.write(f"run       {snapshot.workflow_id}\n")
     out.write(f"workflow  {snapshot.workflow_name}\n")
     out.write(f"status    {snapshot.status}\n")
+    if info is not None and info.status == "waiting":
+        out.write(f"waiting   {_wait_line(info, now)}\n")
     out.write(f"created   {_time(snapshot.created_at)}\n")
     out.write(f"updated   {_time(snapshot.updated_at)}\n")
     out.write(f"expires   {_time(snapshot.expires_at)}\n")
@@ -473,6 +617,12 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         check_list_args(args.prefix, args.status, args.limit)
         if args.cursor is not None:
             decode_cursor(args.cursor)
+    if args.action in _WAITING_ACTIONS:
+        value = _json_value(args.value) if args.action in ("send", "resolve-hook") else None
+        if args.action in ("pending", "approvals"):
+            check_list_args(None, None, args.limit)
+        async with _opened(url, source, where, options, create=create) as store:
+            return await _waiting(args, store, where, value, as_json, out, err)
     async with _opened(url, source, where, options, create=create) as store:
         if args.action == "list":
             page = await _ask(
@@ -499,6 +649,11 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 ]
                 for i in page
             ]
+            if any(i.status == "waiting" for i in page):  # what they wait for, until when
+                rows[0] += ["WAITING FOR", "DEADLINE"]
+                for row, i in zip(rows[1:], page, strict=True):
+                    waiting = i.status == "waiting" and not i.damaged
+                    row += [_waits_for(i, short=True), _time(i.wake_at)] if waiting else ["", ""]
             _table(rows, out)
             for i in page:
                 if i.damaged:
@@ -523,6 +678,7 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if as_json:
                 doc = snapshot_to_doc(snapshot)
                 doc["lease"] = _lease_doc(info, now)
+                doc["wait"] = _wait_doc(info)
                 out.write(dumps(doc) + "\n")
             else:
                 _print_snapshot(snapshot, info, now, out)
@@ -533,6 +689,142 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 1
         out.write(json.dumps({"deleted": args.id}) + "\n" if as_json else f"deleted {args.id}\n")
         return 0
+
+
+_WAITING_ACTIONS = ("send", "approve", "reject", "pending", "approvals", "resolve-hook")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large for a number")
+    return number
+
+
+def _json_value(given: str) -> Any:
+    """The value ``--json`` gives: JSON text, ``-`` (read stdin) or ``@FILE``; a
+    `ValueError` naming what is wrong when it is not JSON (or cannot be read)."""
+    source = "the --json value"
+    text = given
+    try:
+        if given == "-":
+            source = "the JSON read from stdin"
+            text = sys.stdin.buffer.read().decode("utf-8")
+        elif given.startswith("@"):
+            source = f"the JSON in {given[1:]!r}"
+            with open(given[1:], "rb") as file:
+                text = file.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise ValueError(f"{source} is empty: give a JSON value (for example '\"yes\"' or 42)")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{source} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ValueError(f"{source} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{source} is not valid JSON: {exc}") from None
+
+
+async def _deliver(where: str, run_id: str | None, call: Awaitable[T]) -> T:
+    """``await call``, a delivery to run ``run_id`` (``None``: a hook's, by token).
+
+    The refusals (no such run, a run that ended, a bad key or value, a token refused)
+    become one worded line; a failure of the store becomes `_ask`'s line.  Nothing
+    was stored when any of them is raised.  Cancellation is never caught."""
+    try:
+        return await call
+    except RunFinishedError as exc:
+        raise _Failure(str(exc)) from exc
+    except LookupError as exc:
+        raise _Missing(f"no run {run_id!r} in {where}; nothing was sent") from exc
+    except (ValueError, AwaitlyError) as exc:
+        if isinstance(exc, StoreError) or not isinstance(exc, (ValueError, *_REFUSALS)):
+            raise _Failure(f"store {where} failed: {_one_line(exc)}") from exc
+        if run_id is None:
+            raise _Failure(_one_line(exc)) from exc
+        raise _Failure(f"nothing sent to run {run_id!r}: {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise _Failure(f"store {where} failed: {_one_line(exc)}") from exc
+
+
+class _Missing(Exception):
+    """The run asked for is not there (exit status 1), worded for the user."""
+
+
+async def _waiting(
+    args: argparse.Namespace,
+    store: Any,
+    where: str,
+    value: Any,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """The actions for waiting runs, on the open ``store``."""
+    from ._waiting import approve, pending_approvals, reject, resolve_hook, send
+
+    try:
+        if args.action == "send":
+            await _deliver(where, args.id, send(store, args.id, args.key, value))
+            done: dict[str, Any] = {"run_id": args.id, "key": args.key}
+            text = f"sent {args.key!r} to run {args.id!r}"
+            _said(out, as_json, {"sent": done}, text)
+        elif args.action in ("approve", "reject"):
+            decide = approve if args.action == "approve" else reject
+            call = decide(store, args.id, args.key, by=args.by, reason=args.reason)
+            await _deliver(where, args.id, call)
+            done = {"run_id": args.id, "key": args.key, "by": args.by, "reason": args.reason}
+            verb = "approved" if args.action == "approve" else "rejected"
+            why = "" if args.reason is None else f": {args.reason!r}"
+            text = f"{verb} {args.key!r} of run {args.id!r} (by {args.by!r}{why})"
+            _said(out, as_json, {verb: done}, text)
+        elif args.action == "resolve-hook":
+            await _deliver(where, None, resolve_hook(store, args.token, value))
+            _said(out, as_json, {"resolved": True}, "resolved the hook")
+        else:
+            found = await _ask(where, pending_approvals(store, limit=args.limit))
+            _print_pending(found, as_json, out)
+    except _Missing as exc:
+        err.write(f"error: {exc}\n")
+        return 1
+    return 0
+
+
+def _said(out: TextIO, as_json: bool, doc: dict[str, Any], text: str) -> None:
+    out.write(json.dumps(doc, ensure_ascii=False) + "\n" if as_json else text + "\n")
+
+
+def _print_pending(found: Sequence[SnapshotInfo], as_json: bool, out: TextIO) -> None:
+    """The runs waiting for an approval, newest first (as `pending_approvals` gives them)."""
+    if as_json:
+        out.write(json.dumps({"items": [_info_doc(i) for i in found]}, indent=2) + "\n")
+        return
+    if not found:
+        out.write("no approvals pending\n")
+        return
+    rows = [["ID", "WORKFLOW", "KEY", "WAITING SINCE", "DEADLINE"]]
+    rows += [
+        [
+            i.id,
+            i.workflow_name,
+            "-" if i.waiting_for is None else _shown(i.waiting_for),
+            _time(i.updated_at),
+            _time(i.wake_at),
+        ]
+        for i in found
+    ]
+    _table(rows, out)
 
 
 def _demo(args: argparse.Namespace) -> int:

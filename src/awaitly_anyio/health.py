@@ -1,5 +1,6 @@
 """Health: a tracker of workflow outcomes, dependency checks, and an ASGI application
-serving ``/health``, ``/ready``, ``/health/workflows`` and ``/health/circuits``.
+serving ``/health``, ``/ready``, ``/health/workflows``, ``/health/circuits`` and
+``/health/runs`` (the runs of a store by status, and what the waiting ones wait for).
 
 The application needs no web framework: mount it under any prefix in Starlette,
 FastAPI, Litestar or Quart (``app.mount("/ops", health_app)`` answers
@@ -20,6 +21,7 @@ import anyio
 import attrs
 
 from ._redact import redact_text
+from ._snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, SnapshotPage
 from .events import WorkflowComplete, WorkflowEvent, WorkflowFailed
 
 __all__ = [
@@ -173,6 +175,65 @@ class _Breaker(Protocol):
     def state(self) -> Any: ...
 
 
+class _Lister(Protocol):
+    """What ``/health/runs`` needs of a store: its ``list`` (every store has one)."""
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> SnapshotPage: ...
+
+
+_PAGE = 1000  # runs a page when counting
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _run_doc(info: SnapshotInfo) -> dict[str, Any]:
+    """A run of the ``/health/runs`` listing: for a waiting run, what it waits for
+    (``wait_kind``, ``waiting_for``) and until when (``wake_at``, ``null``: no deadline)."""
+    return {
+        "id": info.id,
+        "workflow_name": info.workflow_name,
+        "status": info.status,
+        "updated_at": info.updated_at.isoformat(),
+        "wait_kind": info.wait_kind,
+        "waiting_for": info.waiting_for,
+        "wake_at": _iso(info.wake_at),
+    }
+
+
+async def _runs_report(store: _Lister, *, cap: int, listed: int) -> dict[str, Any]:
+    """The runs of ``store`` counted by status (each count stops at ``cap``; the
+    statuses that reached it are named in ``"capped"``) and the ``listed`` most
+    recently updated waiting runs."""
+    counts: dict[str, int] = {}
+    capped: list[str] = []
+    waiting: list[dict[str, Any]] = []
+    for status in RUN_STATUSES:
+        count = 0
+        cursor: str | None = None
+        while True:
+            page = await store.list(status=status, limit=min(_PAGE, cap - count), cursor=cursor)
+            if status == "waiting" and cursor is None:
+                waiting = [_run_doc(info) for info in page.items[:listed]]
+            count += len(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+            if count >= cap:
+                capped.append(status)
+                break
+        counts[status] = count
+    return {"counts": counts, "capped": capped, "waiting": waiting}
+
+
 # As the ASGI spec and Starlette type them, so the app fits httpx's and Starlette's slots.
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -189,7 +250,10 @@ def create_health_app(
     tracker: HealthTracker | None = None,
     breakers: Mapping[str, _Breaker] | None = None,
     host: _Readiness | None = None,
+    store: _Lister | None = None,
     timeout: float = 5.0,
+    count_limit: int = 10_000,
+    waiting_listed: int = 100,
 ) -> ASGIApp:
     """An ASGI application with the health endpoints:
 
@@ -200,6 +264,13 @@ def create_health_app(
     - ``GET /health/workflows``: ``tracker.get_stats()``.
     - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,
       ``"HALF_OPEN"``).
+    - ``GET /health/runs``: the runs of ``store`` (any store: it is only listed)
+      counted by status, ``waiting`` included (``"counts"``; a count stops at
+      ``count_limit``, and the statuses that reached it are named in ``"capped"``),
+      and the ``waiting_listed`` most recently updated waiting runs, each with what
+      it waits for (``wait_kind``, ``waiting_for``) and its deadline (``wake_at``).
+      Read within ``timeout`` seconds: a store that fails or is slower answers 503
+      with the error (passwords masked).  404 without a store.
 
     Paths are relative to where the app is mounted (the ASGI ``root_path``), so
     ``app.mount("/ops", health_app)`` serves ``/ops/health``, ``/ops/ready``...
@@ -210,6 +281,16 @@ def create_health_app(
     """
     checks = dict(checks or {})
     breakers = dict(breakers or {})
+    if isinstance(count_limit, bool) or not isinstance(count_limit, int) or count_limit < 1:
+        raise ValueError(f"count_limit must be a positive integer, not {count_limit!r}")
+    if (
+        isinstance(waiting_listed, bool)
+        or not isinstance(waiting_listed, int)
+        or not 0 <= waiting_listed <= 10_000
+    ):
+        raise ValueError(
+            f"waiting_listed must be an integer from 0 to 10000, not {waiting_listed!r}"
+        )
 
     async def health() -> tuple[int, dict[str, Any]]:
         results: dict[str, CheckResult] = {}
@@ -244,11 +325,25 @@ def create_health_app(
     async def circuits() -> tuple[int, dict[str, Any]]:
         return 200, {name: _state_name(breaker.state) for name, breaker in breakers.items()}
 
+    async def runs() -> tuple[int, dict[str, Any]]:
+        if store is None:
+            return 404, {"error": "no store configured"}
+        now = datetime.now(timezone.utc).isoformat()
+        try:
+            with anyio.fail_after(timeout):
+                report = await _runs_report(store, cap=count_limit, listed=waiting_listed)
+        except TimeoutError:
+            return 503, {"error": f"the store did not answer within {timeout:g}s", "timestamp": now}
+        except Exception as exc:
+            return 503, {"error": _describe(exc), "timestamp": now}
+        return 200, {**report, "timestamp": now}
+
     routes: dict[str, Callable[[], Awaitable[tuple[int, dict[str, Any]]]]] = {
         "/health": health,
         "/ready": ready,
         "/health/workflows": workflows,
         "/health/circuits": circuits,
+        "/health/runs": runs,
     }
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

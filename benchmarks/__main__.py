@@ -38,6 +38,7 @@ SCRIPTS = {
     "durable_floor": "bench_durable_floor.py",
     "regression": "bench_regression.py",
     "dbos": "bench_dbos.py",
+    "waiting": "bench_waiting.py",
 }
 
 PACKAGES = (

@@ -89,13 +89,6 @@ async def test_a_waiting_run_holds_no_capacity() -> None:
         assert host.active == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="src bug: WorkflowHost.shutdown cancels its runs only if host._active, and a "
-    "waiting run is not counted (_Slot.waiting), so an unparked waiting run is never "
-    "cancelled and the host's task group waits for it until its value or deadline",
-)
 async def test_shutdown_with_a_run_waiting_in_memory_ends_and_leaves_it_waiting() -> None:
     waits = Waits()
     workflow = create_workflow("orders", on_event=waits)

@@ -158,6 +158,9 @@ class WorkflowHost:
         self._services_stop = anyio.Event()
         self._services_done = anyio.Event()
         self._active = 0
+        # Every run task, waiting ones included (`_active` leaves those out): shutdown
+        # cancels what is left of them.
+        self._tasks = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._shutting_down = False
@@ -312,6 +315,7 @@ class WorkflowHost:
         assert self._runs is not None
         handle: RunHandle[Any] = RunHandle(workflow_id)
         self._active += 1
+        self._tasks += 1
         self._idle = anyio.Event() if self._active == 1 else self._idle
         self._runs.start_soon(self._run, handle, workflow, body, workflow_id, options, on_done)
         return handle
@@ -374,6 +378,7 @@ class WorkflowHost:
         finally:
             HOSTING.reset(hosting)
             handle._done.set()
+            self._tasks -= 1
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
@@ -531,7 +536,7 @@ class WorkflowHost:
                 await self._idle.wait()
         finally:
             try:
-                if self._runs is not None and self._active:
+                if self._runs is not None and self._tasks:
                     self._runs.cancel_scope.cancel()
                     # Cancelled durable runs record themselves in short shielded scopes.
                     with anyio.CancelScope(shield=True):

@@ -30,6 +30,7 @@ __all__ = [
     "EncodedStep",
     "LeaseStore",
     "MailboxStore",
+    "SendWatch",
     "SnapshotStore",
 ]
 
@@ -232,6 +233,18 @@ class LeaseStore(CheckpointStore, Protocol):
         ...
 
 
+class SendWatch(Protocol):
+    """What `MailboxStore.sends` returns."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    async def wait(self) -> None:
+        """Return once a send was seen since the watch began or the last ``wait``."""
+        ...
+
+
 @runtime_checkable
 class MailboxStore(LeaseStore, Protocol):
     """Messages addressed to runs, and runs that wait for them (durable waiting).
@@ -284,6 +297,13 @@ class MailboxStore(LeaseStore, Protocol):
         from this process, through the database's push (PostgreSQL ``NOTIFY``,
         Redis pub/sub) from others.  A push can be missed (a dropped connection):
         callers bound the wait and receive again (see `poll_interval`)."""
+        ...
+
+    def sends(self, run_id: str | None = None) -> SendWatch:
+        """Watch for sends to ``run_id`` (``None``: any run) from now on: a context
+        manager whose ``await watch.wait()`` returns once a send came after the watch
+        began (or after the last ``wait``).  Look for the value inside the watch, then
+        wait: a send between the look and the wait is not missed."""
         ...
 
     @property

@@ -31,7 +31,7 @@ from ._errors import (
 )
 from ._result import Err, Ok, Result
 from ._snapshot import SnapshotInfo
-from ._store import MailboxStore
+from ._store import MailboxStore, SendWatch
 from ._waits import Approval, hook_key, parse_hook_token
 
 if sys.version_info < (3, 11):  # pragma: no cover  (ruff still targets 3.10's names)
@@ -251,27 +251,30 @@ async def _receive_until(
     """Receive, or wait to be woken, until a value, the deadline, or (with ``park_after``)
     parking, which raises `RunParked`."""
     park_at = None if park_after is None else clock.monotonic() + park_after
-    while True:
-        if key is not None:
-            got = await mailbox.receive(run_id, key, step=step, name=name, owner=owner)
-            if got is not None:
-                return got
-        now = clock.time()
-        if deadline is not None and now >= deadline:
-            if key is None:
-                return Ok(None)
-            return Err(WaitTimeoutError(name, key, deadline))
-        remaining = None if deadline is None else deadline - now
-        if park_at is not None:
-            parking = park_at - clock.monotonic()
-            if parking <= 0:
-                raise RunParked(run_id)
-            remaining = parking if remaining is None else min(remaining, parking)
-        await _until_woken(mailbox, run_id, clock, remaining, key)
+    # Watching before each look: a send that lands between the look and the wait
+    # still wakes the wait (`MailboxStore.sends`).
+    with mailbox.sends(run_id) as sends:
+        while True:
+            if key is not None:
+                got = await mailbox.receive(run_id, key, step=step, name=name, owner=owner)
+                if got is not None:
+                    return got
+            now = clock.time()
+            if deadline is not None and now >= deadline:
+                if key is None:
+                    return Ok(None)
+                return Err(WaitTimeoutError(name, key, deadline))
+            remaining = None if deadline is None else deadline - now
+            if park_at is not None:
+                parking = park_at - clock.monotonic()
+                if parking <= 0:
+                    raise RunParked(run_id)
+                remaining = parking if remaining is None else min(remaining, parking)
+            await _until_woken(sends, mailbox.poll_interval, clock, remaining, key)
 
 
 async def _until_woken(
-    mailbox: MailboxStore, run_id: str, clock: Clock, remaining: float | None, key: str | None
+    sends: SendWatch, poll: float, clock: Clock, remaining: float | None, key: str | None
 ) -> None:
     """Return at the deadline (``remaining`` on the workflow's clock), or, when waiting
     for a message, at a send to the run or after the store's poll interval (real
@@ -285,6 +288,6 @@ async def _until_woken(
 
             group.start_soon(ring)
         if key is not None:
-            with anyio.move_on_after(mailbox.poll_interval):
-                await mailbox.next_send(run_id)
+            with anyio.move_on_after(poll):
+                await sends.wait()
             group.cancel_scope.cancel()

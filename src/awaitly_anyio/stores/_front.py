@@ -100,6 +100,39 @@ def _set(wake: anyio.Event) -> None:
         wake.set()
 
 
+class Sends:
+    """A watch for sends to one run (or any), made by `StoreFront.sends`."""
+
+    __slots__ = ("_channel", "_key", "_wake")
+
+    def __init__(self, channel: str, key: tuple[str, ...]) -> None:
+        self._channel, self._key = channel, key
+        self._wake = anyio.Event()
+
+    def __enter__(self) -> Sends:
+        _local.setdefault(self._channel, {}).setdefault(self._key, set()).add(self._wake)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        by_run = _local.get(self._channel, {})
+        waiters = by_run.get(self._key)
+        if waiters is not None:
+            waiters.discard(self._wake)
+            if not waiters:
+                del by_run[self._key]
+
+    async def wait(self) -> None:
+        """Return once a send was seen since the watch began or since the last `wait`
+        returned; a cancellation point."""
+        wake = self._wake
+        await wake.wait()
+        # Re-armed before the caller looks again: a send during its look is not lost.
+        waiters = _local.setdefault(self._channel, {}).setdefault(self._key, set())
+        waiters.discard(wake)
+        self._wake = anyio.Event()
+        waiters.add(self._wake)
+
+
 def _missing(id: str) -> LookupError:
     return LookupError(f"run {id!r} is not in the store (mark_running first)")
 
@@ -507,25 +540,24 @@ class StoreFront:
 
     async def next_send(self, run_id: str | None = None) -> None:
         """Return once a value is sent to ``run_id`` (``None``: to any run of this
-        database): see `MailboxStore.next_send`.  Cancel it to stop waiting (it holds
-        nothing then)."""
+        database) after this call began: see `MailboxStore.next_send`.  Cancel it to
+        stop waiting (it holds nothing then)."""
+        with self.sends(run_id) as sends:
+            await sends.wait()
+
+    def sends(self, run_id: str | None = None) -> Sends:
+        """Watch for sends to ``run_id`` (``None``: any run) from now on, as a context
+        manager: ``with store.sends(id) as sends:`` then look (``receive``), then
+        ``await sends.wait()``, which returns at once if a send came after the
+        watch began (or after the last ``wait``).  Looking *after* the watch began
+        is what keeps a send that lands between the look and the wait from being
+        missed.  ``RuntimeError`` if the store is closed."""
         if run_id is not None:
             check_id(run_id)
         self._check_open()
         channel = self._driver.channel
-        wake = anyio.Event()
-        by_run = _local.setdefault(channel, {})
-        waiters = by_run.setdefault(_ANY if run_id is None else (run_id,), set())
-        waiters.add(wake)
         self._start_watching(channel)
-        try:
-            await wake.wait()
-        finally:
-            waiters.discard(wake)
-            if not waiters:
-                key = _ANY if run_id is None else (run_id,)
-                if by_run.get(key) is waiters:
-                    del by_run[key]
+        return Sends(channel, _ANY if run_id is None else (run_id,))
 
     def _start_watching(self, channel: str) -> None:
         """Start, once per store, the task that turns the database's pushes into local

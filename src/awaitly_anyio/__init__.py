@@ -63,6 +63,7 @@ from ._store import (
     EncodedStep,
     LeaseStore,
     MailboxStore,
+    SendWatch,
     SnapshotStore,
 )
 from ._waiting import approve, pending_approvals, reject, resolve_hook, send
@@ -121,6 +122,7 @@ __all__ = [
     "RunParkedError",
     "RunStatus",
     "Secret",
+    "SendWatch",
     "SerializationError",
     "Settings",
     "SettingsError",

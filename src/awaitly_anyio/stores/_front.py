@@ -56,7 +56,7 @@ from .._snapshot import (
     SnapshotPage,
     WorkflowSnapshot,
 )
-from .._store import Claim, EncodedStep, Ttl
+from .._store import Claim, EncodedStep, SendWatch, Ttl
 from ..serialization import TypeRegistry, default_registry
 from ._driver import (
     AlreadySent,
@@ -545,7 +545,7 @@ class StoreFront:
         with self.sends(run_id) as sends:
             await sends.wait()
 
-    def sends(self, run_id: str | None = None) -> Sends:
+    def sends(self, run_id: str | None = None) -> SendWatch:
         """Watch for sends to ``run_id`` (``None``: any run) from now on, as a context
         manager: ``with store.sends(id) as sends:`` then look (``receive``), then
         ``await sends.wait()``, which returns at once if a send came after the

@@ -21,7 +21,6 @@ from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._run import (
     NO_RESULTS,
-    Checkpoint,
     EarlyExit,
     Emit,
     RunState,
@@ -112,10 +111,15 @@ class Workflow(Generic[D]):
     clock: Clock = attrs.field(factory=SystemClock, converter=_check_clock)
     store_write_timeout: float = attrs.field(default=5.0, converter=_check_write_timeout)
     _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
+    _map: Callable[[Exception], object] = attrs.field(init=False, repr=False, eq=False)
 
     @_emit.default  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
     def _make_emit(self) -> Emit | None:
         return make_emitter(self.on_event)
+
+    @_map.default  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
+    def _make_map(self) -> Callable[[Exception], object]:
+        return self.catch_unexpected or default_map_exception
 
     @overload
     def run(
@@ -206,8 +210,21 @@ class Workflow(Generic[D]):
                     f"workflow {self.name!r}: ttl, failure_ttl, delete_on_success and "
                     f"metadata need a store"
                 )
-            # Without a store, a default id is made only if someone asks for it.
-            return self._plain_run(body, workflow_id, resume_state, None, input)
+            # Without a store, a default id is made only if someone asks for it.  The run
+            # is one coroutine (the body's outcome), or two with listeners.
+            state = RunState(
+                self.name,
+                workflow_id,
+                self.clock,
+                self._emit,
+                self._map,
+                NO_RESULTS if resume_state is None else completed_results(resume_state),
+            )
+            outcome = _outcome(state, body, WorkflowContext(state, self.deps, input))
+            emit = self._emit
+            if emit is None:
+                return outcome
+            return self._evented(state, outcome, emit)
         if resume_state is not None:
             raise ValueError(
                 f"workflow {self.name!r}: give a store or a resume_state, not both "
@@ -253,51 +270,22 @@ class Workflow(Generic[D]):
         result: Result[Any, Any] | None = None
         try:
             with session:
-                state = self._run_state(session.workflow_id, session.resume, session.checkpoint)
+                resume = session.resume
+                state = RunState(
+                    self.name,
+                    session.workflow_id,
+                    self.clock,
+                    self._emit,
+                    self._map,
+                    NO_RESULTS if resume is None else completed_results(resume),
+                    session.checkpoint,
+                )
                 context = WorkflowContext(state, self.deps, session.input)
                 result = await _outcome(state, body, context)
         except BaseException:
             await session.cancelled()
             raise
         return await session.finish(result)
-
-    def _plain_run(
-        self,
-        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
-        workflow_id: str | None,
-        resume_state: SupportsResume | WorkflowSnapshot | None,
-        checkpoint: Checkpoint | None,
-        input: Any = None,
-    ) -> Coroutine[Any, Any, Result[Any, Any]]:
-        """One plain run of the body (as a coroutine to await), with workflow events
-        when someone listens.
-
-        Not itself a coroutine function: a run without listeners is one coroutine
-        (the body's outcome) instead of a chain of them.
-        """
-        state = self._run_state(workflow_id, resume_state, checkpoint)
-        outcome = _outcome(state, body, WorkflowContext(state, self.deps, input))
-        emit = self._emit
-        if emit is None:
-            return outcome
-        return self._evented(state, outcome, emit)
-
-    def _run_state(
-        self,
-        workflow_id: str | None,
-        resume_state: SupportsResume | WorkflowSnapshot | None,
-        checkpoint: Checkpoint | None,
-    ) -> RunState:
-        """The state a new run of this workflow starts with."""
-        return RunState(
-            self.name,
-            workflow_id,
-            self.clock,
-            self._emit,
-            self.catch_unexpected or default_map_exception,
-            NO_RESULTS if resume_state is None else completed_results(resume_state),
-            checkpoint,
-        )
 
     async def _evented(
         self,

@@ -40,7 +40,7 @@ from awaitly_anyio import (
     resolve_hook,
     send,
 )
-from awaitly_anyio.events import WorkflowEvent
+from awaitly_anyio.events import StepWaiting, WorkflowEvent
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import StoreKit
@@ -692,12 +692,14 @@ async def test_a_wait_is_evented_and_listed(bench: Bench) -> None:
     start = clock.time()
     clock.hold = True
     done: list[Result[Any, Any]] = []
+    ended = anyio.Event()
     async with bench.open() as store, anyio.create_task_group() as group:
 
         async def go() -> None:
             done.append(
                 await workflow.run(waits_for("pay:1", timeout=90), workflow_id="r1", store=store)
             )
+            ended.set()
 
         group.start_soon(go)
         await bench.until_waiting("r1")
@@ -713,8 +715,7 @@ async def test_a_wait_is_evented_and_listed(bench: Bench) -> None:
         assert (await store.list(status="running")).items == []
         await send(store, "r1", "pay:1", "paid")
         with anyio.fail_after(20):
-            while not done:
-                await anyio.sleep(0)
+            await ended.wait()
         info = await store.info("r1")
         assert info is not None
         assert (info.status, info.waiting_for, info.wait_kind, info.wake_at) == (
@@ -728,7 +729,8 @@ async def test_a_wait_is_evented_and_listed(bench: Bench) -> None:
     steps = [e for e in bench.events if getattr(e, "name", None) == "get"]
     assert [e.type for e in steps] == ["step_start", "step_waiting", "step_complete"]
     waiting = steps[1]
-    assert (waiting.waiting_for, waiting.wait_kind, waiting.wake_at, waiting.step_key) == (  # type: ignore[attr-defined]
+    assert isinstance(waiting, StepWaiting)
+    assert (waiting.waiting_for, waiting.wait_kind, waiting.wake_at, waiting.step_key) == (
         "pay:1",
         "message",
         start + 90,

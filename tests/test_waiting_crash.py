@@ -88,17 +88,23 @@ def start_and_kill(
         backend = ("asyncio", "trio")[n % 2]
         starters.append((spawn("start", *args, backend, run_id, timeout, kill), kill))
     killed: set[int] = set()
-    for child, kill in starters:
-        said = ""
-        if kill == "parent":
-            assert child.stdout is not None
-            said = child.stdout.readline()  # blocks until the run waits (or the child dies)
-            assert said.strip() == "WAITING", said
-            child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == -signal.SIGKILL, (child.returncode, out, err)
-        assert "WAITING" in said + out, err
-        killed.add(child.pid)
+    try:
+        for child, kill in starters:
+            said = ""
+            if kill == "parent":
+                assert child.stdout is not None
+                said = child.stdout.readline()  # blocks until the run waits (or it dies)
+                assert said.strip() == "WAITING", said
+                child.send_signal(signal.SIGKILL)
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == -signal.SIGKILL, (child.returncode, out, err)
+            assert "WAITING" in said + out, err
+            killed.add(child.pid)
+    finally:
+        for child, _ in starters:  # a failed trial leaves no process behind
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
     return killed
 
 
@@ -107,10 +113,16 @@ def recover_all(args: list[str], run_ids: list[str]) -> None:
     workers = [
         spawn("recover", *args, backend, ",".join(run_ids)) for backend in ("asyncio", "trio")
     ]
-    for worker in workers:
-        out, err = worker.communicate(timeout=180)
-        assert worker.returncode == 0, err
-        assert "DONE" in out
+    try:
+        for worker in workers:
+            out, err = worker.communicate(timeout=180)
+            assert worker.returncode == 0, err
+            assert "DONE" in out
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -213,6 +213,9 @@ async def test_parking_a_thousand_waiting_runs_frees_the_worker_s_memory() -> No
                 assert host.active == 0  # a thousand waiting runs, max_active=10
                 gc.collect()
                 waiting = tracemalloc.get_traced_memory()[0] - idle
+                with anyio.fail_after(60):
+                    while clock.sleeping < RUNS:  # each run's park timer is set
+                        await anyio.lowlevel.checkpoint()
                 clock.advance(60)  # every run has waited park_after: they are parked
                 with anyio.fail_after(60):
                     for handle in handles:

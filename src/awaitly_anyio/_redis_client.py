@@ -14,7 +14,7 @@ from ._bridge import DriverLoop
 from ._grouping import Pending, WriteBatcher
 from ._redact import redact_text, redact_url
 
-__all__ = ["ScriptRunner", "SharedRedis", "unavailable_errors"]
+__all__ = ["ScriptRunner", "SharedRedis", "Subscription", "unavailable_errors"]
 
 T = TypeVar("T")
 
@@ -230,6 +230,7 @@ class SharedRedis:
         self._owner = owner
         self._loop = DriverLoop(owner)
         self._scripts = ScriptRunner()
+        self._subscriptions: set[Subscription] = set()
         # Calls made while another is in flight wait here, on the caller's loop, and go
         # in one write (pipelined) on the runner's connection.  One cancelled while
         # queued is not sent; once sent, its reply is read (and dropped), so the
@@ -252,6 +253,22 @@ class SharedRedis:
             return f"the given client (unix socket {redact_text(str(kwargs['path']))})"
         host, port = kwargs.get("host", "?"), kwargs.get("port", "?")
         return f"the given client ({redact_text(str(host))}:{redact_text(str(port))})"
+
+    @property
+    def identity(self) -> str:
+        """Which Redis database, as ``redis://host:port/db`` (or ``unix://path?db=n``), the
+        same for every URL or client reaching it, without user name or password."""
+        if self._url is not None:
+            kwargs: Any = _redis_asyncio().connection.parse_url(self._url)
+        else:
+            kwargs = getattr(
+                getattr(self._client, "connection_pool", None), "connection_kwargs", {}
+            )
+        db = kwargs.get("db") or 0
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}?db={db}"
+        host = str(kwargs.get("host") or "localhost").lower()
+        return f"redis://{host}:{kwargs.get('port') or 6379}/{db}"
 
     def describe_failure(self, exc: BaseException) -> str:
         """``exc`` (one of `unavailable_errors`) as one line naming this Redis,
@@ -306,6 +323,14 @@ class SharedRedis:
             else:
                 pending.set_exception(error)
 
+    async def subscribe(self, channel: str) -> Subscription:
+        """``SUBSCRIBE`` to ``channel`` on a connection of its own (made now, on the
+        driver loop); read it with `Subscription.next`, close it with
+        `Subscription.aclose`.  Raises what connecting raises."""
+        subscription = Subscription(self, channel)
+        await self.call(subscription._open)
+        return subscription
+
     async def aclose(self) -> None:
         """Close the client (if made from a URL) and let go of the driver loop."""
         try:
@@ -317,6 +342,84 @@ class SharedRedis:
             self._loop.release()
 
     async def _close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription._disconnect()
         await self._scripts.aclose()
         if self._url is not None and self._client is not None:
             await self._client.aclose()
+
+
+class Subscription:
+    """A Redis pub/sub subscription to one channel on a connection of its own (never
+    the pool's, never reconnected: a dropped connection is an error, since messages
+    published meanwhile are lost and only the caller knows how to catch up).  Its
+    reads wait without a socket timeout and take RESP3's pushed messages as replies.
+    Made by `SharedRedis.subscribe`."""
+
+    def __init__(self, shared: SharedRedis, channel: str) -> None:
+        self._shared = shared
+        self._channel = channel
+        self._connection: Any = None
+
+    async def _open(self, client: Any) -> None:
+        pool = client.connection_pool
+        # A subscriber waits for as long as nothing is published: no read timeout.
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_keepalive": True}
+        connection = pool.connection_class(**kwargs)
+        self._connection = connection
+        self._shared._subscriptions.add(self)
+        try:
+            await connection.connect()
+            await connection.send_command("SUBSCRIBE", self._channel)
+            while True:  # the confirmation
+                reply = await connection.read_response(push_request=True)
+                if _is_reply(reply, "subscribe"):
+                    return
+        except BaseException:
+            await self._disconnect()
+            raise
+
+    async def next(self) -> str:
+        """Wait for the next message published on the channel and return it.  A
+        cancellation point (a read cancelled midway leaves the connection unusable:
+        close it).  Raises ``redis.ConnectionError`` when the connection drops (or
+        was closed) and ``RuntimeError`` once closed."""
+        return await self._shared.call(self._read)
+
+    async def _read(self, _client: Any) -> str:
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError(f"the subscription to {self._channel!r} is closed")
+        try:
+            while True:
+                reply = await connection.read_response(push_request=True)
+                if _is_reply(reply, "message") and len(reply) >= 3:
+                    data: object = reply[2]
+                    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        except BaseException:
+            # The connection's state is unknown: nothing more is read from it.
+            await self._disconnect()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the subscription's connection (bounded; shield it if the caller may be
+        cancelled).  Closing twice is harmless."""
+        if self._connection is not None:
+            await self._shared.call(lambda _client: self._disconnect())
+
+    async def _disconnect(self) -> None:
+        self._shared._subscriptions.discard(self)
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+
+def _is_reply(reply: object, kind: str) -> bool:
+    """Whether a pub/sub reply (a list, its first item its kind) is of ``kind``."""
+    if not isinstance(reply, list) or not reply:
+        return False
+    items: list[object] = reply  # pyright: ignore[reportUnknownVariableType]
+    first = items[0]
+    if isinstance(first, bytes):
+        first = first.decode("ascii", "replace")
+    return first == kind

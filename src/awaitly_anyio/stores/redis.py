@@ -3,12 +3,19 @@ sorted-set indexes, every multi-key change atomic (Lua scripts or WATCH/MULTI).
 
 Keys, under ``prefix`` (default ``awaitly:``):
 
-    {prefix}run:{id}     hash: the run row (status, result, metadata, times, lease)
+    {prefix}run:{id}     hash: the run row (status, result, metadata, times, lease,
+                         pending wait); a field it lacks (a run written by an older
+                         release) reads as none
     {prefix}steps:{id}   hash: step key -> record JSON; and, to keep the steps in the
                          order they were recorded, NUL + step key -> its place (1, 2...)
                          and NUL -> the last place given (a step key has no NUL)
+    {prefix}mail:{id}    hash: the run's mailbox, messages in the order they were sent
+                         per key (the layout is in ``_redis_lua``)
     {prefix}index        sorted set: id by updated_at, for ``list`` (never KEYS or SCAN)
     {prefix}active       sorted set: running and cancelled ids, for recovery
+    {prefix}waiting      sorted set: waiting ids that have a deadline, by ``wake_at``,
+                         so that recovery finds the due ones without reading the others
+    {prefix}wake         the pub/sub channel a send publishes the run's id on
 
 A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
@@ -29,6 +36,8 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .._clock import Clock
 from .._redact import redact_url
 from .._redis_client import SharedRedis
@@ -38,7 +47,18 @@ from .._store import Claim
 from .._store_url import check_redis_url
 from ..serialization import TypeRegistry, default_registry
 from . import _redis_lua as lua
-from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RowUnreadable, RunMissing, Steps
+from ._driver import (
+    AlreadySent,
+    ClaimTerms,
+    EndTerms,
+    LeaseLost,
+    ListedRow,
+    RowUnreadable,
+    RunEnded,
+    RunMissing,
+    Steps,
+    WaitRow,
+)
 from ._front import StoreFront
 
 if TYPE_CHECKING:
@@ -129,6 +149,10 @@ _FIELDS = (
     "format_version",
     "lease_owner",
     "lease_expires_at",
+    "wait_step",
+    "wait_key",
+    "wait_kind",
+    "wake_at",
 )
 
 _PLACE = "\x00"
@@ -204,6 +228,10 @@ def _parse(fields: Mapping[str, str | None]) -> tuple[RunRow, bool]:
         format_version=version,
         lease_owner=opt("lease_owner"),
         lease_expires_at=num("lease_expires_at") if fields.get("lease_expires_at") else None,
+        wait_step=opt("wait_step"),
+        wait_key=opt("wait_key"),
+        wait_kind=opt("wait_kind"),
+        wake_at=num("wake_at") if fields.get("wake_at") else None,
     )
     return row, whole
 
@@ -212,8 +240,8 @@ def _row(fields: Mapping[str, str | None]) -> RunRow:
     return _parse(fields)[0]
 
 
-def _fields(row: RunRow, *, lease: bool) -> dict[str, str]:
-    """A run row as its hash's fields, with or without the lease."""
+def _fields(row: RunRow, *, lease: bool, wait: bool = False) -> dict[str, str]:
+    """A run row as its hash's fields, with or without the lease and the pending wait."""
     fields = {
         "workflow_name": row.workflow_name,
         "status": row.status,
@@ -227,6 +255,11 @@ def _fields(row: RunRow, *, lease: bool) -> dict[str, str]:
     if lease:
         fields["lease_owner"] = row.lease_owner or ""
         fields["lease_expires_at"] = _num(row.lease_expires_at)
+    if wait:
+        fields["wait_step"] = row.wait_step or ""
+        fields["wait_key"] = row.wait_key or ""
+        fields["wait_kind"] = row.wait_kind or ""
+        fields["wake_at"] = _num(row.wake_at)
     return fields
 
 
@@ -265,16 +298,31 @@ def _live(row: RunRow | None, now: float) -> bool:
     return not isinstance(expires_at, float) or expires_at > now
 
 
+def _due(row: RunRow, now: float) -> bool:
+    """Whether ``row`` waits and its ``wake_at`` has come."""
+    wake_at: object = row.wake_at
+    return row.status == "waiting" and isinstance(wake_at, float) and wake_at <= now
+
+
 def _abandoned(row: RunRow, now: float, wanted: set[str] | None) -> bool:
-    """Whether live ``row`` is one recovery may take: running or cancelled, its lease
-    free or run out, its workflow among ``wanted`` (any, when ``None``)."""
+    """Whether live ``row`` is one recovery may take: running or cancelled, or waiting
+    and due, its lease free or run out, its workflow among ``wanted`` (any, when
+    ``None``)."""
     lease: object = row.lease_expires_at
     return (
-        row.status in _ACTIVE
+        (row.status in _ACTIVE or _due(row, now))
         and (wanted is None or row.workflow_name in wanted)
         and _live(row, now)
         and (lease is None or (isinstance(lease, float) and lease <= now))
     )
+
+
+def _sort_time(values: Any) -> float:
+    """The ``updated_at`` of a run read as `_FIELDS` values (``0`` if it has none that
+    reads: a damaged run is reported first)."""
+    with contextlib.suppress(TypeError, ValueError, IndexError, KeyError):
+        return float(values[_FIELDS.index("updated_at")])
+    return 0.0
 
 
 def _is_wrong_type(error: object) -> bool:
@@ -306,14 +354,28 @@ class _RedisDriver:
         self._prefix = prefix
         self._index = f"{prefix}index"
         self._active = f"{prefix}active"
+        self._waiting = f"{prefix}waiting"
+        self._wake = f"{prefix}wake"
 
     def keys_of(self, id: str) -> tuple[str, str]:
         """The run hash and steps hash keys of run ``id``."""
         return f"{self._prefix}run:{id}", f"{self._prefix}steps:{id}"
 
+    def _mail_of(self, id: str) -> str:
+        """The mailbox hash key of run ``id``."""
+        return f"{self._prefix}mail:{id}"
+
     def _all_keys(self, id: str) -> builtins.list[str]:
         """What a script changing run ``id`` and the indexes takes as its KEYS."""
-        return [f"{self._prefix}run:{id}", f"{self._prefix}steps:{id}", self._index, self._active]
+        prefix = self._prefix
+        return [
+            f"{prefix}run:{id}",
+            f"{prefix}steps:{id}",
+            self._index,
+            self._active,
+            f"{prefix}mail:{id}",
+            self._waiting,
+        ]
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -364,18 +426,24 @@ class _RedisDriver:
 
         return await self._call(transact)
 
-    def _rewrite(self, id: str, row: RunRow, now: float, *, drop: bool, lease: bool) -> _Write:
-        """Queue writing ``row`` over run ``id`` (after dropping its keys, with
-        ``drop``; with its lease, with ``lease``), never to expire, active at ``now``."""
+    def _rewrite(
+        self, id: str, row: RunRow, now: float, *, drop: bool, lease: bool, wait: bool = False
+    ) -> _Write:
+        """Queue writing running ``row`` over run ``id`` (after dropping its keys and
+        messages, with ``drop``; with its lease, with ``lease``; with its pending wait,
+        with ``wait``, else the stored one stays), never to expire, active at ``now``."""
+        mail_key = self._mail_of(id)
 
         def write(pipe: Any, run_key: str, steps_key: str) -> None:
             if drop:
-                pipe.delete(run_key, steps_key)
-            pipe.hset(run_key, mapping=_fields(row, lease=lease))
+                pipe.delete(run_key, steps_key, mail_key)
+            pipe.hset(run_key, mapping=_fields(row, lease=lease, wait=wait))
             pipe.persist(run_key)
             pipe.persist(steps_key)
+            pipe.persist(mail_key)
             pipe.zadd(self._index, {id: now})
             pipe.zadd(self._active, {id: now})
+            pipe.zrem(self._waiting, id)  # running: not waiting
 
         return write
 
@@ -413,7 +481,7 @@ class _RedisDriver:
             id,
             _num(now),
             _ttl_ms(row.expires_at, now),
-            "1" if row.status in _ACTIVE else "0",
+            row.status,
             *[text for pair in _fields(row, lease=False).items() for text in pair],
             "--",
         ]
@@ -443,8 +511,8 @@ class _RedisDriver:
         prefix = self._prefix
         done = await self._redis.run(
             lua.CHECKPOINT,
-            [f"{prefix}run:{id}", f"{prefix}steps:{id}"],
-            [_num(now), owner or "", key, json],
+            [f"{prefix}run:{id}", f"{prefix}steps:{id}", self._waiting, self._active],
+            [_num(now), owner or "", key, json, id],
         )
         if done == 0:
             raise RunMissing
@@ -496,6 +564,10 @@ class _RedisDriver:
                         "expires_at": _num(expires_at),
                         "lease_owner": "",
                         "lease_expires_at": "",
+                        "wait_step": "",
+                        "wait_key": "",
+                        "wait_kind": "",
+                        "wake_at": "",
                     },
                 )
                 pipe.zadd(self._index, {id: now})
@@ -503,10 +575,12 @@ class _RedisDriver:
                     pipe.zadd(self._active, {id: now})
                 else:
                     pipe.zrem(self._active, id)
+                pipe.zrem(self._waiting, id)
                 ttl_ms = _ttl_ms(expires_at, now)
                 if ttl_ms:
                     pipe.pexpire(run_key, int(ttl_ms))
                     pipe.pexpire(steps_key, int(ttl_ms))
+                    pipe.pexpire(self._mail_of(id), int(ttl_ms))
 
             return None, write
 
@@ -539,7 +613,7 @@ class _RedisDriver:
                 return refused, None
             # Decoded (by the front) before anything is written: a damaged run stays.
             taken, claim = terms.take(row, _in_order(steps))
-            return claim, self._rewrite(id, taken, now, drop=False, lease=True)
+            return claim, self._rewrite(id, taken, now, drop=False, lease=True, wait=True)
 
         outcome: Claim = await self._update(id, change, with_steps=True)
         return outcome
@@ -565,16 +639,30 @@ class _RedisDriver:
         wanted = None if workflow_names is None else set(workflow_names)
 
         async def scan(client: Any) -> Any:
-            members = await client.zrange(self._active, 0, -1, withscores=True)
+            # The active runs, and the waiting ones whose deadline has come (never the
+            # others, however many wait).
+            active = await client.zrange(self._active, 0, -1, withscores=True)
+            due = await client.zrangebyscore(self._waiting, "-inf", _num(now), withscores=True)
+            members = active + [(member, None) for member, _ in due]
             async with client.pipeline(transaction=False) as pipe:
                 for member, _ in members:
                     pipe.hmget(self.keys_of(member)[0], *_FIELDS)
                 return members, await pipe.execute(raise_on_error=False)
 
-        members, rows = await self._call(scan)
+        found, rows = await self._call(scan)
+        candidates: builtins.list[tuple[float, str, Any]] = []
+        seen: set[str] = set()
+        for (member, score), values in zip(found, rows, strict=True):
+            if member in seen:
+                continue
+            seen.add(member)
+            if score is None:  # a waiting run: it sorts by its updated_at, like the others
+                score = _sort_time(values)
+            candidates.append((score, member, values))
+        candidates.sort(key=lambda candidate: candidate[0])  # stable: oldest first
         claimed: builtins.list[tuple[str, RunRow]] = []
         damaged: builtins.list[ListedRow] = []
-        for (member, score), values in zip(members, rows, strict=True):
+        for score, member, values in candidates:
             if len(claimed) >= limit:
                 break
             if isinstance(values, Exception):
@@ -719,3 +807,117 @@ class _RedisDriver:
             if exists == 0 or _expired(expires, now)  # damaged runs are left alone
         ]
         return await self._forget(gone, now)
+
+    # ---- waiting: messages, waits and wake-ups -------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return f"{self._redis.identity} prefix={self._prefix!r}"
+
+    async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
+        keys = [*self.keys_of(id), self._mail_of(id), self._waiting]
+        try:
+            sent = await self._script(
+                lua.SEND, keys, [_num(now), key, json, once or "", id, self._wake]
+            )
+        except _import_redis().ResponseError as exc:
+            raise _unreadable(keys[0], exc) from None
+        if sent == 1:
+            return
+        if sent == 0:
+            raise RunMissing
+        if sent == 2:
+            raise AlreadySent
+        raise RunEnded(str(sent))
+
+    async def receive(
+        self,
+        id: str,
+        key: str,
+        step: str,
+        record: Callable[[str], str],
+        now: float,
+        owner: str | None,
+    ) -> str | None:
+        run_key, steps_key = self.keys_of(id)
+        mail_key = self._mail_of(id)
+        redis = _import_redis()
+        while True:
+            # Read the oldest message, make its record here, then take it if it is still
+            # the oldest (a script cannot call ``record``): two round trips, no WATCH.
+            try:
+                peeked = await self._script(
+                    lua.PEEK_MESSAGE,
+                    [run_key, steps_key, mail_key],
+                    [_num(now), owner or "", key, step],
+                )
+            except redis.ResponseError as exc:
+                raise _unreadable(run_key, exc) from None
+            if peeked == 0:
+                raise RunMissing
+            if peeked == -1:
+                raise LeaseLost
+            if not isinstance(peeked, builtins.list):
+                return None  # nothing pending, or the step is recorded
+            found: builtins.list[Any] = peeked  # pyright: ignore[reportUnknownVariableType]
+            number, value = str(found[0]), str(found[1])
+            text = record(value)  # may raise: nothing is written
+            try:
+                taken = await self._script(
+                    lua.TAKE_MESSAGE,
+                    [run_key, steps_key, mail_key, self._waiting, self._active],
+                    [_num(now), owner or "", key, step, number, text, id],
+                )
+            except redis.ResponseError as exc:
+                raise _unreadable(run_key, exc) from None
+            if taken == 1:
+                return value
+            if taken == 0:
+                raise RunMissing
+            if taken == -1:
+                raise LeaseLost
+            if taken == 2:
+                return None  # recorded meanwhile (by another receiver)
+            # 3: another receiver took that message meanwhile; read the next one.
+
+    async def begin_wait(
+        self, id: str, wait: WaitRow, now: float, owner: str | None
+    ) -> tuple[bool, float | None]:
+        run_key = self.keys_of(id)[0]
+        try:
+            code, wake_at = await self._script(
+                lua.BEGIN_WAIT,
+                [run_key, self._mail_of(id), self._index, self._active, self._waiting],
+                [
+                    _num(now),
+                    owner or "",
+                    wait.step,
+                    wait.key or "",
+                    wait.kind,
+                    _num(wait.wake_at),
+                    id,
+                ],
+            )
+        except _import_redis().ResponseError as exc:
+            raise _unreadable(run_key, exc) from None
+        if code == 0:
+            raise RunMissing
+        if code == -1:
+            raise LeaseLost
+        if code == 1:
+            return True, None
+        return False, (float(wake_at) if wake_at else None)
+
+    async def watch(self, woken: Callable[[str], object]) -> None:
+        subscription = await self._redis.subscribe(self._wake)
+        try:
+            while True:
+                # Read on the driver loop, call back on the caller's.
+                woken(await subscription.next())
+        finally:
+            with anyio.move_on_after(_CLOSE_BOUND, shield=True):
+                await subscription.aclose()
+
+
+_CLOSE_BOUND = 5.0
+"""The most seconds a cancelled `_RedisDriver.watch` spends closing its connection."""

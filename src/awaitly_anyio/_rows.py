@@ -291,7 +291,7 @@ def row_problem(row: RunRow) -> str | None:
         return f"the workflow name is not a non-empty string: {row.workflow_name!r}"
     if row.status not in RUN_STATUSES:
         return f"unknown status {row.status!r}"
-    for name in ("created_at", "updated_at", "expires_at", "lease_expires_at"):
+    for name in ("created_at", "updated_at", "expires_at", "lease_expires_at", "wake_at"):
         value = getattr(row, name)
         if value is not None or name in ("created_at", "updated_at"):
             problem = _time_problem(value, name)

@@ -16,11 +16,14 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 
 from ._errors import (
+    AlreadyDeliveredError,
     LeaseLostError,
+    RunFinishedError,
     SerializationError,
     SnapshotDecodeError,
     StepTimeoutError,
@@ -28,8 +31,9 @@ from ._errors import (
 )
 from ._result import Err, Ok
 from ._resume import StepRecord
+from ._rows import MAX_MESSAGE_BYTES
 from ._snapshot import WorkflowSnapshot
-from ._store import CheckpointStore, Claim, EncodedStep, LeaseStore, SnapshotStore
+from ._store import CheckpointStore, Claim, EncodedStep, LeaseStore, MailboxStore, SnapshotStore
 from .serialization import default_registry, encode_step_record, register_type
 
 
@@ -56,6 +60,7 @@ Damage = Literal[
 """Which part of a stored run to corrupt (see ``check_store``)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 async def _cannot_damage(store: Any, run_id: str, part: Damage) -> None:  # pragma: no cover
@@ -214,6 +219,66 @@ async def _failed_run(store: LeaseStore, id: str) -> None:
 
 def _with_step(key: str) -> WorkflowSnapshot:
     return WorkflowSnapshot("orders", "s", steps={key: StepRecord(Ok(1))})
+
+
+# ---- waiting -----------------------------------------------------------------------------
+
+MAILBOX: tuple[type | str, ...] = (
+    LeaseStore,
+    "send",
+    "receive",
+    "begin_wait",
+    "next_send",
+    "sends",
+)
+"""What the waiting tests need of a store (a `MailboxStore`'s methods)."""
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+async def receive_when_sent(
+    store: MailboxStore,
+    run_id: str,
+    key: str,
+    *,
+    step: str,
+    poll: float | None = None,
+) -> Ok[Any]:
+    """The loop a waiter runs: watch for sends to the run, then receive; if nothing is
+    pending, wait for a send, bounded by ``poll`` (the store's ``poll_interval`` by
+    default), and receive again.  The watch begins before the first look, so a value
+    sent between a look and the wait wakes it; the bound catches a push that was
+    missed (a dropped connection, a store that cannot push)."""
+    interval = store.poll_interval if poll is None else poll
+    with store.sends(run_id) as sends:
+        while True:
+            got = await store.receive(run_id, key, step=step, name=step)
+            if got is not None:
+                return got
+            with anyio.move_on_after(interval):
+                await sends.wait()
+
+
+async def _cancelled_after(yields: int, call: Awaitable[_T]) -> _T | None:
+    """Await ``call``, cancelled after the scheduler has run ``yields`` more times (before
+    it starts for -1); what it returned, or ``None`` when the cancellation stopped it."""
+    outcome: list[_T] = []
+
+    async def run() -> None:
+        outcome.append(await call)
+
+    with anyio.CancelScope() as scope:
+        if yields < 0:
+            scope.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            for _ in range(yields):
+                await anyio.lowlevel.checkpoint()
+            if not outcome:
+                scope.cancel()
+    return outcome[0] if outcome else None
 
 
 class StoreContract:
@@ -940,6 +1005,515 @@ class StoreContract:
         loaded = await store.load("r")
         assert loaded is not None
         assert set(loaded.steps) == {"good"}
+
+    # ---- waiting: messages, waits and wake-ups (MailboxStore) --------------------------------
+
+    @_needs(*MAILBOX)
+    async def test_sent_values_are_received_in_order_each_once(self, store: Any) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        await store.claim("bystander", "orders", owner="w", lease=30)
+        await store.send("r", "k", Point(1, 2))
+        await store.send("bystander", "k", "not yours")
+        await store.send("r", "other", "x")
+        await store.send("r", "k", {"a": [1, (2, 3)]})
+        await store.send("r", "k", Colour.RED)
+
+        first = await store.receive("r", "k", step="got-1", name="got-1")
+        assert first == Ok(Point(1, 2))
+        assert type(first.value) is Point
+        assert await store.receive("r", "k", step="got-2", name="got-2") == Ok({"a": [1, (2, 3)]})
+        third = await store.receive("r", "k", step="got-3", name="got-3")
+        assert third == Ok(Colour.RED)
+        assert third.value is Colour.RED
+        # Each value once: the key's mailbox is empty now, and an empty receive writes nothing.
+        assert await store.receive("r", "k", step="got-4", name="got-4") is None
+        assert await store.receive("r", "never-sent", step="got-5", name="got-5") is None
+        assert await store.receive("r", "other", step="got-o", name="got-o") == Ok("x")
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert list(loaded.steps) == ["got-1", "got-2", "got-3", "got-o"]
+        # Another run's mailbox was not touched.
+        assert await store.receive("bystander", "k", step="s", name="s") == Ok("not yours")
+
+    @_needs(*MAILBOX)
+    async def test_receive_records_the_step_and_clears_the_wait(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        deadline = clock.time() + 100
+        assert await store.begin_wait(
+            "r", step="approve", key="k", kind="message", wake_at=deadline, owner="w"
+        ) == (False, deadline)
+        await store.send("r", "k", "yes")
+        got = await store.receive("r", "k", step="approve", name="approve", owner="w")
+        assert got == Ok("yes")
+
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert loaded.status == "running"
+        record = loaded.steps["approve"]
+        assert (record.result, record.attempts) == (Ok("yes"), 1)
+        assert await all_ids(store, status="waiting") == []
+        (info,) = await store.list()
+        assert (info.status, info.waiting_for, info.wait_kind, info.wake_at) == (
+            "running",
+            None,
+            None,
+            None,
+        )
+        # Received and recorded: the same step does not take the next value.
+        await store.send("r", "k", "again")
+        assert await store.receive("r", "k", step="approve", name="approve") is None
+
+    @_needs(*MAILBOX)
+    async def test_receive_into_a_recorded_step_leaves_the_message(self, store: Any) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        await store.checkpoint("r", encoded("approve", "old"), owner="w")
+        await store.send("r", "k", "new")
+        assert await store.receive("r", "k", step="approve", name="approve", owner="w") is None
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert loaded.steps["approve"].result == Ok("old")
+        assert await store.receive("r", "k", step="approve-2", name="approve-2") == Ok("new")
+
+    @_needs(*MAILBOX)
+    async def test_begin_wait_is_ready_when_a_message_is_pending(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        await store.send("r", "k", 1)
+        ready = await store.begin_wait(
+            "r", step="s", key="k", kind="message", wake_at=clock.time() + 60, owner="w"
+        )
+        assert ready == (True, None)
+        # Nothing written: the run did not start waiting, the message is still there.
+        assert await all_ids(store, status="waiting") == []
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert loaded.status == "running"
+        assert await store.receive("r", "k", step="s", name="s", owner="w") == Ok(1)
+
+    @_needs(*MAILBOX)
+    async def test_a_waiting_run_is_listed_with_what_it_waits_for(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        for id in ("approval", "timer", "forever", "plain"):
+            await store.claim(id, "orders", owner="w", lease=30)
+        soon, later = clock.time() + 60, clock.time() + 3600
+        assert await store.begin_wait(
+            "approval", step="approve", key="approve:order-7", kind="approval", wake_at=later
+        ) == (False, later)
+        assert await store.begin_wait(
+            "timer", step="nap", key=None, kind="timer", wake_at=soon, owner="w"
+        ) == (False, soon)
+        assert await store.begin_wait(
+            "forever", step="hook", key="hook:abc", kind="hook", wake_at=None, owner="w"
+        ) == (False, None)
+
+        assert sorted(await all_ids(store, status="waiting")) == ["approval", "forever", "timer"]
+        assert await all_ids(store, status="running") == ["plain"]
+        found = {info.id: info for info in (await store.list(status="waiting"))}
+        assert {
+            id: (info.status, info.waiting_for, info.wait_kind, info.wake_at)
+            for id, info in found.items()
+        } == {
+            "approval": ("waiting", "approve:order-7", "approval", _at(later)),
+            "timer": ("waiting", None, "timer", _at(soon)),
+            "forever": ("waiting", "hook:abc", "hook", None),
+        }
+        loaded = await store.load("approval")
+        assert loaded is not None
+        assert loaded.status == "waiting"
+        # A timer's deadline passing does not change the row: the sweep wakes it.
+        clock.advance(61)
+        assert sorted(await all_ids(store, status="waiting")) == ["approval", "forever", "timer"]
+
+    @_needs(*MAILBOX)
+    async def test_a_resumed_wait_keeps_its_stored_deadline(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        await store.claim("r", "orders", owner="w1", lease=30)
+        deadline = clock.time() + 100
+        assert await store.begin_wait(
+            "r", step="s", key="k", kind="message", wake_at=deadline, owner="w1"
+        ) == (False, deadline)
+        clock.advance(40)  # w1 died; w2 resumes the run and reaches the same wait
+        assert (await store.claim("r", "orders", owner="w2", lease=30)).outcome == "claimed"
+        again = await store.begin_wait(
+            "r", step="s", key="k", kind="message", wake_at=clock.time() + 100, owner="w2"
+        )
+        assert again == (False, deadline)
+        (info,) = await store.list(status="waiting")
+        assert (info.id, info.waiting_for, info.wake_at) == ("r", "k", _at(deadline))
+        with pytest.raises(LeaseLostError):
+            await store.begin_wait("r", step="s", key="k", kind="message", wake_at=None, owner="w1")
+        # A value that came meanwhile ends the wait; the next wait starts its own clock.
+        await store.send("r", "k", "v")
+        assert await store.receive("r", "k", step="s", name="s", owner="w2") == Ok("v")
+        later = clock.time() + 5
+        assert await store.begin_wait(
+            "r", step="s2", key="k2", kind="message", wake_at=later, owner="w2"
+        ) == (False, later)
+        (info,) = await store.list(status="waiting")
+        assert (info.waiting_for, info.wake_at) == ("k2", _at(later))
+
+    @_needs(*MAILBOX)
+    async def test_a_send_makes_a_waiting_run_due_for_claim_expired(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        far = clock.time() + 3600
+        for id, owner, lease in (("due", "w", 10), ("not-due", "w", 10), ("held", "alive", 10**5)):
+            await store.claim(id, "orders", owner=owner, lease=lease)
+            await store.begin_wait(
+                id, step="s", key=f"k-{id}", kind="message", wake_at=far, owner=owner
+            )
+        # A host parks the two first: their coroutines are gone, their leases free.
+        await store.release("due", owner="w")
+        await store.release("not-due", owner="w")
+        clock.advance(1)
+        assert await store.claim_expired(owner="me", lease=30) == []
+
+        await store.send("due", "k-due", "v")
+        await store.send("not-due", "some-other-key", "v")  # not what it waits for
+        await store.send("held", "k-held", "v")  # due, but its worker is alive
+        claimed = await store.claim_expired(owner="me", lease=30)
+        assert [info.id for info in claimed] == ["due"]
+        assert await store.claim_expired(owner="you", lease=30) == []
+        assert (await store.claim("due", "orders", owner="you", lease=30)).outcome == "held"
+        assert await store.receive("due", "k-due", step="s", name="s", owner="me") == Ok("v")
+        await store.finish("due", "completed", Ok(1), None, owner="me")
+
+        # The deadline passing makes the other one due (the held one's worker is alive).
+        clock.advance(3600)
+        assert [info.id for info in await store.claim_expired(owner="me", lease=30)] == ["not-due"]
+        assert await store.claim_expired(owner="me", lease=30) == []
+
+    @_needs(*MAILBOX)
+    async def test_writing_the_waits_own_step_ends_the_wait(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        await store.begin_wait(
+            "r", step="nap", key=None, kind="timer", wake_at=clock.time() + 5, owner="w"
+        )
+        await store.checkpoint("r", encoded("another step", 1), owner="w")
+        assert await all_ids(store, status="waiting") == ["r"]
+        await store.checkpoint("r", encoded("nap", None), owner="w")  # the timer went off
+        assert await all_ids(store, status="waiting") == []
+        (info,) = await store.list()
+        assert (info.status, info.waiting_for, info.wait_kind, info.wake_at) == (
+            "running",
+            None,
+            None,
+            None,
+        )
+
+    @_needs(*MAILBOX)
+    async def test_finishing_ends_the_wait(self, store: Any, clock: FakeClock) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        first = clock.time() + 50
+        await store.begin_wait("r", step="s", key="k", kind="message", wake_at=first, owner="w")
+        await store.finish("r", "cancelled", None, None, owner="w")
+        (info,) = await store.list()
+        assert (info.status, info.waiting_for, info.wait_kind, info.wake_at) == (
+            "cancelled",
+            None,
+            None,
+            None,
+        )
+        # Resumed, the run starts the same wait afresh: the old deadline went with its end.
+        clock.advance(10)
+        await store.claim("r", "orders", owner="w", lease=30)
+        second = clock.time() + 50
+        assert await store.begin_wait(
+            "r", step="s", key="k", kind="message", wake_at=second, owner="w"
+        ) == (False, second)
+
+    @_needs(*MAILBOX)
+    async def test_sending_to_a_missing_or_ended_run_is_refused(
+        self, store: Any, clock: FakeClock
+    ) -> None:
+        with pytest.raises(LookupError, match="ghost") as missing:
+            await store.send("ghost", "k", 1)
+        assert not isinstance(missing.value, RunFinishedError)
+        assert await store.load("ghost") is None
+
+        for status, result in (("completed", Ok(1)), ("failed", Err("declined"))):
+            id = f"{status}-run"
+            await store.claim(id, "orders", owner="w", lease=30)
+            await store.finish(id, status, result, None, owner="w")
+            with pytest.raises(RunFinishedError) as ended:
+                await store.send(id, "k", 1)
+            assert (ended.value.run_id, ended.value.status) == (id, status)
+            assert id in str(ended.value)
+            assert status in str(ended.value)
+            # Nothing stored: resumed (a failed run may be), the run finds no message.
+            if status == "failed":
+                await store.claim(id, "orders", owner="w", lease=30)
+                assert await store.receive(id, "k", step="s", name="s") is None
+
+        # A cancelled run may be resumed: its mailbox still takes values.
+        await store.claim("stopped", "orders", owner="w", lease=30)
+        await store.finish("stopped", "cancelled", None, None, owner="w")
+        await store.send("stopped", "k", "kept")
+        assert await store.receive("stopped", "k", step="s", name="s") == Ok("kept")
+
+        # An expired run is gone.
+        await store.save("old", snapshot("old"), ttl=10)
+        clock.advance(10)
+        with pytest.raises(LookupError, match="old"):
+            await store.send("old", "k", 1)
+
+    @_needs(*MAILBOX)
+    async def test_once_takes_one_value_only(self, store: Any) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        await store.send("r", "hook:1", "first", once="the hook")
+        with pytest.raises(AlreadyDeliveredError) as pending:
+            await store.send("r", "hook:1", "second", once="the hook")
+        assert (pending.value.run_id, pending.value.key) == ("r", "hook:1")
+        assert await store.receive("r", "hook:1", step="the hook", name="h") == Ok("first")
+        # Consumed: the step is recorded, and once still refuses.
+        with pytest.raises(AlreadyDeliveredError):
+            await store.send("r", "hook:1", "third", once="the hook")
+        assert await store.receive("r", "hook:1", step="another", name="another") is None
+        # Without once, the key takes any number of values.
+        await store.send("r", "hook:1", "fourth")
+        assert await store.receive("r", "hook:1", step="another", name="another") == Ok("fourth")
+
+    @_needs(*MAILBOX)
+    async def test_values_too_big_or_unstorable_are_refused(self, store: Any) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        too_big = "x" * MAX_MESSAGE_BYTES
+        with pytest.raises(ValueError, match="bytes") as big:
+            await store.send("r", "k", too_big)
+        assert str(MAX_MESSAGE_BYTES) in str(big.value)
+        assert str(len(too_big) + 2) in str(big.value)  # its size, as JSON text
+        with pytest.raises(SerializationError) as sock:
+            await store.send("r", "k", object())
+        assert sock.value.step == "<message>"
+        assert "object" in sock.value.type_name
+        with pytest.raises(SerializationError):
+            await store.send("r", "k", {"lock": anyio.Lock()})
+        # Nothing stored.
+        assert await store.receive("r", "k", step="s", name="s") is None
+        # Just under the limit is fine.
+        await store.send("r", "k", "x" * (MAX_MESSAGE_BYTES - 2))
+        got = await store.receive("r", "k", step="s", name="s")
+        assert got is not None
+        assert len(got.value) == MAX_MESSAGE_BYTES - 2
+
+    @pytest.mark.parametrize("key", HOSTILE_IDS, ids=[f"key{n}" for n in range(len(HOSTILE_IDS))])
+    @_needs(*MAILBOX)
+    async def test_hostile_keys_are_only_ever_data(
+        self, store: Any, clock: FakeClock, key: str
+    ) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        look_alikes = [key + "-2", "a" + key, key[:-1] + "?", "*", "%"]
+        for other in look_alikes:
+            await store.send("r", other, other)
+        deadline = clock.time() + 60
+        assert await store.begin_wait(
+            "r", step=key, key=key, kind="message", wake_at=deadline, owner="w"
+        ) == (False, deadline)
+        (info,) = await store.list(status="waiting")
+        assert (info.waiting_for, info.wait_kind) == (key, "message")
+        await store.send("r", key, key, once=key)
+        assert await store.receive("r", key, step=key, name=key, owner="w") == Ok(key)
+        assert await store.receive("r", key, step="again", name="again") is None
+        assert await all_ids(store, status="waiting") == []
+        for n, other in enumerate(look_alikes):
+            assert await store.receive("r", other, step=f"l{n}", name="l") == Ok(other), other
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert loaded.steps[key].result == Ok(key)
+
+    @pytest.mark.parametrize(
+        "bad",
+        ["", "nul\x00key", "lone \ud800 surrogate", "\udfff", None, 42],
+        ids=["empty", "nul", "lone", "low", "none", "int"],
+    )
+    @_needs(*MAILBOX)
+    async def test_invalid_keys_and_ids_are_refused_before_anything_is_written(
+        self, store: Any, bad: Any
+    ) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        with pytest.raises(ValueError, match="key"):
+            await store.send("r", bad, 1)
+        if bad is not None:  # (no once: any number of values)
+            with pytest.raises(ValueError, match="key"):
+                await store.send("r", "k", 1, once=bad)
+        with pytest.raises(ValueError, match="key"):
+            await store.receive("r", bad, step="s", name="s")
+        with pytest.raises(ValueError, match="key"):
+            await store.receive("r", "k", step=bad, name="s")
+        if bad is not None:  # (no key: a timer)
+            with pytest.raises(ValueError, match="key"):
+                await store.begin_wait("r", step="s", key=bad, kind="message", wake_at=None)
+        with pytest.raises(ValueError, match="key"):
+            await store.begin_wait("r", step=bad, key="k", kind="message", wake_at=None)
+        with pytest.raises(ValueError, match="run id"):
+            await store.send(bad, "k", 1)
+        with pytest.raises(ValueError, match="run id"):
+            await store.receive(bad, "k", step="s", name="s")
+        with pytest.raises(ValueError, match="run id"):
+            await store.begin_wait(bad, step="s", key="k", kind="message", wake_at=None)
+        if bad is not None:  # (next_send() waits for a send to any run)
+            with pytest.raises(ValueError, match="run id"):
+                await store.next_send(bad)
+            with pytest.raises(ValueError, match="run id"):
+                store.sends(bad)
+        assert await all_ids(store, status="waiting") == []
+        assert await store.receive("r", "k", step="s", name="s") is None
+        loaded = await store.load("r")
+        assert loaded is not None
+        assert loaded.steps == {}
+
+    @_needs(*MAILBOX)
+    async def test_messages_go_with_their_run(self, store: Any, clock: FakeClock) -> None:
+        # Saved over, a run keeps its mailbox.
+        await store.claim("kept", "orders", owner="w", lease=30)
+        await store.send("kept", "k", "still here")
+        await store.save("kept", snapshot("kept"))
+        assert await store.receive("kept", "k", step="s", name="s") == Ok("still here")
+
+        # Deleted, it takes its messages along: a new run of the same id starts empty.
+        await store.claim("deleted", "orders", owner="w", lease=30)
+        await store.send("deleted", "k", "gone")
+        assert await store.delete("deleted") is True
+        await store.claim("deleted", "orders", owner="w", lease=30)
+        assert await store.receive("deleted", "k", step="s", name="s") is None
+
+        # Expired, too: started again, the run finds no message of its former life.
+        await store.save("expired", snapshot("expired"), ttl=10)
+        await store.send("expired", "k", "gone")
+        clock.advance(10)
+        await store.mark_running("expired", "orders")
+        assert await store.receive("expired", "k", step="s", name="s") is None
+        # And when expired runs were purged first.
+        if callable(getattr(store, "purge_expired", None)):
+            await store.save("purged", snapshot("purged"), ttl=10)
+            await store.send("purged", "k", "gone")
+            clock.advance(10)
+            assert await store.purge_expired() >= 1
+            await store.mark_running("purged", "orders")
+            assert await store.receive("purged", "k", step="s", name="s") is None
+
+    @_needs(*MAILBOX)
+    async def test_cancelled_sends_and_receives_write_all_or_nothing(self, store: Any) -> None:
+        await store.claim("r", "orders", owner="w", lease=30)
+        # Sends cancelled before they start, at each point of their way, and while they run.
+        attempted, sent = 0, list[int]()
+        for n in range(40):
+            attempted += 1
+            if await _cancelled_after(n % 10 - 1, store.send("r", "k", attempted)):
+                sent.append(attempted)
+        with anyio.move_on_after(0.002):
+            while True:
+                attempted += 1
+                await store.send("r", "k", attempted)
+                sent.append(attempted)
+        got: list[int] = []
+        while (found := await store.receive("r", "k", step=f"d{len(got)}", name="d")) is not None:
+            got.append(found.value)
+        # Each stored value whole and once, in the order sent; every acknowledged one there.
+        assert got == sorted(set(got))
+        assert set(sent) <= set(got) <= set(range(1, attempted + 1))
+
+        # Receives cancelled the same ways: a message leaves only with its step recorded.
+        for n in range(60):
+            await store.send("r", "m", n)
+        returned: dict[str, int] = {}
+        tries = 0
+        for n in range(40):
+            tries += 1
+            step = f"c{tries}"
+            one = await _cancelled_after(n % 10 - 1, store.receive("r", "m", step=step, name="c"))
+            if one is not None:
+                returned[step] = one.value
+        with anyio.move_on_after(0.002):
+            while True:
+                tries += 1
+                one = await store.receive("r", "m", step=f"c{tries}", name="c")
+                if one is not None:
+                    returned[f"c{tries}"] = one.value
+        rest: list[int] = []
+        while (found := await store.receive("r", "m", step=f"e{len(rest)}", name="e")) is not None:
+            rest.append(found.value)
+        loaded = await store.load("r")
+        assert loaded is not None
+        recorded = {
+            key: record.result.value for key, record in loaded.steps.items() if key[0] == "c"
+        }
+        assert returned.items() <= recorded.items()
+        taken = [recorded[key] for key in sorted(recorded, key=lambda key: int(key[1:]))]
+        assert taken + rest == list(range(60))
+
+    @_needs(*MAILBOX)  # (for store_type; the test opens its own stores)
+    async def test_a_send_wakes_next_send_on_another_store_over_the_same_data(
+        self, kit: StoreKit, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
+            _skip_unless(one, MAILBOX)
+            await one.claim("r", "orders", owner="w", lease=30)
+            await one.claim("other", "orders", owner="w", lease=30)
+            woken: list[str] = []
+
+            async def wait(run_id: str | None) -> None:
+                await two.next_send(run_id)
+                woken.append(str(run_id))
+
+            # Bounded, but nothing about how fast: a send once the waiters wait wakes them.
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait, "r")
+                    tg.start_soon(wait, None)  # any run
+                    sends = 0
+                    while len(woken) < 2:
+                        sends += 1
+                        await one.send("r", "k", sends)
+                        await anyio.wait_all_tasks_blocked()
+            assert sorted(woken) == ["None", "r"]
+            assert await two.receive("r", "k", step="s", name="s") == Ok(1)
+
+    @_needs(*MAILBOX)  # (for store_type; the test opens its own stores)
+    async def test_a_send_between_the_look_and_the_wait_is_never_lost(
+        self, kit: StoreKit, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        async with kit.open(tmp_path, clock) as one, kit.open(tmp_path, clock) as two:
+            _skip_unless(one, MAILBOX)
+            await one.claim("r", "orders", owner="w", lease=30)
+            with anyio.fail_after(30):
+                # The race a waiter must survive: the value comes after its look and
+                # before its wait.  Watching from before the look, the wait sees it.
+                with two.sends("r") as watch:
+                    assert await two.receive("r", "k", step="s0", name="s0") is None
+                    await one.send("r", "k", "between")
+                    await watch.wait()
+                    assert await two.receive("r", "k", step="s0", name="s0") == Ok("between")
+
+                # Without a watch, next_send began after the send and never sees it: the
+                # bound on the wait and a second look find the value all the same.
+                assert await two.receive("r", "k", step="s1", name="s1") is None
+                await one.send("r", "k", "in between")
+                with anyio.move_on_after(0.05):
+                    await two.next_send("r")
+                assert await two.receive("r", "k", step="s1", name="s1") == Ok("in between")
+
+                # Sent before the loop starts: the first look finds it.
+                await one.send("r", "k", "before")
+                assert await receive_when_sent(two, "r", "k", step="s2") == Ok("before")
+
+                # Sent while the loop waits: the send wakes it (or the bound does).
+                found: list[Ok[Any]] = []
+
+                async def waiter() -> None:
+                    found.append(await receive_when_sent(two, "r", "k", step="s3"))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter)
+                    await anyio.wait_all_tasks_blocked()
+                    await one.send("r", "k", "while waiting")
+                assert found == [Ok("while waiting")]
 
 
 def make_contract(

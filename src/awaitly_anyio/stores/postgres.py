@@ -9,6 +9,11 @@ keyed step's checkpoint is one ``INSERT``; checkpoints, new runs' claims and run
 ends that arrive while one of their kind is being written are committed together,
 one statement per batch (group commit).
 
+Messages sent to runs wait in a mailbox table until received; a send wakes the
+run's waiters in other processes with ``NOTIFY`` (one channel per schema and
+table prefix, the run's id as payload), which `watch` receives on a connection
+of its own (``LISTEN``).
+
 Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
 (the loops layer's driver runner, through `awaitly_anyio._bridge.DriverLoop`); nothing
 changes for the caller.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import hashlib
 import re
@@ -34,7 +40,17 @@ from .._snapshot import RunStatus
 from .._store import Claim
 from .._store_url import check_postgres_dsn
 from ..serialization import TypeRegistry, default_registry
-from ._driver import ClaimTerms, EndTerms, LeaseLost, ListedRow, RunMissing, Steps
+from ._driver import (
+    AlreadySent,
+    ClaimTerms,
+    EndTerms,
+    LeaseLost,
+    ListedRow,
+    RunEnded,
+    RunMissing,
+    Steps,
+    WaitRow,
+)
 from ._front import StoreFront
 from ._postgres_sql import MIGRATIONS, Statements
 
@@ -44,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables this release creates and reads: older tables are
 upgraded when the store is opened, newer ones are refused."""
 
@@ -191,8 +207,12 @@ class _PostgresDriver:
         )
         self._ends = self._batcher(self._end_one, sql.finish_batch, _run_of_end, "recording ends")
         self._loop = DriverLoop(name)
+        where = f"pool@{id(pool):x}" if dsn is None else redact_url(dsn)
+        self._channel = f"postgresql:{where}#{sql.schema}.{sql.prefix}"
+        self._listeners: set[_Listener] = set()
         self._hot: Any = None
         self._hot_busy = False
+        self._connecting: asyncio.Future[Any] | None = None
         self._ready = False
         self._closed = False
 
@@ -231,7 +251,7 @@ class _PostgresDriver:
         self._hot_busy = True
         try:
             if self._hot is None or self._hot.is_closed():
-                self._hot = await _import_asyncpg().connect(self._dsn)
+                self._hot = await self._connect_hot()
             connection = self._hot
             try:
                 return await fn(connection, *args)
@@ -249,6 +269,26 @@ class _PostgresDriver:
                 raise
         finally:
             self._hot_busy = False
+
+    async def _connect_hot(self) -> Any:
+        """A new connection for the store's own use.  Connecting goes on when its caller
+        is cancelled (a connect cut off in its TLS negotiation leaves asyncpg's
+        handshake future failed and unread): the next caller, or the store's close,
+        takes it."""
+        task = self._connecting
+        if task is None:
+            task = self._connecting = asyncio.ensure_future(_import_asyncpg().connect(self._dsn))
+            task.add_done_callback(self._connected)
+        return await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Future[Any]) -> None:
+        self._connecting = None
+        if task.cancelled() or task.exception() is not None:
+            return  # (the exception read: a caller that gave up is not told)
+        if self._closed:
+            task.result().terminate()
+        elif self._hot is None or self._hot.is_closed():
+            self._hot = task.result()  # its caller was cancelled: the next one uses it
 
     async def _migrate(self, connection: Any) -> None:
         sql = self.sql
@@ -276,6 +316,9 @@ class _PostgresDriver:
             return
         self._closed = True
         try:
+            for listener in builtins.list(self._listeners):  # their watchers then raise
+                if listener.connected and self._loop.bound:
+                    await self._loop.call(listener.stop)
             if self._dsn is not None and self._pool is not None and self._loop.bound:
                 await self._loop.call(_close_pool, self._pool)
             if self._hot is not None and self._loop.bound:
@@ -557,6 +600,143 @@ class _PostgresDriver:
         result = await self.call(work)
         return result
 
+    # ---- waiting: messages, waits and wake-ups ---------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
+        """One statement (see ``SEND``): the message inserted, a run waiting for it made
+        due and the NOTIFY sent, all when it commits."""
+        sql = self.sql
+        args = (
+            digest(id),
+            key,
+            _digest(key),
+            json,
+            now,
+            None if once is None else digest(once),
+            sql.channel,
+            _payload(id),
+        )
+
+        async def work(connection: Any) -> str | None:
+            outcome: str | None = await connection.fetchval(sql.send, *args)
+            return outcome
+
+        outcome = await self.call(work)
+        if outcome is None:
+            raise RunMissing
+        if outcome == "sent":
+            raise AlreadySent
+        if outcome != "ok":
+            raise RunEnded(outcome)
+
+    async def receive(
+        self,
+        id: str,
+        key: str,
+        step: str,
+        record: Callable[[str], str],
+        now: float,
+        owner: str | None,
+    ) -> str | None:
+        """A look at the oldest message with ``key``, then one statement that takes it
+        (deletes it, writes the step, ends the wait) if it is still there and the run
+        unchanged; a message another receiver took first means another look."""
+        sql = self.sql
+        run_key, key_digest, step_digest = digest(id), _digest(key), digest(step)
+
+        async def work(connection: Any) -> str | None:
+            while True:
+                found = await connection.fetchrow(
+                    sql.receive_peek, run_key, key_digest, step_digest, now
+                )
+                if found is None:
+                    raise RunMissing
+                lease_owner, recorded, seq, value = found
+                if owner is not None and lease_owner != owner:
+                    raise LeaseLost
+                if recorded or seq is None:
+                    return None
+                text = record(value)
+                taken = await connection.fetchval(
+                    sql.receive_take, run_key, key_digest, seq, step, step_digest, text, now, owner
+                )
+                if taken:
+                    message: str = value
+                    return message
+
+        result: str | None = await self.call(work)
+        return result
+
+    async def begin_wait(
+        self, id: str, wait: WaitRow, now: float, owner: str | None
+    ) -> tuple[bool, float | None]:
+        """One statement (see ``BEGIN_WAIT``), and when it recorded a wait for a message,
+        one more look for the message: a send that held the run's lock while the wait's
+        statement started is not seen by that statement (its snapshot is older), and
+        would otherwise leave a message pending beside a run waiting for it.  (Then the
+        wait stays recorded, and the caller's receive of the step ends it.)"""
+        sql, run_key = self.sql, digest(id)
+        key_digest = None if wait.key is None else _digest(wait.key)
+
+        async def work(connection: Any) -> tuple[bool, float | None]:
+            found = await connection.fetchrow(
+                sql.begin_wait,
+                run_key,
+                wait.step,
+                wait.key,
+                key_digest,
+                wait.kind,
+                wait.wake_at,
+                now,
+                owner,
+            )
+            if found is None:
+                raise RunMissing
+            lease_owner, ready, same, stored_wake_at = found
+            if owner is not None and lease_owner != owner:
+                raise LeaseLost
+            if ready:
+                return True, None
+            if key_digest is not None and await connection.fetchval(
+                sql.message_pending, run_key, key_digest
+            ):
+                return True, None
+            return False, stored_wake_at if same else wait.wake_at
+
+        result: tuple[bool, float | None] = await self.call(work)
+        return result
+
+    async def watch(self, woken: Callable[[str], object]) -> None:
+        """``LISTEN`` on a connection of its own (a new one for a DSN, one taken from the
+        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the caller's
+        loop.  Raises ``ConnectionError`` when that connection is lost, and what
+        connecting raises.  The connection is closed (or given back) when it ends."""
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        if self._dsn is None and not _loops.current().drives_asyncio:
+            raise RuntimeError(
+                "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
+                " to the loop that made it); under trio, give it a DSN instead"
+            )
+        listener = _Listener(self.name, self.sql)
+        self._listeners.add(listener)
+        try:
+            await self._loop.call(listener.start, self._dsn, self._pool)
+            while not self._closed:
+                for run_id in await self._loop.call(listener.next):
+                    woken(run_id)
+            raise RuntimeError(f"{self.name} is closed")
+        finally:
+            self._listeners.discard(listener)
+            if listener.connected:
+                # RuntimeError: the store closed meanwhile, and its driver loop with it.
+                with _loops.current().shielded(_STOP_BOUND), contextlib.suppress(RuntimeError):
+                    await self._loop.call(listener.stop)
+
     # ---- group commit --------------------------------------------------------------------
 
     def _batcher(
@@ -613,11 +793,114 @@ def _fields(row: RunRow) -> tuple[Any, ...]:
         row.format_version,
         row.lease_owner,
         row.lease_expires_at,
+        row.wait_step,
+        row.wait_key,
+        row.wait_kind,
+        row.wake_at,
     )
 
 
 async def _noop(connection: Any) -> None:
     return None
+
+
+# A NOTIFY payload must stay under 8000 bytes: a run id is sent as "=" + the id, or,
+# when that would be too long, as "#" + its digest in hex (the listener looks it up).
+_PAYLOAD_MAX = 7900
+# How long the watcher's clean-up (closing its connection) may hold off a cancellation.
+_STOP_BOUND = 15.0
+
+
+def _payload(id: str) -> str:
+    """The NOTIFY payload naming run ``id``."""
+    if len(id) * 4 < _PAYLOAD_MAX or len(id.encode("utf-8")) < _PAYLOAD_MAX:
+        return "=" + id
+    return "#" + digest(id).hex()
+
+
+def _digest(text: str) -> bytes:
+    """A message key's digest (not kept, unlike `digest`'s: message keys seldom recur)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class _Listener:
+    """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop: the
+    notifications queue up until `next` takes them; `stop` closes it (or gives it back
+    to the pool it came from).  Every method runs on the driver loop."""
+
+    def __init__(self, name: str, sql: Statements) -> None:
+        self._name, self._sql = name, sql
+        self._connection: Any = None
+        self._pool: Any = None
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._lost = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether it holds a connection still (`stop` not called yet)."""
+        return self._connection is not None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The server process of its connection (for tests that cut it)."""
+        return None if self._connection is None else int(self._connection.get_server_pid())
+
+    async def start(self, dsn: str | None, pool: Any) -> None:
+        if dsn is not None:
+            connection = await _import_asyncpg().connect(dsn)
+        else:
+            connection = await pool.acquire()
+            self._pool = pool
+        self._connection = connection
+        connection.add_termination_listener(self._terminated)
+        await connection.add_listener(self._sql.channel, self._notified)
+
+    def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        self._queue.put_nowait(payload)
+
+    def _terminated(self, connection: Any) -> None:
+        self._queue.put_nowait(None)
+
+    async def next(self) -> builtins.list[str]:
+        """The run ids notified since the last call (waiting for one); raises
+        ``ConnectionError`` once the connection is lost and what it brought is taken."""
+        if self._lost:
+            raise ConnectionError(f"{self._name} lost its connection listening for wake-ups")
+        payloads = [await self._queue.get()]
+        while not self._queue.empty():
+            payloads.append(self._queue.get_nowait())
+        if None in payloads:
+            self._lost = True
+        ids: builtins.list[str] = []
+        for payload in payloads:
+            if payload is None:
+                continue
+            if payload.startswith("="):
+                ids.append(payload[1:])
+            elif payload.startswith("#") and not self._lost:
+                run_key = bytes.fromhex(payload[1:])
+                found = await self._connection.fetchval(self._sql.select_id, run_key)
+                if found is not None:
+                    ids.append(found)
+        if not ids and self._lost:
+            raise ConnectionError(f"{self._name} lost its connection listening for wake-ups")
+        return ids
+
+    async def stop(self) -> None:
+        """Close the connection, or UNLISTEN and give it back to the pool it came from."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        connection.remove_termination_listener(self._terminated)
+        self._queue.put_nowait(None)  # a `next` in flight ends
+        if self._pool is None:
+            await _close_connection(connection)
+            return
+        try:
+            if not connection.is_closed():
+                await connection.remove_listener(self._sql.channel, self._notified)
+        finally:
+            await self._pool.release(connection)
 
 
 async def _keep_session(connection: Any) -> None:

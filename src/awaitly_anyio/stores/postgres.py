@@ -212,7 +212,6 @@ class _PostgresDriver:
         self._listeners: set[_Listener] = set()
         self._hot: Any = None
         self._hot_busy = False
-        self._connecting: asyncio.Future[Any] | None = None
         self._ready = False
         self._closed = False
 
@@ -271,24 +270,17 @@ class _PostgresDriver:
             self._hot_busy = False
 
     async def _connect_hot(self) -> Any:
-        """A new connection for the store's own use.  Connecting goes on when its caller
-        is cancelled (a connect cut off in its TLS negotiation leaves asyncpg's
-        handshake future failed and unread): the next caller, or the store's close,
-        takes it."""
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.ensure_future(_import_asyncpg().connect(self._dsn))
-            task.add_done_callback(self._connected)
-        return await asyncio.shield(task)
-
-    def _connected(self, task: asyncio.Future[Any]) -> None:
-        self._connecting = None
-        if task.cancelled() or task.exception() is not None:
-            return  # (the exception read: a caller that gave up is not told)
-        if self._closed:
-            task.result().terminate()
-        elif self._hot is None or self._hot.is_closed():
-            self._hot = task.result()  # its caller was cancelled: the next one uses it
+        """A new connection for the store's own use.  A connect whose caller is
+        cancelled is not cut off (cut off in its TLS negotiation, it leaves asyncpg's
+        handshake future failed and unread): it finishes on its own and its connection
+        is closed.  It is not handed to the next caller, which connects afresh: the
+        abandoned one may be stuck behind a stalled network until asyncpg's timeout."""
+        task = asyncio.ensure_future(_import_asyncpg().connect(self._dsn))
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            task.add_done_callback(_abandoned_connect)
+            raise
 
     async def _migrate(self, connection: Any) -> None:
         sql = self.sql
@@ -807,6 +799,14 @@ async def _noop(connection: Any) -> None:
 # A NOTIFY payload must stay under 8000 bytes: a run id is sent as "=" + the id, or,
 # when that would be too long, as "#" + its digest in hex (the listener looks it up).
 _PAYLOAD_MAX = 7900
+def _abandoned_connect(task: asyncio.Future[Any]) -> None:
+    """Close the connection of a connect its caller gave up on (and read its error, so
+    that asyncio does not report it as never retrieved)."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    task.result().terminate()
+
+
 # How long the watcher's clean-up (closing its connection) may hold off a cancellation.
 _STOP_BOUND = 15.0
 

@@ -799,6 +799,8 @@ async def _noop(connection: Any) -> None:
 # A NOTIFY payload must stay under 8000 bytes: a run id is sent as "=" + the id, or,
 # when that would be too long, as "#" + its digest in hex (the listener looks it up).
 _PAYLOAD_MAX = 7900
+
+
 def _abandoned_connect(task: asyncio.Future[Any]) -> None:
     """Close the connection of a connect its caller gave up on (and read its error, so
     that asyncio does not report it as never retrieved)."""

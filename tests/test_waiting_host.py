@@ -232,3 +232,19 @@ async def test_parking_a_thousand_waiting_runs_frees_the_worker_s_memory() -> No
     # The store's rows stay (they are in this process: a memory store); the runs'
     # coroutines, scopes and tasks are gone.
     assert parked < waiting / 4, (waiting, parked)
+
+
+@pytest.mark.parametrize(
+    ("park_after", "error"),
+    [(-1, ValueError), (float("inf"), ValueError), (float("nan"), ValueError), ("5", TypeError)],
+)
+def test_a_bad_park_after_is_refused_naming_it(park_after: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="park_after"):
+        WorkflowHost(park_after=park_after)
+
+
+def test_park_after_takes_seconds_or_a_timedelta() -> None:
+    from datetime import timedelta
+
+    assert WorkflowHost(park_after=timedelta(minutes=2)).park_after == 120.0
+    assert WorkflowHost(park_after=0).park_after == 0.0

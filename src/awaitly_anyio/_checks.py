@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-__all__ = ["check_id", "check_key", "check_lease", "ttl_seconds"]
+__all__ = ["check_id", "check_key", "check_lease", "check_seconds", "ttl_seconds"]
 
 
 def check_id(id: object) -> str:
@@ -57,6 +57,19 @@ def check_lease(owner: object, lease: object) -> float:
     if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:
         raise ValueError(f"a lease must be a positive number of seconds, not {lease!r}")
     return float(lease)
+
+
+def check_seconds(value: object, what: str, *, zero: bool = False) -> float:
+    """``value``, a number of seconds or a ``timedelta``, as finite seconds > 0 (>= 0
+    with ``zero``).  ``TypeError`` for anything else and ``ValueError`` out of range,
+    both naming ``what``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be seconds or a timedelta, not {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{what} must be finite seconds {bound} (or a timedelta), not {value!r}")
+    return float(seconds)
 
 
 def ttl_seconds(ttl: object) -> float | None:

@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._checks import check_seconds
 from ._clock import Clock, SystemClock
 from ._context import WorkflowContext
 from ._durable import default_owner
@@ -129,7 +130,7 @@ class WorkflowHost:
         park_after: float | timedelta | None = None,
     ) -> None:
         if park_after is not None:
-            park_after = _seconds("park_after", park_after)
+            park_after = check_seconds(park_after, "park_after", zero=True)
         if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
             raise ValueError(f"max_active must be a positive integer, not {max_active!r}")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
@@ -607,13 +608,6 @@ class _Slot:
         host._active += 1
         if host._active == 1:
             host._idle = anyio.Event()
-
-
-def _seconds(name: str, value: object) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError(f"{name} must be seconds >= 0 or a timedelta, not {value!r}")
-    return float(seconds)
 
 
 def _report(

@@ -19,7 +19,6 @@ in ``awaitly_anyio._step_options``; the retry policy in ``awaitly_anyio._retry``
 from __future__ import annotations
 
 import builtins
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
@@ -30,7 +29,7 @@ from typing import Any, TypeVar, overload
 import anyio
 from typing_extensions import Unpack
 
-from ._checks import check_key
+from ._checks import check_key, check_seconds
 from ._errors import ApprovalRejectedError, StepTimeoutError, UnexpectedError
 from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
@@ -934,21 +933,11 @@ class Step:
     ) -> Any:
         _check_name(name)
         check_key(step)
-        seconds = None if timeout is None else wait_seconds(name, timeout)
+        seconds = None if timeout is None else check_seconds(timeout, f"step {name!r}: timeout")
         if step in self._run.completed:
             return self._replay(name, step)
         waits = self._waits(name, f"waiting ({kind})")
         return await self(name, lambda: waits.wait(name, step, key, kind, seconds), key=step)
-
-
-def wait_seconds(name: str, timeout: float | timedelta) -> float:
-    """A wait's timeout in seconds: a number or ``timedelta`` > 0 (``ValueError`` else)."""
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"step {name!r}: timeout must be seconds or a timedelta, not {timeout!r}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"step {name!r}: timeout must be > 0 and finite, not {timeout!r}")
-    return float(seconds)
 
 
 def _labelled(

@@ -315,9 +315,8 @@ class WorkflowHost:
     ) -> RunHandle[Any]:
         assert self._runs is not None
         handle: RunHandle[Any] = RunHandle(workflow_id)
-        self._active += 1
         self._tasks += 1
-        self._idle = anyio.Event() if self._active == 1 else self._idle
+        self._hold()
         self._runs.start_soon(self._run, handle, workflow, body, workflow_id, options, on_done)
         return handle
 
@@ -380,14 +379,24 @@ class WorkflowHost:
             HOSTING.reset(hosting)
             handle._done.set()
             self._tasks -= 1
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+            self._free()
         if on_done is not None and handle._result is not None:
             try:
                 on_done(handle._result)
             except Exception:
                 logger.exception("on_recovered failed for run %r", workflow_id)
+
+    def _hold(self) -> None:
+        """One more active run (a start, or a waiting run that resumed)."""
+        self._active += 1
+        if self._active == 1:
+            self._idle = anyio.Event()
+
+    def _free(self) -> None:
+        """One active run fewer (it ended, or it began to wait)."""
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     # ---- recovery --------------------------------------------------------------------
 
@@ -598,16 +607,10 @@ class _Slot:
         return self._host.park_after
 
     def waiting(self) -> None:
-        host = self._host
-        host._active -= 1
-        if host._active == 0:
-            host._idle.set()
+        self._host._free()
 
     def resumed(self) -> None:
-        host = self._host
-        host._active += 1
-        if host._active == 1:
-            host._idle = anyio.Event()
+        self._host._hold()
 
 
 def _report(

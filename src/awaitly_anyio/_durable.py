@@ -49,6 +49,7 @@ from ._errors import (
     StoredException,
     StoreError,
     WorkflowMismatchError,
+    describe,
 )
 from ._ids import uuid4_text
 from ._loops import Loop, Scope, current
@@ -219,10 +220,6 @@ def _capabilities(store: object) -> tuple[bool, bool, bool]:
     return found
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _store_registry(store: SnapshotStore) -> TypeRegistry:
     registry = getattr(store, "registry", None)
     return registry if isinstance(registry, TypeRegistry) else default_registry
@@ -350,7 +347,7 @@ class _Checkpointer:
         except LeaseLostError as exc:
             return Err(exc)
         except Exception as exc:
-            error = StoreError("checkpoint", self._run_id, _describe(exc))
+            error = StoreError("checkpoint", self._run_id, describe(exc))
             if isinstance(result, Err):
                 logger.error("could not record the failure of step %r: %s", name, error)
                 return None
@@ -604,7 +601,7 @@ class DurableSession:
                 # A run that cannot be decoded is refused by the claim itself, untouched.
                 return Err(exc)
             except Exception as exc:
-                return Err(StoreError("claim", workflow_id, _describe(exc)))
+                return Err(StoreError("claim", workflow_id, describe(exc)))
             if claim.outcome != "claimed":
                 settled = await _settle_claim(self, store, owner, metadata or None, claim)
                 if not isinstance(settled, Claim):
@@ -622,7 +619,7 @@ class DurableSession:
                     return Err(exc)
                 except Exception as exc:
                     await _release(store, workflow_id, owner, options.write_timeout)
-                    return Err(StoreError("load", workflow_id, _describe(exc)))
+                    return Err(StoreError("load", workflow_id, describe(exc)))
         except BaseException:
             await _record_cancellation(store, workflow_id, owner, options.write_timeout)
             raise
@@ -656,7 +653,7 @@ class DurableSession:
         except SnapshotDecodeError as exc:
             return Err(exc)
         except Exception as exc:
-            return Err(StoreError("load", workflow_id, _describe(exc)))
+            return Err(StoreError("load", workflow_id, describe(exc)))
         if snapshot is not None:
             if snapshot.workflow_name != self.workflow_name:
                 stored = snapshot.workflow_name
@@ -678,7 +675,7 @@ class DurableSession:
         except SerializationError as exc:
             return Err(exc)
         except Exception as exc:
-            return Err(StoreError("start", workflow_id, _describe(exc)))
+            return Err(StoreError("start", workflow_id, describe(exc)))
         self.resume = snapshot
         self.input = input
         self.checkpoint = _Checkpointer(
@@ -820,7 +817,7 @@ class DurableSession:
         except Exception as exc:
             # Its lease (if any) is left unrenewed: a later start here takes it over at once.
             _remember_abandoned(workflow_id, owner)
-            return Err(StoreError("finish", workflow_id, _describe(exc)))
+            return Err(StoreError("finish", workflow_id, describe(exc)))
         return result
 
 
@@ -908,7 +905,7 @@ async def _record_cancellation(
         logger.warning(
             "could not record the cancellation of run %r (%s); it stays as last recorded%s",
             workflow_id,
-            _describe(exc),
+            describe(exc),
             "" if owner is None else ", its lease lapses unrenewed",
         )
 
@@ -966,7 +963,7 @@ async def _settle_claim(
             except SnapshotDecodeError as exc:
                 return Err(exc)
             except Exception as exc:
-                return Err(StoreError("load", workflow_id, _describe(exc)))
+                return Err(StoreError("load", workflow_id, describe(exc)))
             if snapshot is not None and snapshot.result is not None:
                 return snapshot.result
             # It expired meanwhile: claim it afresh.
@@ -987,7 +984,7 @@ async def _settle_claim(
         except (SerializationError, SnapshotDecodeError) as exc:
             return Err(exc)
         except Exception as exc:
-            return Err(StoreError("claim", workflow_id, _describe(exc)))
+            return Err(StoreError("claim", workflow_id, describe(exc)))
 
 
 class _LeaseKeeper:
@@ -1067,7 +1064,7 @@ async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float
         await _shielded_write(lambda: store.release(workflow_id, owner=owner), bound)
     except Exception as exc:
         _remember_abandoned(workflow_id, owner)
-        logger.warning("could not release the lease on run %r (%s)", workflow_id, _describe(exc))
+        logger.warning("could not release the lease on run %r (%s)", workflow_id, describe(exc))
 
 
 async def _record_end(

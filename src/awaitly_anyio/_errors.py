@@ -35,6 +35,7 @@ __all__ = [
     "UnexpectedError",
     "WaitTimeoutError",
     "WorkflowMismatchError",
+    "describe",
     "is_unexpected_error",
 ]
 
@@ -146,6 +147,12 @@ class SharedStateUnavailableError(_ValueException):
 
     def __str__(self) -> str:
         return f"the shared state of {self.name!r} is unavailable: {self.reason}"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the ``reason`` text of the error that reports it
+    (``"TimeoutError: ..."``)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def is_unexpected_error(error: object) -> bool:

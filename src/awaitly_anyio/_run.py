@@ -133,13 +133,19 @@ class RunState:
 
 def holds(exc: BaseException, target: BaseException) -> bool:
     """Whether ``exc`` is ``target`` or an exception group that carries it."""
-    if exc is target:
+    return carries(exc, lambda e: e is target)
+
+
+def carries(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:
+    """Whether ``match(exc)``, or ``exc`` is an exception group that carries an
+    exception ``match`` accepts."""
+    if match(exc):
         return True
     if not isinstance(exc, BaseExceptionGroup):
         return False
     # isinstance leaves the group's type argument unknown; any group holds BaseExceptions.
     group = cast("BaseExceptionGroup[BaseException]", exc)
-    return group.subgroup(lambda e: e is target) is not None
+    return group.subgroup(match) is not None
 
 
 def default_map_exception(exc: Exception) -> object:

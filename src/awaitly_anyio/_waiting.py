@@ -11,11 +11,10 @@ write.  See docs/waiting.md.
 from __future__ import annotations
 
 import hmac
-import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import anyio
 
@@ -28,14 +27,13 @@ from ._errors import (
     SnapshotDecodeError,
     StoreError,
     WaitTimeoutError,
+    describe,
 )
 from ._result import Err, Ok, Result
+from ._run import carries
 from ._snapshot import SnapshotInfo
 from ._store import MailboxStore, SendWatch
 from ._waits import Approval, hook_key, parse_hook_token
-
-if sys.version_info < (3, 11):  # pragma: no cover  (ruff still targets 3.10's names)
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "HOSTING",
@@ -79,12 +77,7 @@ class HostSlot(Protocol):
 
 def parked_in(exc: BaseException | None) -> bool:
     """Whether ``exc`` is `RunParked`, or a group (a task group's) that holds one."""
-    if isinstance(exc, RunParked):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        group = cast("BaseExceptionGroup[BaseException]", exc)
-        return group.subgroup(lambda e: isinstance(e, RunParked)) is not None
-    return False
+    return exc is not None and carries(exc, lambda e: isinstance(e, RunParked))
 
 
 HOSTING: ContextVar[HostSlot | None] = ContextVar("awaitly_hosting", default=None)
@@ -185,11 +178,6 @@ async def pending_approvals(store: MailboxStore, *, limit: int = 100) -> list[Sn
     return found[:limit]
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 async def wait_in_store(
     store: object,
     run_id: str,
@@ -234,7 +222,7 @@ async def wait_in_store(
     except (LeaseLostError, SnapshotDecodeError) as exc:
         return Err(exc)
     except Exception as exc:
-        return Err(StoreError("wait", run_id, _describe(exc)))
+        return Err(StoreError("wait", run_id, describe(exc)))
 
 
 async def _receive_until(

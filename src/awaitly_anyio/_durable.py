@@ -306,7 +306,7 @@ class _Checkpointer:
         started_at: float,
         type_hint: type | None,
     ) -> Err[Any] | None:
-        if self._received is not None and self._received == key:
+        if self._received == key:
             self._received = None  # the wait wrote this record already, with the value
             return None
         now = self._now()
@@ -729,8 +729,9 @@ class DurableSession:
     async def cancelled(self) -> None:
         """Record the run as ``cancelled`` (releasing its lease) in a shielded scope of
         at most ``store_write_timeout``; never raises (a failure is logged).  Called
-        while the body's exception propagates: a run its host parks (`RunParked`) only
-        releases its lease and stays ``waiting``."""
+        while the body's exception propagates: a run its host parks (`RunParked`), or
+        one cancelled while a step waits, only releases its lease and stays
+        ``waiting``."""
         target = self._target
         if target is None:
             return
@@ -738,8 +739,9 @@ class DurableSession:
         if parked_in(sys.exception()) or (
             isinstance(checkpoint, _Checkpointer) and checkpoint.waiting
         ):
-            # Parked by its host: the run stays `waiting`; only its lease goes, so that
-            # any worker's recovery can resume it when it is due.
+            # Parked by its host, or cancelled while it waited (a shutdown): the run stays
+            # `waiting` with its deadline; only its lease goes, so that any worker's
+            # recovery resumes it when it is due.
             owner = self._owner
             if owner is not None and isinstance(target, LeaseStore):
                 await _release(target, self.workflow_id, owner, self._options.write_timeout)

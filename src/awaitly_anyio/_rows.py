@@ -83,6 +83,13 @@ class RunRow:
     wait_key: str | None = None
     wait_kind: str | None = None
     wake_at: float | None = None
+    # Queued runs (`RowDriver.enqueue`, `claim_queued`): which queue, in what order,
+    # which partition, when a worker started it; and a cancel asked from outside.
+    queue: str | None = None
+    priority: int = 0
+    partition: str | None = None
+    started_at: float | None = None
+    cancel_at: float | None = None
 
     def lease_held_by_other(self, owner: str, now: float) -> bool:
         """Whether someone other than ``owner`` holds a live lease on this run."""

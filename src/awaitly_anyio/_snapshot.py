@@ -28,11 +28,18 @@ __all__ = [
 FORMAT_VERSION = 1
 """The snapshot format this version writes and reads."""
 
-RunStatus: TypeAlias = Literal["running", "waiting", "completed", "failed", "cancelled"]
-"""A stored run's status: ``running`` (or abandoned by a dead worker), ``waiting``
-(for a message, an approval, a hook or a timer: see `SnapshotInfo.waiting_for`),
+RunStatus: TypeAlias = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
+"""A stored run's status: ``pending`` (queued, no worker has started it yet),
+``running`` (or abandoned by a dead worker), ``waiting`` (for a message, an approval, a hook or a timer: see `SnapshotInfo.waiting_for`),
 ``completed``, ``failed`` or ``cancelled``."""
-RUN_STATUSES: tuple[RunStatus, ...] = ("running", "waiting", "completed", "failed", "cancelled")
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+)
 
 WaitKind: TypeAlias = Literal["message", "approval", "hook", "timer"]
 """What a waiting run waits for."""

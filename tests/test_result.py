@@ -130,6 +130,8 @@ ERROR_TREE: dict[str, type[BaseException] | None] = {
     "AlreadyDeliveredError": None,
     "HookTokenError": ValueError,
     "RunParkedError": None,
+    "RunStateError": None,
+    "InputConflictError": None,
     "UnwrapError": None,
     "HostClosedError": RuntimeError,
     "HostAtCapacityError": RuntimeError,

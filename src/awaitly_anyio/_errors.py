@@ -25,7 +25,9 @@ __all__ = [
     "RateLimitExceededError",
     "RunFinishedError",
     "RunInProgressError",
+    "InputConflictError",
     "RunParkedError",
+    "RunStateError",
     "SerializationError",
     "SharedStateUnavailableError",
     "SnapshotDecodeError",
@@ -338,3 +340,34 @@ class RunParkedError(_ValueException):
 
     def __str__(self) -> str:
         return f"run {self.run_id!r} is parked: it waits in its store and resumes from there"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class RunStateError(_ValueException):
+    """Run ``run_id`` cannot be ``action``-ed (cancel, resume, fork...) in its current
+    ``status``: for example cancelling a run that already completed.  Nothing was
+    changed."""
+
+    run_id: str
+    status: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"cannot {self.action} run {self.run_id!r}: it is {self.status}"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class InputConflictError(_ValueException):
+    """Run ``run_id`` of workflow ``workflow_name`` already exists with another input:
+    starting (or enqueueing) the same id with a different input would silently hand
+    back the other run's result, so it is refused.  Nothing was changed.  The message
+    never repeats either input (it may hold secrets)."""
+
+    run_id: str
+    workflow_name: str
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id!r} of workflow {self.workflow_name!r} already exists with a "
+            "different input; use another id, or the same input to get its result"
+        )

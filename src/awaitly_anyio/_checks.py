@@ -28,21 +28,22 @@ def check_id(id: object) -> str:
     return id
 
 
-def check_key(key: object) -> str:
+def check_key(key: object, what: str = "step key") -> str:
     """Validate a step key with the rules of `check_id`: a non-empty string of
     valid Unicode without NUL characters (every store must be able to keep it as
-    text).  Raises ``ValueError`` naming the step key.  Every checkpoint calls it, so
-    the usual key (plain ASCII) is checked first, cheaply."""
+    text).  Raises ``ValueError`` naming ``what`` ("a step key must ...";
+    ``what="message key"`` for a message's key, and so on).  Every checkpoint calls
+    it, so the usual key (plain ASCII) is checked first, cheaply."""
     if type(key) is str and key.isascii() and key and "\x00" not in key:
         return key
     if type(key) is not str or not key:
-        raise ValueError(f"a step key must be a non-empty string, not {key!r}")
+        raise ValueError(f"a {what} must be a non-empty string, not {key!r}")
     if "\x00" in key:
-        raise ValueError(f"a step key must not contain NUL characters, not {key!r}")
+        raise ValueError(f"a {what} must not contain NUL characters, not {key!r}")
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"a step key must be valid Unicode text, not {key!r}") from None
+        raise ValueError(f"a {what} must be valid Unicode text, not {key!r}") from None
     return key
 
 

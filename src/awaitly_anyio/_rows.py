@@ -46,6 +46,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "message_record",
+    "message_record_parts",
     "RunRow",
     "check_list_args",
     "claimed_snapshot",
@@ -134,13 +135,22 @@ def decode_message(run_id: str, text: str, registry: TypeRegistry) -> Any:
         raise SnapshotDecodeError(run_id, f"a message: {exc}") from None
 
 
+def message_record_parts(now: float) -> tuple[str, str]:
+    """The two halves ``(head, tail)`` of the record (JSON) of the step that consumed a
+    message at ``now``: ``head + value JSON + tail`` is `message_record`.  A driver
+    splices the stored value between them in its database (SQL, Lua), so a receive
+    is one round trip and the value is never decoded or encoded on the way."""
+    at = iso_from_epoch(now)
+    return '{"ok":true,"value":', f',"attempts":1,"started_at":"{at}","finished_at":"{at}"}}'
+
+
 def message_record(text: str, now: float) -> str:
     """The record (JSON) of the step that consumed a message whose value is ``text``:
     ``Ok(value)``, one attempt, started and finished ``now``.  The value's JSON is
     spliced in as it was stored (it is the same encoding a step value has), so the
     value is not encoded twice."""
-    at = iso_from_epoch(now)
-    return f'{{"ok":true,"value":{text},"attempts":1,"started_at":"{at}","finished_at":"{at}"}}'
+    head, tail = message_record_parts(now)
+    return head + text + tail
 
 
 def encode_metadata(metadata: Mapping[str, Any], registry: TypeRegistry) -> str:

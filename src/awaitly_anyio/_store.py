@@ -268,11 +268,20 @@ class MailboxStore(LeaseStore, Protocol):
         ...
 
     async def receive(
-        self, run_id: str, key: str, *, step: str, name: str, owner: str | None = None
+        self,
+        run_id: str,
+        key: str,
+        *,
+        step: str,
+        name: str,
+        owner: str | None = None,
+        sent_by: float | None = None,
     ) -> Ok[Any] | None:
         """Consume the oldest value sent under ``key`` into step ``step`` (recorded as
         ``Ok(value)`` under ``name``, the wait cleared) and return it; ``None``,
-        with nothing written, when there is none or the step is already recorded."""
+        with nothing written, when there is none or the step is already recorded.
+        With ``sent_by`` (epoch seconds), only values sent at or before it count: a
+        value sent after a wait's deadline stays in the mailbox."""
         ...
 
     async def begin_wait(

@@ -33,17 +33,31 @@ Rules every driver keeps:
 - **So is the pending wait** (``wait_step``, ``wait_key``, ``wait_kind``,
   ``wake_at``): `write_run` and `start_run` leave it as stored; `begin_wait` sets it
   (and status ``waiting``); `write_step` of the wait's own step, `receive` of it and
-  `end_run` clear it; `send` of the awaited key makes it due (``wake_at = now``).
+  `end_run` clear it; `send` of the awaited key makes it due (``wake_at =
+  min(wake_at, now)``: a deadline already passed stays).
   The rows `claim`'s ``take`` returns carry it already (the front copies it).
 - **A mailbox per run.** Messages are rows apart from the run (``run id, key,
   value JSON, sent at, order``), kept in the order they were sent, consumed oldest
   first per key, each exactly once (`receive` deletes the one it returns in the same
   transaction as it records the step).  They go with the run (`delete`, `purge`,
-  `write_run` keeps them; a run that expires takes its messages with it).
+  `write_run` keeps them; a run that expires takes its messages with it, and a
+  `write_run` over an expired run drops its messages and its wait).  Every message
+  keeps its ``sent at`` time: `receive` and `begin_wait` compare it with a deadline.
+- **Queued runs** (``queue``, ``priority``, ``partition``, ``started_at``,
+  ``cancel_at``) are fields of the row like the others: every write path stores
+  all of them (`write_run`, `start_run`, `claim`'s rows, `enqueue`,
+  `claim_queued`), every read returns them, `end_run` keeps them.  A ``pending``
+  run waits in its queue for `claim_queued`; `claim_expired` never takes it, nor a
+  run whose ``cancel_at`` is set (a cancel was requested: `request_cancel`).
+- **Pushes.** `send`, `enqueue`, `request_cancel`, `notify` and the `end_run` of a
+  queued run (``queue`` set) tell other processes, after commit, with the run's id
+  (PostgreSQL ``NOTIFY``, Redis ``PUBLISH``, one channel and payload format);
+  memory and SQLite cannot push (the front wakes its own process's waiters).
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -59,6 +73,7 @@ __all__ = [
     "EndTerms",
     "LeaseLost",
     "ListedRow",
+    "QueueCaps",
     "RowDriver",
     "RowUnreadable",
     "RunEnded",
@@ -94,8 +109,9 @@ class RowUnreadable(Exception):
 
 
 class RunEnded(Exception):
-    """`RowDriver.send` to a run that already ``completed`` or ``failed``: nothing waits
-    for the message any more.  ``status`` is the run's."""
+    """`RowDriver.send` to a run that already ``completed`` or ``failed``, or
+    `RowDriver.request_cancel` of one that ``completed``, ``failed`` or was
+    ``cancelled``: nothing is written.  ``status`` is the run's."""
 
     def __init__(self, status: str) -> None:
         super().__init__(status)
@@ -133,6 +149,34 @@ class ListedRow:
     at: float
     row: RunRow | None
     damage: str | None = None
+
+
+@attrs.frozen
+class QueueCaps:
+    """The limits `RowDriver.claim_queued` keeps for one queue, across every worker:
+
+    - ``concurrency``: at most this many of the queue's runs ``running`` at once
+      (whoever holds them, whatever their lease);
+    - ``partition_concurrency``: the same per ``partition`` value (runs whose
+      partition is ``None`` form one partition of their own);
+    - ``rate``: ``(n, window)``: at most ``n`` starts in any ``window`` seconds
+      (rows of the queue whose ``started_at`` is after ``now - window``, counting
+      those taken by this call).
+
+    ``None``: no such limit.  The front checks the numbers (positive)."""
+
+    concurrency: int | None = None
+    partition_concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set (a driver may then serialize claims per queue)."""
+        return (
+            self.concurrency is not None
+            or self.partition_concurrency is not None
+            or self.rate is not None
+        )
 
 
 class ClaimTerms(Protocol):
@@ -221,8 +265,10 @@ class RowDriver(Protocol):
         ...
 
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
-        """Replace run ``id`` (created if absent) with ``row`` (its lease fields are
-        ignored: a stored lease is kept) and exactly ``steps``, in this order."""
+        """Replace run ``id`` (created if absent) with ``row`` (its lease and wait fields
+        are ignored: a stored lease and wait are kept) and exactly ``steps``, in this
+        order.  A stored run that expired by ``row.updated_at`` (the front's now) is
+        replaced whole: its messages, lease and wait are dropped."""
         ...
 
     async def delete(self, id: str, now: float) -> bool:
@@ -249,9 +295,12 @@ class RowDriver(Protocol):
 
     async def end_run(self, id: str, now: float, end: EndTerms) -> None:
         """Record live run ``id``'s end (see `EndTerms`): status, result, ``updated_at =
-        now``, expiry, metadata; lease and pending wait cleared; steps and messages
-        kept.  With ``end.owner``, only while it holds the lease.  `RunMissing` or
-        `LeaseLost` otherwise."""
+        now``, expiry, metadata; lease and pending wait cleared; steps, messages and
+        the queue fields (``queue``, ``priority``, ``partition``, ``started_at``,
+        ``cancel_at``) kept.  With ``end.owner``, only while it holds the lease.
+        `RunMissing` or `LeaseLost` otherwise.  The end of a run with a ``queue`` is
+        pushed after commit like a `send` (a handle in another process waits for
+        it); a run without one pushes nothing."""
         ...
 
     async def claim(self, id: str, now: float, terms: ClaimTerms) -> Claim:
@@ -260,7 +309,9 @@ class RowDriver(Protocol):
 
     async def renew(self, id: str, now: float, owner: str, until: float) -> bool:
         """Set live run ``id``'s ``lease_expires_at`` to ``until`` if ``owner`` holds its
-        lease; whether it did."""
+        lease and no cancel was requested (``cancel_at`` is ``None``); whether it did.
+        ``False`` for a cancel request tells the lease keeper to read the run and
+        stop its body."""
         ...
 
     async def release(self, id: str, owner: str) -> None:
@@ -278,8 +329,9 @@ class RowDriver(Protocol):
     ) -> tuple[list[tuple[str, RunRow]], list[ListedRow]]:
         """Lease to ``owner`` until ``until`` up to ``limit`` live runs whose status is
         ``running`` or ``cancelled``, or ``waiting`` and due (``wake_at`` not ``None`` and
-        not after ``now``), whose lease is free or expired (``lease_expires_at``
-        ``None`` or not after ``now``) and whose workflow is one of
+        not after ``now``), with no cancel requested (``cancel_at`` ``None``; never a
+        ``pending`` run: those are `claim_queued`'s), whose lease is free or expired
+        (``lease_expires_at`` ``None`` or not after ``now``) and whose workflow is one of
         ``workflow_names`` (any, when ``None``; an empty list claims nothing), oldest
         ``updated_at`` first.
 
@@ -301,7 +353,8 @@ class RowDriver(Protocol):
     ) -> list[ListedRow]:
         """Up to ``limit`` live runs newest first (``updated_at`` descending, then id
         descending by code point), those whose id starts with ``prefix``, whose
-        status is ``status`` and which come strictly after position ``after`` (an
+        status is ``status`` (any `RunStatus`, ``pending`` included) and which come
+        strictly after position ``after`` (an
         ``(at, id)`` from an earlier `ListedRow`).  A run that cannot be read is listed
         too (as a `ListedRow` with ``damage``), unless ``status`` is given.  The front
         asks for one more run than a page holds, to learn whether another page follows,
@@ -333,7 +386,9 @@ class RowDriver(Protocol):
         written when it raises.
 
         When the run is ``waiting`` with ``wait_key == key``, sets its ``wake_at`` to
-        ``now`` (so the sweep, `claim_expired`, finds it due).  Then tells other
+        ``min(stored wake_at, now)`` (``now`` when none is stored), so the sweep
+        (`claim_expired`) finds it due, while a value sent after the deadline leaves
+        the deadline where it was.  Then tells other
         processes (`watch`): PostgreSQL ``NOTIFY`` after commit, Redis ``PUBLISH``;
         a driver without push does nothing more."""
         ...
@@ -343,18 +398,24 @@ class RowDriver(Protocol):
         id: str,
         key: str,
         step: str,
-        record: Callable[[str], str],
+        head: str,
+        tail: str,
         now: float,
         owner: str | None,
+        sent_by: float | None,
     ) -> str | None:
-        """Consume the oldest pending message with ``key`` of live run ``id`` into step
-        ``step``, in one transaction: delete the message, write step ``step`` with the
-        JSON ``record(message json)`` (as `write_step` does: a new step goes last; the
+        """Consume the oldest pending message with ``key`` of live run ``id`` sent at or
+        before ``sent_by`` (any, when ``None``) into step ``step``, in one transaction
+        (one round trip where the database allows: a statement, a pipelined
+        transaction, a script): delete the message, write step ``step`` with the JSON
+        ``head + message json + tail`` (as `write_step` does: a new step goes last; the
         pending wait is cleared when it is ``step``'s) and return the message's JSON.
+        The front made ``head`` and ``tail`` (``_rows.message_record_parts``); the
+        driver splices the stored text between them, never decoding it.
 
-        ``None`` with nothing written when no message with ``key`` is pending, or
-        when step ``step`` is already recorded.  `RunMissing` / `LeaseLost` (with
-        ``owner``) as `write_step`.  ``record`` may raise; nothing is written then."""
+        ``None`` with nothing written when no such message is pending, or when step
+        ``step`` is already recorded.  `RunMissing` / `LeaseLost` (with ``owner``) as
+        `write_step`."""
         ...
 
     async def begin_wait(
@@ -363,8 +424,11 @@ class RowDriver(Protocol):
         """Record that live run ``id`` waits (see `WaitRow`), in one transaction, and
         return ``(ready, wake_at)``:
 
-        - ``wait.key`` set and a message with it pending: ``(True, None)``, nothing
-          written (the caller receives it at once);
+        - ``wait.key`` set and a message with it pending that was sent at or before
+          the effective deadline (the stored ``wake_at`` when the wait is resumed, as
+          below, else ``wait.wake_at``; no deadline: any message): ``(True, None)``,
+          nothing written (the caller receives it at once).  A value sent after the
+          deadline loses to the timeout and stays in the mailbox;
         - else, if the stored ``wait_step`` is ``wait.step`` (the same wait, resumed):
           the stored wait is kept, status becomes ``waiting``, and the *stored*
           ``wake_at`` is returned (a restart does not restart the clock);
@@ -379,4 +443,63 @@ class RowDriver(Protocol):
         until cancelled: PostgreSQL ``LISTEN``, Redis ``SUBSCRIBE``.  A driver without
         push (memory, SQLite) returns at once.  Raises what the connection raises when
         it drops (the front sweeps, then watches again)."""
+        ...
+
+    # ---- queues, control and schedules (issue 20) ------------------------------------
+
+    async def enqueue(self, id: str, row: RunRow, now: float) -> RunRow | None:
+        """Insert run ``id`` as ``row`` (status ``pending``, its queue fields set, no
+        lease, no steps) when there is no live run ``id`` (an expired one is replaced,
+        its steps and messages dropped) and return ``None``; then push like `send`.
+        A live run ``id`` already there: nothing written, its row returned (the front
+        decides whether that is the same run or a conflict).  `RowUnreadable` for a
+        run that is not a row."""
+        ...
+
+    async def claim_queued(
+        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+    ) -> builtins.list[tuple[str, RunRow]]:
+        """Start up to ``limit`` (>= 1) queued runs of ``queue`` for ``owner``, in one
+        transaction serialized per queue (so two claimers never exceed a cap together):
+        live rows with status ``pending``, ``queue == queue`` and ``cancel_at`` ``None``,
+        in order (``priority`` ascending, ``created_at`` ascending, id ascending),
+        skipping a row whose partition is full and stopping when a cap of `caps` is
+        reached (counting the rows this call takes).  Each taken row becomes
+        ``running`` with ``lease_owner = owner``, ``lease_expires_at = until``,
+        ``started_at = now`` and ``updated_at = now``.  Returns ``(id, row as
+        written)`` in the order taken."""
+        ...
+
+    async def request_cancel(self, id: str, now: float) -> str:
+        """Ask live run ``id`` to stop, and return the status it had: ``pending``
+        becomes ``cancelled`` (``cancel_at = updated_at = now``: it never starts);
+        ``running`` or ``waiting`` gets ``cancel_at = now`` (status and lease kept; a
+        waiting run also ``wake_at = now``, so the sweep finds it).  `RunMissing` if
+        absent; `RunEnded` (its status) if ``completed``, ``failed`` or ``cancelled``,
+        nothing written.  Then pushes like `send` (the worker running it learns at
+        once)."""
+        ...
+
+    async def notify(self, id: str) -> None:
+        """Push the notification `send` pushes, for run ``id`` (after the front changed
+        the run in another way: a resume, a fork).  Memory and SQLite do nothing."""
+        ...
+
+    async def put_schedule(self, name: str, spec_json: str, now: float) -> None:
+        """Insert schedule ``name`` with ``spec_json`` or replace its spec; an existing
+        schedule keeps its ``last_tick``."""
+        ...
+
+    async def schedules(self) -> builtins.list[tuple[str, str, float | None]]:
+        """Every schedule as ``(name, spec JSON, last_tick)``, by name (code point)."""
+        ...
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove schedule ``name``; whether it was there."""
+        ...
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        """Compare and set: schedule ``name``'s ``last_tick`` becomes ``tick`` if it is
+        ``expected`` now (``None``: never ticked); ``False``, nothing written, if it
+        differs or the schedule is gone."""
         ...

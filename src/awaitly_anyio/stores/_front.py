@@ -41,7 +41,7 @@ from .._rows import (
     encode_message,
     encode_metadata,
     listing_entry,
-    message_record,
+    message_record_parts,
     restarted_row,
     row_problem,
     rows_from_snapshot,
@@ -476,27 +476,44 @@ class StoreFront:
         _wake_local(driver.channel, run_id)
 
     async def receive(
-        self, run_id: str, key: str, *, step: str, name: str, owner: str | None = None
+        self,
+        run_id: str,
+        key: str,
+        *,
+        step: str,
+        name: str,
+        owner: str | None = None,
+        sent_by: float | None = None,
     ) -> Ok[Any] | None:
-        """Consume the oldest value sent under ``key`` into step ``step``: see
-        `MailboxStore.receive`.  `SnapshotDecodeError` for a stored value this
-        store's registry cannot decode (nothing is consumed then)."""
+        """Consume the oldest value sent under ``key`` (at or before ``sent_by``, epoch
+        seconds, when given) into step ``step``: see `MailboxStore.receive`.  The
+        value is recorded as it was stored, in one write; it is decoded afterwards, so
+        a value this store's registry cannot decode stays recorded in the step (nothing
+        is lost) and `SnapshotDecodeError` is raised, as for any step that cannot be
+        read.  ``ValueError`` for a bad id, key, step or ``sent_by``."""
         check_id(run_id)
         check_key(key)
         check_key(step)
+        if sent_by is not None and (
+            isinstance(sent_by, bool)
+            or not isinstance(sent_by, (int, float))
+            or not math.isfinite(sent_by)
+        ):
+            raise ValueError(f"sent_by must be a finite epoch time or None, not {sent_by!r}")
         self._check_open()
-        registry = self._registry
         now = self._clock.time()
-        decoded: list[Any] = []
-
-        def record(text: str) -> str:
-            # Decoded before anything is written: a value that cannot be read back is
-            # left in the mailbox, and the run sees the error.
-            decoded.append(decode_message(run_id, text, registry))
-            return message_record(text, now)
-
+        head, tail = message_record_parts(now)
         try:
-            found = await self._driver.receive(run_id, key, step, record, now, owner)
+            found = await self._driver.receive(
+                run_id,
+                key,
+                step,
+                head,
+                tail,
+                now,
+                owner,
+                None if sent_by is None else float(sent_by),
+            )
         except RunMissing:
             raise _missing(run_id) from None
         except LeaseLost:
@@ -505,7 +522,7 @@ class StoreFront:
             raise SnapshotDecodeError(run_id, exc.reason) from None
         if found is None:
             return None
-        return Ok(decoded[-1] if decoded else decode_message(run_id, found, registry))
+        return Ok(decode_message(run_id, found, self._registry))
 
     async def begin_wait(
         self,

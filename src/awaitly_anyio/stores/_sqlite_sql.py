@@ -232,12 +232,22 @@ INSERT_MESSAGE = (
     "INSERT INTO awaitly_messages (run_id, key, value_json, sent_at) VALUES (?, ?, ?, ?)"
 )
 
-# run id, key.  The oldest pending message with the key: its seq and value.
+# ?1 run id, ?2 key, ?3 sent_by (or NULL).  The oldest pending message with the key sent
+# at or before sent_by: its seq and value.
 OLDEST_MESSAGE = (
-    "SELECT seq, value_json FROM awaitly_messages WHERE run_id = ? AND key = ? ORDER BY seq LIMIT 1"
+    "SELECT seq, value_json FROM awaitly_messages WHERE run_id = ?1 AND key = ?2"
+    " AND (?3 IS NULL OR sent_at <= ?3) ORDER BY seq LIMIT 1"
 )
-# run id, key
-MESSAGE_IS_PENDING = "SELECT 1 FROM awaitly_messages WHERE run_id = ? AND key = ? LIMIT 1"
+# ?1 run id, ?2 key, ?3 deadline (or NULL).  Whether a message with the key sent at or
+# before the deadline is pending.
+MESSAGE_IS_PENDING = (
+    "SELECT 1 FROM awaitly_messages WHERE run_id = ?1 AND key = ?2"
+    " AND (?3 IS NULL OR sent_at <= ?3) LIMIT 1"
+)
+# id, now.  Whether run id is stored but expired at now (a write over it starts afresh).
+RUN_IS_EXPIRED = (
+    "SELECT 1 FROM awaitly_runs WHERE id = ? AND expires_at IS NOT NULL AND expires_at <= ?"
+)
 # seq
 DELETE_MESSAGE = "DELETE FROM awaitly_messages WHERE seq = ?"
 
@@ -248,8 +258,9 @@ ALREADY_SENT = (
     " OR EXISTS (SELECT 1 FROM awaitly_steps WHERE run_id = ? AND key = ?)"
 )
 
-# now, id.  A message for the key the run waits for has come: the wait is due.
-WAKE_NOW = "UPDATE awaitly_runs SET wake_at = ? WHERE id = ?"
+# ?1 now, ?2 id.  A message for the key the run waits for has come: the wait is due,
+# unless its deadline already passed (then that deadline stays: min).
+WAKE_NOW = "UPDATE awaitly_runs SET wake_at = min(coalesce(wake_at, ?1), ?1) WHERE id = ?2"
 
 # id.  The same wait, resumed: the stored wait is kept.
 WAIT_AGAIN = "UPDATE awaitly_runs SET status = 'waiting' WHERE id = ?"

@@ -104,6 +104,10 @@ class _MemoryDriver:
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
         await anyio.lowlevel.checkpoint()
         old = self.runs.get(id)
+        if old is not None and old.expires_at is not None and old.expires_at <= row.updated_at:
+            # An expired run is gone: its messages and wait do not pass to the new one.
+            self._forget(id)
+            old = None
         if old is not None and old.lease_owner is not None:
             row = attrs.evolve(
                 row, lease_owner=old.lease_owner, lease_expires_at=old.lease_expires_at
@@ -295,7 +299,9 @@ class _MemoryDriver:
             raise AlreadySent
         self.messages.setdefault(id, {}).setdefault(key, deque()).append((json, now))
         if row.status == "waiting" and row.wait_key == key:
-            self.runs[id] = attrs.evolve(row, wake_at=now)
+            # min: a value sent after the deadline leaves the deadline in place.
+            wake_at = now if row.wake_at is None else min(row.wake_at, now)
+            self.runs[id] = attrs.evolve(row, wake_at=wake_at)
         # No push: the front wakes this store's waiters itself (they share the process).
 
     async def receive(
@@ -303,9 +309,11 @@ class _MemoryDriver:
         id: str,
         key: str,
         step: str,
-        record: Callable[[str], str],
+        head: str,
+        tail: str,
         now: float,
         owner: str | None,
+        sent_by: float | None,
     ) -> str | None:
         await anyio.lowlevel.checkpoint()
         row = self._writable(id, now, owner)
@@ -314,15 +322,20 @@ class _MemoryDriver:
         pending = self._pending(id, key)
         if pending is None:
             return None
-        value = pending[0][0]
-        text = record(value)  # may raise: nothing written yet
-        pending.popleft()
+        at = next(
+            (n for n, (_, sent_at) in enumerate(pending) if sent_by is None or sent_at <= sent_by),
+            None,
+        )
+        if at is None:
+            return None  # every pending one was sent after ``sent_by``
+        value = pending[at][0]
+        del pending[at]
         if not pending:
             mailbox = self.messages[id]
             del mailbox[key]
             if not mailbox:
                 del self.messages[id]
-        self._record(id, row, step, text, now)
+        self._record(id, row, step, head + value + tail, now)
         return value
 
     async def begin_wait(
@@ -330,9 +343,14 @@ class _MemoryDriver:
     ) -> tuple[bool, float | None]:
         await anyio.lowlevel.checkpoint()
         row = self._writable(id, now, owner)
-        if wait.key is not None and self._pending(id, wait.key) is not None:
-            return True, None
-        if row.wait_step == wait.step:
+        resumed = row.wait_step == wait.step
+        deadline = row.wake_at if resumed else wait.wake_at
+        if wait.key is not None:
+            pending = self._pending(id, wait.key) or ()
+            # Ready only for a value sent by the deadline: a later one loses to the timeout.
+            if any(deadline is None or sent_at <= deadline for _, sent_at in pending):
+                return True, None
+        if resumed:
             # The same wait, resumed: its deadline stands.
             self.runs[id] = attrs.evolve(row, status="waiting")
             return False, row.wake_at

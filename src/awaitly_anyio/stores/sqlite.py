@@ -264,6 +264,11 @@ class _SQLiteDriver:
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
         def work(db: Any) -> None:
             with _transaction(db):
+                if db.execute(sql.RUN_IS_EXPIRED, (id, row.updated_at)).fetchone() is not None:
+                    # An expired run is gone: its messages, lease and wait do not pass
+                    # to the new one.
+                    db.execute(sql.DELETE_MESSAGES, (id,))
+                    db.execute(sql.DELETE_RUN, (id,))
                 _upsert_run(db, id, row)
                 db.execute(sql.DELETE_STEPS, (id,))
                 db.executemany(
@@ -464,22 +469,23 @@ class _SQLiteDriver:
         id: str,
         key: str,
         step: str,
-        record: Callable[[str], str],
+        head: str,
+        tail: str,
         now: float,
         owner: str | None,
+        sent_by: float | None,
     ) -> str | None:
         def work(db: Any) -> str | None:
             with _transaction(db):
                 _writable(db, id, now, owner)
                 if db.execute(sql.STEP_IS_RECORDED, (id, step)).fetchone() is not None:
                     return None
-                found = db.execute(sql.OLDEST_MESSAGE, (id, key)).fetchone()
+                found = db.execute(sql.OLDEST_MESSAGE, (id, key, sent_by)).fetchone()
                 if found is None:
                     return None
                 seq, value = found
-                text = record(value)
                 db.execute(sql.DELETE_MESSAGE, (seq,))
-                db.execute(sql.UPSERT_STEP, (id, step, text, id))
+                db.execute(sql.UPSERT_STEP, (id, step, head + value + tail, id))
                 db.execute(sql.TOUCH_RUN, (now, id, owner, step))
                 return str(value)
 
@@ -491,12 +497,17 @@ class _SQLiteDriver:
         def work(db: Any) -> tuple[bool, float | None]:
             with _transaction(db):
                 row = _writable(db, id, now, owner)
+                resumed = row.wait_step == wait.step
+                deadline = row.wake_at if resumed else wait.wake_at
+                # Ready only for a value sent by the deadline: a later one loses to the
+                # timeout and stays in the mailbox.
                 if (
                     wait.key is not None
-                    and db.execute(sql.MESSAGE_IS_PENDING, (id, wait.key)).fetchone() is not None
+                    and db.execute(sql.MESSAGE_IS_PENDING, (id, wait.key, deadline)).fetchone()
+                    is not None
                 ):
                     return True, None
-                if row.wait_step == wait.step:
+                if resumed:
                     # The same wait, resumed: its deadline stands.
                     db.execute(sql.WAIT_AGAIN, (id,))
                     return False, row.wake_at

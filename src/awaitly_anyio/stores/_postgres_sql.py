@@ -115,15 +115,31 @@ SELECT_STEPS_OF_RUNS = (
 
 # ---- whole runs ------------------------------------------------------------------------
 
-# $1 id, $2..$9 the row, $10 digest: the run row replaced (its lease kept).
+# $1 id, $2..$9 the row, $10 digest: the run row replaced (its lease and pending wait
+# kept).  Over an expired run (expired at the row's ``updated_at``, the writer's now)
+# nothing of the old run is kept: its lease, its wait and its messages go.
+_EXPIRED = "{runs}.expires_at <= excluded.updated_at"
 UPSERT_RUN = (
-    "INSERT INTO {runs} (id, workflow_name, status, result, metadata, created_at,"
+    "WITH stale AS (DELETE FROM {messages} WHERE run_digest = $10 AND EXISTS"
+    " (SELECT 1 FROM {runs} WHERE id_digest = $10 AND expires_at <= $7))"
+    " INSERT INTO {runs} (id, workflow_name, status, result, metadata, created_at,"
     " updated_at, expires_at, format_version, id_digest)"
     " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)"
     " ON CONFLICT (id_digest) DO UPDATE SET workflow_name = excluded.workflow_name,"
     " status = excluded.status, result = excluded.result, metadata = excluded.metadata,"
     " created_at = excluded.created_at, updated_at = excluded.updated_at,"
     " expires_at = excluded.expires_at, format_version = excluded.format_version"
+    + "".join(
+        f", {column} = CASE WHEN {_EXPIRED} THEN NULL ELSE {{runs}}.{column} END"
+        for column in (
+            "lease_owner",
+            "lease_expires_at",
+            "wait_step",
+            "wait_key",
+            "wait_kind",
+            "wake_at",
+        )
+    )
 )
 # $1 digest.
 DELETE_STEPS = "DELETE FROM {steps} WHERE run_digest = $1"
@@ -321,8 +337,9 @@ FINISH_REPLACING = (
 # in the order they commit, and a wait being recorded meanwhile is seen); it answers
 # 'ok' (sent), the run's status when it has ended ('completed', 'failed'), or 'sent'
 # (``once`` refused), and no row when there is no live run.  A run waiting for the
-# key becomes due (``wake_at = now``).  The NOTIFY is delivered when the statement
-# commits, and only if it sent.
+# key becomes due (``wake_at = least(wake_at, now)``: a deadline already passed
+# stays, so a value sent after it loses to the timeout).  The NOTIFY is delivered
+# when the statement commits, and only if it sent.
 SEND = (
     "WITH run AS (SELECT status, wait_key FROM {runs}"
     " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $5) FOR UPDATE),"
@@ -333,51 +350,54 @@ SEND = (
     " status = 'waiting' AND wait_key = $2 AS due FROM run),"
     " message AS (INSERT INTO {messages} (run_digest, key, key_digest, value, sent_at)"
     " SELECT $1, $2, $3, $4::jsonb, $5 FROM verdict WHERE outcome = 'ok'),"
-    " woken AS (UPDATE {runs} SET wake_at = $5 FROM verdict"
+    " woken AS (UPDATE {runs} SET wake_at = least(wake_at, $5) FROM verdict"
     " WHERE id_digest = $1 AND verdict.outcome = 'ok' AND verdict.due),"
     " notified AS (SELECT pg_notify($7, $8) FROM verdict WHERE outcome = 'ok')"
     " SELECT v.outcome FROM verdict v, (SELECT count(*) FROM notified) n"
 )
-# What `receive` needs to know first: $1 run digest, $2 message key digest, $3 step
-# key digest, $4 now.  The live run's lease owner, whether the step is recorded, and
-# the oldest pending message with the key (its seq and value; NULL if none); no row
-# when there is no live run.
-RECEIVE_PEEK = (
-    "SELECT r.lease_owner, EXISTS (SELECT 1 FROM {steps}"
-    " WHERE run_digest = $1 AND key_digest = $3), m.seq, m.value::text"
-    " FROM {runs} r LEFT JOIN LATERAL (SELECT seq, value FROM {messages}"
-    " WHERE run_digest = $1 AND key_digest = $2 ORDER BY seq LIMIT 1) m ON true"
-    " WHERE r.id_digest = $1 AND (r.expires_at IS NULL OR r.expires_at > $4)"
-)
-# The message peeked at, received, in one statement: $1 run digest, $2 message key
-# digest, $3 its seq, $4 step key, $5 step key digest, $6 step record, $7 now,
-# $8 owner (or NULL).  Only while the run is live (and its owner's) and the step not
-# recorded: the message is deleted, the step written (a new one goes last) and the
-# pending wait ended if it is the step's.  1 if it was received, else 0 (someone
-# else took the message, or the run changed: peek again).
-RECEIVE_TAKE = (
-    "WITH taken AS (DELETE FROM {messages} WHERE run_digest = $1 AND key_digest = $2"
-    " AND seq = $3 AND EXISTS (SELECT 1 FROM {runs} WHERE id_digest = $1"
-    " AND (expires_at IS NULL OR expires_at > $7) AND ($8::text IS NULL OR lease_owner = $8))"
-    " AND NOT EXISTS (SELECT 1 FROM {steps} WHERE run_digest = $1 AND key_digest = $5)"
-    " RETURNING run_digest),"
+# A message received, in one statement (one round trip): $1 run digest, $2 message
+# key digest, $3 step key, $4 step key digest, $5 and $6 the step record's head and
+# tail (the record is head || value || tail), $7 now, $8 owner (or NULL), $9 the
+# latest sent_at taken (or NULL: any).  The live run is locked first, so receives and
+# sends to one run take turns; the oldest matching message is locked SKIP LOCKED
+# (a concurrent receiver of the key takes the next one; one deleted by a receiver
+# that committed meanwhile is passed over, not mistaken for none).  Only while the
+# run is its owner's and the step not recorded: the message is deleted, the step
+# written (a new one goes last) and the pending wait ended if it is the step's.
+# Answers the run's lease owner, whether the step was recorded, and the value
+# received (NULL: none); no row when there is no live run.
+RECEIVE = (
+    "WITH run AS (SELECT lease_owner, EXISTS (SELECT 1 FROM {steps}"
+    " WHERE run_digest = $1 AND key_digest = $4) AS recorded FROM {runs}"
+    " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $7) FOR UPDATE),"
+    " message AS (SELECT seq FROM {messages} WHERE run_digest = $1 AND key_digest = $2"
+    " AND ($9::float8 IS NULL OR sent_at <= $9::float8)"
+    " AND EXISTS (SELECT 1 FROM run WHERE NOT recorded"
+    " AND ($8::text IS NULL OR lease_owner = $8::text))"
+    " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " taken AS (DELETE FROM {messages} m USING message WHERE m.run_digest = $1"
+    " AND m.key_digest = $2 AND m.seq = message.seq RETURNING m.value::text AS value),"
     " step AS (INSERT INTO {steps} (run_digest, key, key_digest, record)"
-    " SELECT run_digest, $4, $5, $6::jsonb FROM taken"
+    " SELECT $1, $3, $4, ($5::text || value || $6::text)::jsonb FROM taken"
     " ON CONFLICT (run_digest, key_digest) DO UPDATE SET record = excluded.record),"
     " cleared AS (UPDATE {runs} SET " + _CLEAR_WAIT + " FROM taken"
-    " WHERE id_digest = taken.run_digest AND wait_step = $4)"
-    " SELECT count(*) FROM taken"
+    " WHERE id_digest = $1 AND wait_step = $3)"
+    " SELECT run.lease_owner, run.recorded, taken.value FROM run LEFT JOIN taken ON true"
 )
 # A wait recorded, in one statement: $1 run digest, $2 step, $3 key (or NULL),
 # $4 key digest (or NULL), $5 kind, $6 deadline (or NULL), $7 now, $8 owner (or
-# NULL).  Unless a message with the key is pending (or another owner holds the
-# run), the run becomes 'waiting' with this wait, or with the one stored if it is
-# this step's (the same wait, resumed: its deadline kept).  Answers the live run's
-# lease owner, whether a message is pending, whether the stored wait was this
-# step's, and the stored deadline; no row when there is no live run.
+# NULL).  Unless a message with the key sent by the effective deadline is pending
+# (the stored deadline when the stored wait is this step's, else $6; none: any
+# message), or another owner holds the run, the run becomes 'waiting' with this
+# wait, or with the one stored if it is this step's (the same wait, resumed: its
+# deadline kept).  Answers the live run's lease owner, whether such a message is
+# pending, whether the stored wait was this step's, and the stored deadline; no row
+# when there is no live run.
 BEGIN_WAIT = (
     "WITH run AS (SELECT lease_owner, wait_step, wake_at, $4::bytea IS NOT NULL"
-    " AND EXISTS (SELECT 1 FROM {messages} WHERE run_digest = $1 AND key_digest = $4)"
+    " AND EXISTS (SELECT 1 FROM {messages} m WHERE m.run_digest = $1 AND m.key_digest = $4"
+    " AND (CASE WHEN wait_step = $2 THEN wake_at ELSE $6::float8 END IS NULL"
+    " OR m.sent_at <= CASE WHEN wait_step = $2 THEN wake_at ELSE $6::float8 END))"
     " AS ready, coalesce(wait_step = $2, false) AS same FROM {runs}"
     " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $7) FOR UPDATE),"
     " waits AS (UPDATE {runs} r SET status = 'waiting', wait_step = $2,"
@@ -389,9 +409,11 @@ BEGIN_WAIT = (
     " AND ($8::text IS NULL OR run.lease_owner = $8))"
     " SELECT lease_owner, ready, same, wake_at FROM run"
 )
-# $1 run digest, $2 key digest: whether a message with the key is pending.
+# $1 run digest, $2 key digest, $3 deadline (or NULL): whether a message with the key
+# sent by the deadline is pending.
 MESSAGE_PENDING = (
-    "SELECT EXISTS (SELECT 1 FROM {messages} WHERE run_digest = $1 AND key_digest = $2)"
+    "SELECT EXISTS (SELECT 1 FROM {messages} WHERE run_digest = $1 AND key_digest = $2"
+    " AND ($3::float8 IS NULL OR sent_at <= $3::float8))"
 )
 # $1 digest: the id of a run (a wake-up for an id too long for a NOTIFY payload).
 SELECT_ID = "SELECT id FROM {runs} WHERE id_digest = $1"
@@ -456,8 +478,7 @@ class Statements:
         self.finish_batch = fill(FINISH_BATCH)
         self.finish_replacing = fill(FINISH_REPLACING)
         self.send = fill(SEND)
-        self.receive_peek = fill(RECEIVE_PEEK)
-        self.receive_take = fill(RECEIVE_TAKE)
+        self.receive = fill(RECEIVE)
         self.begin_wait = fill(BEGIN_WAIT)
         self.message_pending = fill(MESSAGE_PENDING)
         self.select_id = fill(SELECT_ID)

@@ -340,6 +340,9 @@ class _PostgresDriver:
         return result
 
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
+        """One transaction: the row upserted (see ``UPSERT_RUN``: over a run expired at
+        ``row.updated_at``, the front's now, its lease, wait and messages go), then the
+        steps replaced."""
         sql, key = self.sql, digest(id)
 
         async def work(connection: Any) -> None:
@@ -630,38 +633,29 @@ class _PostgresDriver:
         id: str,
         key: str,
         step: str,
-        record: Callable[[str], str],
+        head: str,
+        tail: str,
         now: float,
         owner: str | None,
+        sent_by: float | None,
     ) -> str | None:
-        """A look at the oldest message with ``key``, then one statement that takes it
-        (deletes it, writes the step, ends the wait) if it is still there and the run
-        unchanged; a message another receiver took first means another look."""
+        """One statement, one round trip (see ``RECEIVE``): the oldest message with
+        ``key`` sent by ``sent_by`` deleted, step ``step`` written as ``head + value +
+        tail`` and the wait ended, all or nothing."""
         sql = self.sql
-        run_key, key_digest, step_digest = digest(id), _digest(key), digest(step)
+        args = (digest(id), _digest(key), step, digest(step), head, tail, now, owner, sent_by)
 
-        async def work(connection: Any) -> str | None:
-            while True:
-                found = await connection.fetchrow(
-                    sql.receive_peek, run_key, key_digest, step_digest, now
-                )
-                if found is None:
-                    raise RunMissing
-                lease_owner, recorded, seq, value = found
-                if owner is not None and lease_owner != owner:
-                    raise LeaseLost
-                if recorded or seq is None:
-                    return None
-                text = record(value)
-                taken = await connection.fetchval(
-                    sql.receive_take, run_key, key_digest, seq, step, step_digest, text, now, owner
-                )
-                if taken:
-                    message: str = value
-                    return message
+        async def work(connection: Any) -> Any:
+            return await connection.fetchrow(sql.receive, *args)
 
-        result: str | None = await self.call(work)
-        return result
+        found = await self.call(work)
+        if found is None:
+            raise RunMissing
+        lease_owner, _recorded, value = found
+        if owner is not None and lease_owner != owner:
+            raise LeaseLost
+        message: str | None = value
+        return message
 
     async def begin_wait(
         self, id: str, wait: WaitRow, now: float, owner: str | None
@@ -693,11 +687,12 @@ class _PostgresDriver:
                 raise LeaseLost
             if ready:
                 return True, None
+            deadline = stored_wake_at if same else wait.wake_at
             if key_digest is not None and await connection.fetchval(
-                sql.message_pending, run_key, key_digest
+                sql.message_pending, run_key, key_digest, deadline
             ):
                 return True, None
-            return False, stored_wake_at if same else wait.wake_at
+            return False, deadline
 
         result: tuple[bool, float | None] = await self.call(work)
         return result

@@ -82,6 +82,7 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
         events.WorkflowFailed: "workflow_error",
         events.WorkflowCancelled: "workflow_cancelled",
         events.WorkflowResumed: "workflow_resumed",
+        events.WorkflowParked: "workflow_parked",
         events.StepStart: "step_start",
         events.StepComplete: "step_complete",
         events.StepFailed: "step_error",
@@ -94,6 +95,21 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
         assert cls.type == type_name
         assert attrs.has(cls)
         assert "__slots__" in cls.__dict__
+    assert set(expected) | {events.StepWaiting} == {
+        getattr(events, name)
+        for name in events.__all__
+        if name.startswith(("Step", "Workflow")) and name != "WorkflowEvent"
+    }
+    parked = events.WorkflowParked(
+        workflow_id="w", workflow_name="n", ts=1.0, duration_ms=2.0, waiting_for="k"
+    )
+    assert (parked.type, parked.waiting_for, parked.duration_ms) == ("workflow_parked", "k", 2.0)
+    assert (
+        events.WorkflowParked(
+            workflow_id="w", workflow_name="n", ts=1.0, duration_ms=0.0
+        ).waiting_for
+        is None
+    )
     event = events.StepStart(workflow_id="w", workflow_name="n", ts=1.0, name="s")
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         event.name = "other"  # type: ignore[misc]

@@ -40,6 +40,7 @@ from awaitly_anyio import (
     resolve_hook,
     send,
 )
+from awaitly_anyio._checks import check_key
 from awaitly_anyio.events import StepWaiting, WorkflowEvent
 from awaitly_anyio.testing import FakeClock
 
@@ -279,27 +280,53 @@ async def finish_the_deadline(
     assert await mailbox_size(bench, store) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug? a value sent after the durable deadline, while no worker ran, "
-    "is consumed on resume (receive comes before the deadline check in "
-    "_waiting._receive_until); the brief says it stays in the mailbox",
+@pytest.mark.parametrize(
+    ("sent_at", "in_time"),
+    [(30.0, True), (60.0, True), (61.0, False), (120.0, False)],
+    ids=["before", "at", "just-after", "long-after"],
 )
-async def test_a_value_sent_after_the_deadline_stays_in_the_mailbox(bench: Bench) -> None:
+async def test_a_value_sent_after_the_deadline_stays_in_the_mailbox(
+    bench: Bench, sent_at: float, in_time: bool
+) -> None:
+    """No worker runs at the deadline (60 s); a value arrives at ``sent_at`` s, and the
+    run resumes at 180 s.  A value sent by the deadline (at it included) is received;
+    one sent after it stays in the mailbox and the run takes the timeout path."""
     clock = bench.clock
     workflow = bench.workflow()
     body = waits_for("k", timeout=60)
+    start = clock.time()
     async with bench.open() as store:
         clock.hold = True
         async with bench.interrupted(workflow, body, "r1", store):
             pass
         clock.hold = False
-        clock.advance(120)  # the deadline passes with no worker
-        await send(store, "r1", "k", "late")
+        clock.advance(sent_at)
+        await send(store, "r1", "k", "value")
+        clock.advance(180 - sent_at)
         result = await workflow.run(body, workflow_id="r1", store=store)
-        assert isinstance(result, Err)
-        assert isinstance(result.error, WaitTimeoutError)
-        assert await mailbox_size(bench, store) == 1
+        if in_time:
+            assert result == Ok("value")
+            assert await mailbox_size(bench, store) == 0
+        else:
+            assert result == Err(WaitTimeoutError("get", "k", start + 60))
+            assert await mailbox_size(bench, store) == 1
+        snapshot = await store.load("r1")
+        assert snapshot is not None
+        assert snapshot.status == ("completed" if in_time else "failed")
+        assert snapshot.steps["k"].result == result
+
+
+async def test_a_value_sent_before_the_first_wait_is_received_however_old(bench: Bench) -> None:
+    """The run reaches its wait for the first time only after a value was sent; the
+    value is received (there was no deadline yet when it was sent)."""
+    async with bench.open() as store:
+        await store.mark_running("r1", "orders")
+        await send(store, "r1", "k", "early")
+        bench.clock.advance(DAY)
+        result = await bench.workflow().run(
+            waits_for("k", timeout=60), workflow_id="r1", store=store
+        )
+        assert result == Ok("early")
 
 
 async def test_a_keyed_sleep_is_a_durable_timer(bench: Bench) -> None:
@@ -638,6 +665,18 @@ async def test_invalid_keys_and_ids_are_refused_clearly(bench: Bench) -> None:
             with pytest.raises(ValueError, match="id"):
                 await send(store, bad_id, "k", 1)
         assert await mailbox_size(bench, store) == 0
+
+
+@pytest.mark.parametrize("bad", ["", "nul\x00key", "\ud800", 7, None])
+def test_a_key_check_names_the_kind_of_key(bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=r"^a message key must (be a non-empty|be valid|not contain)"
+    ) as raised:
+        check_key(bad, "message key")
+    assert "step key" not in str(raised.value)
+    with pytest.raises(ValueError, match=r"^a step key must "):
+        check_key(bad)
+    assert check_key("k\u00e9", "message key") == "k\u00e9"
 
 
 async def test_a_wait_outside_a_durable_run_is_a_runtime_error_naming_the_step() -> None:

@@ -30,10 +30,9 @@ from ._errors import (
     describe,
 )
 from ._result import Err, Ok, Result
-from ._run import carries
 from ._snapshot import SnapshotInfo
 from ._store import MailboxStore, SendWatch
-from ._waits import Approval, hook_key, parse_hook_token
+from ._waits import Approval, RunParked, hook_key, parked_in, parse_hook_token
 
 __all__ = [
     "HOSTING",
@@ -49,17 +48,6 @@ __all__ = [
 ]
 
 
-class RunParked(BaseException):
-    """Raised out of a waiting step when its host parks the run: it unwinds the body
-    (like a cancellation, so ``except Exception`` cannot stop it) up to the durable
-    session, which releases the run's lease and leaves it ``waiting`` in the store,
-    and on to the host, which forgets the run."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
-
-
 class HostSlot(Protocol):
     """What a waiting run tells the host that runs it (`HOSTING`): a waiting run holds
     no capacity, and after ``park_after`` seconds of waiting (``None``: never) it is
@@ -73,11 +61,6 @@ class HostSlot(Protocol):
 
     def resumed(self) -> None:
         """The run stopped waiting (a value, the deadline, an error, cancellation)."""
-
-
-def parked_in(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is `RunParked`, or a group (a task group's) that holds one."""
-    return exc is not None and carries(exc, lambda e: isinstance(e, RunParked))
 
 
 HOSTING: ContextVar[HostSlot | None] = ContextVar("awaitly_hosting", default=None)
@@ -237,14 +220,21 @@ async def _receive_until(
     park_after: float | None = None,
 ) -> Result[Any, Any]:
     """Receive, or wait to be woken, until a value, the deadline, or (with ``park_after``)
-    parking, which raises `RunParked`."""
+    parking, which raises `RunParked`.
+
+    Only a value sent by the deadline (``sent_by``) is received, on every look: a
+    value sent after it, found when the run resumes late (no worker ran at the
+    deadline), stays in the mailbox and the run takes the timeout path, whatever
+    order the look and the deadline check come in."""
     park_at = None if park_after is None else clock.monotonic() + park_after
     # Watching before each look: a send that lands between the look and the wait
     # still wakes the wait (`MailboxStore.sends`).
     with mailbox.sends(run_id) as sends:
         while True:
             if key is not None:
-                got = await mailbox.receive(run_id, key, step=step, name=name, owner=owner)
+                got = await mailbox.receive(
+                    run_id, key, step=step, name=name, owner=owner, sent_by=deadline
+                )
                 if got is not None:
                     return got
             now = clock.time()
@@ -256,7 +246,7 @@ async def _receive_until(
             if park_at is not None:
                 parking = park_at - clock.monotonic()
                 if parking <= 0:
-                    raise RunParked(run_id)
+                    raise RunParked(run_id, key)
                 remaining = parking if remaining is None else min(remaining, parking)
             await _until_woken(sends, mailbox.poll_interval, clock, remaining, key)
 

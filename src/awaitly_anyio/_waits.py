@@ -3,22 +3,74 @@
 A durable run's checkpoint hook (``_durable``) also implements `DurableWaits`; the
 step API (``ctx.step.wait_for`` and friends) finds it on the run's state and knows
 nothing of stores.  A run without a store has no such hook, and waiting steps
-refuse to run in it.
+refuse to run in it.  `RunParked` lives here, below the durable layer that raises
+it, so that the core (steps, the workflow's events) can tell a parked run from a
+cancelled one.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
+import sys
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import attrs
 
 from ._errors import HookTokenError
 from ._result import Result
+from ._run import carries
 
-__all__ = ["Approval", "DurableWaits", "Hook", "hook_key", "new_hook_token", "parse_hook_token"]
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = [
+    "Approval",
+    "DurableWaits",
+    "Hook",
+    "RunParked",
+    "hook_key",
+    "new_hook_token",
+    "parked_in",
+    "parking",
+    "parse_hook_token",
+]
+
+
+class RunParked(BaseException):
+    """Raised out of a waiting step when its host parks the run: it unwinds the body
+    (like a cancellation, so ``except Exception`` cannot stop it) up to the durable
+    session, which releases the run's lease and leaves it ``waiting`` in the store,
+    and on to the host, which forgets the run.  ``waiting_for`` is the key the run
+    waits for (``None``: a timer).  Nothing was cancelled: the run emits
+    ``workflow_parked``, not ``step_cancelled`` / ``workflow_cancelled``."""
+
+    def __init__(self, run_id: str, waiting_for: str | None = None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.waiting_for = waiting_for
+
+
+def _is_parked(exc: BaseException) -> bool:
+    return isinstance(exc, RunParked)
+
+
+def parking(exc: BaseException | None) -> RunParked | None:
+    """The `RunParked` that ``exc`` is, or that a group (a task group's) holds, else
+    ``None``."""
+    while exc is not None and not isinstance(exc, RunParked):
+        if not isinstance(exc, BaseExceptionGroup):
+            return None
+        # isinstance leaves the group's type argument unknown; any group holds BaseExceptions.
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        exc = next((inner for inner in group.exceptions if carries(inner, _is_parked)), None)
+    return exc
+
+
+def parked_in(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is `RunParked`, or a group (a task group's) that holds one."""
+    return exc is not None and carries(exc, _is_parked)
 
 
 @runtime_checkable

@@ -32,8 +32,9 @@ __all__ = [
     "TraceCarrierSource",
     "WorkflowCancelled",
     "WorkflowComplete",
-    "WorkflowFailed",
     "WorkflowEvent",
+    "WorkflowFailed",
+    "WorkflowParked",
     "WorkflowResumed",
     "WorkflowStart",
 ]
@@ -100,6 +101,21 @@ class WorkflowCancelled(_Event):
 
     type: ClassVar[Literal["workflow_cancelled"]] = "workflow_cancelled"
     duration_ms: float
+
+
+@attrs.frozen(kw_only=True)
+class WorkflowParked(_Event):
+    """A durable run waiting in a step was parked by its host (``WorkflowHost``'s
+    ``park_after``): this worker stopped executing it and released its lease, and
+    the run stays ``waiting`` in its store until a value or its deadline makes it
+    due again (then any worker resumes it, with ``workflow_start`` anew).  Emitted
+    instead of ``step_cancelled`` and ``workflow_cancelled``: nothing was cancelled.
+    ``waiting_for`` is the key the run waits for (``None``: a timer) and
+    ``duration_ms`` how long it executed here, measured on the monotonic clock."""
+
+    type: ClassVar[Literal["workflow_parked"]] = "workflow_parked"
+    duration_ms: float
+    waiting_for: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -185,6 +201,7 @@ WorkflowEvent: TypeAlias = (
     | WorkflowComplete
     | WorkflowFailed
     | WorkflowCancelled
+    | WorkflowParked
     | StepStart
     | StepComplete
     | StepFailed

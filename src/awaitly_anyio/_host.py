@@ -9,6 +9,12 @@ themselves ``cancelled`` and release their leases, so another worker's
 ``recover()`` resumes them without repeating a checkpointed step.  Finally it
 closes the store if it opened it (from a URL) and runs the ``on_shutdown``
 callbacks (for example flushing telemetry).
+
+One host runs everything of a process under one capacity (``max_active``), one
+readiness report and one graceful shutdown: runs started directly (`start`),
+runs recovered from dead workers (`recover`, `start_recovery`) and runs taken
+from durable queues (`serve_queues`, or ``registry=`` and ``queues=`` given to the
+constructor).
 """
 
 from __future__ import annotations
@@ -16,17 +22,18 @@ from __future__ import annotations
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import anyio
 import anyio.abc
 import attrs
 
-from ._checks import check_seconds
+from ._checks import check_lease, check_seconds
 from ._clock import Clock, SystemClock
 from ._context import WorkflowContext
 from ._durable import default_owner
 from ._errors import AwaitlyError, RunParkedError
+from ._queues import Queue, claim_from_queue
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from ._redact import redact_text, redact_url
 from ._result import Err, Result
@@ -114,6 +121,10 @@ class WorkflowHost:
       only; the host's recovery (`start_recovery`) resumes it from its checkpoints
       when its value arrives or its deadline passes.  ``None`` (the default): never.
       A waiting run holds no capacity (``max_active``) either way.
+    - ``registry`` and ``queues``: serve these durable queues (`Queue`) with the
+      workflows of ``registry`` once the host is entered, as `serve_queues` does
+      with its defaults (recovery included).  ``queues`` needs ``registry`` and a
+      store.
 
     Raises ``TypeError`` / ``ValueError`` for a bad option, naming it (a store URL
     is shown with its password masked).
@@ -128,7 +139,16 @@ class WorkflowHost:
         on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
         store_options: Mapping[str, Any] | None = None,
         park_after: float | timedelta | None = None,
+        registry: WorkflowRegistry | None = None,
+        queues: Sequence[Queue] = (),
     ) -> None:
+        if registry is not None and not isinstance(registry, WorkflowRegistry):
+            raise TypeError(f"registry must be a WorkflowRegistry, not {type(registry).__name__}")
+        queues = _check_queues(queues)
+        if queues and registry is None:
+            raise ValueError("queues need a registry (the workflows the host may run)")
+        if queues and store is None:
+            raise ValueError("queues need a store (the host's store holds the queued runs)")
         if park_after is not None:
             park_after = check_seconds(park_after, "park_after", zero=True)
         if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
@@ -166,6 +186,12 @@ class WorkflowHost:
         self._idle.set()
         self._shutting_down = False
         self._stopped = anyio.Event()
+        self.registry = registry
+        self.queues = queues
+        # Set when a run frees its capacity, for queue loops waiting for room.
+        self._freed = anyio.Event()
+        self._serving: dict[str, int] = {}
+        self._unregistered: dict[str, dict[str, Any]] = {}
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -196,6 +222,8 @@ class WorkflowHost:
         try:
             await tg.start(self._hold_runs)
             await tg.start(self._hold_services)
+            if self.queues and self.registry is not None:
+                self.serve_queues(self.registry, self.queues)
         except BaseException:
             self._services_stop.set()
             self._stopped.set()
@@ -246,8 +274,15 @@ class WorkflowHost:
         return self._shutting_down
 
     def readiness(self) -> dict[str, Any]:
-        """What ``/ready`` reports: whether the host takes new runs, and its load."""
-        return {
+        """What ``/ready`` reports: whether the host takes new runs, and its load.
+
+        A host serving queues adds ``"queues"`` (each served queue's runs active
+        here) and ``"unregistered_workflows"``: the workflow names of queued runs
+        this host claimed but could not run because its registry does not know
+        them (``{name: {"runs": count, "last_run": id}}``; they were handed back
+        for a worker that knows them).
+        """
+        state: dict[str, Any] = {
             "ready": self._runs is not None
             and not self._shutting_down
             and self._active < self.max_active,
@@ -255,6 +290,12 @@ class WorkflowHost:
             "max_active": self.max_active,
             "shutting_down": self._shutting_down,
         }
+        if self._serving or self._unregistered:
+            state["queues"] = dict(self._serving)
+            state["unregistered_workflows"] = {
+                name: dict(seen) for name, seen in self._unregistered.items()
+            }
+        return state
 
     # ---- runs ------------------------------------------------------------------------
 
@@ -312,12 +353,15 @@ class WorkflowHost:
         workflow_id: str | None,
         options: dict[str, Any],
         on_done: Callable[[Result[Any, Any]], object] | None = None,
+        on_end: Callable[[], object] | None = None,
     ) -> RunHandle[Any]:
         assert self._runs is not None
         handle: RunHandle[Any] = RunHandle(workflow_id)
         self._tasks += 1
         self._hold()
-        self._runs.start_soon(self._run, handle, workflow, body, workflow_id, options, on_done)
+        self._runs.start_soon(
+            self._run, handle, workflow, body, workflow_id, options, on_done, on_end
+        )
         return handle
 
     @overload
@@ -361,6 +405,7 @@ class WorkflowHost:
         workflow_id: str | None,
         options: dict[str, Any],
         on_done: Callable[[Result[Any, Any]], object] | None,
+        on_end: Callable[[], object] | None = None,
     ) -> None:
         hosting = HOSTING.set(_Slot(self))
         try:
@@ -379,6 +424,8 @@ class WorkflowHost:
             HOSTING.reset(hosting)
             handle._done.set()
             self._tasks -= 1
+            if on_end is not None:
+                on_end()
             self._free()
         if on_done is not None and handle._result is not None:
             try:
@@ -397,6 +444,13 @@ class WorkflowHost:
         self._active -= 1
         if self._active == 0:
             self._idle.set()
+        self._freed.set()
+
+    def _room(self) -> anyio.Event:
+        """An event set when a run next frees its capacity."""
+        if self._freed.is_set():
+            self._freed = anyio.Event()
+        return self._freed
 
     # ---- recovery --------------------------------------------------------------------
 
@@ -499,6 +553,168 @@ class WorkflowHost:
                 await self._until_next_pass(the_clock, interval)
 
         self._services.start_soon(loop)
+
+    # ---- queues ----------------------------------------------------------------------
+
+    def serve_queues(
+        self,
+        registry: WorkflowRegistry,
+        queues: Sequence[Queue],
+        *,
+        owner: str | None = None,
+        lease: float = 30.0,
+        poll_interval: float | None = None,
+        clock: Clock | None = None,
+        recovery_interval: float | None = 10.0,
+        on_recovered: Callable[[RecoveredRun], object] | None = None,
+    ) -> None:
+        """Serve durable queues: take their pending runs of ``registry``'s workflows
+        from the host's store and run them in the host, until shutdown.
+
+        One loop per queue claims (`QueueStore.claim_queued`) as many runs as there
+        is room for (the host's free capacity, and the queue's
+        ``worker_concurrency`` less its runs active here), within the queue's global
+        limits; it claims again when the store pushes a change (an enqueue, the end
+        of a queued run; `MailboxStore.next_send`), when a run of the host frees its
+        capacity, and every ``poll_interval`` seconds (default: the store's
+        `poll_interval`) on ``clock`` in case a push was missed.  Each claimed run
+        is resumed as recovery does (the body registered under its workflow's name,
+        leased ``lease`` seconds as ``owner``, default `default_owner`) and is a host
+        run: it counts against ``max_active``, shows in `readiness` and gets the
+        grace period at shutdown.  A claim is shielded from cancellation, so a
+        claimed run is always started.
+
+        A queued run whose workflow ``registry`` does not know is handed back at once
+        (its lease released, so a worker that knows it recovers it), logged as a
+        warning and reported in `readiness` (``"unregistered_workflows"``) and so in
+        ``/health``.  With ``recovery_interval`` (seconds; ``None``: not) the host
+        also recovers abandoned runs of ``registry`` (`start_recovery`), which the
+        queues need when a worker dies.  The loops stop first at shutdown (before the
+        grace period): nothing is claimed during a drain.  A failed claim (the store
+        unreachable) is logged and retried at the next poll.
+
+        Not a cancellation point.  Raises `HostClosedError` before the host is
+        entered or once shutdown has begun, ``TypeError`` when the host's store
+        has no queues or ``registry``/``queues`` are of the wrong type, ``ValueError``
+        for a queue served twice or a bad ``lease``/``poll_interval``.
+        """
+        store = self._recovery_store()
+        if not hasattr(store, "claim_queued") or not isinstance(store, MailboxStore):
+            raise TypeError(
+                "queues need the host's store to have queues (QueueStore), "
+                f"not {type(store).__name__}"
+            )
+        if not isinstance(registry, WorkflowRegistry):
+            raise TypeError(f"expected a WorkflowRegistry, not {type(registry).__name__}")
+        queues = _check_queues(queues)
+        if poll_interval is not None:
+            poll_interval = check_seconds(poll_interval, "poll_interval")
+        if self._services is None or self._shutting_down:
+            raise HostClosedError("the host is not running: enter it with async with first")
+        for queue in queues:
+            if queue.name in self._serving:
+                raise ValueError(f"queue {queue.name!r} is already served by this host")
+        owner = owner or default_owner()
+        check_lease(owner, lease)
+        the_clock = clock if clock is not None else SystemClock()
+        for queue in queues:
+            self._serving[queue.name] = 0
+            self._services.start_soon(
+                self._serve_queue,
+                store,
+                queue,
+                registry,
+                owner,
+                float(lease),
+                poll_interval,
+                the_clock,
+            )
+        if recovery_interval is not None:
+            self.start_recovery(
+                registry,
+                interval=recovery_interval,
+                owner=owner,
+                lease=lease,
+                clock=clock,
+                on_recovered=on_recovered,
+            )
+
+    async def _serve_queue(
+        self,
+        store: Any,
+        queue: Queue,
+        registry: WorkflowRegistry,
+        owner: str,
+        lease: float,
+        poll_interval: float | None,
+        clock: Clock,
+    ) -> None:
+        name = queue.name
+
+        def ended() -> None:
+            self._serving[name] -= 1
+
+        # The watch is open before the first claim: an enqueue between a claim that
+        # found nothing and the wait is not missed.
+        with store.sends(None) as watch:
+            while True:
+                room = self.max_active - self._active
+                if queue.worker_concurrency is not None:
+                    room = min(room, queue.worker_concurrency - self._serving[name])
+                taken = 0
+                if room > 0 and not self._shutting_down:
+                    runnable: list[SnapshotInfo] = []
+                    unknown: list[SnapshotInfo] = []
+                    try:
+                        # Shielded: a run claimed is a run started, never one left
+                        # leased to nobody by a shutdown landing mid-claim.
+                        with anyio.CancelScope(shield=True):
+                            runnable, unknown = await claim_from_queue(
+                                store, queue, registry, owner=owner, lease=lease, limit=room
+                            )
+                    except Exception as exc:
+                        logger.warning("claiming from queue %r failed (retried): %s", name, exc)
+                    for info in runnable:
+                        workflow, body = registry.get(info.workflow_name)
+                        options: dict[str, Any] = {"store": store, "owner": owner, "lease": lease}
+                        self._serving[name] += 1
+                        self._launch(workflow, body, info.id, options, on_end=ended)
+                    for info in unknown:
+                        seen = self._unregistered.setdefault(
+                            info.workflow_name, {"runs": 0, "last_run": None}
+                        )
+                        seen["runs"] += 1
+                        seen["last_run"] = info.id
+                    taken = len(runnable) + len(unknown)
+                    if taken and taken == room:
+                        continue  # there may be more pending: claim again at once
+                interval = store.poll_interval if poll_interval is None else poll_interval
+                await self._until_woken(watch, clock, interval, full=room <= 0)
+
+    async def _until_woken(self, watch: Any, clock: Clock, interval: float, full: bool) -> None:
+        """Wait until the store pushes a change, a run frees its capacity (when the
+        queue has no room), or ``interval`` passes on ``clock``."""
+        room = self._room()
+        async with anyio.create_task_group() as group:
+
+            async def ring() -> None:
+                await clock.sleep(interval)
+                group.cancel_scope.cancel()
+
+            async def freed() -> None:
+                await room.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(ring)
+            if full:
+                group.start_soon(freed)
+            else:
+                try:
+                    await watch.wait()
+                except Exception as exc:  # the store closed under us: the interval decides
+                    logger.debug("wake-ups unavailable: %s", exc)
+                    await anyio.sleep_forever()
+                group.cancel_scope.cancel()
 
     async def _until_next_pass(self, clock: Clock, interval: float) -> None:
         """Wait ``interval`` on ``clock``, or less: a value sent to any run of the host's
@@ -611,6 +827,20 @@ class _Slot:
 
     def resumed(self) -> None:
         self._host._hold()
+
+
+def _check_queues(queues: object) -> tuple[Queue, ...]:
+    if isinstance(queues, (str, bytes, Queue)) or not isinstance(queues, Sequence):
+        raise TypeError(f"queues must be a sequence of Queue, not {queues!r}")
+    found = tuple(cast("Sequence[object]", queues))
+    names: set[str] = set()
+    for queue in found:
+        if not isinstance(queue, Queue):
+            raise TypeError(f"queues must be Queue objects, not {queue!r}")
+        if queue.name in names:
+            raise ValueError(f"queue {queue.name!r} is given twice")
+        names.add(queue.name)
+    return tuple(q for q in found if isinstance(q, Queue))
 
 
 def _report(

@@ -26,14 +26,13 @@ import attrs
 
 from ._checks import check_id, check_key, check_lease
 from ._clock import Clock
-from ._durable import INPUT_KEY
 from ._errors import InputConflictError, RunStateError, SnapshotDecodeError, WorkflowMismatchError
+from ._input import check_user_metadata, metadata_with_input, same_input, stored_input
 from ._recovery import WorkflowRegistry
 from ._result import Err, Result
 from ._run import logger
 from ._snapshot import RunStatus, SnapshotInfo, WorkflowSnapshot
 from ._workflow import Workflow
-from .serialization import encode_value
 
 if TYPE_CHECKING:
     from ._store import SendWatch
@@ -182,17 +181,6 @@ def _check_priority(priority: object) -> int:
     return priority
 
 
-def _same_input(stored: object, given: object, registry: TypeRegistry) -> bool:
-    """Whether a stored input and a given one are the same value, as the store keeps
-    them (a tuple given and a list stored are the same JSON)."""
-    if stored == given:
-        return True
-    try:
-        return bool(encode_value(stored, registry) == encode_value(given, registry))
-    except Exception:  # a value that cannot be encoded cannot be the stored one
-        return False
-
-
 @attrs.frozen
 class QueuedRun:
     """A handle on an enqueued run: its ``id``, ``workflow_name`` and ``queue``.
@@ -315,7 +303,7 @@ async def enqueue(
     smaller starts first; runs of equal priority start in the order they were
     enqueued.  ``partition``: the key ``Queue.partition_concurrency`` counts by.
     ``metadata``: free-form JSON-able data kept with the run (its input is kept
-    apart, under the library's own key).
+    apart, under the library's own key; user keys may not start with ``"awaitly."``).
 
     A cancellation point (one store write; a cancelled call stored all or nothing).
     Raises `InputConflictError` when run ``id`` exists with another input,
@@ -334,21 +322,17 @@ async def enqueue(
     _check_priority(priority)
     if partition is not None:
         check_key(partition, "partition key")
-    if metadata is not None and not isinstance(metadata, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"metadata must be a mapping, not {type(metadata).__name__}")
+    check_user_metadata(metadata)
     if id is None:
         import uuid
 
         id = str(uuid.uuid4())
     check_id(id)
-    stored_metadata = dict(metadata or {})
-    if input is not None:
-        stored_metadata[INPUT_KEY] = input
     existing = await store.enqueue(
         id,
         name,
         queue=queue_name,
-        metadata=stored_metadata or None,
+        metadata=metadata_with_input(metadata, input),
         priority=priority,
         partition=partition,
     )
@@ -358,8 +342,8 @@ async def enqueue(
         if existing.workflow_name != name:
             raise WorkflowMismatchError(id, existing.workflow_name, name)
         snapshot = await store.load(id)
-        stored = None if snapshot is None else snapshot.metadata.get(INPUT_KEY)
-        if snapshot is not None and not _same_input(stored, input, store.registry):
+        stored = None if snapshot is None else stored_input(snapshot.metadata)
+        if snapshot is not None and not same_input(stored, input, store.registry):
             raise InputConflictError(id, name)
         queue_name = getattr(existing, "queue", None) or queue_name
     return QueuedRun(store, id, name, queue_name)

@@ -251,9 +251,10 @@ def restarted_row(
     now: float,
     registry: TypeRegistry,
 ) -> RunRow:
-    """The row of a run (re)started at ``now``: running, without result, expiry or lease,
-    keeping the previous row's creation time, pending wait and metadata (with
-    ``metadata`` over it)."""
+    """The row of a run (re)started at ``now``: running, without result, expiry, lease
+    or cancel request, keeping the previous row's creation time, pending wait, queue
+    fields (queue, priority, partition, start time) and metadata (with ``metadata``
+    over it)."""
     merged = {} if previous is None else decode_metadata(run_id, previous, registry)
     merged.update(metadata or {})
     return RunRow(
@@ -270,6 +271,10 @@ def restarted_row(
         wait_key=None if previous is None else previous.wait_key,
         wait_kind=None if previous is None else previous.wait_kind,
         wake_at=None if previous is None else previous.wake_at,
+        queue=None if previous is None else previous.queue,
+        priority=0 if previous is None else previous.priority,
+        partition=None if previous is None else previous.partition,
+        started_at=None if previous is None else previous.started_at,
     )
 
 
@@ -308,7 +313,15 @@ def row_problem(row: RunRow) -> str | None:
         return f"the workflow name is not a non-empty string: {row.workflow_name!r}"
     if row.status not in RUN_STATUSES:
         return f"unknown status {row.status!r}"
-    for name in ("created_at", "updated_at", "expires_at", "lease_expires_at", "wake_at"):
+    for name in (
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "lease_expires_at",
+        "wake_at",
+        "started_at",
+        "cancel_at",
+    ):
         value = getattr(row, name)
         if value is not None or name in ("created_at", "updated_at"):
             problem = _time_problem(value, name)
@@ -359,6 +372,11 @@ def listing_entry(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotI
         waiting_for=row.wait_key if row.status == "waiting" else None,
         wait_kind=_wait_kind(row) if row.status == "waiting" else None,
         wake_at=None if row.status != "waiting" or row.wake_at is None else from_epoch(row.wake_at),
+        queue=row.queue,
+        priority=row.priority,
+        partition=row.partition,
+        started_at=None if row.started_at is None else from_epoch(row.started_at),
+        cancel_requested=row.cancel_at is not None and row.status in ("running", "waiting"),
     )
 
 

@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 
 RunStatus: TypeAlias = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
 """A stored run's status: ``pending`` (queued, no worker has started it yet),
-``running`` (or abandoned by a dead worker), ``waiting`` (for a message, an approval, a hook or a timer: see `SnapshotInfo.waiting_for`),
+``running`` (or abandoned by a dead worker), ``waiting`` (for a message, an approval,
+a hook or a timer: see `SnapshotInfo.waiting_for`),
 ``completed``, ``failed`` or ``cancelled``."""
 RUN_STATUSES: tuple[RunStatus, ...] = (
     "pending",
@@ -112,6 +113,12 @@ class SnapshotInfo:
     A ``waiting`` run says what it waits for: ``wait_kind`` (``"message"``,
     ``"approval"``, ``"hook"`` or ``"timer"``), ``waiting_for`` (the message key; ``None``
     for a timer) and ``wake_at``, its durable deadline (``None``: no deadline).
+
+    A queued run (see `QueueStore.enqueue`) names its ``queue``, ``priority`` (smaller
+    starts first) and ``partition`` (``None``: none); ``started_at`` is when a worker
+    took it from the queue (``None``: not yet, or not queued); ``cancel_requested``
+    says a cancel was asked for a run that was running or waiting then (its worker
+    stops it and records it ``cancelled``).
     """
 
     id: str
@@ -126,6 +133,11 @@ class SnapshotInfo:
     waiting_for: str | None = None
     wait_kind: WaitKind | None = None
     wake_at: datetime | None = None
+    queue: str | None = None
+    priority: int = 0
+    partition: str | None = None
+    started_at: datetime | None = None
+    cancel_requested: bool = False
 
 
 @attrs.frozen

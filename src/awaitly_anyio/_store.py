@@ -30,8 +30,10 @@ __all__ = [
     "EncodedStep",
     "LeaseStore",
     "MailboxStore",
+    "QueueStore",
     "SendWatch",
     "SnapshotStore",
+    "StoredSchedule",
 ]
 
 Ttl = float | timedelta | None
@@ -319,4 +321,102 @@ class MailboxStore(LeaseStore, Protocol):
     def poll_interval(self) -> float:
         """How often (seconds, real time) a waiter should look again without a push:
         short for a store that cannot push (SQLite), long for one that can."""
+        ...
+
+
+@attrs.frozen
+class StoredSchedule:
+    """A schedule as a store keeps it (`QueueStore.schedules`): its ``name``, its
+    ``spec`` (the JSON object `QueueStore.put_schedule` stored) and ``last_tick``, the
+    last tick fired (epoch seconds; ``None``: never)."""
+
+    name: str
+    spec: dict[str, Any]
+    last_tick: float | None = None
+
+
+@runtime_checkable
+class QueueStore(MailboxStore, Protocol):
+    """Durable queues, run control (cancel, resume, fork) and schedules.
+
+    Every shipped store is one.  Every method is a cancellation point and one
+    atomic change (`fork` and `resume` excepted: see each), and raises
+    ``ValueError`` naming a bad argument before anything is written."""
+
+    async def enqueue(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        queue: str,
+        metadata: Mapping[str, Any] | None = None,
+        priority: int = 0,
+        partition: str | None = None,
+    ) -> SnapshotInfo | None:
+        """Store run ``id`` of ``workflow_name`` as ``pending`` in ``queue`` and return
+        ``None``; when a live run ``id`` is already there, write nothing and return its
+        entry (the caller decides: the same input is the same run, another one
+        `InputConflictError`).  ``priority``: 0 to 2**31-1, smaller starts first;
+        ``partition``: runs of one partition count against ``partition_concurrency``
+        together.  Wakes watchers (`MailboxStore.sends` with ``None``)."""
+        ...
+
+    async def claim_queued(
+        self,
+        queue: str,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 1,
+        concurrency: int | None = None,
+        partition_concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Start up to ``limit`` pending runs of ``queue`` (priority, then age order) for
+        ``owner``, leased ``lease`` seconds, never exceeding, across every worker,
+        ``concurrency`` running runs of the queue, ``partition_concurrency`` per
+        partition, or ``rate`` = ``(n, seconds)`` starts per window.  Their entries,
+        in the order taken."""
+        ...
+
+    async def cancel(self, id: str) -> RunStatus:
+        """Cancel run ``id`` and return the status it had: a ``pending`` one is
+        ``cancelled`` at once (it never starts); for a ``running`` or ``waiting`` one a
+        cancel is requested (its worker stops it, it ends ``cancelled`` and is never
+        recovered; `LeaseStore.renew` returns ``False`` from then on).
+        ``LookupError`` for an unknown run; `RunStateError` for one that ended."""
+        ...
+
+    async def resume(self, id: str) -> RunStatus:
+        """Make a ``failed`` or ``cancelled`` run runnable again and return the status it
+        had: ``pending`` in its queue, or ``running`` with no lease when it has none
+        (recovery takes it); its failed steps and result are dropped, its completed
+        steps kept.  ``LookupError`` for an unknown run, `RunStateError` for another
+        status, `SnapshotDecodeError` for one that cannot be decoded."""
+        ...
+
+    async def fork(self, id: str, new_id: str, *, from_step: str | None = None) -> None:
+        """Start run ``new_id`` as a copy of run ``id`` (workflow, metadata, queue fields)
+        with its steps recorded before ``from_step`` (``None``: its completed ones),
+        runnable as `resume` leaves a run.  ``LookupError`` for an unknown ``id``,
+        ``ValueError`` if ``from_step`` is not one of its steps, `RunStateError` if
+        ``new_id`` exists."""
+        ...
+
+    async def put_schedule(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Store schedule ``name`` (a JSON object ``spec``), replacing its spec; an
+        existing schedule keeps its last tick."""
+        ...
+
+    async def schedules(self) -> builtins.list[StoredSchedule]:
+        """Every stored schedule, by name."""
+        ...
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove schedule ``name``; whether it was there."""
+        ...
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        """Set schedule ``name``'s last tick to ``tick`` if it is ``expected`` now (compare
+        and set: of several workers, one wins a tick); whether it did."""
         ...

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
@@ -24,6 +25,7 @@ from .._errors import (
     AlreadyDeliveredError,
     LeaseLostError,
     RunFinishedError,
+    RunStateError,
     SnapshotDecodeError,
 )
 from .._loops import current
@@ -50,17 +52,19 @@ from .._rows import (
 from .._run import logger
 from .._snapshot import (
     FORMAT_VERSION,
+    RUN_STATUSES,
     WAIT_KINDS,
     RunStatus,
     SnapshotInfo,
     SnapshotPage,
     WorkflowSnapshot,
 )
-from .._store import Claim, EncodedStep, SendWatch, Ttl
+from .._store import Claim, EncodedStep, SendWatch, StoredSchedule, Ttl
 from ..serialization import TypeRegistry, default_registry
 from ._driver import (
     AlreadySent,
     LeaseLost,
+    QueueCaps,
     RowDriver,
     RowUnreadable,
     RunEnded,
@@ -364,14 +368,18 @@ class StoreFront:
                 return encode_metadata(merged, registry)
 
             end.merge = merge
+        driver = self._driver
         try:
-            await self._driver.end_run(id, now, end)
+            await driver.end_run(id, now, end)
         except RunMissing:
             raise _missing(id) from None
         except LeaseLost:
             raise LeaseLostError(id, owner or "") from None
         except RowUnreadable as exc:
             raise SnapshotDecodeError(id, exc.reason) from None
+        # A handle in this process may await the end (of a queued run): a dict lookup
+        # when nobody watches.
+        _wake_local(driver.channel, id)
 
     # ---- LeaseStore --------------------------------------------------------------------
 
@@ -457,7 +465,7 @@ class StoreFront:
     async def send(self, run_id: str, key: str, value: Any, *, once: str | None = None) -> None:
         """Store ``value`` for run ``run_id`` under ``key``: see `MailboxStore.send`."""
         check_id(run_id)
-        check_key(key)
+        check_key(key, "message key")
         if once is not None:
             check_key(once)
         text = encode_message(value, self._registry)
@@ -492,7 +500,7 @@ class StoreFront:
         is lost) and `SnapshotDecodeError` is raised, as for any step that cannot be
         read.  ``ValueError`` for a bad id, key, step or ``sent_by``."""
         check_id(run_id)
-        check_key(key)
+        check_key(key, "message key")
         check_key(step)
         if sent_by is not None and (
             isinstance(sent_by, bool)
@@ -538,7 +546,7 @@ class StoreFront:
         check_id(run_id)
         check_key(step)
         if key is not None:
-            check_key(key)
+            check_key(key, "message key")
         if kind not in WAIT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(WAIT_KINDS)}, not {kind!r}")
         if wake_at is not None and not math.isfinite(wake_at):
@@ -576,6 +584,226 @@ class StoreFront:
         self._start_watching(channel)
         return Sends(channel, _ANY if run_id is None else (run_id,))
 
+    # ---- QueueStore: queues, run control and schedules -------------------------------
+
+    async def enqueue(
+        self,
+        id: str,
+        workflow_name: str,
+        *,
+        queue: str,
+        metadata: Mapping[str, Any] | None = None,
+        priority: int = 0,
+        partition: str | None = None,
+    ) -> SnapshotInfo | None:
+        """Store run ``id`` as ``pending`` in ``queue``: see `QueueStore.enqueue`.
+        ``None`` when stored; the live run's entry (nothing written) when ``id`` is
+        taken.  ``ValueError`` naming a bad id, workflow name, queue, priority or
+        partition, `SerializationError` for metadata that cannot be stored, both
+        before anything is written."""
+        check_id(id)
+        _check_name(workflow_name, "workflow name")
+        check_key(queue, "queue name")
+        _check_priority(priority)
+        if partition is not None:
+            check_key(partition, "partition")
+        row = RunRow(
+            workflow_name,
+            "pending",
+            None,
+            encode_metadata(dict(metadata) if metadata else {}, self._registry),
+            0.0,
+            0.0,
+            None,
+            queue=queue,
+            priority=priority,
+            partition=partition,
+        )
+        self._check_open()
+        now = self._clock.time()
+        driver = self._driver
+        try:
+            found = await driver.enqueue(id, attrs.evolve(row, created_at=now, updated_at=now), now)
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+        if found is not None:
+            return listing_entry(id, found, lease=True)
+        _wake_local(driver.channel, id)
+        return None
+
+    async def claim_queued(
+        self,
+        queue: str,
+        *,
+        owner: str,
+        lease: float,
+        limit: int = 1,
+        concurrency: int | None = None,
+        partition_concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
+    ) -> builtins.list[SnapshotInfo]:
+        """Start up to ``limit`` pending runs of ``queue`` for ``owner``: see
+        `QueueStore.claim_queued`.  ``ValueError`` naming a bad queue, owner, lease,
+        limit (1 to 10000), cap (a positive integer or ``None``) or rate (``(n,
+        seconds)``, n a positive integer, seconds a positive finite number)."""
+        check_key(queue, "queue name")
+        seconds = check_lease(owner, lease)
+        _check_count(limit, "limit", most=10_000)
+        caps = QueueCaps(
+            None if concurrency is None else _check_count(concurrency, "concurrency"),
+            None
+            if partition_concurrency is None
+            else _check_count(partition_concurrency, "partition_concurrency"),
+            None if rate is None else _check_rate(rate),
+        )
+        self._check_open()
+        now = self._clock.time()
+        taken = await self._driver.claim_queued(queue, now, owner, now + seconds, limit, caps)
+        return [listing_entry(id, row, lease=True) for id, row in taken]
+
+    async def cancel(self, id: str) -> RunStatus:
+        """Cancel run ``id``; the status it had: see `QueueStore.cancel`.
+        ``LookupError`` for an unknown run, `RunStateError` for one that ended,
+        ``ValueError`` for a bad id."""
+        check_id(id)
+        self._check_open()
+        driver = self._driver
+        try:
+            status = await driver.request_cancel(id, self._clock.time())
+        except RunMissing:
+            raise LookupError(f"run {id!r} is not in the store; nothing to cancel") from None
+        except RunEnded as exc:
+            raise RunStateError(id, exc.status, "cancel") from None
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+        _wake_local(driver.channel, id)
+        return _status(status)
+
+    async def resume(self, id: str) -> RunStatus:
+        """Make a failed or cancelled run runnable again; the status it had: see
+        `QueueStore.resume`.  Read, then written whole (like `save`): two resumes at
+        once leave the same run.  ``LookupError`` for an unknown run, `RunStateError`
+        for one in another status, `SnapshotDecodeError` for one that cannot be
+        decoded (nothing written)."""
+        check_id(id)
+        self._check_open()
+        found = await self._read_whole(id)
+        if found is None:
+            raise LookupError(f"run {id!r} is not in the store; nothing to resume")
+        row, steps, snapshot = found
+        if row.status not in ("failed", "cancelled"):
+            raise RunStateError(id, row.status, "resume")
+        kept = [(key, text) for key, text in steps if isinstance(snapshot.steps[key].result, Ok)]
+        now = self._clock.time()
+        await self._driver.write_run(id, _runnable(row, now), kept)
+        await self._notify(id)
+        return row.status
+
+    async def fork(self, id: str, new_id: str, *, from_step: str | None = None) -> None:
+        """Start run ``new_id`` as a copy of run ``id``: see `QueueStore.fork`.  The new
+        run is created empty first (refused if ``new_id`` is live), then written whole
+        with its steps.  ``LookupError`` for an unknown ``id``, ``ValueError`` for a
+        bad id or a ``from_step`` that is not one of its steps, `RunStateError` if
+        ``new_id`` exists, `SnapshotDecodeError` if run ``id`` cannot be decoded."""
+        check_id(id)
+        check_id(new_id)
+        if from_step is not None:
+            check_key(from_step)
+        self._check_open()
+        found = await self._read_whole(id)
+        if found is None:
+            raise LookupError(f"run {id!r} is not in the store; nothing to fork")
+        row, steps, snapshot = found
+        if from_step is None:
+            kept = [
+                (key, text) for key, text in steps if isinstance(snapshot.steps[key].result, Ok)
+            ]
+        else:
+            keys = [key for key, _ in steps]
+            if from_step not in keys:
+                raise ValueError(f"from_step {from_step!r} is not a step of run {id!r}")
+            kept = builtins.list(steps[: keys.index(from_step)])
+        now = self._clock.time()
+        fresh = _runnable(row, now, created_at=now)
+
+        def claim_id(existing: RunRow | None) -> RunRow:
+            if existing is not None:
+                raise _Taken(existing.status)
+            # Held back until the whole run is written: no queue, no worker takes it.
+            return attrs.evolve(fresh, status="pending", queue=None)
+
+        try:
+            await self._driver.start_run(new_id, now, claim_id)
+        except _Taken as exc:
+            raise RunStateError(new_id, exc.status, "fork into") from None
+        except RowUnreadable:
+            raise RunStateError(new_id, "unreadable", "fork into") from None
+        await self._driver.write_run(new_id, fresh, kept)
+        await self._notify(new_id)
+
+    async def _read_whole(self, id: str) -> tuple[RunRow, Steps, WorkflowSnapshot] | None:
+        """Run ``id``'s row, steps and decoded snapshot; ``None`` if absent;
+        `SnapshotDecodeError` if it cannot be decoded."""
+        try:
+            found = await self._driver.read(id, self._clock.time(), steps=True)
+        except RowUnreadable as exc:
+            raise SnapshotDecodeError(id, exc.reason) from None
+        if found is None:
+            return None
+        row, steps = found
+        return row, steps, snapshot_from_rows(id, row, steps, self._registry)
+
+    async def _notify(self, id: str) -> None:
+        driver = self._driver
+        await driver.notify(id)
+        _wake_local(driver.channel, id)
+
+    async def put_schedule(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Store schedule ``name`` with ``spec`` (a mapping of JSON values), keeping its
+        last tick: see `QueueStore.put_schedule`.  ``ValueError`` for a bad name,
+        ``TypeError`` for a spec that is not a mapping or not plain JSON."""
+        check_key(name, "schedule name")
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"a schedule spec must be a mapping, not {spec!r}")
+        try:
+            text = json.dumps(dict(spec), allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"schedule {name!r}: its spec must be plain JSON ({exc})") from None
+        self._check_open()
+        await self._driver.put_schedule(name, text, self._clock.time())
+
+    async def schedules(self) -> builtins.list[StoredSchedule]:
+        """Every stored schedule, by name.  ``ValueError`` naming a schedule whose
+        stored spec is not a JSON object (damaged)."""
+        self._check_open()
+        found: builtins.list[StoredSchedule] = []
+        for name, text, last_tick in await self._driver.schedules():
+            try:
+                spec = json.loads(text)
+                is_object = isinstance(spec, dict)
+            except ValueError:
+                is_object = False
+            if not is_object:
+                raise ValueError(f"schedule {name!r} is damaged: its spec is not a JSON object")
+            found.append(StoredSchedule(name, cast("dict[str, Any]", spec), last_tick))
+        return found
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove schedule ``name``; whether it was there.  ``ValueError`` for a bad name."""
+        check_key(name, "schedule name")
+        self._check_open()
+        return await self._driver.delete_schedule(name)
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        """Compare and set schedule ``name``'s last tick from ``expected`` to ``tick``
+        (epoch seconds); whether it did.  ``ValueError`` for a bad name or time."""
+        check_key(name, "schedule name")
+        if expected is not None:
+            expected = _check_epoch(expected, "expected")
+        tick = _check_epoch(tick, "tick")
+        self._check_open()
+        return await self._driver.advance_schedule(name, expected, tick)
+
     def _start_watching(self, channel: str) -> None:
         """Start, once per store, the task that turns the database's pushes into local
         wake-ups.  It runs until the store closes; when the push connection drops it
@@ -605,6 +833,82 @@ class StoreFront:
                 return  # a driver without push: waiters poll
 
         self._stop_watching = loop.start_system_task(watch, name=f"awaitly wake-ups {channel}")
+
+
+class _Taken(Exception):
+    """`StoreFront.fork`'s new id is a live run (with this status)."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _runnable(row: RunRow, now: float, *, created_at: float | None = None) -> RunRow:
+    """``row`` made runnable again (a resume, a fork): ``pending`` in its queue, or
+    ``running`` with no lease (recovery takes it) when it has none; no result, expiry,
+    wait, start or cancel request."""
+    return attrs.evolve(
+        row,
+        status="running" if row.queue is None else "pending",
+        result_json=None,
+        created_at=row.created_at if created_at is None else created_at,
+        updated_at=now,
+        expires_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        wait_step=None,
+        wait_key=None,
+        wait_kind=None,
+        wake_at=None,
+        started_at=None,
+        cancel_at=None,
+    )
+
+
+def _status(found: str) -> RunStatus:
+    for status in RUN_STATUSES:
+        if status == found:
+            return status
+    raise SnapshotDecodeError("?", f"unknown status {found!r}")
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a {what} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < 2**31:
+        raise ValueError(f"priority must be an integer from 0 to 2**31-1, not {priority!r}")
+    return priority
+
+
+def _check_count(value: object, what: str, *, most: int = 2**31 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{what} must be an integer from 1 to {most}, not {value!r}")
+    return value
+
+
+def _check_rate(rate: object) -> tuple[int, float]:
+    if not isinstance(rate, tuple) or len(rate) != 2:  # pyright: ignore[reportUnknownArgumentType]
+        raise ValueError(f"rate must be a pair (starts, seconds), not {rate!r}")
+    n, window = cast("tuple[object, object]", rate)
+    _check_count(n, "rate's number of starts")
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, (int, float))
+        or not math.isfinite(window)
+        or not window > 0
+    ):
+        raise ValueError(f"rate's window must be a positive number of seconds, not {window!r}")
+    return cast(int, n), float(window)
+
+
+def _check_epoch(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite epoch time, not {value!r}")
+    return float(value)
 
 
 @attrs.define(slots=True)

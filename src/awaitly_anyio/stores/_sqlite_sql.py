@@ -6,7 +6,7 @@ given beside it.  ``LIVE`` is the condition "not expired at ``?`` (now)".
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the tables this release creates and reads: a file of an older
 version is upgraded when opened, a newer one is refused."""
 
@@ -26,7 +26,12 @@ CREATE TABLE IF NOT EXISTS awaitly_runs (
     wait_step TEXT,
     wait_key TEXT,
     wait_kind TEXT,
-    wake_at REAL
+    wake_at REAL,
+    queue TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    partition_key TEXT,
+    started_at REAL,
+    cancel_at REAL
 );
 CREATE INDEX IF NOT EXISTS awaitly_runs_by_update ON awaitly_runs (updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS awaitly_runs_by_expiry ON awaitly_runs (expires_at)
@@ -49,6 +54,18 @@ CREATE TABLE IF NOT EXISTS awaitly_messages (
     sent_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS awaitly_messages_in_order ON awaitly_messages (run_id, key, seq);
+CREATE INDEX IF NOT EXISTS awaitly_runs_queued ON awaitly_runs (queue, priority, created_at, id)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS awaitly_runs_queue_running ON awaitly_runs (queue, partition_key)
+    WHERE status = 'running' AND queue IS NOT NULL;
+CREATE INDEX IF NOT EXISTS awaitly_runs_queue_started ON awaitly_runs (queue, started_at)
+    WHERE started_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS awaitly_schedules (
+    name TEXT PRIMARY KEY NOT NULL,
+    spec_json TEXT NOT NULL,
+    last_tick REAL,
+    updated_at REAL NOT NULL
+);
 """
 
 # Version 2: steps keep the order they were recorded in (``seq``, per run).  Steps of a
@@ -78,7 +95,36 @@ CREATE TABLE IF NOT EXISTS awaitly_messages (
 CREATE INDEX IF NOT EXISTS awaitly_messages_in_order ON awaitly_messages (run_id, key, seq);
 """
 
-MIGRATIONS = {0: SCHEMA, 1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3}
+# Version 4: queues, run control and schedules (issue 20).  Five run columns (NULL, or
+# priority 0, in every run of a version 3 database: none is queued), the indexes
+# claim_queued reads (pending runs of a queue in order; running runs and recent starts
+# of a queue, counted without a scan of all runs) and the schedules.
+MIGRATE_3_TO_4 = """
+ALTER TABLE awaitly_runs ADD COLUMN queue TEXT;
+ALTER TABLE awaitly_runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE awaitly_runs ADD COLUMN partition_key TEXT;
+ALTER TABLE awaitly_runs ADD COLUMN started_at REAL;
+ALTER TABLE awaitly_runs ADD COLUMN cancel_at REAL;
+CREATE INDEX IF NOT EXISTS awaitly_runs_queued ON awaitly_runs (queue, priority, created_at, id)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS awaitly_runs_queue_running ON awaitly_runs (queue, partition_key)
+    WHERE status = 'running' AND queue IS NOT NULL;
+CREATE INDEX IF NOT EXISTS awaitly_runs_queue_started ON awaitly_runs (queue, started_at)
+    WHERE started_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS awaitly_schedules (
+    name TEXT PRIMARY KEY NOT NULL,
+    spec_json TEXT NOT NULL,
+    last_tick REAL,
+    updated_at REAL NOT NULL
+);
+"""
+
+MIGRATIONS = {
+    0: SCHEMA,
+    1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3 + MIGRATE_3_TO_4,
+    2: MIGRATE_2_TO_3 + MIGRATE_3_TO_4,
+    3: MIGRATE_3_TO_4,
+}
 """The script that brings a database of each older version to `SCHEMA_VERSION`
 (version 0: an empty file)."""
 
@@ -86,7 +132,8 @@ LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 RUN_COLUMNS = (
     "workflow_name, status, result_json, metadata_json, created_at, updated_at, expires_at,"
-    " format_version, lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at"
+    " format_version, lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at,"
+    " queue, priority, partition_key, started_at, cancel_at"
 )
 """The columns of a `RunRow`, in its field order."""
 
@@ -103,13 +150,16 @@ STEPS_IN_ORDER = (
 
 _UPSERT_RUN = (
     "INSERT INTO awaitly_runs (id, workflow_name, status, result_json, metadata_json,"
-    " created_at, updated_at, expires_at, format_version{columns})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?{marks})"
+    " created_at, updated_at, expires_at, format_version, queue, priority, partition_key,"
+    " started_at, cancel_at{columns})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{marks})"
     " ON CONFLICT (id) DO UPDATE SET workflow_name = excluded.workflow_name,"
     " status = excluded.status, result_json = excluded.result_json,"
     " metadata_json = excluded.metadata_json, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, expires_at = excluded.expires_at,"
-    " format_version = excluded.format_version{updates}"
+    " format_version = excluded.format_version, queue = excluded.queue,"
+    " priority = excluded.priority, partition_key = excluded.partition_key,"
+    " started_at = excluded.started_at, cancel_at = excluded.cancel_at{updates}"
 )
 _LEASE = ("lease_owner", "lease_expires_at")
 _WAIT = ("wait_step", "wait_key", "wait_kind", "wake_at")
@@ -124,8 +174,8 @@ def _upsert(*extra: str) -> str:
 
 
 # id, workflow_name, status, result_json, metadata_json, created_at, updated_at,
-# expires_at, format_version.  Leaves the lease and wait columns as they are (a new
-# run has neither).
+# expires_at, format_version, queue, priority, partition_key, started_at, cancel_at.
+# Leaves the lease and wait columns as they are (a new run has neither).
 UPSERT_RUN = _upsert()
 # The same, then wait_step, wait_key, wait_kind, wake_at: writes the wait, keeps the lease.
 UPSERT_RUN_WAIT = _upsert(*_WAIT)
@@ -180,8 +230,11 @@ END_RUN = (
     " wait_step = NULL, wait_key = NULL, wait_kind = NULL, wake_at = NULL WHERE id = ?"
 )
 
-# until, id, owner, now
-RENEW = f"UPDATE awaitly_runs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND {LIVE}"
+# until, id, owner, now.  Refused once a cancel was requested.
+RENEW = (
+    "UPDATE awaitly_runs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?"
+    f" AND cancel_at IS NULL AND {LIVE}"
+)
 
 # id, owner
 RELEASE = (
@@ -195,7 +248,7 @@ ABANDONED = (
     f"SELECT id, {RUN_COLUMNS} FROM awaitly_runs WHERE {LIVE}"
     " AND (status IN ('running', 'cancelled')"
     " OR (status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= ?))"
-    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?){names}"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) AND cancel_at IS NULL{names}"
     " ORDER BY updated_at, id LIMIT ?"
 )
 ABANDONED_OF = " AND workflow_name IN ({marks})"
@@ -270,3 +323,44 @@ BEGIN_WAIT = (
     "UPDATE awaitly_runs SET status = 'waiting', wait_step = ?, wait_key = ?, wait_kind = ?,"
     " wake_at = ?, updated_at = ? WHERE id = ?"
 )
+
+# ---- queues, control and schedules ------------------------------------------------------
+
+# ?1 queue, ?2 now.  The queue's pending runs that may start, in the order they start.
+QUEUED = (
+    f"SELECT id, {RUN_COLUMNS} FROM awaitly_runs WHERE queue = ?1 AND status = 'pending'"
+    " AND cancel_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)"
+    " ORDER BY priority, created_at, id"
+)
+# ?1 queue, ?2 now.  The queue's running runs, counted per partition.
+QUEUE_RUNNING = (
+    "SELECT partition_key, count(*) FROM awaitly_runs WHERE queue = ?1 AND status = 'running'"
+    " AND (expires_at IS NULL OR expires_at > ?2) GROUP BY partition_key"
+)
+# ?1 queue, ?2 since.  How many of the queue's runs started after ``since``.
+QUEUE_STARTS = "SELECT count(*) FROM awaitly_runs WHERE queue = ?1 AND started_at > ?2"
+# owner, until, now (started_at), now (updated_at), id.  A queued run starts.
+START_QUEUED = (
+    "UPDATE awaitly_runs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
+    " started_at = ?, updated_at = ? WHERE id = ?"
+)
+# now, id.  A pending run is cancelled: it never starts.
+CANCEL_PENDING = (
+    "UPDATE awaitly_runs SET status = 'cancelled', cancel_at = ?1, updated_at = ?1 WHERE id = ?2"
+)
+# now, id.  A running run is asked to stop.
+CANCEL_RUNNING = "UPDATE awaitly_runs SET cancel_at = ?1 WHERE id = ?2"
+# now, id.  A waiting run is asked to stop, and due at once (the sweep finds it).
+CANCEL_WAITING = "UPDATE awaitly_runs SET cancel_at = ?1, wake_at = ?1 WHERE id = ?2"
+
+# name, spec_json, now.  A new schedule, or a new spec for one (its last tick stays).
+PUT_SCHEDULE = (
+    "INSERT INTO awaitly_schedules (name, spec_json, last_tick, updated_at) VALUES (?, ?, NULL, ?)"
+    " ON CONFLICT (name) DO UPDATE SET spec_json = excluded.spec_json,"
+    " updated_at = excluded.updated_at"
+)
+SCHEDULES = "SELECT name, spec_json, last_tick FROM awaitly_schedules ORDER BY name"
+# name
+DELETE_SCHEDULE = "DELETE FROM awaitly_schedules WHERE name = ?"
+# ?1 tick, ?2 name, ?3 expected (or NULL).  Compare and set (``IS`` matches NULL too).
+ADVANCE_SCHEDULE = "UPDATE awaitly_schedules SET last_tick = ?1 WHERE name = ?2 AND last_tick IS ?3"

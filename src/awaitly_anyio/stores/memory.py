@@ -26,6 +26,8 @@ from ._driver import (
     EndTerms,
     LeaseLost,
     ListedRow,
+    QueueCaps,
+    RowUnreadable,
     RunEnded,
     RunMissing,
     Steps,
@@ -61,9 +63,10 @@ class MemoryStore(StoreFront):
 
 
 class _MemoryDriver:
-    """Rows in three dicts: run id to row, run id to its steps (key to JSON, in the order
-    they were first recorded, which a dict keeps) and run id to its mailbox (message key
-    to the pending values' JSON and send times, oldest first).
+    """Rows in four dicts: run id to row, run id to its steps (key to JSON, in the order
+    they were first recorded, which a dict keeps), run id to its mailbox (message key
+    to the pending values' JSON and send times, oldest first) and schedule name to its
+    spec JSON and last tick.
 
     Every method does all of its work after its one checkpoint, without awaiting
     again, so each is atomic."""
@@ -72,6 +75,7 @@ class _MemoryDriver:
         self.runs: dict[str, RunRow] = {}
         self.steps: dict[str, dict[str, str]] = {}
         self.messages: dict[str, dict[str, deque[tuple[str, float]]]] = {}
+        self.schedule_rows: dict[str, tuple[str, float | None]] = {}
         self._channel = f"memory:{next(_STORES)}"
 
     def _live(self, id: str, now: float) -> RunRow | None:
@@ -93,6 +97,7 @@ class _MemoryDriver:
         self.runs.clear()
         self.steps.clear()
         self.messages.clear()
+        self.schedule_rows.clear()
 
     async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
         await anyio.lowlevel.checkpoint()
@@ -196,7 +201,7 @@ class _MemoryDriver:
     async def renew(self, id: str, now: float, owner: str, until: float) -> bool:
         await anyio.lowlevel.checkpoint()
         row = self._live(id, now)
-        if row is None or row.lease_owner != owner:
+        if row is None or row.lease_owner != owner or row.cancel_at is not None:
             return False
         self.runs[id] = attrs.evolve(row, lease_expires_at=until)
         return True
@@ -370,10 +375,112 @@ class _MemoryDriver:
         # its waiters at once.
         await anyio.lowlevel.checkpoint()
 
+    # ---- queues, control and schedules -----------------------------------------------
+
+    async def enqueue(self, id: str, row: RunRow, now: float) -> RunRow | None:
+        await anyio.lowlevel.checkpoint()
+        found = self._live(id, now)
+        if found is not None:
+            return found
+        self._forget(id)
+        self.runs[id] = row
+        self.steps[id] = {}
+        return None
+
+    async def claim_queued(
+        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+    ) -> builtins.list[tuple[str, RunRow]]:
+        await anyio.lowlevel.checkpoint()
+        running = 0
+        by_partition: dict[str | None, int] = {}
+        started = 0
+        pending: builtins.list[tuple[int, float, str, RunRow]] = []
+        for id in builtins.list(self.runs):
+            row = self._live(id, now)
+            if row is None or row.queue != queue:
+                continue
+            if row.status == "running":
+                running += 1
+                by_partition[row.partition] = by_partition.get(row.partition, 0) + 1
+            elif row.status == "pending" and row.cancel_at is None:
+                pending.append((row.priority, _number(row.created_at), id, row))
+            at = row.started_at
+            if caps.rate is not None and at is not None and at > now - caps.rate[1]:
+                started += 1
+        room = limit
+        if caps.concurrency is not None:
+            room = min(room, caps.concurrency - running)
+        if caps.rate is not None:
+            room = min(room, caps.rate[0] - started)
+        pending.sort(key=lambda item: item[:3])
+        taken: builtins.list[tuple[str, RunRow]] = []
+        for _, _, id, row in pending:
+            if len(taken) >= room:
+                break
+            cap = caps.partition_concurrency
+            if cap is not None and by_partition.get(row.partition, 0) >= cap:
+                continue
+            by_partition[row.partition] = by_partition.get(row.partition, 0) + 1
+            row = attrs.evolve(
+                row,
+                status="running",
+                lease_owner=owner,
+                lease_expires_at=until,
+                started_at=now,
+                updated_at=now,
+            )
+            self.runs[id] = row
+            taken.append((id, row))
+        return taken
+
+    async def request_cancel(self, id: str, now: float) -> str:
+        await anyio.lowlevel.checkpoint()
+        row = self._live(id, now)
+        if row is None:
+            raise RunMissing
+        if row.status == "pending":
+            self.runs[id] = attrs.evolve(row, status="cancelled", cancel_at=now, updated_at=now)
+        elif row.status == "running":
+            self.runs[id] = attrs.evolve(row, cancel_at=now)
+        elif row.status == "waiting":
+            self.runs[id] = attrs.evolve(row, cancel_at=now, wake_at=now)
+        elif row.status in ("completed", "failed", "cancelled"):
+            raise RunEnded(row.status)
+        else:
+            raise RowUnreadable(f"unknown status {row.status!r}")
+        return row.status
+
+    async def notify(self, id: str) -> None:
+        # No push: the front wakes this process's waiters itself.
+        await anyio.lowlevel.checkpoint()
+
+    async def put_schedule(self, name: str, spec_json: str, now: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        found = self.schedule_rows.get(name)
+        self.schedule_rows[name] = (spec_json, None if found is None else found[1])
+
+    async def schedules(self) -> builtins.list[tuple[str, str, float | None]]:
+        await anyio.lowlevel.checkpoint()
+        return [(name, spec, tick) for name, (spec, tick) in sorted(self.schedule_rows.items())]
+
+    async def delete_schedule(self, name: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return self.schedule_rows.pop(name, None) is not None
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        await anyio.lowlevel.checkpoint()
+        found = self.schedule_rows.get(name)
+        if found is None or found[1] != expected:
+            return False
+        self.schedule_rows[name] = (found[0], tick)
+        return True
+
 
 def _claimable(row: RunRow, now: float) -> bool:
     """Whether ``claim_expired`` may take the run, its lease aside: abandoned (running or
     cancelled) or waiting and due."""
+    if row.cancel_at is not None:
+        return False  # a cancel was requested: its worker ends it, nobody recovers it
     if row.status in ("running", "cancelled"):
         return True
     return row.status == "waiting" and isinstance(row.wake_at, float | int) and row.wake_at <= now

@@ -22,6 +22,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import attrs
 
 from .._clock import Clock
 from .._rows import RunRow
@@ -35,6 +36,7 @@ from ._driver import (
     EndTerms,
     LeaseLost,
     ListedRow,
+    QueueCaps,
     RunEnded,
     RunMissing,
     Steps,
@@ -521,6 +523,132 @@ class _SQLiteDriver:
         # their process, through the front).
         await anyio.lowlevel.checkpoint()
 
+    # ---- queues, control and schedules -----------------------------------------------
+
+    async def enqueue(self, id: str, row: RunRow, now: float) -> RunRow | None:
+        def work(db: Any) -> RunRow | None:
+            with _transaction(db):
+                found = _row(db, id, now)
+                if found is not None:
+                    return found
+                # Gone or expired: start afresh, without an expired run's steps,
+                # messages, lease and wait.
+                db.execute(sql.DELETE_STEPS, (id,))
+                db.execute(sql.DELETE_MESSAGES, (id,))
+                db.execute(sql.DELETE_RUN, (id,))
+                _upsert_run(db, id, row, lease=True, wait=True)
+                return None
+
+        return await self._run(work)
+
+    async def claim_queued(
+        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+    ) -> builtins.list[tuple[str, RunRow]]:
+        def work(db: Any) -> builtins.list[tuple[str, RunRow]]:
+            taken: builtins.list[tuple[str, RunRow]] = []
+            # BEGIN IMMEDIATE: claimers of the file take turns, so no cap is exceeded.
+            with _transaction(db):
+                by_partition: dict[str | None, int] = dict(
+                    db.execute(sql.QUEUE_RUNNING, (queue, now)).fetchall()
+                )
+                room = limit
+                if caps.concurrency is not None:
+                    room = min(room, caps.concurrency - sum(by_partition.values()))
+                if caps.rate is not None:
+                    (started,) = db.execute(
+                        sql.QUEUE_STARTS, (queue, now - caps.rate[1])
+                    ).fetchone()
+                    room = min(room, caps.rate[0] - int(started))
+                if room <= 0:
+                    return taken
+                cap = caps.partition_concurrency
+                cursor = db.execute(sql.QUEUED, (queue, now))
+                while len(taken) < room:
+                    found = cursor.fetchmany(max(room, 16))
+                    if not found:
+                        break
+                    for id, *rest in found:
+                        if len(taken) >= room:
+                            break
+                        row = RunRow(*rest)
+                        if cap is not None and by_partition.get(row.partition, 0) >= cap:
+                            continue
+                        by_partition[row.partition] = by_partition.get(row.partition, 0) + 1
+                        taken.append((id, row))
+                cursor.close()
+                written: builtins.list[tuple[str, RunRow]] = []
+                for id, row in taken:
+                    db.execute(sql.START_QUEUED, (owner, until, now, now, id))
+                    written.append(
+                        (
+                            id,
+                            attrs.evolve(
+                                row,
+                                status="running",
+                                lease_owner=owner,
+                                lease_expires_at=until,
+                                started_at=now,
+                                updated_at=now,
+                            ),
+                        )
+                    )
+            return written
+
+        return await self._run(work)
+
+    async def request_cancel(self, id: str, now: float) -> str:
+        def work(db: Any) -> str:
+            with _transaction(db):
+                row = _row(db, id, now)
+                if row is None:
+                    raise RunMissing
+                status = str(row.status)
+                if status in ("completed", "failed", "cancelled"):
+                    raise RunEnded(status)
+                statement = {
+                    "pending": sql.CANCEL_PENDING,
+                    "running": sql.CANCEL_RUNNING,
+                    "waiting": sql.CANCEL_WAITING,
+                }.get(status, sql.CANCEL_RUNNING)
+                db.execute(statement, (now, id))
+                return status
+
+        return await self._run(work)
+
+    async def notify(self, id: str) -> None:
+        # SQLite cannot push: the front wakes this process's waiters itself.
+        await anyio.lowlevel.checkpoint()
+
+    async def put_schedule(self, name: str, spec_json: str, now: float) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                db.execute(sql.PUT_SCHEDULE, (name, spec_json, now))
+
+        await self._run(work)
+
+    async def schedules(self) -> builtins.list[tuple[str, str, float | None]]:
+        def work(db: Any) -> builtins.list[tuple[str, str, float | None]]:
+            return [
+                (str(name), str(spec), tick)
+                for name, spec, tick in db.execute(sql.SCHEDULES).fetchall()
+            ]
+
+        return await self._run(work)
+
+    async def delete_schedule(self, name: str) -> bool:
+        def work(db: Any) -> bool:
+            with _transaction(db):
+                return bool(db.execute(sql.DELETE_SCHEDULE, (name,)).rowcount == 1)
+
+        return await self._run(work)
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        def work(db: Any) -> bool:
+            with _transaction(db):
+                return bool(db.execute(sql.ADVANCE_SCHEDULE, (tick, name, expected)).rowcount == 1)
+
+        return await self._run(work)
+
 
 def _resolved(path: str) -> str:
     """The database ``path`` names, for its channel: a file's resolved path; a private
@@ -581,6 +709,11 @@ def _upsert_run(db: Any, id: str, row: RunRow, *, lease: bool = False, wait: boo
         row.updated_at,
         row.expires_at,
         row.format_version,
+        row.queue,
+        row.priority,
+        row.partition,
+        row.started_at,
+        row.cancel_at,
     )
     if not wait:
         db.execute(sql.UPSERT_RUN, params)

@@ -124,8 +124,8 @@ async def test_failure_is_saved_with_ttl_and_metadata(store: Any, clock: FakeClo
     assert snapshot.status == "failed"
     assert snapshot.result == Err("DECLINED")
     assert snapshot.metadata["customer"] == "ada"
-    assert snapshot.metadata["error"] == "'DECLINED'"
-    assert snapshot.metadata["last_attempt"].startswith("2023-11-14T22:13:20")
+    assert snapshot.metadata["awaitly.error"] == "'DECLINED'"
+    assert snapshot.metadata["awaitly.last_attempt"].startswith("2023-11-14T22:13:20")
     assert snapshot.steps["charge"].result == Err("DECLINED")
     clock.advance(3599)
     assert await store.load("o-4") is not None

@@ -42,8 +42,10 @@ import attrs
 from ._checks import check_id, check_lease, ttl_seconds
 from ._clock import Clock
 from ._errors import (
+    InputConflictError,
     LeaseLostError,
     RunInProgressError,
+    RunStateError,
     SerializationError,
     SnapshotDecodeError,
     StoredException,
@@ -52,6 +54,17 @@ from ._errors import (
     describe,
 )
 from ._ids import uuid4_text
+from ._input import (
+    ERROR_KEY,
+    INPUT_KEY,
+    LAST_ATTEMPT_KEY,
+    TRACE_KEY,
+    check_user_metadata,
+    metadata_with_input,
+    same_input,
+    stored_input,
+    stored_trace_context,
+)
 from ._loops import Loop, Scope, current
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
@@ -63,12 +76,13 @@ from ._store import (
     Claim,
     EncodedStep,
     LeaseStore,
+    MailboxStore,
     SnapshotStore,
     Ttl,
 )
 from ._times import from_epoch, iso_from_epoch
 from ._waiting import parked_in, wait_in_store
-from .events import TRACE_CONTEXT_KEY, EventHandler, StepWaiting, WorkflowResumed
+from .events import EventHandler, StepWaiting, WorkflowResumed
 from .serialization import (
     TypeRegistry,
     _qualname,
@@ -94,9 +108,6 @@ __all__ = [
     "default_owner",
     "open_session",
 ]
-
-INPUT_KEY = "input"
-"""The metadata key under which a durable run keeps its input, for whoever resumes it."""
 
 FINAL_CHECKPOINT_SECONDS = 5.0
 """The default bound of a durable run's shielded writes (``store_write_timeout``):
@@ -202,12 +213,14 @@ class _WholeSnapshots:
         await self._save(id, ttl)
 
 
-_CAPABILITIES: dict[type, tuple[bool, bool, bool]] = {}
+_CAPABILITIES: dict[type, tuple[bool, bool, bool, bool]] = {}
 
 
-def _capabilities(store: object) -> tuple[bool, bool, bool]:
-    """Whether ``store`` is a SnapshotStore, a CheckpointStore and a LeaseStore; cached
-    by class, since a runtime protocol check inspects every method each time."""
+def _capabilities(store: object) -> tuple[bool, bool, bool, bool]:
+    """Whether ``store`` is a SnapshotStore, a CheckpointStore, a LeaseStore and a
+    MailboxStore (it pushes changes of runs: a cancel request reaches the run's
+    worker at once); cached by class, since a runtime protocol check inspects every
+    method each time."""
     kind = type(store)
     found = _CAPABILITIES.get(kind)
     if found is None:
@@ -215,6 +228,7 @@ def _capabilities(store: object) -> tuple[bool, bool, bool]:
             isinstance(store, SnapshotStore),
             isinstance(store, CheckpointStore),
             isinstance(store, LeaseStore),
+            isinstance(store, MailboxStore),
         )
         _CAPABILITIES[kind] = found
     return found
@@ -445,15 +459,18 @@ def open_session(
 ) -> DurableSession:
     """The session of a durable run of workflow ``workflow_name`` in ``store`` (see
     `DurableSession`), its arguments validated: ``ValueError`` for a bad TTL, lease,
-    owner, ``if_running`` or run id, ``TypeError`` for a store that is no
-    `SnapshotStore`.  Installed as the core's `awaitly_anyio._session.OpenSession`."""
+    owner, ``if_running`` or run id, or a ``metadata`` key the library reserves
+    (`awaitly_anyio._input.PREFIX`), ``TypeError`` for a store that is no
+    `SnapshotStore` or metadata that is no mapping with string keys.  Installed as
+    the core's `awaitly_anyio._session.OpenSession`."""
+    metadata = check_user_metadata(metadata)
     ttl_seconds(ttl)
     ttl_seconds(failure_ttl)
     check_lease(owner or "-", lease)
     if if_running not in ("error", "wait"):
         raise ValueError(f"if_running must be 'error' or 'wait', not {if_running!r}")
     run_id = uuid4_text() if workflow_id is None else check_id(workflow_id)
-    basic, checkpoints, leases = _capabilities(store)
+    basic, checkpoints, leases, pushes = _capabilities(store)
     if not basic:
         raise TypeError(f"store must implement SnapshotStore (save/load/...), not {store!r}")
     options = DurableOptions(
@@ -473,6 +490,7 @@ def open_session(
         options,
         checkpoints,
         leases,
+        pushes,
         workflow_name=workflow_name,
         clock=clock,
         handlers=handlers,
@@ -501,6 +519,7 @@ class DurableSession:
         "_open",
         "_options",
         "_owner",
+        "_pushes",
         "_registry",
         "_store",
         "_target",
@@ -521,6 +540,7 @@ class DurableSession:
         options: DurableOptions,
         checkpoints: bool,
         leases: bool,
+        pushes: bool = False,
         *,
         workflow_name: str,
         clock: Clock,
@@ -536,6 +556,7 @@ class DurableSession:
         self._options = options
         self._checkpoints = checkpoints
         self._leases = leases
+        self._pushes = pushes
         self._registry = _store_registry(store)
         self._owner: str | None = None
         self._target: CheckpointStore | _WholeSnapshots | None = None
@@ -568,11 +589,7 @@ class DurableSession:
         owner = options.owner or _abandoned.pop(workflow_id, None) or default_owner()
         self._owner = owner
         self._target = store
-        metadata: dict[str, Any] | None = None
-        if options.metadata or options.input is not None:
-            metadata = dict(options.metadata or {})
-            if options.input is not None:
-                metadata[INPUT_KEY] = options.input
+        metadata = metadata_with_input(options.metadata, options.input)
         stored_trace: object = None
         if self.handlers and _trace_sources(self):
             # Someone wants the run's trace context kept: only a run created now takes
@@ -584,8 +601,10 @@ class DurableSession:
             else:
                 if existing is None:
                     metadata = dict(_with_trace_carrier(self, workflow_id, metadata) or {})
+                elif existing.workflow_name == self.workflow_name and self._conflicts(existing):
+                    return Err(InputConflictError(workflow_id, self.workflow_name))
                 else:
-                    stored_trace = existing.metadata.get(TRACE_CONTEXT_KEY)
+                    stored_trace = stored_trace_context(existing.metadata)
         try:
             # From the claim on, a cancellation (even one landing mid-claim) is recorded,
             # so the run is never left holding a lease nobody renews.
@@ -626,7 +645,7 @@ class DurableSession:
         if snapshot is not None:
             self.resume = snapshot
             input = options.input
-            self.input = snapshot.metadata.get(INPUT_KEY) if input is None else input
+            self.input = stored_input(snapshot.metadata) if input is None else input
             if self.handlers:
                 _emit_resumed(self, workflow_id, snapshot.metadata, stored_trace)
         else:
@@ -643,7 +662,7 @@ class DurableSession:
             self.emit,
             self.workflow_name,
         )
-        self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease, loop)
+        self._keeper = _LeaseKeeper(store, workflow_id, owner, options.lease, loop, self._pushes)
         return None
 
     async def _begin_plain(self, store: SnapshotStore, loop: Loop) -> Result[Any, Any] | None:
@@ -658,6 +677,8 @@ class DurableSession:
             if snapshot.workflow_name != self.workflow_name:
                 stored = snapshot.workflow_name
                 return Err(WorkflowMismatchError(workflow_id, stored, self.workflow_name))
+            if self._conflicts(snapshot):
+                return Err(InputConflictError(workflow_id, self.workflow_name))
             if snapshot.status == "completed" and snapshot.result is not None:
                 return snapshot.result
         target: CheckpointStore | _WholeSnapshots = (
@@ -692,6 +713,14 @@ class DurableSession:
         )
         return None
 
+    def _conflicts(self, snapshot: WorkflowSnapshot) -> bool:
+        """Whether this start gives an input other than the one ``snapshot`` (the stored
+        run) keeps: a conflict, not a resume.  No input given: never."""
+        given = self._options.input
+        if given is None:
+            return False
+        return not same_input(stored_input(snapshot.metadata), given, self._registry)
+
     def __enter__(self) -> None:
         """Start keeping the lease (renewals begin a third of the lease from now) and
         enter the scope a lost lease cancels."""
@@ -717,7 +746,12 @@ class DurableSession:
         if keeper is None:
             return False
         scope = keeper.body_scope
-        if exc_type is None and not keeper.lost and keeper.loop.reuses_open_scopes:
+        if (
+            exc_type is None
+            and not keeper.lost
+            and not keeper.cancel_requested
+            and keeper.loop.reuses_open_scopes
+        ):
             keeper.stop()  # before the scope is reused: nothing may cancel it now
             self._open = scope
             return False
@@ -754,7 +788,10 @@ class DurableSession:
         """Record how the run ended and return what `Workflow.run` returns.
 
         ``result`` is the body's outcome, ``None`` if the session swallowed the
-        body's cancellation (a lost lease): that returns ``Err(LeaseLostError)``.
+        body's cancellation: for a lost lease that returns ``Err(LeaseLostError)``;
+        for a cancel requested from outside (``store.cancel``) the run is recorded
+        ``cancelled`` (shielded, at most ``store_write_timeout``; a failure is
+        logged) and ``Err(RunStateError(id, "cancelled", "continue"))`` returned.
         A completed run is kept for ``ttl`` (or deleted), a failed one for
         ``failure_ttl`` with the error in its metadata, in a shielded scope of at
         most ``store_write_timeout``; a store failure returns ``Err(StoreError)``, a
@@ -767,6 +804,16 @@ class DurableSession:
         scope = self._open
         self._open = None
         if keeper is not None:
+            if keeper.cancel_requested and result is None:
+                # Cancelled from outside the process (`store.cancel`): the body stopped
+                # where it was; the run ends `cancelled`, still under this worker's lease.
+                if scope is not None:
+                    scope.__exit__(None, None, None)
+                assert self._target is not None
+                await _record_cancellation(
+                    self._target, workflow_id, owner, self._options.write_timeout
+                )
+                return Err(RunStateError(workflow_id, "cancelled", "continue"))
             ended: Result[Any, Any] | None = None
             if keeper.lost or result is None:
                 ended = Err(LeaseLostError(workflow_id, owner or "?"))
@@ -828,12 +875,10 @@ def _input_and_metadata(
 ) -> tuple[Any, Mapping[str, Any] | None]:
     """The run's input (given now, or kept from an earlier start) and the metadata to
     record, which carries the input so any worker can resume the run."""
-    metadata = dict(options.metadata or {})
+    metadata = metadata_with_input(options.metadata, options.input)
     if options.input is not None:
-        metadata[INPUT_KEY] = options.input
         return options.input, metadata
-    stored = None if snapshot is None else snapshot.metadata.get(INPUT_KEY)
-    return stored, metadata or None
+    return (None if snapshot is None else stored_input(snapshot.metadata)), metadata
 
 
 def _trace_sources(run: DurableSession) -> list[Callable[[str], object]]:
@@ -861,7 +906,7 @@ def _with_trace_carrier(
             items = cast("Mapping[object, object]", carrier)  # isinstance: unknown types
             return {
                 **(metadata or {}),
-                TRACE_CONTEXT_KEY: {str(k): str(v) for k, v in items.items()},
+                TRACE_KEY: {str(k): str(v) for k, v in items.items()},
             }
     return metadata
 
@@ -874,7 +919,7 @@ def _emit_resumed(
 ) -> None:
     """Emit ``workflow_resumed`` for a run that keeps a trace context (``stored``, read
     before the claim, or the one in its metadata)."""
-    trace_context = stored if stored is not None else metadata.get(TRACE_CONTEXT_KEY)
+    trace_context = stored if stored is not None else stored_trace_context(metadata)
     emit = run.emit
     if emit is None or not isinstance(trace_context, Mapping) or not trace_context:
         return
@@ -956,16 +1001,24 @@ async def _settle_claim(
     while True:
         if claim.outcome == "claimed":
             return claim
-        if claim.outcome == "mismatch":
+        # (A str: "conflict" is an outcome of stores that check the input in the claim.)
+        outcome = str(claim.outcome)
+        if outcome == "mismatch":
             stored = claim.workflow_name or "?"
             return Err(WorkflowMismatchError(workflow_id, stored, run.workflow_name))
-        if claim.outcome == "completed":
+        if outcome == "conflict":
+            return Err(InputConflictError(workflow_id, run.workflow_name))
+        if outcome == "completed":
             try:
                 snapshot = await store.load(workflow_id)
             except SnapshotDecodeError as exc:
                 return Err(exc)
             except Exception as exc:
                 return Err(StoreError("load", workflow_id, describe(exc)))
+            if snapshot is not None and run._conflicts(snapshot):
+                # Read anyway for its result: a completed run started with another
+                # input is a conflict, not its old result.
+                return Err(InputConflictError(workflow_id, run.workflow_name))
             if snapshot is not None and snapshot.result is not None:
                 return snapshot.result
             # It expired meanwhile: claim it afresh.
@@ -990,48 +1043,76 @@ async def _settle_claim(
 
 
 class _LeaseKeeper:
-    """Renews the run's lease while the body runs; if the lease is lost the body is
-    cancelled (this run owns that cancellation) and the run returns
-    ``Err(LeaseLostError)``.
+    """Renews the run's lease while the body runs, and stops the body when the run is
+    taken from this worker:
 
-    The renewing task is started beside the run rather than in a task group of its
-    own: opening a task group costs more than the rest of a short run's bookkeeping,
-    and most runs end long before their first renewal.  The task never raises (a
-    failed renewal is retried until the lease would have run out), and `stop`
-    cancels it; a renewal still in flight then is a compare-and-set on the owner,
-    so it cannot touch the run once it has ended.  Lease loss is the one
-    cancellation this scope owns: it cancels the body's scope, nothing else.
+    - its lease is lost (a renewal says so, and no cancel was requested): the body
+      is cancelled and the run returns ``Err(LeaseLostError)``;
+    - a cancel was requested (``store.cancel(id)`` from any process): the body is
+      cancelled, the run is recorded ``cancelled`` (the lease is still this
+      worker's, so the end write succeeds) and returns
+      ``Err(RunStateError(id, "cancelled", "continue"))``.
+
+    A cancel request is seen when the store pushes a change of the run (``sends``
+    of a `MailboxStore`: at once, from any process where the store can push,
+    PostgreSQL and Redis; from this process only for SQLite and memory), or at the
+    latest at the next renewal, which the store refuses while a cancel is
+    requested.  Either way the keeper then reads the run once (``store.info``) to
+    tell a cancel from a lost lease: no store call is made unless it is woken.
+
+    The keeping task is started beside the run rather than in a task group of its
+    own: opening a task group costs more than the rest of a short run's bookkeeping.
+    For a store that pushes nothing, it is started only once the first renewal is
+    due (a timer until then, the cheapest thing each loop has), since most runs end
+    before it.  The task never raises (a failed renewal is retried until the lease
+    would have run out), and `stop` cancels it; a renewal still in flight then is a
+    compare-and-set on the owner, so it cannot touch the run once it has ended.
+    Losing the run is the one cancellation this scope owns: it cancels the body's
+    scope, nothing else.
     """
 
     __slots__ = (
         "_lease",
         "_owner",
+        "_pushes",
         "_stop",
         "_store",
         "_workflow_id",
         "body_scope",
+        "cancel_requested",
         "loop",
         "lost",
     )
 
     def __init__(
-        self, store: LeaseStore, workflow_id: str, owner: str, lease: float, loop: Loop
+        self,
+        store: LeaseStore,
+        workflow_id: str,
+        owner: str,
+        lease: float,
+        loop: Loop,
+        pushes: bool = False,
     ) -> None:
         self._store = store
         self._workflow_id = workflow_id
         self._owner = owner
         self._lease = lease
+        self._pushes = pushes
         self.loop = loop
         self.lost = False
+        self.cancel_requested = False
         self.body_scope = loop.cancel_scope()
         self._stop: Callable[[], object] | None = None
 
     def start(self) -> None:
-        """Start renewing from a system task started only once the first renewal is due
-        (a timer until then, the cheapest thing each loop has), since most runs end
-        before it."""
-        # A bound method, not a closure: every run starts one.
-        self._stop = self.loop.call_later_coarse(self._lease / 3, self._spawn)
+        """Start keeping the run: at once where the store can tell about a cancel
+        request (it watches for the store's pushes), else from a timer when the first
+        renewal is due."""
+        if self._pushes:
+            self._spawn()
+        else:
+            # A bound method, not a closure: every run starts one.
+            self._stop = self.loop.call_later_coarse(self._lease / 3, self._spawn)
 
     def _spawn(self) -> None:
         self._stop = self.loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
@@ -1043,22 +1124,87 @@ class _LeaseKeeper:
         self._stop = None
 
     async def _keep(self) -> None:
-        wait = 0.0
+        interval = self._lease / 3
+        if not self._pushes:
+            # Started by the timer when the first renewal is due.
+            await self._renewals(0.0, interval)
+            return
+        try:
+            watch = cast(MailboxStore, self._store).sends(self._workflow_id)
+        except Exception as exc:  # a closed store: its renewals will say what is wrong
+            logger.warning(
+                "cannot watch run %r for cancel requests (%s)", self._workflow_id, describe(exc)
+            )
+            await self._renewals(interval, interval)
+            return
+        with watch:
+            due = anyio.current_time() + interval
+            while True:
+                with anyio.move_on_after(max(due - anyio.current_time(), 0.0)):
+                    await watch.wait()
+                    # A change of this run was pushed (a send, a cancel request...).
+                    if await self._cancelled_here():
+                        return
+                    continue
+                if not await self._renew():
+                    return
+                due = anyio.current_time() + interval
+
+    async def _renewals(self, first: float, interval: float) -> None:
+        """Renew every ``interval`` seconds, the first after ``first``, until the run
+        is taken from this worker."""
+        wait = first
         while True:
             await anyio.sleep(wait)
-            wait = self._lease / 3
-            try:
-                held = await self._store.renew(
-                    self._workflow_id, owner=self._owner, lease=self._lease
-                )
-            except Exception:
-                # A blip: keep trying until the lease would have run out.
-                logger.warning("could not renew the lease on run %r", self._workflow_id)
-                continue
-            if not held:
-                self.lost = True
-                self.body_scope.cancel()
+            wait = interval
+            if not await self._renew():
                 return
+
+    async def _renew(self) -> bool:
+        """Renew the lease; ``False`` once the run was taken from this worker (the body
+        is cancelled then)."""
+        try:
+            held = await self._store.renew(self._workflow_id, owner=self._owner, lease=self._lease)
+        except Exception:
+            # A blip: keep trying until the lease would have run out.
+            logger.warning("could not renew the lease on run %r", self._workflow_id)
+            return True
+        if held:
+            return True
+        # Refused: a cancel request (the lease is still ours) or a lost lease.
+        if not await self._cancelled_here(lost_otherwise=True):
+            self.lost = True
+            self.body_scope.cancel()
+        return False
+
+    async def _cancelled_here(self, *, lost_otherwise: bool = False) -> bool:
+        """Read the run; if a cancel was requested while this worker holds it, cancel
+        the body and say so.  A failed read says no (logged); after a refused renewal
+        (``lost_otherwise``) the caller then treats the lease as lost."""
+        info_of = getattr(self._store, "info", None)
+        if info_of is None:
+            return False
+        try:
+            info: object = await info_of(self._workflow_id)
+        except Exception as exc:
+            if lost_otherwise:
+                logger.warning(
+                    "could not read run %r after its lease renewal was refused (%s)",
+                    self._workflow_id,
+                    describe(exc),
+                )
+            return False
+        # `cancel_requested` is read with a default: a store that cannot be asked to
+        # cancel has no such field.
+        if (
+            info is None
+            or not getattr(info, "cancel_requested", False)
+            or getattr(info, "lease_owner", None) != self._owner
+        ):
+            return False
+        self.cancel_requested = True
+        self.body_scope.cancel()
+        return True
 
 
 async def _release(store: LeaseStore, workflow_id: str, owner: str, bound: float) -> None:
@@ -1090,8 +1236,8 @@ async def _record_end(
             )
         return
     metadata = {
-        "error": _error_text(result.error),
-        "last_attempt": iso_from_epoch(run.clock.time()),
+        ERROR_KEY: _error_text(result.error),
+        LAST_ATTEMPT_KEY: iso_from_epoch(run.clock.time()),
     }
     await _call_finish(
         target,

@@ -65,8 +65,10 @@ from ._store import (
     EncodedStep,
     LeaseStore,
     MailboxStore,
+    QueueStore,
     SendWatch,
     SnapshotStore,
+    StoredSchedule,
 )
 from ._waiting import approve, pending_approvals, reject, resolve_hook, send
 from ._waits import Approval, Hook
@@ -109,6 +111,7 @@ __all__ = [
     "MailboxStore",
     "Ok",
     "OnUnavailable",
+    "QueueStore",
     "RateLimitExceededError",
     "RateLimiter",
     "RecoveredRun",
@@ -133,6 +136,7 @@ __all__ = [
     "SharedStateUnavailableError",
     "SnapshotDecodeError",
     "SnapshotInfo",
+    "StoredSchedule",
     "SnapshotPage",
     "SnapshotStore",
     "Step",

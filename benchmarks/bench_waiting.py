@@ -37,6 +37,7 @@
    of RSS per parked run above the idle host.
 
     python benchmarks/bench_waiting.py [--quick] [--json PATH] [--only latency|memory]
+        [--stores sqlite,postgres,redis] [--no-dbos] [--samples N] [--parked N]
 """
 
 from __future__ import annotations
@@ -238,15 +239,48 @@ async def our_latency(kind: str, store: Any, sender: Sender, count: int, tag: st
         resumed[ctx.workflow_id] = time.monotonic_ns()
         return value
 
+    driver = store._driver
+    receive = driver.receive
+    looked: set[str] = set()
+
+    async def receive_and_note(id: str, *args: Any, **kwargs: Any) -> Any:
+        got = await receive(id, *args, **kwargs)
+        if got is None:
+            looked.add(id)
+        return got
+
+    # The run waits once its look found nothing: it watches for sends before it looks
+    # (`_waiting._receive_until`), so then it is listening.  (Another watcher of the
+    # run, the lease keeper's, registers at the claim already: the front's table of
+    # waiters alone does not say the run is waiting.)
+    driver.receive = receive_and_note
+    samples = []
+    try:
+        samples = await _our_samples(store, workflow, body, resumed, sender, count, tag, looked)
+    finally:
+        del driver.receive
+    return samples
+
+
+async def _our_samples(
+    store: Any,
+    workflow: Any,
+    body: Any,
+    resumed: dict[str, int],
+    sender: Sender,
+    count: int,
+    tag: str,
+    looked: set[str],
+) -> list[float]:
     channel = store._driver.channel
     samples = []
     for n in range(count):
         run_id = f"{tag}-{n}"
 
         def registered(run_id: str = run_id) -> bool:
-            # The run's waiter is in the front's table: it is recorded waiting and
-            # listening (`StoreFront.next_send`).
-            return bool(_front._local.get(channel, {}).get((run_id,)))
+            # The run looked for its value, found none, and its waiter is in the
+            # front's table (`StoreFront.sends`).
+            return run_id in looked and bool(_front._local.get(channel, {}).get((run_id,)))
 
         outcome: list[Any] = []
         with anyio.fail_after(60):  # a lost wake-up is caught at the poll interval (5 s)
@@ -429,6 +463,10 @@ def main() -> int:
     parser.add_argument("--only", choices=("latency", "memory"))
     parser.add_argument("--samples", type=int)
     parser.add_argument("--parked", type=int)
+    parser.add_argument(
+        "--stores", default="sqlite,postgres,redis", help="comma-separated: sqlite,postgres,redis"
+    )
+    parser.add_argument("--no-dbos", action="store_true", help="leave out the DBOS comparison")
     args = parser.parse_args()
     samples, parked, batch = (60, 2_000, 500) if args.quick else (200, 10_000, 500)
     samples = args.samples or samples
@@ -438,10 +476,13 @@ def main() -> int:
     report: dict[str, Any] = {"samples": samples, "warmup": WARMUP}
 
     if args.only in (None, "latency"):
-        stores = ["sqlite"]
+        wanted = set(args.stores.split(","))
+        stores = ["sqlite"] if "sqlite" in wanted else []
         for kind, reachable in (("postgres", _pg_reachable()), ("redis", _redis_reachable())):
+            if kind not in wanted:
+                continue
             if reachable is None:
-                stores.insert(len(stores) - 1, kind)
+                stores.insert(len(stores) - ("sqlite" in stores), kind)
             else:
                 print(f"{kind}: skipped ({reachable})")
                 report[kind] = {"skipped": reachable}
@@ -450,7 +491,7 @@ def main() -> int:
             for backend in BACKENDS:
                 print(f"  {kind} on {backend} ...", flush=True)
                 report[kind][backend] = anyio.run(measure_store, kind, samples, backend=backend)
-        if "postgres" in stores:
+        if "postgres" in stores and not args.no_dbos:
             why = bench_dbos.dbos_missing()
             if why is None:
                 print("  DBOS on asyncio ...", flush=True)

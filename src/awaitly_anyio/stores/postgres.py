@@ -699,9 +699,12 @@ class _PostgresDriver:
 
     async def watch(self, woken: Callable[[str], object]) -> None:
         """``LISTEN`` on a connection of its own (a new one for a DSN, one taken from the
-        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the caller's
-        loop.  Raises ``ConnectionError`` when that connection is lost, and what
-        connecting raises.  The connection is closed (or given back) when it ends."""
+        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the driver
+        loop as it arrives (the hosted asyncio loop's thread under trio: ``woken`` must
+        be thread-safe, as the front's is), or on the caller's loop for an id sent as
+        its digest (too long for a payload).  Raises ``ConnectionError`` when that
+        connection is lost, and what connecting raises.  The connection is closed (or
+        given back) when it ends."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
         if self._dsn is None and not _loops.current().drives_asyncio:
@@ -709,7 +712,7 @@ class _PostgresDriver:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
-        listener = _Listener(self.name, self.sql)
+        listener = _Listener(self.name, self.sql, woken)
         self._listeners.add(listener)
         try:
             await self._loop.call(listener.start, self._dsn, self._pool)
@@ -821,12 +824,15 @@ def _digest(text: str) -> bytes:
 
 
 class _Listener:
-    """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop: the
-    notifications queue up until `next` takes them; `stop` closes it (or gives it back
-    to the pool it came from).  Every method runs on the driver loop."""
+    """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop: a
+    notification naming its run calls ``woken`` at once, from asyncpg's callback (the
+    delivery's hot path: no hop through `next`, which under trio would be one more
+    crossing between threads); one naming a digest (a long id) and the connection's
+    loss queue up until `next` takes them; `stop` closes it (or gives it back to the
+    pool it came from).  Every method runs on the driver loop."""
 
-    def __init__(self, name: str, sql: Statements) -> None:
-        self._name, self._sql = name, sql
+    def __init__(self, name: str, sql: Statements, woken: Callable[[str], object]) -> None:
+        self._name, self._sql, self._woken = name, sql, woken
         self._connection: Any = None
         self._pool: Any = None
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -853,14 +859,20 @@ class _Listener:
         await connection.add_listener(self._sql.channel, self._notified)
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._queue.put_nowait(payload)
+        if payload.startswith("="):
+            # A wake-up for a caller whose loop has ended meanwhile wakes nobody.
+            with contextlib.suppress(RuntimeError):
+                self._woken(payload[1:])
+        else:
+            self._queue.put_nowait(payload)
 
     def _terminated(self, connection: Any) -> None:
         self._queue.put_nowait(None)
 
     async def next(self) -> builtins.list[str]:
-        """The run ids notified since the last call (waiting for one); raises
-        ``ConnectionError`` once the connection is lost and what it brought is taken."""
+        """The run ids notified by digest since the last call (waiting for one); raises
+        ``ConnectionError`` once the connection is lost and what it brought is taken.
+        (Ids notified as themselves went to ``woken`` already.)"""
         if self._lost:
             raise ConnectionError(f"{self._name} lost its connection listening for wake-ups")
         payloads = [await self._queue.get()]

@@ -254,17 +254,27 @@ class SharedRedis:
         host, port = kwargs.get("host", "?"), kwargs.get("port", "?")
         return f"the given client ({redact_text(str(host))}:{redact_text(str(port))})"
 
+    def _connection_kwargs(self) -> Any:
+        if self._url is not None:
+            return _redis_asyncio().connection.parse_url(self._url)
+        return getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
+
+    @property
+    def database(self) -> int:
+        """The number of the Redis database it reaches (``0`` unless the URL or client
+        names another).  Pub/sub channels are server-wide, not per database: a channel
+        name that must stay within one database carries it."""
+        try:
+            return int(self._connection_kwargs().get("db") or 0)
+        except (TypeError, ValueError):
+            return 0
+
     @property
     def identity(self) -> str:
         """Which Redis database, as ``redis://host:port/db`` (or ``unix://path?db=n``), the
         same for every URL or client reaching it, without user name or password."""
-        if self._url is not None:
-            kwargs: Any = _redis_asyncio().connection.parse_url(self._url)
-        else:
-            kwargs = getattr(
-                getattr(self._client, "connection_pool", None), "connection_kwargs", {}
-            )
-        db = kwargs.get("db") or 0
+        kwargs: Any = self._connection_kwargs()
+        db = self.database
         if kwargs.get("path"):
             return f"unix://{kwargs['path']}?db={db}"
         host = str(kwargs.get("host") or "localhost").lower()

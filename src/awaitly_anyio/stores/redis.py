@@ -15,7 +15,18 @@ Keys, under ``prefix`` (default ``awaitly:``):
     {prefix}active       sorted set: running and cancelled ids, for recovery
     {prefix}waiting      sorted set: waiting ids that have a deadline, by ``wake_at``,
                          so that recovery finds the due ones without reading the others
-    {prefix}wake         the pub/sub channel a send publishes the run's id on
+    {prefix}queue:{q}    sorted set: queue ``q``'s pending runs by priority (members
+                         are the runs' ``queue_entry``: creation time, NUL, id)
+    {prefix}qrun:{q}     hash: queue ``q``'s started runs that have not ended -> their
+                         partition (checked run by run when a cap counts them)
+    {prefix}qstart:{q}   sorted set: queue ``q``'s starts by time, for its rate cap
+    {prefix}qwindow      hash: queue -> the window of its last rate cap (how long
+                         starts are kept)
+    {prefix}schedules    hash: schedule name -> spec JSON
+    {prefix}schedule-ticks  hash: schedule name -> last tick
+    {prefix}wake:db{n}   the pub/sub channel a send, an enqueue, a cancel request and the
+                         end of a queued run publish the run's id on (pub/sub is
+                         server-wide: the database number keeps two databases apart)
 
 A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
@@ -33,6 +44,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import math
+import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +65,7 @@ from ._driver import (
     EndTerms,
     LeaseLost,
     ListedRow,
+    QueueCaps,
     RowUnreadable,
     RunEnded,
     RunMissing,
@@ -153,7 +166,14 @@ _FIELDS = (
     "wait_key",
     "wait_kind",
     "wake_at",
+    "queue",
+    "priority",
+    "partition",
+    "started_at",
+    "cancel_at",
 )
+"""The run hash's fields, in `RunRow`'s order.  The queue fields came later: a run
+written before them lacks them, and reads as not queued."""
 
 _PLACE = "\x00"
 """The steps hash's fields that order the steps start with it (see the module's doc)."""
@@ -212,6 +232,16 @@ def _parse(fields: Mapping[str, str | None]) -> tuple[RunRow, bool]:
     def opt_num(name: str) -> Any:
         return None if fields.get(name) == "" else num(name)
 
+    def later_num(name: str) -> Any:
+        # A field added in a later release: absent or empty reads as none.
+        return num(name) if fields.get(name) else None
+
+    priority: Any = fields.get("priority") or 0
+    try:
+        priority = int(priority)
+    except (TypeError, ValueError):
+        whole = False
+
     version: Any = field("format_version")
     try:
         version = int(version)
@@ -232,6 +262,11 @@ def _parse(fields: Mapping[str, str | None]) -> tuple[RunRow, bool]:
         wait_key=opt("wait_key"),
         wait_kind=opt("wait_kind"),
         wake_at=num("wake_at") if fields.get("wake_at") else None,
+        queue=opt("queue"),
+        priority=priority,
+        partition=opt("partition"),
+        started_at=later_num("started_at"),
+        cancel_at=later_num("cancel_at"),
     )
     return row, whole
 
@@ -240,8 +275,23 @@ def _row(fields: Mapping[str, str | None]) -> RunRow:
     return _parse(fields)[0]
 
 
-def _fields(row: RunRow, *, lease: bool, wait: bool = False) -> dict[str, str]:
-    """A run row as its hash's fields, with or without the lease and the pending wait."""
+def _entry(id: str, row: RunRow) -> str:
+    """Queued run ``id``'s member in its queue's sorted set (``''`` for a run without a
+    queue): its ``created_at`` as 16 hex digits that sort as the times do (the IEEE
+    bits, sign bit flipped; all bits flipped for a negative time), NUL, its id.  Equal
+    priorities (the score) then come out oldest first, then by id."""
+    if row.queue is None:
+        return ""
+    created: object = row.created_at
+    at = created if isinstance(created, float) else 0.0
+    (bits,) = struct.unpack(">Q", struct.pack(">d", at))
+    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
+    return f"{bits:016x}\x00{id}"
+
+
+def _fields(id: str, row: RunRow, *, lease: bool, wait: bool = False) -> dict[str, str]:
+    """Run ``id``'s row as its hash's fields, with or without the lease and the pending
+    wait."""
     fields = {
         "workflow_name": row.workflow_name,
         "status": row.status,
@@ -251,6 +301,12 @@ def _fields(row: RunRow, *, lease: bool, wait: bool = False) -> dict[str, str]:
         "updated_at": _num(row.updated_at),
         "expires_at": _num(row.expires_at),
         "format_version": str(row.format_version),
+        "queue": row.queue or "",
+        "priority": str(row.priority),
+        "partition": row.partition or "",
+        "started_at": _num(row.started_at),
+        "cancel_at": _num(row.cancel_at),
+        "queue_entry": _entry(id, row),
     }
     if lease:
         fields["lease_owner"] = row.lease_owner or ""
@@ -306,11 +362,12 @@ def _due(row: RunRow, now: float) -> bool:
 
 def _abandoned(row: RunRow, now: float, wanted: set[str] | None) -> bool:
     """Whether live ``row`` is one recovery may take: running or cancelled, or waiting
-    and due, its lease free or run out, its workflow among ``wanted`` (any, when
-    ``None``)."""
+    and due, no cancel requested, its lease free or run out, its workflow among
+    ``wanted`` (any, when ``None``)."""
     lease: object = row.lease_expires_at
     return (
         (row.status in _ACTIVE or _due(row, now))
+        and row.cancel_at is None
         and (wanted is None or row.workflow_name in wanted)
         and _live(row, now)
         and (lease is None or (isinstance(lease, float) and lease <= now))
@@ -355,7 +412,8 @@ class _RedisDriver:
         self._index = f"{prefix}index"
         self._active = f"{prefix}active"
         self._waiting = f"{prefix}waiting"
-        self._wake = f"{prefix}wake"
+        self._wake = f"{prefix}wake:db{redis.database}"
+        self._schedules = [f"{prefix}schedules", f"{prefix}schedule-ticks"]
 
     def keys_of(self, id: str) -> tuple[str, str]:
         """The run hash and steps hash keys of run ``id``."""
@@ -427,25 +485,56 @@ class _RedisDriver:
         return await self._call(transact)
 
     def _rewrite(
-        self, id: str, row: RunRow, now: float, *, drop: bool, lease: bool, wait: bool = False
+        self,
+        id: str,
+        row: RunRow,
+        now: float,
+        *,
+        drop: bool,
+        lease: bool,
+        old: RunRow | None,
+        wait: bool = False,
     ) -> _Write:
-        """Queue writing running ``row`` over run ``id`` (after dropping its keys and
-        messages, with ``drop``; with its lease, with ``lease``; with its pending wait,
-        with ``wait``, else the stored one stays), never to expire, active at ``now``."""
+        """Queue writing ``row`` (a restarted run: running, or pending in its queue) over
+        run ``id``, whose stored row was ``old`` (after dropping its keys and messages,
+        with ``drop``; with its lease, with ``lease``; with its pending wait, with
+        ``wait``, else the stored one stays), never to expire, at ``now``."""
         mail_key = self._mail_of(id)
 
         def write(pipe: Any, run_key: str, steps_key: str) -> None:
+            if old is not None:
+                self._unqueue(pipe, id, old)
             if drop:
                 pipe.delete(run_key, steps_key, mail_key)
-            pipe.hset(run_key, mapping=_fields(row, lease=lease, wait=wait))
+            pipe.hset(run_key, mapping=_fields(id, row, lease=lease, wait=wait))
             pipe.persist(run_key)
             pipe.persist(steps_key)
             pipe.persist(mail_key)
             pipe.zadd(self._index, {id: now})
-            pipe.zadd(self._active, {id: now})
-            pipe.zrem(self._waiting, id)  # running: not waiting
+            if row.status == "running" or (row.status == "cancelled" and row.cancel_at is None):
+                pipe.zadd(self._active, {id: now})
+            else:
+                pipe.zrem(self._active, id)
+            pipe.zrem(self._waiting, id)  # a restarted run does not wait
+            self._requeue(pipe, id, row)
 
         return write
+
+    def _unqueue(self, pipe: Any, id: str, row: RunRow) -> None:
+        """Queue taking run ``id`` (stored as ``row``) out of its queue's keys."""
+        if row.queue is not None:
+            pipe.zrem(f"{self._prefix}queue:{row.queue}", _entry(id, row))
+            pipe.hdel(f"{self._prefix}qrun:{row.queue}", id)
+
+    def _requeue(self, pipe: Any, id: str, row: RunRow) -> None:
+        """Queue putting run ``id`` (written as ``row``) into its queue's keys, as its
+        status says (the Lua scripts' ``requeue``)."""
+        if row.queue is None:
+            return
+        if row.status == "pending":
+            pipe.zadd(f"{self._prefix}queue:{row.queue}", {_entry(id, row): row.priority})
+        elif row.status in ("running", "waiting"):
+            pipe.hset(f"{self._prefix}qrun:{row.queue}", id, row.partition or "")
 
     # ---- RowDriver ---------------------------------------------------------------------
 
@@ -482,7 +571,13 @@ class _RedisDriver:
             _num(now),
             _ttl_ms(row.expires_at, now),
             row.status,
-            *[text for pair in _fields(row, lease=False).items() for text in pair],
+            self._prefix,
+            row.queue or "",
+            _entry(id, row),
+            str(row.priority),
+            row.partition or "",
+            _num(row.cancel_at),
+            *[text for pair in _fields(id, row, lease=False).items() for text in pair],
             "--",
         ]
         for key, text in steps:
@@ -494,7 +589,9 @@ class _RedisDriver:
         await self._script(lua.SAVE, self._all_keys(id), args)
 
     async def delete(self, id: str, now: float) -> bool:
-        return bool(await self._script(lua.DELETE, self._all_keys(id), [id, _num(now)]))
+        return bool(
+            await self._script(lua.DELETE, self._all_keys(id), [id, _num(now), self._prefix])
+        )
 
     async def start_run(
         self, id: str, now: float, restart: Callable[[RunRow | None], RunRow]
@@ -502,7 +599,9 @@ class _RedisDriver:
         def change(row: RunRow | None) -> tuple[None, _Write]:
             live = row if _live(row, now) else None
             # Without its lease fields, so a stored lease is kept.
-            return None, self._rewrite(id, restart(live), now, drop=live is None, lease=False)
+            return None, self._rewrite(
+                id, restart(live), now, drop=live is None, lease=False, old=row
+            )
 
         await self._update(id, change)
 
@@ -535,6 +634,8 @@ class _RedisDriver:
                         end.result_json or "",
                         _num(expires_at),
                         _ttl_ms(expires_at, now),
+                        self._prefix,
+                        self._wake,
                     ],
                 )
             except _import_redis().ResponseError as exc:
@@ -571,9 +672,9 @@ class _RedisDriver:
                     },
                 )
                 pipe.zadd(self._index, {id: now})
-                if end.status == "cancelled":
+                if end.status == "cancelled" and row.cancel_at is None:
                     pipe.zadd(self._active, {id: now})
-                else:
+                else:  # a run cancelled on request is never recovered
                     pipe.zrem(self._active, id)
                 pipe.zrem(self._waiting, id)
                 ttl_ms = _ttl_ms(expires_at, now)
@@ -581,6 +682,9 @@ class _RedisDriver:
                     pipe.pexpire(run_key, int(ttl_ms))
                     pipe.pexpire(steps_key, int(ttl_ms))
                     pipe.pexpire(self._mail_of(id), int(ttl_ms))
+                if row.queue is not None:  # its handle may wait in another process
+                    self._unqueue(pipe, id, row)
+                    pipe.publish(self._wake, id)
 
             return None, write
 
@@ -607,13 +711,13 @@ class _RedisDriver:
 
         def change(row: RunRow | None, steps: dict[str, str]) -> tuple[Claim, _Write | None]:
             if row is None or not _live(row, now):
-                return terms.fresh, self._rewrite(id, fresh, now, drop=True, lease=True)
+                return terms.fresh, self._rewrite(id, fresh, now, drop=True, lease=True, old=row)
             refused = terms.check(row)
             if refused is not None:
                 return refused, None
             # Decoded (by the front) before anything is written: a damaged run stays.
             taken, claim = terms.take(row, _in_order(steps))
-            return claim, self._rewrite(id, taken, now, drop=False, lease=True, wait=True)
+            return claim, self._rewrite(id, taken, now, drop=False, lease=True, wait=True, old=row)
 
         outcome: Claim = await self._update(id, change, with_steps=True)
         return outcome
@@ -788,7 +892,7 @@ class _RedisDriver:
     async def _forget(self, ids: Sequence[str], now: float) -> int:
         """Drop index entries of runs that are gone or expired (and such runs' keys)."""
         for id in ids:
-            await self._script(lua.DELETE, self._all_keys(id), [id, _num(now)])
+            await self._script(lua.DELETE, self._all_keys(id), [id, _num(now), self._prefix])
         return len(ids)
 
     async def purge(self, now: float) -> int:
@@ -812,6 +916,8 @@ class _RedisDriver:
 
     @property
     def channel(self) -> str:
+        # The identity names the database (redis://host:port/db): two stores on databases
+        # 0 and 1 with one prefix have two channels.
         return f"{self._redis.identity} prefix={self._prefix!r}"
 
     async def send(self, id: str, key: str, json: str, now: float, once: str | None) -> None:
@@ -835,50 +941,32 @@ class _RedisDriver:
         id: str,
         key: str,
         step: str,
-        record: Callable[[str], str],
+        head: str,
+        tail: str,
         now: float,
         owner: str | None,
+        sent_by: float | None,
     ) -> str | None:
-        run_key, steps_key = self.keys_of(id)
-        mail_key = self._mail_of(id)
-        redis = _import_redis()
-        while True:
-            # Read the oldest message, make its record here, then take it if it is still
-            # the oldest (a script cannot call ``record``): two round trips, no WATCH.
-            try:
-                peeked = await self._script(
-                    lua.PEEK_MESSAGE,
-                    [run_key, steps_key, mail_key],
-                    [_num(now), owner or "", key, step],
-                )
-            except redis.ResponseError as exc:
-                raise _unreadable(run_key, exc) from None
-            if peeked == 0:
-                raise RunMissing
-            if peeked == -1:
-                raise LeaseLost
-            if not isinstance(peeked, builtins.list):
-                return None  # nothing pending, or the step is recorded
-            found: builtins.list[Any] = peeked  # pyright: ignore[reportUnknownVariableType]
-            number, value = str(found[0]), str(found[1])
-            text = record(value)  # may raise: nothing is written
-            try:
-                taken = await self._script(
-                    lua.TAKE_MESSAGE,
-                    [run_key, steps_key, mail_key, self._waiting, self._active],
-                    [_num(now), owner or "", key, step, number, text, id],
-                )
-            except redis.ResponseError as exc:
-                raise _unreadable(run_key, exc) from None
-            if taken == 1:
-                return value
-            if taken == 0:
-                raise RunMissing
-            if taken == -1:
-                raise LeaseLost
-            if taken == 2:
-                return None  # recorded meanwhile (by another receiver)
-            # 3: another receiver took that message meanwhile; read the next one.
+        # One script call: the record is ``head + value + tail``, made in Lua.
+        prefix = self._prefix
+        run_key = f"{prefix}run:{id}"
+        try:
+            taken = await self._redis.run(
+                lua.RECEIVE,
+                [run_key, f"{prefix}steps:{id}", f"{prefix}mail:{id}", self._waiting, self._active],
+                [_num(now), owner or "", key, step, head, tail, _num(sent_by), id],
+            )
+        except _import_redis().ResponseError as exc:
+            raise _unreadable(run_key, exc) from None
+        if isinstance(taken, str):
+            return taken
+        if isinstance(taken, bytes):  # a given client that does not decode
+            return taken.decode("utf-8")
+        if taken == 0:
+            raise RunMissing
+        if taken == -1:
+            raise LeaseLost
+        return None  # nothing pending (in time), or the step is recorded
 
     async def begin_wait(
         self, id: str, wait: WaitRow, now: float, owner: str | None
@@ -917,6 +1005,114 @@ class _RedisDriver:
         finally:
             with anyio.move_on_after(_CLOSE_BOUND, shield=True):
                 await subscription.aclose()
+
+    # ---- queues, cancel requests, schedules ----------------------------------------------
+
+    async def enqueue(self, id: str, row: RunRow, now: float) -> RunRow | None:
+        keys = [*self.keys_of(id), self._mail_of(id), self._index, self._active, self._waiting]
+        args: builtins.list[Any] = [
+            id,
+            _num(now),
+            self._prefix,
+            self._wake,
+            row.queue or "",
+            _entry(id, row),
+            str(row.priority),
+            row.partition or "",
+            _ttl_ms(row.expires_at, now),
+        ]
+        args += [text for pair in _fields(id, row, lease=True, wait=True).items() for text in pair]
+        try:
+            stored = await self._script(lua.ENQUEUE, keys, args)
+        except _import_redis().ResponseError as exc:
+            raise _unreadable(keys[0], exc) from None
+        if stored == 1:
+            return None
+        return _row(_pairs(stored))
+
+    async def claim_queued(
+        self,
+        queue: str,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        caps: QueueCaps,
+    ) -> builtins.list[tuple[str, RunRow]]:
+        prefix = self._prefix
+        rate = caps.rate
+        keys = [
+            f"{prefix}queue:{queue}",
+            f"{prefix}qrun:{queue}",
+            f"{prefix}qstart:{queue}",
+            self._index,
+            self._active,
+            f"{prefix}qwindow",
+        ]
+        args = [
+            _num(now),
+            owner,
+            _num(until),
+            str(limit),
+            "" if caps.concurrency is None else str(caps.concurrency),
+            "" if caps.partition_concurrency is None else str(caps.partition_concurrency),
+            "" if rate is None else str(rate[0]),
+            "" if rate is None else _num(now - rate[1]),
+            prefix,
+            queue,
+            "" if rate is None else _num(rate[1]),
+        ]
+        taken: builtins.list[Any] = await self._script(lua.CLAIM_QUEUED, keys, args)
+        return [(str(taken[n]), _row(_pairs(taken[n + 1]))) for n in range(0, len(taken), 2)]
+
+    async def request_cancel(self, id: str, now: float) -> str:
+        run_key = self.keys_of(id)[0]
+        try:
+            had = await self._script(
+                lua.REQUEST_CANCEL,
+                [run_key, self._waiting, self._active, self._index],
+                [_num(now), id, self._prefix, self._wake],
+            )
+        except _import_redis().ResponseError as exc:
+            raise _unreadable(run_key, exc) from None
+        if had == 0:
+            raise RunMissing
+        if isinstance(had, builtins.list):
+            ended: builtins.list[Any] = had  # pyright: ignore[reportUnknownVariableType]
+            raise RunEnded(str(ended[0]))
+        return str(had)
+
+    async def notify(self, id: str) -> None:
+        await self._script(lua.NOTIFY, [self._wake], [id])
+
+    async def put_schedule(self, name: str, spec_json: str, now: float) -> None:
+        await self._script(lua.PUT_SCHEDULE, self._schedules, [name, spec_json])
+
+    async def schedules(self) -> builtins.list[tuple[str, str, float | None]]:
+        specs, ticks = await self._script(lua.SCHEDULES, self._schedules, [])
+        last = _pairs(ticks)
+        found: builtins.list[tuple[str, str, float | None]] = []
+        for name, spec in sorted(_pairs(specs).items()):
+            tick: float | None = None
+            with contextlib.suppress(TypeError, ValueError):
+                tick = float(last[name]) if last.get(name) else None
+            found.append((name, spec, tick))
+        return found
+
+    async def delete_schedule(self, name: str) -> bool:
+        return bool(await self._script(lua.DELETE_SCHEDULE, self._schedules, [name]))
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        moved = await self._script(
+            lua.ADVANCE_SCHEDULE, self._schedules, [name, _num(expected), _num(tick)]
+        )
+        return bool(moved)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A hash Lua returned as ``[field, value, ...]`` as a dict."""
+    items: builtins.list[Any] = builtins.list(flat)
+    return {str(items[n]): str(items[n + 1]) for n in range(0, len(items) - 1, 2)}
 
 
 _CLOSE_BOUND = 5.0

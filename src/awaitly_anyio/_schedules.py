@@ -184,7 +184,7 @@ def _check_priority(_: object, __: object, value: Any) -> None:
         raise ValueError(f"priority must be an int from 0 to 2**31-1, not {value!r}")
 
 
-def _check_bool(attribute: attrs.Attribute[Any], _: object, value: Any) -> None:
+def _check_bool(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be True or False, not {value!r}")
 

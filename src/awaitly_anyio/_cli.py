@@ -29,12 +29,14 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NoReturn, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
 
 import anyio
+import attrs
 
 from . import _loops
 from ._errors import (
@@ -42,13 +44,19 @@ from ._errors import (
     AwaitlyError,
     HookTokenError,
     RunFinishedError,
+    RunStateError,
     SerializationError,
     SnapshotDecodeError,
     StoreError,
 )
+from ._ids import uuid4_text
 from ._redact import redact_text, redact_url
 from ._rows import check_list_args, decode_cursor
-from ._snapshot import RUN_STATUSES, SnapshotInfo, WorkflowSnapshot
+from ._snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
+from ._store import QueueStore
+
+if TYPE_CHECKING:
+    from ._schedules import Schedule, ScheduleInfo
 from .serialization import dumps, snapshot_to_doc
 from .stores import open_store
 
@@ -212,6 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("id", help="the run's id")
     _add_options(delete, "action")
     _waiting_actions(actions)
+    _control_actions(actions)
+    _schedules_command(commands)
     return parser
 
 
@@ -285,6 +295,123 @@ def _waiting_actions(actions: Any) -> None:
     _add_options(hook, "action", output=False)
 
 
+_BULK_NOTE = (
+    "Without ID, every run the filters select (--status, --name, --older-than; at least"
+    " one): --dry-run lists them and changes nothing, --yes is required to act on them."
+    " A run that changes status meanwhile is skipped and reported; a damaged run is"
+    " never touched."
+)
+
+
+def _control_actions(actions: Any) -> None:
+    """The actions that control runs: cancel, resume (one run, or in bulk) and fork."""
+    for verb, does, statuses, after in (
+        (
+            "cancel",
+            "Cancel run ID: a pending run is cancelled at once and never starts; a running"
+            " or waiting run gets a cancel request, and the worker running it stops it and"
+            " records it cancelled (it is never recovered).",
+            _CANCELLABLE,
+            "a completed, failed or cancelled run cannot be cancelled",
+        ),
+        (
+            "resume",
+            "Resume run ID, failed or cancelled: it becomes runnable again (pending on its"
+            " queue if it has one, else running with no lease, for any worker's recovery"
+            " to take at once); its completed steps are kept, its failed steps run again.",
+            _RESUMABLE,
+            "only failed and cancelled runs can be resumed",
+        ),
+    ):
+        control = actions.add_parser(
+            verb,
+            help=f"{verb} one run, or the runs filters select",
+            description=f"{does}  {_BULK_NOTE}",
+            epilog=f"Exit status 1 when run ID is not there; 2 when {after}.",
+        )
+        control.add_argument("id", metavar="ID", nargs="?", help="the run's id")
+        control.add_argument(
+            "--status",
+            dest="statuses",
+            action="append",
+            metavar="STATUS",
+            help=(
+                "bulk: only runs with this status, repeatable (default: all of"
+                f" {', '.join(statuses)})"
+            ),
+        )
+        control.add_argument("--name", metavar="WORKFLOW", help="bulk: only runs of this workflow")
+        control.add_argument(
+            "--older-than",
+            metavar="DURATION",
+            help="bulk: only runs created longer ago than this: 30s, 15m, 2h, 7d, 1w, 1h30m",
+        )
+        control.add_argument(
+            "--dry-run", action="store_true", help="list what would be done; change nothing"
+        )
+        control.add_argument(
+            "--yes", action="store_true", help="bulk: do it (required without --dry-run)"
+        )
+        _add_options(control, "action")
+    fork = actions.add_parser(
+        "fork",
+        help="copy a run into a new run that reuses its completed steps",
+        description=(
+            "Start NEW_ID as a copy of run ID: the same workflow, input and queue, with the"
+            " steps ID recorded before --from-step KEY (without it: every completed step)."
+            "  The new run is runnable at once (pending on its queue if it has one, else"
+            " for any worker's recovery); run ID is left as it is.  Without NEW_ID a new"
+            " id is made up and printed."
+        ),
+        epilog=(
+            "Exit status 1 when run ID is not there; 2 when KEY is not one of its steps or"
+            " NEW_ID is already taken."
+        ),
+    )
+    fork.add_argument("id", metavar="ID", help="the run to copy")
+    fork.add_argument("new_id", metavar="NEW_ID", nargs="?", help="the new run's id")
+    fork.add_argument(
+        "--from-step",
+        metavar="KEY",
+        help="the first step to run again: the steps recorded before it are kept",
+    )
+    _add_options(fork, "action")
+
+
+def _schedules_command(commands: Any) -> None:
+    """``schedules list|pause|resume|remove``."""
+    schedules = commands.add_parser(
+        "schedules",
+        help="list, pause, resume or remove the schedules kept in a store",
+        description=(
+            "List, pause, resume or remove the schedules kept in a store.  Adding a"
+            " schedule needs the workflow it starts, which a command line does not have:"
+            " it is done from Python (awaitly_anyio's add_schedule), in the"
+            " application that registers the workflow."
+        ),
+        epilog=f"Run '{PROG} schedules ACTION --help' for an action's options.",
+    )
+    _add_options(schedules, "command")
+    actions = schedules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="every schedule, by name",
+        description=(
+            "List every schedule, by name: the workflow it starts, when (cron or"
+            " interval), on which queue, whether it is paused, and its last tick."
+        ),
+    )
+    _add_options(listing, "action")
+    for verb, does in (
+        ("pause", "Pause schedule NAME: no run is started for its ticks until it is resumed."),
+        ("resume", "Resume schedule NAME, paused: its ticks start runs again."),
+        ("remove", "Remove schedule NAME for good (the runs it started stay)."),
+    ):
+        action = actions.add_parser(verb, help=f"{verb} one schedule", description=does)
+        action.add_argument("name", metavar="NAME", help="the schedule's name")
+        _add_options(action, "action")
+
+
 def _option(args: argparse.Namespace, name: str) -> Any:
     """The value of an option written anywhere: the last one given, or ``None``."""
     value = None
@@ -351,6 +478,11 @@ def _info_doc(info: SnapshotInfo) -> dict[str, Any]:
         "waiting_for": info.waiting_for,
         "wait_kind": info.wait_kind,
         "wake_at": _iso(info.wake_at),
+        "queue": info.queue,
+        "priority": info.priority,
+        "partition": info.partition,
+        "started_at": _iso(info.started_at),
+        "cancel_requested": info.cancel_requested,
     }
 
 
@@ -381,6 +513,35 @@ def _wait_line(info: SnapshotInfo, now: datetime) -> str:
     if left > 0:
         return f"{until} ({_duration(left)} left)"
     return f"{until} (due {_duration(-left)} ago: a worker wakes it when it next looks)"
+
+
+def _queue_columns(rows: list[list[str]], infos: Sequence[SnapshotInfo]) -> None:
+    """Add to a listing's ``rows`` (a header, then one row per info) the queue columns
+    when any run has a queue, and a CANCEL column when any has a cancel requested."""
+    if any(i.queue is not None and not i.damaged for i in infos):
+        rows[0] += ["QUEUE", "PRIORITY", "PARTITION"]
+        for row, i in zip(rows[1:], infos, strict=True):
+            if i.queue is None or i.damaged:
+                row += ["", "", ""]
+            else:
+                partition = "-" if i.partition is None else _shown(i.partition)
+                row += [_shown(i.queue), str(i.priority), partition]
+    if any(i.cancel_requested and not i.damaged for i in infos):
+        rows[0] += ["CANCEL"]
+        for row, i in zip(rows[1:], infos, strict=True):
+            row += ["requested" if i.cancel_requested and not i.damaged else ""]
+
+
+def _queue_line(info: SnapshotInfo) -> str:
+    """The queue a run is on, its priority and partition."""
+    partition = "no partition" if info.partition is None else f"partition {info.partition!r}"
+    return f"{info.queue!r} (priority {info.priority}, {partition})"
+
+
+def _queue_doc(info: SnapshotInfo | None) -> dict[str, Any] | None:
+    if info is None or info.queue is None:
+        return None
+    return {"name": info.queue, "priority": info.priority, "partition": info.partition}
 
 
 def _wait_doc(info: SnapshotInfo | None) -> dict[str, Any] | None:
@@ -427,9 +588,17 @@ def _print_snapshot(
     out.write(f"run       {snapshot.workflow_id}\n")
     out.write(f"workflow  {snapshot.workflow_name}\n")
     out.write(f"status    {snapshot.status}\n")
+    if info is not None and info.status == "pending":
+        out.write("pending   queued: no worker has started it yet\n")
+    if info is not None and info.cancel_requested:
+        out.write("cancel    requested: the worker that runs it stops it, and it ends cancelled\n")
     if info is not None and info.status == "waiting":
         out.write(f"waiting   {_wait_line(info, now)}\n")
+    if info is not None and info.queue is not None:
+        out.write(f"queue     {_queue_line(info)}\n")
     out.write(f"created   {_time(snapshot.created_at)}\n")
+    if info is not None and info.started_at is not None:
+        out.write(f"started   {_time(info.started_at)}\n")
     out.write(f"updated   {_time(snapshot.updated_at)}\n")
     out.write(f"expires   {_time(snapshot.expires_at)}\n")
     out.write(f"lease     {_lease_line(info, now)}\n")
@@ -617,6 +786,13 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         check_list_args(args.prefix, args.status, args.limit)
         if args.cursor is not None:
             decode_cursor(args.cursor)
+    if args.command == "schedules":
+        async with _opened(url, source, where, options, create=create) as store:
+            return await _schedules(args, store, where, as_json, out, err)
+    if args.action in _CONTROL_ACTIONS:
+        selection = None if args.action == "fork" else _selection(args)
+        async with _opened(url, source, where, options, create=create) as store:
+            return await _control(args, selection, store, where, as_json, out, err)
     if args.action in _WAITING_ACTIONS:
         value = _json_value(args.value) if args.action in ("send", "resolve-hook") else None
         if args.action in ("pending", "approvals"):
@@ -654,6 +830,7 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 for row, i in zip(rows[1:], page, strict=True):
                     waiting = i.status == "waiting" and not i.damaged
                     row += [_waits_for(i, short=True), _time(i.wake_at)] if waiting else ["", ""]
+            _queue_columns(rows, page.items)
             _table(rows, out)
             for i in page:
                 if i.damaged:
@@ -679,6 +856,9 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 doc = snapshot_to_doc(snapshot)
                 doc["lease"] = _lease_doc(info, now)
                 doc["wait"] = _wait_doc(info)
+                doc["queue"] = _queue_doc(info)
+                doc["started_at"] = None if info is None else _iso(info.started_at)
+                doc["cancel_requested"] = info is not None and info.cancel_requested
                 out.write(dumps(doc) + "\n")
             else:
                 _print_snapshot(snapshot, info, now, out)
@@ -825,6 +1005,474 @@ def _print_pending(found: Sequence[SnapshotInfo], as_json: bool, out: TextIO) ->
         for i in found
     ]
     _table(rows, out)
+
+
+# ---- run control: cancel, resume, fork -----------------------------------------------------
+
+_CONTROL_ACTIONS = ("cancel", "resume", "fork")
+# The statuses each action takes a run from.
+_CANCELLABLE: tuple[RunStatus, ...] = ("pending", "running", "waiting")
+_RESUMABLE: tuple[RunStatus, ...] = ("failed", "cancelled")
+_FROM: dict[str, tuple[RunStatus, ...]] = {"cancel": _CANCELLABLE, "resume": _RESUMABLE}
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_LONGEST = 100 * 365 * 86400.0  # a longer age selects nothing a store can hold
+_PAGE = 1000  # runs read per list() call when selecting in bulk
+
+
+def parse_duration(text: str, flag: str = "--older-than") -> float:
+    """The seconds ``text`` names: a number and a unit (``s``, ``m``, ``h``, ``d``, ``w``),
+    or several in a row (``1h30m``).  ``ValueError`` naming ``flag`` and ``text`` for
+    anything else (no unit, a negative or unknown one, more than 100 years)."""
+    given = text.strip().lower()
+    parts = list(_DURATION_PART.finditer(given))
+    if not given or "".join(part.group(0) for part in parts) != given:
+        raise ValueError(
+            f"{flag} {text!r} is not a duration: write a number and a unit (s, m, h, d"
+            " or w), such as 30s, 15m, 2h, 7d or 1h30m"
+        )
+    seconds = sum(float(part.group(1)) * _UNITS[part.group(2)] for part in parts)
+    if seconds > _LONGEST:
+        raise ValueError(f"{flag} {text!r} is too long: at most 100 years")
+    return seconds
+
+
+@attrs.frozen
+class _Selection:
+    """The runs a bulk cancel or resume acts on."""
+
+    statuses: tuple[RunStatus, ...]
+    name: str | None
+    older_than: float | None  # seconds since the run was created
+
+
+def _selection(args: argparse.Namespace) -> _Selection | None:
+    """What ``runs cancel|resume`` acts on: ``None`` for run ``args.id``, else the
+    filters.  Every mistake is a `ValueError` naming it, raised before the store is
+    opened: filters with an id, neither, a status that is not one (or not one the
+    action takes a run from), an empty name, a bad duration, bulk without ``--yes``
+    (unless ``--dry-run``)."""
+    action = args.action
+    given = args.statuses is not None or args.name is not None or args.older_than is not None
+    if args.id is not None:
+        if given:
+            raise ValueError(
+                f"runs {action}: give a run ID or filters (--status, --name, --older-than),"
+                " not both"
+            )
+        return None
+    if not given:
+        raise ValueError(
+            f"runs {action}: give a run ID, or filters (--status, --name, --older-than)"
+            f" to {action} runs in bulk"
+        )
+    allowed = _FROM[action]
+    statuses: list[RunStatus] = []
+    for status in args.statuses or allowed:
+        if status not in RUN_STATUSES:
+            raise ValueError(
+                f"--status {status!r} is not a run status: use one of {', '.join(allowed)}"
+            )
+        if status not in allowed:
+            raise ValueError(
+                f"--status {status}: a {status} run cannot be {_done(action)}; use one of"
+                f" {', '.join(allowed)}"
+            )
+        if status not in statuses:
+            statuses.append(status)
+    if args.name is not None and not args.name.strip():
+        raise ValueError("--name is empty: give a workflow name")
+    older = None if args.older_than is None else parse_duration(args.older_than)
+    if not args.dry_run and not args.yes:
+        raise ValueError(
+            f"runs {action} with filters changes every run they select: add --yes to do"
+            " it, or --dry-run to list those runs first"
+        )
+    return _Selection(tuple(statuses), args.name, older)
+
+
+def _done(action: str) -> str:
+    return {"cancel": "cancelled", "resume": "resumed"}[action]
+
+
+def _check_queue_store(store: Any, where: str, what: str) -> None:
+    """A worded failure unless ``store`` is a `QueueStore` (it can do ``what``)."""
+    if not isinstance(store, QueueStore):
+        raise _Failure(f"store {where} cannot {what} (it is not a QueueStore)")
+
+
+async def _command(where: str, call: Awaitable[T]) -> T:
+    """``await call``, a control of runs: the refusals the caller words pass as they are
+    (`LookupError`: no such run; `RunStateError`: a run in the wrong status;
+    `ValueError`: a bad argument; `SnapshotDecodeError`: a run that cannot be decoded);
+    any other failure is the store's, one worded line.  Cancellation is never caught."""
+    try:
+        return await call
+    except (LookupError, RunStateError, ValueError, SnapshotDecodeError):
+        raise
+    except Exception as exc:
+        raise _Failure(f"store {where} failed: {_one_line(exc)}") from exc
+
+
+async def _control(
+    args: argparse.Namespace,
+    selection: _Selection | None,
+    store: Any,
+    where: str,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """``runs cancel|resume|fork`` on the open ``store``."""
+    _check_queue_store(store, where, f"{args.action} runs")
+    try:
+        if args.action == "fork":
+            await _fork(args, store, where, as_json, out)
+        elif selection is None:
+            await _control_one(args, store, where, as_json, out)
+        else:
+            await _control_bulk(args.action, selection, args.dry_run, store, where, as_json, out)
+    except _Missing as exc:
+        err.write(f"error: {exc}\n")
+        return 1
+    except SnapshotDecodeError as exc:
+        err.write(f"error: {redact_text(str(exc))}; nothing was changed\n")
+        return 1
+    return 0
+
+
+def _now_runnable(queue: str | None) -> str:
+    """What a resumed or forked run does next."""
+    if queue is not None:
+        return f"pending on queue {queue!r}: a worker serving that queue starts it"
+    return "running with no lease: a worker's recovery takes it"
+
+
+def _outcome_text(action: str, run_id: str, was: str, queue: str | None) -> str:
+    """One line saying what ``action`` did to run ``run_id``, which was ``was``."""
+    if action == "resume":
+        return f"resumed run {run_id!r} (it was {was}): {_now_runnable(queue)}"
+    if was == "pending":
+        return f"cancelled run {run_id!r} (it was pending: it never starts)"
+    return (
+        f"cancel requested for run {run_id!r} (it is {was}: the worker that runs it stops"
+        " it, and it ends cancelled)"
+    )
+
+
+def _outcome(action: str, was: str) -> str:
+    if action == "resume":
+        return "resumed"
+    return "cancelled" if was == "pending" else "cancel_requested"
+
+
+def _check_state(info: SnapshotInfo, action: str) -> None:
+    """For ``--dry-run`` of one run: the refusal the real ``action`` would meet, raised."""
+    if info.damaged:
+        raise _Failure(f"run {info.id!r} is damaged ({info.damaged}); it is left as it is")
+    if info.status not in _FROM[action]:
+        raise _Failure(f"{RunStateError(info.id, info.status, action)}; nothing would change")
+
+
+async def _control_one(
+    args: argparse.Namespace, store: Any, where: str, as_json: bool, out: TextIO
+) -> None:
+    """Cancel or resume run ``args.id`` (or, with ``--dry-run``, say what that would do)."""
+    action, run_id = args.action, args.id
+    if args.dry_run:
+        info = await _ask(where, store.info(run_id))
+        if info is None:
+            raise _Missing(f"no run {run_id!r} in {where}")
+        _check_state(info, action)
+        doc = _bulk_item(info, action)
+        text = f"would {action} run {run_id!r} ({info.status}); dry run: nothing changed"
+        _said(out, as_json, {"dry_run": True, "runs": [doc]}, text)
+        return
+    try:
+        was = await _command(where, getattr(store, action)(run_id))
+    except LookupError as exc:
+        raise _Missing(f"no run {run_id!r} in {where}; nothing was {_done(action)}") from exc
+    except RunStateError as exc:
+        raise _Failure(f"{exc}; nothing was changed") from exc
+    queue = None
+    if action == "resume":
+        info = await _ask(where, store.info(run_id))
+        queue = None if info is None else info.queue
+    done = {"run_id": run_id, "was": was, "outcome": _outcome(action, was)}
+    if action == "resume":
+        done["queue"] = queue
+    _said(out, as_json, {_done(action): done}, _outcome_text(action, run_id, was, queue))
+
+
+def _bulk_item(info: SnapshotInfo, action: str) -> dict[str, Any]:
+    return {
+        "run_id": info.id,
+        "workflow_name": info.workflow_name,
+        "was": info.status,
+        "created_at": info.created_at.isoformat(),
+        "queue": info.queue,
+        "outcome": _outcome(action, info.status),
+    }
+
+
+async def _select(
+    store: Any, where: str, selection: _Selection
+) -> tuple[list[SnapshotInfo], list[str]]:
+    """The runs ``selection`` picks, newest first per status, and the ids of the damaged
+    runs met on the way (never acted on: their status and name are not known)."""
+    now = datetime.now(timezone.utc)
+    found: list[SnapshotInfo] = []
+    damaged: list[str] = []
+    for status in selection.statuses:
+        cursor: str | None = None
+        while True:
+            page = await _ask(where, store.list(status=status, limit=_PAGE, cursor=cursor))
+            for info in page:
+                if info.damaged:
+                    damaged.append(info.id)
+                elif _selected(info, status, selection, now):
+                    found.append(info)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    return found, damaged
+
+
+def _selected(info: SnapshotInfo, status: str, selection: _Selection, now: datetime) -> bool:
+    if info.status != status:  # (a store may list more than it was asked for)
+        return False
+    if selection.name is not None and info.workflow_name != selection.name:
+        return False
+    age = (now - info.created_at).total_seconds()
+    return selection.older_than is None or age >= selection.older_than
+
+
+async def _control_bulk(
+    action: str,
+    selection: _Selection,
+    dry_run: bool,
+    store: Any,
+    where: str,
+    as_json: bool,
+    out: TextIO,
+) -> None:
+    """Cancel or resume every run ``selection`` picks (``dry_run``: list them).  A run
+    that changed status (or went) between the listing and its turn is skipped and
+    reported; a failure of the store stops the command, with what was done so far
+    printed (one line per run, as it is done)."""
+    found, damaged = await _select(store, where, selection)
+    done: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    if dry_run:
+        done = [_bulk_item(info, action) for info in found]
+        if not as_json:
+            _dry_table(action, found, out)
+    else:
+        for info in found:
+            try:
+                was = await _command(where, getattr(store, action)(info.id))
+            except LookupError:
+                skipped.append({"run_id": info.id, "reason": "it is no longer there"})
+            except RunStateError as exc:
+                skipped.append({"run_id": info.id, "reason": f"it is {exc.status} now"})
+            except SnapshotDecodeError as exc:
+                reason = f"it cannot be decoded: {_one_line(exc)}"
+                skipped.append({"run_id": info.id, "reason": reason})
+            else:
+                item = _bulk_item(info, action) | {"was": was, "outcome": _outcome(action, was)}
+                done.append(item)
+                if not as_json:
+                    out.write(_outcome_text(action, info.id, was, info.queue) + "\n")
+    if as_json:
+        doc = {
+            "action": action,
+            "dry_run": dry_run,
+            "runs": done,
+            "skipped": skipped,
+            "damaged": damaged,
+        }
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return
+    for item in skipped:
+        out.write(f"skipped run {item['run_id']!r}: {item['reason']}\n")
+    if damaged:
+        shown = ", ".join(repr(i) for i in damaged[:10]) + (", ..." if len(damaged) > 10 else "")
+        out.write(f"left {len(damaged)} damaged run{_s(damaged)} alone (status unknown): {shown}\n")
+    out.write(_summary(action, dry_run, done, skipped) + "\n")
+
+
+def _s(items: Sequence[Any]) -> str:
+    return "" if len(items) == 1 else "s"
+
+
+def _summary(
+    action: str, dry_run: bool, done: list[dict[str, Any]], skipped: list[dict[str, Any]]
+) -> str:
+    if not done and not skipped:
+        return f"no runs to {action}" + (" (dry run)" if dry_run else "")
+    if dry_run:
+        return f"would {action} {len(done)} run{_s(done)}; dry run: nothing changed"
+    counts: dict[str, int] = {}
+    for item in done:
+        counts[item["outcome"]] = counts.get(item["outcome"], 0) + 1
+    said = [f"{n} {outcome.replace('_', ' ')}" for outcome, n in counts.items()]
+    if skipped:
+        said.append(f"{len(skipped)} skipped")
+    return f"{action}: " + ", ".join(said)
+
+
+def _dry_table(action: str, found: Sequence[SnapshotInfo], out: TextIO) -> None:
+    """The runs a bulk ``action`` would act on, as a table."""
+    if not found:
+        return
+    rows = [["ID", "WORKFLOW", "STATUS", "CREATED", "QUEUE", "WOULD"]]
+    rows += [
+        [
+            _shown(info.id),
+            _shown(info.workflow_name),
+            info.status,
+            _time(info.created_at),
+            "-" if info.queue is None else _shown(info.queue),
+            _outcome(action, info.status).replace("_", " "),
+        ]
+        for info in found
+    ]
+    _table(rows, out)
+
+
+async def _fork(
+    args: argparse.Namespace, store: Any, where: str, as_json: bool, out: TextIO
+) -> None:
+    """Fork run ``args.id`` into ``args.new_id`` (made up when not given)."""
+    new_id = args.new_id if args.new_id is not None else uuid4_text()
+    try:
+        await _command(where, store.fork(args.id, new_id, from_step=args.from_step))
+    except LookupError as exc:
+        raise _Missing(f"no run {args.id!r} in {where}; nothing was forked") from exc
+    except RunStateError as exc:
+        raise _Failure(
+            f"cannot fork run {args.id!r} into {new_id!r}: a run with that id exists (it is"
+            f" {exc.status}); nothing was changed"
+        ) from exc
+    except ValueError as exc:
+        raise _Failure(f"nothing forked from run {args.id!r}: {_one_line(exc)}") from exc
+    info = await _ask(where, store.info(new_id))
+    queue = None if info is None else info.queue
+    kept = (
+        "every completed step kept"
+        if args.from_step is None
+        else f"the steps before {args.from_step!r} kept"
+    )
+    text = f"forked run {args.id!r} into {new_id!r} ({kept}): {_now_runnable(queue)}"
+    doc = {
+        "run_id": args.id,
+        "new_id": new_id,
+        "from_step": args.from_step,
+        "status": None if info is None else info.status,
+        "queue": queue,
+    }
+    _said(out, as_json, {"forked": doc}, text)
+
+
+# ---- schedules -----------------------------------------------------------------------------
+
+
+async def _schedules(
+    args: argparse.Namespace, store: Any, where: str, as_json: bool, out: TextIO, err: TextIO
+) -> int:
+    """``schedules list|pause|resume|remove`` on the open ``store``."""
+    from ._schedules import list_schedules, pause_schedule, remove_schedule, resume_schedule
+
+    _check_queue_store(store, where, "keep schedules")
+    name = args.name if args.action != "list" else None
+    try:
+        if args.action == "list":
+            _print_schedules(await _command(where, list_schedules(store)), as_json, out)
+        elif args.action == "remove":
+            await _command(where, remove_schedule(store, args.name))
+            _said(out, as_json, {"removed": name}, f"removed schedule {name!r}")
+        else:
+            change = pause_schedule if args.action == "pause" else resume_schedule
+            changed = await _command(where, change(store, args.name))
+            verb = "paused" if args.action == "pause" else "resumed"
+            text = f"{verb} schedule {name!r}"
+            if not changed:
+                text = f"schedule {name!r} was already {'paused' if verb == 'paused' else 'active'}"
+            _said(out, as_json, {verb: name, "changed": changed}, text)
+    except LookupError:
+        err.write(f"error: no schedule {name!r} in {where}\n")
+        return 1
+    except (ValueError, SnapshotDecodeError, RunStateError) as exc:
+        raise _Failure(f"schedule {name!r}: {_one_line(exc)}") from exc
+    return 0
+
+
+def _when(schedule: Schedule) -> str:
+    """When a schedule fires: ``cron '0 2 * * *' Europe/Paris``, ``every 5m00s``."""
+    if schedule.cron is not None:
+        return f"cron {schedule.cron!r} {schedule.timezone or 'UTC'}"
+    return f"every {_duration(float(schedule.every or 0))}"
+
+
+def _schedule_doc(info: ScheduleInfo) -> dict[str, Any]:
+    """A schedule for ``--json``: everything but its input (which may hold secrets)."""
+    doc: dict[str, Any] = {"name": info.name}
+    found = info.schedule
+    if found is not None:
+        doc |= {
+            "workflow": found.workflow,
+            "cron": found.cron,
+            "timezone": found.timezone,
+            "every": found.every,
+            "queue": found.queue,
+            "priority": found.priority,
+            "catch_up": found.catch_up,
+            "paused": found.paused,
+        }
+    doc |= {
+        "last_tick": _iso(info.last_tick),
+        "next_tick": _iso(info.next_tick),
+        "problem": None if info.problem is None else redact_text(info.problem),
+    }
+    return doc
+
+
+def _print_schedules(found: Sequence[ScheduleInfo], as_json: bool, out: TextIO) -> None:
+    """The schedules, by name (as `list_schedules` gives them)."""
+    if as_json:
+        doc = {"items": [_schedule_doc(i) for i in found]}
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not found:
+        out.write("no schedules\n")
+        return
+    rows = [["NAME", "WORKFLOW", "WHEN", "QUEUE", "STATE", "LAST TICK", "NEXT TICK"]]
+    for info in found:
+        schedule = info.schedule
+        if schedule is None:
+            rows.append(
+                [_shown(info.name), "?", "?", "?", "UNREADABLE", _time(info.last_tick), "-"]
+            )
+            continue
+        rows.append(
+            [
+                _shown(info.name),
+                _shown(schedule.workflow),
+                _when(schedule),
+                _shown(schedule.queue),
+                "paused" if schedule.paused else "active",
+                _time(info.last_tick),
+                _time(info.next_tick),
+            ]
+        )
+    _table(rows, out)
+    for info in found:
+        if info.problem is not None:
+            out.write(
+                f"\nunreadable schedule {info.name!r} (it never fires; 'schedules remove'"
+                f" removes it): {redact_text(info.problem)}\n"
+            )
 
 
 def _demo(args: argparse.Namespace) -> int:

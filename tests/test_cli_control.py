@@ -1,0 +1,519 @@
+"""The `runs` CLI's control of runs (issue 20), run as a real process on stores another
+process can open: `cancel`, `resume`, `fork`, their bulk forms (by status, workflow and
+age, with `--dry-run` and `--yes`), what `list` and `show` say of queued runs and cancel
+requests, and `schedules list|pause|resume|remove`.  Every refusal is one line, changes
+nothing, and bad input is refused before the store is opened."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from awaitly_anyio import Err, Ok
+from awaitly_anyio._cli import parse_duration
+from awaitly_anyio._resume import StepRecord
+from awaitly_anyio._store import EncodedStep
+from awaitly_anyio.serialization import default_registry, encode_step_record
+from awaitly_anyio.testing import FakeClock
+
+from .kit_base import cli
+from .store_kits import KITS, StoreKit, kit_ids
+from .test_cli_errors import one_error_line
+from .test_cli_waiting import Runs
+
+HOUR = 3600.0
+T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+
+
+# ---- bad input, refused before any store is opened ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("2h", 7200.0),
+        ("7d", 7 * 86400.0),
+        ("1w", 7 * 86400.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        (" 2H ", 7200.0),
+        ("0s", 0.0),
+    ],
+)
+def test_durations_are_a_number_and_a_unit(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "s", "-5m", "5 m", "3x", "2h-", "1e3s", "h2", "1,5h"])
+def test_a_bad_duration_is_a_value_error_naming_it(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration: write a number and a unit") as caught:
+        parse_duration(text)
+    assert f"--older-than {text!r}" in str(caught.value)
+    with pytest.raises(ValueError, match="too long: at most 100 years"):
+        parse_duration("99999999999d")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cancel", "--older-than", "3x"], "error: --older-than '3x' is not a duration"),
+        (["cancel", "--older-than=-2h", "--yes"], "error: --older-than '-2h' is not a duration"),
+        (
+            ["cancel", "--status", "runing", "--yes"],
+            "error: --status 'runing' is not a run status: use one of pending, running, waiting",
+        ),
+        (
+            ["cancel", "--status", "completed", "--yes"],
+            "error: --status completed: a completed run cannot be cancelled; use one of"
+            " pending, running, waiting",
+        ),
+        (
+            ["resume", "--status", "running", "--dry-run"],
+            "error: --status running: a running run cannot be resumed; use one of failed,"
+            " cancelled",
+        ),
+        (
+            ["cancel", "--status", "pending"],
+            "error: runs cancel with filters changes every run they select: add --yes to do"
+            " it, or --dry-run to list those runs first",
+        ),
+        (
+            ["resume", "--name", "orders"],
+            "error: runs resume with filters changes every run they select: add --yes",
+        ),
+        (
+            ["cancel", "order-1", "--status", "pending"],
+            "error: runs cancel: give a run ID or filters (--status, --name, --older-than),"
+            " not both",
+        ),
+        (["cancel"], "error: runs cancel: give a run ID, or filters"),
+        (["resume", "--yes"], "error: runs resume: give a run ID, or filters"),
+        (["cancel", "--name", " ", "--yes"], "error: --name is empty: give a workflow name"),
+    ],
+)
+def test_bad_control_input_is_one_line_and_the_store_is_not_opened(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = cli("runs", "--store", "sqlite:///none.db", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_error_line(done).startswith(message)
+    assert done.stdout == ""
+    assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "fork"], "the following arguments are required: ID"),
+        (["runs", "fork", "a", "b", "--from-step"], "argument --from-step: expected one"),
+        (["runs", "cancel", "a", "b"], "unrecognized arguments: b"),
+        (["schedules"], "the following arguments are required: ACTION"),
+        (["schedules", "pause"], "the following arguments are required: NAME"),
+        (["schedules", "add", "nightly"], "invalid choice: 'add'"),
+    ],
+)
+def test_a_command_line_mistake_is_one_line_pointing_to_help(args: list[str], message: str) -> None:
+    line = one_error_line(cli(*args))
+    assert message in line
+    assert line.endswith("--help)")
+
+
+@pytest.mark.parametrize(
+    ("command", "mentions"),
+    [
+        (["runs"], ["cancel", "resume", "fork"]),
+        (
+            ["runs", "cancel"],
+            ["ID", "--status", "--name", "--older-than", "--dry-run", "--yes", "never starts"],
+        ),
+        (["runs", "resume"], ["--status", "failed", "completed steps are kept", "--yes"]),
+        (["runs", "fork"], ["NEW_ID", "--from-step KEY", "made up and printed"]),
+        ([], ["schedules"]),
+        (["schedules"], ["list", "pause", "resume", "remove", "add_schedule", "from Python"]),
+        (["schedules", "list"], ["--store URL", "--json"]),
+        (["schedules", "pause"], ["NAME"]),
+    ],
+)
+def test_every_control_command_has_help(command: list[str], mentions: list[str]) -> None:
+    done = cli(*command, "--help")
+    assert (done.returncode, done.stderr) == (0, "")
+    flat = " ".join(done.stdout.split())
+    for word in mentions:
+        assert word in flat, word
+
+
+# ---- on a store, from another process ------------------------------------------------------
+
+
+@pytest.fixture(params=KITS, ids=kit_ids())
+def kit(request: pytest.FixtureRequest) -> StoreKit:
+    kit: StoreKit = request.param
+    return kit
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(wall=time.time())
+
+
+@pytest.fixture
+async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+    async with kit.open(tmp_path, clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def runs(kit: StoreKit, store: Any, tmp_path: Path, anyio_backend: str) -> Runs:
+    return Runs(kit, store, tmp_path, "trio" if anyio_backend == "trio" else "asyncio")
+
+
+def step(key: str, result: Any) -> EncodedStep:
+    record = StepRecord(result, started_at=T0, finished_at=T0 + timedelta(milliseconds=5))
+    return EncodedStep(key, record, encode_step_record(key, record, default_registry))
+
+
+async def running(store: Any, id: str, workflow: str = "orders") -> None:
+    await store.claim(id, workflow, owner="worker-a", lease=60)
+
+
+async def waiting(store: Any, id: str) -> None:
+    await running(store, id)
+    await store.begin_wait(
+        id, step="wait:reply", key="reply", kind="message", wake_at=None, owner="worker-a"
+    )
+
+
+async def ended(store: Any, id: str, status: str, workflow: str = "orders") -> None:
+    """Run ``id`` ended with ``status``: steps ``a`` (Ok) and ``b`` (Err when failed)."""
+    await running(store, id, workflow)
+    await store.checkpoint(id, step("a", Ok(1)), owner="worker-a")
+    failed = status == "failed"
+    await store.checkpoint(id, step("b", Err("declined") if failed else Ok(2)), owner="worker-a")
+    result = Err("declined") if failed else Ok(2)
+    await store.finish(id, status, result, None, owner="worker-a")
+
+
+async def status_of(store: Any, id: str) -> str:
+    info = await store.info(id)
+    assert info is not None
+    status: str = info.status
+    return status
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_cancel_one_run_says_what_happened_and_refusals_change_nothing(
+    store: Any, runs: Runs
+) -> None:
+    await store.enqueue("queued", "orders", queue="emails")
+    await running(store, "busy")
+    await waiting(store, "parked")
+    await ended(store, "done", "completed")
+
+    out = await runs.ok("cancel", "queued")
+    assert out == "cancelled run 'queued' (it was pending: it never starts)\n"
+    assert await status_of(store, "queued") == "cancelled"
+
+    out = await runs.ok("cancel", "busy")
+    assert out == (
+        "cancel requested for run 'busy' (it is running: the worker that runs it stops it,"
+        " and it ends cancelled)\n"
+    )
+    info = await store.info("busy")
+    assert (info.status, info.cancel_requested, info.lease_owner) == ("running", True, "worker-a")
+    assert await store.renew("busy", owner="worker-a", lease=60) is False
+
+    doc = json.loads(await runs.ok("--json", "cancel", "parked"))
+    assert doc == {
+        "cancelled": {"run_id": "parked", "was": "waiting", "outcome": "cancel_requested"}
+    }
+    assert (await store.info("parked")).cancel_requested is True
+
+    # A run that ended: status 2, nothing changed.
+    done = await runs("cancel", "done")
+    assert done.returncode == 2
+    assert one_error_line(done) == (
+        "error: cannot cancel run 'done': it is completed; nothing was changed"
+    )
+    assert await status_of(store, "done") == "completed"
+    done = await runs("cancel", "queued")
+    assert one_error_line(done) == (
+        "error: cannot cancel run 'queued': it is cancelled; nothing was changed"
+    )
+
+    # No such run: status 1.
+    done = await runs("cancel", "ghost")
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert line.startswith("error: no run 'ghost' in ")
+    assert line.endswith("; nothing was cancelled")
+
+    # A dry run of one run says what would happen, and changes nothing.
+    await store.enqueue("later", "orders", queue="emails")
+    out = await runs.ok("cancel", "later", "--dry-run")
+    assert out == "would cancel run 'later' (pending); dry run: nothing changed\n"
+    assert await status_of(store, "later") == "pending"
+    done = await runs("cancel", "done", "--dry-run")
+    assert done.returncode == 2
+    assert one_error_line(done) == (
+        "error: cannot cancel run 'done': it is completed; nothing would change"
+    )
+    assert (await runs("cancel", "ghost", "--dry-run")).returncode == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_resume_and_fork_keep_the_completed_steps(store: Any, runs: Runs) -> None:
+    await ended(store, "failed", "failed")
+    await store.enqueue("queued", "orders", queue="emails", priority=4, partition="eu")
+    await store.cancel("queued")
+    await running(store, "busy")
+
+    out = await runs.ok("resume", "failed")
+    assert out == (
+        "resumed run 'failed' (it was failed): running with no lease: a worker's recovery"
+        " takes it\n"
+    )
+    info = await store.info("failed")
+    assert (info.status, info.lease_owner) == ("running", None)
+    snapshot = await store.load("failed")
+    assert list(snapshot.steps) == ["a"]  # the failed step runs again
+
+    doc = json.loads(await runs.ok("resume", "queued", "--json"))
+    assert doc == {
+        "resumed": {"run_id": "queued", "was": "cancelled", "outcome": "resumed", "queue": "emails"}
+    }
+    assert await status_of(store, "queued") == "pending"
+
+    done = await runs("resume", "busy")
+    assert done.returncode == 2
+    assert (
+        one_error_line(done)
+        == "error: cannot resume run 'busy': it is running; nothing was changed"
+    )
+    done = await runs("resume", "ghost")
+    assert done.returncode == 1
+    assert one_error_line(done).endswith("; nothing was resumed")
+
+    # fork: the steps before --from-step are kept; the original is left as it is.
+    await ended(store, "paid", "completed")
+    out = await runs.ok("fork", "paid", "paid-again", "--from-step", "b")
+    assert out == (
+        "forked run 'paid' into 'paid-again' (the steps before 'b' kept): running with no"
+        " lease: a worker's recovery takes it\n"
+    )
+    assert list((await store.load("paid-again")).steps) == ["a"]
+    assert await status_of(store, "paid") == "completed"
+
+    # Without NEW_ID, an id is made up and printed.
+    doc = json.loads(await runs.ok("--json", "fork", "paid"))["forked"]
+    assert doc["run_id"] == "paid"
+    assert doc["from_step"] is None
+    assert doc["status"] == "running"
+    new_id = doc["new_id"]
+    assert len(new_id) == 36
+    assert list((await store.load(new_id)).steps) == ["a", "b"]
+    out = await runs.ok("fork", "queued")
+    assert out.startswith("forked run 'queued' into '")
+    assert out.endswith(
+        "' (every completed step kept): pending on queue 'emails': a worker serving that"
+        " queue starts it\n"
+    )
+
+    done = await runs("fork", "paid", "paid-again")
+    assert done.returncode == 2
+    assert one_error_line(done) == (
+        "error: cannot fork run 'paid' into 'paid-again': a run with that id exists (it is"
+        " running); nothing was changed"
+    )
+    done = await runs("fork", "paid", "third", "--from-step", "nope")
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert line.startswith("error: nothing forked from run 'paid': ")
+    assert "'nope'" in line
+    assert await store.info("third") is None
+    done = await runs("fork", "ghost", "x")
+    assert done.returncode == 1
+    assert one_error_line(done).endswith("; nothing was forked")
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_list_and_show_tell_the_queue_and_a_cancel_request(store: Any, runs: Runs) -> None:
+    await store.enqueue("queued", "orders", queue="emails", priority=7, partition="eu-1")
+    await store.enqueue("plain", "orders", queue="emails")
+    await running(store, "busy")
+    await store.cancel("busy")
+
+    header, *rows = (await runs.ok("list")).splitlines()
+    assert header.split() == [
+        "ID",
+        "WORKFLOW",
+        "STATUS",
+        "UPDATED",
+        "EXPIRES",
+        "QUEUE",
+        "PRIORITY",
+        "PARTITION",
+        "CANCEL",
+    ]
+    by_id = {row.split()[0]: row.split() for row in rows}
+    assert by_id["queued"][2] == "pending"
+    assert by_id["queued"][-3:] == ["emails", "7", "eu-1"]
+    assert by_id["plain"][-3:] == ["emails", "0", "-"]
+    assert by_id["busy"][2] == "running"
+    assert by_id["busy"][-1] == "requested"
+
+    header, *rows = (await runs.ok("list", "--status", "pending")).splitlines()
+    assert sorted(row.split()[0] for row in rows) == ["plain", "queued"]
+    assert "CANCEL" not in header
+
+    items = {i["id"]: i for i in json.loads(await runs.ok("list", "--json"))["items"]}
+    assert {k: items["queued"][k] for k in ("status", "queue", "priority", "partition")} == {
+        "status": "pending",
+        "queue": "emails",
+        "priority": 7,
+        "partition": "eu-1",
+    }
+    assert items["queued"]["cancel_requested"] is False
+    assert items["queued"]["started_at"] is None
+    assert items["busy"]["cancel_requested"] is True
+    assert items["busy"]["queue"] is None
+
+    shown = (await runs.ok("show", "queued")).splitlines()
+    assert "status    pending" in shown
+    assert "pending   queued: no worker has started it yet" in shown
+    assert "queue     'emails' (priority 7, partition 'eu-1')" in shown
+    assert not any(line.startswith("cancel ") for line in shown)
+    shown = (await runs.ok("show", "busy")).splitlines()
+    assert "cancel    requested: the worker that runs it stops it, and it ends cancelled" in shown
+    doc = json.loads(await runs.ok("show", "queued", "--json"))
+    assert doc["queue"] == {"name": "emails", "priority": 7, "partition": "eu-1"}
+    assert doc["cancel_requested"] is False
+    doc = json.loads(await runs.ok("show", "busy", "--json"))
+    assert (doc["queue"], doc["cancel_requested"]) == (None, True)
+
+    # Taken from the queue (after "plain": priority 0 starts first): started.
+    taken = await store.claim_queued("emails", owner="worker-b", lease=60, limit=2)
+    assert [i.id for i in taken] == ["plain", "queued"]
+    shown = (await runs.ok("show", "queued")).splitlines()
+    assert any(line.startswith("started   ") for line in shown)
+    doc = json.loads(await runs.ok("show", "queued", "--json"))
+    assert doc["started_at"] is not None
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_bulk_cancel_by_status_name_and_age_with_a_dry_run_first(
+    store: Any, runs: Runs, clock: FakeClock
+) -> None:
+    now = clock.wall
+    clock.wall = now - 3 * HOUR  # three hours old
+    await store.enqueue("old-order", "orders", queue="q")
+    await store.enqueue("old-mail", "emails", queue="q")
+    await running(store, "old-busy")
+    await ended(store, "old-done", "completed")
+    clock.wall = now
+    await store.enqueue("new-order", "orders", queue="q")
+    await waiting(store, "new-parked")
+
+    # A dry run lists what would be done and changes nothing.
+    out = await runs.ok("cancel", "--older-than", "2h", "--dry-run")
+    header, *rows, summary = out.splitlines()
+    assert header.split() == ["ID", "WORKFLOW", "STATUS", "CREATED", "QUEUE", "WOULD"]
+    assert sorted(row.split()[0] for row in rows) == ["old-busy", "old-mail", "old-order"]
+    would = {row.split()[0]: " ".join(row.split()[6:]) for row in rows}
+    assert would == {
+        "old-busy": "cancel requested",
+        "old-mail": "cancelled",
+        "old-order": "cancelled",
+    }
+    assert summary == "would cancel 3 runs; dry run: nothing changed"
+    assert await status_of(store, "old-order") == "pending"
+
+    doc = json.loads(await runs.ok("--json", "cancel", "--name", "orders", "--dry-run"))
+    assert doc["dry_run"] is True
+    dry = sorted(item["run_id"] for item in doc["runs"])
+    assert dry == ["new-order", "new-parked", "old-busy", "old-order"]
+
+    # Without --yes: refused, nothing changed.
+    done = await runs("cancel", "--status", "pending")
+    assert done.returncode == 2
+    assert "add --yes" in one_error_line(done)
+    assert await status_of(store, "new-order") == "pending"
+
+    # Only pending runs of "orders" older than 2h.
+    out = await runs.ok(
+        "cancel", "--status", "pending", "--name", "orders", "--older-than", "2h", "--yes"
+    )
+    assert out == (
+        "cancelled run 'old-order' (it was pending: it never starts)\ncancel: 1 cancelled\n"
+    )
+    statuses = {i: await status_of(store, i) for i in ("old-order", "old-mail", "new-order")}
+    assert statuses == {"old-order": "cancelled", "old-mail": "pending", "new-order": "pending"}
+
+    # Everything that can be cancelled, as JSON.
+    doc = json.loads(
+        await runs.ok(
+            "cancel",
+            "--status",
+            "pending",
+            "--status",
+            "waiting",
+            "--status",
+            "running",
+            "--yes",
+            "--json",
+        )
+    )
+    assert doc["action"] == "cancel"
+    assert doc["dry_run"] is False
+    outcomes = {item["run_id"]: item["outcome"] for item in doc["runs"]}
+    assert outcomes == {
+        "old-mail": "cancelled",
+        "new-order": "cancelled",
+        "old-busy": "cancel_requested",
+        "new-parked": "cancel_requested",
+    }
+    assert (doc["skipped"], doc["damaged"]) == ([], [])
+    assert await status_of(store, "old-done") == "completed"
+
+    out = await runs.ok("cancel", "--name", "nobody", "--yes")
+    assert out == "no runs to cancel\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_bulk_resume_takes_failed_and_cancelled_runs(
+    store: Any, runs: Runs, clock: FakeClock
+) -> None:
+    await ended(store, "f1", "failed")
+    await ended(store, "f2", "failed", workflow="emails")
+    await ended(store, "c1", "cancelled")
+    await ended(store, "ok", "completed")
+
+    out = await runs.ok("resume", "--status", "failed", "--dry-run")
+    assert out.splitlines()[-1] == "would resume 2 runs; dry run: nothing changed"
+
+    out = await runs.ok("resume", "--name", "orders", "--yes")
+    lines = out.splitlines()
+    assert lines[-1] == "resume: 2 resumed"
+    assert sorted(lines[:-1]) == [
+        "resumed run 'c1' (it was cancelled): running with no lease: a worker's recovery takes it",
+        "resumed run 'f1' (it was failed): running with no lease: a worker's recovery takes it",
+    ]
+    assert [await status_of(store, i) for i in ("f1", "f2", "c1", "ok")] == [
+        "running",
+        "failed",
+        "running",
+        "completed",
+    ]
+    assert list((await store.load("f1")).steps) == ["a"]

@@ -25,6 +25,7 @@ body, finish); this module installs `open_session` into the core's slot
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -34,7 +35,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 import attrs
@@ -77,6 +78,7 @@ from ._store import (
     EncodedStep,
     LeaseStore,
     MailboxStore,
+    SendWatch,
     SnapshotStore,
     Ttl,
 )
@@ -213,22 +215,31 @@ class _WholeSnapshots:
         await self._save(id, ttl)
 
 
-_CAPABILITIES: dict[type, tuple[bool, bool, bool, bool]] = {}
+Pushes = Literal["", "sends", "hook"]
+"""How a store tells a run's worker about a change of the run (a cancel request):
+``"hook"``, an ``on_push(run_id, callback)`` method (a callback per run, nearly free,
+so the keeper listens from the run's start); ``"sends"``, only `MailboxStore.sends`
+(a watch the keeping task holds once it runs); ``""``, nothing (renewals only)."""
 
 
-def _capabilities(store: object) -> tuple[bool, bool, bool, bool]:
-    """Whether ``store`` is a SnapshotStore, a CheckpointStore, a LeaseStore and a
-    MailboxStore (it pushes changes of runs: a cancel request reaches the run's
-    worker at once); cached by class, since a runtime protocol check inspects every
-    method each time."""
+_CAPABILITIES: dict[type, tuple[bool, bool, bool, Pushes]] = {}
+
+
+def _capabilities(store: object) -> tuple[bool, bool, bool, Pushes]:
+    """Whether ``store`` is a SnapshotStore, a CheckpointStore and a LeaseStore, and how
+    it pushes changes of runs (`Pushes`); cached by class, since a runtime protocol
+    check inspects every method each time."""
     kind = type(store)
     found = _CAPABILITIES.get(kind)
     if found is None:
+        pushes: Pushes = ""
+        if isinstance(store, MailboxStore):
+            pushes = "hook" if callable(getattr(kind, "on_push", None)) else "sends"
         found = (
             isinstance(store, SnapshotStore),
             isinstance(store, CheckpointStore),
             isinstance(store, LeaseStore),
-            isinstance(store, MailboxStore),
+            pushes,
         )
         _CAPABILITIES[kind] = found
     return found
@@ -540,7 +551,7 @@ class DurableSession:
         options: DurableOptions,
         checkpoints: bool,
         leases: bool,
-        pushes: bool = False,
+        pushes: Pushes = "",
         *,
         workflow_name: str,
         clock: Clock,
@@ -556,7 +567,7 @@ class DurableSession:
         self._options = options
         self._checkpoints = checkpoints
         self._leases = leases
-        self._pushes = pushes
+        self._pushes: Pushes = pushes
         self._registry = _store_registry(store)
         self._owner: str | None = None
         self._target: CheckpointStore | _WholeSnapshots | None = None
@@ -1053,30 +1064,35 @@ class _LeaseKeeper:
       worker's, so the end write succeeds) and returns
       ``Err(RunStateError(id, "cancelled", "continue"))``.
 
-    A cancel request is seen when the store pushes a change of the run (``sends``
-    of a `MailboxStore`: at once, from any process where the store can push,
-    PostgreSQL and Redis; from this process only for SQLite and memory), or at the
-    latest at the next renewal, which the store refuses while a cancel is
-    requested.  Either way the keeper then reads the run once (``store.info``) to
-    tell a cancel from a lost lease: no store call is made unless it is woken.
+    A cancel request is seen when the store pushes a change of the run (PostgreSQL
+    and Redis push from any process; SQLite and memory only within this one), or
+    at the latest at the next renewal, which the store refuses while a cancel is
+    requested: within ``lease / 3`` seconds.  Either way the keeper then reads the
+    run once (``store.info``) to tell a cancel from a lost lease; no store call is
+    made unless it is woken.  A store with an ``on_push`` hook (see `Pushes`) is
+    listened to from the run's start; one with only ``sends`` from the first
+    renewal on (a watch per run would cost a task per run).
 
     The keeping task is started beside the run rather than in a task group of its
-    own: opening a task group costs more than the rest of a short run's bookkeeping.
-    For a store that pushes nothing, it is started only once the first renewal is
-    due (a timer until then, the cheapest thing each loop has), since most runs end
-    before it.  The task never raises (a failed renewal is retried until the lease
-    would have run out), and `stop` cancels it; a renewal still in flight then is a
-    compare-and-set on the owner, so it cannot touch the run once it has ended.
-    Losing the run is the one cancellation this scope owns: it cancels the body's
-    scope, nothing else.
+    own, and only once the first renewal is due or a push came (a timer until
+    then, the cheapest thing each loop has): starting a task costs more than the
+    rest of a short run's bookkeeping, and most runs end long before.  The task
+    never raises (a failed renewal is retried until the lease would have run out),
+    and `stop` cancels it; a renewal still in flight then is a compare-and-set on
+    the owner, so it cannot touch the run once it has ended.  Losing the run is the
+    one cancellation this scope owns: it cancels the body's scope, nothing else.
     """
 
     __slots__ = (
         "_lease",
         "_owner",
         "_pushes",
+        "_started",
         "_stop",
         "_store",
+        "_unhook",
+        "_wake",
+        "_woken",
         "_workflow_id",
         "body_scope",
         "cancel_requested",
@@ -1091,7 +1107,7 @@ class _LeaseKeeper:
         owner: str,
         lease: float,
         loop: Loop,
-        pushes: bool = False,
+        pushes: Pushes = "",
     ) -> None:
         self._store = store
         self._workflow_id = workflow_id
@@ -1103,62 +1119,84 @@ class _LeaseKeeper:
         self.cancel_requested = False
         self.body_scope = loop.cancel_scope()
         self._stop: Callable[[], object] | None = None
+        self._unhook: Callable[[], object] | None = None
+        self._started = False
+        self._woken = False
+        self._wake: anyio.Event | None = None
 
     def start(self) -> None:
-        """Start keeping the run: at once where the store can tell about a cancel
-        request (it watches for the store's pushes), else from a timer when the first
-        renewal is due."""
-        if self._pushes:
+        """Start keeping the run: a timer for the first renewal and, where the store has
+        the hook, a callback for its pushes."""
+        # Bound methods, not closures: every run starts them.
+        self._stop = self.loop.call_later_coarse(self._lease / 3, self._spawn)
+        if self._pushes == "hook":
+            try:
+                self._unhook = self._store.on_push(  # type: ignore[attr-defined]
+                    self._workflow_id, self._pushed
+                )
+            except Exception as exc:  # a closed store: its renewals will say what is wrong
+                logger.warning("cannot listen to run %r (%s)", self._workflow_id, describe(exc))
+
+    def _pushed(self) -> None:
+        """A change of the run was pushed (a send, a cancel request...): have the task
+        read the run, starting it now if it was not yet."""
+        self._woken = True
+        if self._wake is not None:
+            self._wake.set()
+        elif not self._started and self._stop is not None:
+            self._stop()  # the timer: the task starts now instead
             self._spawn()
-        else:
-            # A bound method, not a closure: every run starts one.
-            self._stop = self.loop.call_later_coarse(self._lease / 3, self._spawn)
 
     def _spawn(self) -> None:
+        self._started = True
         self._stop = self.loop.start_system_task(self._keep, "awaitly-anyio lease keeper")
 
     def stop(self) -> None:
-        """Stop renewing; a renewing task ends at its next await."""
+        """Stop renewing and listening; a renewing task ends at its next await."""
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
         if self._stop is not None:
             self._stop()
         self._stop = None
 
     async def _keep(self) -> None:
         interval = self._lease / 3
-        if not self._pushes:
-            # Started by the timer when the first renewal is due.
-            await self._renewals(0.0, interval)
-            return
-        try:
-            watch = cast(MailboxStore, self._store).sends(self._workflow_id)
-        except Exception as exc:  # a closed store: its renewals will say what is wrong
-            logger.warning(
-                "cannot watch run %r for cancel requests (%s)", self._workflow_id, describe(exc)
-            )
-            await self._renewals(interval, interval)
-            return
-        with watch:
-            due = anyio.current_time() + interval
+        # Started by a push: the renewal stays a third of a lease away; by the timer:
+        # it is due now.
+        due = anyio.current_time() + (interval if self._woken else 0.0)
+        watch: SendWatch | None = None
+        if self._pushes == "sends":
+            try:
+                watch = cast(MailboxStore, self._store).sends(self._workflow_id)
+            except Exception as exc:  # a closed store: its renewals will say what is wrong
+                logger.warning(
+                    "cannot watch run %r for cancel requests (%s)",
+                    self._workflow_id,
+                    describe(exc),
+                )
+        with contextlib.nullcontext() if watch is None else watch:
             while True:
-                with anyio.move_on_after(max(due - anyio.current_time(), 0.0)):
-                    await watch.wait()
-                    # A change of this run was pushed (a send, a cancel request...).
+                if self._woken:
+                    self._woken = False
                     if await self._cancelled_here():
                         return
+                left = due - anyio.current_time()
+                if left <= 0.0:
+                    if not await self._renew():
+                        return
+                    due = anyio.current_time() + interval
                     continue
-                if not await self._renew():
-                    return
-                due = anyio.current_time() + interval
-
-    async def _renewals(self, first: float, interval: float) -> None:
-        """Renew every ``interval`` seconds, the first after ``first``, until the run
-        is taken from this worker."""
-        wait = first
-        while True:
-            await anyio.sleep(wait)
-            wait = interval
-            if not await self._renew():
-                return
+                with anyio.move_on_after(left):
+                    if watch is not None:
+                        await watch.wait()
+                        self._woken = True
+                    else:
+                        self._wake = wake = anyio.Event()
+                        try:
+                            await wake.wait()
+                        finally:
+                            self._wake = None
 
     async def _renew(self) -> bool:
         """Renew the lease; ``False`` once the run was taken from this worker (the body
@@ -1172,30 +1210,29 @@ class _LeaseKeeper:
         if held:
             return True
         # Refused: a cancel request (the lease is still ours) or a lost lease.
-        if not await self._cancelled_here(lost_otherwise=True):
+        if not await self._cancelled_here(after_refusal=True):
             self.lost = True
             self.body_scope.cancel()
         return False
 
-    async def _cancelled_here(self, *, lost_otherwise: bool = False) -> bool:
+    async def _cancelled_here(self, *, after_refusal: bool = False) -> bool:
         """Read the run; if a cancel was requested while this worker holds it, cancel
-        the body and say so.  A failed read says no (logged); after a refused renewal
-        (``lost_otherwise``) the caller then treats the lease as lost."""
+        the body and say so.  A failed read says no (logged after a refused renewal,
+        which the caller then takes for a lost lease)."""
         info_of = getattr(self._store, "info", None)
         if info_of is None:
             return False
         try:
             info: object = await info_of(self._workflow_id)
         except Exception as exc:
-            if lost_otherwise:
+            if after_refusal:
                 logger.warning(
                     "could not read run %r after its lease renewal was refused (%s)",
                     self._workflow_id,
                     describe(exc),
                 )
             return False
-        # `cancel_requested` is read with a default: a store that cannot be asked to
-        # cancel has no such field.
+        # Read with defaults: a store that cannot be asked to cancel has no such field.
         if (
             info is None
             or not getattr(info, "cancel_requested", False)

@@ -188,6 +188,79 @@ async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> Non
             pass
 
 
+# The tables of schema version 3 (before queues), as a release of that version made them.
+V3_SCHEMA = """
+CREATE TABLE awaitly_runs (
+    id TEXT PRIMARY KEY NOT NULL, workflow_name TEXT NOT NULL, status TEXT NOT NULL,
+    result_json TEXT, metadata_json TEXT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, expires_at REAL, format_version INTEGER NOT NULL,
+    lease_owner TEXT, lease_expires_at REAL, wait_step TEXT, wait_key TEXT, wait_kind TEXT,
+    wake_at REAL
+);
+CREATE INDEX awaitly_runs_by_update ON awaitly_runs (updated_at DESC, id DESC);
+CREATE INDEX awaitly_runs_by_expiry ON awaitly_runs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX awaitly_runs_due ON awaitly_runs (wake_at)
+    WHERE status = 'waiting' AND wake_at IS NOT NULL;
+CREATE TABLE awaitly_steps (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, record_json TEXT NOT NULL, seq INTEGER,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE INDEX awaitly_steps_in_order ON awaitly_steps (run_id, seq);
+CREATE TABLE awaitly_messages (
+    seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL, key TEXT NOT NULL,
+    value_json TEXT NOT NULL, sent_at REAL NOT NULL
+);
+CREATE INDEX awaitly_messages_in_order ON awaitly_messages (run_id, key, seq);
+PRAGMA user_version = 3;
+"""
+
+
+async def test_a_version_3_database_is_upgraded_keeping_every_run(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with raw(path) as db:
+        db.executescript(V3_SCHEMA)
+        db.execute(
+            "INSERT INTO awaitly_runs VALUES ('old', 'orders', 'waiting', NULL, '{\"in\": 1}',"
+            " 1.0, 2.0, NULL, 1, 'w', 99.0, 'approve', 'k', 'approval', 50.0)"
+        )
+        db.execute(
+            "INSERT INTO awaitly_runs VALUES ('done', 'orders', 'completed', NULL, '{}',"
+            " 1.0, 3.0, NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL)"
+        )
+        db.execute("INSERT INTO awaitly_steps VALUES ('old', 'a', ?, 1)", (encoded("a", 1).json,))
+        db.execute("INSERT INTO awaitly_messages VALUES (1, 'old', 'k', '\"yes\"', 1.5)")
+    async with SQLiteStore(path, clock=FakeClock(10.0)) as store:
+        old = await store.info("old")
+        assert (old.status, old.waiting_for, old.lease_owner) == ("waiting", "k", "w")
+        assert (old.queue, old.priority, old.partition, old.started_at) == (None, 0, None, None)
+        assert not old.cancel_requested
+        snapshot = await store.load("old")
+        assert snapshot.metadata == {"in": 1}
+        assert list(snapshot.steps) == ["a"]
+        assert [i.id for i in await store.list()] == ["done", "old"]
+        got = await store.receive("old", "k", step="approve", name="approve", owner="w")
+        assert got == Ok("yes")
+        # The new tables and columns work.
+        assert await store.enqueue("new", "orders", queue="q", priority=2) is None
+        assert [i.id for i in await store.claim_queued("q", owner="w", lease=5.0)] == ["new"]
+        await store.put_schedule("s", {"every": 1})
+        assert await store.advance_schedule("s", None, 1.0)
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        columns = {row[1] for row in db.execute("PRAGMA table_info(awaitly_runs)")}
+        assert {"queue", "priority", "partition_key", "started_at", "cancel_at"} <= columns
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(awaitly_runs)")}
+        assert {"awaitly_runs_queued", "awaitly_runs_queue_running"} <= indexes
+        plan = " ".join(
+            str(row[-1])
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM awaitly_runs WHERE queue = 'q'"
+                " AND status = 'pending' AND cancel_at IS NULL ORDER BY priority, created_at, id"
+            )
+        )
+        assert "awaitly_runs_queued" in plan
+
+
 async def test_a_missing_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         async with SQLiteStore(tmp_path / "nowhere" / "runs.db"):

@@ -779,12 +779,14 @@ class StoreFront:
         found: builtins.list[StoredSchedule] = []
         for name, text, last_tick in await self._driver.schedules():
             try:
-                spec = json.loads(text)
-                is_object = isinstance(spec, dict)
+                spec: object = json.loads(text)
             except ValueError:
-                is_object = False
-            if not is_object:
-                raise ValueError(f"schedule {name!r} is damaged: its spec is not a JSON object")
+                spec = None
+            if not isinstance(spec, dict):
+                # Damaged stored data, not a caller's wrong type: a ValueError.
+                raise ValueError(  # noqa: TRY004
+                    f"schedule {name!r} is damaged: its spec is not a JSON object"
+                )
             found.append(StoredSchedule(name, cast("dict[str, Any]", spec), last_tick))
         return found
 

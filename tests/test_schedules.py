@@ -19,7 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from awaitly_anyio._durable import INPUT_KEY
+from awaitly_anyio._input import INPUT_KEY
 from awaitly_anyio._schedules import (
     MAX_CATCH_UP,
     Schedule,

@@ -26,8 +26,8 @@ import attrs
 
 from ._checks import check_key, check_seconds
 from ._clock import Clock, SystemClock
-from ._durable import INPUT_KEY
 from ._errors import describe
+from ._input import metadata_with_input
 from ._run import logger
 from .serialization import TypeRegistry, decode_value, default_registry, encode_value
 
@@ -568,7 +568,7 @@ async def fire_schedules(store: Any, *, clock: Clock | None = None) -> ScheduleP
                 run_id,
                 schedule.workflow,
                 queue=schedule.queue,
-                metadata={INPUT_KEY: schedule.input},
+                metadata=metadata_with_input(None, schedule.input),
                 priority=schedule.priority,
             )
             if existing is None:

@@ -677,7 +677,7 @@ class StoreFront:
         except RowUnreadable as exc:
             raise SnapshotDecodeError(id, exc.reason) from None
         _wake_local(driver.channel, id)
-        return _status(status)
+        return _status(id, status)
 
     async def resume(self, id: str) -> RunStatus:
         """Make a failed or cancelled run runnable again; the status it had: see
@@ -867,11 +867,13 @@ def _runnable(row: RunRow, now: float, *, created_at: float | None = None) -> Ru
     )
 
 
-def _status(found: str) -> RunStatus:
+def _status(id: str, found: str) -> RunStatus:
+    """A status a driver reported, as a `RunStatus`; `SnapshotDecodeError` naming run
+    ``id`` for one that is none (a damaged row)."""
     for status in RUN_STATUSES:
         if status == found:
             return status
-    raise SnapshotDecodeError("?", f"unknown status {found!r}")
+    raise SnapshotDecodeError(id, f"unknown status {found!r}")
 
 
 def _check_name(value: object, what: str) -> str:

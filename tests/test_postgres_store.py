@@ -77,7 +77,13 @@ async def test_the_schema_is_created_once_with_its_version(schema: str) -> None:
         " ORDER BY table_name",
         schema,
     )
-    assert [row[0] for row in tables] == ["wf_messages", "wf_runs", "wf_schema_version", "wf_steps"]
+    assert [row[0] for row in tables] == [
+        "wf_messages",
+        "wf_runs",
+        "wf_schedules",
+        "wf_schema_version",
+        "wf_steps",
+    ]
     kinds = await fetch(
         "SELECT column_name, data_type FROM information_schema.columns"
         " WHERE table_schema = $1 AND column_name IN ('record', 'metadata', 'result')",

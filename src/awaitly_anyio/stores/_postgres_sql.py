@@ -68,12 +68,44 @@ CREATE TABLE IF NOT EXISTS {messages} (
     PRIMARY KEY (run_digest, key_digest, seq)
 );
 """,
+    # Queues, run control and schedules (issue 20): a run's queue, priority, partition,
+    # start time and cancel request; the pending runs of a queue in the order they
+    # start, its running runs and its recent starts (queue names may be long: the
+    # indexes hold their md5, the queries compare both); and the schedules.  Existing
+    # runs are kept: not queued (queue NULL), priority 0, no cancel request.
+    4: """
+ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS queue text,
+    ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS partition text,
+    ADD COLUMN IF NOT EXISTS started_at double precision,
+    ADD COLUMN IF NOT EXISTS cancel_at double precision;
+CREATE INDEX IF NOT EXISTS {prefix}runs_queued ON {runs} (md5(queue), priority, created_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {prefix}runs_queue_running ON {runs} (md5(queue))
+    WHERE status = 'running' AND queue IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {prefix}runs_queue_starts ON {runs} (md5(queue), started_at)
+    WHERE started_at IS NOT NULL AND queue IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {schedules} (
+    name text NOT NULL,
+    name_digest bytea PRIMARY KEY,
+    spec text NOT NULL,
+    last_tick double precision,
+    updated_at double precision NOT NULL
+);
+""",
 }
 
 # The run row's columns, in `RunRow`'s field order.
 _RUN_COLUMNS = (
     "workflow_name, status, result::text, metadata::text, created_at, updated_at, expires_at,"
-    " format_version, lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at"
+    " format_version, lease_owner, lease_expires_at, wait_step, wait_key, wait_kind, wake_at,"
+    " queue, priority, partition, started_at, cancel_at"
+)
+# The NOTIFY payload naming a run, made in SQL from its row (as ``postgres._payload``
+# makes it in Python): "=" + the id, or "#" + its digest in hex when too long.
+_PAYLOAD = (
+    "CASE WHEN octet_length({alias}id) < 7900 THEN '=' || {alias}id"
+    " ELSE '#' || encode({alias}id_digest, 'hex') END"
 )
 # What every statement that ends a wait sets (see `RowDriver.write_step`).
 _CLEAR_WAIT = (
@@ -115,7 +147,8 @@ SELECT_STEPS_OF_RUNS = (
 
 # ---- whole runs ------------------------------------------------------------------------
 
-# $1 id, $2..$9 the row, $10 digest: the run row replaced (its lease and pending wait
+# $1 id, $2..$9 the row, $10 digest, $11..$15 its queue fields (queue, priority,
+# partition, started_at, cancel_at): the run row replaced (its lease and pending wait
 # kept).  Over an expired run (expired at the row's ``updated_at``, the writer's now)
 # nothing of the old run is kept: its lease, its wait and its messages go.
 _EXPIRED = "{runs}.expires_at <= excluded.updated_at"
@@ -123,12 +156,15 @@ UPSERT_RUN = (
     "WITH stale AS (DELETE FROM {messages} WHERE run_digest = $10 AND EXISTS"
     " (SELECT 1 FROM {runs} WHERE id_digest = $10 AND expires_at <= $7))"
     " INSERT INTO {runs} (id, workflow_name, status, result, metadata, created_at,"
-    " updated_at, expires_at, format_version, id_digest)"
-    " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)"
+    " updated_at, expires_at, format_version, id_digest, queue, priority, partition,"
+    " started_at, cancel_at)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     " ON CONFLICT (id_digest) DO UPDATE SET workflow_name = excluded.workflow_name,"
     " status = excluded.status, result = excluded.result, metadata = excluded.metadata,"
     " created_at = excluded.created_at, updated_at = excluded.updated_at,"
-    " expires_at = excluded.expires_at, format_version = excluded.format_version"
+    " expires_at = excluded.expires_at, format_version = excluded.format_version,"
+    " queue = excluded.queue, priority = excluded.priority, partition = excluded.partition,"
+    " started_at = excluded.started_at, cancel_at = excluded.cancel_at"
     + "".join(
         f", {column} = CASE WHEN {_EXPIRED} THEN NULL ELSE {{runs}}.{column} END"
         for column in (
@@ -251,18 +287,21 @@ INSERT_CLAIMED = (
     " VALUES ($1, $2, $3, 'running', $4::jsonb, $5, $5, $6, $7, $8)"
     " ON CONFLICT (id_digest) DO NOTHING RETURNING 1"
 )
-# An existing run taken, every field of its row written: $1 digest, $2..$15 the row
-# (`RunRow`'s fields in order, lease and pending wait included).
+# An existing run taken, every field of its row written: $1 digest, $2..$20 the row
+# (`RunRow`'s fields in order, lease, pending wait and queue fields included).
 UPDATE_CLAIMED = (
     "UPDATE {runs} SET workflow_name = $2, status = $3, result = $4::jsonb,"
     " metadata = $5::jsonb, created_at = $6, updated_at = $7, expires_at = $8,"
     " format_version = $9, lease_owner = $10, lease_expires_at = $11, wait_step = $12,"
-    " wait_key = $13, wait_kind = $14, wake_at = $15 WHERE id_digest = $1"
+    " wait_key = $13, wait_kind = $14, wake_at = $15, queue = $16, priority = $17,"
+    " partition = $18, started_at = $19, cancel_at = $20 WHERE id_digest = $1"
 )
-# $1 digest, $2 owner, $3 lease expiry, $4 now.
+# $1 digest, $2 owner, $3 lease expiry, $4 now.  Refused once a cancel is requested
+# (the lease keeper then reads the run and stops it).
 RENEW = (
     "UPDATE {runs} SET lease_expires_at = $3"
     " WHERE id_digest = $1 AND lease_owner = $2 AND (expires_at IS NULL OR expires_at > $4)"
+    " AND cancel_at IS NULL"
 )
 # $1 digest, $2 owner.
 RELEASE = (
@@ -270,13 +309,13 @@ RELEASE = (
     " WHERE id_digest = $1 AND lease_owner = $2"
 )
 # Abandoned runs, and waiting runs that are due, oldest first, skipping rows another
-# claimer has locked: $1 now, $2 workflow names (or NULL), $3 digests to pass over,
-# $4 how many.
+# claimer has locked, and runs asked to cancel (never recovered): $1 now, $2 workflow
+# names (or NULL), $3 digests to pass over, $4 how many.
 PICK_EXPIRED = (
     f"SELECT id, id_digest, {_RUN_COLUMNS} FROM {{runs}}"
     " WHERE (expires_at IS NULL OR expires_at > $1) AND (status IN ('running', 'cancelled')"
     " OR (status = 'waiting' AND wake_at <= $1))"
-    " AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND cancel_at IS NULL"
     " AND ($2::text[] IS NULL OR workflow_name = ANY($2::text[]))"
     " AND NOT id_digest = ANY($3::bytea[])"
     " ORDER BY updated_at LIMIT $4 FOR UPDATE SKIP LOCKED"
@@ -295,11 +334,21 @@ _ENDED = (
     " lease_owner = NULL, lease_expires_at = NULL, wait_step = NULL, wait_key = NULL,"
     " wait_kind = NULL, wake_at = NULL"
 )
+# The end of a queued run is pushed at commit (a handle awaiting its result in another
+# process wakes); runs without a queue notify nothing (no lock on the notify queue).
+_NOTIFY_ENDED = (
+    " notified AS (SELECT pg_notify({channel}, "
+    + _PAYLOAD.format(alias="ended.")
+    + ") FROM ended WHERE ended.queue IS NOT NULL)"
+)
 _FINISH = (
-    "UPDATE {{runs}} SET status = $2, result = $3::jsonb, updated_at = $4,"
+    "WITH ended AS (UPDATE {{runs}} SET status = $2, result = $3::jsonb, updated_at = $4,"
     " expires_at = $5," + _ENDED + "{merge}"
     " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $4)"
-    " AND ($6::text IS NULL OR lease_owner = $6){mergeable} RETURNING 1"
+    " AND ($6::text IS NULL OR lease_owner = $6){mergeable}"
+    " RETURNING id, id_digest, queue),"
+    + _NOTIFY_ENDED.replace("{", "{{").replace("}", "}}")
+    + " SELECT 1 FROM ended, (SELECT count(*) FROM notified) n"
 )
 FINISH = _FINISH.format(merge="", mergeable="")
 FINISH_MERGING = _FINISH.format(
@@ -308,7 +357,7 @@ FINISH_MERGING = _FINISH.format(
 )
 # Many runs' ends in one statement, on the same terms as one each.
 FINISH_BATCH = (
-    "UPDATE {runs} AS r SET status = b.status, result = b.result::jsonb,"
+    "WITH ended AS (UPDATE {runs} AS r SET status = b.status, result = b.result::jsonb,"
     " updated_at = b.now, expires_at = b.expires_at," + _ENDED + ","
     " metadata = CASE WHEN b.extra IS NULL"
     " THEN r.metadata ELSE r.metadata || b.extra::jsonb END"
@@ -320,13 +369,16 @@ FINISH_BATCH = (
     " AND (b.owner IS NULL OR r.lease_owner = b.owner)"
     " AND (b.extra IS NULL OR (jsonb_typeof(r.metadata) = 'object'"
     " AND NOT r.metadata ? '$t'))"
-    " RETURNING r.id_digest"
+    " RETURNING r.id, r.id_digest, r.queue),"
+    + _NOTIFY_ENDED
+    + " SELECT ended.id_digest FROM ended, (SELECT count(*) FROM notified) n"
 )
 # A run's end with its whole metadata: $1 digest, $2 status, $3 result, $4 metadata,
 # $5 now, $6 expiry.
 FINISH_REPLACING = (
-    "UPDATE {runs} SET status = $2, result = $3::jsonb,"
+    "WITH ended AS (UPDATE {runs} SET status = $2, result = $3::jsonb,"
     " metadata = $4::jsonb, updated_at = $5, expires_at = $6," + _ENDED + " WHERE id_digest = $1"
+    " RETURNING id, id_digest, queue)," + _NOTIFY_ENDED + " SELECT count(*) FROM notified"
 )
 
 # ---- waiting: messages and waits -------------------------------------------------------
@@ -428,6 +480,127 @@ MESSAGE_PENDING = (
 # $1 digest: the id of a run (a wake-up for an id too long for a NOTIFY payload).
 SELECT_ID = "SELECT id FROM {runs} WHERE id_digest = $1"
 
+# ---- queues and run control -------------------------------------------------------------
+
+# Every column of a run row, in `RunRow`'s order after the id and digest.
+_ALL_COLUMNS = (
+    "id, id_digest, workflow_name, status, result, metadata, created_at, updated_at,"
+    " expires_at, format_version, lease_owner, lease_expires_at, wait_step, wait_key,"
+    " wait_kind, wake_at, queue, priority, partition, started_at, cancel_at"
+)
+# A queued run, in one statement: $1 id, $2 digest, $3..$21 the row (`RunRow`'s fields
+# in order), $22 now.  Inserted when no run has the id; an expired one is replaced
+# (its steps and messages dropped); a live one is left as it is, and then no row
+# comes back (the caller reads it).  The NOTIFY goes at commit when it was written.
+ENQUEUE = (
+    "WITH stale AS (SELECT 1 FROM {runs} WHERE id_digest = $2 AND expires_at <= $22),"
+    " steps AS (DELETE FROM {steps} WHERE run_digest = $2 AND EXISTS (SELECT 1 FROM stale)),"
+    " messages AS (DELETE FROM {messages} WHERE run_digest = $2"
+    " AND EXISTS (SELECT 1 FROM stale)),"
+    " put AS (INSERT INTO {runs} (" + _ALL_COLUMNS + ")"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14,"
+    " $15, $16, $17, $18, $19, $20, $21)"
+    " ON CONFLICT (id_digest) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = excluded.{column}" for column in _ALL_COLUMNS.split(", ")[2:] if column.strip()
+    )
+    + " WHERE {runs}.expires_at <= $22 RETURNING id, id_digest),"
+    " notified AS (SELECT pg_notify({channel}, " + _PAYLOAD.format(alias="put.") + ") FROM put)"
+    " SELECT count(*) FROM put, (SELECT count(*) FROM notified) n"
+)
+# One queue's claims take turns (with caps; the counts below must see every claim
+# committed before): $1 the store's tables, $2 the queue.  The lock is taken in its
+# own statement, so the next statement's snapshot is taken after it is granted.
+LOCK_QUEUE = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))"
+_QUEUE = "md5(queue) = md5($1::text) AND queue = $1::text"
+_LIVE = "(expires_at IS NULL OR expires_at > $2)"
+# $1 queue, $2 now, $3 the start of the rate window (or NULL): the live runs of the
+# queue started since then, and its running runs by partition (partitions and counts).
+QUEUE_COUNTS = (
+    "WITH running AS (SELECT partition, count(*) AS n FROM {runs}"
+    " WHERE " + _QUEUE + " AND status = 'running' AND " + _LIVE + " GROUP BY partition)"
+    " SELECT (SELECT count(*) FROM {runs} WHERE $3::float8 IS NOT NULL AND "
+    + _QUEUE
+    + " AND started_at > $3::float8 AND "
+    + _LIVE
+    + "),"
+    " (SELECT array_agg(partition) FROM running), (SELECT array_agg(n) FROM running)"
+)
+# $1 queue, $2 now, $3 how many, $4..$6 the position to start after (priority,
+# created_at, id; NULL: from the start): the queue's next pending runs in the order
+# they start, locked, skipping rows locked by another claimer.
+PICK_QUEUED = (
+    "SELECT id, id_digest, partition, priority, created_at FROM {runs}"
+    " WHERE "
+    + _QUEUE
+    + " AND status = 'pending' AND cancel_at IS NULL AND "
+    + _LIVE
+    + ' AND ($4::int4 IS NULL OR (priority, created_at, id COLLATE "C")'
+    ' > ($4::int4, $5::float8, $6::text COLLATE "C"))'
+    ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED'
+)
+# $1 digests, $2 owner, $3 lease expiry, $4 now: the runs taken, started.
+START_QUEUED = (
+    "UPDATE {runs} SET status = 'running', lease_owner = $2, lease_expires_at = $3,"
+    " started_at = $4, updated_at = $4 WHERE id_digest = ANY($1::bytea[])"
+    f" RETURNING id_digest, {_RUN_COLUMNS}"
+)
+# Without caps, one statement: $1 queue, $2 now, $3 how many, $4 owner, $5 lease
+# expiry.  The queue's next pending runs, skipping those another claimer holds,
+# started; the caller sorts them back into order.
+CLAIM_QUEUED = (
+    "WITH picked AS (SELECT id_digest FROM {runs}"
+    " WHERE "
+    + _QUEUE
+    + " AND status = 'pending' AND cancel_at IS NULL AND "
+    + _LIVE
+    + ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED)'
+    " UPDATE {runs} r SET status = 'running', lease_owner = $4, lease_expires_at = $5,"
+    " started_at = $2, updated_at = $2 FROM picked WHERE r.id_digest = picked.id_digest"
+    " RETURNING r.id, "
+    + ", ".join(
+        "r." + column.strip().replace("::text", "") + ("::text" if "::text" in column else "")
+        for column in _RUN_COLUMNS.split(",")
+    )
+)
+# A cancel asked, in one statement: $1 digest, $2 now.  A pending run is cancelled at
+# once; a running or waiting one gets its request (a waiting one becomes due); an
+# ended one is left.  Answers the status it had (no row: no live run); the NOTIFY
+# goes at commit when it wrote.
+REQUEST_CANCEL = (
+    "WITH run AS (SELECT id, id_digest, status FROM {runs}"
+    " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $2) FOR UPDATE),"
+    " asked AS (UPDATE {runs} r SET cancel_at = $2,"
+    " status = CASE WHEN run.status = 'pending' THEN 'cancelled' ELSE r.status END,"
+    " updated_at = CASE WHEN run.status = 'pending' THEN $2 ELSE r.updated_at END,"
+    " wake_at = CASE WHEN run.status = 'waiting' THEN $2 ELSE r.wake_at END"
+    " FROM run WHERE r.id_digest = $1 AND run.status IN ('pending', 'running', 'waiting')"
+    " RETURNING r.id, r.id_digest),"
+    " notified AS (SELECT pg_notify({channel}, " + _PAYLOAD.format(alias="asked.") + ")"
+    " FROM asked)"
+    " SELECT run.status FROM run, (SELECT count(*) FROM notified) n"
+)
+# $1 channel, $2 payload.
+NOTIFY = "SELECT pg_notify($1, $2)"
+
+# ---- schedules -------------------------------------------------------------------------
+
+# $1 name, $2 its digest, $3 spec, $4 now: stored, or its spec replaced (its last tick
+# kept).
+PUT_SCHEDULE = (
+    "INSERT INTO {schedules} (name, name_digest, spec, updated_at) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (name_digest) DO UPDATE SET spec = excluded.spec,"
+    " updated_at = excluded.updated_at"
+)
+SELECT_SCHEDULES = 'SELECT name, spec, last_tick FROM {schedules} ORDER BY name COLLATE "C"'
+# $1 digest.
+DELETE_SCHEDULE = "DELETE FROM {schedules} WHERE name_digest = $1 RETURNING 1"
+# $1 digest, $2 the last tick expected (NULL: none yet), $3 the new one.
+ADVANCE_SCHEDULE = (
+    "UPDATE {schedules} SET last_tick = $3"
+    " WHERE name_digest = $1 AND last_tick IS NOT DISTINCT FROM $2::float8 RETURNING 1"
+)
+
 # ---- listing ---------------------------------------------------------------------------
 
 _LIST = f"SELECT id, {_RUN_COLUMNS} FROM {{runs}} WHERE (expires_at IS NULL OR expires_at > $1)"
@@ -439,7 +612,8 @@ _LIST_ORDER = ' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT ${n}'
 
 class Statements:
     """Every statement with one store's table names filled in, once: the tables
-    ``"schema"."{prefix}runs"``, ``..steps``, ``..messages`` and ``..schema_version``,
+    ``"schema"."{prefix}runs"``, ``..steps``, ``..messages``, ``..schedules`` and
+    ``..schema_version``,
     and the wake-up channel (`channel`).  ``schema`` and
     ``prefix`` must be checked identifiers (letters, digits, underscores)."""
 
@@ -449,12 +623,15 @@ class Statements:
         self.steps = f'"{schema}"."{prefix}steps"'
         self.versions = f'"{schema}"."{prefix}schema_version"'
         self.messages = f'"{schema}"."{prefix}messages"'
+        self.schedule_table = f'"{schema}"."{prefix}schedules"'
         # Wake-ups go on one NOTIFY channel per schema and prefix (a channel name is an
         # identifier: at most 63 bytes; a longer one is named by its digest instead).
         channel = f"awaitly:{schema}:{prefix}"
         if len(channel) > 63:
             channel = "awaitly:" + hashlib.sha256(f"{schema}:{prefix}".encode()).hexdigest()[:40]
         self.channel = channel
+        # The channel as a literal in statements that notify (letters, digits, "_", ":").
+        self._channel_literal = f"'{channel}'"
         fill = self.fill
         self.migration_lock = fill(MIGRATION_LOCK)
         self.create_schema = fill(CREATE_SCHEMA)
@@ -492,6 +669,18 @@ class Statements:
         self.begin_wait = fill(BEGIN_WAIT)
         self.message_pending = fill(MESSAGE_PENDING)
         self.select_id = fill(SELECT_ID)
+        self.enqueue = fill(ENQUEUE)
+        self.lock_queue = fill(LOCK_QUEUE)
+        self.queue_counts = fill(QUEUE_COUNTS)
+        self.pick_queued = fill(PICK_QUEUED)
+        self.start_queued = fill(START_QUEUED)
+        self.claim_queued = fill(CLAIM_QUEUED)
+        self.request_cancel = fill(REQUEST_CANCEL)
+        self.notify = fill(NOTIFY)
+        self.put_schedule = fill(PUT_SCHEDULE)
+        self.select_schedules = fill(SELECT_SCHEDULES)
+        self.delete_schedule = fill(DELETE_SCHEDULE)
+        self.advance_schedule = fill(ADVANCE_SCHEDULE)
 
     def fill(self, template: str) -> str:
         """``template`` with the table names filled in."""
@@ -500,6 +689,8 @@ class Statements:
             steps=self.steps,
             versions=self.versions,
             messages=self.messages,
+            schedules=self.schedule_table,
+            channel=self._channel_literal,
             schema=self.schema,
             prefix=self.prefix,
         )

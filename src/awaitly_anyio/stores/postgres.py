@@ -46,6 +46,8 @@ from ._driver import (
     EndTerms,
     LeaseLost,
     ListedRow,
+    QueueCaps,
+    RowUnreadable,
     RunEnded,
     RunMissing,
     Steps,
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the tables this release creates and reads: older tables are
 upgraded when the store is opened, newer ones are refused."""
 
@@ -727,6 +729,157 @@ class _PostgresDriver:
                 with _loops.current().shielded(_STOP_BOUND), contextlib.suppress(RuntimeError):
                     await self._loop.call(listener.stop)
 
+    # ---- queues, run control and schedules -----------------------------------------------
+
+    async def enqueue(self, id: str, row: RunRow, now: float) -> RunRow | None:
+        """One statement (see ``ENQUEUE``): the run inserted (or an expired one replaced)
+        and the NOTIFY sent at commit; when a live run has the id, its row is read and
+        returned (a run inserted by another caller after the statement's snapshot is
+        read by a fresh one)."""
+        sql, key = self.sql, digest(id)
+
+        async def work(connection: Any) -> RunRow | None:
+            while True:
+                if await connection.fetchval(sql.enqueue, id, key, *_fields(row), now):
+                    return None
+                found = await connection.fetchrow(sql.select_live_run, key, now)
+                if found is not None:
+                    return RunRow(*found)
+                # It expired or went meanwhile: enqueue again.
+
+        result: RunRow | None = await self.call(work)
+        return result
+
+    async def claim_queued(
+        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+    ) -> builtins.list[tuple[str, RunRow]]:
+        """Without caps, one statement: the next pending runs, rows another claimer holds
+        skipped (``FOR UPDATE SKIP LOCKED``), started.  With caps, one transaction under
+        an advisory lock of the queue (so two claimers never exceed a cap together):
+        the queue's running runs and recent starts counted, then its pending runs taken
+        in order, a run of a full partition passed over, until the room is used."""
+        sql = self.sql
+        if not caps.any:
+
+            async def simple(connection: Any) -> builtins.list[Any]:
+                return builtins.list(
+                    await connection.fetch(sql.claim_queued, queue, now, limit, owner, until)
+                )
+
+            found: builtins.list[Any] = await self.call(simple)
+            rows = [(record[0], RunRow(*record[1:])) for record in found]
+            rows.sort(key=lambda item: (item[1].priority, item[1].created_at, item[0]))
+            return rows
+
+        async def capped(connection: Any) -> builtins.list[tuple[str, RunRow]]:
+            async with connection.transaction():
+                await connection.execute(sql.lock_queue, f"{sql.schema}.{sql.prefix}", queue)
+                since = None if caps.rate is None else now - caps.rate[1]
+                recent, partitions, counts = await connection.fetchrow(
+                    sql.queue_counts, queue, now, since
+                )
+                running: dict[str | None, int] = dict(
+                    zip(partitions or (), counts or (), strict=True)
+                )
+                room = limit
+                if caps.concurrency is not None:
+                    room = min(room, caps.concurrency - sum(running.values()))
+                if caps.rate is not None:
+                    room = min(room, caps.rate[0] - recent)
+                cap = caps.partition_concurrency
+                taken: builtins.list[tuple[str, bytes]] = []
+                after: tuple[Any, Any, Any] = (None, None, None)
+                # Pending runs in batches: with a partition cap, runs of full partitions
+                # are passed over, so more may be needed than there is room for.
+                batch = room if cap is None else max(room * 2, 100)
+                while len(taken) < room:
+                    found = await connection.fetch(sql.pick_queued, queue, now, batch, *after)
+                    for id, run_digest, partition, priority, created_at in found:
+                        after = (priority, created_at, id)
+                        if len(taken) >= room:
+                            break
+                        if cap is not None and running.get(partition, 0) >= cap:
+                            continue
+                        running[partition] = running.get(partition, 0) + 1
+                        taken.append((id, run_digest))
+                    if len(found) < batch:
+                        break
+                if not taken:
+                    return []
+                written = await connection.fetch(
+                    sql.start_queued, [run_digest for _, run_digest in taken], owner, until, now
+                )
+                rows = {record[0]: RunRow(*record[1:]) for record in written}
+                return [(id, rows[run_digest]) for id, run_digest in taken]
+
+        result: builtins.list[tuple[str, RunRow]] = await self.call(capped)
+        return result
+
+    async def request_cancel(self, id: str, now: float) -> str:
+        """One statement (see ``REQUEST_CANCEL``), its NOTIFY sent at commit."""
+        sql = self.sql
+
+        async def work(connection: Any) -> str | None:
+            status: str | None = await connection.fetchval(sql.request_cancel, digest(id), now)
+            return status
+
+        status: str | None = await self.call(work)
+        if status is None:
+            raise RunMissing
+        if status in ("completed", "failed", "cancelled"):
+            raise RunEnded(status)
+        if status not in ("pending", "running", "waiting"):
+            raise RowUnreadable(f"unknown status {status!r}")
+        return status
+
+    async def notify(self, id: str) -> None:
+        """``NOTIFY`` run ``id`` (delivered when the statement commits, at once)."""
+        sql, payload = self.sql, _payload(id)
+
+        async def work(connection: Any) -> None:
+            await connection.execute(sql.notify, sql.channel, payload)
+
+        await self.call(work)
+
+    async def put_schedule(self, name: str, spec_json: str, now: float) -> None:
+        sql = self.sql
+
+        async def work(connection: Any) -> None:
+            await connection.execute(sql.put_schedule, name, digest(name), spec_json, now)
+
+        await self.call(work)
+
+    async def schedules(self) -> builtins.list[tuple[str, str, float | None]]:
+        sql = self.sql
+
+        async def work(connection: Any) -> builtins.list[tuple[str, str, float | None]]:
+            return [
+                (name, spec, last_tick)
+                for name, spec, last_tick in await connection.fetch(sql.select_schedules)
+            ]
+
+        result: builtins.list[tuple[str, str, float | None]] = await self.call(work)
+        return result
+
+    async def delete_schedule(self, name: str) -> bool:
+        sql = self.sql
+
+        async def work(connection: Any) -> bool:
+            return await connection.fetchval(sql.delete_schedule, digest(name)) is not None
+
+        result: bool = await self.call(work)
+        return result
+
+    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
+        sql = self.sql
+
+        async def work(connection: Any) -> bool:
+            found = await connection.fetchval(sql.advance_schedule, digest(name), expected, tick)
+            return found is not None
+
+        result: bool = await self.call(work)
+        return result
+
     # ---- group commit --------------------------------------------------------------------
 
     def _batcher(
@@ -767,7 +920,9 @@ class _PostgresDriver:
 
 async def _upsert(connection: Any, sql: Statements, id: str, key: bytes, row: RunRow) -> None:
     """Write run row ``row`` (created if absent; a stored lease is kept)."""
-    await connection.execute(sql.upsert_run, id, *_fields(row)[:8], key)  # all but the lease
+    fields = _fields(row)
+    # All but the lease and the wait (kept), then the queue fields.
+    await connection.execute(sql.upsert_run, id, *fields[:8], key, *fields[14:])
 
 
 def _fields(row: RunRow) -> tuple[Any, ...]:
@@ -787,6 +942,11 @@ def _fields(row: RunRow) -> tuple[Any, ...]:
         row.wait_key,
         row.wait_kind,
         row.wake_at,
+        row.queue,
+        row.priority,
+        row.partition,
+        row.started_at,
+        row.cancel_at,
     )
 
 

@@ -13,6 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from awaitly_anyio import Err, Ok
@@ -24,7 +26,7 @@ from awaitly_anyio.testing import FakeClock
 
 from .kit_base import cli
 from .store_kits import KITS, StoreKit, kit_ids
-from .test_cli_errors import one_error_line
+from .test_cli_errors import SECRET, one_error_line
 from .test_cli_waiting import Runs
 
 HOUR = 3600.0
@@ -517,3 +519,90 @@ async def test_bulk_resume_takes_failed_and_cancelled_runs(
         "completed",
     ]
     assert list((await store.load("f1")).steps) == ["a"]
+
+
+# ---- schedules -----------------------------------------------------------------------------
+
+
+class Schedules(Runs):
+    """``python -m awaitly_anyio schedules ...`` on the test's store."""
+
+    async def __call__(self, *args: str, stdin: bytes | None = None) -> Any:
+        return await anyio.to_thread.run_sync(
+            lambda: cli("schedules", *args, *self.where, *self.backend)
+        )
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_schedules_are_listed_paused_resumed_and_removed(
+    kit: StoreKit, store: Any, tmp_path: Path, anyio_backend: str, clock: FakeClock
+) -> None:
+    from awaitly_anyio._schedules import Schedule, add_schedule, fire_schedules
+
+    schedules = Schedules(kit, store, tmp_path, "trio" if anyio_backend == "trio" else "asyncio")
+    assert await schedules.ok("list") == "no schedules\n"
+    nightly = Schedule(
+        name="nightly", workflow="report", cron="0 2 * * *", timezone="Europe/Paris", queue="q"
+    )
+    hourly = Schedule(name="hourly", workflow="sync", every=3600, input={"token": SECRET})
+    await add_schedule(store, nightly, clock=clock)
+    await add_schedule(store, hourly, clock=clock)
+    clock.wall += 2 * HOUR
+    await fire_schedules(store, clock=clock)
+
+    out = await schedules.ok("list")
+    assert SECRET not in out  # a schedule's input is never shown
+    header, *rows = out.splitlines()
+    assert header.split() == [
+        "NAME",
+        "WORKFLOW",
+        "WHEN",
+        "QUEUE",
+        "STATE",
+        "LAST",
+        "TICK",
+        "NEXT",
+        "TICK",
+    ]
+    assert header.endswith("NEXT TICK")
+    assert [row.split()[0] for row in rows] == ["hourly", "nightly"]
+    assert "every 1h00m" in rows[0]
+    assert rows[0].split()[1] == "sync"
+    assert "cron '0 2 * * *' Europe/Paris" in rows[1]
+    assert all(" active " in row for row in rows)
+
+    doc = json.loads(await schedules.ok("list", "--json"))
+    assert SECRET not in json.dumps(doc)
+    items = {item["name"]: item for item in doc["items"]}
+    assert items["hourly"]["every"] == 3600
+    assert items["hourly"]["last_tick"] is not None  # fired
+    assert items["hourly"]["next_tick"] is not None
+    assert (items["nightly"]["cron"], items["nightly"]["timezone"]) == ("0 2 * * *", "Europe/Paris")
+    assert (items["nightly"]["queue"], items["nightly"]["paused"]) == ("q", False)
+
+    assert await schedules.ok("pause", "hourly") == "paused schedule 'hourly'\n"
+    assert await schedules.ok("pause", "hourly") == "schedule 'hourly' was already paused\n"
+    items = {i["name"]: i for i in json.loads(await schedules.ok("--json", "list"))["items"]}
+    assert (items["hourly"]["paused"], items["hourly"]["next_tick"]) == (True, None)
+    assert " paused " in (await schedules.ok("list")).splitlines()[1]
+    doc = json.loads(await schedules.ok("resume", "hourly", "--json"))
+    assert doc == {"resumed": "hourly", "changed": True}
+    assert await schedules.ok("resume", "hourly") == "schedule 'hourly' was already active\n"
+
+    assert await schedules.ok("remove", "nightly") == "removed schedule 'nightly'\n"
+    for action in ("remove", "pause", "resume"):
+        done = await schedules(action, "nightly")
+        assert done.returncode == 1
+        line = one_error_line(done)
+        assert line.startswith("error: no schedule 'nightly' in ")
+    assert [i["name"] for i in json.loads(await schedules.ok("list", "--json"))["items"]] == [
+        "hourly"
+    ]
+
+    # A schedule this release cannot read is listed as such (and can be removed).
+    await store.put_schedule("broken", {"version": 99})
+    out = await schedules.ok("list")
+    assert "UNREADABLE" in out
+    assert "unreadable schedule 'broken' (it never fires; 'schedules remove' removes it): " in out
+    assert await schedules.ok("remove", "broken") == "removed schedule 'broken'\n"

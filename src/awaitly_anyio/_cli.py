@@ -782,13 +782,13 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     options = _store_options(url, args)
     as_json = bool(_option(args, "json"))
     create = bool(_option(args, "create"))
+    if args.command == "schedules":
+        async with _opened(url, source, where, options, create=create) as store:
+            return await _schedules(args, store, where, as_json, out, err)
     if args.action == "list":  # bad arguments are reported before the store is opened
         check_list_args(args.prefix, args.status, args.limit)
         if args.cursor is not None:
             decode_cursor(args.cursor)
-    if args.command == "schedules":
-        async with _opened(url, source, where, options, create=create) as store:
-            return await _schedules(args, store, where, as_json, out, err)
     if args.action in _CONTROL_ACTIONS:
         selection = None if args.action == "fork" else _selection(args)
         async with _opened(url, source, where, options, create=create) as store:

@@ -564,9 +564,9 @@ CLAIM_QUEUED = (
     )
 )
 # A cancel asked, in one statement: $1 digest, $2 now.  A pending run is cancelled at
-# once; a running or waiting one gets its request (a waiting one becomes due); an
-# ended one is left.  Answers the status it had (no row: no live run); the NOTIFY
-# goes at commit when it wrote.
+# once; a running or waiting one (or one whose status is damaged) gets its request (a
+# waiting one becomes due); an ended one is left.  Answers the status it had (no row:
+# no live run); the NOTIFY goes at commit when it wrote.
 REQUEST_CANCEL = (
     "WITH run AS (SELECT id, id_digest, status FROM {runs}"
     " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $2) FOR UPDATE),"
@@ -574,7 +574,8 @@ REQUEST_CANCEL = (
     " status = CASE WHEN run.status = 'pending' THEN 'cancelled' ELSE r.status END,"
     " updated_at = CASE WHEN run.status = 'pending' THEN $2 ELSE r.updated_at END,"
     " wake_at = CASE WHEN run.status = 'waiting' THEN $2 ELSE r.wake_at END"
-    " FROM run WHERE r.id_digest = $1 AND run.status IN ('pending', 'running', 'waiting')"
+    " FROM run WHERE r.id_digest = $1"
+    " AND run.status NOT IN ('completed', 'failed', 'cancelled')"
     " RETURNING r.id, r.id_digest),"
     " notified AS (SELECT pg_notify({channel}, " + _PAYLOAD.format(alias="asked.") + ")"
     " FROM asked)"

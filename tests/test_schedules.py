@@ -426,3 +426,99 @@ async def test_a_hundred_ticks_served_by_three_schedulers_make_a_hundred_runs(
         expected = [minute(n) for n in range(1, 101)]
         assert sorted(started) == expected  # each tick enqueued by exactly one of them
         assert [info.id for info in await runs_of(stores[1])] == expected
+
+
+# ---- real processes ------------------------------------------------------------------------
+
+SPEED = 600.0  # the children's clock: a minute every tenth of a second
+TICKS = 100
+
+# A scheduler process: opens the store by URL and runs run_schedules' loop on a clock
+# SPEED times faster than the real one (the same in every process: fake time BASE at
+# real time ORIGIN), until fake time END; then prints the runs it enqueued itself.
+# argv: URL OPTIONS_JSON BASE ORIGIN END BACKEND.
+SCHEDULER = f"""
+import json, sys, time
+import anyio
+from awaitly_anyio import open_store
+from awaitly_anyio._schedules import fire_schedules
+
+SPEED = {SPEED}
+
+class Fast:
+    def __init__(self, base, origin):
+        self.base, self.origin = base, origin
+    def monotonic(self):
+        return time.monotonic() * SPEED
+    def time(self):
+        return self.base + (time.time() - self.origin) * SPEED
+    async def sleep(self, seconds):
+        await anyio.sleep(seconds / SPEED)
+
+async def main(url, options, base, origin, end):
+    clock, started = Fast(base, origin), []
+    async with open_store(url, **options) as store:
+        while True:
+            done = await fire_schedules(store, clock=clock)
+            started.extend(done.started)
+            if clock.time() >= end:
+                break
+            await clock.sleep(min(60.0, max(done.next_tick - clock.time(), 0.0)))
+    print(json.dumps(started), flush=True)
+
+anyio.run(main, sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]),
+          float(sys.argv[5]), backend=sys.argv[6])
+"""
+
+
+def url_of(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """The URL and options another process opens the kit's store of ``tmp_path`` with."""
+    from .postgres_kit import DSN, schema_for
+    from .redis_kit import URL, prefix_for
+
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}", {"synchronous": "NORMAL"}
+    if kind == "postgres":
+        return DSN, {"schema": schema_for(tmp_path)}
+    return URL, {"prefix": prefix_for(tmp_path)}
+
+
+# The children run on asyncio and trio; the parent on one of them is enough.
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+async def test_three_scheduler_processes_make_one_run_per_tick(
+    tmp_path: Path, kind: str, anyio_backend: str
+) -> None:
+    import json
+    import subprocess
+    import time
+
+    [kit] = [kit for kit in KITS if kit.name == kind]
+    url, options = url_of(kind, tmp_path)
+    end = T0 + TICKS * MINUTE
+    backends = ["asyncio", "trio", "trio"]
+    async with opened(kit, tmp_path) as (store,):
+        await add_schedule(store, every_minute(catch_up=MAX_CATCH_UP), clock=FakeClock(wall=T0))
+        origin = time.time() + 1.0  # fake time T0: the children start about then
+        args = [url, json.dumps(options), str(T0), str(origin), str(end)]
+        outputs: list[bytes] = []
+
+        async def scheduler(backend: str) -> None:
+            done = await anyio.run_process(
+                [sys.executable, "-c", SCHEDULER, *args, backend],
+                cwd=Path(__file__).parent.parent,
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr.decode(errors="replace")
+            outputs.append(done.stdout)
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:
+                for backend in backends:
+                    group.start_soon(scheduler, backend)
+        expected = [minute(n) for n in range(1, TICKS + 1)]
+        started = [run for out in outputs for run in json.loads(out) if run <= minute(TICKS)]
+        assert sorted(started) == expected  # each tick enqueued by exactly one process
+        listed = [info.id for info in await runs_of(store) if info.id <= minute(TICKS)]
+        assert listed == expected

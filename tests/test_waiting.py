@@ -659,8 +659,14 @@ async def test_invalid_keys_and_ids_are_refused_clearly(bench: Bench) -> None:
     async with bench.open() as store:
         await store.mark_running("r1", "orders")
         for key in ("", "nul\x00key", "\ud800"):
-            with pytest.raises(ValueError, match="key"):
+            with pytest.raises(ValueError, match=r"^a message key must "):
                 await send(store, "r1", key, 1)
+            with pytest.raises(ValueError, match=r"^a message key must "):
+                await store.receive("r1", key, step="s", name="s")
+            with pytest.raises(ValueError, match=r"^a message key must "):
+                await store.begin_wait("r1", step="s", key=key, kind="message", wake_at=None)
+        with pytest.raises(ValueError, match=r"^a step key must "):
+            await store.receive("r1", "k", step="", name="s")
         for bad_id in ("", "nul\x00id"):
             with pytest.raises(ValueError, match="id"):
                 await send(store, bad_id, "k", 1)

@@ -76,12 +76,17 @@ def test_a_missing_run_on_postgres_is_reported_without_the_password(
 ) -> None:
     url = with_password(DSN, where)
     store = ["runs", "--backend", backend, "--store", url, "--schema", postgres_schema]
-    for action in ("show", "delete"):
+    for action in ("show", "delete", "cancel", "resume", "fork"):
         done = cli(*store, action, "missing")
         assert done.returncode == 1
         line = one_error_line(done)
         assert line.startswith("error: no run 'missing' in postgresql://")
         assert "***" in line
+    done = cli("schedules", *store[1:], "pause", "nightly")
+    assert done.returncode == 1
+    assert one_error_line(done).startswith("error: no schedule 'nightly' in postgresql://")
+    dry = cli(*store, "cancel", "--status", "running", "--dry-run")
+    assert (dry.returncode, dry.stdout, dry.stderr) == (0, "no runs to cancel (dry run)\n", "")
     # The schema option really reaches the store: the tables were made there.
     listing = cli(*store, "list")
     assert (listing.returncode, listing.stdout) == (0, "no runs\n")
@@ -92,10 +97,13 @@ def test_a_missing_run_on_redis_is_reported_without_the_password(
     redis_prefix: str, where: str
 ) -> None:
     url = with_password(REDIS_URL, where)
-    for action in ("show", "delete"):
+    for action in ("show", "delete", "cancel", "resume", "fork"):
         done = cli("runs", "--store", url, "--key-prefix", redis_prefix, action, "missing")
         assert done.returncode == 1
         assert one_error_line(done).startswith("error: no run 'missing' in redis://")
+    done = cli("schedules", "--store", url, "--key-prefix", redis_prefix, "remove", "nightly")
+    assert done.returncode == 1
+    assert one_error_line(done).startswith("error: no schedule 'nightly' in redis://")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -282,9 +282,10 @@ async def test_show_gives_steps_in_execution_order_and_tells_a_live_lease_from_a
 @pytest.mark.parametrize(
     ("command", "mentions"),
     [
-        ([], ["demo", "runs", "--store URL", "--json"]),
+        ([], ["demo", "runs", "schedules", "--store URL", "--json"]),
         (["demo"], ["--store URL", "--backend"]),
-        (["runs"], ["list", "show", "delete", "--store URL", "--key-prefix"]),
+        (["runs"], ["list", "show", "delete", "cancel", "resume", "fork", "--store URL"]),
+        (["schedules"], ["list", "pause", "resume", "remove", "--store URL", "--key-prefix"]),
         (["runs", "list"], ["--status", "--prefix", "--limit", "--cursor", "--json", "--create"]),
         (["runs", "show"], ["id", "lease", "execution order", "--import MODULE"]),
         (["runs", "delete"], ["id", "--store URL", "--schema"]),

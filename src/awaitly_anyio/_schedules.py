@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import Any, Literal, NoReturn
 
 import attrs
 
@@ -29,10 +29,8 @@ from ._clock import Clock, SystemClock
 from ._errors import describe
 from ._input import metadata_with_input
 from ._run import logger
+from ._store import QueueStore, StoredSchedule
 from .serialization import TypeRegistry, decode_value, default_registry, encode_value
-
-if TYPE_CHECKING:
-    from ._snapshot import SnapshotInfo
 
 __all__ = [
     "MAX_CATCH_UP",
@@ -69,48 +67,11 @@ _CRON_HELP = (
 _TIMING = ("cron", "timezone", "every")
 
 
-# ---- the store this module needs -----------------------------------------------------------
+# ---- the store ---------------------------------------------------------------------------------
 
 
-class _StoredSchedule(Protocol):
-    """What the store keeps of a schedule (`StoredSchedule`)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def spec(self) -> Mapping[str, Any]: ...
-
-    @property
-    def last_tick(self) -> float | None: ...
-
-
-@runtime_checkable
-class _ScheduleStore(Protocol):
-    """The part of `QueueStore` schedules use: every store from ``open_store`` is one."""
-
-    async def enqueue(
-        self,
-        id: str,
-        workflow_name: str,
-        *,
-        queue: str,
-        metadata: Mapping[str, Any] | None = None,
-        priority: int = 0,
-        partition: str | None = None,
-    ) -> SnapshotInfo | None: ...
-
-    async def put_schedule(self, name: str, spec: Mapping[str, Any]) -> None: ...
-
-    async def schedules(self) -> Sequence[_StoredSchedule]: ...
-
-    async def delete_schedule(self, name: str) -> bool: ...
-
-    async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool: ...
-
-
-def _store_of(store: object) -> _ScheduleStore:
-    if not isinstance(store, _ScheduleStore):
+def _store_of(store: object) -> QueueStore:
+    if not isinstance(store, QueueStore):
         raise TypeError(
             f"{type(store).__name__} keeps no schedules; use a store from open_store() "
             f"(memory, SQLite, PostgreSQL, Redis)"
@@ -420,7 +381,7 @@ def _since(spec: Mapping[str, Any]) -> float | None:
     return float(since)
 
 
-def _start(stored: _StoredSchedule, since: float) -> float:
+def _start(stored: StoredSchedule, since: float) -> float:
     # Ticks count from when the schedule was added or resumed, and after the last one run.
     last = stored.last_tick
     return since if last is None else max(last, since)
@@ -430,14 +391,16 @@ def _epoch_datetime(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
 
-async def _find(store: _ScheduleStore, name: str) -> _StoredSchedule:
+async def _find(store: QueueStore, name: str) -> StoredSchedule:
     for stored in await store.schedules():
         if stored.name == name:
             return stored
     raise LookupError(f"there is no schedule {name!r} in the store")
 
 
-async def add_schedule(store: Any, schedule: Schedule, *, clock: Clock | None = None) -> None:
+async def add_schedule(
+    store: QueueStore, schedule: Schedule, *, clock: Clock | None = None
+) -> None:
     """Store ``schedule``, or update the stored schedule of that name.
 
     A new schedule's ticks count from now (``clock.time()``): its first tick is the
@@ -469,7 +432,7 @@ async def add_schedule(store: Any, schedule: Schedule, *, clock: Clock | None = 
     await target.put_schedule(schedule.name, spec)
 
 
-async def list_schedules(store: Any, *, clock: Clock | None = None) -> list[ScheduleInfo]:
+async def list_schedules(store: QueueStore, *, clock: Clock | None = None) -> list[ScheduleInfo]:
     """Every stored schedule, by name, with its last and next tick (from now,
     ``clock.time()``).  A schedule whose stored spec cannot be read is listed with
     ``schedule=None`` and the ``problem``.  ``TypeError`` for a store that keeps no
@@ -494,7 +457,7 @@ async def list_schedules(store: Any, *, clock: Clock | None = None) -> list[Sche
     return found
 
 
-async def _set_paused(store: Any, name: str, paused: bool, clock: Clock | None) -> bool:
+async def _set_paused(store: QueueStore, name: str, paused: bool, clock: Clock | None) -> bool:
     target = _store_of(store)
     stored = await _find(target, name)
     spec = dict(stored.spec)
@@ -508,28 +471,28 @@ async def _set_paused(store: Any, name: str, paused: bool, clock: Clock | None) 
     return True
 
 
-async def pause_schedule(store: Any, name: str) -> bool:
+async def pause_schedule(store: QueueStore, name: str) -> bool:
     """Pause schedule ``name``: no tick of it runs until `resume_schedule`.  Whether
     it was running (``False``: already paused).  ``LookupError`` naming an unknown
     schedule.  A cancellation point."""
     return await _set_paused(store, name, True, None)
 
 
-async def resume_schedule(store: Any, name: str, *, clock: Clock | None = None) -> bool:
+async def resume_schedule(store: QueueStore, name: str, *, clock: Clock | None = None) -> bool:
     """Resume paused schedule ``name``: its ticks run again from now on (those that
     passed while it was paused never run).  Whether it was paused.  ``LookupError``
     naming an unknown schedule.  A cancellation point."""
     return await _set_paused(store, name, False, clock)
 
 
-async def remove_schedule(store: Any, name: str) -> None:
+async def remove_schedule(store: QueueStore, name: str) -> None:
     """Remove schedule ``name`` (runs it already started are left alone).
     ``LookupError`` naming an unknown schedule.  A cancellation point."""
     if not await _store_of(store).delete_schedule(name):
         raise LookupError(f"there is no schedule {name!r} in the store")
 
 
-async def fire_schedules(store: Any, *, clock: Clock | None = None) -> SchedulePass:
+async def fire_schedules(store: QueueStore, *, clock: Clock | None = None) -> SchedulePass:
     """One pass of `run_schedules`: for each active schedule, enqueue one run per due
     tick (see `Schedule.catch_up`) with the id `tick_run_id` (a run another worker
     already enqueued for the tick is kept: one run per tick), then move the
@@ -582,7 +545,7 @@ async def fire_schedules(store: Any, *, clock: Clock | None = None) -> ScheduleP
 
 
 async def run_schedules(
-    store: Any, *, clock: Clock | None = None, recheck: float | timedelta = 60.0
+    store: QueueStore, *, clock: Clock | None = None, recheck: float | timedelta = 60.0
 ) -> NoReturn:
     """Run every stored schedule's ticks until cancelled: a `fire_schedules` pass,
     then a sleep (on ``clock``) until the next tick of any schedule, at most

@@ -209,7 +209,9 @@ class LeaseStore(CheckpointStore, Protocol):
         ...
 
     async def renew(self, id: str, *, owner: str, lease: float) -> bool:
-        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it."""
+        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it,
+        or if a cancel was requested for the run (`QueueStore.cancel`): the holder then
+        reads the run (``info``) and stops it."""
         ...
 
     async def release(self, id: str, *, owner: str) -> None:

@@ -408,7 +408,8 @@ class StoreFront:
             raise SnapshotDecodeError(id, exc.reason) from None
 
     async def renew(self, id: str, *, owner: str, lease: float) -> bool:
-        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it."""
+        """Extend ``owner``'s lease to ``lease`` seconds from now; ``False`` if it lost it
+        or a cancel was requested for the run (see `cancel`)."""
         seconds = check_lease(owner, lease)
         self._check_open()
         now = self._clock.time()
@@ -427,9 +428,11 @@ class StoreFront:
         limit: int = 10,
         workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
-        """Claim up to ``limit`` runs that are ``running`` or ``cancelled`` and whose lease
-        is free or expired, oldest first; runs that cannot be decoded are left as they
-        are and returned after the claimed ones, flagged ``damaged``."""
+        """Claim up to ``limit`` runs that are ``running`` or ``cancelled`` (or ``waiting``
+        and due) and whose lease is free or expired, oldest first; never a ``pending``
+        run (`claim_queued` starts those) nor one whose cancel was requested.  Runs
+        that cannot be decoded are left as they are and returned after the claimed
+        ones, flagged ``damaged``."""
         seconds = check_lease(owner, lease)
         self._check_open()
         names = None if workflow_names is None else builtins.list(workflow_names)

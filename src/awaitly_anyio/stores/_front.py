@@ -1,5 +1,5 @@
-"""The store front: `SnapshotStore`, `CheckpointStore` and `LeaseStore`, written
-once over a `RowDriver`.
+"""The store front: `SnapshotStore`, `CheckpointStore`, `LeaseStore`, `MailboxStore`
+and `QueueStore`, written once over a `RowDriver`.
 
 Every shipped store is this class over its own driver.  The front validates
 arguments, reads the clock and turns TTLs into expiry times, keeps the type
@@ -142,8 +142,8 @@ def _missing(id: str) -> LookupError:
 
 
 class StoreFront:
-    """A `LeaseStore` (so also a `CheckpointStore` and a `SnapshotStore`) over
-    a row driver.
+    """A `QueueStore` (so also a `MailboxStore`, `LeaseStore`, `CheckpointStore` and
+    `SnapshotStore`) over a row driver.
 
     ``clock`` supplies wall time for TTLs, ``updated_at`` and leases; ``registry``
     names the types step values may hold.  Every method is a cancellation point;

@@ -7,6 +7,7 @@ tests/test_queue_contract.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -184,6 +185,57 @@ async def test_many_claimers_on_several_connections_never_exceed_the_caps(
         assert len(seen) == 9  # 6, then 2 (the rate's 9th start) then 1, then none
 
 
+async def test_a_capped_claim_takes_its_turn_and_counts_what_the_turn_before_took(
+    schema: str, clock: FakeClock
+) -> None:
+    """Another claimer holds the queue's turn (its advisory lock) and has started two
+    runs, not yet committed: a capped claim waits for the turn, then counts them, and
+    takes only what the cap leaves."""
+    async with PostgresStore(DSN, schema=schema, clock=clock) as store:
+        for n in range(6):
+            await store.enqueue(f"r{n}", "orders", queue=Q)
+        sql = store._pg.sql
+        loop = DriverLoop("test other claimer")
+        try:
+            import asyncpg
+
+            other: Any = await loop.call(asyncpg.connect, DSN)
+            try:
+                await loop.call(other.execute, "BEGIN")
+                await loop.call(other.execute, sql.lock_queue, f"{schema}.awaitly_", Q)
+                await loop.call(
+                    other.execute,
+                    f"UPDATE {sql.runs} SET status = 'running' WHERE id IN ('r4', 'r5')",
+                )
+                got: list[Any] = []
+
+                async def claim() -> None:
+                    got.extend(
+                        await store.claim_queued(Q, owner="w", lease=30.0, limit=5, concurrency=3)
+                    )
+
+                async def waiting_for_the_turn() -> bool:
+                    found = await admin_fetch(
+                        "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                        other.get_server_pid(),
+                    )
+                    return bool(found)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(claim)
+                    # Each look is a round trip (paced by the server); a claim that does
+                    # not wait ends the loop too, and then takes too many.
+                    while not got and not await waiting_for_the_turn():
+                        pass
+                    await loop.call(other.execute, "COMMIT")
+                assert [info.id for info in got] == ["r0"]
+            finally:
+                await loop.call(other.close)
+        finally:
+            loop.release()
+    assert [id for id, _ in await running_of(schema)] == ["r0", "r4", "r5"]
+
+
 async def test_without_caps_claimers_skip_the_rows_others_hold(
     schema: str, clock: FakeClock
 ) -> None:
@@ -241,14 +293,18 @@ async def test_many_claimers_without_caps_split_the_queue(schema: str, clock: Fa
 async def test_long_queue_names_partitions_and_ids_are_only_data(
     store: PostgresStore,
 ) -> None:
-    queue, partition, id = "q" * 5000, "p" * 5000, "r" * 9000
+    # Text that does not compress (an index entry holds at most about 2.7 kB).
+    queue, partition, id = (
+        "".join(hashlib.sha256(f"{what}{n}".encode()).hexdigest() for n in range(size))
+        for what, size in (("q", 100), ("p", 100), ("r", 150))
+    )
     await store.enqueue(id, "orders", queue=queue, partition=partition)
     await store.enqueue("short", "orders", queue=queue + "x")
     [taken] = await store.claim_queued(queue, owner="w", lease=30.0, partition_concurrency=1)
     assert (taken.id, taken.queue, taken.partition) == (id, queue, partition)
     assert await store.cancel(id) == "running"
-    await store.put_schedule("s" * 5000, {"every": 1})
-    assert [s.name for s in await store.schedules()] == ["s" * 5000]
+    await store.put_schedule(queue, {"every": 1})
+    assert [s.name for s in await store.schedules()] == [queue]
 
 
 # ---- pushes ----------------------------------------------------------------------------------

@@ -528,7 +528,9 @@ QUEUE_COUNTS = (
 )
 # $1 queue, $2 now, $3 how many, $4..$6 the position to start after (priority,
 # created_at, id; NULL: from the start): the queue's next pending runs in the order
-# they start, locked, skipping rows locked by another claimer.
+# they start.  Not locked: claimers with caps take turns under the queue's lock, and
+# START_QUEUED checks each row again as it takes it (a claimer without caps, or a
+# cancel, may have changed it meanwhile), so no more rows are locked than are taken.
 PICK_QUEUED = (
     "SELECT id, id_digest, partition, priority, created_at FROM {runs}"
     " WHERE "
@@ -537,12 +539,14 @@ PICK_QUEUED = (
     + _LIVE
     + ' AND ($4::int4 IS NULL OR (priority, created_at, id COLLATE "C")'
     ' > ($4::int4, $5::float8, $6::text COLLATE "C"))'
-    ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED'
+    ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3'
 )
-# $1 digests, $2 owner, $3 lease expiry, $4 now: the runs taken, started.
+# $1 digests, $2 owner, $3 lease expiry, $4 now: the runs taken, started, each only if
+# it is still pending, live and not asked to cancel.
 START_QUEUED = (
     "UPDATE {runs} SET status = 'running', lease_owner = $2, lease_expires_at = $3,"
     " started_at = $4, updated_at = $4 WHERE id_digest = ANY($1::bytea[])"
+    " AND status = 'pending' AND cancel_at IS NULL AND (expires_at IS NULL OR expires_at > $4)"
     f" RETURNING id_digest, {_RUN_COLUMNS}"
 )
 # Without caps, one statement: $1 queue, $2 now, $3 how many, $4 owner, $5 lease

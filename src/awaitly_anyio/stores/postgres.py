@@ -754,9 +754,11 @@ class _PostgresDriver:
     ) -> builtins.list[tuple[str, RunRow]]:
         """Without caps, one statement: the next pending runs, rows another claimer holds
         skipped (``FOR UPDATE SKIP LOCKED``), started.  With caps, one transaction under
-        an advisory lock of the queue (so two claimers never exceed a cap together):
-        the queue's running runs and recent starts counted, then its pending runs taken
-        in order, a run of a full partition passed over, until the room is used."""
+        an advisory lock of the queue (so two claimers never exceed a cap together;
+        taken in a statement of its own, so that the counts that follow see every
+        claim committed before): the queue's running runs and recent starts counted,
+        then its pending runs picked in order, a run of a full partition passed over,
+        until the room is used, and started in one statement."""
         sql = self.sql
         if not caps.any:
 
@@ -809,7 +811,9 @@ class _PostgresDriver:
                     sql.start_queued, [run_digest for _, run_digest in taken], owner, until, now
                 )
                 rows = {record[0]: RunRow(*record[1:]) for record in written}
-                return [(id, rows[run_digest]) for id, run_digest in taken]
+                # A run changed since it was picked (taken by a claimer without caps,
+                # cancelled) is left out.
+                return [(id, rows[run_digest]) for id, run_digest in taken if run_digest in rows]
 
         result: builtins.list[tuple[str, RunRow]] = await self.call(capped)
         return result

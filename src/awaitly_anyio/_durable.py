@@ -3,7 +3,9 @@
 ``await workflow.run(body, workflow_id="order-42", store=store)``:
 
 1. loads run ``order-42``; a run that already ``completed`` returns its stored
-   result without executing anything (so retrying a request is idempotent);
+   result without executing anything (so retrying a request is idempotent); a
+   start with another ``input`` than the stored run's returns
+   ``Err(InputConflictError)`` and writes nothing;
 2. marks it ``running`` and runs the body, answering keyed steps that already
    completed from their records;
 3. writes each keyed step's record as it completes, *before* the step returns,
@@ -12,7 +14,12 @@
 4. on success records the result (or deletes the run, ``delete_on_success=True``);
    on failure records the error with ``failure_ttl`` and metadata; on
    cancellation records ``cancelled`` inside a short shielded scope, then
-   re-raises.
+   re-raises.  A cancel requested through the store (``store.cancel``, from any
+   process) stops the body; the run is recorded ``cancelled`` and returns
+   ``Err(RunStateError(id, "cancelled", "continue"))`` (see `_LeaseKeeper`).
+
+The library's own metadata entries (input, failure details, trace context) use
+keys starting with ``awaitly.`` (`awaitly_anyio._input`); user metadata may not.
 
 Store failures and values that cannot be serialized end the run with
 ``Err(StoreError)`` / ``Err(SerializationError)``; nothing half-written is
@@ -582,8 +589,8 @@ class DurableSession:
         """Claim the run (or load it and mark it running); a Result ends the run here.
 
         Returns a completed run's stored result, or ``Err`` (`RunInProgressError`,
-        `WorkflowMismatchError`, `SnapshotDecodeError`, `SerializationError`,
-        `StoreError`); ``None`` when the body is to run.  With
+        `WorkflowMismatchError`, `InputConflictError`, `SnapshotDecodeError`,
+        `SerializationError`, `StoreError`); ``None`` when the body is to run.  With
         ``if_running="wait"`` it waits (on the workflow's clock) for the lease.
         Cancellation propagates; with leases, a cancellation from the claim on is
         first recorded (in a shielded scope of at most ``store_write_timeout``), so

@@ -38,12 +38,14 @@ class DurableRun(Protocol):
 
     1. ``ended = await begin()``: claims the run (or marks it running); a Result
        ends the run there (the stored result of a completed run, or the ``Err``
-       of a run held elsewhere, a mismatch, a store failure) and nothing else is
+       of a run held elsewhere, a mismatch, another input than the stored run's,
+       a store failure) and nothing else is
        called.  Otherwise ``workflow_id``, ``resume``, ``checkpoint`` and
        ``input`` are set for the body.
     2. ``with session:`` around the body: keeps the run's lease while it executes;
        leaving the block may swallow the cancellation the session itself caused
-       (a lost lease), and then the body produced no result.
+       (a lost lease, or a cancel requested through the store), and then the body
+       produced no result.
     3. ``await finish(result)`` (``None`` if the block swallowed the body's
        cancellation) records the end and returns what ``run`` returns; or, if the
        body raised (cancellation from outside), ``await cancelled()`` records that

@@ -185,11 +185,19 @@ class Workflow(Generic[D]):
         ``ttl`` (or deleted, ``delete_on_success=True``), a failed one kept for
         ``failure_ttl`` with the error and last attempt time in its metadata.
         ``input`` is given to the body as ``ctx.input`` and kept with a durable
-        run, so whoever resumes it gets it back.  With a store that has leases
+        run, so whoever resumes it gets it back; starting an existing run with
+        another input returns ``Err(InputConflictError)`` and writes nothing (no
+        ``input``: it resumes with its stored one).  ``metadata`` is stored with
+        the run beside the library's own entries, whose keys start with
+        ``"awaitly."``: a ``metadata`` key with that prefix raises ``ValueError``.
+        With a store that has leases
         (every shipped store), the run holds a ``lease`` of that many seconds as
         ``owner`` while it executes; a second start of a run in progress
         elsewhere returns ``Err(RunInProgressError)`` or, with
-        ``if_running="wait"``, waits for it.
+        ``if_running="wait"``, waits for it.  A cancel requested through the
+        store (``store.cancel(id)``, from any process) stops the body, records
+        the run ``cancelled`` and returns
+        ``Err(RunStateError(id, "cancelled", "continue"))``.
 
         ``run`` returns the run as a coroutine to await.  A programming error in
         the arguments raises at once (``TypeError``, ``ValueError``); awaiting

@@ -376,7 +376,8 @@ def listing_entry(run_id: str, row: RunRow, *, lease: bool = False) -> SnapshotI
         priority=row.priority,
         partition=row.partition,
         started_at=None if row.started_at is None else from_epoch(row.started_at),
-        cancel_requested=row.cancel_at is not None and row.status in ("running", "waiting"),
+        cancel_requested=row.cancel_at is not None
+        and row.status in ("running", "waiting", "cancelled"),
     )
 
 

@@ -118,7 +118,8 @@ class SnapshotInfo:
     starts first) and ``partition`` (``None``: none); ``started_at`` is when a worker
     took it from the queue (``None``: not yet, or not queued); ``cancel_requested``
     says a cancel was asked for a run that was running or waiting then (its worker
-    stops it and records it ``cancelled``).
+    stops it and records it ``cancelled``), or that a ``cancelled`` run was cancelled
+    on request (it is final: recovery never resumes it; `QueueStore.resume` does).
     """
 
     id: str

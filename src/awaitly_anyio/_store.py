@@ -153,7 +153,7 @@ class CheckpointStore(SnapshotStore, Protocol):
         ...
 
 
-ClaimOutcome = Literal["claimed", "held", "completed", "mismatch"]
+ClaimOutcome = Literal["claimed", "held", "completed", "mismatch", "conflict"]
 """What `LeaseStore.claim` found (see `Claim`)."""
 
 
@@ -166,6 +166,8 @@ class Claim:
     - ``"held"``: ``owner`` holds a live lease until ``lease_expires_at``.
     - ``"completed"``: the run is finished; nothing changed.
     - ``"mismatch"``: the id belongs to a run of workflow ``workflow_name``.
+    - ``"conflict"``: the run exists with another input than the one given (nothing
+      changed).
 
     A run whose stored snapshot cannot be decoded (a damaged row or step record,
     a format version this release does not read) is never claimed: ``claim``

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import json
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,6 +29,7 @@ from .._errors import (
     RunStateError,
     SnapshotDecodeError,
 )
+from .._input import input_conflict
 from .._loops import current
 from .._result import Ok, Result
 from .._rows import (
@@ -80,7 +82,25 @@ __all__ = ["StoreFront"]
 
 
 _ANY = ()
-_local: dict[str, dict[tuple[str, ...], set[anyio.Event]]] = {}
+
+
+class _Callback:
+    """A local waiter that calls a function instead of setting an event
+    (`StoreFront.on_push`); only in the thread that registered it (a wake from another
+    thread is dropped: that run's keeper still renews, and learns at the renewal)."""
+
+    __slots__ = ("_fn", "_thread")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._fn = fn
+        self._thread = threading.get_ident()
+
+    def set(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._fn()
+
+
+_local: dict[str, dict[tuple[str, ...], set[anyio.Event | _Callback]]] = {}
 """This process's waiters (`StoreFront.next_send`), by database channel and ``(run id,)``
 (``()``: any run): a send from this process wakes them at once, whatever the store
 object."""
@@ -99,7 +119,7 @@ def _wake_all_local(channel: str) -> None:
             _set(wake)
 
 
-def _set(wake: anyio.Event) -> None:
+def _set(wake: anyio.Event | _Callback) -> None:
     with contextlib.suppress(RuntimeError):  # a waiter of another loop's thread: it polls
         wake.set()
 
@@ -776,8 +796,9 @@ class StoreFront:
         await self._driver.put_schedule(name, text, self._clock.time())
 
     async def schedules(self) -> builtins.list[StoredSchedule]:
-        """Every stored schedule, by name.  ``ValueError`` naming a schedule whose
-        stored spec is not a JSON object (damaged)."""
+        """Every stored schedule, by name.  A schedule whose stored spec is not a JSON
+        object (damaged) comes back with an empty spec (``{}``), so one damaged schedule
+        does not stop the others: its readers report it."""
         self._check_open()
         found: builtins.list[StoredSchedule] = []
         for name, text, last_tick in await self._driver.schedules():
@@ -786,10 +807,7 @@ class StoreFront:
             except ValueError:
                 spec = None
             if not isinstance(spec, dict):
-                # Damaged stored data, not a caller's wrong type: a ValueError.
-                raise ValueError(  # noqa: TRY004
-                    f"schedule {name!r} is damaged: its spec is not a JSON object"
-                )
+                spec = {}  # damaged: the scheduler skips and lists it as unreadable
             found.append(StoredSchedule(name, cast("dict[str, Any]", spec), last_tick))
         return found
 
@@ -808,6 +826,29 @@ class StoreFront:
         tick = _check_epoch(tick, "tick")
         self._check_open()
         return await self._driver.advance_schedule(name, expected, tick)
+
+    def on_push(self, run_id: str, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call ``callback()`` (in this thread, synchronously) each time a change of run
+        ``run_id`` (a checked id) is pushed or made in this process (a send, a cancel
+        request...), until the returned function is called.  Nearly free: no task per
+        call (the durable session's lease keeper listens with it from the run's start).
+        ``RuntimeError`` if the store is closed."""
+        self._check_open()
+        channel = self._driver.channel
+        self._start_watching(channel)
+        key = (run_id,)
+        waker = _Callback(callback)
+        _local.setdefault(channel, {}).setdefault(key, set()).add(waker)
+
+        def stop() -> None:
+            by_run = _local.get(channel, {})
+            waiters = by_run.get(key)
+            if waiters is not None:
+                waiters.discard(waker)
+                if not waiters:
+                    del by_run[key]
+
+        return stop
 
     def _start_watching(self, channel: str) -> None:
         """Start, once per store, the task that turns the database's pushes into local
@@ -972,6 +1013,9 @@ class _Claiming:
             raise SnapshotDecodeError(self._id, problem)
         if row.workflow_name != self._name:
             return Claim("mismatch", workflow_name=row.workflow_name)
+        # Parses the stored metadata only when this claim gives an input.
+        if self._metadata and input_conflict(row.metadata_json, self._metadata, self._registry):
+            return Claim("conflict")
         if row.status == "completed":
             return Claim("completed")
         if row.lease_held_by_other(self._owner, self._now):

@@ -45,6 +45,7 @@ from awaitly_anyio._input import (
     stored_input,
 )
 from awaitly_anyio._store import ClaimOutcome
+from awaitly_anyio.events import WorkflowEvent
 from awaitly_anyio.serialization import TypeRegistry, default_registry, dumps, encode_value
 from awaitly_anyio.testing import FakeClock
 
@@ -487,6 +488,39 @@ async def test_a_cancel_of_a_run_held_by_a_long_lease_is_pushed_from_the_start(
     assert result == Err(RunStateError("x-3", "cancelled", "continue"))
     assert watched.renewals == 0
     assert done == ["before"]
+
+
+async def test_a_run_waiting_for_a_message_is_cancelled_not_left_waiting(
+    opened: Opened, clock: FakeClock
+) -> None:
+    store = opened.store
+    waiting = anyio.Event()
+
+    def on_event(event: WorkflowEvent) -> None:
+        if event.type == "step_waiting":
+            waiting.set()
+
+    workflow = create_workflow("orders", clock=clock, on_event=on_event)
+
+    async def body(ctx: WorkflowContext[Deps]) -> Any:
+        await ctx.step("before", lambda: "before", key="before")
+        return await ctx.step.wait_for("approval", key="approved")
+
+    outcome: list[Any] = []
+
+    async def run() -> None:
+        outcome.append(await workflow.run(body, workflow_id="w-1", store=store, lease=0.3))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await waiting.wait()
+            assert await store.cancel("w-1") in ("running", "waiting")
+    assert outcome == [Err(RunStateError("w-1", "cancelled", "continue"))]
+    saved = await store.load("w-1")
+    assert saved.status == "cancelled"
+    assert sorted(saved.steps) == ["before"]
+    assert (await store.list(status="waiting")).items == []
 
 
 async def test_a_run_that_ends_before_the_cancel_keeps_its_end(

@@ -23,6 +23,7 @@ from .events import (
     WorkflowComplete,
     WorkflowEvent,
     WorkflowFailed,
+    WorkflowParked,
     WorkflowStart,
 )
 
@@ -65,6 +66,8 @@ class ResumeStateCollector:
             self._status, self._result = "failed", Err(event.error)
         elif isinstance(event, WorkflowCancelled):
             self._status = "cancelled"
+        elif isinstance(event, WorkflowParked):
+            self._status = "waiting"
 
     def get_resume_state(self) -> WorkflowSnapshot:
         """A snapshot of what was collected: pass it to ``store.save`` or to

@@ -105,6 +105,8 @@ def describe(event: events.WorkflowEvent) -> str | None:
             return f"workflow failed in {event.duration_ms:.1f} ms -> {event.error!r}"
         case events.WorkflowCancelled():
             return "workflow interrupted; its completed steps are saved"
+        case events.WorkflowParked():
+            return f"workflow parked: it waits in the store for {event.waiting_for!r}"
         case _:
             return None
 

@@ -16,6 +16,7 @@ from .events import (
     WorkflowCancelled,
     WorkflowComplete,
     WorkflowFailed,
+    WorkflowParked,
     WorkflowStart,
 )
 
@@ -40,7 +41,7 @@ _get = _current.get
 _set = _current.set
 
 _STEP_ENDS = (StepComplete, StepFailed, StepCancelled)
-_RUN_ENDS = (WorkflowComplete, WorkflowFailed, WorkflowCancelled)
+_RUN_ENDS = (WorkflowComplete, WorkflowFailed, WorkflowCancelled, WorkflowParked)
 
 
 def log_context(event: object) -> None:

@@ -37,7 +37,7 @@ from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
 from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
 from ._thunk import as_result
-from ._waits import Approval, DurableWaits, Hook, hook_key, new_hook_token
+from ._waits import Approval, DurableWaits, Hook, hook_key, new_hook_token, parked_in
 from .events import (
     StepCancelled,
     StepComplete,
@@ -403,7 +403,8 @@ class Step:
             if emit is not None and exc is run.mapper_failure:
                 # The error mapper itself raised: the step failed, nothing was cancelled.
                 emit(self._failed_event(name, key, started, exc, attempt))
-            elif emit is not None:
+            elif emit is not None and not parked_in(exc):
+                # A run its host parks is not cancelled: the run emits workflow_parked.
                 emit(self._cancelled_event(name, key, started))
             raise
         if isinstance(result, Ok):

@@ -30,6 +30,7 @@ from .events import (
     WorkflowCancelled,
     WorkflowComplete,
     WorkflowFailed,
+    WorkflowParked,
     WorkflowResumed,
     WorkflowStart,
 )
@@ -197,6 +198,7 @@ class OtelAdapter:
             WorkflowComplete: self._end_run,
             WorkflowFailed: self._end_run,
             WorkflowCancelled: self._end_run,
+            WorkflowParked: self._end_run,
             CircuitStateChange: self._circuit,
         }
 
@@ -330,6 +332,8 @@ class OtelAdapter:
             status = "failed"
             for span in spans:
                 self._error(span, event.error)
+        elif isinstance(event, WorkflowParked):
+            status = "parked"  # it waits in its store; a later run resumes it
         else:
             status = "cancelled"
         self._workflow_duration.record(

@@ -35,7 +35,7 @@ def test_demo_interrupts_resumes_and_keeps_its_runs_on_sqlite(tmp_path: Path, ba
     assert "receipt: Ok(None)" in second
     assert "result: Err(CardDeclined(card='4000-0000-0000-0002'))" in third
     assert "status failed" in third
-    assert "metadata error = \"CardDeclined(card='4000-0000-0000-0002')\"" in third
+    assert "metadata awaitly.error = \"CardDeclined(card='4000-0000-0000-0002')\"" in third
 
     listing = cli("runs", "--store", "sqlite:///awaitly-demo.db", "list", cwd=tmp_path).stdout
     assert re.search(r"order-ada-\w+\s+checkout\s+completed", listing)

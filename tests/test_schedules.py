@@ -435,7 +435,8 @@ TICKS = 100
 
 # A scheduler process: opens the store by URL and runs run_schedules' loop on a clock
 # SPEED times faster than the real one (the same in every process: fake time BASE at
-# real time ORIGIN), until fake time END; then prints the runs it enqueued itself.
+# real time ORIGIN), until fake time END; then prints the runs it enqueued itself.  It
+# says "half" once it fired the tick halfway to END.
 # argv: URL OPTIONS_JSON BASE ORIGIN END BACKEND.
 SCHEDULER = f"""
 import json, sys, time
@@ -456,12 +457,16 @@ class Fast:
         await anyio.sleep(seconds / SPEED)
 
 async def main(url, options, base, origin, end):
-    clock, started = Fast(base, origin), []
+    clock, started, half = Fast(base, origin), [], False
     async with open_store(url, **options) as store:
         while True:
             done = await fire_schedules(store, clock=clock)
             started.extend(done.started)
-            if clock.time() >= end:
+            now = clock.time()
+            if not half and now >= (base + end) / 2:
+                print("half", flush=True)
+                half = True
+            if now >= end:
                 break
             await clock.sleep(min(60.0, max(done.next_tick - clock.time(), 0.0)))
     print(json.dumps(started), flush=True)
@@ -485,40 +490,65 @@ def url_of(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
 
 # The children run on asyncio and trio; the parent on one of them is enough.
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("kill", [False, True], ids=["all-live", "one-killed"])
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_three_scheduler_processes_make_one_run_per_tick(
-    tmp_path: Path, kind: str, anyio_backend: str
+    tmp_path: Path, kind: str, kill: bool, anyio_backend: str
 ) -> None:
+    """Three scheduler processes fire a hundred ticks: each tick is enqueued by exactly
+    one of them.  With ``kill``, the first is SIGKILLed halfway (perhaps between its
+    enqueue and its compare-and-set): the two others go on, and every tick still has
+    its one run."""
     import json
     import subprocess
     import time
 
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
     [kit] = [kit for kit in KITS if kit.name == kind]
     url, options = url_of(kind, tmp_path)
     end = T0 + TICKS * MINUTE
-    backends = ["asyncio", "trio", "trio"]
     async with opened(kit, tmp_path) as (store,):
         await add_schedule(store, every_minute(catch_up=MAX_CATCH_UP), clock=FakeClock(wall=T0))
         origin = time.time() + 1.0  # fake time T0: the children start about then
         args = [url, json.dumps(options), str(T0), str(origin), str(end)]
-        outputs: list[bytes] = []
+        outputs: dict[int, list[str]] = {}
 
-        async def scheduler(backend: str) -> None:
-            done = await anyio.run_process(
+        async def scheduler(index: int, backend: str) -> None:
+            async with await anyio.open_process(
                 [sys.executable, "-c", SCHEDULER, *args, backend],
                 cwd=Path(__file__).parent.parent,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                check=False,
-            )
-            assert done.returncode == 0, done.stderr.decode(errors="replace")
-            outputs.append(done.stdout)
+            ) as child:
+                assert child.stdout is not None
+                assert child.stderr is not None
+                lines = BufferedByteReceiveStream(child.stdout)
+                said = []
+                with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
+                    while True:
+                        said.append((await lines.receive_until(b"\n", 1 << 20)).decode())
+                        if kill and index == 0 and said == ["half"]:
+                            child.kill()  # SIGKILL
+                code = await child.wait()
+                errors = b"".join([chunk async for chunk in child.stderr])
+            if kill and index == 0:
+                assert code == -9, errors.decode(errors="replace")
+                return
+            assert code == 0, errors.decode(errors="replace")
+            assert said[0] == "half", said
+            outputs[index] = json.loads(said[-1])
 
         with anyio.fail_after(120):
             async with anyio.create_task_group() as group:
-                for backend in backends:
-                    group.start_soon(scheduler, backend)
+                for index, backend in enumerate(["asyncio", "trio", "trio"]):
+                    group.start_soon(scheduler, index, backend)
         expected = [minute(n) for n in range(1, TICKS + 1)]
-        started = [run for out in outputs for run in json.loads(out) if run <= minute(TICKS)]
-        assert sorted(started) == expected  # each tick enqueued by exactly one process
+        started = [run for out in outputs.values() for run in out if run <= minute(TICKS)]
+        assert len(started) == len(set(started))  # no tick enqueued by two of them
+        if not kill:
+            assert sorted(started) == expected  # each tick enqueued by exactly one
+        else:
+            assert minute(TICKS) in started  # the survivors went on to the end
         listed = [info.id for info in await runs_of(store) if info.id <= minute(TICKS)]
         assert listed == expected

@@ -1,6 +1,9 @@
 """``python -m awaitly_anyio``: the demo, and the ``runs`` commands over any store URL:
 ``list|show|delete`` the runs, ``send`` a value to a run, ``approve|reject`` an approval,
-list the approvals ``pending``, and ``resolve-hook`` a hook's token.
+list the approvals ``pending``, ``resolve-hook`` a hook's token, ``cancel|resume`` a run
+(or, in bulk, the runs ``--status``/``--name``/``--older-than`` select: ``--dry-run``
+lists them, ``--yes`` is required to act) and ``fork`` one; and the ``schedules``
+commands: ``list|pause|resume|remove`` (adding one needs the workflow: Python only).
 
 The options that choose the store and the output (``--store``, ``--backend``,
 ``--json``, ``--import``, ``--create``, ``--schema``, ``--table-prefix``,
@@ -13,9 +16,10 @@ argument or URL, a SQLite file that does not exist (unless ``--create``), or a
 store that cannot be reached or fails, named by its URL with the password and
 secret parameters masked.  A reader that stops early (``runs list | head``) ends
 the command quietly.  Exit status: 0 on success (and when the reader stopped
-early), 1 when the run asked for is not there (or cannot be decoded), 2 for every
-other error (a value that is not JSON, a run that already ended, a value too large,
-a hook token refused: nothing is stored then).
+early), 1 when the run (or schedule) asked for is not there (or cannot be decoded),
+2 for every other error (a value that is not JSON, a run that already ended or is
+in the wrong status for a cancel, resume or fork, a value too large, a hook token
+refused, bulk filters without ``--yes``: nothing is stored or changed then).
 
 ``send``, ``resolve-hook`` take the value with ``--json VALUE`` (JSON text; ``-`` reads
 it from stdin, ``@FILE`` from a file): there ``--json`` is the value, and JSON output is

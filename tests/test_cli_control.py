@@ -606,3 +606,39 @@ async def test_schedules_are_listed_paused_resumed_and_removed(
     assert "UNREADABLE" in out
     assert "unreadable schedule 'broken' (it never fires; 'schedules remove' removes it): " in out
     assert await schedules.ok("remove", "broken") == "removed schedule 'broken'\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
+async def test_damaged_runs_are_never_touched_and_are_named(
+    kit: StoreKit, store: Any, runs: Runs
+) -> None:
+    await ended(store, "broken-row", "failed")
+    await kit.damage(store, "broken-row", "created_at")
+    await ended(store, "broken-step", "failed")
+    await kit.damage(store, "broken-step", "step")
+    before = await kit.raw(store, "broken-row")
+
+    out = await runs.ok("resume", "--status", "failed", "--dry-run")
+    lines = out.splitlines()
+    assert "left 1 damaged run alone (status unknown): 'broken-row'" in lines
+    out = await runs.ok("resume", "--status", "failed", "--yes")
+    lines = out.splitlines()
+    assert "left 1 damaged run alone (status unknown): 'broken-row'" in lines
+    # Its row reads, its steps do not: skipped when its turn comes.
+    skipped = [line for line in lines if line.startswith("skipped run 'broken-step': ")]
+    assert len(skipped) == 1
+    assert "it cannot be decoded" in skipped[0]
+    assert lines[-1] == "resume: 1 skipped"
+    assert await kit.raw(store, "broken-row") == before
+    doc = json.loads(await runs.ok("resume", "--status", "failed", "--yes", "--json"))
+    assert doc["damaged"] == ["broken-row"]
+
+    # A run whose steps cannot be decoded is not resumed: status 1, nothing changed.
+    step_damaged = await kit.raw(store, "broken-step")
+    done = await runs("resume", "broken-step")
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert "broken-step" in line
+    assert line.endswith("; nothing was changed")
+    assert await kit.raw(store, "broken-step") == step_damaged

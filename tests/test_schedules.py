@@ -356,6 +356,30 @@ async def test_an_unreadable_schedule_is_listed_and_skipped(
         assert "schedule 'future' is skipped" in caplog.text
 
 
+async def test_a_damaged_schedule_row_does_not_stop_the_others(tmp_path: Path) -> None:
+    import sqlite3
+
+    from .store_kits import SQLITE
+
+    clock = FakeClock(wall=WALL)
+    async with SQLITE.open(tmp_path, FakeClock()) as store:
+        await add_schedule(store, every_minute(), clock=clock)
+        await add_schedule(store, every_minute(name="broken"), clock=clock)
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+            db.execute("UPDATE awaitly_schedules SET spec_json = '[1' WHERE name = 'broken'")
+        [beat, broken] = await list_schedules(store, clock=clock)
+        assert beat.schedule is not None
+        assert (broken.schedule, broken.problem) == (
+            None,
+            "stored schedule 'broken' is unreadable: its spec is empty or damaged "
+            "(not a JSON object)",
+        )
+        clock.advance(MINUTE)
+        assert (await fire_schedules(store, clock=clock)).started == (minute(1),)
+        await remove_schedule(store, "broken")
+        assert [info.name for info in await list_schedules(store, clock=clock)] == ["beat"]
+
+
 async def test_the_loop_runs_each_tick_and_sleeps_until_the_next(
     kit: StoreKit, tmp_path: Path
 ) -> None:

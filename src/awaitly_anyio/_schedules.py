@@ -292,6 +292,8 @@ class Schedule:
         try:
             if not isinstance(spec, Mapping):
                 raise TypeError(f"a spec should be a mapping, found {spec!r}")
+            if not spec:  # what a store gives for a spec that is not a JSON object
+                raise ValueError("its spec is empty or damaged (not a JSON object)")
             version = spec.get("v")
             if version != _SPEC_VERSION:
                 raise ValueError(f"format version {version!r} (this release reads 1)")

@@ -166,12 +166,14 @@ async def test_user_metadata_with_the_library_prefix_is_refused(
     async def body(ctx: WorkflowContext[Deps]) -> str:
         return "done"
 
+    # Refused when run() is called, before anything is awaited (no coroutine is made).
+    bad: list[Any] = [{key: 1, "a": 2}, {1: "x"}, [("a", 1)]]
     with pytest.raises(ValueError, match=f"metadata key {key!r} is reserved"):
-        workflow.run(body, workflow_id="o-3", store=opened.store, metadata={key: 1, "a": 2})
+        _ = workflow.run(body, workflow_id="o-3", store=opened.store, metadata=bad[0])
     with pytest.raises(TypeError, match="metadata keys must be strings"):
-        workflow.run(body, workflow_id="o-3", store=opened.store, metadata={1: "x"})
+        _ = workflow.run(body, workflow_id="o-3", store=opened.store, metadata=bad[1])
     with pytest.raises(TypeError, match="metadata must be a mapping"):
-        workflow.run(body, workflow_id="o-3", store=opened.store, metadata=[("a", 1)])  # type: ignore[arg-type]
+        _ = workflow.run(body, workflow_id="o-3", store=opened.store, metadata=bad[2])
     assert await opened.store.load("o-3") is None
 
 
@@ -330,7 +332,7 @@ class _SnapshotsOnly:
 
 
 async def test_a_store_without_leases_refuses_another_input_too(clock: FakeClock) -> None:
-    store = _SnapshotsOnly()
+    store: Any = _SnapshotsOnly()
     workflow = create_workflow("orders", clock=clock)
     fail = [True]
 
@@ -339,14 +341,14 @@ async def test_a_store_without_leases_refuses_another_input_too(clock: FakeClock
             return await ctx.step("pay", lambda: Err("DECLINED"), key="pay")
         return ctx.input
 
-    assert await workflow.run(body, workflow_id="p-1", store=store, input=1) == Err("DECLINED")  # type: ignore[arg-type]
+    assert await workflow.run(body, workflow_id="p-1", store=store, input=1) == Err("DECLINED")
     saved = store.saved["p-1"]
-    assert await workflow.run(body, workflow_id="p-1", store=store, input=2) == Err(  # type: ignore[arg-type]
+    assert await workflow.run(body, workflow_id="p-1", store=store, input=2) == Err(
         InputConflictError("p-1", "orders")
     )
     assert store.saved["p-1"] is saved  # nothing written
-    assert await workflow.run(body, workflow_id="p-1", store=store) == Ok(1)  # type: ignore[arg-type]
-    assert await workflow.run(body, workflow_id="p-1", store=store, input=2) == Err(  # type: ignore[arg-type]
+    assert await workflow.run(body, workflow_id="p-1", store=store) == Ok(1)
+    assert await workflow.run(body, workflow_id="p-1", store=store, input=2) == Err(
         InputConflictError("p-1", "orders")
     )
 

@@ -700,12 +700,12 @@ class _PostgresDriver:
 
     async def watch(self, woken: Callable[[str], object]) -> None:
         """``LISTEN`` on a connection of its own (a new one for a DSN, one taken from the
-        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the driver
-        loop as it arrives (the hosted asyncio loop's thread under trio: ``woken`` must
-        be thread-safe, as the front's is), or on the caller's loop for an id sent as
-        its digest (too long for a payload).  Raises ``ConnectionError`` when that
-        connection is lost, and what connecting raises.  The connection is closed (or
-        given back) when it ends."""
+        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the caller's
+        loop: as it arrives, from asyncpg's callback (under trio, handed from the hosted
+        asyncio loop's thread to the caller's loop directly), or, for an id sent as its
+        digest (too long for a payload), once the listener has looked it up.  Raises
+        ``ConnectionError`` when that connection is lost, and what connecting raises.
+        The connection is closed (or given back) when it ends."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
         if self._dsn is None and not _loops.current().drives_asyncio:
@@ -713,13 +713,23 @@ class _PostgresDriver:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
-        listener = _Listener(self.name, self.sql, woken)
+        loop = _loops.current()
+        deliver: Callable[[str], object] = woken  # asyncpg's callbacks run on this loop
+        if not loop.drives_asyncio:
+            # From the hosted asyncio loop's thread straight to this loop: one crossing,
+            # not the way back of a `DriverLoop.call` and then another.
+            call = loop.call_soon_threadsafe()
+
+            def to_caller(id: str) -> None:
+                call(lambda: woken(id))
+
+            deliver = to_caller
+        listener = _Listener(self.name, self.sql, deliver)
         self._listeners.add(listener)
         try:
             await self._loop.call(listener.start, self._dsn, self._pool)
             while not self._closed:
-                for run_id in await self._loop.call(listener.next):
-                    woken(run_id)
+                await self._loop.call(listener.next)
             raise RuntimeError(f"{self.name} is closed")
         finally:
             self._listeners.discard(listener)
@@ -985,11 +995,13 @@ def _digest(text: str) -> bytes:
 
 
 class _Listener:
-    """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop: a
-    notification naming its run calls ``woken`` at once, from asyncpg's callback (the
-    delivery's hot path: no hop through `next`, which under trio would be one more
-    crossing between threads); one naming a digest (a long id) and the connection's
-    loss queue up until `next` takes them; `stop` closes it (or gives it back to the
+    """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop.  A
+    notification naming its run is handed to ``woken`` at once, from asyncpg's
+    callback (the delivery's hot path: no hop through `next`, which under trio would
+    be one more crossing between threads; ``woken`` gets it to the caller's loop).
+    One naming a digest (a long id) queues up for `next`, which looks the id up, and
+    so do the notifications behind it until it is delivered (wake-ups keep their
+    order), and the connection's loss.  `stop` closes it (or gives it back to the
     pool it came from).  Every method runs on the driver loop."""
 
     def __init__(self, name: str, sql: Statements, woken: Callable[[str], object]) -> None:
@@ -997,6 +1009,7 @@ class _Listener:
         self._connection: Any = None
         self._pool: Any = None
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._backlog = 0  # notifications queued and not delivered yet
         self._lost = False
 
     @property
@@ -1020,41 +1033,45 @@ class _Listener:
         await connection.add_listener(self._sql.channel, self._notified)
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        if payload.startswith("="):
-            # A wake-up for a caller whose loop has ended meanwhile wakes nobody.
-            with contextlib.suppress(RuntimeError):
-                self._woken(payload[1:])
+        if payload.startswith("=") and not self._backlog:
+            self._deliver(payload[1:])
         else:
+            self._backlog += 1
             self._queue.put_nowait(payload)
+
+    def _deliver(self, id: str) -> None:
+        # A wake-up for a caller whose loop has ended meanwhile wakes nobody.
+        with contextlib.suppress(RuntimeError):
+            self._woken(id)
 
     def _terminated(self, connection: Any) -> None:
         self._queue.put_nowait(None)
 
-    async def next(self) -> builtins.list[str]:
-        """The run ids notified by digest since the last call (waiting for one); raises
-        ``ConnectionError`` once the connection is lost and what it brought is taken.
-        (Ids notified as themselves went to ``woken`` already.)"""
+    async def next(self) -> None:
+        """Deliver what queued up (waiting for something to): the ids sent as digests,
+        looked up, and the ids behind them, in order.  Raises ``ConnectionError`` once
+        the connection is lost (after delivering what it brought)."""
         if self._lost:
             raise ConnectionError(f"{self._name} lost its connection listening for wake-ups")
         payloads = [await self._queue.get()]
         while not self._queue.empty():
             payloads.append(self._queue.get_nowait())
-        if None in payloads:
-            self._lost = True
-        ids: builtins.list[str] = []
+        self._lost = self._lost or None in payloads
         for payload in payloads:
             if payload is None:
                 continue
-            if payload.startswith("="):
-                ids.append(payload[1:])
-            elif payload.startswith("#") and not self._lost:
-                run_key = bytes.fromhex(payload[1:])
-                found = await self._connection.fetchval(self._sql.select_id, run_key)
-                if found is not None:
-                    ids.append(found)
-        if not ids and self._lost:
+            try:
+                if payload.startswith("="):
+                    self._deliver(payload[1:])
+                elif payload.startswith("#") and not self._lost:
+                    run_key = bytes.fromhex(payload[1:])
+                    found = await self._connection.fetchval(self._sql.select_id, run_key)
+                    if found is not None:
+                        self._deliver(found)
+            finally:
+                self._backlog -= 1
+        if self._lost:
             raise ConnectionError(f"{self._name} lost its connection listening for wake-ups")
-        return ids
 
     async def stop(self) -> None:
         """Close the connection, or UNLISTEN and give it back to the pool it came from."""

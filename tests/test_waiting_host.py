@@ -183,12 +183,6 @@ async def test_a_parked_run_is_brought_back_at_its_deadline(kit: StoreKit, tmp_p
         assert snapshot.status == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the emit side is in files task 'wait' does not own: _workflow._evented must "
-    "emit WorkflowParked (not WorkflowCancelled) and _step._execute no StepCancelled "
-    "when _waits.parked_in(exc); see the wait task's report",
-)
 async def test_a_parked_run_emits_workflow_parked_and_no_cancelled_pair() -> None:
     seen: list[WorkflowEvent] = []
     clock = FakeClock()

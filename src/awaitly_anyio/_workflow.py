@@ -34,6 +34,7 @@ from .events import (
     WorkflowCancelled,
     WorkflowComplete,
     WorkflowFailed,
+    WorkflowParked,
     WorkflowStart,
 )
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ._snapshot import WorkflowSnapshot
     from ._store import SnapshotStore
 from ._resume import SupportsResume, completed_results
+from ._waits import parking
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -303,22 +305,37 @@ class Workflow(Generic[D]):
     ) -> Result[Any, Any]:
         """Await ``outcome`` (a run; ``state`` is its state, or its id) with workflow
         events around it: one start, and one terminal event matching what it returns
-        (or ``workflow_cancelled`` when it raises)."""
+        (or ``workflow_cancelled`` when it raises; ``workflow_parked`` when its host
+        parks it)."""
         workflow_id = state if isinstance(state, str) else state.workflow_id
         clock = self.clock
         started = clock.monotonic()
         emit(WorkflowStart(workflow_id=workflow_id, workflow_name=self.name, ts=clock.time()))
         try:
             result = await outcome
-        except BaseException:
-            emit(
-                WorkflowCancelled(
-                    workflow_id=workflow_id,
-                    workflow_name=self.name,
-                    ts=clock.time(),
-                    duration_ms=(clock.monotonic() - started) * 1000.0,
+        except BaseException as exc:
+            duration_ms = (clock.monotonic() - started) * 1000.0
+            parked = parking(exc)
+            if parked is not None:
+                # Its host parked the run: nothing was cancelled, it waits in its store.
+                emit(
+                    WorkflowParked(
+                        workflow_id=workflow_id,
+                        workflow_name=self.name,
+                        ts=clock.time(),
+                        duration_ms=duration_ms,
+                        waiting_for=parked.waiting_for,
+                    )
                 )
-            )
+            else:
+                emit(
+                    WorkflowCancelled(
+                        workflow_id=workflow_id,
+                        workflow_name=self.name,
+                        ts=clock.time(),
+                        duration_ms=duration_ms,
+                    )
+                )
             raise
         duration_ms = (clock.monotonic() - started) * 1000.0
         if isinstance(result, Ok):

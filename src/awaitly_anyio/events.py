@@ -217,10 +217,11 @@ EventHandler: TypeAlias = Callable[[WorkflowEvent], object]
 """An ``on_event`` handler: a synchronous callable taking one event."""
 
 
-TRACE_CONTEXT_KEY = "trace_context"
+TRACE_CONTEXT_KEY = "awaitly.trace_context"
 """The metadata key under which a durable run keeps the trace context it was first
 created under (a mapping of W3C trace-context headers), for
-`WorkflowResumed`."""
+`WorkflowResumed`.  Keys starting with ``awaitly.`` are the library's; a run stored
+by an earlier release under ``trace_context`` is still read."""
 
 
 class TraceCarrierSource(Protocol):

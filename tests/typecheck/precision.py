@@ -39,7 +39,7 @@ from awaitly_anyio import (
 from awaitly_anyio._circuit_breaker import CircuitBreaker, RedisCircuitBreaker
 from awaitly_anyio._host import RunHandle
 from awaitly_anyio._ratelimit import RateLimiter, RedisRateLimiter
-from awaitly_anyio._store import LeaseStore
+from awaitly_anyio._store import QueueStore
 
 
 @attrs.frozen
@@ -158,13 +158,13 @@ async def runs(snapshot: WorkflowSnapshot, maybe: WorkflowSnapshot | None) -> No
     assert_type(await workflow.run(lambda ctx: plain_body(ctx)), Ok[int] | Err[Any])
 
 
-# ---- stores: what open_store returns is a LeaseStore -------------------------------------
+# ---- stores: what open_store returns is a QueueStore -------------------------------------
 
 
 async def stores(registry: WorkflowRegistry) -> None:
     for url in ("memory://", "sqlite:///runs.db", "postgresql://db/app", "redis://cache:6379/0"):
         async with open_store(url) as store:
-            assert_type(store, LeaseStore)
+            assert_type(store, QueueStore)
             await recover(store, registry)
             await recovery_loop(store, registry, interval=5.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._store import LeaseStore
+from .._store import QueueStore
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore", "PostgresStore", "RedisStore", "SQLiteStore", "open_store"]
 
 
-def open_store(url: str, **options: Any) -> LeaseStore:
+def open_store(url: str, **options: Any) -> QueueStore:
     """Open the store a URL names; use it with ``async with``.
 
     - ``memory://``: `MemoryStore`
@@ -31,9 +31,10 @@ def open_store(url: str, **options: Any) -> LeaseStore:
     - ``redis://host:6379/0``: `RedisStore` (needs the
       ``redis`` extra)
 
-    Every one of them is a `LeaseStore` (and so a `CheckpointStore`
-    and a `SnapshotStore`), which is the declared return type: the store
-    can be given to ``recover``, ``recovery_loop`` and a durable ``run`` as it is.
+    Every one of them is a `QueueStore` (and so a `MailboxStore`, a `LeaseStore`,
+    a `CheckpointStore` and a `SnapshotStore`), which is the declared return type:
+    the store can be given to ``recover``, ``enqueue``, ``send`` and a durable ``run``
+    as it is.
 
     ``options`` go to the store's constructor.  Raises ``ValueError`` for a URL
     with an unknown scheme, without a path, or malformed (a port that is not a

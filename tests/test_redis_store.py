@@ -386,3 +386,115 @@ def test_bad_arguments_are_refused() -> None:
         RedisStore(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prefix"):
         RedisStore(URL, prefix="a\x00b")
+
+
+# ---- waiting (issue 19) ----------------------------------------------------------------
+
+
+async def test_a_receive_is_one_script_call(proxied: tuple[RedisStore, StallProxy]) -> None:
+    store, proxy = proxied
+    await store.claim("r", "orders", owner="w", lease=30)
+    await store.send("r", "k", "warm")
+    assert await store.receive("r", "k", step="warm", name="warm", owner="w") == Ok("warm")
+    await store.send("r", "k", {"value": 1})
+    before = len(proxy.sent)
+    found = await store.receive("r", "k", step="got", name="got", owner="w", sent_by=2e9)
+    sent = bytes(proxy.sent[before:])
+    assert found == Ok({"value": 1})
+    # The look, the take and the step's record: one script, and nothing else sent.
+    assert commands_sent(sent, "evalsha") == 1
+    assert commands_sent(sent) == 1
+    loaded = await store.load("r")
+    assert loaded is not None
+    assert list(loaded.steps) == ["warm", "got"]
+    assert loaded.steps["got"].result == Ok({"value": 1})
+
+
+def _other_db_url() -> str:
+    parts = urllib.parse.urlsplit(URL)
+    db = (parts.path.strip("/") or "0") == "0"
+    return urllib.parse.urlunsplit(parts._replace(path="/1" if db else "/0"))
+
+
+async def test_two_databases_with_one_prefix_never_wake_each_other(prefix: str) -> None:
+    import redis
+
+    other_url = _other_db_url()
+    clock = FakeClock()
+    seen: list[str] = []
+    arrived = anyio.Event()
+
+    def woken(id: str) -> None:
+        seen.append(id)
+        if id == "ours":
+            arrived.set()
+
+    async with (
+        RedisStore(URL, prefix=prefix, clock=clock) as ours,
+        RedisStore(other_url, prefix=prefix, clock=clock) as theirs,
+    ):
+        assert ours._driver.channel != theirs._driver.channel
+        await ours.mark_running("ours", "orders")
+        await theirs.mark_running("theirs", "orders")
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(ours._driver.watch, woken)
+                # Nothing tells when the watch has subscribed: each round publishes
+                # theirs, then ours, until ours arrives.
+                for n in range(200):
+                    await theirs.send("theirs", "k", n)
+                    await ours.send("ours", "k", n)
+                    with anyio.move_on_after(0.05):
+                        await arrived.wait()
+                    if arrived.is_set():
+                        break
+                # One more round, the watch surely listening: ours arrives after theirs
+                # would have, had the two channels been one.
+                seen.clear()
+                arrived = anyio.Event()
+                await theirs.send("theirs", "k", "late")
+                await ours.send("ours", "k", "late")
+                with anyio.fail_after(10):
+                    await arrived.wait()
+                group.cancel_scope.cancel()
+        finally:
+            with contextlib.closing(redis.Redis.from_url(other_url)) as client:
+                keys = list(client.scan_iter(match=prefix + "*", count=1000))
+                if keys:
+                    client.delete(*keys)
+    assert seen == ["ours"]
+
+
+async def test_writing_over_an_expired_run_drops_its_mailbox_wait_and_lease(
+    prefix: str,
+) -> None:
+    from awaitly_anyio._rows import RunRow
+
+    clock = FakeClock()
+    async with RedisStore(URL, prefix=prefix, clock=clock) as store:
+        driver = store._driver
+        await store.claim("r", "orders", owner="w", lease=300)
+        await store.send("r", "k", "stale")
+        ready, _ = await store.begin_wait(
+            "r", step="wait", key="other", kind="message", wake_at=clock.time() + 100
+        )
+        assert not ready
+        now = clock.time()
+        # Saved with an expiry (the stored lease and wait stay, as for any save).
+        row = RunRow("orders", "waiting", None, "{}", now, now, now + 5)
+        await driver.write_run("r", row, [])
+        run_key = store.keys_of("r")[0]
+        with contextlib.closing(raw()) as client:
+            assert client.hget(run_key, "wait_step") == "wait"
+            assert client.hget(run_key, "lease_owner") == "w"
+        clock.advance(10)  # expired for the store; Redis's own TTL has not run out
+        now = clock.time()
+        await driver.write_run("r", RunRow("orders", "running", None, "{}", now, now, None), [])
+        with contextlib.closing(raw()) as client:
+            stored = client.hgetall(run_key)
+            assert not client.exists(f"{prefix}mail:r")
+            assert client.zscore(f"{prefix}waiting", "r") is None
+        # Absent fields read as none.
+        gone = [stored.get(name, "") for name in ("wait_step", "wake_at", "lease_owner")]
+        assert gone == ["", "", ""]
+        assert await store.receive("r", "k", step="s", name="s") is None

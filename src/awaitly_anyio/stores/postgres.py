@@ -12,7 +12,13 @@ one statement per batch (group commit).
 Messages sent to runs wait in a mailbox table until received; a send wakes the
 run's waiters in other processes with ``NOTIFY`` (one channel per schema and
 table prefix, the run's id as payload), which `watch` receives on a connection
-of its own (``LISTEN``).
+of its own (``LISTEN``).  A receive is one statement, committed without waiting
+for the WAL flush (see ``RECEIVE``).
+
+Queued runs (status ``pending``) start through `claim_queued`: without caps one
+statement (``FOR UPDATE SKIP LOCKED``), with caps one transaction per claim under
+an advisory lock of the queue.  An enqueue, a cancel request and the end of a queued
+run are pushed like a send.  Schedules live in a table of their own.
 
 Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
 (the loops layer's driver runner, through `awaitly_anyio._bridge.DriverLoop`); nothing
@@ -702,7 +708,7 @@ class _PostgresDriver:
         """``LISTEN`` on a connection of its own (a new one for a DSN, one taken from the
         pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the caller's
         loop: as it arrives, from asyncpg's callback (under trio, handed from the hosted
-        asyncio loop's thread to the caller's loop directly), or, for an id sent as its
+        asyncio loop to the caller's loop directly), or, for an id sent as its
         digest (too long for a payload), once the listener has looked it up.  Raises
         ``ConnectionError`` when that connection is lost, and what connecting raises.
         The connection is closed (or given back) when it ends."""
@@ -716,8 +722,9 @@ class _PostgresDriver:
         loop = _loops.current()
         deliver: Callable[[str], object] = woken  # asyncpg's callbacks run on this loop
         if not loop.drives_asyncio:
-            # From the hosted asyncio loop's thread straight to this loop: one crossing,
-            # not the way back of a `DriverLoop.call` and then another.
+            # From the hosted asyncio loop straight to this loop: one hop, not the way
+            # back of a `DriverLoop.call` and then another (the hosted loop may run in a
+            # thread of its own: `call_soon_threadsafe` works from either).
             call = loop.call_soon_threadsafe()
 
             def to_caller(id: str) -> None:
@@ -998,7 +1005,7 @@ class _Listener:
     """One ``LISTEN`` connection of `_PostgresDriver.watch`, on the driver loop.  A
     notification naming its run is handed to ``woken`` at once, from asyncpg's
     callback (the delivery's hot path: no hop through `next`, which under trio would
-    be one more crossing between threads; ``woken`` gets it to the caller's loop).
+    be one more hop between the loops; ``woken`` gets it to the caller's loop).
     One naming a digest (a long id) queues up for `next`, which looks the id up, and
     so do the notifications behind it until it is delivered (wake-ups keep their
     order), and the connection's loss.  `stop` closes it (or gives it back to the

@@ -6,7 +6,8 @@
 
 A sender opens its store (or a ``DBOSClient``), prints ``ready``, then for each line
 ``RUN_ID N`` on stdin takes ``time.monotonic_ns()`` just before sending ``N`` under
-key ``k`` to that run, sends, and prints that time (CLOCK_MONOTONIC is one clock for
+key ``k`` to that run (ours from a running asyncio loop, DBOS's client synchronously,
+as each is used), sends, and prints that time (CLOCK_MONOTONIC is one clock for
 every process of the machine, so the parent can subtract it from its own reading).
 An empty line or end of input ends it.
 
@@ -33,15 +34,25 @@ PARK_AFTER = 0.02
 
 
 def _send_awaitly(url: str, options: dict[str, Any]) -> None:
+    """Sends from a running asyncio loop, as a service would (the loop is not started
+    and stopped around each send; stdin is read in a worker thread, before the time
+    is taken)."""
     from awaitly_anyio import open_store, send
 
-    with asyncio.Runner() as runner:
-        store = open_store(url, **options)
-        runner.run(store.__aenter__())
-        try:
-            _serve(lambda id, n: runner.run(send(store, id, "k", n)))
-        finally:
-            runner.run(store.__aexit__(None, None, None))
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        async with open_store(url, **options) as store:
+            print("ready", flush=True)
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line.strip():
+                    return
+                id, n = line.split()
+                started = time.monotonic_ns()
+                await send(store, id, "k", int(n))
+                print(started, flush=True)
+
+    asyncio.run(serve())
 
 
 def _send_dbos(url: str) -> None:

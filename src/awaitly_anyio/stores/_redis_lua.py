@@ -453,7 +453,7 @@ field/value pairs.  Returns 1 (stored) or the live run's hash as field/value pai
 CLAIM_QUEUED = (
     _EXPIRED_FN
     + """
-local now, owner, until = ARGV[1], ARGV[2], ARGV[3]
+local now, owner, lease_until = ARGV[1], ARGV[2], ARGV[3]
 local limit = tonumber(ARGV[4])
 local cap, pcap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rate, cutoff = tonumber(ARGV[7]), ARGV[8]
@@ -509,7 +509,7 @@ while count < limit do
         parts[part] = (parts[part] or 0) + 1
         drop[#drop + 1] = entry
         redis.call('HSET', key, 'status', 'running', 'lease_owner', owner,
-          'lease_expires_at', until, 'started_at', now, 'updated_at', now)
+          'lease_expires_at', lease_until, 'started_at', now, 'updated_at', now)
         redis.call('ZADD', KEYS[4], now, id)
         redis.call('ZADD', KEYS[5], now, id)
         redis.call('HSET', KEYS[2], id, part)

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import hashlib
 import re
+import threading
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -722,13 +723,17 @@ class _PostgresDriver:
         loop = _loops.current()
         deliver: Callable[[str], object] = woken  # asyncpg's callbacks run on this loop
         if not loop.drives_asyncio:
-            # From the hosted asyncio loop straight to this loop: one hop, not the way
-            # back of a `DriverLoop.call` and then another (the hosted loop may run in a
-            # thread of its own: `call_soon_threadsafe` works from either).
-            call = loop.call_soon_threadsafe()
+            # The hosted asyncio loop runs inside this loop's thread (a trio system task
+            # steps it), so its callbacks are on this loop already; where it runs in a
+            # thread of its own, one hop.  Either way not the way back of a
+            # `DriverLoop.call` and then another.
+            call, here = loop.call_soon_threadsafe(), threading.get_ident()
 
             def to_caller(id: str) -> None:
-                call(lambda: woken(id))
+                if threading.get_ident() == here:
+                    woken(id)
+                else:
+                    call(lambda: woken(id))
 
             deliver = to_caller
         listener = _Listener(self.name, self.sql, deliver)

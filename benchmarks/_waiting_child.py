@@ -5,11 +5,14 @@
     python benchmarks/_waiting_child.py park BACKEND TOTAL BATCH
 
 A sender opens its store (or a ``DBOSClient``), prints ``ready``, then for each line
-``RUN_ID N`` on stdin takes ``time.monotonic_ns()`` just before sending ``N`` under
+``RUN_ID N`` on stdin takes ``time.monotonic_ns()``, prints it, and sends ``N`` under
 key ``k`` to that run (ours from a running asyncio loop, DBOS's client synchronously,
-as each is used), sends, and prints that time (CLOCK_MONOTONIC is one clock for
-every process of the machine, so the parent can subtract it from its own reading).
-An empty line or end of input ends it.
+as each is used).  CLOCK_MONOTONIC is one clock for every process of the machine,
+so the parent can subtract the time from its own reading.  The time is printed
+before the send, so that the parent reads it while the send is in flight rather
+than just when the wake-up it measures arrives (a send that fails ends the sender,
+and the parent's bound on the delivery fails).  An empty line or end of input ends
+it.
 
 ``park`` measures a worker's memory: a `WorkflowHost` on a fresh SQLite file with
 ``park_after`` set, warmed up with two batches of parked runs, then its resident set
@@ -49,8 +52,10 @@ def _send_awaitly(url: str, options: dict[str, Any]) -> None:
                     return
                 id, n = line.split()
                 started = time.monotonic_ns()
-                await send(store, id, "k", int(n))
+                # The reading goes out first, so the parent reads it while the send is
+                # in flight, not just when the wake-up it measures arrives.
                 print(started, flush=True)
+                await send(store, id, "k", int(n))
 
     asyncio.run(serve())
 
@@ -76,8 +81,8 @@ def _serve(send: Any) -> None:
             return
         id, n = line.split()
         started = time.monotonic_ns()
+        print(started, flush=True)  # first, as for ours
         send(id, int(n))
-        print(started, flush=True)
 
 
 def _rss() -> int:

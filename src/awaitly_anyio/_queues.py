@@ -265,9 +265,11 @@ class QueuedRun:
         if info.damaged is not None:
             return Err(SnapshotDecodeError(self.id, info.damaged))
         if info.status == "cancelled":
-            if getattr(info, "cancel_requested", False):
+            # Cancelled on request (before it started, or by its worker once asked):
+            # over.  Otherwise a worker's shutdown stopped it and recovery resumes it.
+            if info.cancel_requested or info.started_at is None:
                 return Err(RunStateError(self.id, "cancelled", "get the result of"))
-            return None  # stopped by a worker's shutdown: recovery resumes it
+            return None
         if info.status not in _ENDED:
             return None
         try:
@@ -345,7 +347,7 @@ async def enqueue(
         stored = None if snapshot is None else stored_input(snapshot.metadata)
         if snapshot is not None and not same_input(stored, input, store.registry):
             raise InputConflictError(id, name)
-        queue_name = getattr(existing, "queue", None) or queue_name
+        queue_name = existing.queue or queue_name
     return QueuedRun(store, id, name, queue_name)
 
 

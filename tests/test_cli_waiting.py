@@ -390,6 +390,7 @@ async def test_the_health_app_counts_runs_by_status_and_lists_what_waiting_runs_
     status, body = await get(create_health_app(store=store), "/health/runs")
     assert status == 200
     assert body["counts"] == {
+        "pending": 0,
         "running": 1,
         "waiting": 3,
         "completed": 1,

@@ -335,29 +335,28 @@ _ENDED = (
     " wait_kind = NULL, wake_at = NULL"
 )
 # The end of a queued run is pushed at commit (a handle awaiting its result in another
-# process wakes); runs without a queue notify nothing (no lock on the notify queue).
+# process wakes): a column of the ends' RETURNING, whose CASE calls pg_notify only for
+# a run with a queue.  A run without one notifies nothing (no lock on the notify
+# queue) and its end stays a plain UPDATE (a CTE would cost its planning every time).
 _NOTIFY_ENDED = (
-    " notified AS (SELECT pg_notify({channel}, "
-    + _PAYLOAD.format(alias="ended.")
-    + ") FROM ended WHERE ended.queue IS NOT NULL)"
+    "CASE WHEN {alias}queue IS NOT NULL THEN pg_notify({{channel}}, " + _PAYLOAD + ") END"
 )
 _FINISH = (
-    "WITH ended AS (UPDATE {{runs}} SET status = $2, result = $3::jsonb, updated_at = $4,"
+    "UPDATE {{runs}} SET status = $2, result = $3::jsonb, updated_at = $4,"
     " expires_at = $5," + _ENDED + "{merge}"
     " WHERE id_digest = $1 AND (expires_at IS NULL OR expires_at > $4)"
-    " AND ($6::text IS NULL OR lease_owner = $6){mergeable}"
-    " RETURNING id, id_digest, queue),"
-    + _NOTIFY_ENDED.replace("{", "{{").replace("}", "}}")
-    + " SELECT 1 FROM ended, (SELECT count(*) FROM notified) n"
+    " AND ($6::text IS NULL OR lease_owner = $6){mergeable} RETURNING 1, "
+    + _NOTIFY_ENDED.format(alias="").replace("{", "{{").replace("}", "}}")
 )
 FINISH = _FINISH.format(merge="", mergeable="")
 FINISH_MERGING = _FINISH.format(
     merge=", metadata = metadata || $7::jsonb",
     mergeable=" AND jsonb_typeof(metadata) = 'object' AND NOT metadata ? '$t'",
 )
-# Many runs' ends in one statement, on the same terms as one each.
+# Many runs' ends in one statement, on the same terms as one each; the digests of the
+# runs ended come back (with the pushes' column).
 FINISH_BATCH = (
-    "WITH ended AS (UPDATE {runs} AS r SET status = b.status, result = b.result::jsonb,"
+    "UPDATE {runs} AS r SET status = b.status, result = b.result::jsonb,"
     " updated_at = b.now, expires_at = b.expires_at," + _ENDED + ","
     " metadata = CASE WHEN b.extra IS NULL"
     " THEN r.metadata ELSE r.metadata || b.extra::jsonb END"
@@ -369,16 +368,14 @@ FINISH_BATCH = (
     " AND (b.owner IS NULL OR r.lease_owner = b.owner)"
     " AND (b.extra IS NULL OR (jsonb_typeof(r.metadata) = 'object'"
     " AND NOT r.metadata ? '$t'))"
-    " RETURNING r.id, r.id_digest, r.queue),"
-    + _NOTIFY_ENDED
-    + " SELECT ended.id_digest FROM ended, (SELECT count(*) FROM notified) n"
+    " RETURNING r.id_digest, " + _NOTIFY_ENDED.format(alias="r.")
 )
 # A run's end with its whole metadata: $1 digest, $2 status, $3 result, $4 metadata,
 # $5 now, $6 expiry.
 FINISH_REPLACING = (
-    "WITH ended AS (UPDATE {runs} SET status = $2, result = $3::jsonb,"
+    "UPDATE {runs} SET status = $2, result = $3::jsonb,"
     " metadata = $4::jsonb, updated_at = $5, expires_at = $6," + _ENDED + " WHERE id_digest = $1"
-    " RETURNING id, id_digest, queue)," + _NOTIFY_ENDED + " SELECT count(*) FROM notified"
+    " RETURNING " + _NOTIFY_ENDED.format(alias="")
 )
 
 # ---- waiting: messages and waits -------------------------------------------------------

@@ -927,7 +927,10 @@ class _PostgresDriver:
                 return {key(items[0])} if await one(connection, items[0]) else set()
             columns = [builtins.list(column) for column in zip(*items, strict=True)]
             found = await connection.fetch(many_sql, *columns)
-            return {tuple(row) for row in found}  # bytea comes back as bytes
+            # bytea comes back as bytes; columns after the key (the ends' pushes) are
+            # not part of it.
+            width = len(key(items[0]))
+            return {tuple(row)[:width] for row in found}
 
         async def together(batch: builtins.list[Pending[Item, bool]]) -> None:
             waiting = [pending for pending in batch if not pending.done()]

@@ -24,6 +24,7 @@ from awaitly_anyio import (
     open_store,
 )
 from awaitly_anyio._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
+from awaitly_anyio._queues import Queue, enqueue
 from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
@@ -392,3 +393,44 @@ async def test_every_store_recovers_through_the_host_and_stays_the_callers(
         snapshot = await store.load("r-1")
         assert snapshot is not None
         assert snapshot.status == "completed"
+
+
+async def test_serve_queues_checks_its_arguments() -> None:
+    registry = WorkflowRegistry()
+    with pytest.raises(TypeError, match="LeaseStore"):
+        WorkflowHost().serve_queues(registry, [Queue("q")])
+    with pytest.raises(HostClosedError):
+        WorkflowHost(store=MemoryStore()).serve_queues(registry, [Queue("q")])
+    async with MemoryStore() as store, WorkflowHost(store=store) as host:
+        with pytest.raises(TypeError, match="WorkflowRegistry"):
+            host.serve_queues("jobs", [Queue("q")])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Queue"):
+            host.serve_queues(registry, "q")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="poll_interval"):
+            host.serve_queues(registry, [Queue("q")], poll_interval=0)
+        with pytest.raises(ValueError, match="lease"):
+            host.serve_queues(registry, [Queue("q")], lease=-1)
+        host.serve_queues(registry, [Queue("q")], recovery_interval=None)
+        with pytest.raises(ValueError, match="already served"):
+            host.serve_queues(registry, [Queue("q")], recovery_interval=None)
+
+
+async def test_health_reports_queued_runs_of_workflows_this_host_does_not_know() -> None:
+    import httpx
+
+    from awaitly_anyio.health import create_health_app
+
+    async with MemoryStore() as store:
+        await enqueue(store, "elsewhere", 1, id="stray", queue="q")
+        async with WorkflowHost(
+            store=store, registry=WorkflowRegistry(), queues=[Queue("q")]
+        ) as host:
+            await anyio.wait_all_tasks_blocked()
+            app = create_health_app(host=host)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+                health = (await http.get("/health")).json()
+                ready = await http.get("/ready")
+        assert health["unregistered_workflows"] == {"elsewhere": {"runs": 1, "last_run": "stray"}}
+        assert ready.status_code == 200
+        assert ready.json()["queues"] == {"q": 0}

@@ -259,14 +259,19 @@ def create_health_app(
 
     - ``GET /health``: every check, concurrently, each within ``timeout`` seconds;
       200 with ``"status": "healthy"`` when all pass, else 503 ``"unhealthy"``.
+      With a ``host`` serving queues, ``"unregistered_workflows"`` names the
+      workflows of queued runs it took but has not registered (``{name: {"runs":
+      count, "last_run": id}}``; see `WorkflowHost.serve_queues`), when there are
+      any; they do not make the host unhealthy.
     - ``GET /ready``: 200 while ``host`` (a `WorkflowHost`)
       accepts work, 503 when it is shutting down or full.
     - ``GET /health/workflows``: ``tracker.get_stats()``.
     - ``GET /health/circuits``: each breaker's state (``"CLOSED"``, ``"OPEN"``,
       ``"HALF_OPEN"``).
     - ``GET /health/runs``: the runs of ``store`` (any store: it is only listed)
-      counted by status, ``waiting`` included (``"counts"``; a count stops at
-      ``count_limit``, and the statuses that reached it are named in ``"capped"``),
+      counted by status, ``pending`` (queued) and ``waiting`` included
+      (``"counts"``; a count stops at ``count_limit``, and the statuses that
+      reached it are named in ``"capped"``),
       and the ``waiting_listed`` most recently updated waiting runs, each with what
       it waits for (``wait_kind``, ``waiting_for``) and its deadline (``wake_at``).
       Read within ``timeout`` seconds: a store that fails or is slower answers 503
@@ -308,7 +313,13 @@ def create_health_app(
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }
         if host is not None:
-            body["active_workflows"] = host.readiness()["active"]
+            state = host.readiness()
+            body["active_workflows"] = state["active"]
+            # Queued runs this worker took but cannot run (no such workflow here): not a
+            # failure of the worker, but an operator must see them.
+            unregistered = state.get("unregistered_workflows")
+            if unregistered:
+                body["unregistered_workflows"] = unregistered
         return (200 if healthy else 503), body
 
     async def ready() -> tuple[int, dict[str, Any]]:

@@ -4,6 +4,7 @@ under trio (the loops layer's driver runner, through `awaitly_anyio._bridge.Driv
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -229,18 +230,15 @@ class SharedRedis:
             )
         self._owner = owner
         self._loop = DriverLoop(owner)
-        self._scripts = ScriptRunner()
         self._subscriptions: set[Subscription] = set()
         # Calls made while another is in flight wait here, on the caller's loop, and go
         # in one write (pipelined) on the runner's connection.  One cancelled while
         # queued is not sent; once sent, its reply is read (and dropped), so the
         # connection stays in step.
-        self._calls: WriteBatcher[_Call, Any] = WriteBatcher(
-            self._alone,
-            self._together,
-            lambda queued: min(len(queued), _BATCH),
-            "the Redis script runner stopped before answering",
-        )
+        self._writes = _Lane(self, "the Redis script runner stopped before answering")
+        # Reads that change nothing go on a lane of their own: a look at a run (a lease
+        # keeper's, woken by a send) does not hold up the write beside it (the receive).
+        self._reads = _Lane(self, "the Redis read runner stopped before answering")
 
     @property
     def where(self) -> str:
@@ -312,26 +310,13 @@ class SharedRedis:
 
     async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """Run the Lua script ``source`` once (EVALSHA, loading it when needed)."""
-        return await self._calls(_Call(source, self._scripts.sha(source), keys, args))
+        return await self._writes.run(source, keys, args)
 
-    async def _alone(self, call: _Call) -> Any:
-        scripts = self._scripts
-        return await self.call(lambda client: scripts.alone(client, call))
-
-    async def _together(self, batch: list[Pending[_Call, Any]]) -> None:
-        waiting = [pending for pending in batch if not pending.done()]
-        if not waiting:  # every caller gave up (cancelled) while queued: send nothing
-            return
-        calls = [pending.item for pending in waiting]
-        scripts = self._scripts
-        answers = await self.call(lambda client: scripts.pipelined(client, calls))
-        for pending, (reply, error) in zip(waiting, answers, strict=True):
-            if pending.done():  # its caller was cancelled meanwhile: its reply is dropped
-                continue
-            if error is None:
-                pending.set_result(reply)
-            else:
-                pending.set_exception(error)
+    async def run_read(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua script ``source``, which must change nothing, once, on a
+        connection of its own: it does not wait behind the writes in flight (nor they
+        behind it).  What a write answered before it was called is seen."""
+        return await self._reads.run(source, keys, args)
 
     async def subscribe(self, channel: str) -> Subscription:
         """``SUBSCRIBE`` to ``channel`` on a connection of its own (made now, on the
@@ -354,9 +339,50 @@ class SharedRedis:
     async def _close(self) -> None:
         for subscription in list(self._subscriptions):
             await subscription._disconnect()
-        await self._scripts.aclose()
+        await self._writes.scripts.aclose()
+        await self._reads.scripts.aclose()
         if self._url is not None and self._client is not None:
             await self._client.aclose()
+        # A connection dropped without waiting (a call cancelled mid-reply, a
+        # subscription) closes its socket in a callback of the loop's next turns: let
+        # them run before the loop may be let go of (under trio it is stepped only
+        # while a call runs, and closed with the last store using it).
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+class _Lane:
+    """One connection's script calls (a `ScriptRunner`): one call in flight, the calls
+    made meanwhile queued and sent together in one write."""
+
+    def __init__(self, shared: SharedRedis, stopped: str) -> None:
+        self._shared = shared
+        self.scripts = ScriptRunner()
+        self._calls: WriteBatcher[_Call, Any] = WriteBatcher(
+            self._alone, self._together, lambda queued: min(len(queued), _BATCH), stopped
+        )
+
+    async def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._calls(_Call(source, self.scripts.sha(source), keys, args))
+
+    async def _alone(self, call: _Call) -> Any:
+        scripts = self.scripts
+        return await self._shared.call(lambda client: scripts.alone(client, call))
+
+    async def _together(self, batch: list[Pending[_Call, Any]]) -> None:
+        waiting = [pending for pending in batch if not pending.done()]
+        if not waiting:  # every caller gave up (cancelled) while queued: send nothing
+            return
+        calls = [pending.item for pending in waiting]
+        scripts = self.scripts
+        answers = await self._shared.call(lambda client: scripts.pipelined(client, calls))
+        for pending, (reply, error) in zip(waiting, answers, strict=True):
+            if pending.done():  # its caller was cancelled meanwhile: its reply is dropped
+                continue
+            if error is None:
+                pending.set_result(reply)
+            else:
+                pending.set_exception(error)
 
 
 class Subscription:
@@ -410,6 +436,18 @@ class Subscription:
             # The connection's state is unknown: nothing more is read from it.
             await self._disconnect()
             raise
+
+    async def pump(self, deliver: Callable[[str], object]) -> None:
+        """Call ``deliver(message)`` for every message published on the channel, until
+        cancelled, from the driver loop (under trio, the hosted asyncio loop's thread:
+        ``deliver`` must be thread-safe), without crossing back to the caller's loop
+        per message.  Raises as `next` does; a cancelled pump leaves the connection
+        unusable (close it)."""
+        await self._shared.call(lambda _client: self._pump(deliver))
+
+    async def _pump(self, deliver: Callable[[str], object]) -> None:
+        while True:
+            deliver(await self._read(None))
 
     async def aclose(self) -> None:
         """Close the subscription's connection (bounded; shield it if the caller may be

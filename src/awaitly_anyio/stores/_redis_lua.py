@@ -40,6 +40,7 @@ __all__ = [
     "FINISH",
     "NOTIFY",
     "PUT_SCHEDULE",
+    "READ",
     "RECEIVE",
     "RELEASE",
     "RENEW",
@@ -201,6 +202,18 @@ steps, index, active, mailbox, waiting.  ARGV: id, now, ttl_ms (``''`` = none),
 status, prefix, queue, queue_entry, priority, partition, cancel_at (``''`` = none
 each), then the run's field/value pairs, ``--``, then the steps hash's field/value
 pairs."""
+
+READ = """
+local run = redis.pcall('HGETALL', KEYS[1])
+if run.err then return {0, run.err} end
+if ARGV[1] == '' then return {run} end
+local steps = redis.pcall('HGETALL', KEYS[2])
+if steps.err then return {1, steps.err} end
+return {run, steps}
+"""
+"""Read a run's hash and, with ARGV[1] ``'1'``, its steps hash, at once.  KEYS: run,
+steps.  Returns ``{run pairs}`` or ``{run pairs, steps pairs}``, or ``{n, error}``
+when KEYS[n + 1] could not be read (a key of another type)."""
 
 CHECKPOINT = (
     _DONE_WAITING

@@ -45,11 +45,13 @@ import builtins
 import contextlib
 import math
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .. import _loops
 from .._clock import Clock
 from .._redact import redact_url
 from .._redis_client import SharedRedis
@@ -545,24 +547,23 @@ class _RedisDriver:
         await self._redis.aclose()
 
     async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
+        # One script through the runner: read at once, and sent in the same write as
+        # the calls in flight (a lease keeper's look at its run beside the receive).
         run_key, steps_key = self.keys_of(id)
-
-        async def run_and_steps(client: Any) -> builtins.list[Any]:
-            async with client.pipeline(transaction=steps) as pipe:
-                pipe.hgetall(run_key)
-                if steps:
-                    pipe.hgetall(steps_key)
-                found: builtins.list[Any] = await pipe.execute(raise_on_error=False)
-                return found
-
-        found = await self._call(run_and_steps)
-        for key, value in zip((run_key, steps_key), found, strict=False):
-            if isinstance(value, Exception):
-                raise _unreadable(key, value)
-        row = _row(found[0]) if found[0] else None
+        found: builtins.list[Any] = await self._redis.run_read(
+            lua.READ, [run_key, steps_key], ["1" if steps else ""]
+        )
+        if isinstance(found[0], int):  # which key could not be read, and why
+            key = (run_key, steps_key)[found[0]]
+            error = str(found[1])
+            if "WRONGTYPE" in error:
+                raise RowUnreadable(_not_a_hash(key, _import_redis().ResponseError(error)))
+            raise _import_redis().ResponseError(error)
+        fields = _pairs(found[0])
+        row = _row(fields) if fields else None
         if row is None or not _live(row, now):
             return None
-        return row, (_in_order(found[1]) if steps else ())
+        return row, (_in_order(_pairs(found[1])) if steps else ())
 
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:
         now = row.updated_at  # the front saves at its "now"
@@ -997,11 +998,25 @@ class _RedisDriver:
         return False, (float(wake_at) if wake_at else None)
 
     async def watch(self, woken: Callable[[str], object]) -> None:
+        loop = _loops.current()
+        deliver: Callable[[str], object] = woken
+        if not loop.drives_asyncio:
+            # The messages are read on the hosted asyncio loop and handed over as they
+            # come (not each through the way back of a driver-loop call and another
+            # call to read the next): straight to ``woken`` where that loop runs in
+            # this loop's thread, else one hop.
+            call, here = loop.call_soon_threadsafe(), threading.get_ident()
+
+            def to_caller(id: str) -> None:
+                if threading.get_ident() == here:
+                    woken(id)
+                else:
+                    call(lambda: woken(id))
+
+            deliver = to_caller
         subscription = await self._redis.subscribe(self._wake)
         try:
-            while True:
-                # Read on the driver loop, call back on the caller's.
-                woken(await subscription.next())
+            await subscription.pump(deliver)
         finally:
             with anyio.move_on_after(_CLOSE_BOUND, shield=True):
                 await subscription.aclose()

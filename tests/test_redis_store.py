@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from awaitly_anyio import Ok, open_store
+from awaitly_anyio import AlreadyDeliveredError, Ok, open_store
 from awaitly_anyio.stores.redis import RedisStore
 from awaitly_anyio.testing import FakeClock
 
@@ -498,3 +498,40 @@ async def test_writing_over_an_expired_run_drops_its_mailbox_wait_and_lease(
         gone = [stored.get(name, "") for name in ("wait_step", "wake_at", "lease_owner")]
         assert gone == ["", "", ""]
         assert await store.receive("r", "k", step="s", name="s") is None
+
+
+async def test_a_message_stored_without_its_send_time_counts_as_sent_in_time(
+    store: RedisStore,
+) -> None:
+    await store.mark_running("r", "orders")
+    await store.send("r", "k", "old")
+    await store.send("r", "k", "new")
+    with contextlib.closing(raw()) as client:
+        mail = f"{store.prefix}mail:r"
+        # As a release that kept no send times stored it.
+        client.hdel(mail, *[field for field in client.hkeys(mail) if field.startswith("\x00s")])
+    ready, _ = await store.begin_wait("r", step="w", key="k", kind="message", wake_at=1.0)
+    assert ready
+    assert await store.receive("r", "k", step="w", name="w", sent_by=1.0) == Ok("old")
+    assert await store.receive("r", "k", step="w2", name="w2", sent_by=1.0) == Ok("new")
+
+
+async def test_a_message_sent_after_the_deadline_waits_behind_none_taken_before_it(
+    store: RedisStore,
+) -> None:
+    # Senders whose clocks disagree: the second message was sent "earliest".
+    driver = store._driver
+    await store.mark_running("r", "orders")
+    await driver.send("r", "k", '"late"', 2000.0, None)
+    await driver.send("r", "k", '"early"', 1000.0, None)
+    await driver.send("r", "k", '"later"', 3000.0, None)
+    assert await store.receive("r", "k", step="a", name="a", sent_by=1500.0) == Ok("early")
+    assert await store.receive("r", "k", step="b", name="b", sent_by=1500.0) is None
+    assert await store.receive("r", "k", step="c", name="c") == Ok("late")
+    # The oldest pending one is found past the gap the early one left: "once" sees it.
+    with pytest.raises(AlreadyDeliveredError):
+        await store.send("r", "k", "again", once="d")
+    assert await store.receive("r", "k", step="d", name="d") == Ok("later")
+    with contextlib.closing(raw()) as client:
+        left = [f for f in client.hkeys(f"{store.prefix}mail:r") if not f.startswith("\x00")]
+    assert left == []

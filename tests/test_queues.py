@@ -325,18 +325,18 @@ async def test_worker_concurrency_caps_one_host(kit: StoreKit, tmp_path: Path) -
     async with kit.open(tmp_path, FakeClock()) as store:
         for n in range(6):
             await enqueue(store, "jobs", n, id=f"w-{n}", queue="q")
-        async with WorkflowHost(store=store, max_active=10) as host:
+        async with WorkflowHost(store=store, max_active=10, grace=0) as host:
             host.serve_queues(
                 probe.registry(),
                 [Queue("q", worker_concurrency=2)],
                 clock=clock,
                 recovery_interval=None,
             )
-            for _ in range(3):
+            await drain(clock, lambda: probe.active == 2)
+            for _ in range(3):  # however many polls pass, no more start
                 await anyio.wait_all_tasks_blocked()
                 clock.advance(POLL)
-            await anyio.wait_all_tasks_blocked()
-            assert host.active == 2
+                assert host.active == 2
             assert host.readiness()["queues"] == {"q": 2}
             assert len((await store.list(status="pending")).items) == 4
             probe.gate.set()
@@ -361,7 +361,7 @@ async def test_shutdown_stops_claiming_and_gives_running_runs_the_grace(
                 clock=clock,
                 recovery_interval=None,
             )
-            await anyio.wait_all_tasks_blocked()
+            await drain(clock, lambda: probe.active == 1)
             assert probe.started == ["s-0"]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.shutdown)

@@ -213,7 +213,10 @@ async def recovery_loop(
 ) -> NoReturn:
     """Recover abandoned runs every ``interval`` seconds, forever; start it in a task
     group (``await tg.start(recovery_loop, store, registry)``) and cancel the group
-    to stop it.  Each resumed run is passed to ``on_recovered``, and so is each run
+    to stop it.  In a service, prefer `WorkflowHost.start_recovery` (or
+    `WorkflowHost.serve_queues`, which starts it): the host runs recovered runs
+    under its capacity, readiness report and graceful shutdown, which this loop
+    knows nothing of.  Each resumed run is passed to ``on_recovered``, and so is each run
     found damaged (its result ``Err(SnapshotDecodeError)``; see `recover`), at
     every pass until an operator repairs or deletes it."""
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:

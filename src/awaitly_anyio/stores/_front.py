@@ -861,9 +861,15 @@ class StoreFront:
         call = loop.call_soon_threadsafe()
         driver = self._driver
 
+        home = threading.get_ident()
+
         def woken(run_id: str) -> None:
-            # Drivers may call from their own thread (the hosted asyncio loop).
-            call(lambda: _wake_local(channel, run_id))
+            if threading.get_ident() == home:
+                # Already in this loop's thread (asyncio drivers, and the hosted loop
+                # under trio runs here too): no extra loop turn and pipe write.
+                _wake_local(channel, run_id)
+            else:  # the hosted asyncio loop in a thread of its own
+                call(lambda: _wake_local(channel, run_id))
 
         async def watch() -> None:
             pause = 0.05

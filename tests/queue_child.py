@@ -58,7 +58,11 @@ class Books:
                 running = [pair for pair in doc.get("running", []) if _alive(pair[0])]
                 running = change(running)
                 most = max(doc.get("most", 0), len(running))
-                self.active.write_text(json.dumps({"running": running, "most": most}))
+                # Written aside, then renamed: a worker killed mid-write leaves the
+                # books whole (the old version or the new one).
+                aside = self.active.with_name(f"active.{os.getpid()}.tmp")
+                aside.write_text(json.dumps({"running": running, "most": most}))
+                os.replace(aside, self.active)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -409,3 +409,24 @@ async def test_queues_given_to_the_host_are_served_when_it_is_entered() -> None:
         run = await enqueue(store, "jobs", "x", id="auto", queue="q")
         async with WorkflowHost(store=store, registry=probe.registry(), queues=[Queue("q")]):
             assert await run.result() == Ok({"id": "auto", "input": "x"})
+
+
+@all_stores
+async def test_a_running_run_cancelled_ends_its_handle_with_the_cancel(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    probe = Probe()
+    probe.gate = anyio.Event()  # never opened: only the cancel ends the run
+    clock = ManualClock()
+    async with kit.open(tmp_path, FakeClock()) as store:
+        run = await enqueue(store, "jobs", 1, id="busy", queue="q")
+        async with WorkflowHost(store=store, grace=0) as host:
+            host.serve_queues(probe.registry(), [Queue("q")], clock=clock, recovery_interval=None)
+            await drain(clock, lambda: probe.active == 1)
+            assert await run.cancel() == "running"
+            await drain(clock, lambda: host.active == 0)
+        result = await run.result(clock=clock)
+        assert isinstance(result, Err)
+        assert isinstance(result.error, RunStateError)
+        assert await run.status() == "cancelled"
+        assert probe.done == Counter()

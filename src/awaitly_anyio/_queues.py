@@ -265,8 +265,9 @@ class QueuedRun:
         if info.damaged is not None:
             return Err(SnapshotDecodeError(self.id, info.damaged))
         if info.status == "cancelled":
-            # Cancelled on request (before it started, or by its worker once asked):
-            # over.  Otherwise a worker's shutdown stopped it and recovery resumes it.
+            # Cancelled on request (cancel_requested; a run cancelled before it started
+            # has no start time either): over.  Otherwise a worker's shutdown stopped
+            # it, and recovery resumes it.
             if info.cancel_requested or info.started_at is None:
                 return Err(RunStateError(self.id, "cancelled", "get the result of"))
             return None

@@ -41,9 +41,16 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import bench_dbos
 from _report import Summary
-from awaitly_anyio import Deps, WorkflowContext, WorkflowRegistry, create_workflow, open_store
+from awaitly_anyio import (
+    Deps,
+    Queue,
+    WorkflowContext,
+    WorkflowRegistry,
+    create_workflow,
+    enqueue,
+    open_store,
+)
 from awaitly_anyio._host import WorkflowHost
-from awaitly_anyio._queues import Queue, enqueue
 
 PG_DSN = bench_dbos.PG_DSN
 THROUGHPUT_TARGET, LATENCY_TARGET = 5.0, 0.2

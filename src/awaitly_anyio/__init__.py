@@ -44,6 +44,7 @@ from ._errors import (
 )
 from ._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from ._lifespan import WorkflowLifespan
+from ._queues import Queue, QueuedRun, enqueue
 from ._ratelimit import OnUnavailable, RateLimiter, RedisRateLimiter, create_rate_limiter
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover, recovery_loop
 from ._result import Err, Ok, Result, UnwrapError, err, ok
@@ -125,7 +126,9 @@ __all__ = [
     "MailboxStore",
     "Ok",
     "OnUnavailable",
+    "Queue",
     "QueueStore",
+    "QueuedRun",
     "RateLimitExceededError",
     "RateLimiter",
     "RecoveredRun",
@@ -186,6 +189,7 @@ __all__ = [
     "create_resume_state_collector",
     "create_workflow",
     "current_log_context",
+    "enqueue",
     "err",
     "events",
     "fire_schedules",

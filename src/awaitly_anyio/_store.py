@@ -347,6 +347,12 @@ class QueueStore(MailboxStore, Protocol):
     atomic change (`fork` and `resume` excepted: see each), and raises
     ``ValueError`` naming a bad argument before anything is written."""
 
+    async def info(self, id: str) -> SnapshotInfo | None:
+        """Run ``id``'s listing entry (status, times, lease, wait, queue fields, cancel
+        request), without its steps; ``None`` if there is none.  A run whose row
+        cannot be read comes back flagged ``damaged``.  ``ValueError`` for a bad id."""
+        ...
+
     async def enqueue(
         self,
         id: str,

@@ -228,9 +228,11 @@ class _PostgresDriver:
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def call(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, pooled: bool = False
+    ) -> Any:
         """``await fn(connection, *args)`` on the driver loop with a connection: the
-        store's own one when it is free, else one from the pool."""
+        store's own one when it is free (and not ``pooled``), else one from the pool."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
         if self._dsn is None and not _loops.current().drives_asyncio:
@@ -238,9 +240,9 @@ class _PostgresDriver:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
-        return await self._loop.call(self._with_connection, fn, args)
+        return await self._loop.call(self._with_connection, fn, args, pooled)
 
-    async def _with_connection(self, fn: Any, args: tuple[Any, ...]) -> Any:
+    async def _with_connection(self, fn: Any, args: tuple[Any, ...], pooled: bool) -> Any:
         if self._pool is None:
             asyncpg = _import_asyncpg()
             self._pool = await asyncpg.create_pool(
@@ -250,7 +252,7 @@ class _PostgresDriver:
             async with self._pool.acquire() as connection:
                 await self._migrate(connection)
                 self._ready = True
-        if self._dsn is None or self._hot_busy:
+        if self._dsn is None or self._hot_busy or pooled:
             async with self._pool.acquire() as connection:
                 return await fn(connection, *args)
         # The store's own connection serves one operation at a time without the pool's
@@ -344,7 +346,10 @@ class _PostgresDriver:
                 records = await connection.fetch(sql.select_steps, key)
             return RunRow(*found), [(step, text) for step, text in records]
 
-        result: tuple[RunRow, Steps] | None = await self.call(work)
+        # A look at the row alone goes to the pool: a lease keeper reads its run when a
+        # send to it is pushed, just before the run's own receive, which then keeps
+        # the store's own connection (and its place in the delivery's time).
+        result: tuple[RunRow, Steps] | None = await self.call(work, pooled=not steps)
         return result
 
     async def write_run(self, id: str, row: RunRow, steps: Steps) -> None:

@@ -257,15 +257,23 @@ async def _until_woken(
     """Return at the deadline (``remaining`` on the workflow's clock), or, when waiting
     for a message, at a send to the run or after the store's poll interval (real
     time: a missed push is caught then)."""
-    async with anyio.create_task_group() as group:
-        if remaining is not None:
-
-            async def ring() -> None:
-                await clock.sleep(remaining)
-                group.cancel_scope.cancel()
-
-            group.start_soon(ring)
+    # The usual cases need no task group (a task and a scope teardown per wake-up, on
+    # the delivery path): a message without a deadline, or a timer alone.
+    if remaining is None:
         if key is not None:
             with anyio.move_on_after(poll):
                 await sends.wait()
+        return
+    if key is None:
+        await clock.sleep(remaining)
+        return
+    async with anyio.create_task_group() as group:
+
+        async def ring() -> None:
+            await clock.sleep(remaining)
             group.cancel_scope.cancel()
+
+        group.start_soon(ring)
+        with anyio.move_on_after(poll):
+            await sends.wait()
+        group.cancel_scope.cancel()

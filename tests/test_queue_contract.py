@@ -178,6 +178,61 @@ async def test_claim_queued_takes_runs_by_priority_then_age(store: Any, clock: F
     ]
 
 
+async def test_claim_queued_takes_only_runs_of_the_workflows_named(
+    store: Any, clock: FakeClock
+) -> None:
+    await store.enqueue("theirs-1", "elsewhere", queue=Q, priority=0)
+    clock.advance(1)
+    await store.enqueue("mine-1", NAME, queue=Q, priority=1)
+    clock.advance(1)
+    await store.enqueue("theirs-2", "elsewhere", queue=Q, priority=1)
+    clock.advance(1)
+    await store.enqueue("mine-2", NAME, queue=Q, priority=2)
+    assert await store.claim_queued(Q, owner="w", lease=30.0, workflow_names=[]) == []
+    taken = await store.claim_queued(Q, owner="w", lease=30.0, limit=10, workflow_names=[NAME])
+    assert [i.id for i in taken] == ["mine-1", "mine-2"]
+    # The others stay pending, in their order, for a worker that has their workflow.
+    assert await store.claim_queued(Q, owner="w", lease=30.0, workflow_names=[NAME]) == []
+    assert (await store.info("theirs-1")).status == "pending"
+    later = await store.claim_queued(
+        Q, owner="v", lease=30.0, limit=10, workflow_names=("elsewhere", "third")
+    )
+    assert [i.id for i in later] == ["theirs-1", "theirs-2"]
+
+
+async def test_the_workflow_filter_holds_under_caps(store: Any, clock: FakeClock) -> None:
+    await store.enqueue("theirs", "elsewhere", queue=Q, partition="p")
+    clock.advance(1)
+    await store.enqueue("mine-1", NAME, queue=Q, partition="p")
+    clock.advance(1)
+    await store.enqueue("mine-2", NAME, queue=Q, partition="p")
+    taken = await store.claim_queued(
+        Q,
+        owner="w",
+        lease=30.0,
+        limit=10,
+        concurrency=5,
+        partition_concurrency=1,
+        rate=(5, 60.0),
+        workflow_names=[NAME],
+    )
+    assert [i.id for i in taken] == ["mine-1"]  # the partition cap: one at a time
+    assert (await store.info("theirs")).status == "pending"
+    assert (
+        await store.claim_queued(Q, owner="w", lease=30.0, concurrency=5, workflow_names=["nobody"])
+        == []
+    )
+
+
+async def test_claim_queued_refuses_workflow_names_that_are_not_a_list_of_names(
+    store: Any,
+) -> None:
+    with pytest.raises(TypeError, match="workflow_names"):
+        await store.claim_queued(Q, owner="w", lease=30.0, workflow_names=NAME)
+    with pytest.raises(TypeError, match="workflow_names"):
+        await store.claim_queued(Q, owner="w", lease=30.0, workflow_names=[1])
+
+
 async def test_claim_queued_ties_break_by_id(store: Any) -> None:
     for id in ("c", "a", "b"):
         await store.enqueue(id, NAME, queue=Q)  # same time, same priority
@@ -373,11 +428,13 @@ async def test_cancel_of_a_running_run_asks_its_worker_to_stop(
     # The lease keeper learns at renew; the worker still ends the run under its lease.
     assert await store.renew("r", owner="w", lease=30.0) is False
     assert await store.cancel("r") == "running"  # asking twice is harmless
-    # Nobody recovers it, even once its lease ran out.
-    clock.advance(60)
+    # Nobody recovers it, nor ends it, while its worker holds it.
+    clock.advance(20)
     assert await store.claim_expired(owner="w2", lease=30.0) == []
+    assert (await store.info("r")).status == "running"
     await store.finish("r", "cancelled", None, None, owner="w")
     assert (await store.info("r")).status == "cancelled"
+    clock.advance(60)
     assert await store.claim_expired(owner="w2", lease=30.0) == []
 
 
@@ -400,9 +457,16 @@ async def test_cancel_of_a_waiting_run_makes_it_due(store: Any, clock: FakeClock
     assert (info.status, info.cancel_requested) == ("waiting", True)
     assert info.wake_at is not None
     assert info.wake_at.timestamp() <= clock.time()
-    clock.advance(60)
-    # Not recovered: the worker that parked it (or a host) ends it as cancelled.
+    clock.advance(20)
+    # Not recovered while its worker holds it: that worker ends it as cancelled.
     assert await store.claim_expired(owner="w2", lease=30.0) == []
+    assert (await store.info("r")).status == "waiting"
+    # Its worker gone (the lease ran out), the sweep ends it.
+    clock.advance(20)
+    assert await store.claim_expired(owner="w2", lease=30.0) == []
+    info = await store.info("r")
+    assert (info.status, info.cancel_requested, info.lease_owner) == ("cancelled", True, None)
+    assert (info.waiting_for, info.wake_at) == (None, None)
 
 
 @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
@@ -437,6 +501,86 @@ async def test_claim_expired_skips_pending_and_cancel_requested_runs(
     clock.advance(10)
     taken = await store.claim_expired(owner="w", lease=30.0)
     assert [i.id for i in taken] == ["abandoned"]
+    assert (await store.info("queued")).status == "pending"
+    assert (await store.info("asked")).status == "cancelled"  # ended, not recovered
+
+
+# ---- a cancel whose worker died --------------------------------------------------------
+
+
+async def test_claim_expired_ends_a_cancel_requested_run_whose_worker_died(
+    store: Any, clock: FakeClock
+) -> None:
+    await store.claim("r", NAME, owner="dead", lease=5.0)
+    await store.checkpoint("r", encoded("a", 1), owner="dead")
+    before = (await store.info("r")).updated_at
+    assert await store.cancel("r") == "running"
+    # Still held: left alone.
+    assert await store.claim_expired(owner="w", lease=30.0) == []
+    assert (await store.info("r")).status == "running"
+    clock.advance(10)  # the lease lapses: its worker died
+    assert await store.claim_expired(owner="w", lease=30.0) == []
+    info = await store.info("r")
+    assert (info.status, info.cancel_requested) == ("cancelled", True)
+    assert (info.lease_owner, info.lease_expires_at) == (None, None)
+    assert info.updated_at.timestamp() == pytest.approx(clock.time())
+    assert info.updated_at > before
+    assert sorted((await store.load("r")).steps) == ["a"]  # its steps are kept
+    # Ended for good: never recovered, not cancelled again, renewals refused.
+    assert await store.claim_expired(owner="w", lease=30.0) == []
+    assert await store.renew("r", owner="dead", lease=30.0) is False
+    with pytest.raises(RunStateError, match="it is cancelled"):
+        await store.cancel("r")
+
+
+async def test_a_queued_run_ended_by_the_sweep_frees_its_place_in_the_queue(
+    store: Any, clock: FakeClock
+) -> None:
+    await store.enqueue("first", NAME, queue=Q)
+    clock.advance(1)
+    await store.enqueue("second", NAME, queue=Q)
+    (taken,) = await store.claim_queued(Q, owner="dead", lease=5.0, concurrency=1)
+    assert taken.id == "first"
+    await store.cancel("first")
+    assert await store.claim_queued(Q, owner="w", lease=30.0, concurrency=1) == []
+    clock.advance(10)
+    assert await store.claim_expired(owner="w", lease=30.0) == []
+    assert (await store.info("first")).status == "cancelled"
+    # The queue's only place is free again.
+    (next_one,) = await store.claim_queued(Q, owner="w", lease=30.0, concurrency=1)
+    assert next_one.id == "second"
+
+
+async def test_the_sweep_ends_a_parked_run_asked_to_cancel_without_a_lease(
+    store: Any, clock: FakeClock
+) -> None:
+    await store.claim("r", NAME, owner="w", lease=30.0)
+    await store.begin_wait("r", step="s", key="k", kind="message", wake_at=None, owner="w")
+    await store.release("r", owner="w")  # parked: nobody holds it
+    assert await store.cancel("r") == "waiting"
+    assert await store.claim_expired(owner="w2", lease=30.0) == []
+    info = await store.info("r")
+    assert (info.status, info.cancel_requested, info.waiting_for) == ("cancelled", True, None)
+    assert await store.claim_expired(owner="w2", lease=30.0) == []
+    assert (await store.list(status="waiting")).items == []
+
+
+async def test_the_sweep_ends_no_more_cancelled_runs_than_its_limit(
+    store: Any, clock: FakeClock
+) -> None:
+    for n in range(3):
+        await store.claim(f"r{n}", NAME, owner="dead", lease=5.0)
+        clock.advance(1)
+        await store.cancel(f"r{n}")
+    clock.advance(10)
+    assert await store.claim_expired(owner="w", lease=30.0, limit=2) == []
+    assert [(await store.info(f"r{n}")).status for n in range(3)] == [
+        "cancelled",
+        "cancelled",
+        "running",
+    ]
+    assert await store.claim_expired(owner="w", lease=30.0, limit=2) == []
+    assert (await store.info("r2")).status == "cancelled"
 
 
 # ---- resume ----------------------------------------------------------------------------

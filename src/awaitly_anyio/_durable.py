@@ -224,9 +224,10 @@ class _WholeSnapshots:
 
 Pushes = Literal["", "sends", "hook"]
 """How a store tells a run's worker about a change of the run (a cancel request):
-``"hook"``, an ``on_push(run_id, callback)`` method (a callback per run, nearly free,
-so the keeper listens from the run's start); ``"sends"``, only `MailboxStore.sends`
-(a watch the keeping task holds once it runs); ``""``, nothing (renewals only)."""
+``"hook"``, an ``on_push(run_id, callback)`` method called for cancel requests only
+(a callback per run, nearly free, so the keeper listens from the run's start);
+``"sends"``, only `MailboxStore.sends` (a watch the keeping task holds once it
+runs); ``""``, nothing (renewals only)."""
 
 
 _CAPABILITIES: dict[type, tuple[bool, bool, bool, Pushes]] = {}
@@ -1071,14 +1072,16 @@ class _LeaseKeeper:
       worker's, so the end write succeeds) and returns
       ``Err(RunStateError(id, "cancelled", "continue"))``.
 
-    A cancel request is seen when the store pushes a change of the run (PostgreSQL
-    and Redis push from any process; SQLite and memory only within this one), or
-    at the latest at the next renewal, which the store refuses while a cancel is
-    requested: within ``lease / 3`` seconds.  Either way the keeper then reads the
-    run once (``store.info``) to tell a cancel from a lost lease; no store call is
-    made unless it is woken.  A store with an ``on_push`` hook (see `Pushes`) is
-    listened to from the run's start; one with only ``sends`` from the first
-    renewal on (a watch per run would cost a task per run).
+    A cancel request is seen when the store pushes it (PostgreSQL and Redis push
+    from any process; SQLite and memory only within this one), or at the latest at
+    the next renewal, which the store refuses while a cancel is requested: within
+    ``lease / 3`` seconds.  Either way the keeper then reads the run once
+    (``store.info``) to tell a cancel from a lost lease; no store call is made
+    unless it is woken.  A store with an ``on_push`` hook (see `Pushes`) is
+    listened to from the run's start, and calls it for cancel requests only (a
+    send to the run, which wakes its own receive, costs the keeper nothing); one
+    with only ``sends`` from the first renewal on (a watch per run would cost a
+    task per run), woken by every send (it cannot tell them apart).
 
     The keeping task is started beside the run rather than in a task group of its
     own, and only once the first renewal is due or a push came (a timer until
@@ -1145,8 +1148,9 @@ class _LeaseKeeper:
                 logger.warning("cannot listen to run %r (%s)", self._workflow_id, describe(exc))
 
     def _pushed(self) -> None:
-        """A change of the run was pushed (a send, a cancel request...): have the task
-        read the run, starting it now if it was not yet."""
+        """A cancel request for the run was pushed (or the push connection dropped and a
+        push may be lost; never a send: the store's hook tells them apart): have the
+        task read the run, starting it now if it was not yet."""
         self._woken = True
         if self._wake is not None:
             self._wake.set()

@@ -17,7 +17,7 @@ other (leased, checkpointed, recovered when its worker dies).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -80,6 +80,7 @@ class _QueueOps(Protocol):
         concurrency: int | None = None,
         partition_concurrency: int | None = None,
         rate: tuple[int, float] | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> list[SnapshotInfo]: ...
 
     async def cancel(self, id: str) -> RunStatus: ...
@@ -362,15 +363,16 @@ async def claim_from_queue(
     limit: int,
 ) -> tuple[list[SnapshotInfo], list[SnapshotInfo]]:
     """Claim up to ``limit`` pending runs of ``queue`` for ``owner`` (leased ``lease``
-    seconds), honouring the queue's global limits; return the runs to start and the
-    runs whose workflow ``registry`` does not know.
+    seconds), honouring the queue's global limits, only runs of workflows
+    ``registry`` knows (the store passes the others over: they stay ``pending`` for a
+    worker that has them); return the runs to start and the runs claimed that
+    cannot be started (a row the store could not read: ``damaged``).
 
-    The latter are handed back at once: their lease is released, so they stay
-    ``running`` with no holder and the recovery of a worker that registered their
-    workflow takes them (`WorkflowHost.start_recovery`); each is logged as a
-    warning.  The caller must start every run of the first list (or they wait for
-    their lease to run out).  A cancellation point (the claim is one store call);
-    ``ValueError`` for a bad owner, lease or limit.
+    The latter are handed back at once: their lease is released and each is logged
+    as a warning.  With no workflow registered nothing is claimed.  The caller must
+    start every run of the first list (or they wait for their lease to run out).
+    A cancellation point (the claim is one store call); ``ValueError`` for a bad
+    owner, lease or limit.
     """
     check_lease(owner, lease)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -383,20 +385,21 @@ async def claim_from_queue(
         concurrency=queue.concurrency,
         partition_concurrency=queue.partition_concurrency,
         rate=queue.rate,
+        workflow_names=registry.names,
     )
     runnable: list[SnapshotInfo] = []
     unknown: list[SnapshotInfo] = []
     for info in claimed:
-        if info.workflow_name in registry and info.damaged is None:
+        if info.damaged is None and info.workflow_name in registry:
             runnable.append(info)
             continue
         unknown.append(info)
         logger.warning(
-            "run %r of queue %r is of workflow %r, which this worker has not registered: "
-            "handed back for a worker that has it",
+            "run %r of queue %r (workflow %r) cannot be started here (%s): handed back",
             info.id,
             queue.name,
             info.workflow_name,
+            info.damaged or "its workflow is not registered",
         )
         await store.release(info.id, owner=owner)
     return runnable, unknown

@@ -381,12 +381,16 @@ class QueueStore(MailboxStore, Protocol):
         concurrency: int | None = None,
         partition_concurrency: int | None = None,
         rate: tuple[int, float] | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
         """Start up to ``limit`` pending runs of ``queue`` (priority, then age order) for
         ``owner``, leased ``lease`` seconds, never exceeding, across every worker,
         ``concurrency`` running runs of the queue, ``partition_concurrency`` per
-        partition, or ``rate`` = ``(n, seconds)`` starts per window.  Their entries,
-        in the order taken."""
+        partition, or ``rate`` = ``(n, seconds)`` starts per window.  With
+        ``workflow_names``, only runs of those workflows are taken (the others stay
+        pending, passed over, for a worker that has them; an empty list takes
+        nothing), like `LeaseStore.claim_expired`'s filter.  Their entries, in the
+        order taken."""
         ...
 
     async def cancel(self, id: str) -> RunStatus:

@@ -48,11 +48,13 @@ Rules every driver keeps:
   all of them (`write_run`, `start_run`, `claim`'s rows, `enqueue`,
   `claim_queued`), every read returns them, `end_run` keeps them.  A ``pending``
   run waits in its queue for `claim_queued`; `claim_expired` never takes it, nor a
-  run whose ``cancel_at`` is set (a cancel was requested: `request_cancel`).
+  run whose ``cancel_at`` is set (a cancel was requested: `request_cancel`; once
+  its lease is free or expired, `claim_expired` ends it ``cancelled``).
 - **Pushes.** `send`, `enqueue`, `request_cancel`, `notify` and the `end_run` of a
   queued run (``queue`` set) tell other processes, after commit, with the run's id
-  (PostgreSQL ``NOTIFY``, Redis ``PUBLISH``, one channel and payload format);
-  memory and SQLite cannot push (the front wakes its own process's waiters).
+  (PostgreSQL ``NOTIFY``, Redis ``PUBLISH``, one channel; the payload says whether
+  it is a cancel request: see `RowDriver.watch`); memory and SQLite cannot push
+  (the front wakes its own process's waiters).
 """
 
 from __future__ import annotations
@@ -335,6 +337,13 @@ class RowDriver(Protocol):
         ``workflow_names`` (any, when ``None``; an empty list claims nothing), oldest
         ``updated_at`` first.
 
+        In the same transaction, up to ``limit`` live runs that are ``running`` or
+        ``waiting`` with a cancel requested (``cancel_at`` set) and whose lease is free
+        or expired (their worker died before it could stop them) are ended: status
+        ``cancelled``, lease and pending wait cleared, ``updated_at = now`` (whatever
+        their workflow; a queued one is pushed like `end_run` pushes it).  They are not
+        returned.
+
         Each candidate is checked with ``problem(id, row, steps)`` before it is
         claimed, in the same transaction: a candidate with a problem (or one that is
         `RowUnreadable`) is not changed and comes back as a damaged `ListedRow`
@@ -438,11 +447,20 @@ class RowDriver(Protocol):
         `RunMissing` / `LeaseLost` (with ``owner``) as `write_step`."""
         ...
 
-    async def watch(self, woken: Callable[[str], object]) -> None:
-        """Call ``woken(run id)`` for every `send` to this database from any process,
-        until cancelled: PostgreSQL ``LISTEN``, Redis ``SUBSCRIBE``.  A driver without
-        push (memory, SQLite) returns at once.  Raises what the connection raises when
-        it drops (the front sweeps, then watches again)."""
+    async def watch(
+        self, woken: Callable[[str], object], cancelled: Callable[[str], object] | None = None
+    ) -> None:
+        """Call ``woken(run id)`` for every push to this database from any process
+        (`send`, `enqueue`, `notify`, a queued run's end), and ``cancelled(run id)``
+        for `request_cancel`'s (``woken`` when ``cancelled`` is ``None``), until
+        cancelled: PostgreSQL ``LISTEN``, Redis ``SUBSCRIBE``.  The front tells the
+        two apart so that only a cancel request reaches the run's lease keeper (a
+        send does not make it read the run).  Every payload starts with its kind:
+        ``=`` (PostgreSQL also ``#``, an id given by its digest) for a change,
+        ``!`` before that for a cancel request (a run id may hold any character but
+        NUL, so the kind cannot go after it).  A driver without push (memory,
+        SQLite) returns at once.  Raises what the connection raises when it drops
+        (the front wakes every waiter, then watches again)."""
         ...
 
     # ---- queues, control and schedules (issue 20) ------------------------------------
@@ -457,12 +475,21 @@ class RowDriver(Protocol):
         ...
 
     async def claim_queued(
-        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+        self,
+        queue: str,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        caps: QueueCaps,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[tuple[str, RunRow]]:
         """Start up to ``limit`` (>= 1) queued runs of ``queue`` for ``owner``, in one
         transaction serialized per queue (so two claimers never exceed a cap together):
-        live rows with status ``pending``, ``queue == queue`` and ``cancel_at`` ``None``,
-        in order (``priority`` ascending, ``created_at`` ascending, id ascending),
+        live rows with status ``pending``, ``queue == queue``, ``cancel_at`` ``None``
+        and a workflow among ``workflow_names`` (any, when ``None``; the front never
+        passes an empty list: it claims nothing), in order (``priority`` ascending,
+        ``created_at`` ascending, id ascending),
         skipping a row whose partition is full and stopping when a cap of `caps` is
         reached (counting the rows this call takes).  Each taken row becomes
         ``running`` with ``lease_owner = owner``, ``lease_expires_at = until``,
@@ -476,8 +503,8 @@ class RowDriver(Protocol):
         ``running`` or ``waiting`` gets ``cancel_at = now`` (status and lease kept; a
         waiting run also ``wake_at = now``, so the sweep finds it).  `RunMissing` if
         absent; `RunEnded` (its status) if ``completed``, ``failed`` or ``cancelled``,
-        nothing written.  Then pushes like `send` (the worker running it learns at
-        once)."""
+        nothing written.  Then pushes a cancel request (`watch`'s ``cancel``: the
+        worker running it learns at once)."""
         ...
 
     async def notify(self, id: str) -> None:

@@ -85,9 +85,9 @@ _ANY = ()
 
 
 class _Callback:
-    """A local waiter that calls a function instead of setting an event
-    (`StoreFront.on_push`); only in the thread that registered it (a wake from another
-    thread is dropped: that run's keeper still renews, and learns at the renewal)."""
+    """A local listener for cancel requests that calls a function (`StoreFront.on_push`);
+    only in the thread that registered it (a wake from another thread is dropped: that
+    run's keeper still renews, and learns at the renewal)."""
 
     __slots__ = ("_fn", "_thread")
 
@@ -100,23 +100,40 @@ class _Callback:
             self._fn()
 
 
-_local: dict[str, dict[tuple[str, ...], set[anyio.Event | _Callback]]] = {}
+_local: dict[str, dict[tuple[str, ...], set[anyio.Event]]] = {}
 """This process's waiters (`StoreFront.next_send`), by database channel and ``(run id,)``
 (``()``: any run): a send from this process wakes them at once, whatever the store
 object."""
 
+_hooks: dict[str, dict[str, set[_Callback]]] = {}
+"""This process's listeners for cancel requests (`StoreFront.on_push`), by database
+channel and run id.  Kept apart from `_local`: a send (the hot path of waiting) never
+calls them, only a cancel request (or a dropped push connection) does."""
+
 
 def _wake_local(channel: str, run_id: str) -> None:
+    """Wake the waiters of run ``run_id`` and of any run (a send, an enqueue, an end...)."""
     by_run = _local.get(channel, {})
     for key in ((run_id,), _ANY):
         for wake in list(by_run.get(key, ())):
             _set(wake)
 
 
+def _wake_cancel(channel: str, run_id: str) -> None:
+    """A cancel request for run ``run_id``: its waiters, and its `on_push` listeners."""
+    _wake_local(channel, run_id)
+    for hook in list(_hooks.get(channel, {}).get(run_id, ())):
+        _set(hook)
+
+
 def _wake_all_local(channel: str) -> None:
+    """Everyone of ``channel``, listeners too (a push may have been missed: look again)."""
     for waiters in list(_local.get(channel, {}).values()):
         for wake in list(waiters):
             _set(wake)
+    for hooks in list(_hooks.get(channel, {}).values()):
+        for hook in list(hooks):
+            _set(hook)
 
 
 def _set(wake: anyio.Event | _Callback) -> None:
@@ -664,12 +681,16 @@ class StoreFront:
         concurrency: int | None = None,
         partition_concurrency: int | None = None,
         rate: tuple[int, float] | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[SnapshotInfo]:
-        """Start up to ``limit`` pending runs of ``queue`` for ``owner``: see
+        """Start up to ``limit`` pending runs of ``queue`` for ``owner``, only runs of
+        ``workflow_names`` when given (an empty list claims nothing): see
         `QueueStore.claim_queued`.  ``ValueError`` naming a bad queue, owner, lease,
         limit (1 to 10000), cap (a positive integer or ``None``) or rate (``(n,
-        seconds)``, n a positive integer, seconds a positive finite number)."""
+        seconds)``, n a positive integer, seconds a positive finite number);
+        ``TypeError`` for ``workflow_names`` that is a string or holds a non-string."""
         check_key(queue, "queue name")
+        names = _names(workflow_names)
         seconds = check_lease(owner, lease)
         _check_count(limit, "limit", most=10_000)
         caps = QueueCaps(
@@ -680,8 +701,13 @@ class StoreFront:
             None if rate is None else _check_rate(rate),
         )
         self._check_open()
+        if names == []:
+            await anyio.lowlevel.checkpoint()  # still a cancellation point
+            return []
         now = self._clock.time()
-        taken = await self._driver.claim_queued(queue, now, owner, now + seconds, limit, caps)
+        taken = await self._driver.claim_queued(
+            queue, now, owner, now + seconds, limit, caps, names
+        )
         return [listing_entry(id, row, lease=True) for id, row in taken]
 
     async def cancel(self, id: str) -> RunStatus:
@@ -699,7 +725,7 @@ class StoreFront:
             raise RunStateError(id, exc.status, "cancel") from None
         except RowUnreadable as exc:
             raise SnapshotDecodeError(id, exc.reason) from None
-        _wake_local(driver.channel, id)
+        _wake_cancel(driver.channel, id)
         return _status(id, status)
 
     async def resume(self, id: str) -> RunStatus:
@@ -828,25 +854,27 @@ class StoreFront:
         return await self._driver.advance_schedule(name, expected, tick)
 
     def on_push(self, run_id: str, callback: Callable[[], object]) -> Callable[[], None]:
-        """Call ``callback()`` (in this thread, synchronously) each time a change of run
-        ``run_id`` (a checked id) is pushed or made in this process (a send, a cancel
-        request...), until the returned function is called.  Nearly free: no task per
-        call (the durable session's lease keeper listens with it from the run's start).
+        """Call ``callback()`` (in this thread, synchronously) each time a cancel of run
+        ``run_id`` (a checked id) is requested, from any process where the store
+        pushes (PostgreSQL, Redis) or from this one, until the returned function is
+        called.  A send, enqueue, resume or end does not call it (waiting on a run's
+        own messages costs its keeper nothing); a dropped push connection does (a
+        cancel may have been missed: look again).  Nearly free: no task per call
+        (the durable session's lease keeper listens with it from the run's start).
         ``RuntimeError`` if the store is closed."""
         self._check_open()
         channel = self._driver.channel
         self._start_watching(channel)
-        key = (run_id,)
         waker = _Callback(callback)
-        _local.setdefault(channel, {}).setdefault(key, set()).add(waker)
+        _hooks.setdefault(channel, {}).setdefault(run_id, set()).add(waker)
 
         def stop() -> None:
-            by_run = _local.get(channel, {})
-            waiters = by_run.get(key)
-            if waiters is not None:
-                waiters.discard(waker)
-                if not waiters:
-                    del by_run[key]
+            by_run = _hooks.get(channel, {})
+            hooks = by_run.get(run_id)
+            if hooks is not None:
+                hooks.discard(waker)
+                if not hooks:
+                    del by_run[run_id]
 
         return stop
 
@@ -871,11 +899,17 @@ class StoreFront:
             else:  # the hosted asyncio loop in a thread of its own
                 call(lambda: _wake_local(channel, run_id))
 
+        def cancelled(run_id: str) -> None:
+            if threading.get_ident() == home:
+                _wake_cancel(channel, run_id)
+            else:
+                call(lambda: _wake_cancel(channel, run_id))
+
         async def watch() -> None:
             pause = 0.05
             while not self._closed:
                 try:
-                    await driver.watch(woken)
+                    await driver.watch(woken, cancelled)
                 except Exception as exc:
                     logger.warning("store wake-ups interrupted (%s); waiters look again", exc)
                     _wake_all_local(channel)
@@ -936,6 +970,23 @@ def _check_priority(priority: object) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < 2**31:
         raise ValueError(f"priority must be an integer from 0 to 2**31-1, not {priority!r}")
     return priority
+
+
+def _names(workflow_names: object) -> builtins.list[str] | None:
+    """``claim_queued``'s ``workflow_names`` as a list (``None``: any workflow)."""
+    if workflow_names is None:
+        return None
+    if isinstance(workflow_names, str) or not isinstance(
+        workflow_names, Sequence | frozenset | set
+    ):
+        raise TypeError(
+            f"workflow_names must be a sequence of workflow names or None, not {workflow_names!r}"
+        )
+    names = builtins.list(cast("Sequence[object]", workflow_names))
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"workflow_names must hold workflow names (str), not {name!r}")
+    return cast("builtins.list[str]", names)
 
 
 def _check_count(value: object, what: str, *, most: int = 2**31 - 1) -> int:

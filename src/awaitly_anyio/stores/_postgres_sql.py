@@ -102,11 +102,14 @@ _RUN_COLUMNS = (
     " queue, priority, partition, started_at, cancel_at"
 )
 # The NOTIFY payload naming a run, made in SQL from its row (as ``postgres._payload``
-# makes it in Python): "=" + the id, or "#" + its digest in hex when too long.
+# makes it in Python): "=" + the id, or "#" + its digest in hex when too long.  A
+# cancel request's payload is that after "!" (``_CANCEL_PAYLOAD``): the listener tells
+# it from a send's, so that a send does not make the run's lease keeper read the run.
 _PAYLOAD = (
     "CASE WHEN octet_length({alias}id) < 7900 THEN '=' || {alias}id"
     " ELSE '#' || encode({alias}id_digest, 'hex') END"
 )
+_CANCEL_PAYLOAD = "'!' || (" + _PAYLOAD + ")"
 # What every statement that ends a wait sets (see `RowDriver.write_step`).
 _CLEAR_WAIT = (
     "status = CASE WHEN status = 'waiting' THEN 'running' ELSE status END,"
@@ -378,6 +381,21 @@ FINISH_REPLACING = (
     " RETURNING " + _NOTIFY_ENDED.format(alias="")
 )
 
+# Runs asked to cancel whose worker died before it stopped them (running or waiting,
+# their lease free or run out) end ``cancelled``, oldest first, rows another claimer
+# holds skipped: $1 now, $2 how many.  A queued one's end is pushed at commit, like
+# any end of a queued run.
+END_ORPHANED_CANCELS = (
+    "WITH doomed AS (SELECT id_digest FROM {runs} WHERE cancel_at IS NOT NULL"
+    " AND status IN ('running', 'waiting') AND (expires_at IS NULL OR expires_at > $1)"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
+    " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " UPDATE {runs} r SET status = 'cancelled', updated_at = $1,"
+    + _ENDED
+    + " FROM doomed WHERE r.id_digest = doomed.id_digest"
+    " RETURNING " + _NOTIFY_ENDED.format(alias="r.")
+)
+
 # ---- waiting: messages and waits -------------------------------------------------------
 
 # A message sent, in one statement: $1 run digest, $2 key, $3 key digest, $4 value,
@@ -524,10 +542,11 @@ QUEUE_COUNTS = (
     " (SELECT array_agg(partition) FROM running), (SELECT array_agg(n) FROM running)"
 )
 # $1 queue, $2 now, $3 how many, $4..$6 the position to start after (priority,
-# created_at, id; NULL: from the start): the queue's next pending runs in the order
-# they start.  Not locked: claimers with caps take turns under the queue's lock, and
-# START_QUEUED checks each row again as it takes it (a claimer without caps, or a
-# cancel, may have changed it meanwhile), so no more rows are locked than are taken.
+# created_at, id; NULL: from the start), $7 the workflow names taken (NULL: any): the
+# queue's next pending runs in the order they start.  Not locked: claimers with caps
+# take turns under the queue's lock, and START_QUEUED checks each row again as it
+# takes it (a claimer without caps, or a cancel, may have changed it meanwhile), so
+# no more rows are locked than are taken.
 PICK_QUEUED = (
     "SELECT id, id_digest, partition, priority, created_at FROM {runs}"
     " WHERE "
@@ -536,6 +555,7 @@ PICK_QUEUED = (
     + _LIVE
     + ' AND ($4::int4 IS NULL OR (priority, created_at, id COLLATE "C")'
     ' > ($4::int4, $5::float8, $6::text COLLATE "C"))'
+    " AND ($7::text[] IS NULL OR workflow_name = ANY($7::text[]))"
     ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3'
 )
 # $1 digests, $2 owner, $3 lease expiry, $4 now: the runs taken, started, each only if
@@ -547,15 +567,17 @@ START_QUEUED = (
     f" RETURNING id_digest, {_RUN_COLUMNS}"
 )
 # Without caps, one statement: $1 queue, $2 now, $3 how many, $4 owner, $5 lease
-# expiry.  The queue's next pending runs, skipping those another claimer holds,
-# started; the caller sorts them back into order.
+# expiry, $6 the workflow names taken (NULL: any; the others are passed over).  The
+# queue's next pending runs, skipping those another claimer holds, started; the
+# caller sorts them back into order.
 CLAIM_QUEUED = (
     "WITH picked AS (SELECT id_digest FROM {runs}"
     " WHERE "
     + _QUEUE
     + " AND status = 'pending' AND cancel_at IS NULL AND "
     + _LIVE
-    + ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED)'
+    + " AND ($6::text[] IS NULL OR workflow_name = ANY($6::text[]))"
+    ' ORDER BY priority, created_at, id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED)'
     " UPDATE {runs} r SET status = 'running', lease_owner = $4, lease_expires_at = $5,"
     " started_at = $2, updated_at = $2 FROM picked WHERE r.id_digest = picked.id_digest"
     " RETURNING r.id, "
@@ -578,7 +600,7 @@ REQUEST_CANCEL = (
     " FROM run WHERE r.id_digest = $1"
     " AND run.status NOT IN ('completed', 'failed', 'cancelled')"
     " RETURNING r.id, r.id_digest),"
-    " notified AS (SELECT pg_notify({channel}, " + _PAYLOAD.format(alias="asked.") + ")"
+    " notified AS (SELECT pg_notify({channel}, " + _CANCEL_PAYLOAD.format(alias="asked.") + ")"
     " FROM asked)"
     " SELECT run.status FROM run, (SELECT count(*) FROM notified) n"
 )
@@ -662,6 +684,7 @@ class Statements:
         self.release = fill(RELEASE)
         self.pick_expired = fill(PICK_EXPIRED)
         self.lease_runs = fill(LEASE_RUNS)
+        self.end_orphaned_cancels = fill(END_ORPHANED_CANCELS)
         self.finish = fill(FINISH)
         self.finish_merging = fill(FINISH_MERGING)
         self.finish_batch = fill(FINISH_BATCH)

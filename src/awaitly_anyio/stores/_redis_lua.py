@@ -36,6 +36,7 @@ __all__ = [
     "CREATE_CLAIMED",
     "DELETE",
     "DELETE_SCHEDULE",
+    "END_ORPHANED_CANCEL",
     "ENQUEUE",
     "FINISH",
     "NOTIFY",
@@ -276,7 +277,7 @@ end
 if run[2] and run[2] ~= '' then
   -- A queued run's handle may wait for its end in another process.
   unqueue(ARGV[8], ARGV[1], run[2], run[3])
-  redis.call('PUBLISH', ARGV[9], ARGV[1])
+  redis.call('PUBLISH', ARGV[9], '=' .. ARGV[1])
 end
 return 1
 """
@@ -358,7 +359,7 @@ if run[2] == 'waiting' and run[3] == ARGV[2] then
     redis.call('ZADD', KEYS[4], ARGV[1], ARGV[5])
   end
 end
-redis.call('PUBLISH', ARGV[6], ARGV[5])
+redis.call('PUBLISH', ARGV[6], '=' .. ARGV[5])
 return 1
 """
 )
@@ -452,7 +453,7 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 requeue(ARGV[3], ARGV[1], 'pending', ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 if ARGV[9] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+redis.call('PUBLISH', ARGV[4], '=' .. ARGV[1])
 return 1
 """
 )
@@ -471,6 +472,12 @@ local limit = tonumber(ARGV[4])
 local cap, pcap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rate, cutoff = tonumber(ARGV[7]), ARGV[8]
 local prefix, queue = ARGV[9], ARGV[10]
+-- ARGV[12]: '1' when only the workflows named from ARGV[13] on are taken.
+local wanted = nil
+if ARGV[12] == '1' then
+  wanted = {}
+  for i = 13, #ARGV do wanted[ARGV[i]] = true end
+end
 -- Starts older than the window count for no cap: forget them.  Without a rate cap,
 -- the window the queue's last rate cap gave.
 if cutoff ~= '' then redis.call('HSET', KEYS[6], queue, ARGV[11])
@@ -512,10 +519,12 @@ while count < limit do
     local id = string.sub(entry, 18)
     local key = prefix .. 'run:' .. id
     local r = redis.pcall('HMGET', key, 'status', 'expires_at', 'queue', 'queue_entry',
-      'partition', 'cancel_at')
+      'partition', 'cancel_at', 'workflow_name')
     if r.err or r[1] ~= 'pending' or expired(r[2], now) or r[3] ~= queue or r[4] ~= entry
       or (r[6] and r[6] ~= '') then
       drop[#drop + 1] = entry  -- not a pending run of this queue any more
+    elseif wanted and not wanted[r[7] or ''] then
+      -- Another workflow's: left for a worker that has it.
     else
       local part = r[5] or ''
       if not pcap or (parts[part] or 0) < pcap then
@@ -547,7 +556,8 @@ change of the queue's runs happens in scripts, so this one sees them all.  KEYS:
 queue's pending set, started hash, starts set, index, active, the rate windows hash.
 ARGV: now, owner, lease_expires_at, limit, concurrency, partition_concurrency, rate
 count (``''`` = none each), the rate cutoff (``now - window``; ``''`` = none), prefix,
-queue, the rate window.  Returns ``{id, run hash pairs, ...}`` for the runs taken, in order."""
+queue, the rate window, ``'1'`` if only some workflows are taken (``''``: any), then
+their names.  Returns ``{id, run hash pairs, ...}`` for the runs taken, in order."""
 
 REQUEST_CANCEL = (
     _EXPIRED_FN
@@ -573,21 +583,55 @@ elseif status == 'waiting' then
 else
   redis.call('HSET', KEYS[1], 'cancel_at', ARGV[1])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[2])
+redis.call('PUBLISH', ARGV[4], '!' .. ARGV[2])
 return status
 """
 )
 """Ask a run to stop: a pending one is cancelled at once (it never starts), a running
 or waiting one gets ``cancel_at`` (a waiting one is due at once).  KEYS: run,
 waiting, active, index.  ARGV: now, id, prefix, the wake-up channel.  Returns the
-status the run had (and publishes its id), 0 (no such live run) or ``{status}`` for
+status the run had (and publishes ``!`` + its id), 0 (no such live run) or ``{status}`` for
 a run that ended (nothing written)."""
 
 NOTIFY = """
-redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[1], '=' .. ARGV[1])
 return 1
 """
-"""Publish a run's id.  KEYS: the wake-up channel.  ARGV: id."""
+"""Publish a run's id (``=`` first: a change, not a cancel request).  KEYS: the wake-up
+channel.  ARGV: id."""
+
+END_ORPHANED_CANCEL = (
+    _LIVE_FN
+    + _QUEUE_FN
+    + """
+if not live(KEYS[1], ARGV[2]) then return 0 end
+local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_at', 'lease_expires_at', 'queue',
+  'queue_entry')
+if (run[1] ~= 'running' and run[1] ~= 'waiting') or (run[2] or '') == '' then return 0 end
+local lease = run[3] or ''
+if lease ~= '' and not (tonumber(lease) and tonumber(lease) <= tonumber(ARGV[2])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_at', ARGV[2],
+  'lease_owner', '', 'lease_expires_at', '',
+  'wait_step', '', 'wait_key', '', 'wait_kind', '', 'wake_at', '')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if run[4] and run[4] ~= '' then
+  -- A queued run's handle may wait for its end in another process.
+  unqueue(ARGV[3], ARGV[1], run[4], run[5])
+  redis.call('PUBLISH', ARGV[4], '=' .. ARGV[1])
+end
+return 1
+"""
+)
+"""End a run asked to cancel whose worker died before it stopped it: if it is still
+running or waiting with ``cancel_at`` set and its lease free or run out, it becomes
+``cancelled`` (lease and wait cleared, ``updated_at`` now), leaves the recovery
+candidates and, when queued, its queue's keys (its end published).  KEYS: run,
+index, active, waiting.  ARGV: id, now, prefix, the wake-up channel.  Returns 1 if it
+ended it, else 0."""
 
 PUT_SCHEDULE = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])

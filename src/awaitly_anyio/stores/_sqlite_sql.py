@@ -252,6 +252,15 @@ ABANDONED = (
     " ORDER BY updated_at, id LIMIT ?"
 )
 ABANDONED_OF = " AND workflow_name IN ({marks})"
+# ?1 now, ?2 how many.  Running or waiting runs asked to cancel whose lease is free or
+# run out (their worker died before it stopped them) end ``cancelled``, oldest first.
+END_ORPHANED_CANCELS = (
+    "UPDATE awaitly_runs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,"
+    " wait_step = NULL, wait_key = NULL, wait_kind = NULL, wake_at = NULL, updated_at = ?1"
+    " WHERE id IN (SELECT id FROM awaitly_runs WHERE cancel_at IS NOT NULL"
+    " AND status IN ('running', 'waiting') AND (expires_at IS NULL OR expires_at > ?1)"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?1) ORDER BY updated_at, id LIMIT ?2)"
+)
 
 # ``{where}``: the conditions the listing asks for; its parameters, then how many.
 LIST = (

@@ -223,15 +223,29 @@ class _MemoryDriver:
         await anyio.lowlevel.checkpoint()
         names = None if workflow_names is None else set(workflow_names)
         candidates: builtins.list[tuple[float, str, RunRow]] = []
+        doomed: builtins.list[tuple[float, str, RunRow]] = []
         for id in builtins.list(self.runs):
             row = self._live(id, now)
-            if row is None or not _claimable(row, now):
+            if row is None:
+                continue
+            if _cancel_orphaned(row, now):
+                doomed.append((_number(row.updated_at), id, row))
+                continue
+            if not _claimable(row, now):
                 continue
             if names is not None and row.workflow_name not in names:
                 continue
             if row.lease_expires_at is not None and row.lease_expires_at > now:
                 continue
             candidates.append((_number(row.updated_at), id, row))
+        doomed.sort(key=lambda item: (item[0], item[1]))
+        for _, id, row in doomed[:limit]:
+            # Its worker died before it could stop it: the cancel is carried out here.
+            self.runs[id] = _with_wait(
+                attrs.evolve(row, lease_owner=None, lease_expires_at=None, updated_at=now),
+                None,
+                status="cancelled",
+            )
         candidates.sort(key=lambda item: (item[0], item[1]))
         claimed: builtins.list[tuple[str, RunRow]] = []
         damaged: builtins.list[ListedRow] = []
@@ -369,7 +383,9 @@ class _MemoryDriver:
         )
         return False, wait.wake_at
 
-    async def watch(self, woken: Callable[[str], object]) -> None:
+    async def watch(
+        self, woken: Callable[[str], object], cancelled: Callable[[str], object] | None = None
+    ) -> None:
         # Nothing to listen to: every sender shares the process, and the front wakes
         # its waiters at once.
         await anyio.lowlevel.checkpoint()
@@ -387,9 +403,17 @@ class _MemoryDriver:
         return None
 
     async def claim_queued(
-        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+        self,
+        queue: str,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        caps: QueueCaps,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[tuple[str, RunRow]]:
         await anyio.lowlevel.checkpoint()
+        names = None if workflow_names is None else set(workflow_names)
         running = 0
         by_partition: dict[str | None, int] = {}
         started = 0
@@ -401,7 +425,11 @@ class _MemoryDriver:
             if row.status == "running":
                 running += 1
                 by_partition[row.partition] = by_partition.get(row.partition, 0) + 1
-            elif row.status == "pending" and row.cancel_at is None:
+            elif (
+                row.status == "pending"
+                and row.cancel_at is None
+                and (names is None or row.workflow_name in names)
+            ):
                 pending.append((row.priority, _number(row.created_at), id, row))
             at = row.started_at
             if caps.rate is not None and at is not None and at > now - caps.rate[1]:
@@ -481,6 +509,17 @@ def _claimable(row: RunRow, now: float) -> bool:
     if row.status in ("running", "cancelled"):
         return True
     return row.status == "waiting" and isinstance(row.wake_at, float | int) and row.wake_at <= now
+
+
+def _cancel_orphaned(row: RunRow, now: float) -> bool:
+    """Whether live ``row`` is running or waiting with a cancel requested and nobody
+    holding it (its lease free or run out): ``claim_expired`` ends it."""
+    lease: object = row.lease_expires_at
+    return (
+        row.cancel_at is not None
+        and row.status in ("running", "waiting")
+        and (lease is None or (isinstance(lease, float | int) and lease <= now))
+    )
 
 
 def _with_wait(row: RunRow, source: RunRow | None, *, status: RunStatus | None = None) -> RunRow:

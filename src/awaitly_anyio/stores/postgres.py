@@ -17,8 +17,9 @@ for the WAL flush (see ``RECEIVE``).
 
 Queued runs (status ``pending``) start through `claim_queued`: without caps one
 statement (``FOR UPDATE SKIP LOCKED``), with caps one transaction per claim under
-an advisory lock of the queue.  An enqueue, a cancel request and the end of a queued
-run are pushed like a send.  Schedules live in a table of their own.
+an advisory lock of the queue.  An enqueue and the end of a queued run are pushed
+like a send; a cancel request too, its payload marked ("!" first) so that only it
+reaches the run's lease keeper.  Schedules live in a table of their own.
 
 Under trio, asyncpg runs on a private asyncio loop hosted in trio's thread
 (the loops layer's driver runner, through `awaitly_anyio._bridge.DriverLoop`); nothing
@@ -581,6 +582,8 @@ class _PostgresDriver:
             claimed: builtins.list[tuple[str, RunRow]] = []
             damaged: dict[bytes, ListedRow] = {}
             async with connection.transaction():
+                # Runs asked to cancel whose worker died: ended here, never claimed.
+                await connection.execute(sql.end_orphaned_cancels, now, limit)
                 while len(claimed) < limit:
                     found = await connection.fetch(
                         sql.pick_expired, now, names, builtins.list(damaged), limit - len(claimed)
@@ -710,9 +713,12 @@ class _PostgresDriver:
         result: tuple[bool, float | None] = await self.call(work)
         return result
 
-    async def watch(self, woken: Callable[[str], object]) -> None:
+    async def watch(
+        self, woken: Callable[[str], object], cancelled: Callable[[str], object] | None = None
+    ) -> None:
         """``LISTEN`` on a connection of its own (a new one for a DSN, one taken from the
-        pool given), and ``woken(run id)`` for each ``NOTIFY``, called on the caller's
+        pool given), and ``woken(run id)`` for each ``NOTIFY`` (``cancelled(run id)``
+        for a cancel request's, its payload after "!"), called on the caller's
         loop: as it arrives, from asyncpg's callback (under trio, handed from the hosted
         asyncio loop to the caller's loop directly), or, for an id sent as its
         digest (too long for a payload), once the listener has looked it up.  Raises
@@ -726,7 +732,12 @@ class _PostgresDriver:
                 " to the loop that made it); under trio, give it a DSN instead"
             )
         loop = _loops.current()
-        deliver: Callable[[str], object] = woken  # asyncpg's callbacks run on this loop
+        on_cancel = woken if cancelled is None else cancelled
+
+        def route(id: str, cancel: bool) -> None:
+            (on_cancel if cancel else woken)(id)
+
+        deliver: Callable[[str, bool], object] = route  # asyncpg's callbacks run on this loop
         if not loop.drives_asyncio:
             # The hosted asyncio loop runs inside this loop's thread (a trio system task
             # steps it), so its callbacks are on this loop already; where it runs in a
@@ -734,11 +745,11 @@ class _PostgresDriver:
             # `DriverLoop.call` and then another.
             call, here = loop.call_soon_threadsafe(), threading.get_ident()
 
-            def to_caller(id: str) -> None:
+            def to_caller(id: str, cancel: bool) -> None:
                 if threading.get_ident() == here:
-                    woken(id)
+                    route(id, cancel)
                 else:
-                    call(lambda: woken(id))
+                    call(lambda: route(id, cancel))
 
             deliver = to_caller
         listener = _Listener(self.name, self.sql, deliver)
@@ -777,7 +788,14 @@ class _PostgresDriver:
         return result
 
     async def claim_queued(
-        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+        self,
+        queue: str,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        caps: QueueCaps,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[tuple[str, RunRow]]:
         """Without caps, one statement: the next pending runs, rows another claimer holds
         skipped (``FOR UPDATE SKIP LOCKED``), started.  With caps, one transaction under
@@ -785,13 +803,15 @@ class _PostgresDriver:
         taken in a statement of its own, so that the counts that follow see every
         claim committed before): the queue's running runs and recent starts counted,
         then its pending runs picked in order, a run of a full partition passed over,
-        until the room is used, and started in one statement."""
+        until the room is used, and started in one statement.  Runs of workflows not
+        in ``workflow_names`` are passed over in the pick itself."""
         sql = self.sql
+        names = None if workflow_names is None else builtins.list(workflow_names)
         if not caps.any:
 
             async def simple(connection: Any) -> builtins.list[Any]:
                 return builtins.list(
-                    await connection.fetch(sql.claim_queued, queue, now, limit, owner, until)
+                    await connection.fetch(sql.claim_queued, queue, now, limit, owner, until, names)
                 )
 
             found: builtins.list[Any] = await self.call(simple)
@@ -821,7 +841,9 @@ class _PostgresDriver:
                 # are passed over, so more may be needed than there is room for.
                 batch = room if cap is None else max(room * 2, 100)
                 while len(taken) < room:
-                    found = await connection.fetch(sql.pick_queued, queue, now, batch, *after)
+                    found = await connection.fetch(
+                        sql.pick_queued, queue, now, batch, *after, names
+                    )
                     for id, run_digest, partition, priority, created_at in found:
                         after = (priority, created_at, id)
                         if len(taken) >= room:
@@ -846,7 +868,8 @@ class _PostgresDriver:
         return result
 
     async def request_cancel(self, id: str, now: float) -> str:
-        """One statement (see ``REQUEST_CANCEL``), its NOTIFY sent at commit."""
+        """One statement (see ``REQUEST_CANCEL``), its NOTIFY (a cancel request's
+        payload) sent at commit."""
         sql = self.sql
 
         async def work(connection: Any) -> str | None:
@@ -986,7 +1009,8 @@ async def _noop(connection: Any) -> None:
 
 
 # A NOTIFY payload must stay under 8000 bytes: a run id is sent as "=" + the id, or,
-# when that would be too long, as "#" + its digest in hex (the listener looks it up).
+# when that would be too long, as "#" + its digest in hex (the listener looks it up);
+# a cancel request's payload is that after "!" (the SQL makes it: ``REQUEST_CANCEL``).
 _PAYLOAD_MAX = 7900
 
 
@@ -1024,7 +1048,7 @@ class _Listener:
     order), and the connection's loss.  `stop` closes it (or gives it back to the
     pool it came from).  Every method runs on the driver loop."""
 
-    def __init__(self, name: str, sql: Statements, woken: Callable[[str], object]) -> None:
+    def __init__(self, name: str, sql: Statements, woken: Callable[[str, bool], object]) -> None:
         self._name, self._sql, self._woken = name, sql, woken
         self._connection: Any = None
         self._pool: Any = None
@@ -1053,16 +1077,20 @@ class _Listener:
         await connection.add_listener(self._sql.channel, self._notified)
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        if payload.startswith("=") and not self._backlog:
-            self._deliver(payload[1:])
-        else:
-            self._backlog += 1
-            self._queue.put_nowait(payload)
+        if not self._backlog:
+            if payload.startswith("="):
+                self._deliver(payload[1:], False)
+                return
+            if payload.startswith("!="):
+                self._deliver(payload[2:], True)
+                return
+        self._backlog += 1
+        self._queue.put_nowait(payload)
 
-    def _deliver(self, id: str) -> None:
+    def _deliver(self, id: str, cancel: bool) -> None:
         # A wake-up for a caller whose loop has ended meanwhile wakes nobody.
         with contextlib.suppress(RuntimeError):
-            self._woken(id)
+            self._woken(id, cancel)
 
     def _terminated(self, connection: Any) -> None:
         self._queue.put_nowait(None)
@@ -1081,13 +1109,16 @@ class _Listener:
             if payload is None:
                 continue
             try:
+                cancel = payload.startswith("!")
+                if cancel:
+                    payload = payload[1:]
                 if payload.startswith("="):
-                    self._deliver(payload[1:])
+                    self._deliver(payload[1:], cancel)
                 elif payload.startswith("#") and not self._lost:
                     run_key = bytes.fromhex(payload[1:])
                     found = await self._connection.fetchval(self._sql.select_id, run_key)
                     if found is not None:
-                        self._deliver(found)
+                        self._deliver(found, cancel)
             finally:
                 self._backlog -= 1
         if self._lost:

@@ -25,8 +25,10 @@ Keys, under ``prefix`` (default ``awaitly:``):
     {prefix}schedules    hash: schedule name -> spec JSON
     {prefix}schedule-ticks  hash: schedule name -> last tick
     {prefix}wake:db{n}   the pub/sub channel a send, an enqueue, a cancel request and the
-                         end of a queued run publish the run's id on (pub/sub is
-                         server-wide: the database number keeps two databases apart)
+                         end of a queued run publish the run's id on, after ``=``
+                         (``!`` for a cancel request: only it reaches the run's lease
+                         keeper) (pub/sub is server-wide: the database number keeps
+                         two databases apart)
 
 A keyed step's checkpoint is one script call (one round trip).  Expiry is
 decided with the store's clock and also set on the keys with ``PEXPIRE``, so
@@ -176,6 +178,8 @@ _FIELDS = (
 )
 """The run hash's fields, in `RunRow`'s order.  The queue fields came later: a run
 written before them lacks them, and reads as not queued."""
+
+_CANCEL_AT = _FIELDS.index("cancel_at")
 
 _PLACE = "\x00"
 """The steps hash's fields that order the steps start with it (see the module's doc)."""
@@ -371,6 +375,18 @@ def _abandoned(row: RunRow, now: float, wanted: set[str] | None) -> bool:
         (row.status in _ACTIVE or _due(row, now))
         and row.cancel_at is None
         and (wanted is None or row.workflow_name in wanted)
+        and _live(row, now)
+        and (lease is None or (isinstance(lease, float) and lease <= now))
+    )
+
+
+def _cancel_orphaned(row: RunRow, now: float) -> bool:
+    """Whether live ``row`` is running or waiting with a cancel requested and its lease
+    free or run out (its worker died before it stopped it)."""
+    lease: object = row.lease_expires_at
+    return (
+        row.cancel_at is not None
+        and row.status in ("running", "waiting")
         and _live(row, now)
         and (lease is None or (isinstance(lease, float) and lease <= now))
     )
@@ -685,7 +701,7 @@ class _RedisDriver:
                     pipe.pexpire(self._mail_of(id), int(ttl_ms))
                 if row.queue is not None:  # its handle may wait in another process
                     self._unqueue(pipe, id, row)
-                    pipe.publish(self._wake, id)
+                    pipe.publish(self._wake, "=" + id)
 
             return None, write
 
@@ -765,6 +781,7 @@ class _RedisDriver:
                 score = _sort_time(values)
             candidates.append((score, member, values))
         candidates.sort(key=lambda candidate: candidate[0])  # stable: oldest first
+        await self._end_orphaned_cancels(candidates, now, limit)
         claimed: builtins.list[tuple[str, RunRow]] = []
         damaged: builtins.list[ListedRow] = []
         for score, member, values in candidates:
@@ -794,6 +811,30 @@ class _RedisDriver:
             elif took is not None:
                 claimed.append((member, took))
         return claimed, damaged
+
+    async def _end_orphaned_cancels(
+        self, candidates: builtins.list[tuple[float, str, Any]], now: float, limit: int
+    ) -> None:
+        """End (``cancelled``), oldest first, up to ``limit`` of the scanned runs that
+        were asked to cancel and whose worker died before it stopped them (running
+        or waiting, lease free or run out): one script each, which checks it again
+        (such runs are rare; the others cost a field look)."""
+        ended = 0
+        for _, member, values in candidates:
+            if ended >= limit:
+                return
+            if isinstance(values, Exception) or not values[_CANCEL_AT]:
+                continue
+            row, whole = _parse(dict(zip(_FIELDS, values, strict=True)))
+            if not whole or not _cancel_orphaned(row, now):
+                continue
+            ended += int(
+                await self._script(
+                    lua.END_ORPHANED_CANCEL,
+                    [self.keys_of(member)[0], self._index, self._active, self._waiting],
+                    [member, _num(now), self._prefix, self._wake],
+                )
+            )
 
     async def _take_abandoned(
         self,
@@ -997,9 +1038,21 @@ class _RedisDriver:
             return True, None
         return False, (float(wake_at) if wake_at else None)
 
-    async def watch(self, woken: Callable[[str], object]) -> None:
+    async def watch(
+        self, woken: Callable[[str], object], cancelled: Callable[[str], object] | None = None
+    ) -> None:
+        """``SUBSCRIBE`` to the wake-up channel on a connection of its own and call
+        ``woken(run id)`` for each ``=`` + id message (a change) and ``cancelled(run
+        id)`` (``woken`` if ``None``) for each ``!`` + id (a cancel request); a message
+        without either, from an older release, is a change of the run it names.
+        Raises what the connection raises when it drops."""
         loop = _loops.current()
-        deliver: Callable[[str], object] = woken
+        on_cancel = woken if cancelled is None else cancelled
+
+        def route(id: str, cancel: bool) -> None:
+            (on_cancel if cancel else woken)(id)
+
+        deliver: Callable[[str, bool], object] = route
         if not loop.drives_asyncio:
             # The messages are read on the hosted asyncio loop and handed over as they
             # come (not each through the way back of a driver-loop call and another
@@ -1007,16 +1060,26 @@ class _RedisDriver:
             # this loop's thread, else one hop.
             call, here = loop.call_soon_threadsafe(), threading.get_ident()
 
-            def to_caller(id: str) -> None:
+            def to_caller(id: str, cancel: bool) -> None:
                 if threading.get_ident() == here:
-                    woken(id)
+                    route(id, cancel)
                 else:
-                    call(lambda: woken(id))
+                    call(lambda: route(id, cancel))
 
             deliver = to_caller
+
+        def parse(message: str) -> None:
+            kind = message[:1]
+            if kind == "=":
+                deliver(message[1:], False)
+            elif kind == "!":
+                deliver(message[1:], True)
+            else:
+                deliver(message, False)
+
         subscription = await self._redis.subscribe(self._wake)
         try:
-            await subscription.pump(deliver)
+            await subscription.pump(parse)
         finally:
             with anyio.move_on_after(_CLOSE_BOUND, shield=True):
                 await subscription.aclose()
@@ -1053,6 +1116,7 @@ class _RedisDriver:
         until: float,
         limit: int,
         caps: QueueCaps,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[tuple[str, RunRow]]:
         prefix = self._prefix
         rate = caps.rate
@@ -1076,6 +1140,8 @@ class _RedisDriver:
             prefix,
             queue,
             "" if rate is None else _num(rate[1]),
+            "" if workflow_names is None else "1",
+            *(workflow_names or ()),
         ]
         taken: builtins.list[Any] = await self._script(lua.CLAIM_QUEUED, keys, args)
         return [(str(taken[n]), _row(_pairs(taken[n + 1]))) for n in range(0, len(taken), 2)]

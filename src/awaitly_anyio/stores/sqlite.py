@@ -383,6 +383,8 @@ class _SQLiteDriver:
             claimed: builtins.list[tuple[str, RunRow]] = []
             damaged: dict[str, ListedRow] = {}
             with _transaction(db):
+                # Runs asked to cancel whose worker died: ended here (never claimed).
+                db.execute(sql.END_ORPHANED_CANCELS, (now, limit))
                 # Claimed runs leave the candidates; damaged ones stay, so ask for as
                 # many more as have been found damaged, until enough are claimed.
                 while len(claimed) < limit:
@@ -518,7 +520,9 @@ class _SQLiteDriver:
 
         return await self._run(work)
 
-    async def watch(self, woken: Callable[[str], object]) -> None:
+    async def watch(
+        self, woken: Callable[[str], object], cancelled: Callable[[str], object] | None = None
+    ) -> None:
         # SQLite cannot push: waiters poll (and wake at once when the sender shares
         # their process, through the front).
         await anyio.lowlevel.checkpoint()
@@ -542,8 +546,17 @@ class _SQLiteDriver:
         return await self._run(work)
 
     async def claim_queued(
-        self, queue: str, now: float, owner: str, until: float, limit: int, caps: QueueCaps
+        self,
+        queue: str,
+        now: float,
+        owner: str,
+        until: float,
+        limit: int,
+        caps: QueueCaps,
+        workflow_names: Sequence[str] | None = None,
     ) -> builtins.list[tuple[str, RunRow]]:
+        names = None if workflow_names is None else set(workflow_names)
+
         def work(db: Any) -> builtins.list[tuple[str, RunRow]]:
             taken: builtins.list[tuple[str, RunRow]] = []
             # BEGIN IMMEDIATE: claimers of the file take turns, so no cap is exceeded.
@@ -571,6 +584,8 @@ class _SQLiteDriver:
                         if len(taken) >= room:
                             break
                         row = RunRow(*rest)
+                        if names is not None and row.workflow_name not in names:
+                            continue  # left for a worker that has its workflow
                         if cap is not None and by_partition.get(row.partition, 0) >= cap:
                             continue
                         by_partition[row.partition] = by_partition.get(row.partition, 0) + 1

@@ -313,18 +313,22 @@ async def test_long_queue_names_partitions_and_ids_are_only_data(
 async def test_pushes_name_the_run_and_a_plain_runs_end_pushes_nothing(
     store: PostgresStore, clock: FakeClock
 ) -> None:
-    """Through the driver's LISTEN: an enqueue, a cancel, a notify and the end of a
-    queued run push the run's id (a long one too); the end of a run without a queue
-    pushes nothing."""
+    """Through the driver's LISTEN: an enqueue, a send, a notify and the end of a queued
+    run push the run's id to ``woken``, a cancel request to ``cancelled`` (a long id
+    too, sent as its digest); the end of a run without a queue pushes nothing; a
+    queued run asked to cancel whose worker died is ended by the sweep, and pushed."""
     d = store._pg
     call = current().call_soon_threadsafe()
-    arrived: list[str] = []
+    arrived: list[tuple[str, str]] = []
     news = anyio.Event()
 
     def woken(id: str) -> None:  # called from the driver's loop (its thread under trio)
-        call(lambda: (arrived.append(id), news.set()))
+        call(lambda: (arrived.append(("change", id)), news.set()))
 
-    async def next_push() -> str:
+    def cancelled(id: str) -> None:
+        call(lambda: (arrived.append(("cancel", id)), news.set()))
+
+    async def next_push() -> tuple[str, str]:
         nonlocal news
         with anyio.fail_after(10):  # a bound on a push, not a timing
             while not arrived:
@@ -334,23 +338,35 @@ async def test_pushes_name_the_run_and_a_plain_runs_end_pushes_nothing(
 
     long = "x" * 9000
     async with anyio.create_task_group() as group:
-        group.start_soon(d.watch, woken)
+        group.start_soon(d.watch, woken, cancelled)
         while not arrived:  # until the LISTEN is in place (each notify is a round trip)
             await d.notify("hello")
         await d.notify("in place")
-        while await next_push() != "in place":
+        while await next_push() != ("change", "in place"):
             pass  # the hellos sent before it (pushes arrive in the order they commit)
         await store.claim("plain", "orders", owner="w", lease=30.0)
+        await store.send("plain", "k", 1)
+        assert await next_push() == ("change", "plain")
+        await store.cancel("plain")
+        assert await next_push() == ("cancel", "plain")
         await d.end_run("plain", clock.time(), _End())  # no queue: no push
         await store.enqueue(long, "orders", queue=Q)
-        assert await next_push() == long
+        assert await next_push() == ("change", long)
         await store.claim_queued(Q, owner="w", lease=30.0)
         await store.cancel(long)
-        assert await next_push() == long
+        assert await next_push() == ("cancel", long)
         await d.end_run(long, clock.time(), _End("cancelled"))
-        assert await next_push() == long
+        assert await next_push() == ("change", long)
+        await store.enqueue("orphan", "orders", queue=Q)
+        assert await next_push() == ("change", "orphan")
+        await store.claim_queued(Q, owner="dead", lease=5.0)
+        await store.cancel("orphan")
+        assert await next_push() == ("cancel", "orphan")
+        clock.advance(10)
+        assert await store.claim_expired(owner="w", lease=30.0) == []
+        assert await next_push() == ("change", "orphan")  # its end, for its handle
         await d.notify("last")
-        assert await next_push() == "last"  # nothing came from the plain run's end
+        assert await next_push() == ("change", "last")  # nothing came from plain's end
         group.cancel_scope.cancel()
 
 

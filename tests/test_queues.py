@@ -8,7 +8,6 @@ asked for have ended.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from awaitly_anyio import (
     create_workflow,
 )
 from awaitly_anyio._host import WorkflowHost
-from awaitly_anyio._queues import Queue, QueuedRun, enqueue
+from awaitly_anyio._queues import Queue, QueuedRun, claim_from_queue, enqueue
 from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
@@ -379,28 +378,40 @@ async def test_shutdown_stops_claiming_and_gives_running_runs_the_grace(
 
 
 @all_stores
-async def test_a_run_of_an_unregistered_workflow_is_handed_back_and_reported(
-    kit: StoreKit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_run_of_an_unregistered_workflow_is_never_claimed(
+    kit: StoreKit, tmp_path: Path
 ) -> None:
     probe = Probe()
     clock = ManualClock()
     async with kit.open(tmp_path, FakeClock()) as store:
         await enqueue(store, "unknown-here", 1, id="stray", queue="q")
         await enqueue(store, "jobs", 2, id="mine", queue="q")
-        with caplog.at_level(logging.WARNING, logger="awaitly_anyio"):
-            async with WorkflowHost(store=store) as host:
-                host.serve_queues(
-                    probe.registry(), [Queue("q")], clock=clock, recovery_interval=None
-                )
-                await drain(clock, lambda: probe.done["mine"] == 1)
-                report = host.readiness()["unregistered_workflows"]
-        assert report == {"unknown-here": {"runs": 1, "last_run": "stray"}}
-        assert "unknown-here" in caplog.text
+        async with WorkflowHost(store=store) as host:
+            host.serve_queues(probe.registry(), [Queue("q")], clock=clock, recovery_interval=None)
+            await drain(clock, lambda: probe.done["mine"] == 1)
         info = await store.info("stray")
         assert info is not None
-        # Not run here, and free for a worker that knows the workflow (its recovery).
-        assert (info.status, info.lease_owner) == ("running", None)
+        # Passed over, not taken and handed back: still pending (not "running" with no
+        # holder, counting against the queue's limit), for a worker that knows it.
+        assert (info.status, info.lease_owner, info.started_at) == ("pending", None, None)
         assert probe.started == ["mine"]
+
+
+async def test_claim_from_queue_asks_for_the_registrys_workflows_only() -> None:
+    probe = Probe()
+    async with MemoryStore() as store:
+        await enqueue(store, "unknown-here", 1, id="stray", queue="q")
+        await enqueue(store, "jobs", 2, id="mine", queue="q")
+        runnable, unknown = await claim_from_queue(
+            store, Queue("q", concurrency=1), probe.registry(), owner="w", lease=30.0, limit=5
+        )
+        assert ([info.id for info in runnable], unknown) == (["mine"], [])
+        # An empty registry claims nothing.
+        await store.finish("mine", "completed", None, None, owner="w")
+        assert await claim_from_queue(
+            store, Queue("q"), WorkflowRegistry(), owner="w", lease=30.0, limit=5
+        ) == ([], [])
+        assert (await store.info("stray")).status == "pending"  # type: ignore[union-attr]
 
 
 async def test_queues_given_to_the_host_are_served_when_it_is_entered() -> None:

@@ -230,6 +230,67 @@ async def test_pushes_come_for_queued_runs_only(store: RedisStore, clock: FakeCl
     assert [id for id in seen if id != "ready"] == ["queued", "queued", "queued"]
 
 
+async def test_a_cancel_request_is_pushed_apart_from_other_changes(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    """The watch calls ``cancelled`` for a cancel request's message ("!" + id) and
+    ``woken`` for the others ("=" + id, and a bare id from an older release); a queued
+    run asked to cancel whose worker died is ended by the sweep, and pushed."""
+    seen: list[tuple[str, str]] = []
+    news = anyio.Event()
+
+    def woken(id: str) -> None:
+        seen.append(("change", id))
+        news.set()
+
+    def cancelled(id: str) -> None:
+        seen.append(("cancel", id))
+        news.set()
+
+    async def next_push() -> tuple[str, str]:
+        nonlocal news
+        with anyio.fail_after(10):  # a bound on a push, not a timing
+            while not seen:
+                await news.wait()
+                news = anyio.Event()
+        return seen.pop(0)
+
+    driver: Any = store._driver
+    async with anyio.create_task_group() as group:
+        group.start_soon(driver.watch, woken, cancelled)
+        # Nothing tells when the watch has subscribed: push until one arrives.
+        for _ in range(200):
+            await driver.notify("ready")
+            with anyio.move_on_after(0.05):
+                while ("change", "ready") not in seen:
+                    await news.wait()
+                    news = anyio.Event()
+            if ("change", "ready") in seen:
+                break
+        await driver.notify("in place")
+        while await next_push() != ("change", "in place"):
+            pass  # "ready"s published before it
+        await store.mark_running("r", "orders")
+        await store.send("r", "k", 1)
+        assert await next_push() == ("change", "r")
+        await store.cancel("r")
+        assert await next_push() == ("cancel", "r")
+        await driver._call(lambda client: client.publish(driver._wake, "=!odd"))
+        assert await next_push() == ("change", "!odd")  # the kind comes first
+        await driver._call(lambda client: client.publish(driver._wake, "bare"))
+        assert await next_push() == ("change", "bare")
+        await store.enqueue("orphan", "orders", queue="q")
+        assert await next_push() == ("change", "orphan")
+        await store.claim_queued("q", owner="dead", lease=5.0)
+        await store.cancel("orphan")
+        assert await next_push() == ("cancel", "orphan")
+        clock.advance(10)
+        assert await store.claim_expired(owner="w", lease=30.0) == []
+        assert await next_push() == ("change", "orphan")  # its end, for its handle
+        assert (await store.info("orphan")).status == "cancelled"  # type: ignore[union-attr]
+        group.cancel_scope.cancel()
+
+
 async def test_schedules_are_two_hashes_of_the_prefix(store: RedisStore, prefix: str) -> None:
     await store.put_schedule("nightly", {"every": 86400})
     assert await store.advance_schedule("nightly", None, 1000.5)

@@ -525,6 +525,85 @@ async def test_a_run_waiting_for_a_message_is_cancelled_not_left_waiting(
     assert (await store.list(status="waiting")).items == []
 
 
+class _Reads:
+    """Counts ``store.info`` calls (instrumentation around the real store, like
+    `_Watched`): the lease keeper's look at its run."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.count = 0
+        real = store.info
+
+        async def info(id: str) -> Any:
+            self.count += 1
+            return await real(id)
+
+        store.info = info
+
+    def restore(self) -> None:
+        del self.store.info
+
+
+async def test_a_send_to_a_running_run_does_not_make_its_keeper_read_it(
+    opened: Opened, clock: FakeClock
+) -> None:
+    store = opened.store
+    waiting, received, hold = anyio.Event(), anyio.Event(), anyio.Event()
+
+    def on_event(event: WorkflowEvent) -> None:
+        if event.type == "step_waiting":
+            waiting.set()
+
+    workflow = create_workflow("orders", clock=clock, on_event=on_event)
+
+    async def held() -> str:
+        received.set()
+        await hold.wait()
+        return "held"
+
+    async def body(ctx: WorkflowContext[Deps]) -> Any:
+        value = await ctx.step.wait_for("approval", key="approved")
+        await ctx.step("held", held, key="held")
+        return value
+
+    # A sentinel run, cancelled after the send: where the store pushes (PostgreSQL,
+    # Redis), its pushed cancel comes after the send's push on the one channel, so
+    # once it came the send's push has been handed out too.
+    await store.claim("sentinel", "orders", owner="elsewhere", lease=600.0)
+    sentinel: list[int] = []
+    sentinel_seen = anyio.Event()
+    pushes = 2 if opened.kit.name in ("postgres", "redis") else 1  # local wake (+ push)
+
+    def on_sentinel() -> None:
+        sentinel.append(1)
+        if len(sentinel) >= pushes:
+            sentinel_seen.set()
+
+    unhook = store.on_push("sentinel", on_sentinel)
+    outcome: list[Any] = []
+
+    async def run() -> None:
+        # A long lease: no renewal (which would read the run if refused) in the test.
+        outcome.append(await workflow.run(body, workflow_id="s-1", store=store, lease=600.0))
+
+    reads = _Reads(store)
+    try:
+        with anyio.fail_after(60):  # a bound on pushes, not a timing
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await waiting.wait()
+                await store.send("s-1", "approved", "yes")
+                await received.wait()
+                assert await store.cancel("sentinel") == "running"
+                await sentinel_seen.wait()
+                hold.set()
+    finally:
+        reads.restore()
+        unhook()
+    assert outcome == [Ok("yes")]
+    assert reads.count == 0  # neither the local wake nor the push reached the keeper
+
+
 async def test_a_run_that_ends_before_the_cancel_keeps_its_end(
     opened: Opened, clock: FakeClock
 ) -> None:

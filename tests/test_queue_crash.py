@@ -1,5 +1,5 @@
-"""Durable queues survive SIGKILL (issue 20), with real processes on PostgreSQL and
-SQLite.
+"""Durable queues survive SIGKILL (issue 20), with real processes on PostgreSQL,
+SQLite and Redis.
 
 1,000 runs are enqueued in queue ``crash`` (global concurrency 5); four worker
 processes (tests/queue_child.py, two on each loop) drain it; two of them are
@@ -94,7 +94,7 @@ def wait_for(condition: Any, workers: list[subprocess.Popen[str]], state: Path, 
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+@pytest.mark.parametrize("kind", ["postgres", "sqlite", "redis"])
 def test_killed_workers_lose_nothing_and_the_limit_holds(tmp_path: Path, kind: str) -> None:
     state = tmp_path / "state"
     state.mkdir()

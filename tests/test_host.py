@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from awaitly_anyio import (
@@ -25,6 +26,7 @@ from awaitly_anyio import (
 )
 from awaitly_anyio._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from awaitly_anyio._queues import Queue, enqueue
+from awaitly_anyio._schedules import Schedule, add_schedule, tick_run_id
 from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
@@ -434,3 +436,126 @@ async def test_health_reports_queued_runs_of_workflows_this_host_does_not_know()
         assert health["unregistered_workflows"] == {"elsewhere": {"runs": 1, "last_run": "stray"}}
         assert ready.status_code == 200
         assert ready.json()["queues"] == {"q": 0}
+
+
+# ---- schedules ---------------------------------------------------------------------------
+
+WALL = 120.0 * 14_166_667  # a multiple of a minute: the ticks are easy to name
+
+
+def _beat(**changes: Any) -> Schedule:
+    fields: dict[str, Any] = {"name": "beat", "workflow": "report", "every": 60, "queue": "q"}
+    return Schedule(**{**fields, **changes})
+
+
+def _report_registry(seen: list[tuple[str, Any]], release: anyio.Event) -> WorkflowRegistry:
+    registry = WorkflowRegistry()
+    workflow = create_workflow("report")
+
+    @registry.workflow(workflow)
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        seen.append((ctx.workflow_id or "?", ctx.input))
+        await release.wait()
+        return "reported"
+
+    return registry
+
+
+async def _until(check: Any) -> None:
+    """Until ``check()`` holds (a bound against a hang, not a timing)."""
+    with anyio.fail_after(30):
+        while not check():
+            await anyio.lowlevel.checkpoint()
+
+
+async def test_the_host_serves_schedules_and_stops_them_first_at_shutdown() -> None:
+    clock = ManualClock(wall=WALL)
+    seen: list[tuple[str, Any]] = []
+    release = anyio.Event()
+    registry = _report_registry(seen, release)
+    async with MemoryStore() as store:
+        await add_schedule(store, _beat(input={"n": 1}), clock=clock)
+        async with WorkflowHost(store=store, grace=3600) as host:
+            host.serve_queues(registry, [Queue("q")], clock=clock, recovery_interval=None)
+            host.serve_schedules(clock=clock, recheck=3600)
+            await anyio.wait_all_tasks_blocked()
+            assert host.readiness()["schedules"] == {"passes": 1, "last_pass": WALL, "started": 0}
+            clock.advance(60)  # the first tick
+            await _until(lambda: len(seen) == 1)
+            assert seen == [(tick_run_id("beat", WALL + 60), {"n": 1})]
+            await anyio.wait_all_tasks_blocked()
+            assert host.readiness()["schedules"] == {
+                "passes": 2,
+                "last_pass": WALL + 60,
+                "started": 1,
+            }
+            assert host.active == 1  # the tick's run holds the host through the drain
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(host.shutdown)
+                await anyio.wait_all_tasks_blocked()
+                assert clock.sleeping == 0  # the schedules loop (and the queue's) stopped
+                clock.advance(600)  # ten ticks pass during the drain: none is enqueued
+                await anyio.wait_all_tasks_blocked()
+                release.set()
+        listed = (await store.list(prefix="beat@", limit=100)).items
+        assert [(info.id, info.status) for info in listed] == [
+            (tick_run_id("beat", WALL + 60), "completed")
+        ]
+
+
+@pytest.mark.parametrize("kit", KITS, ids=kit_ids())
+async def test_every_store_runs_a_schedule_added_while_the_host_serves_it(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    clock = ManualClock(wall=WALL)
+    seen: list[tuple[str, Any]] = []
+    release = anyio.Event()
+    release.set()
+    registry = _report_registry(seen, release)
+    async with kit.open(tmp_path, FakeClock()) as store:
+        async with WorkflowHost(store=store, grace=60) as host:
+            host.serve_queues(registry, [Queue("q")], clock=clock, recovery_interval=None)
+            # recheck an hour: only the push of the change below makes the loop look
+            # again before the clock is moved a minute on.
+            host.serve_schedules(clock=clock, recheck=3600)
+            await _until(lambda: host.readiness()["schedules"]["passes"] == 1)
+            await add_schedule(store, _beat(input="hi"), clock=clock)
+            await _until(lambda: host.readiness()["schedules"]["passes"] == 2)
+            # Both loops asleep on the clock (the queue's, and the schedules' until the
+            # first tick), so moving it on wakes them.
+            await _until(lambda: clock.sleeping == 2)
+            clock.advance(60)
+            await _until(lambda: len(seen) == 1)
+        assert seen == [(tick_run_id("beat", WALL + 60), "hi")]
+        info = await store.info(tick_run_id("beat", WALL + 60))
+        assert info is not None
+        assert info.status == "completed"
+
+
+async def test_a_host_given_schedules_serves_them_from_its_start() -> None:
+    async with MemoryStore() as store, WorkflowHost(store=store, schedules=True) as host:
+        await _until(lambda: host.readiness()["schedules"]["passes"] >= 1)
+        state = host.readiness()["schedules"]
+        assert state["started"] == 0
+        assert isinstance(state["last_pass"], float)
+        with pytest.raises(ValueError, match="serves the schedules already"):
+            host.serve_schedules()
+    async with MemoryStore() as store, WorkflowHost(store=store) as host:
+        assert "schedules" not in host.readiness()  # not served: not reported
+
+
+async def test_serve_schedules_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="schedules need a store"):
+        WorkflowHost(schedules=True)
+    with pytest.raises(TypeError, match="schedules must be True or False"):
+        WorkflowHost(store=MemoryStore(), schedules=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="QueueStore"):
+        WorkflowHost().serve_schedules()
+    with pytest.raises(HostClosedError):
+        WorkflowHost(store=MemoryStore()).serve_schedules()
+    async with MemoryStore() as store, WorkflowHost(store=store) as host:
+        with pytest.raises(ValueError, match="recheck"):
+            host.serve_schedules(recheck=0)
+        await host.shutdown()
+        with pytest.raises(HostClosedError):
+            host.serve_schedules()

@@ -24,6 +24,7 @@ from awaitly_anyio._schedules import (
     MAX_CATCH_UP,
     Schedule,
     ScheduleInfo,
+    SchedulePass,
     add_schedule,
     fire_schedules,
     list_schedules,
@@ -33,6 +34,7 @@ from awaitly_anyio._schedules import (
     run_schedules,
     tick_run_id,
 )
+from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
 from .kit_base import StoreKit
@@ -452,6 +454,66 @@ async def test_a_hundred_ticks_served_by_three_schedulers_make_a_hundred_runs(
         assert [info.id for info in await runs_of(stores[1])] == expected
 
 
+async def test_a_change_made_elsewhere_wakes_the_loop_before_recheck(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    """add/pause/resume/remove through another store object over the same database
+    wake a loop that sleeps for ``recheck`` (an hour here) at once: a pass after each
+    sees it.  (A store that pushes may wake the loop twice for one change: at once in
+    this process, and again when the database's push comes back.)"""
+    clock = ManualClock(wall=WALL)
+    passes: list[SchedulePass] = []
+
+    async def sees(change: Any, next_tick: float | None) -> SchedulePass:
+        """Make ``change``, then wait for a pass that finds ``next_tick``."""
+        before = len(passes)
+        await change
+        with anyio.fail_after(30):  # a bound against a hang: the wake-up is at once
+            while not any(done.next_tick == next_tick for done in passes[before:]):
+                await anyio.lowlevel.checkpoint()
+        return passes[-1]
+
+    async with opened(kit, tmp_path, 2) as (mine, other), anyio.create_task_group() as group:
+        group.start_soon(
+            lambda: run_schedules(mine, clock=clock, recheck=3600, on_pass=passes.append)
+        )
+        await sees(anyio.lowlevel.checkpoint(), None)  # nothing to run: asleep for an hour
+        await sees(add_schedule(other, every_minute(), clock=clock), T0 + MINUTE)
+        await asleep(clock, 1)
+        clock.advance(MINUTE)
+        await sees(anyio.lowlevel.checkpoint(), T0 + 2 * MINUTE)
+        await sees(pause_schedule(other, "beat"), None)
+        clock.advance(MINUTE)  # paused: wakes nothing (the loop sleeps for an hour)
+        await sees(resume_schedule(other, "beat", clock=clock), T0 + 3 * MINUTE)
+        await sees(remove_schedule(other, "beat"), None)
+        group.cancel_scope.cancel()
+    assert [run for done in passes for run in done.started] == [minute(1)]
+
+
+async def test_a_failing_on_pass_is_logged_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(wall=WALL)
+    calls: list[SchedulePass] = []
+
+    def broken(done: SchedulePass) -> None:
+        calls.append(done)
+        raise RuntimeError("boom")
+
+    async with MemoryStore() as store:
+        with caplog.at_level(logging.ERROR, logger="awaitly_anyio"):
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: run_schedules(store, clock=clock, recheck=7, on_pass=broken)
+                )
+                with anyio.fail_after(30):
+                    while len(calls) < 3:
+                        await anyio.lowlevel.checkpoint()
+                group.cancel_scope.cancel()
+    assert "on_pass failed" in caplog.text
+    assert clock.sleeps[:2] == [7.0, 7.0]
+
+
 # ---- real processes ------------------------------------------------------------------------
 
 SPEED = 600.0  # the children's clock: a minute every tenth of a second
@@ -576,3 +638,63 @@ async def test_three_scheduler_processes_make_one_run_per_tick(
             assert minute(TICKS) in started  # the survivors went on to the end
         listed = [info.id for info in await runs_of(store) if info.id <= minute(TICKS)]
         assert listed == expected
+
+
+# A scheduler process that only says "pass" after each pass; its recheck is an hour, so a
+# pass after the first is a wake-up.  argv: URL OPTIONS_JSON BACKEND.
+WATCHER = """
+import json, sys
+import anyio
+from awaitly_anyio import open_store
+from awaitly_anyio._schedules import run_schedules
+
+async def main(url, options):
+    async with open_store(url, **options) as store:
+        await run_schedules(store, recheck=3600, on_pass=lambda done: print("pass", flush=True))
+
+anyio.run(main, sys.argv[1], json.loads(sys.argv[2]), backend=sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("child_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_a_change_wakes_the_loop_of_another_process_through_the_push(
+    tmp_path: Path, kind: str, child_backend: str, anyio_backend: str
+) -> None:
+    """A schedule added in this process wakes run_schedules in another one through the
+    database's push (NOTIFY, PUBLISH), long before its hour of ``recheck``.  The change
+    is made again until the child hears one (a push sent before its listener is up is
+    not delivered)."""
+    import json
+    import subprocess
+
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+    [kit] = [kit for kit in KITS if kit.name == kind]
+    url, options = url_of(kind, tmp_path)
+    async with (
+        opened(kit, tmp_path) as (store,),
+        await anyio.open_process(
+            [sys.executable, "-c", WATCHER, url, json.dumps(options), child_backend],
+            cwd=Path(__file__).parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as child,
+    ):
+        assert child.stdout is not None
+        lines = BufferedByteReceiveStream(child.stdout)
+        try:
+            with anyio.fail_after(60):
+                assert await lines.receive_until(b"\n", 100) == b"pass"
+            heard = False
+            for priority in range(1, 31):
+                # every=10**9: the next tick is years away, so only a wake-up passes.
+                await add_schedule(store, every_minute(every=10**9, priority=priority))
+                with anyio.move_on_after(1):  # then change it again
+                    heard = await lines.receive_until(b"\n", 100) == b"pass"
+                if heard:
+                    break
+            assert heard, "the other process never woke"
+        finally:
+            child.kill()

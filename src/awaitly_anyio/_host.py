@@ -14,7 +14,9 @@ One host runs everything of a process under one capacity (``max_active``), one
 readiness report and one graceful shutdown: runs started directly (`start`),
 runs recovered from dead workers (`recover`, `start_recovery`) and runs taken
 from durable queues (`serve_queues`, or ``registry=`` and ``queues=`` given to the
-constructor).
+constructor).  It also keeps the store's schedules going (`serve_schedules`, or
+``schedules=True``): their ticks become queued runs, which any worker serving the
+queue runs.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned
 from ._redact import redact_text, redact_url
 from ._result import Err, Result
 from ._run import logger
+from ._schedules import SchedulePass, run_schedules
 from ._snapshot import SnapshotInfo
-from ._store import LeaseStore, MailboxStore, SnapshotStore
+from ._store import LeaseStore, MailboxStore, QueueStore, SnapshotStore
 from ._waiting import HOSTING, parked_in
 from ._workflow import Workflow
 from .stores import open_store
@@ -125,6 +128,9 @@ class WorkflowHost:
       workflows of ``registry`` once the host is entered, as `serve_queues` does
       with its defaults (recovery included).  ``queues`` needs ``registry`` and a
       store.
+    - ``schedules``: ``True`` to run the store's schedules once the host is
+      entered, as `serve_schedules` does with its defaults.  Needs a store that
+      keeps schedules.
 
     Raises ``TypeError`` / ``ValueError`` for a bad option, naming it (a store URL
     is shown with its password masked).
@@ -141,7 +147,12 @@ class WorkflowHost:
         park_after: float | timedelta | None = None,
         registry: WorkflowRegistry | None = None,
         queues: Sequence[Queue] = (),
+        schedules: bool = False,
     ) -> None:
+        if not isinstance(schedules, bool):
+            raise TypeError(f"schedules must be True or False, not {schedules!r}")
+        if schedules and store is None:
+            raise ValueError("schedules need a store (the host's store keeps the schedules)")
         if registry is not None and not isinstance(registry, WorkflowRegistry):
             raise TypeError(f"registry must be a WorkflowRegistry, not {type(registry).__name__}")
         queues = _check_queues(queues)
@@ -169,6 +180,11 @@ class WorkflowHost:
         self.store: SnapshotStore | None = (
             open_store(store, **dict(store_options or {})) if isinstance(store, str) else store
         )
+        if schedules and not isinstance(self.store, QueueStore):
+            raise TypeError(
+                "schedules need the host's store to keep schedules (QueueStore), "
+                f"not {type(self.store).__name__}"
+            )
         self._store_url = redact_url(store) if isinstance(store, str) else None
         self.grace = float(grace)
         self.park_after: float | None = park_after
@@ -192,6 +208,9 @@ class WorkflowHost:
         self._freed = anyio.Event()
         self._serving: dict[str, int] = {}
         self._unregistered: dict[str, dict[str, Any]] = {}
+        self.schedules = schedules
+        # What `readiness` says of the schedules loop (None: not served).
+        self._scheduling: dict[str, Any] | None = None
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -224,6 +243,8 @@ class WorkflowHost:
             await tg.start(self._hold_services)
             if self.queues and self.registry is not None:
                 self.serve_queues(self.registry, self.queues)
+            if self.schedules:
+                self.serve_schedules()
         except BaseException:
             self._services_stop.set()
             self._stopped.set()
@@ -281,6 +302,13 @@ class WorkflowHost:
         this host claimed but could not run because its registry does not know
         them (``{name: {"runs": count, "last_run": id}}``; they were handed back
         for a worker that knows them).
+
+        A host serving schedules (`serve_schedules`) adds ``"schedules"``:
+        ``{"passes": count, "last_pass": epoch seconds or None, "started": count}``,
+        the passes that succeeded, when the latest did (on the loop's clock), and the
+        tick runs they enqueued (a tick another worker enqueued first is not
+        counted).  A ``last_pass`` older than ``recheck`` means the passes fail (the
+        log says why).
         """
         state: dict[str, Any] = {
             "ready": self._runs is not None
@@ -295,6 +323,8 @@ class WorkflowHost:
             state["unregistered_workflows"] = {
                 name: dict(seen) for name, seen in self._unregistered.items()
             }
+        if self._scheduling is not None:
+            state["schedules"] = dict(self._scheduling)
         return state
 
     # ---- runs ------------------------------------------------------------------------
@@ -737,6 +767,54 @@ class WorkflowHost:
                 logger.debug("wake-ups unavailable: %s", exc)
                 await anyio.sleep_forever()
             group.cancel_scope.cancel()
+
+    # ---- schedules -------------------------------------------------------------------
+
+    def serve_schedules(
+        self, *, clock: Clock | None = None, recheck: float | timedelta = 60.0
+    ) -> None:
+        """Keep the store's schedules going: run `run_schedules` on the host's store
+        in the host, until shutdown.
+
+        Each due tick of a schedule becomes one queued run (whatever the number of
+        workers doing this), which the workers serving its queue run
+        (`serve_queues`); serving the schedules does not serve their queues.  The
+        loop sleeps on ``clock`` until the next tick, at most ``recheck`` seconds,
+        and wakes at once when a schedule is added, changed, paused, resumed or
+        removed (see `run_schedules` for the bound).  It is stopped first at
+        shutdown (before the grace period), like the queue loops: no tick is
+        enqueued during a drain.  A pass that fails (the store unreachable) is
+        logged and tried again after ``recheck``; `readiness` reports the passes.
+
+        Not a cancellation point.  Raises `HostClosedError` before the host is
+        entered or once shutdown has begun, ``TypeError`` when the host's store
+        keeps no schedules, ``ValueError`` when the host serves them already, and
+        ``ValueError``/``TypeError`` for a bad ``recheck``.
+        """
+        store = self.store
+        if not isinstance(store, QueueStore):
+            raise TypeError(
+                "schedules need the host's store to keep schedules (QueueStore), "
+                f"not {type(store).__name__}"
+            )
+        recheck = check_seconds(recheck, "recheck")
+        if self._services is None or self._shutting_down:
+            raise HostClosedError("the host is not running: enter it with async with first")
+        if self._scheduling is not None:
+            raise ValueError("this host serves the schedules already")
+        the_clock = clock if clock is not None else SystemClock()
+        seen: dict[str, Any] = {"passes": 0, "last_pass": None, "started": 0}
+        self._scheduling = seen
+
+        def passed(done: SchedulePass) -> None:
+            seen["passes"] += 1
+            seen["last_pass"] = the_clock.time()
+            seen["started"] += len(done.started)
+
+        async def loop() -> None:
+            await run_schedules(store, clock=the_clock, recheck=recheck, on_pass=passed)
+
+        self._services.start_soon(loop)
 
     # ---- shutdown --------------------------------------------------------------------
 

@@ -10,18 +10,31 @@ the first), then moves the schedule's ``last_tick`` on with a compare-and-set.
 Ticks that passed while no worker ran are dropped but for the latest one
 (``catch_up=None``, the default) or run, the ``catch_up`` latest of them.
 
+Enqueue first, advance second: a worker that dies between the two leaves the tick
+to be enqueued again by the next pass (the same id: one run), where the other order
+would lose it.  The price: a tick whose run is already gone from the store (deleted
+on success, or by a TTL shorter than a tick) when a late worker fires it runs twice.
+
+A change made through this module (`add_schedule`, `pause_schedule`,
+`resume_schedule`, `remove_schedule`) wakes every `run_schedules` of the same
+database at once: in this process directly, in others through the store's push
+(PostgreSQL ``NOTIFY``, Redis pub/sub); SQLite cannot push, so other processes
+see it within ``recheck``.
+
 Cron expressions are evaluated by cronsim (the ``cron`` extra), imported when a
 cron schedule is first made.  See docs/schedules.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
+import anyio
 import attrs
 
 from ._checks import check_key, check_seconds
@@ -29,7 +42,7 @@ from ._clock import Clock, SystemClock
 from ._errors import describe
 from ._input import metadata_with_input
 from ._run import logger
-from ._store import QueueStore, StoredSchedule
+from ._store import QueueStore, SendWatch, StoredSchedule
 from .serialization import TypeRegistry, decode_value, default_registry, encode_value
 
 __all__ = [
@@ -65,6 +78,9 @@ _CRON_HELP = (
     f"or one of {', '.join(_NICKNAMES)}"
 )
 _TIMING = ("cron", "timezone", "every")
+SCHEDULES_CHANGED = "@schedules"
+"""The id the store's push carries when a schedule changed (`run_schedules` watches
+it).  Not a run's: a schedule's run ids never start with ``"@"``."""
 
 
 # ---- the store ---------------------------------------------------------------------------------
@@ -393,6 +409,27 @@ def _epoch_datetime(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
 
+async def _announce(store: QueueStore) -> None:
+    """Wake every `run_schedules` watching ``store``'s database (`SCHEDULES_CHANGED`).
+
+    Best effort, after the write: a failed push is logged and the schedulers see the
+    change within their ``recheck``.  A cancellation point (a cancelled push is seen
+    within ``recheck`` too)."""
+    # The front's push for one id (local waiters at once, other processes through
+    # NOTIFY / PUBLISH).  It has no public name yet: a store without it is seen at
+    # ``recheck`` only.
+    notify = cast(
+        "Callable[[str], Awaitable[None]] | None",
+        getattr(store, "notify", None) or getattr(store, "_notify", None),
+    )
+    if notify is None:
+        return
+    try:
+        await notify(SCHEDULES_CHANGED)
+    except Exception as exc:  # the change is stored: schedulers see it at their recheck
+        logger.warning("schedules changed, but the wake-up failed: %s", describe(exc))
+
+
 async def _find(store: QueueStore, name: str) -> StoredSchedule:
     for stored in await store.schedules():
         if stored.name == name:
@@ -432,6 +469,7 @@ async def add_schedule(
             return
     spec["since"] = since
     await target.put_schedule(schedule.name, spec)
+    await _announce(target)
 
 
 async def list_schedules(store: QueueStore, *, clock: Clock | None = None) -> list[ScheduleInfo]:
@@ -470,6 +508,7 @@ async def _set_paused(store: QueueStore, name: str, paused: bool, clock: Clock |
         # Ticks that passed while it was paused are not missed ones: none of them runs.
         spec["since"] = (clock if clock is not None else SystemClock()).time()
     await target.put_schedule(name, spec)
+    await _announce(target)
     return True
 
 
@@ -490,8 +529,10 @@ async def resume_schedule(store: QueueStore, name: str, *, clock: Clock | None =
 async def remove_schedule(store: QueueStore, name: str) -> None:
     """Remove schedule ``name`` (runs it already started are left alone).
     ``LookupError`` naming an unknown schedule.  A cancellation point."""
-    if not await _store_of(store).delete_schedule(name):
+    target = _store_of(store)
+    if not await target.delete_schedule(name):
         raise LookupError(f"there is no schedule {name!r} in the store")
+    await _announce(target)
 
 
 async def fire_schedules(store: QueueStore, *, clock: Clock | None = None) -> SchedulePass:
@@ -547,28 +588,68 @@ async def fire_schedules(store: QueueStore, *, clock: Clock | None = None) -> Sc
 
 
 async def run_schedules(
-    store: QueueStore, *, clock: Clock | None = None, recheck: float | timedelta = 60.0
+    store: QueueStore,
+    *,
+    clock: Clock | None = None,
+    recheck: float | timedelta = 60.0,
+    on_pass: Callable[[SchedulePass], object] | None = None,
 ) -> NoReturn:
     """Run every stored schedule's ticks until cancelled: a `fire_schedules` pass,
     then a sleep (on ``clock``) until the next tick of any schedule, at most
-    ``recheck`` seconds (so schedules added, changed or resumed elsewhere are seen).
+    ``recheck`` seconds, or until a schedule changes.
+
+    A change made with `add_schedule`, `pause_schedule`, `resume_schedule` or
+    `remove_schedule` wakes the loop at once when it is made in this process (any
+    store object over the same database) or pushed by the database from another one
+    (PostgreSQL, Redis); otherwise (SQLite from another process, a change written
+    some other way, a push missed while the connection was down) the loop sees it
+    within ``recheck``: the bound.  ``on_pass`` (optional) is called with each
+    successful pass's `SchedulePass` (what it raises is logged, not propagated).
 
     Every worker may run it: each tick starts one run however many do.  A pass
     that fails (the store unreachable) is logged and tried again after
-    ``recheck``.  Returns only by cancellation, which it never swallows.
-    ``TypeError`` for a store that keeps no schedules; ``ValueError`` or
-    ``TypeError`` for a bad ``recheck``.
+    ``recheck`` (or at the next change).  Returns only by cancellation, which it
+    never swallows.  ``TypeError`` for a store that keeps no schedules; ``ValueError``
+    or ``TypeError`` for a bad ``recheck``.
     """
     target = _store_of(store)
     every = check_seconds(recheck, "recheck")
     timer = clock if clock is not None else SystemClock()
-    while True:
-        delay = every
-        try:
-            done = await fire_schedules(target, clock=timer)
-        except Exception as exc:  # a service loop: log and try again (cancellation passes)
-            logger.warning("schedules pass failed, retrying in %s s: %s", every, describe(exc))
-        else:
-            if done.next_tick is not None:
-                delay = min(every, max(done.next_tick - timer.time(), 0.0))
-        await timer.sleep(delay)
+    try:
+        watch: SendWatch | None = target.sends(SCHEDULES_CHANGED)
+    except RuntimeError:  # a closed store: every pass fails; ``recheck`` paces them
+        watch = None
+    # The watch is open before the first pass: a change made during a pass wakes the
+    # wait that follows it (nothing is missed between the two).
+    with watch if watch is not None else contextlib.nullcontext():
+        while True:
+            delay = every
+            try:
+                done = await fire_schedules(target, clock=timer)
+            except Exception as exc:  # a service loop: log and try again (cancellation passes)
+                logger.warning("schedules pass failed, retrying in %s s: %s", every, describe(exc))
+            else:
+                if done.next_tick is not None:
+                    delay = min(every, max(done.next_tick - timer.time(), 0.0))
+                if on_pass is not None:
+                    try:
+                        on_pass(done)
+                    except Exception:
+                        logger.exception("on_pass failed")
+            await _until_changed(timer, delay, watch)
+
+
+async def _until_changed(clock: Clock, seconds: float, watch: SendWatch | None) -> None:
+    """Sleep ``seconds`` on ``clock``, or less: until ``watch`` sees a change."""
+    if watch is None:
+        await clock.sleep(seconds)
+        return
+    async with anyio.create_task_group() as group:
+
+        async def ring() -> None:
+            await clock.sleep(seconds)
+            group.cancel_scope.cancel()
+
+        group.start_soon(ring)
+        await watch.wait()
+        group.cancel_scope.cancel()

@@ -476,27 +476,34 @@ async def test_the_host_serves_schedules_and_stops_them_first_at_shutdown() -> N
     async with MemoryStore() as store:
         await add_schedule(store, _beat(input={"n": 1}), clock=clock)
         async with WorkflowHost(store=store, grace=3600) as host:
-            host.serve_queues(registry, [Queue("q")], clock=clock, recovery_interval=None)
-            host.serve_schedules(clock=clock, recheck=3600)
-            await anyio.wait_all_tasks_blocked()
-            assert host.readiness()["schedules"] == {"passes": 1, "last_pass": WALL, "started": 0}
-            clock.advance(60)  # the first tick
-            await _until(lambda: len(seen) == 1)
-            assert seen == [(tick_run_id("beat", WALL + 60), {"n": 1})]
-            await anyio.wait_all_tasks_blocked()
-            assert host.readiness()["schedules"] == {
-                "passes": 2,
-                "last_pass": WALL + 60,
-                "started": 1,
-            }
-            assert host.active == 1  # the tick's run holds the host through the drain
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(host.shutdown)
+            try:
+                host.serve_queues(registry, [Queue("q")], clock=clock, recovery_interval=None)
+                host.serve_schedules(clock=clock, recheck=3600)
                 await anyio.wait_all_tasks_blocked()
-                assert clock.sleeping == 0  # the schedules loop (and the queue's) stopped
-                clock.advance(600)  # ten ticks pass during the drain: none is enqueued
+                assert host.readiness()["schedules"] == {
+                    "passes": 1,
+                    "last_pass": WALL,
+                    "started": 0,
+                }
+                clock.advance(60)  # the first tick
+                await _until(lambda: len(seen) == 1)
+                assert seen == [(tick_run_id("beat", WALL + 60), {"n": 1})]
                 await anyio.wait_all_tasks_blocked()
-                release.set()
+                assert host.readiness()["schedules"] == {
+                    "passes": 2,
+                    "last_pass": WALL + 60,
+                    "started": 1,
+                }
+                assert host.active == 1  # the tick's run holds the host through the drain
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(host.shutdown)
+                    await anyio.wait_all_tasks_blocked()
+                    assert clock.sleeping == 0  # the schedules loop (and the queue's) stopped
+                    clock.advance(600)  # ten ticks pass during the drain: none is enqueued
+                    await anyio.wait_all_tasks_blocked()
+                    release.set()
+            finally:
+                release.set()  # also when an assertion failed (the drain waits an hour)
         listed = (await store.list(prefix="beat@", limit=100)).items
         assert [(info.id, info.status) for info in listed] == [
             (tick_run_id("beat", WALL + 60), "completed")

@@ -490,6 +490,27 @@ async def test_a_change_made_elsewhere_wakes_the_loop_before_recheck(
     assert [run for done in passes for run in done.started] == [minute(1)]
 
 
+async def test_a_tick_whose_run_was_deleted_before_the_schedule_moved_on_runs_again(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    """The documented caveat of enqueue-then-advance: a worker enqueued the tick and died
+    before moving the schedule on; the run completed and was deleted (delete_on_success,
+    a short TTL).  The next pass finds no run with the tick's id: the tick runs again.
+    (Were the run still there, the pass would keep it: one run.)"""
+    clock = FakeClock(wall=WALL)
+    kept = tick_run_id("kept", T0 + MINUTE)
+    async with opened(kit, tmp_path) as (store,):
+        await add_schedule(store, every_minute(), clock=clock)
+        await add_schedule(store, every_minute(name="kept"), clock=clock)
+        clock.advance(MINUTE)
+        # The dead worker's half pass: the enqueues, not the compare-and-sets.
+        for run_id in (minute(1), kept):
+            assert await store.enqueue(run_id, "report", queue="q") is None
+        assert await store.delete(minute(1))  # ended and deleted; "kept" is still there
+        assert (await fire_schedules(store, clock=clock)).started == (minute(1),)
+        assert [info.id for info in await runs_of(store, "")] == [minute(1), kept]
+
+
 async def test_a_failing_on_pass_is_logged_and_the_loop_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

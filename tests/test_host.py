@@ -417,7 +417,10 @@ async def test_serve_queues_checks_its_arguments() -> None:
             host.serve_queues(registry, [Queue("q")], recovery_interval=None)
 
 
-async def test_health_reports_queued_runs_of_workflows_this_host_does_not_know() -> None:
+async def test_ready_reports_the_served_queues_and_a_run_of_an_unknown_workflow_waits() -> None:
+    """A queued run of a workflow this host has not registered is never claimed (the
+    store filters by the registry's names): it stays pending for a worker that knows it,
+    and the host's health reports no unregistered workflow for it."""
     import httpx
 
     from awaitly_anyio.health import create_health_app
@@ -433,9 +436,12 @@ async def test_health_reports_queued_runs_of_workflows_this_host_does_not_know()
             async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
                 health = (await http.get("/health")).json()
                 ready = await http.get("/ready")
-        assert health["unregistered_workflows"] == {"elsewhere": {"runs": 1, "last_run": "stray"}}
+        assert "unregistered_workflows" not in health
         assert ready.status_code == 200
         assert ready.json()["queues"] == {"q": 0}
+        info = await store.info("stray")
+        assert info is not None
+        assert (info.status, info.lease_owner) == ("pending", None)
 
 
 # ---- schedules ---------------------------------------------------------------------------

@@ -299,9 +299,10 @@ class WorkflowHost:
 
         A host serving queues adds ``"queues"`` (each served queue's runs active
         here) and ``"unregistered_workflows"``: the workflow names of queued runs
-        this host claimed but could not run because its registry does not know
-        them (``{name: {"runs": count, "last_run": id}}``; they were handed back
-        for a worker that knows them).
+        this host claimed but could not start (``{name: {"runs": count, "last_run":
+        id}}``; they were handed back).  Runs of workflows its registry does not
+        know are not claimed at all (they wait, ``pending``, for a worker that
+        knows them), so they are not in it.
 
         A host serving schedules (`serve_schedules`) adds ``"schedules"``:
         ``{"passes": count, "last_pass": epoch seconds or None, "started": count}``,
@@ -614,10 +615,11 @@ class WorkflowHost:
         grace period at shutdown.  A claim is shielded from cancellation, so a
         claimed run is always started.
 
-        A queued run whose workflow ``registry`` does not know is handed back at once
-        (its lease released, so a worker that knows it recovers it), logged as a
-        warning and reported in `readiness` (``"unregistered_workflows"``) and so in
-        ``/health``.  With ``recovery_interval`` (seconds; ``None``: not) the host
+        Only runs of ``registry``'s workflows are claimed: a queued run of a workflow it
+        does not know stays ``pending`` for a worker that knows it.  A claimed run that
+        cannot be started (its row damaged) is handed back at once (its lease
+        released), logged as a warning and reported in `readiness`
+        (``"unregistered_workflows"``) and so in ``/health``.  With ``recovery_interval`` (seconds; ``None``: not) the host
         also recovers abandoned runs of ``registry`` (`start_recovery`), which the
         queues need when a worker dies.  The loops stop first at shutdown (before the
         grace period): nothing is claimed during a drain.  A failed claim (the store

@@ -615,15 +615,16 @@ class WorkflowHost:
         grace period at shutdown.  A claim is shielded from cancellation, so a
         claimed run is always started.
 
-        Only runs of ``registry``'s workflows are claimed: a queued run of a workflow it
-        does not know stays ``pending`` for a worker that knows it.  A claimed run that
-        cannot be started (its row damaged) is handed back at once (its lease
+        Only runs of ``registry``'s workflows are claimed: a queued run of a workflow
+        it does not know stays ``pending`` for a worker that knows it.  A claimed run
+        that cannot be started (its row damaged) is handed back at once (its lease
         released), logged as a warning and reported in `readiness`
-        (``"unregistered_workflows"``) and so in ``/health``.  With ``recovery_interval`` (seconds; ``None``: not) the host
-        also recovers abandoned runs of ``registry`` (`start_recovery`), which the
-        queues need when a worker dies.  The loops stop first at shutdown (before the
-        grace period): nothing is claimed during a drain.  A failed claim (the store
-        unreachable) is logged and retried at the next poll.
+        (``"unregistered_workflows"``) and so in ``/health``.  With
+        ``recovery_interval`` (seconds; ``None``: not) the host also recovers
+        abandoned runs of ``registry`` (`start_recovery`), which the queues need when
+        a worker dies.  The loops stop first at shutdown (before the grace period):
+        nothing is claimed during a drain.  A failed claim (the store unreachable) is
+        logged and retried at the next poll.
 
         Not a cancellation point.  Raises `HostClosedError` before the host is
         entered or once shutdown has begun, ``TypeError`` when the host's store

@@ -397,7 +397,9 @@ class QueueStore(MailboxStore, Protocol):
         """Cancel run ``id`` and return the status it had: a ``pending`` one is
         ``cancelled`` at once (it never starts); for a ``running`` or ``waiting`` one a
         cancel is requested (its worker stops it, it ends ``cancelled`` and is never
-        recovered; `LeaseStore.renew` returns ``False`` from then on).
+        recovered; `LeaseStore.renew` returns ``False`` from then on; if that worker
+        dies first, the next `LeaseStore.claim_expired` ends it ``cancelled`` once its
+        lease is free or has run out).
         ``LookupError`` for an unknown run; `RunStateError` for one that ended."""
         ...
 

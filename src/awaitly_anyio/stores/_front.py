@@ -469,7 +469,10 @@ class StoreFront:
         and due) and whose lease is free or expired, oldest first; never a ``pending``
         run (`claim_queued` starts those) nor one whose cancel was requested.  Runs
         that cannot be decoded are left as they are and returned after the claimed
-        ones, flagged ``damaged``."""
+        ones, flagged ``damaged``.  On the way, up to ``limit`` running or waiting
+        runs whose cancel was requested and whose lease is free or expired (their
+        worker died before it stopped them) are ended ``cancelled`` (not returned),
+        whatever ``workflow_names`` says."""
         seconds = check_lease(owner, lease)
         self._check_open()
         names = None if workflow_names is None else builtins.list(workflow_names)

@@ -472,7 +472,7 @@ class StoreFront:
         ones, flagged ``damaged``.  On the way, up to ``limit`` running or waiting
         runs whose cancel was requested and whose lease is free or expired (their
         worker died before it stopped them) are ended ``cancelled`` (not returned),
-        whatever ``workflow_names`` says."""
+        whatever their workflow (an empty ``workflow_names`` does nothing at all)."""
         seconds = check_lease(owner, lease)
         self._check_open()
         names = None if workflow_names is None else builtins.list(workflow_names)

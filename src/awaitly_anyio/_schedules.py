@@ -30,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import math
 import zoneinfo
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn
 
 import anyio
 import attrs
@@ -42,7 +42,7 @@ from ._clock import Clock, SystemClock
 from ._errors import describe
 from ._input import metadata_with_input
 from ._run import logger
-from ._store import QueueStore, SendWatch, StoredSchedule
+from ._store import SCHEDULES_CHANGED, QueueStore, SendWatch, StoredSchedule
 from .serialization import TypeRegistry, decode_value, default_registry, encode_value
 
 __all__ = [
@@ -78,9 +78,6 @@ _CRON_HELP = (
     f"or one of {', '.join(_NICKNAMES)}"
 )
 _TIMING = ("cron", "timezone", "every")
-SCHEDULES_CHANGED = "@schedules"
-"""The id the store's push carries when a schedule changed (`run_schedules` watches
-it).  Not a run's: a schedule's run ids never start with ``"@"``."""
 
 
 # ---- the store ---------------------------------------------------------------------------------
@@ -409,27 +406,6 @@ def _epoch_datetime(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
 
-async def _announce(store: QueueStore) -> None:
-    """Wake every `run_schedules` watching ``store``'s database (`SCHEDULES_CHANGED`).
-
-    Best effort, after the write: a failed push is logged and the schedulers see the
-    change within their ``recheck``.  A cancellation point (a cancelled push is seen
-    within ``recheck`` too)."""
-    # The front's push for one id (local waiters at once, other processes through
-    # NOTIFY / PUBLISH).  It has no public name yet: a store without it is seen at
-    # ``recheck`` only.
-    notify = cast(
-        "Callable[[str], Awaitable[None]] | None",
-        getattr(store, "notify", None) or getattr(store, "_notify", None),
-    )
-    if notify is None:
-        return
-    try:
-        await notify(SCHEDULES_CHANGED)
-    except Exception as exc:  # the change is stored: schedulers see it at their recheck
-        logger.warning("schedules changed, but the wake-up failed: %s", describe(exc))
-
-
 async def _find(store: QueueStore, name: str) -> StoredSchedule:
     for stored in await store.schedules():
         if stored.name == name:
@@ -469,7 +445,6 @@ async def add_schedule(
             return
     spec["since"] = since
     await target.put_schedule(schedule.name, spec)
-    await _announce(target)
 
 
 async def list_schedules(store: QueueStore, *, clock: Clock | None = None) -> list[ScheduleInfo]:
@@ -508,7 +483,6 @@ async def _set_paused(store: QueueStore, name: str, paused: bool, clock: Clock |
         # Ticks that passed while it was paused are not missed ones: none of them runs.
         spec["since"] = (clock if clock is not None else SystemClock()).time()
     await target.put_schedule(name, spec)
-    await _announce(target)
     return True
 
 
@@ -532,7 +506,6 @@ async def remove_schedule(store: QueueStore, name: str) -> None:
     target = _store_of(store)
     if not await target.delete_schedule(name):
         raise LookupError(f"there is no schedule {name!r} in the store")
-    await _announce(target)
 
 
 async def fire_schedules(store: QueueStore, *, clock: Clock | None = None) -> SchedulePass:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
+    "SCHEDULES_CHANGED",
     "CheckpointStore",
     "Claim",
     "ClaimOutcome",
@@ -35,6 +36,11 @@ __all__ = [
     "SnapshotStore",
     "StoredSchedule",
 ]
+
+SCHEDULES_CHANGED = "@schedules"
+"""The id a store's push carries when a schedule was written or removed
+(`QueueStore.put_schedule`, `QueueStore.delete_schedule`); `run_schedules` watches it.
+Not a run's: a schedule's run ids never start with ``"@"``."""
 
 Ttl = float | timedelta | None
 """A time to live: seconds, a timedelta, or ``None`` for none."""

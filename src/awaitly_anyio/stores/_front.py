@@ -61,7 +61,7 @@ from .._snapshot import (
     SnapshotPage,
     WorkflowSnapshot,
 )
-from .._store import Claim, EncodedStep, SendWatch, StoredSchedule, Ttl
+from .._store import SCHEDULES_CHANGED, Claim, EncodedStep, SendWatch, StoredSchedule, Ttl
 from ..serialization import TypeRegistry, default_registry
 from ._driver import (
     AlreadySent,
@@ -823,6 +823,7 @@ class StoreFront:
             raise TypeError(f"schedule {name!r}: its spec must be plain JSON ({exc})") from None
         self._check_open()
         await self._driver.put_schedule(name, text, self._clock.time())
+        await self._schedules_changed()
 
     async def schedules(self) -> builtins.list[StoredSchedule]:
         """Every stored schedule, by name.  A schedule whose stored spec is not a JSON
@@ -844,7 +845,18 @@ class StoreFront:
         """Remove schedule ``name``; whether it was there.  ``ValueError`` for a bad name."""
         check_key(name, "schedule name")
         self._check_open()
-        return await self._driver.delete_schedule(name)
+        found = await self._driver.delete_schedule(name)
+        if found:
+            await self._schedules_changed()
+        return found
+
+    async def _schedules_changed(self) -> None:
+        # Best effort, after the write: schedulers that miss it see the change at their
+        # recheck interval.
+        try:
+            await self._notify(SCHEDULES_CHANGED)
+        except Exception as exc:
+            logger.warning("a schedule changed, but the wake-up failed: %s", exc)
 
     async def advance_schedule(self, name: str, expected: float | None, tick: float) -> bool:
         """Compare and set schedule ``name``'s last tick from ``expected`` to ``tick``

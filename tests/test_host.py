@@ -420,7 +420,7 @@ async def test_serve_queues_checks_its_arguments() -> None:
 async def test_ready_reports_the_served_queues_and_a_run_of_an_unknown_workflow_waits() -> None:
     """A queued run of a workflow this host has not registered is never claimed (the
     store filters by the registry's names): it stays pending for a worker that knows it,
-    and the host's health reports no unregistered workflow for it."""
+    and the host's health reports its workflow as unregistered."""
     import httpx
 
     from awaitly_anyio.health import create_health_app
@@ -436,12 +436,90 @@ async def test_ready_reports_the_served_queues_and_a_run_of_an_unknown_workflow_
             async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
                 health = (await http.get("/health")).json()
                 ready = await http.get("/ready")
-        assert "unregistered_workflows" not in health
+        assert health["status"] == "healthy"  # reported, not a failure of this worker
+        assert health["unregistered_workflows"] == {
+            "elsewhere": {"pending": 1, "abandoned": 0, "last_run": "stray"}
+        }
         assert ready.status_code == 200
         assert ready.json()["queues"] == {"q": 0}
         info = await store.info("stray")
         assert info is not None
         assert (info.status, info.lease_owner) == ("pending", None)
+
+
+@pytest.mark.parametrize("kit", KITS, ids=kit_ids())
+async def test_every_store_reports_queued_and_abandoned_runs_of_unregistered_workflows(
+    kit: StoreKit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 20: runs no worker of this registry takes are reported (readiness, one
+    warning per workflow), not left silently pending or running for ever."""
+    clock = ManualClock(wall=WALL)
+    seen: list[tuple[str, Any]] = []
+    registry = _report_registry(seen, anyio.Event())
+    async with kit.open(tmp_path, clock) as store:  # type: ignore[arg-type]
+        await enqueue(store, "elsewhere", 1, id="stray", queue="q")
+        await enqueue(store, "elsewhere", 2, id="stray-2", queue="q")
+        await enqueue(store, "other", 1, id="not-ours", queue="r")  # a queue not served here
+        await store.claim("lost", "gone", owner="dead-worker", lease=5)
+        await store.claim("busy", "alive", owner="live-worker", lease=3600)
+        clock.advance(10)  # "lost"'s lease has expired, "busy"'s has not
+        async with WorkflowHost(store=store, max_active=1) as host:
+            host.serve_queues(registry, [Queue("q")], clock=clock, recovery_interval=30)
+            await _until(lambda: "gone" in host.readiness()["unregistered_workflows"])
+            await _until(lambda: "elsewhere" in host.readiness()["unregistered_workflows"])
+            assert host.readiness()["unregistered_workflows"] == {
+                "elsewhere": {"pending": 2, "abandoned": 0, "last_run": "stray"},
+                "gone": {"pending": 0, "abandoned": 1, "last_run": "lost"},
+            }
+            # The next pass finds them again: the counts stay, no new warning.
+            clock.advance(30)
+            await _until(lambda: clock.sleeping >= 2)
+            await anyio.wait_all_tasks_blocked()
+            assert host.readiness()["unregistered_workflows"]["elsewhere"]["pending"] == 2
+            await host.shutdown(grace=0)
+        warned = [r.getMessage() for r in caplog.records if "is not registered" in r.getMessage()]
+        assert len(warned) == 2, warned
+        assert any("'gone'" in text and "abandoned" in text for text in warned)
+        for id in ("stray", "stray-2", "lost"):  # reported, never taken
+            info = await store.info(id)
+            assert info is not None
+            assert info.lease_owner in (None, "dead-worker")
+        assert seen == []
+
+
+async def test_a_large_store_is_swept_a_page_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One page per status and pass: the report is replaced when a sweep ends, so a
+    run that was taken care of leaves it."""
+    from awaitly_anyio import _host
+
+    monkeypatch.setattr(_host, "ORPHAN_PAGE", 2)
+    clock = ManualClock(wall=WALL)
+    async with MemoryStore(clock=clock) as store:
+        for n in range(5):
+            await store.claim(f"lost-{n}", "gone", owner="dead-worker", lease=5)
+        clock.advance(10)
+        async with WorkflowHost(store=store) as host:
+            host.start_recovery(WorkflowRegistry(), interval=1, clock=clock)
+
+            async def passes(count: int) -> dict[str, Any]:
+                for _ in range(count):
+                    await _until(lambda: clock.sleeping >= 1)
+                    await anyio.wait_all_tasks_blocked()
+                    clock.advance(1)
+                await _until(lambda: clock.sleeping >= 1)
+                await anyio.wait_all_tasks_blocked()
+                report: dict[str, Any] = host.readiness()["unregistered_workflows"]
+                return report
+
+            assert await passes(0) == {}  # 2 of 5 read: the sweep goes on
+            assert await passes(2) == {"gone": {"pending": 0, "abandoned": 5, "last_run": "lost-0"}}
+            await store.delete("lost-0")
+            await store.delete("lost-1")
+            assert (await passes(2))["gone"]["abandoned"] == 3
+            for n in range(2, 5):
+                await store.delete(f"lost-{n}")
+            assert await passes(2) == {}
+            await host.shutdown(grace=0)
 
 
 # ---- schedules ---------------------------------------------------------------------------

@@ -41,13 +41,19 @@ from ._redact import redact_text, redact_url
 from ._result import Err, Result
 from ._run import logger
 from ._schedules import SchedulePass, run_schedules
-from ._snapshot import SnapshotInfo
+from ._snapshot import RunStatus, SnapshotInfo
 from ._store import LeaseStore, MailboxStore, QueueStore, SnapshotStore
 from ._waiting import HOSTING, parked_in
 from ._workflow import Workflow
 from .stores import open_store
 
 __all__ = ["HostAtCapacityError", "HostClosedError", "RunHandle", "WorkflowHost"]
+
+ORPHAN_PAGE = 100
+"""Runs read per status by one scan for unregistered workflows (see
+`WorkflowHost.start_recovery`)."""
+ORPHAN_NAMES = 100
+"""At most this many unregistered workflow names are reported (and warned about)."""
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -208,6 +214,8 @@ class WorkflowHost:
         self._freed = anyio.Event()
         self._serving: dict[str, int] = {}
         self._unregistered: dict[str, dict[str, Any]] = {}
+        # Runs of workflows the registry does not know, from the recovery loop's scan.
+        self._orphans = _OrphanScan()
         self.schedules = schedules
         # What `readiness` says of the schedules loop (None: not served).
         self._scheduling: dict[str, Any] | None = None
@@ -298,11 +306,16 @@ class WorkflowHost:
         """What ``/ready`` reports: whether the host takes new runs, and its load.
 
         A host serving queues adds ``"queues"`` (each served queue's runs active
-        here) and ``"unregistered_workflows"``: the workflow names of queued runs
-        this host claimed but could not start (``{name: {"runs": count, "last_run":
-        id}}``; they were handed back).  Runs of workflows its registry does not
-        know are not claimed at all (they wait, ``pending``, for a worker that
-        knows them), so they are not in it.
+        here).  A host serving queues or recovering (`start_recovery`) adds
+        ``"unregistered_workflows"``: the workflows its registry does not know that
+        have runs waiting in the store for nobody, by name (at most 100 names):
+        ``{"pending": count, "abandoned": count, "last_run": id}``.  ``pending``
+        counts the queued runs of the queues it serves and ``abandoned`` the
+        ``running`` runs whose lease is free or expired, as the latest scan of the
+        recovery loop found them (see `start_recovery`): this host never claims
+        them, and neither does any worker without that workflow.  A queued run it
+        claimed but could not start (its row damaged; handed back) adds ``"runs"``
+        (a count since the host started) and sets ``"last_run"``.
 
         A host serving schedules (`serve_schedules`) adds ``"schedules"``:
         ``{"passes": count, "last_pass": epoch seconds or None, "started": count}``,
@@ -319,11 +332,13 @@ class WorkflowHost:
             "max_active": self.max_active,
             "shutting_down": self._shutting_down,
         }
-        if self._serving or self._unregistered:
+        if self._serving:
             state["queues"] = dict(self._serving)
-            state["unregistered_workflows"] = {
-                name: dict(seen) for name, seen in self._unregistered.items()
-            }
+        if self._serving or self._unregistered or self._orphans.scanning:
+            unregistered = {name: dict(seen) for name, seen in self._orphans.report.items()}
+            for name, seen in self._unregistered.items():
+                unregistered.setdefault(name, {}).update(seen)
+            state["unregistered_workflows"] = unregistered
         if self._scheduling is not None:
             state["schedules"] = dict(self._scheduling)
         return state
@@ -557,7 +572,17 @@ class WorkflowHost:
         The loop runs in the host's own task group and is stopped first when
         shutdown begins (before the grace period), so no run is claimed during a
         drain.  A pass that fails (the store unreachable) is logged and retried at
-        the next interval.  Not a cancellation point.  Raises
+        the next interval.
+
+        Each pass also looks, cheaply, for runs no worker with this registry will
+        ever take: one page (`ORPHAN_PAGE` runs) of ``pending`` runs when the host
+        serves queues (those of its queues count) and one of ``running`` runs whose
+        lease is free or expired on ``clock`` (give the store's clock), continuing
+        from where the previous pass stopped, so a larger store is covered over
+        several passes.  The workflows its registry does not know are reported in
+        `readiness` (``"unregistered_workflows"``, replaced when a full sweep
+        ends) and logged as a warning the first time each is seen.  Not a
+        cancellation point.  Raises
         `HostClosedError` before the host is entered or once shutdown has
         begun, ``TypeError`` when the host has no store with leases or
         ``registry`` is not a `WorkflowRegistry`, ``ValueError`` for a bad
@@ -573,6 +598,9 @@ class WorkflowHost:
         owner = owner or default_owner()
         the_clock = clock if clock is not None else SystemClock()
 
+        store = self._recovery_store()
+        self._orphans.scanning = True
+
         async def loop() -> None:
             while True:
                 try:
@@ -581,6 +609,10 @@ class WorkflowHost:
                     )
                 except Exception as exc:
                     logger.warning("a recovery pass failed (retried in %gs): %s", interval, exc)
+                try:
+                    await self._orphans.scan(store, registry, set(self._serving), the_clock)
+                except Exception as exc:
+                    logger.warning("a scan for unregistered workflows failed (retried): %s", exc)
                 await self._until_next_pass(the_clock, interval)
 
         self._services.start_soon(loop)
@@ -616,7 +648,9 @@ class WorkflowHost:
         claimed run is always started.
 
         Only runs of ``registry``'s workflows are claimed: a queued run of a workflow
-        it does not know stays ``pending`` for a worker that knows it.  A claimed run
+        it does not know stays ``pending`` for a worker that knows it; the recovery
+        loop (below) reports such runs in `readiness` (``"unregistered_workflows"``)
+        and logs each such workflow once.  A claimed run
         that cannot be started (its row damaged) is handed back at once (its lease
         released), logged as a warning and reported in `readiness`
         (``"unregistered_workflows"``) and so in ``/health``.  With
@@ -908,6 +942,80 @@ class _Slot:
 
     def resumed(self) -> None:
         self._host._hold()
+
+
+class _OrphanScan:
+    """The recovery loop's look for runs of workflows the host's registry does not
+    know: one page per status and pass, each status's sweep continued over passes
+    and published when it ends."""
+
+    def __init__(self) -> None:
+        self.scanning = False
+        # Per status ("pending", "running"): workflow name -> runs seen.
+        self._found: dict[str, dict[str, tuple[int, str]]] = {"pending": {}, "running": {}}
+        self._sweeps: dict[str, dict[str, tuple[int, str]]] = {"pending": {}, "running": {}}
+        self._cursors: dict[str, str | None] = {"pending": None, "running": None}
+        self._warned: set[str] = set()
+
+    @property
+    def report(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"pending": n, "abandoned": n, "last_run": id}}`` of the latest
+        sweeps, at most `ORPHAN_NAMES` names."""
+        report: dict[str, dict[str, Any]] = {}
+        for status, kind in (("pending", "pending"), ("running", "abandoned")):
+            for name, (count, last) in self._found[status].items():
+                if name not in report and len(report) >= ORPHAN_NAMES:
+                    continue
+                seen = report.setdefault(name, {"pending": 0, "abandoned": 0, "last_run": None})
+                seen[kind] = count
+                seen["last_run"] = last
+        return report
+
+    async def scan(
+        self, store: SnapshotStore, registry: WorkflowRegistry, queues: set[str], clock: Clock
+    ) -> None:
+        """Read one page of each status.  A cancellation point (two store calls at
+        most); raises what the store's ``list`` raises."""
+        statuses: list[RunStatus] = ["running", "pending"] if queues else ["running"]
+        if not queues:
+            self._found["pending"] = {}
+        now = clock.time()
+        for status in statuses:
+            page = await store.list(status=status, limit=ORPHAN_PAGE, cursor=self._cursors[status])
+            sweep = self._sweeps[status]
+            for info in page:
+                if info.damaged is not None or info.workflow_name in registry:
+                    continue
+                if status == "pending" and info.queue not in queues:
+                    continue
+                expires = info.lease_expires_at
+                if (
+                    status == "running"
+                    and info.lease_owner is not None
+                    and (expires is None or expires.timestamp() > now)
+                ):
+                    continue  # a live lease: some worker runs it
+                name = info.workflow_name
+                if name not in sweep and len(sweep) >= ORPHAN_NAMES:
+                    continue
+                sweep[name] = (sweep.get(name, (0, ""))[0] + 1, info.id)
+                self._warn(info, status)
+            self._cursors[status] = page.next_cursor
+            if page.next_cursor is None:
+                self._found[status], self._sweeps[status] = sweep, {}
+
+    def _warn(self, info: SnapshotInfo, status: str) -> None:
+        name = info.workflow_name
+        if name in self._warned or len(self._warned) >= ORPHAN_NAMES:
+            return
+        self._warned.add(name)
+        logger.warning(
+            "run %r is %s, but its workflow %r is not registered in this host: no worker"
+            " without that workflow takes it (start one that registers it, or cancel it)",
+            info.id,
+            "queued" if status == "pending" else "abandoned (its lease free or expired)",
+            name,
+        )
 
 
 def _check_queues(queues: object) -> tuple[Queue, ...]:

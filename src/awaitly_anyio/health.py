@@ -259,10 +259,12 @@ def create_health_app(
 
     - ``GET /health``: every check, concurrently, each within ``timeout`` seconds;
       200 with ``"status": "healthy"`` when all pass, else 503 ``"unhealthy"``.
-      With a ``host`` serving queues, ``"unregistered_workflows"`` names the
-      workflows of queued runs it took but has not registered (``{name: {"runs":
-      count, "last_run": id}}``; see `WorkflowHost.serve_queues`), when there are
-      any; they do not make the host unhealthy.
+      With a ``host`` serving queues or recovering, ``"unregistered_workflows"``
+      names the workflows its registry does not know whose runs wait in the store
+      for nobody: queued on its queues (``"pending"``) or ``running`` with a free or
+      expired lease (``"abandoned"``), ``{name: {"pending": count, "abandoned":
+      count, "last_run": id}}`` (see `WorkflowHost.readiness`), when there are any;
+      they do not make the host unhealthy, but an operator must see them.
     - ``GET /ready``: 200 while ``host`` (a `WorkflowHost`)
       accepts work, 503 when it is shutting down or full.
     - ``GET /health/workflows``: ``tracker.get_stats()``.
@@ -315,7 +317,7 @@ def create_health_app(
         if host is not None:
             state = host.readiness()
             body["active_workflows"] = state["active"]
-            # Queued runs this worker took but cannot run (no such workflow here): not a
+            # Runs no worker with this registry takes (no such workflow here): not a
             # failure of the worker, but an operator must see them.
             unregistered = state.get("unregistered_workflows")
             if unregistered:

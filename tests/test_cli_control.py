@@ -414,6 +414,63 @@ async def test_list_and_show_tell_the_queue_and_a_cancel_request(store: Any, run
 
 @pytest.mark.anyio
 @pytest.mark.needs_url_store
+async def test_list_and_show_mark_abandoned_and_stale_runs(
+    store: Any, runs: Runs, clock: FakeClock
+) -> None:
+    """Issue 20: a running run no worker holds and a pending run no worker takes are
+    marked, so runs of a workflow no worker registered do not look healthy."""
+    clock.wall = time.time() - 3600  # the runs below were made an hour ago
+    await store.claim("lost", "gone", owner="dead-worker", lease=60)
+    await store.claim("busy", "orders", owner="live-worker", lease=7200)
+    await store.enqueue("stray", "elsewhere", queue="emails")
+
+    header, *rows = (await runs.ok("list")).splitlines()
+    assert header.split()[-1] == "NOTE"
+    by_id = {row.split()[0]: row for row in rows}
+    assert by_id["lost"].split()[2] == "running"
+    assert "abandoned (lease expired 59m" in by_id["lost"]
+    assert "abandoned" not in by_id["busy"]
+    assert "stale" not in by_id["stray"]
+
+    header, *rows = (await runs.ok("list", "--status", "pending", "--stale", "10m")).splitlines()
+    assert header.split()[-1] == "NOTE"
+    assert "stale (queued 1h00m ago)" in rows[0]
+    out = await runs.ok("list", "--status", "pending", "--stale", "2h")
+    assert "NOTE" not in out
+    assert "stale" not in out
+
+    items = {
+        i["id"]: i for i in json.loads(await runs.ok("list", "--json", "--stale", "10m"))["items"]
+    }
+    assert {id: (i["abandoned"], i["stale"]) for id, i in items.items()} == {
+        "lost": (True, False),
+        "busy": (False, False),
+        "stray": (False, True),
+    }
+
+    shown = (await runs.ok("show", "lost")).splitlines()
+    [line] = [line for line in shown if line.startswith("abandoned ")]
+    assert "lease expired 59m" in line
+    assert "registers workflow 'gone'" in line
+    assert not any(
+        line.startswith("abandoned ") for line in (await runs.ok("show", "busy")).splitlines()
+    )
+    shown = (await runs.ok("show", "stray", "--stale", "10m")).splitlines()
+    [line] = [line for line in shown if line.startswith("stale ")]
+    assert "queue 'emails'" in line
+    assert "workflow 'elsewhere'" in line
+    doc = json.loads(await runs.ok("show", "stray", "--json", "--stale", "10m"))
+    assert (doc["abandoned"], doc["stale"]) == (False, True)
+    doc = json.loads(await runs.ok("show", "lost", "--json"))
+    assert (doc["abandoned"], doc["stale"]) == (True, False)
+
+    done = await runs("list", "--stale", "soon")
+    assert done.returncode == 2
+    assert "--stale 'soon' is not a duration" in one_error_line(done)
+
+
+@pytest.mark.anyio
+@pytest.mark.needs_url_store
 async def test_bulk_cancel_by_status_name_and_age_with_a_dry_run_first(
     store: Any, runs: Runs, clock: FakeClock
 ) -> None:

@@ -4,6 +4,9 @@ list the approvals ``pending``, ``resolve-hook`` a hook's token, ``cancel|resume
 (or, in bulk, the runs ``--status``/``--name``/``--older-than`` select: ``--dry-run``
 lists them, ``--yes`` is required to act) and ``fork`` one; and the ``schedules``
 commands: ``list|pause|resume|remove`` (adding one needs the workflow: Python only).
+``runs list`` and ``runs show`` mark a ``running`` run whose lease expired (or that no
+worker holds) as abandoned, and with ``--stale DURATION`` a ``pending`` run queued
+longer ago than that as stale: the signs of a workflow no worker has registered.
 
 The options that choose the store and the output (``--store``, ``--backend``,
 ``--json``, ``--import``, ``--create``, ``--schema``, ``--table-prefix``,
@@ -199,7 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser(
         "list",
         help="runs, newest first",
-        description="List runs, newest first, a page at a time.",
+        description=(
+            "List runs, newest first, a page at a time.  A NOTE column marks a running"
+            " run whose lease expired (or that no worker holds) as abandoned: only a"
+            " worker that registers its workflow recovers it.  With --stale, a pending"
+            " run queued longer ago than that is marked stale."
+        ),
     )
     listing.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     listing.add_argument("--prefix", help="only ids starting with this")
@@ -207,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50, help="runs per page, 1 to 10000 (default 50)"
     )
     listing.add_argument("--cursor", help="continue after a previous page")
+    listing.add_argument("--stale", metavar="DURATION", help=_STALE_HELP)
     _add_options(listing, "action")
     show = actions.add_parser(
         "show",
@@ -214,9 +223,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Show one run: its status, times, lease (who holds it, until when, and"
             " whether that lease is live or expired) and its steps in execution order."
+            "  A running run whose lease expired (or that no worker holds) is shown"
+            " abandoned; with --stale, a pending run queued longer ago is shown stale."
         ),
     )
     show.add_argument("id", help="the run's id")
+    show.add_argument("--stale", metavar="DURATION", help=_STALE_HELP)
     _add_options(show, "action")
     delete = actions.add_parser(
         "delete", help="remove one run", description="Remove one run and its steps."
@@ -434,6 +446,34 @@ def _imports(args: argparse.Namespace) -> list[str]:
     return modules
 
 
+_STALE_HELP = (
+    "mark a pending run queued longer ago than this (30s, 10m, 2h, 1d) as stale: no"
+    " worker serving its queue with its workflow registered has taken it"
+)
+
+
+def _abandoned(info: SnapshotInfo, now: datetime) -> str | None:
+    """Why a ``running`` run is abandoned (no live lease: no worker runs it, and only
+    a worker that registers its workflow recovers it), or ``None``."""
+    if info.status != "running" or info.damaged:
+        return None
+    if info.lease_owner is None or info.lease_expires_at is None:
+        return "abandoned (no lease)"
+    ago = (now - info.lease_expires_at).total_seconds()
+    if ago < 0:
+        return None
+    return f"abandoned (lease expired {_duration(ago)} ago)"
+
+
+def _stale(info: SnapshotInfo, now: datetime, stale: float | None) -> str | None:
+    """How long a ``pending`` run has been queued when that is more than ``stale``
+    seconds, or ``None``."""
+    if stale is None or info.status != "pending" or info.damaged:
+        return None
+    age = (now - info.created_at).total_seconds()
+    return f"stale (queued {_duration(max(age, 0))} ago)" if age > stale else None
+
+
 def _time(value: Any) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -587,13 +627,29 @@ def _lease_doc(info: SnapshotInfo | None, now: datetime) -> dict[str, Any] | Non
 
 
 def _print_snapshot(
-    snapshot: WorkflowSnapshot, info: SnapshotInfo | None, now: datetime, out: TextIO
+    snapshot: WorkflowSnapshot,
+    info: SnapshotInfo | None,
+    now: datetime,
+    stale: float | None,
+    out: TextIO,
 ) -> None:
     out.write(f"run       {snapshot.workflow_id}\n")
     out.write(f"workflow  {snapshot.workflow_name}\n")
     out.write(f"status    {snapshot.status}\n")
     if info is not None and info.status == "pending":
         out.write("pending   queued: no worker has started it yet\n")
+        stale_note = _stale(info, now, stale)
+        if stale_note is not None:
+            out.write(
+                f"stale     {stale_note}: is a worker serving queue {info.queue!r} with"
+                f" workflow {snapshot.workflow_name!r} registered?\n"
+            )
+    abandoned = None if info is None else _abandoned(info, now)
+    if abandoned is not None:
+        out.write(
+            f"abandoned {abandoned}: no worker runs it; a worker that registers workflow"
+            f" {snapshot.workflow_name!r} recovers it\n"
+        )
     if info is not None and info.cancel_requested:
         out.write("cancel    requested: the worker that runs it stops it, and it ends cancelled\n")
     if info is not None and info.status == "waiting":
@@ -789,6 +845,9 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "schedules":
         async with _opened(url, source, where, options, create=create) as store:
             return await _schedules(args, store, where, as_json, out, err)
+    stale = None
+    if args.action in ("list", "show") and args.stale is not None:
+        stale = parse_duration(args.stale, "--stale")
     if args.action == "list":  # bad arguments are reported before the store is opened
         check_list_args(args.prefix, args.status, args.limit)
         if args.cursor is not None:
@@ -811,8 +870,17 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     status=args.status, prefix=args.prefix, limit=args.limit, cursor=args.cursor
                 ),
             )
+            now = datetime.now(timezone.utc)
             if as_json:
-                doc = {"items": [_info_doc(i) for i in page], "next_cursor": page.next_cursor}
+                items = [
+                    {
+                        **_info_doc(i),
+                        "abandoned": _abandoned(i, now) is not None,
+                        "stale": _stale(i, now, stale) is not None,
+                    }
+                    for i in page
+                ]
+                doc = {"items": items, "next_cursor": page.next_cursor}
                 out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
                 return 0
             if not page.items:
@@ -835,6 +903,11 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     waiting = i.status == "waiting" and not i.damaged
                     row += [_waits_for(i, short=True), _time(i.wake_at)] if waiting else ["", ""]
             _queue_columns(rows, page.items)
+            notes = [_abandoned(i, now) or _stale(i, now, stale) or "" for i in page]
+            if any(notes):  # runs that no worker takes: say so
+                rows[0] += ["NOTE"]
+                for row, note in zip(rows[1:], notes, strict=True):
+                    row += [note]
             _table(rows, out)
             for i in page:
                 if i.damaged:
@@ -863,9 +936,11 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 doc["queue"] = _queue_doc(info)
                 doc["started_at"] = None if info is None else _iso(info.started_at)
                 doc["cancel_requested"] = info is not None and info.cancel_requested
+                doc["abandoned"] = info is not None and _abandoned(info, now) is not None
+                doc["stale"] = info is not None and _stale(info, now, stale) is not None
                 out.write(dumps(doc) + "\n")
             else:
-                _print_snapshot(snapshot, info, now, out)
+                _print_snapshot(snapshot, info, now, stale, out)
             return 0
         deleted = await _ask(where, store.delete(args.id))
         if not deleted:

@@ -316,26 +316,21 @@ class Workflow(Generic[D]):
         except BaseException as exc:
             duration_ms = (clock.monotonic() - started) * 1000.0
             parked = parking(exc)
-            if parked is not None:
+            ts = clock.time()
+            emit(
                 # Its host parked the run: nothing was cancelled, it waits in its store.
-                emit(
-                    WorkflowParked(
-                        workflow_id=workflow_id,
-                        workflow_name=self.name,
-                        ts=clock.time(),
-                        duration_ms=duration_ms,
-                        waiting_for=parked.waiting_for,
-                    )
+                WorkflowParked(
+                    workflow_id=workflow_id,
+                    workflow_name=self.name,
+                    ts=ts,
+                    duration_ms=duration_ms,
+                    waiting_for=parked.waiting_for,
                 )
-            else:
-                emit(
-                    WorkflowCancelled(
-                        workflow_id=workflow_id,
-                        workflow_name=self.name,
-                        ts=clock.time(),
-                        duration_ms=duration_ms,
-                    )
+                if parked is not None
+                else WorkflowCancelled(
+                    workflow_id=workflow_id, workflow_name=self.name, ts=ts, duration_ms=duration_ms
                 )
+            )
             raise
         duration_ms = (clock.monotonic() - started) * 1000.0
         if isinstance(result, Ok):

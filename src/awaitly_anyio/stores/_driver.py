@@ -60,16 +60,19 @@ Rules every driver keeps:
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
 
+from .._loops import Loop
 from .._rows import RunRow
 from .._snapshot import RunStatus
 from .._store import Claim
 
 __all__ = [
+    "push_router",
     "AlreadySent",
     "ClaimTerms",
     "EndTerms",
@@ -530,3 +533,32 @@ class RowDriver(Protocol):
         ``expected`` now (``None``: never ticked); ``False``, nothing written, if it
         differs or the schedule is gone."""
         ...
+
+
+def push_router(
+    loop: Loop,
+    woken: Callable[[str], object],
+    cancelled: Callable[[str], object] | None,
+) -> Callable[[str, bool], object]:
+    """How a driver with push (`RowDriver.watch`) hands a notification ``(run id, is a
+    cancel request)`` to ``woken`` or ``cancelled`` (``woken`` if ``None``) in the
+    caller's loop.  On asyncio the driver's callbacks already run there.  Under trio
+    the hosted asyncio loop runs either inside trio's thread (straight through: no
+    hop) or in a thread of its own (one hop, `Loop.call_soon_threadsafe`), never the
+    way back of a driver-loop call and then another."""
+    on_cancel = woken if cancelled is None else cancelled
+
+    def route(id: str, cancel: bool) -> None:
+        (on_cancel if cancel else woken)(id)
+
+    if loop.drives_asyncio:
+        return route
+    call, here = loop.call_soon_threadsafe(), threading.get_ident()
+
+    def to_caller(id: str, cancel: bool) -> None:
+        if threading.get_ident() == here:
+            route(id, cancel)
+        else:
+            call(lambda: route(id, cancel))
+
+    return to_caller

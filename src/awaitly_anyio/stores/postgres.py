@@ -34,7 +34,6 @@ import contextlib
 import functools
 import hashlib
 import re
-import threading
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -59,6 +58,7 @@ from ._driver import (
     RunMissing,
     Steps,
     WaitRow,
+    push_router,
 )
 from ._front import StoreFront
 from ._postgres_sql import MIGRATIONS, Statements
@@ -732,26 +732,7 @@ class _PostgresDriver:
                 " to the loop that made it); under trio, give it a DSN instead"
             )
         loop = _loops.current()
-        on_cancel = woken if cancelled is None else cancelled
-
-        def route(id: str, cancel: bool) -> None:
-            (on_cancel if cancel else woken)(id)
-
-        deliver: Callable[[str, bool], object] = route  # asyncpg's callbacks run on this loop
-        if not loop.drives_asyncio:
-            # The hosted asyncio loop runs inside this loop's thread (a trio system task
-            # steps it), so its callbacks are on this loop already; where it runs in a
-            # thread of its own, one hop.  Either way not the way back of a
-            # `DriverLoop.call` and then another.
-            call, here = loop.call_soon_threadsafe(), threading.get_ident()
-
-            def to_caller(id: str, cancel: bool) -> None:
-                if threading.get_ident() == here:
-                    route(id, cancel)
-                else:
-                    call(lambda: route(id, cancel))
-
-            deliver = to_caller
+        deliver = push_router(loop, woken, cancelled)
         listener = _Listener(self.name, self.sql, deliver)
         self._listeners.add(listener)
         try:

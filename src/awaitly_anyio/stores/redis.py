@@ -47,7 +47,6 @@ import builtins
 import contextlib
 import math
 import struct
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +74,7 @@ from ._driver import (
     RunMissing,
     Steps,
     WaitRow,
+    push_router,
 )
 from ._front import StoreFront
 
@@ -1047,26 +1047,8 @@ class _RedisDriver:
         without either, from an older release, is a change of the run it names.
         Raises what the connection raises when it drops."""
         loop = _loops.current()
-        on_cancel = woken if cancelled is None else cancelled
-
-        def route(id: str, cancel: bool) -> None:
-            (on_cancel if cancel else woken)(id)
-
-        deliver: Callable[[str, bool], object] = route
-        if not loop.drives_asyncio:
-            # The messages are read on the hosted asyncio loop and handed over as they
-            # come (not each through the way back of a driver-loop call and another
-            # call to read the next): straight to ``woken`` where that loop runs in
-            # this loop's thread, else one hop.
-            call, here = loop.call_soon_threadsafe(), threading.get_ident()
-
-            def to_caller(id: str, cancel: bool) -> None:
-                if threading.get_ident() == here:
-                    route(id, cancel)
-                else:
-                    call(lambda: route(id, cancel))
-
-            deliver = to_caller
+        # Read on the hosted asyncio loop and handed over as they come.
+        deliver = push_router(loop, woken, cancelled)
 
         def parse(message: str) -> None:
             kind = message[:1]

@@ -9,13 +9,13 @@ own clock, not this one.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "sleep_until_woken"]
 
 
 @runtime_checkable
@@ -55,3 +55,20 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+async def sleep_until_woken(
+    clock: Clock, seconds: float, woken: Callable[[], Awaitable[object]]
+) -> None:
+    """Return after ``seconds`` on ``clock``, or as soon as ``woken()`` returns, whichever
+    comes first; the other is cancelled.  A cancellation point; what ``woken()`` raises
+    propagates (the service loops that use it catch their store's errors inside it)."""
+    async with anyio.create_task_group() as group:
+
+        async def ring() -> None:
+            await clock.sleep(seconds)
+            group.cancel_scope.cancel()
+
+        group.start_soon(ring)
+        await woken()
+        group.cancel_scope.cancel()

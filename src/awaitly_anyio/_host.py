@@ -21,6 +21,7 @@ queue runs.
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -31,7 +32,7 @@ import anyio.abc
 import attrs
 
 from ._checks import check_lease, check_seconds
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, sleep_until_woken
 from ._context import WorkflowContext
 from ._durable import default_owner
 from ._errors import AwaitlyError, RunParkedError
@@ -761,27 +762,8 @@ class WorkflowHost:
     async def _until_woken(self, watch: Any, clock: Clock, interval: float, full: bool) -> None:
         """Wait until the store pushes a change, a run frees its capacity (when the
         queue has no room), or ``interval`` passes on ``clock``."""
-        room = self._room()
-        async with anyio.create_task_group() as group:
-
-            async def ring() -> None:
-                await clock.sleep(interval)
-                group.cancel_scope.cancel()
-
-            async def freed() -> None:
-                await room.wait()
-                group.cancel_scope.cancel()
-
-            group.start_soon(ring)
-            if full:
-                group.start_soon(freed)
-            else:
-                try:
-                    await watch.wait()
-                except Exception as exc:  # the store closed under us: the interval decides
-                    logger.debug("wake-ups unavailable: %s", exc)
-                    await anyio.sleep_forever()
-                group.cancel_scope.cancel()
+        woken = self._room().wait if full else functools.partial(_pushed, watch.wait)
+        await sleep_until_woken(clock, interval, woken)
 
     async def _until_next_pass(self, clock: Clock, interval: float) -> None:
         """Wait ``interval`` on ``clock``, or less: a value sent to any run of the host's
@@ -791,19 +773,7 @@ class WorkflowHost:
         if not isinstance(store, MailboxStore):
             await clock.sleep(interval)
             return
-        async with anyio.create_task_group() as group:
-
-            async def ring() -> None:
-                await clock.sleep(interval)
-                group.cancel_scope.cancel()
-
-            group.start_soon(ring)
-            try:
-                await store.next_send()
-            except Exception as exc:  # the store closed under us: the interval decides
-                logger.debug("wake-ups unavailable: %s", exc)
-                await anyio.sleep_forever()
-            group.cancel_scope.cancel()
+        await sleep_until_woken(clock, interval, functools.partial(_pushed, store.next_send))
 
     # ---- schedules -------------------------------------------------------------------
 
@@ -1039,3 +1009,13 @@ def _report(
         return on_recovered(RecoveredRun(id, name, result))
 
     return report
+
+
+async def _pushed(wait: Callable[[], Awaitable[object]]) -> None:
+    """``await wait()`` for a store push; if the store cannot push any more (it closed
+    under us), wait for ever: the caller's interval decides."""
+    try:
+        await wait()
+    except Exception as exc:
+        logger.debug("wake-ups unavailable: %s", exc)
+        await anyio.sleep_forever()

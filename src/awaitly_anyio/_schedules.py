@@ -34,11 +34,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, NoReturn
 
-import anyio
 import attrs
 
 from ._checks import check_key, check_seconds
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, sleep_until_woken
 from ._errors import describe
 from ._input import metadata_with_input
 from ._run import logger
@@ -617,12 +616,4 @@ async def _until_changed(clock: Clock, seconds: float, watch: SendWatch | None) 
     if watch is None:
         await clock.sleep(seconds)
         return
-    async with anyio.create_task_group() as group:
-
-        async def ring() -> None:
-            await clock.sleep(seconds)
-            group.cancel_scope.cancel()
-
-        group.start_soon(ring)
-        await watch.wait()
-        group.cancel_scope.cancel()
+    await sleep_until_woken(clock, seconds, watch.wait)

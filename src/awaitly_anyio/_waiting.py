@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from ._clock import Clock
+from ._clock import Clock, sleep_until_woken
 from ._errors import (
     AlreadyDeliveredError,
     HookTokenError,
@@ -267,13 +267,9 @@ async def _until_woken(
     if key is None:
         await clock.sleep(remaining)
         return
-    async with anyio.create_task_group() as group:
 
-        async def ring() -> None:
-            await clock.sleep(remaining)
-            group.cancel_scope.cancel()
-
-        group.start_soon(ring)
+    async def woken() -> None:
         with anyio.move_on_after(poll):
             await sends.wait()
-        group.cancel_scope.cancel()
+
+    await sleep_until_woken(clock, remaining, woken)

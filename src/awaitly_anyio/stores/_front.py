@@ -745,9 +745,8 @@ class StoreFront:
         row, steps, snapshot = found
         if row.status not in ("failed", "cancelled"):
             raise RunStateError(id, row.status, "resume")
-        kept = [(key, text) for key, text in steps if isinstance(snapshot.steps[key].result, Ok)]
         now = self._clock.time()
-        await self._driver.write_run(id, _runnable(row, now), kept)
+        await self._driver.write_run(id, _runnable(row, now), _completed(steps, snapshot))
         await self._notify(id)
         return row.status
 
@@ -767,9 +766,7 @@ class StoreFront:
             raise LookupError(f"run {id!r} is not in the store; nothing to fork")
         row, steps, snapshot = found
         if from_step is None:
-            kept = [
-                (key, text) for key, text in steps if isinstance(snapshot.steps[key].result, Ok)
-            ]
+            kept = _completed(steps, snapshot)
         else:
             keys = [key for key, _ in steps]
             if from_step not in keys:
@@ -1029,6 +1026,12 @@ def _check_epoch(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite epoch time, not {value!r}")
     return float(value)
+
+
+def _completed(steps: Steps, snapshot: WorkflowSnapshot) -> builtins.list[tuple[str, str]]:
+    """The steps that succeeded (``Ok``), in their order: what a resumed or forked run
+    keeps (the failed ones run again)."""
+    return [(key, text) for key, text in steps if isinstance(snapshot.steps[key].result, Ok)]
 
 
 @attrs.define(slots=True)

@@ -229,11 +229,9 @@ class _PostgresDriver:
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    async def call(
-        self, fn: Callable[..., Awaitable[Any]], *args: Any, pooled: bool = False
-    ) -> Any:
-        """``await fn(connection, *args)`` on the driver loop with a connection: the
-        store's own one when it is free (and not ``pooled``), else one from the pool."""
+    def _check_usable(self) -> None:
+        """``RuntimeError`` if the store is closed, or was given an asyncpg pool and is
+        used from another loop than asyncio's (the pool belongs to the loop that made it)."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
         if self._dsn is None and not _loops.current().drives_asyncio:
@@ -241,6 +239,13 @@ class _PostgresDriver:
                 "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
                 " to the loop that made it); under trio, give it a DSN instead"
             )
+
+    async def call(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, pooled: bool = False
+    ) -> Any:
+        """``await fn(connection, *args)`` on the driver loop with a connection: the
+        store's own one when it is free (and not ``pooled``), else one from the pool."""
+        self._check_usable()
         return await self._loop.call(self._with_connection, fn, args, pooled)
 
     async def _with_connection(self, fn: Any, args: tuple[Any, ...], pooled: bool) -> Any:
@@ -724,13 +729,7 @@ class _PostgresDriver:
         digest (too long for a payload), once the listener has looked it up.  Raises
         ``ConnectionError`` when that connection is lost, and what connecting raises.
         The connection is closed (or given back) when it ends."""
-        if self._closed:
-            raise RuntimeError(f"{self.name} is closed")
-        if self._dsn is None and not _loops.current().drives_asyncio:
-            raise RuntimeError(
-                "a PostgresStore given an asyncpg pool works on asyncio only (the pool belongs"
-                " to the loop that made it); under trio, give it a DSN instead"
-            )
+        self._check_usable()
         loop = _loops.current()
         deliver = push_router(loop, woken, cancelled)
         listener = _Listener(self.name, self.sql, deliver)

@@ -71,7 +71,8 @@ from ._snapshot import (
     WaitKind,
     WorkflowSnapshot,
 )
-from ._step import Backoff, RetryPolicy, Step
+from ._step import Backoff, RetryPolicy
+from ._step_groups import Step
 from ._store import (
     CheckpointStore,
     Claim,

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from typing_extensions import TypeVar as _TypeVarWithDefault
 
 from ._run import RunState
-from ._step import Step
+from ._step_groups import Step
 
 __all__ = ["BoundSteps", "Deps", "WorkflowContext"]
 

@@ -11,7 +11,8 @@ the step (the caller's cancel scope, a shutdown) always propagates and is
 never turned into a Result.  Only the step's own timeout, which owns its
 deadline, turns its cancellation into ``Err(StepTimeoutError)``.
 
-`Step` is the API (``ctx.step`` is one); what the run's steps share lives in
+`StepCore` is the single step; `awaitly_anyio._step_groups.Step` (``ctx.step``) adds
+the group variants.  What the run's steps share lives in
 its `RunState` (``awaitly_anyio._run``).  The keyword options are declared once,
 in ``awaitly_anyio._step_options``; the retry policy in ``awaitly_anyio._retry``.
 """
@@ -19,9 +20,8 @@ in ``awaitly_anyio._step_options``; the retry policy in ``awaitly_anyio._retry``
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from functools import partial
 from inspect import isawaitable
 from types import CoroutineType
 from typing import Any, TypeVar, overload
@@ -48,7 +48,7 @@ from .events import (
     StepTimeout,
 )
 
-__all__ = ["Backoff", "RetryPolicy", "Step"]
+__all__ = ["Backoff", "RetryPolicy", "StepCore"]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -77,8 +77,11 @@ def _check_type(name: str, type: object) -> None:
     )
 
 
-class Step:
-    """``ctx.step``: run a step, or one of its variants (``retry``, ``all``, ``race``, ...).
+class StepCore:
+    """The core of ``ctx.step``: one step, and the variants that are one step
+    (``retry``, ``try_``, ``sleep``, ``skip``, the durable waits).  The variants that
+    run several children (``all``, ``race``, ``for_each``, ...) and ``with_timeout``
+    are added by `awaitly_anyio._step_groups.Step`, the class ``ctx.step`` is.
 
     Every variant accepts ``key=``: a keyed step whose key already completed
     (earlier in this run, or in the resume state) is not executed again.
@@ -532,36 +535,6 @@ class Step:
         return await self(name, fn, key=key, retry=retry, type=type)
 
     @overload
-    async def with_timeout(
-        self,
-        name: str,
-        fn: Callable[[], Awaitable[Result[T, Any]]],
-        *,
-        seconds: float,
-        key: str | None = None,
-    ) -> T: ...
-    @overload
-    async def with_timeout(
-        self, name: str, fn: Callable[[], Result[T, Any]], *, seconds: float, key: str | None = None
-    ) -> T: ...
-    @overload
-    async def with_timeout(
-        self, name: str, fn: Callable[[], Awaitable[T]], *, seconds: float, key: str | None = None
-    ) -> T: ...
-    @overload
-    async def with_timeout(
-        self, name: str, fn: Callable[[], T], *, seconds: float, key: str | None = None
-    ) -> T: ...
-    async def with_timeout(
-        self, name: str, fn: Callable[[], Any], *, seconds: float, key: str | None = None
-    ) -> Any:
-        """Run ``fn`` with a deadline of ``seconds``; past it the work is cancelled and
-        the workflow ends with ``Err(StepTimeoutError(name, seconds))``.  ``seconds``
-        that is not a number > 0 raises ``TypeError`` / ``ValueError`` naming it."""
-        seconds = check_timeout(seconds, f"step {name!r}: seconds")
-        return await self(name, fn, key=key, timeout=seconds)
-
-    @overload
     async def try_(
         self,
         name: str,
@@ -683,180 +656,6 @@ class Step:
                 )
             )
 
-    @overload
-    async def all(
-        self,
-        name: str,
-        fns: Mapping[K, Callable[[], Any]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[K, Any]: ...
-    @overload
-    async def all(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], Any]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> list[Any]: ...
-    async def all(
-        self,
-        name: str,
-        fns: Mapping[Any, Callable[[], Any]] | Sequence[Callable[[], Any]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[Any, Any] | list[Any]:
-        """Run every child concurrently in one task group and return all their values.
-
-        Given a mapping ``{label: fn}`` it returns ``{label: value}``; given a
-        sequence, a list in the same order.  The first child to end in
-        ``Err`` (or raise) cancels its siblings and ends the workflow.
-        """
-        labels, thunks = _labelled(name, fns)
-
-        async def gather() -> Result[Any, Any]:
-            values: list[Any] = [None] * len(thunks)
-            failure: list[Err[Any]] = []
-            async with anyio.create_task_group() as tg:
-
-                async def child(index: int, fn: Callable[[], Any]) -> None:
-                    res = await self._settle(fn)
-                    if isinstance(res, Ok):
-                        values[index] = res.value
-                    elif not failure:
-                        failure.append(res)
-                        tg.cancel_scope.cancel()
-
-                for index, fn in enumerate(thunks):
-                    tg.start_soon(child, index, fn)
-            if failure:
-                return failure[0]
-            return Ok(values if labels is None else dict(zip(labels, values, strict=True)))
-
-        result: dict[Any, Any] | list[Any] = await self(name, gather, key=key, timeout=timeout)
-        return result
-
-    @overload
-    async def race(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], Awaitable[Result[T, Any]]]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> T: ...
-    @overload
-    async def race(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], Result[T, Any]]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> T: ...
-    @overload
-    async def race(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], Awaitable[T]]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> T: ...
-    @overload
-    async def race(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], T]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> T: ...
-    async def race(
-        self,
-        name: str,
-        fns: Sequence[Callable[[], Any]],
-        *,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """Run the children concurrently; the first to finish decides and the rest are cancelled.
-
-        If the first to finish ends in ``Err`` (or raises), the workflow ends with it.
-        """
-        _, thunks = _labelled(name, fns)
-        if not thunks:
-            raise ValueError(f"step {name!r}: race needs at least one child")
-
-        async def first() -> Result[Any, Any]:
-            winner: list[Result[Any, Any]] = []
-            async with anyio.create_task_group() as tg:
-
-                async def child(fn: Callable[[], Any]) -> None:
-                    res = await self._settle(fn)
-                    if not winner:
-                        winner.append(res)
-                        tg.cancel_scope.cancel()
-
-                for fn in thunks:
-                    tg.start_soon(child, fn)
-            return winner[0]
-
-        return await self(name, first, key=key, timeout=timeout)
-
-    async def for_each(
-        self,
-        name: str,
-        items: Iterable[I],
-        fn: Callable[[I], Any],
-        *,
-        concurrency: int = 1,
-        key: str | None = None,
-        timeout: float | None = None,
-    ) -> list[Any]:
-        """Call ``fn(item)`` for every item, at most ``concurrency`` at a time, and return
-        the values in the order of ``items``.  The first ``Err`` stops the rest."""
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(
-                f"step {name!r}: concurrency must be an integer >= 1, not {concurrency!r}"
-            )
-        _check_fn(name, fn)
-        pending = list(items)
-
-        async def each() -> Result[Any, Any]:
-            values: list[Any] = [None] * len(pending)
-            if concurrency == 1:
-                for index, item in enumerate(pending):
-                    res = await self._settle(partial(fn, item))
-                    if isinstance(res, Err):
-                        return res
-                    values[index] = res.value
-                return Ok(values)
-            failure: list[Err[Any]] = []
-            work = iter(enumerate(pending))
-            async with anyio.create_task_group() as tg:
-
-                async def worker() -> None:
-                    for index, item in work:
-                        res = await self._settle(partial(fn, item))
-                        if isinstance(res, Ok):
-                            values[index] = res.value
-                        else:
-                            if not failure:
-                                failure.append(res)
-                                tg.cancel_scope.cancel()
-                            return
-
-                for _ in range(min(concurrency, len(pending))):
-                    tg.start_soon(worker)
-            return failure[0] if failure else Ok(values)
-
-        result: list[Any] = await self(name, each, key=key, timeout=timeout)
-        return result
-
     # ---- durable waiting ----------------------------------------------------------------
 
     def _waits(self, name: str, what: str) -> DurableWaits:
@@ -939,19 +738,3 @@ class Step:
             return self._replay(name, step)
         waits = self._waits(name, f"waiting ({kind})")
         return await self(name, lambda: waits.wait(name, step, key, kind, seconds), key=step)
-
-
-def _labelled(
-    name: str, fns: Mapping[Any, Callable[[], Any]] | Sequence[Callable[[], Any]]
-) -> tuple[list[Any] | None, list[Callable[[], Any]]]:
-    if isinstance(fns, Mapping):
-        labels: list[Any] | None = list(fns.keys())
-        thunks = list(fns.values())
-    elif isinstance(fns, (list, tuple)):
-        labels = None
-        thunks = list(fns)
-    else:
-        raise TypeError(f"step {name!r}: expected a mapping or a list of callables, not {fns!r}")
-    for thunk in thunks:
-        _check_fn(name, thunk)
-    return labels, thunks

@@ -23,6 +23,8 @@ from ._errors import (
     ApprovalRejectedError,
     AwaitlyError,
     CircuitOpenError,
+    CompensationError,
+    CompensationFailure,
     HookTokenError,
     InputConflictError,
     LeaseLostError,
@@ -50,6 +52,7 @@ from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover,
 from ._result import Err, Ok, Result, UnwrapError, err, ok
 from ._resume import ResumeState, StepRecord, SupportsResume
 from ._rows import MAX_MESSAGE_BYTES
+from ._saga import Compensation
 from ._schedules import (
     Schedule,
     ScheduleInfo,
@@ -110,6 +113,9 @@ __all__ = [
     "Claim",
     "ClaimOutcome",
     "Clock",
+    "Compensation",
+    "CompensationError",
+    "CompensationFailure",
     "Deps",
     "EncodedStep",
     "Err",

@@ -20,6 +20,8 @@ __all__ = [
     "ApprovalRejectedError",
     "AwaitlyError",
     "CircuitOpenError",
+    "CompensationError",
+    "CompensationFailure",
     "HookTokenError",
     "LeaseLostError",
     "RateLimitExceededError",
@@ -371,3 +373,45 @@ class InputConflictError(_ValueException):
             f"run {self.run_id!r} of workflow {self.workflow_name!r} already exists with a "
             "different input; use another id, or the same input to get its result"
         )
+
+@attrs.frozen
+class CompensationFailure:
+    """One compensation that did not succeed during a rollback: the compensation of step
+    ``name`` (record key ``step_key``; ``None`` for a step without a key) ended with
+    ``error`` after ``attempts`` attempts.  ``attempts == 0``: it was not run, because
+    the rollback could not go on (``error`` says why: the store failed, the lease was
+    lost)."""
+
+    name: str
+    step_key: str | None
+    error: Any
+    attempts: int
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class CompensationError(_ValueException):
+    """A run failed with ``original`` and its rollback did not fully succeed: every
+    compensation in ``failures`` (a `CompensationFailure`, newest step first) still
+    failed after its retry policy.  The other compensations ran.  Returned as the
+    run's ``Err`` (see docs/sagas.md)."""
+
+    original: Any
+    failures: tuple[CompensationFailure, ...]
+
+    def __str__(self) -> str:
+        original = self.original
+        cause = (
+            describe(original) if isinstance(original, BaseException) else repr(original)
+        )
+        failed = "; ".join(
+            f"{failure.name!r}: "
+            + (
+                describe(failure.error)
+                if isinstance(failure.error, BaseException)
+                else repr(failure.error)
+            )
+            for failure in self.failures
+        )
+        count = len(self.failures)
+        which = "compensation" if count == 1 else "compensations"
+        return f"the rollback after {cause} left {count} {which} failed ({failed})"

@@ -1,0 +1,428 @@
+"""Saga compensation: the engine (`awaitly_anyio._saga.Saga`) on its own, then through
+``ctx.step(..., compensate=...)`` in plain and durable runs, on every store.
+
+What a user relies on: compensations run newest first, each once, with the value its
+step produced; a failing one is retried by its policy and, if it still fails, the run
+ends with ``CompensationError`` carrying the original error and every failure; in a
+durable run each compensation is recorded, so a rollback interrupted (by a cancel, a
+crash) resumes without repeating the finished ones; outside cancellation propagates,
+after the compensation that is running has finished under its bounded shield.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+
+from awaitly_anyio import (
+    CompensationError,
+    CompensationFailure,
+    Err,
+    Ok,
+    Result,
+    RetryPolicy,
+    SerializationError,
+    StepTimeoutError,
+    StoredException,
+    StoreError,
+    UnexpectedError,
+)
+from awaitly_anyio._run import RunState, default_map_exception
+from awaitly_anyio._saga import (
+    ROLLBACK_KEY,
+    Compensation,
+    Saga,
+    check_compensate,
+    compensation_key,
+    compensations,
+    is_saga_key,
+    recorded_rollback,
+)
+from awaitly_anyio.events import (
+    CompensationComplete,
+    CompensationFailed,
+    CompensationStart,
+    WorkflowEvent,
+)
+from awaitly_anyio.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A durable run's checkpoint, kept in memory: every record it was asked to write,
+    in order.  ``refuse`` makes values of that type unstorable (as a store would say);
+    ``fail_on`` makes the write of that key fail (a store that went away)."""
+
+    def __init__(self, refuse: type | None = None, fail_on: str | None = None) -> None:
+        self.records: list[tuple[str, str, Result[Any, Any], int]] = []
+        self.refuse = refuse
+        self.fail_on = fail_on
+
+    async def __call__(
+        self,
+        name: str,
+        key: str,
+        result: Result[Any, Any],
+        attempts: int,
+        started_at: float,
+        type_hint: type | None,
+    ) -> Err[Any] | None:
+        if self.refuse is not None and isinstance(result, Ok):
+            if isinstance(result.value, self.refuse):
+                return Err(SerializationError(name, self.refuse.__name__, "it has no JSON form"))
+        if key == self.fail_on:
+            return Err(StoreError("checkpoint", "run-1", "ConnectionError: gone"))
+        self.records.append((name, key, result, attempts))
+        return None
+
+    def keys(self) -> list[str]:
+        return [key for _, key, _, _ in self.records]
+
+
+def make_run(
+    events: list[WorkflowEvent] | None = None,
+    checkpoint: Recorder | None = None,
+    completed: Mapping[str, Ok[Any]] | None = None,
+    clock: FakeClock | None = None,
+) -> RunState:
+    return RunState(
+        "booking",
+        "run-1",
+        clock or FakeClock(),
+        None if events is None else events.append,
+        default_map_exception,
+        dict(completed or {}),
+        checkpoint,
+    )
+
+
+class Undo:
+    """Compensations that append ``(name, value)`` to one shared log."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+
+    def sync(self, name: str) -> Any:
+        return lambda value: self.log.append((name, value))
+
+    def async_(self, name: str) -> Any:
+        async def undo(value: Any) -> Result[None, Any]:
+            await anyio.lowlevel.checkpoint()
+            self.log.append((name, value))
+            return Ok(None)
+
+        return undo
+
+
+# ---- the engine -------------------------------------------------------------------------
+
+
+async def test_compensations_run_newest_first_once_each_with_their_values() -> None:
+    undo = Undo()
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), {"seat": "12A"})
+    saga.push("hotel", "hotel", undo.async_("hotel"), "room-7")
+    saga.push("car", None, undo.sync("car"), 3)
+    events: list[WorkflowEvent] = []
+    result = await saga.rollback(make_run(events), Err("card declined"))
+    assert result == Err("card declined")
+    assert undo.log == [("car", 3), ("hotel", "room-7"), ("flight", {"seat": "12A"})]
+    assert compensations(events) == ["car", "hotel", "flight"]
+    assert [e.type for e in events] == ["compensation_start", "compensation_complete"] * 3
+    start, complete = events[0], events[1]
+    assert isinstance(start, CompensationStart)
+    assert (start.workflow_id, start.workflow_name, start.name, start.step_key) == (
+        "run-1",
+        "booking",
+        "car",
+        None,
+    )
+    assert isinstance(complete, CompensationComplete)
+    assert complete.attempt == 1
+    assert complete.duration_ms >= 0
+
+
+async def test_a_step_registered_twice_under_one_key_is_compensated_once() -> None:
+    # A keyed step called again is answered from its record: it ran once.
+    undo = Undo()
+    saga = Saga()
+    saga.push("charge", "charge", undo.sync("charge"), 1)
+    saga.push("charge", "charge", undo.sync("charge"), 1)
+    await saga.rollback(make_run(), Err("boom"))
+    assert undo.log == [("charge", 1)]
+
+
+async def test_a_failing_compensation_is_retried_by_its_policy() -> None:
+    calls: list[int] = []
+
+    def flaky(value: int) -> Result[None, str]:
+        calls.append(value)
+        return Err("busy") if len(calls) < 3 else Ok(None)
+
+    clock = FakeClock()
+    saga = Saga()
+    saga.push("hotel", "hotel", Compensation(flaky, retry=RetryPolicy(3, delay=1.0)), 7)
+    events: list[WorkflowEvent] = []
+    result = await saga.rollback(make_run(events, clock=clock), Err("declined"))
+    assert result == Err("declined")
+    assert calls == [7, 7, 7]
+    assert clock.sleeps == [1.0, 2.0]  # the policy's backoff, on the workflow's clock
+    done = events[-1]
+    assert isinstance(done, CompensationComplete)
+    assert done.attempt == 3
+
+
+async def test_a_compensation_that_still_fails_is_reported_and_the_older_ones_still_run() -> None:
+    undo = Undo()
+
+    def broken(value: object) -> None:
+        raise ConnectionError("hotel API down")
+
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    saga.push("hotel", "hotel", Compensation(broken, retry=RetryPolicy(2, delay=0)), "H1")
+    saga.push("seat", "seat", lambda _: Err("seat locked"), "S1")
+    events: list[WorkflowEvent] = []
+    result = await saga.rollback(make_run(events), Err("card declined"))
+    assert undo.log == [("flight", "F1")]  # the older step is compensated all the same
+    assert isinstance(result, Err)
+    error = result.error
+    assert isinstance(error, CompensationError)
+    assert error.original == "card declined"
+    seat, hotel = error.failures
+    assert seat == CompensationFailure("seat", "seat", "seat locked", 1)
+    assert (hotel.name, hotel.step_key, hotel.attempts) == ("hotel", "hotel", 2)
+    assert isinstance(hotel.error, UnexpectedError)
+    assert isinstance(hotel.error.cause, ConnectionError)
+    assert "'hotel'" in str(error)
+    assert "card declined" in str(error)
+    failed = [e for e in events if isinstance(e, CompensationFailed)]
+    assert [(e.name, e.attempt) for e in failed] == [("seat", 1), ("hotel", 2)]
+    assert failed[1].error == hotel.error
+    assert compensations(events) == ["flight"]
+
+
+async def test_a_compensation_attempt_has_the_policys_timeout() -> None:
+    async def stuck(value: object) -> None:
+        await anyio.sleep_forever()
+
+    saga = Saga()
+    saga.push("hotel", "hotel", Compensation(stuck, retry=RetryPolicy(2, timeout=0.01)), 1)
+    result = await saga.rollback(make_run(), Err("x"))
+    assert isinstance(result, Err)
+    [failure] = result.error.failures
+    assert failure.error == StepTimeoutError("hotel", 0.01)
+    assert failure.attempts == 2
+
+
+# ---- records (durable runs) ---------------------------------------------------------------
+
+
+async def test_a_durable_rollback_records_its_start_then_each_compensation() -> None:
+    undo = Undo()
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    saga.push("hotel", "hotel", undo.sync("hotel"), "H1")
+    saga.push("cheap", None, undo.sync("cheap"), 0)  # no key: nothing to record it under
+    recorder = Recorder()
+    run = make_run(checkpoint=recorder)
+    assert await saga.rollback(run, Err("declined")) == Err("declined")
+    assert recorder.keys() == [ROLLBACK_KEY, compensation_key("hotel"), compensation_key("flight")]
+    assert recorder.records[0][2] == Ok("declined")  # the original error, to resume with
+    assert recorded_rollback(run.completed) == Err("declined")
+    assert is_saga_key(ROLLBACK_KEY)
+    assert is_saga_key(compensation_key("hotel"))
+    assert not is_saga_key("hotel")
+
+
+async def test_a_resumed_rollback_skips_recorded_compensations_and_keeps_the_original() -> None:
+    undo = Undo()
+    saga = Saga()  # the body replayed its steps: the compensations are registered again
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    saga.push("hotel", "hotel", undo.sync("hotel"), "H1")
+    saga.push("car", "car", undo.sync("car"), "C1")
+    recorder = Recorder()
+    completed = {
+        "flight": Ok("F1"),
+        "hotel": Ok("H1"),
+        "car": Ok("C1"),
+        ROLLBACK_KEY: Ok("card declined"),
+        compensation_key("car"): Ok(None),
+    }
+    run = make_run(checkpoint=recorder, completed=completed)
+    error = recorded_rollback(run.completed)
+    assert error == Err("card declined")
+    result = await saga.rollback(run, Err("something else"))
+    assert result == Err("card declined")
+    assert undo.log == [("hotel", "H1"), ("flight", "F1")]
+    assert recorder.keys() == [compensation_key("hotel"), compensation_key("flight")]
+
+
+@attrs.define
+class Opaque:
+    """An error value the store cannot keep."""
+
+    detail: str
+
+
+async def test_an_error_with_no_stored_form_is_recorded_as_a_stand_in() -> None:
+    saga = Saga()
+    saga.push("flight", "flight", lambda _: None, "F1")
+    recorder = Recorder(refuse=Opaque)
+    run = make_run(checkpoint=recorder)
+    result = await saga.rollback(run, Err(Opaque("no seats")))
+    assert result == Err(Opaque("no seats"))  # this run still returns the real error
+    stand_in = recorded_rollback(run.completed)
+    assert stand_in is not None
+    assert isinstance(stand_in.error, StoredException)
+    assert stand_in.error.type_name.endswith("Opaque")
+    assert "no seats" in stand_in.error.message
+
+
+async def test_a_failed_compensation_is_recorded_as_a_failure_and_retried_on_resume() -> None:
+    saga = Saga()
+    saga.push("hotel", "hotel", lambda _: Err("busy"), "H1")
+    recorder = Recorder()
+    run = make_run(checkpoint=recorder)
+    await saga.rollback(run, Err("declined"))
+    name, key, record, _ = recorder.records[-1]
+    assert (key, record) == (compensation_key("hotel"), Err("busy"))
+    assert compensation_key("hotel") not in run.completed  # not done: a resume retries it
+
+
+async def test_a_store_failure_stops_the_rollback_and_says_what_was_not_run() -> None:
+    undo = Undo()
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    saga.push("hotel", "hotel", undo.sync("hotel"), "H1")
+    recorder = Recorder(fail_on=compensation_key("hotel"))
+    result = await saga.rollback(make_run(checkpoint=recorder), Err("declined"))
+    assert undo.log == [("hotel", "H1")]  # ran, but its record could not be kept
+    assert isinstance(result, Err)
+    hotel, flight = result.error.failures
+    assert isinstance(hotel.error, StoreError)
+    assert hotel.attempts == 1
+    assert (flight.name, flight.attempts) == ("flight", 0)  # not run
+    assert flight.error == hotel.error
+
+
+async def test_without_the_rollback_record_nothing_is_compensated() -> None:
+    undo = Undo()
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    recorder = Recorder(fail_on=ROLLBACK_KEY)
+    result = await saga.rollback(make_run(checkpoint=recorder), Err("declined"))
+    assert undo.log == []
+    assert isinstance(result, Err)
+    assert result.error.original == "declined"
+    [flight] = result.error.failures
+    assert flight.attempts == 0
+    assert isinstance(flight.error, StoreError)
+
+
+# ---- cancellation ---------------------------------------------------------------------------
+
+
+async def test_cancel_during_a_compensation_lets_it_finish_and_be_recorded_then_propagates() -> (
+    None
+):
+    undo = Undo()
+    started = anyio.Event()
+    release = anyio.Event()
+
+    async def slow_hotel(value: str) -> None:
+        started.set()
+        await release.wait()  # cancellation from outside does not reach it (shielded)
+        undo.log.append(("hotel", value))
+
+    saga = Saga()
+    saga.push("flight", "flight", undo.sync("flight"), "F1")
+    saga.push("hotel", "hotel", slow_hotel, "H1")
+    recorder = Recorder()
+    run = make_run(checkpoint=recorder)
+    outcome: list[object] = []
+    scope = anyio.CancelScope()
+
+    async def roll_back() -> None:
+        with scope:
+            outcome.append(await saga.rollback(run, Err("declined")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(roll_back)
+        await started.wait()
+        scope.cancel()
+        for _ in range(5):  # the cancellation reaches everything it can reach
+            await anyio.lowlevel.checkpoint()
+        assert undo.log == []  # the compensation is still running, shielded
+        release.set()
+    assert outcome == []  # the cancellation propagated out of the rollback
+    assert scope.cancelled_caught
+    assert undo.log == [("hotel", "H1")]  # finished, and the older one never started
+    assert recorder.keys() == [ROLLBACK_KEY, compensation_key("hotel")]
+
+    # The run resumed: only what is left runs.
+    resumed = make_run(checkpoint=recorder, completed=run.completed)
+    again = Saga()
+    again.push("flight", "flight", undo.sync("flight"), "F1")
+    again.push("hotel", "hotel", slow_hotel, "H1")
+    assert await again.rollback(resumed, Err("declined")) == Err("declined")
+    assert undo.log == [("hotel", "H1"), ("flight", "F1")]
+
+
+async def test_a_compensation_past_its_shield_is_cut_off_unrecorded() -> None:
+    async def stuck(value: object) -> None:
+        await anyio.sleep_forever()
+
+    saga = Saga()
+    saga.push("hotel", "hotel", Compensation(stuck, shield=0.01), "H1")
+    recorder = Recorder()
+    events: list[WorkflowEvent] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # cancelled before the rollback: nothing starts
+        await saga.rollback(make_run(events, checkpoint=recorder), Err("x"))
+    assert events == []
+    run = make_run(events, checkpoint=recorder)
+    with anyio.CancelScope() as scope:
+
+        async def cancel_soon() -> None:
+            await anyio.lowlevel.checkpoint()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_soon)
+            await saga.rollback(run, Err("x"))
+    assert scope.cancelled_caught
+    failed = events[-1]
+    assert isinstance(failed, CompensationFailed)
+    assert isinstance(failed.error, TimeoutError)
+    assert "shield of 0.01s" in str(failed.error)
+    assert compensation_key("hotel") not in recorder.keys()
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_compensate_that_is_not_callable_is_refused_naming_the_step() -> None:
+    with pytest.raises(TypeError, match=r"step 'hotel': compensate must be a callable.*42"):
+        check_compensate("hotel", 42)
+    fn = check_compensate("hotel", print)
+    assert fn is print
+    option = Compensation(print)
+    assert check_compensate("hotel", option) is option
+
+
+def test_compensation_options_are_checked() -> None:
+    with pytest.raises(TypeError, match="Compensation fn must be a callable.*'undo'"):
+        Compensation("undo")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Compensation retry must be a RetryPolicy, not 3"):
+        Compensation(print, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Compensation shield must be .* > 0, not -1"):
+        Compensation(print, shield=-1)
+    with pytest.raises(TypeError, match="Compensation shield must be"):
+        Compensation(print, shield="5")  # type: ignore[arg-type]
+    assert Compensation(print).shield == 5.0

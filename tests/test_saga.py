@@ -72,9 +72,12 @@ class Recorder:
         started_at: float,
         type_hint: type | None,
     ) -> Err[Any] | None:
-        if self.refuse is not None and isinstance(result, Ok):
-            if isinstance(result.value, self.refuse):
-                return Err(SerializationError(name, self.refuse.__name__, "it has no JSON form"))
+        if (
+            self.refuse is not None
+            and isinstance(result, Ok)
+            and isinstance(result.value, self.refuse)
+        ):
+            return Err(SerializationError(name, self.refuse.__name__, "it has no JSON form"))
         if key == self.fail_on:
             return Err(StoreError("checkpoint", "run-1", "ConnectionError: gone"))
         self.records.append((name, key, result, attempts))
@@ -290,7 +293,7 @@ async def test_a_failed_compensation_is_recorded_as_a_failure_and_retried_on_res
     recorder = Recorder()
     run = make_run(checkpoint=recorder)
     await saga.rollback(run, Err("declined"))
-    name, key, record, _ = recorder.records[-1]
+    _, key, record, _ = recorder.records[-1]
     assert (key, record) == (compensation_key("hotel"), Err("busy"))
     assert compensation_key("hotel") not in run.completed  # not done: a resume retries it
 
@@ -401,7 +404,7 @@ async def test_a_compensation_past_its_shield_is_cut_off_unrecorded() -> None:
     assert isinstance(failed, CompensationFailed)
     assert isinstance(failed.error, TimeoutError)
     assert "shield of 0.01s" in str(failed.error)
-    assert compensation_key("hotel") not in recorder.keys()
+    assert compensation_key("hotel") not in [key for _, key, _, _ in recorder.records]
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -417,7 +420,7 @@ def test_a_compensate_that_is_not_callable_is_refused_naming_the_step() -> None:
 
 
 def test_compensation_options_are_checked() -> None:
-    with pytest.raises(TypeError, match="Compensation fn must be a callable.*'undo'"):
+    with pytest.raises(TypeError, match=r"Compensation fn must be a callable.*'undo'"):
         Compensation("undo")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Compensation retry must be a RetryPolicy, not 3"):
         Compensation(print, retry=3)  # type: ignore[arg-type]
@@ -426,3 +429,67 @@ def test_compensation_options_are_checked() -> None:
     with pytest.raises(TypeError, match="Compensation shield must be"):
         Compensation(print, shield="5")  # type: ignore[arg-type]
     assert Compensation(print).shield == 5.0
+
+
+# ---- OpenTelemetry ------------------------------------------------------------------------------
+
+
+async def test_each_compensation_is_a_span_under_the_runs_span() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from awaitly_anyio.events import WorkflowFailed, WorkflowStart
+    from awaitly_anyio.otel import create_otel_adapter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    adapter = create_otel_adapter("booking-service", tracer_provider=provider)
+    tracer = provider.get_tracer("test")
+    inner: list[Any] = []
+
+    def release_flight(value: str) -> None:
+        # Spans opened inside a compensation are its children.
+        with tracer.start_as_current_span("airline.release") as span:
+            inner.append(span)
+
+    saga = Saga()
+    saga.push("flight", "flight", release_flight, "F1")
+    saga.push("hotel", "hotel", lambda _: Err("hotel API down"), "H1")
+    clock = FakeClock()
+    run = RunState("booking", "run-1", clock, adapter.handle_event, default_map_exception, {}, None)
+    adapter.handle_event(WorkflowStart(workflow_id="run-1", workflow_name="booking", ts=1.0))
+    result = await saga.rollback(run, Err("card declined"))
+    adapter.handle_event(
+        WorkflowFailed(
+            workflow_id="run-1",
+            workflow_name="booking",
+            ts=2.0,
+            duration_ms=1000.0,
+            error=result.error,
+        )
+    )
+    provider.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    run_span = spans["workflow booking"]
+    hotel, flight = spans["compensation hotel"], spans["compensation flight"]
+    for span in (hotel, flight):
+        assert span.parent is not None
+        assert span.parent.span_id == run_span.context.span_id
+        assert span.attributes is not None
+        assert span.attributes["compensation"] is True
+    assert hotel.attributes is not None
+    assert flight.attributes is not None
+    assert (hotel.attributes["step.name"], hotel.attributes["step.key"]) == ("hotel", "hotel")
+    assert hotel.attributes["compensation.outcome"] == "error"
+    assert hotel.status.status_code is StatusCode.ERROR
+    assert "hotel API down" in (hotel.status.description or "")
+    assert flight.attributes["compensation.outcome"] == "ok"
+    assert flight.attributes["compensation.attempt"] == 1
+    assert flight.status.status_code is not StatusCode.ERROR
+    released = spans["airline.release"]
+    assert released.parent is not None
+    assert released.parent.span_id == flight.context.span_id

@@ -20,6 +20,9 @@ from ._errors import UnexpectedError
 from ._redact import redact_text
 from .events import (
     CircuitStateChange,
+    CompensationComplete,
+    CompensationFailed,
+    CompensationStart,
     StepCancelled,
     StepComplete,
     StepFailed,
@@ -133,6 +136,11 @@ class OtelAdapter:
     linked to the span of the caller that resumed it, and makes it current for
     the rest of the run.
 
+    **Compensations.**  A failed run's rollback gets a ``compensation <name>`` span per
+    compensation (a child of the run's span, current while it runs), with
+    ``step.name``, ``step.key``, ``compensation: true``, ``compensation.attempt`` and
+    ``compensation.outcome`` (``"ok"`` or ``"error"``, with an error status).
+
     Metrics: ``awaitly.workflow.duration`` and ``awaitly.step.duration``
     histograms (ms), ``awaitly.step.errors`` and ``awaitly.circuit.state_changes``
     counters.  Handling an event never raises for a well-formed event.
@@ -200,6 +208,9 @@ class OtelAdapter:
             WorkflowCancelled: self._end_run,
             WorkflowParked: self._end_run,
             CircuitStateChange: self._circuit,
+            CompensationStart: self._compensation_start,
+            CompensationComplete: self._compensation_end,
+            CompensationFailed: self._compensation_end,
         }
 
     @property
@@ -525,6 +536,58 @@ class OtelAdapter:
         )
         span.end(end_time=_ns(event.ts))
 
+    # ---- compensations ------------------------------------------------------------
+
+    def _compensation_start(self, event: CompensationStart) -> None:
+        """A ``compensation <name>`` span, a child of the run's span (the rollback runs
+        in the run's task, after its steps ended), current while the compensation runs."""
+        current = self._get_current()
+        outer = current.get(self._frame_key)
+        run = event.workflow_id
+        parent = current
+        if outer is not None and outer.run == run:
+            run_frame = outer.run_frame
+        else:
+            run_frame = self._runs.get(run)
+            if run_frame is not None:
+                parent = self._Context({**current, self._span_key: run_frame.span})
+        attributes: dict[str, Any] = {"step.name": event.name, "compensation": True}
+        if event.step_key is not None:
+            attributes["step.key"] = event.step_key
+        start = _ns(event.ts)
+        name = _compensation_frame(event.name)
+        span = self._tracer.start_span(
+            name, context=parent, start_time=start, attributes=attributes
+        )
+        frame = _Frame(span, run, name, event.step_key, current, outer, run_frame, start)
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.add(frame)
+        self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
+        self._enriched(span, event)
+
+    def _compensation_end(self, event: CompensationComplete | CompensationFailed) -> None:
+        frame, innermost = self._find(
+            _Probe(event.workflow_id, _compensation_frame(event.name), event.step_key)
+        )
+        if frame is None:
+            return
+        if innermost:
+            self._attach(frame.prev)
+        else:
+            self._unlink(frame)
+        run_frame = frame.run_frame
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.discard(frame)
+        span = frame.span
+        span.set_attribute("compensation.attempt", event.attempt)
+        if isinstance(event, CompensationFailed):
+            span.set_attribute("compensation.outcome", "error")
+            self._error(span, event.error)
+        else:
+            span.set_attribute("compensation.outcome", "ok")
+        self._enriched(span, event)
+        span.end(end_time=_ns(event.ts))
+
     def _circuit(self, event: CircuitStateChange) -> None:
         self._circuit_changes.add(1, {"circuit.name": event.name, "circuit.state": event.state})
 
@@ -551,6 +614,22 @@ class OtelAdapter:
                     "exception.stacktrace": redact_text(trace),
                 },
             )
+
+
+class _Probe:
+    """What `OtelAdapter._find` looks a frame up by, for a frame that is not a step's."""
+
+    __slots__ = ("name", "step_key", "workflow_id")
+
+    def __init__(self, workflow_id: str, name: str, step_key: str | None) -> None:
+        self.workflow_id = workflow_id
+        self.name = name
+        self.step_key = step_key
+
+
+def _compensation_frame(name: str) -> str:
+    """The span (and frame) name of step ``name``'s compensation."""
+    return f"compensation {name}"
 
 
 def create_otel_adapter(

@@ -16,7 +16,7 @@ from ._circuit_breaker import (
 )
 from ._clock import Clock, SystemClock
 from ._collector import ResumeStateCollector, create_resume_state_collector
-from ._context import BoundSteps, Deps, WorkflowContext
+from ._context import BoundStep, BoundSteps, Deps, WorkflowContext
 from ._durable import IfRunning
 from ._errors import (
     AlreadyDeliveredError,
@@ -27,6 +27,7 @@ from ._errors import (
     CompensationFailure,
     HookTokenError,
     InputConflictError,
+    InputValidationError,
     LeaseLostError,
     RateLimitExceededError,
     RunFinishedError,
@@ -46,6 +47,7 @@ from ._errors import (
 )
 from ._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
 from ._lifespan import WorkflowLifespan
+from ._policies import Guard, Policy, WithPolicy, policy
 from ._queues import Queue, QueuedRun, enqueue
 from ._ratelimit import OnUnavailable, RateLimiter, RedisRateLimiter, create_rate_limiter
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover, recovery_loop
@@ -105,6 +107,7 @@ __all__ = [
     "ApprovalRejectedError",
     "AwaitlyError",
     "Backoff",
+    "BoundStep",
     "BoundSteps",
     "CheckpointStore",
     "CircuitBreaker",
@@ -120,6 +123,7 @@ __all__ = [
     "EncodedStep",
     "Err",
     "FORMAT_VERSION",
+    "Guard",
     "HealthTracker",
     "Hook",
     "HookTokenError",
@@ -127,12 +131,14 @@ __all__ = [
     "HostClosedError",
     "IfRunning",
     "InputConflictError",
+    "InputValidationError",
     "LeaseLostError",
     "LeaseStore",
     "MAX_MESSAGE_BYTES",
     "MailboxStore",
     "Ok",
     "OnUnavailable",
+    "Policy",
     "Queue",
     "QueueStore",
     "QueuedRun",
@@ -177,6 +183,7 @@ __all__ = [
     "UnwrapError",
     "WaitKind",
     "WaitTimeoutError",
+    "WithPolicy",
     "Workflow",
     "WorkflowContext",
     "WorkflowHost",
@@ -208,6 +215,7 @@ __all__ = [
     "open_store",
     "pause_schedule",
     "pending_approvals",
+    "policy",
     "recover",
     "recovery_loop",
     "register_type",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from typing_extensions import TypeVar as _TypeVarWithDefault
+from typing_extensions import Unpack
 
+from ._policies import EMPTY_CONTEXT, CallOptions, Policy, WithPolicy, call_options, policy_step
 from ._run import RunState
 from ._step_groups import Step
 
-__all__ = ["BoundSteps", "Deps", "WorkflowContext"]
+__all__ = ["BoundStep", "BoundSteps", "Deps", "WorkflowContext", "override_deps"]
 
 D = TypeVar("D")
 # The type of ``ctx.input``: ``WorkflowContext[Deps, Order]`` says the run's input is an
@@ -52,11 +54,102 @@ class Deps(Mapping[str, Any]):
         return f"Deps({self._items!r})"
 
 
+def override_deps(workflow_name: str, deps: object, given: object) -> object:
+    """The deps of one run given ``run(..., deps=given)`` over the workflow's ``deps``.
+
+    Over a `Deps` (a workflow made with a mapping, or none), ``given`` must be a
+    mapping: it is merged over them (its entries replace the workflow's of the same
+    name; the others stay).  Over any other deps object, ``given`` replaces it and
+    may not be a mapping (that would change what ``ctx.deps`` is).  Raises
+    ``TypeError`` naming the workflow."""
+    if isinstance(deps, Deps):
+        if not isinstance(given, Mapping):
+            raise TypeError(
+                f"workflow {workflow_name!r}: run(deps=...) must be a mapping of "
+                f"dependencies (merged over the workflow's), not {given!r}"
+            )
+        merged = dict(deps._items)
+        for name, value in cast("Mapping[object, object]", given).items():
+            if not isinstance(name, str):
+                raise TypeError(f"dependency names must be strings, not {name!r}")
+            merged[name] = value
+        return Deps(merged)
+    if isinstance(given, Mapping):
+        raise TypeError(
+            f"workflow {workflow_name!r}: its deps are a {type(deps).__name__}, so "
+            f"run(deps=...) must be one too (it replaces them), not a mapping"
+        )
+    return given
+
+
+class BoundStep:
+    """One dependency as a step: ``ctx.steps.fetch_user`` (see `BoundSteps`).
+
+    Calling it, ``await ctx.steps.fetch_user(42)``, runs ``fetch_user(42)`` as a step
+    named after the dependency, under the dependency's `Policy` if it has one (see
+    `policy`).  ``options(...)`` gives the same dependency with other settings for
+    the calls made through it: ``await ctx.steps.charge_card.options(timeout=5)(card)``
+    (``None`` turns a setting off; ``key=`` keys the step).  A bad option raises
+    ``TypeError``/``ValueError`` naming it, from ``options`` itself.
+    """
+
+    __slots__ = ("_fn", "_key", "_name", "_policy", "_steps")
+
+    def __init__(
+        self,
+        steps: BoundSteps,
+        name: str,
+        fn: Callable[..., Any],
+        policy: Policy | None,
+        key: str | None = None,
+    ) -> None:
+        self._steps = steps
+        self._name = name
+        self._fn = fn
+        self._policy = policy
+        self._key = key
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy its calls run under (``None``: a plain step)."""
+        return self._policy
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Run the dependency with these arguments as a step and give its value (a
+        coroutine to await).  Failures end the workflow as any step's do; cancellation
+        propagates."""
+        steps = self._steps
+        counts = steps._counts
+        name = self._name
+        count = counts.get(name, 0) + 1
+        counts[name] = count
+        step_name = name if count == 1 else f"{name}#{count}"
+        call = partial(self._fn, *args, **kwargs)
+        policy = self._policy
+        if policy is not None:
+            return policy_step(steps._step, step_name, call, policy, self._key)
+        if self._key is not None:
+            return steps._step(step_name, call, key=self._key)
+        return steps._step(step_name, call)
+
+    def options(self, **options: Unpack[CallOptions]) -> BoundStep:
+        """This dependency with ``options`` over its policy (``retry``, ``timeout``,
+        ``limiter``, ``breaker``) and the step's ``key``, for the calls made
+        through what it returns."""
+        policy, key = call_options(self._policy, self._key, options)
+        return BoundStep(self._steps, self._name, self._fn, policy, key)
+
+    def __repr__(self) -> str:
+        return f"<BoundStep {self._name!r} policy={self._policy!r}>"
+
+
 class BoundSteps:
     """``ctx.steps.fetch_user(*args)`` runs ``deps.fetch_user(*args)`` as a step named after it.
 
     Repeated calls are numbered so every step name in a run is unique:
-    ``fetch_user``, ``fetch_user#2``, ``fetch_user#3``.
+    ``fetch_user``, ``fetch_user#2``, ``fetch_user#3``.  A dependency wrapped with
+    `policy` runs under its policy; ``ctx.steps.fetch_user.options(...)`` changes
+    it for one call (see `BoundStep`).
     """
 
     __slots__ = ("_counts", "_deps", "_step")
@@ -66,19 +159,23 @@ class BoundSteps:
         self._deps = deps
         self._counts: dict[str, int] = {}
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        dep = getattr(self._deps, name)
+    def __getattr__(self, name: str) -> BoundStep:
+        deps = self._deps
+        if isinstance(deps, Deps):
+            # By item, not attribute: a dependency called ``get`` or ``items`` is the
+            # dependency, not the mapping's method.
+            try:
+                dep = deps._items[name]
+            except KeyError:
+                dep = getattr(deps, name)  # raises the AttributeError naming the known ones
+        else:
+            dep = getattr(deps, name)
         if not callable(dep):
             raise TypeError(f"dependency {name!r} is not callable, so it cannot be a step")
-        counts = self._counts
-
-        def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
-            count = counts.get(name, 0) + 1
-            counts[name] = count
-            step_name = name if count == 1 else f"{name}#{count}"
-            return self._step(step_name, partial(dep, *args, **kwargs))
-
-        return call
+        if isinstance(dep, WithPolicy):
+            wrapped = cast("WithPolicy[..., Any]", dep)
+            return BoundStep(self, name, wrapped.__wrapped__, wrapped.policy)
+        return BoundStep(self, name, dep, None)
 
 
 # The variants of ``ctx.step``, the attributes of `Step` the reference documents.
@@ -96,7 +193,7 @@ class WorkflowContext(Generic[D, I]):
     ``Any``.  The type is not checked at runtime.
     """
 
-    __slots__ = ("_run", "_steps", "deps", "input", "step")
+    __slots__ = ("_context", "_run", "_steps", "deps", "input", "step")
 
     step: Step
     """Run a step: ``await ctx.step(name, fn, key=..., retry=..., timeout=...)``.  The
@@ -111,7 +208,14 @@ class WorkflowContext(Generic[D, I]):
     """The run's input (``workflow.run(body, input=...)``), kept with a durable run so
     that whoever resumes it gets it back; ``None`` when none was given."""
 
-    def __init__(self, run: RunState, deps: D, input: Any = None) -> None:
+    def __init__(
+        self,
+        run: RunState,
+        deps: D,
+        input: Any = None,
+        context: Mapping[str, Any] = EMPTY_CONTEXT,
+    ) -> None:
+        self._context = context
         self.step = Step(run)
         self._run = run
         self._steps: BoundSteps | None = None
@@ -127,6 +231,12 @@ class WorkflowContext(Generic[D, I]):
     def workflow_name(self) -> str:
         """The name of the workflow this run belongs to."""
         return self._run.name
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The run's context, ``workflow.run(..., context=...)`` (read-only; empty when
+        none was given), also carried on every event of the run."""
+        return self._context
 
     @property
     def steps(self) -> BoundSteps:

@@ -28,6 +28,7 @@ __all__ = [
     "RunFinishedError",
     "RunInProgressError",
     "InputConflictError",
+    "InputValidationError",
     "RunParkedError",
     "RunStateError",
     "SerializationError",
@@ -372,6 +373,25 @@ class InputConflictError(_ValueException):
         return (
             f"run {self.run_id!r} of workflow {self.workflow_name!r} already exists with a "
             "different input; use another id, or the same input to get its result"
+        )
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class InputValidationError(_ValueException):
+    """The input of a run of workflow ``workflow_name`` was rejected by the workflow's
+    ``validate_input`` before its first step: ``problems`` says what was wrong, one
+    entry per problem, naming the field where the validator does (``"quantity: Input
+    should be greater than 0"``).  The rejected value itself is never repeated (it may
+    hold secrets).  When an exception rejected it, that exception is the
+    ``__cause__``."""
+
+    workflow_name: str
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return (
+            f"the input of workflow {self.workflow_name!r} was rejected: "
+            + "; ".join(self.problems)
         )
 
 @attrs.frozen

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast, overlo
 import attrs
 
 from ._clock import Clock, SystemClock
-from ._context import Deps, WorkflowContext
+from ._context import Deps, WorkflowContext, override_deps
 from ._loops import cancel_due, deliver_cancellation
+from ._policies import EMPTY_CONTEXT, InputValidator, check_context, with_context
 from ._result import Err, Ok, Result
 from ._run import (
     NO_RESULTS,
@@ -99,6 +100,11 @@ def _check_clock(clock: object) -> Clock:
     return clock
 
 
+def _input_validator(workflow: Workflow[Any]) -> InputValidator | None:
+    spec = workflow.validate_input
+    return None if spec is None else InputValidator(spec)
+
+
 @attrs.frozen
 class Workflow(Generic[D]):
     """A named workflow with its dependencies and event handlers; build it with
@@ -112,6 +118,14 @@ class Workflow(Generic[D]):
     )
     clock: Clock = attrs.field(factory=SystemClock, converter=_check_clock)
     store_write_timeout: float = attrs.field(default=5.0, converter=_check_write_timeout)
+    # The input check of every run (create_workflow's validate_input), made ready once.
+    validate_input: Callable[[Any], object] | None = attrs.field(default=None)
+    _validator: InputValidator | None = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(lambda self: _input_validator(self), takes_self=True),
+    )
     _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
     _map: Callable[[Exception], object] = attrs.field(init=False, repr=False, eq=False)
 
@@ -139,6 +153,8 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
+        deps: D | Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Coroutine[Any, Any, Result[T, Any]]: ...
     @overload
     def run(
@@ -156,6 +172,8 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
+        deps: D | Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Coroutine[Any, Any, Result[T, Any]]: ...
     def run(
         self,
@@ -172,6 +190,8 @@ class Workflow(Generic[D]):
         lease: float = 30.0,
         owner: str | None = None,
         if_running: IfRunning = "error",
+        deps: D | Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Coroutine[Any, Any, Result[Any, Any]]:
         """Run ``body(ctx)`` and return its outcome as a Result.
 
@@ -201,6 +221,15 @@ class Workflow(Generic[D]):
         the run ``cancelled`` and returns
         ``Err(RunStateError(id, "cancelled", "continue"))``.
 
+        ``deps`` replaces the workflow's deps for this run only (tests, tenants): a
+        mapping is merged over a workflow's mapping deps (its entries win), any other
+        deps object is replaced.  ``context`` (a mapping of strings to JSON values,
+        such as a request id) is the run's ``ctx.context`` and is set on every event
+        of the run.  Neither is stored with a durable run: a run resumed elsewhere
+        (a host's recovery) gets the workflow's deps and no context.  With the
+        workflow's ``validate_input``, the input is checked before the body starts
+        (see `create_workflow`).
+
         ``run`` returns the run as a coroutine to await.  A programming error in
         the arguments raises at once (``TypeError``, ``ValueError``); awaiting
         raises only for cancellation from outside, which is re-raised after
@@ -214,6 +243,15 @@ class Workflow(Generic[D]):
                 f"workflow {self.name!r}: workflow_id must be a non-empty string, "
                 f"not {workflow_id!r}"
             )
+        run_deps = self.deps if deps is None else override_deps(self.name, self.deps, deps)
+        emit = self._emit
+        run_context = EMPTY_CONTEXT
+        if context is not None:
+            run_context = check_context(context)
+            if emit is not None:
+                emit = with_context(emit, run_context)
+        if self._validator is not None:
+            body = self._validator.wrap(body)
         if store is None:
             if ttl is not None or failure_ttl is not None or delete_on_success or metadata:
                 raise ValueError(
@@ -226,12 +264,11 @@ class Workflow(Generic[D]):
                 self.name,
                 workflow_id,
                 self.clock,
-                self._emit,
+                emit,
                 self._map,
                 NO_RESULTS if resume_state is None else completed_results(resume_state),
             )
-            outcome = _outcome(state, body, WorkflowContext(state, self.deps, input))
-            emit = self._emit
+            outcome = _outcome(state, body, WorkflowContext(state, run_deps, input, run_context))
             if emit is None:
                 return outcome
             return self._evented(state, outcome, emit)
@@ -248,7 +285,7 @@ class Workflow(Generic[D]):
             workflow_name=self.name,
             clock=self.clock,
             handlers=self.on_event,
-            emit=self._emit,
+            emit=emit,
             write_timeout=self.store_write_timeout,
             ttl=ttl,
             failure_ttl=failure_ttl,
@@ -259,8 +296,7 @@ class Workflow(Generic[D]):
             owner=owner,
             if_running=if_running,
         )
-        durable = self._durable(session, body)
-        emit = self._emit
+        durable = self._durable(session, body, run_deps, emit, run_context)
         if emit is None:
             return durable
         # The workflow's events wrap the whole durable run, store writes included, so
@@ -269,7 +305,12 @@ class Workflow(Generic[D]):
         return self._evented(session.workflow_id, durable, emit)
 
     async def _durable(
-        self, session: DurableRun, body: Callable[[WorkflowContext[D]], Awaitable[Any]]
+        self,
+        session: DurableRun,
+        body: Callable[[WorkflowContext[D]], Awaitable[Any]],
+        deps: Any,
+        emit: Emit | None,
+        context: Mapping[str, Any],
     ) -> Result[Any, Any]:
         """Drive a durable run's session: begin (which may end the run), the body
         within the session's block, then finish; or, when the body raises (outside
@@ -285,13 +326,13 @@ class Workflow(Generic[D]):
                     self.name,
                     session.workflow_id,
                     self.clock,
-                    self._emit,
+                    emit,
                     self._map,
                     NO_RESULTS if resume is None else completed_results(resume),
                     session.checkpoint,
                 )
-                context = WorkflowContext(state, self.deps, session.input)
-                result = await _outcome(state, body, context)
+                ctx = WorkflowContext(state, deps, session.input, context)
+                result = await _outcome(state, body, ctx)
         except BaseException:
             await session.cancelled()
             raise
@@ -415,6 +456,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
+    validate_input: Callable[[Any], object] | None = None,
 ) -> Workflow[Deps]: ...
 @overload
 def create_workflow(
@@ -425,6 +467,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
+    validate_input: Callable[[Any], object] | None = None,
 ) -> Workflow[D]: ...
 def create_workflow(
     name: str,
@@ -434,6 +477,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
+    validate_input: Callable[[Any], object] | None = None,
 ) -> Workflow[Any]:
     """Create a `Workflow` called ``name``.
 
@@ -447,6 +491,16 @@ def create_workflow(
     the record of its cancellation are shielded for at most that long, so a
     cancelled run or a shutdown waits at most this long for a stalled store
     (the write is then abandoned; see docs/operations.md).
+
+    ``validate_input`` checks each run's input before its first step: an attrs class
+    or a dataclass (a mapping is structured into one with cattrs, an instance
+    re-validated), a pydantic model (``model_validate``), or a callable returning
+    the validated value (or ``Ok`` of it, or an awaitable) and raising
+    ``ValueError``/``TypeError`` or returning ``Err`` to reject.  ``ctx.input`` is
+    the validated value; a rejected run ends with ``Err(InputValidationError)``
+    without running a step (a durable run is recorded failed, with its input, so a
+    queued run with a bad input is not taken again).  Anything else raises
+    ``TypeError``.  See docs/dependencies.md.
     """
     if deps is None or isinstance(deps, Mapping):
         deps = Deps(cast("Mapping[str, Any] | None", deps))
@@ -457,6 +511,7 @@ def create_workflow(
         catch_unexpected=catch_unexpected,
         clock=clock if clock is not None else SystemClock(),
         store_write_timeout=store_write_timeout,
+        validate_input=validate_input,
     )
 
 

@@ -4,6 +4,9 @@ Every event has a string ``type`` (``event.type == "step_complete"``) plus
 ``workflow_id``, ``workflow_name`` and ``ts`` (wall-clock seconds since the
 epoch, from the workflow's clock).  Step events add ``name`` and ``step_key``;
 events that end something add ``duration_ms``, measured on the monotonic clock.
+Every run event also has ``context``: the mapping given as
+``workflow.run(..., context=...)`` (a request id, a tenant), or ``None`` for a run
+given none.
 
 Events are built only when at least one handler listens, so they cost nothing
 otherwise.  Handlers are plain callables; one that raises is logged and never
@@ -48,6 +51,9 @@ class _Event:
     workflow_id: str
     workflow_name: str
     ts: float
+    # The run's context (``workflow.run(..., context=...)``), set by the run's emitter
+    # only when one was given: a run without one pays nothing, and its events say None.
+    context: Mapping[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -19,6 +19,7 @@ from ._collector import ResumeStateCollector, create_resume_state_collector
 from ._context import BoundStep, BoundSteps, Deps, WorkflowContext
 from ._durable import IfRunning
 from ._errors import (
+    AllFailedError,
     AlreadyDeliveredError,
     ApprovalRejectedError,
     AwaitlyError,
@@ -102,6 +103,7 @@ from .stores import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllFailedError",
     "AlreadyDeliveredError",
     "Approval",
     "ApprovalRejectedError",

@@ -16,6 +16,7 @@ from typing import Any, cast
 import attrs
 
 __all__ = [
+    "AllFailedError",
     "AlreadyDeliveredError",
     "ApprovalRejectedError",
     "AwaitlyError",
@@ -105,6 +106,19 @@ class StepTimeoutError(_ValueException):
 
     def __str__(self) -> str:
         return f"step {self.step!r} timed out after {self.seconds:g}s"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class AllFailedError(_ValueException):
+    """Every child of the group step ``step`` (``ctx.step.any``) failed: ``errors`` holds
+    each child's error, in the order the children were given (a raised exception
+    appears as the `UnexpectedError` the workflow made of it)."""
+
+    step: str
+    errors: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return f"every child of step {self.step!r} failed ({len(self.errors)} errors)"
 
 
 @attrs.define(auto_exc=True, frozen=True)

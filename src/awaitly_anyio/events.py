@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeAlias
 import attrs
 
 __all__ = [
+    "BatchProgress",
     "CircuitStateChange",
     "CompensationComplete",
     "CompensationFailed",
@@ -235,6 +236,18 @@ class CompensationFailed(_StepEvent):
     attempt: int = 1
 
 
+@attrs.frozen(kw_only=True)
+class BatchProgress(_StepEvent):
+    """Batch ``batch`` (counted from 0) of the batched ``ctx.step.for_each`` step ``name``
+    finished: ``done`` of its ``total`` items are done (a resumed run counts the batches
+    it replayed from their records too)."""
+
+    type: ClassVar[Literal["batch_progress"]] = "batch_progress"
+    done: int
+    total: int
+    batch: int
+
+
 WorkflowEvent: TypeAlias = (
     WorkflowStart
     | WorkflowResumed
@@ -253,6 +266,7 @@ WorkflowEvent: TypeAlias = (
     | CompensationStart
     | CompensationComplete
     | CompensationFailed
+    | BatchProgress
 )
 """Every event a run can emit; narrow it on ``event.type`` or with ``match``."""
 

@@ -229,6 +229,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("id", help="the run's id")
     show.add_argument("--stale", metavar="DURATION", help=_STALE_HELP)
+    drawn = show.add_mutually_exclusive_group()
+    drawn.add_argument(
+        "--mermaid",
+        action="store_true",
+        help="print the run as a Mermaid flowchart (awaitly_anyio.run_to_mermaid)",
+    )
+    drawn.add_argument(
+        "--diagram",
+        action="store_true",
+        help="print the run as a plain-text diagram (awaitly_anyio.run_to_text)",
+    )
     _add_options(show, "action")
     delete = actions.add_parser(
         "delete", help="remove one run", description="Remove one run and its steps."
@@ -238,7 +249,41 @@ def _parser() -> argparse.ArgumentParser:
     _waiting_actions(actions)
     _control_actions(actions)
     _schedules_command(commands)
+    _dashboard_command(commands)
     return parser
+
+
+def _dashboard_command(commands: Any) -> None:
+    """``dashboard``: serve the web dashboard of a store."""
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard of a store (needs hypercorn: the dashboard extra)",
+        description=(
+            "Serve the web dashboard of a store (awaitly_anyio.dashboard) with Hypercorn,"
+            " on 127.0.0.1 unless --host says otherwise.  Read-only unless --actions;"
+            " actions need a credential: a bearer token read from the environment"
+            " variable --token-env names (typed into the forms, or sent as"
+            " 'Authorization: Bearer ...').  Stop it with Ctrl-C or SIGTERM."
+        ),
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8484, help="port to listen on (default 8484; 0: any free)"
+    )
+    dashboard.add_argument(
+        "--actions",
+        action="store_true",
+        help="enable approve/reject/send/cancel/resume (needs --token-env)",
+    )
+    dashboard.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="environment variable holding the token that actions need (8+ characters)",
+    )
+    dashboard.add_argument("--title", default="awaitly dashboard", help="the pages' title")
+    _add_options(dashboard, "command")
 
 
 _VALUE_HELP = (
@@ -845,6 +890,10 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "schedules":
         async with _opened(url, source, where, options, create=create) as store:
             return await _schedules(args, store, where, as_json, out, err)
+    if args.command == "dashboard":
+        token = _dashboard_token(args)
+        async with _opened(url, source, where, options, create=create) as store:
+            return await _serve_dashboard(args, store, where, token, out, err)
     stale = None
     if args.action in ("list", "show") and args.stale is not None:
         stale = parse_duration(args.stale, "--stale")
@@ -929,7 +978,12 @@ async def _runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             reader = getattr(store, "info", None)
             info = None if reader is None else await _ask(where, reader(args.id))
             now = datetime.now(timezone.utc)
-            if as_json:
+            if args.mermaid or args.diagram:
+                from ._diagram import run_to_mermaid, run_to_text
+
+                draw = run_to_mermaid if args.mermaid else run_to_text
+                out.write(draw(snapshot, info=info))
+            elif as_json:
                 doc = snapshot_to_doc(snapshot)
                 doc["lease"] = _lease_doc(info, now)
                 doc["wait"] = _wait_doc(info)
@@ -1552,6 +1606,102 @@ def _print_schedules(found: Sequence[ScheduleInfo], as_json: bool, out: TextIO) 
                 f"\nunreadable schedule {info.name!r} (it never fires; 'schedules remove'"
                 f" removes it): {redact_text(info.problem)}\n"
             )
+
+
+def _dashboard_token(args: argparse.Namespace) -> str | None:
+    """The token actions need, from the variable ``--token-env`` names; checked before
+    the store is opened."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, not {args.port}")
+    if args.token_env is None:
+        if args.actions:
+            raise ValueError("--actions needs a credential: --token-env NAME")
+        return None
+    token = os.environ.get(args.token_env)
+    if not token:
+        raise ValueError(f"--token-env: the environment variable {args.token_env} is not set")
+    if len(token) < 8:
+        raise ValueError(f"--token-env: the token in {args.token_env} is shorter than 8 characters")
+    return token
+
+
+async def _serve_dashboard(
+    args: argparse.Namespace, store: Any, where: str, token: str | None, out: TextIO, err: TextIO
+) -> int:
+    """Serve the dashboard of ``store`` until SIGINT or SIGTERM."""
+    import signal
+
+    try:
+        from hypercorn.config import Config
+    except ImportError:
+        raise _Failure(
+            "the dashboard needs Hypercorn: pip install 'awaitly-anyio[dashboard]'"
+        ) from None
+    from .dashboard import create_dashboard_app
+
+    app = create_dashboard_app(
+        store, actions=args.actions, token=token, store_name=where, title=args.title
+    )
+    config = Config()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    config.bind = [f"{host}:{args.port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 2.0
+    stop = anyio.Event()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        err.write(
+            f"warning: the dashboard listens on {args.host}, not only this machine:"
+            " anyone who reaches the port reads the runs\n"
+        )
+
+    async def on_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                stop.set()
+                return
+
+    async def serve(task_status: anyio.abc.TaskStatus[Any]) -> None:
+        # Imported by name: Hypercorn's types are partly unknown to the type checkers.
+        if _loops.current_name() == "trio":
+            hyper: Any = importlib.import_module("hypercorn.trio")
+            await hyper.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            return
+        hyper = importlib.import_module("hypercorn.asyncio")
+
+        # asyncio's serve reports no start: the socket is bound once it accepts.
+        async def started() -> None:
+            for _ in range(500):
+                try:
+                    await (await anyio.connect_tcp(args.host, port_of(config))).aclose()
+                    break
+                except OSError:
+                    await anyio.sleep(0.01)
+            task_status.started()
+
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(started)
+            await hyper.serve(app, config, shutdown_trigger=stop.wait)
+
+    def port_of(config: Any) -> int:
+        return int(str(config.bind[0]).rsplit(":", 1)[1])
+
+    if args.port == 0:
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, 0))
+            port = probe.getsockname()[1]
+        config.bind = [f"{host}:{port}"]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on_signals)
+        await tg.start(serve)
+        mode = "actions enabled" if args.actions else "read-only"
+        out.write(f"dashboard of {where} on http://{host}:{port_of(config)}/ ({mode})\n")
+        out.flush()
+        # A signal sets ``stop``: Hypercorn's serve then shuts down on its own (not
+        # cancelled: its asyncio server does not survive being cancelled cleanly).
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

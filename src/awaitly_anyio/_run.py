@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._clock import Clock
 from ._errors import UnexpectedError
@@ -16,6 +16,9 @@ from .events import WorkflowEvent
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from ._versions import Tracker
 
 logger = logging.getLogger("awaitly_anyio")
 
@@ -36,6 +39,15 @@ class Checkpoint(Protocol):
         started_at: float,
         type_hint: type | None,
     ) -> Err[Any] | None: ...
+
+
+class Compensations(Protocol):
+    """What the run needs of its compensation stack (`awaitly_anyio._saga.Saga`, a
+    module above this one): register a compensation, and roll back."""
+
+    def push(self, name: str, key: str | None, compensate: Any, value: Any) -> None: ...
+
+    async def rollback(self, run: RunState, error: Err[Any]) -> Err[Any]: ...
 
 
 class EarlyExit(BaseException):
@@ -71,6 +83,9 @@ class RunState:
         "emit",
         "mapper_failure",
         "name",
+        "rolling_back",
+        "saga",
+        "track",
     )
 
     # Positional only: a run is made for every workflow run, and keyword arguments to a
@@ -94,6 +109,17 @@ class RunState:
         self.mapper_failure: BaseException | None = None
         self.completed = completed
         self.checkpoint = checkpoint
+        # The run's compensations (`awaitly_anyio._saga.Saga`), made by the first step
+        # given ``compensate=``; None until then (a run without any pays nothing).
+        self.saga: Compensations | None = None
+        # A durable run recovered in the middle of its rollback: the Err it is rolling
+        # back.  Its first step without a record ends the body with it instead of
+        # executing, so the body only replays what completed (and re-registers the
+        # compensations) before the rollback goes on.
+        self.rolling_back: Err[Any] | None = None
+        # A durable run's automatic keys, drift checks and patches
+        # (`awaitly_anyio._versions.Tracker`); None without a store.
+        self.track: Tracker | None = None
 
     def map_exception(self, exc: Exception) -> object:
         """The error value for a foreign exception (the workflow's ``catch_unexpected``).

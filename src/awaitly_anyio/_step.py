@@ -35,7 +35,14 @@ from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._retry import Backoff, RetryPolicy, check_timeout
 from ._run import EarlyExit, RunState
-from ._step_options import RetryOptions, RetryPolicyOptions, StepOptions, TryOptions
+from ._saga import Saga, check_compensate
+from ._step_options import (
+    Compensate,
+    RetryOptions,
+    RetryPolicyOptions,
+    StepOptions,
+    TryOptions,
+)
 from ._thunk import as_result
 from ._waits import Approval, DurableWaits, Hook, hook_key, new_hook_token, parked_in
 from .events import (
@@ -126,6 +133,8 @@ class StepCore:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         type: builtins.type[Any] | None = None,
+        compensate: Compensate | None = None,
+        checkpoint: bool = True,
     ) -> Any:
         """Run ``fn`` as the step ``name`` and return its value.
 
@@ -133,7 +142,9 @@ class StepCore:
         ``Err(e)``.  ``retry`` is a `RetryPolicy`; ``timeout`` (seconds)
         cancels the work when it runs out and ends the workflow with
         ``Err(StepTimeoutError)``.  ``type`` names the class of the value for a
-        durable run's snapshot (see `register_type`).
+        durable run's snapshot (see `register_type`).  ``compensate`` is called with
+        the step's value if the workflow fails later (see docs/sagas.md): it is
+        registered when the step completes, or is replayed from its record.
         Raises nothing of its own: failures travel as the workflow's ``Err``;
         cancellation from outside propagates.  A bad argument raises ``TypeError``
         or ``ValueError`` naming the step.
@@ -148,10 +159,15 @@ class StepCore:
             # or without a store refuses what a database would.
             check_key(key)
             if key in run.completed:
-                return self._replay(name, key)
+                return self._replay(name, key, compensate)
+            if run.rolling_back is not None:
+                # Recovered mid-rollback: the body has replayed what completed; it ends
+                # here, and the rollback goes on (see RunState.rolling_back).
+                raise EarlyExit(run, run.rolling_back)
         emit = run.emit
         if (
             timeout is not None
+            or compensate is not None
             or (key is not None and run.checkpoint is not None)
             or type is not None
             or (
@@ -171,7 +187,10 @@ class StepCore:
                 timeout = check_timeout(timeout, f"step {name!r}: timeout")
             if type is not None and not isinstance(type, builtins.type):
                 _check_type(name, type)
-            return await self._execute(name, fn, key, retry, timeout, run.map_exception, type)
+            undo = None if compensate is None else check_compensate(name, compensate)
+            return await self._execute(
+                name, fn, key, retry, timeout, run.map_exception, type, None, undo
+            )
         # Fast path: one attempt, between two events if someone listens; no timeout,
         # checkpoint or type check.  A retry policy (without listeners) costs nothing
         # until the first attempt fails.
@@ -259,9 +278,13 @@ class StepCore:
             )
         return value
 
-    def _replay(self, name: str, key: str) -> Any:
+    def _replay(self, name: str, key: str, compensate: Any = None) -> Any:
         run = self._run
         value = run.completed[key].value
+        if compensate is not None:
+            # A replayed step's compensation is registered again: a run recovered after
+            # it completed may still have to undo it.
+            self._register(name, key, check_compensate(name, compensate), value)
         emit = run.emit
         if emit is not None:
             ts = run.clock.time()
@@ -326,6 +349,7 @@ class StepCore:
         map_exception: Callable[[Exception], object],
         type_hint: type[Any] | None = None,
         made: AttemptOutcome | None = None,
+        compensate: Any = None,
     ) -> Any:
         """The full step: events, attempts with backoff, per-attempt timeout, checkpoint.
 
@@ -413,6 +437,8 @@ class StepCore:
         if isinstance(result, Ok):
             if key is not None:
                 run.remember(key, result)
+            if compensate is not None:
+                self._register(name, key, compensate, result.value)
             if emit is not None:
                 emit(
                     StepComplete(
@@ -430,6 +456,14 @@ class StepCore:
         if emit is not None:
             emit(self._failed_event(name, key, started, result.error, attempt))
         raise EarlyExit(run, result)
+
+    def _register(self, name: str, key: str | None, compensate: Any, value: Any) -> None:
+        """Push step ``name``'s compensation onto the run's saga (made on first use)."""
+        run = self._run
+        saga = run.saga
+        if saga is None:
+            saga = run.saga = Saga()
+        saga.push(name, key, compensate, value)
 
     def _cancelled_event(self, name: str, key: str | None, started: float) -> StepCancelled:
         run = self._run
@@ -518,6 +552,7 @@ class StepCore:
         attempts: int,
         key: str | None = None,
         type: builtins.type[Any] | None = None,
+        compensate: Compensate | None = None,
         **policy: Unpack[RetryPolicyOptions],
     ) -> Any:
         """Run ``fn`` up to ``attempts`` times, waiting on the workflow's clock in between.
@@ -532,7 +567,7 @@ class StepCore:
             retry = RetryPolicy(attempts, **policy)
         except (TypeError, ValueError) as exc:
             raise exc.__class__(f"step {name!r}: {exc}") from None
-        return await self(name, fn, key=key, retry=retry, type=type)
+        return await self(name, fn, key=key, retry=retry, type=type, compensate=compensate)
 
     @overload
     async def try_(
@@ -579,6 +614,7 @@ class StepCore:
         key: str | None = None,
         timeout: float | None = None,
         type: builtins.type[Any] | None = None,
+        compensate: Compensate | None = None,
     ) -> Any:
         """Run ``fn``, turning an exception it raises into ``Err(error)``.
 
@@ -600,15 +636,18 @@ class StepCore:
 
         if timeout is not None:
             timeout = check_timeout(timeout, f"step {name!r}: timeout")
+        undo = None if compensate is None else check_compensate(name, compensate)
         if cancel_due():
             await deliver_cancellation()
         if key is not None:
             check_key(key)
             if key in self._run.completed:
-                return self._replay(name, key)
+                return self._replay(name, key, undo)
+            if self._run.rolling_back is not None:
+                raise EarlyExit(self._run, self._run.rolling_back)
         if type is not None and not isinstance(type, builtins.type):
             _check_type(name, type)
-        return await self._execute(name, fn, key, None, timeout, mapper, type)
+        return await self._execute(name, fn, key, None, timeout, mapper, type, None, undo)
 
     def sleep(self, name: str, seconds: float, *, key: str | None = None) -> Awaitable[None]:
         """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable).

@@ -12,13 +12,34 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from typing_extensions import TypedDict
+from typing_extensions import TypeAlias, TypedDict
 
 from ._retry import Backoff, RetryPolicy
 
-__all__ = ["RetryOptions", "RetryPolicyOptions", "StepOptions", "TryOptions"]
+__all__ = [
+    "Compensate",
+    "CompensationLike",
+    "RetryOptions",
+    "RetryPolicyOptions",
+    "StepOptions",
+    "TryOptions",
+]
+
+
+class CompensationLike(Protocol):
+    """What `awaitly_anyio.Compensation` is, as the step options see it (it lives in
+    the saga module, above this one): a compensation with options of its own."""
+
+    @property
+    def fn(self) -> Callable[[Any], Any]: ...
+    @property
+    def retry(self) -> RetryPolicy | None: ...
+
+
+Compensate: TypeAlias = "Callable[[Any], Any] | CompensationLike"
+"""What ``compensate=`` takes: a callable given the step's value, or a `Compensation`."""
 
 
 class TryOptions(TypedDict, total=False):
@@ -37,9 +58,17 @@ class TryOptions(TypedDict, total=False):
     type: builtins.type[Any] | None
     """The class of the step's value, for a durable run's snapshot (see `register_type`)."""
 
+    compensate: Compensate | None
+    """What undoes the step if the workflow fails later: called with the step's value,
+    newest first, when the run ends with ``Err`` (see docs/sagas.md)."""
+
 
 class StepOptions(TryOptions, total=False):
     """The options of ``ctx.step(name, fn, **options)``."""
+
+    checkpoint: bool
+    """``False``: in a durable run, the step is not checkpointed (no record, no
+    automatic key): it runs again when the run is resumed.  For a cheap, pure step."""
 
     retry: RetryPolicy | None
     """How the step retries (see `RetryPolicy`)."""
@@ -62,3 +91,4 @@ class RetryOptions(RetryPolicyOptions, total=False):
 
     key: str | None
     type: builtins.type[Any] | None
+    compensate: Compensate | None

@@ -29,6 +29,7 @@ from ._run import (
     logger,
     make_emitter,
 )
+from ._saga import ROLLBACK_KEY, recorded_rollback
 from ._session import DurableRun, IfRunning, open_session
 from .events import (
     EventHandler,
@@ -322,15 +323,18 @@ class Workflow(Generic[D]):
         try:
             with session:
                 resume = session.resume
+                completed = NO_RESULTS if resume is None else completed_results(resume)
                 state = RunState(
                     self.name,
                     session.workflow_id,
                     self.clock,
                     emit,
                     self._map,
-                    NO_RESULTS if resume is None else completed_results(resume),
+                    completed,
                     session.checkpoint,
                 )
+                if ROLLBACK_KEY in completed:
+                    state.rolling_back = recorded_rollback(completed)
                 ctx = WorkflowContext(state, deps, session.input, context)
                 result = await _outcome(state, body, ctx)
         except BaseException:
@@ -402,26 +406,37 @@ async def _outcome(
     body: Callable[[WorkflowContext[Any]], Awaitable[Any]],
     ctx: WorkflowContext[Any],
 ) -> Result[Any, Any]:
-    """Await the body and turn every way it can end, except cancellation, into a Result."""
+    """Await the body and turn every way it can end, except cancellation, into a Result.
+
+    A body that ends with ``Err`` after steps registered compensations has them run
+    (`awaitly_anyio._saga.Saga.rollback`) before the ``Err`` is returned; a cancelled
+    body does not (cancellation is not a failure, and propagates untouched)."""
+    failed: Err[Any]
     try:
         out = await body(ctx)
     except EarlyExit as exc:
         if exc.run is not state:
             raise
-        return exc.result
+        failed = exc.result
     except Exception as exc:
         # catch_unexpected that raised in a step propagates once (map_exception
         # re-raises it rather than mapping its own failure)
-        return Err(state.map_exception(exc))
+        failed = Err(state.map_exception(exc))
     except BaseExceptionGroup as group:
-        return _early_exit_in(group, state)
-    if cancel_due():
-        # Cancelled during the last step (which did not yield to see it): the run did
-        # not complete, whatever the body returned.
-        await deliver_cancellation()
-    if isinstance(out, (Ok, Err)):
-        return cast("Result[object, object]", out)  # isinstance: type arguments unknown
-    return Ok(out)
+        failed = _early_exit_in(group, state)
+    else:
+        if cancel_due():
+            # Cancelled during the last step (which did not yield to see it): the run did
+            # not complete, whatever the body returned.
+            await deliver_cancellation()
+        if isinstance(out, Ok):
+            return cast("Ok[object]", out)  # isinstance: type arguments unknown
+        if not isinstance(out, Err):
+            return Ok(out)
+        failed = cast("Err[object]", out)
+    if state.saga is None:
+        return failed
+    return await state.saga.rollback(state, failed)
 
 
 def _early_exit_in(group: BaseExceptionGroup[BaseException], state: RunState) -> Err[Any]:

@@ -339,9 +339,7 @@ async def test_options_are_checked_where_they_are_written() -> None:
 
 async def test_bound_steps_are_still_numbered_with_policies_and_options() -> None:
     seen: list[events.WorkflowEvent] = []
-    workflow = create_workflow(
-        "w", {"get": policy(lambda x: x, timeout=5)}, on_event=seen.append
-    )
+    workflow = create_workflow("w", {"get": policy(lambda x: x, timeout=5)}, on_event=seen.append)
 
     async def body(ctx: WorkflowContext[Deps]) -> list[int]:
         return [

@@ -395,9 +395,10 @@ class InputValidationError(_ValueException):
     """The input of a run of workflow ``workflow_name`` was rejected by the workflow's
     ``validate_input`` before its first step: ``problems`` says what was wrong, one
     entry per problem, naming the field where the validator does (``"quantity: Input
-    should be greater than 0"``).  The rejected value itself is never repeated (it may
-    hold secrets).  When an exception rejected it, that exception is the
-    ``__cause__``."""
+    should be greater than 0"``).  The library adds no input value of its own (it
+    leaves out the values pydantic would repeat: they may be secrets); a validator's
+    own message is kept as written.  When an exception rejected the input, that
+    exception is the ``__cause__``."""
 
     workflow_name: str
     problems: tuple[str, ...]

@@ -167,9 +167,7 @@ class Policy:
 def _check_names(given: Mapping[str, object], known: tuple[str, ...], what: str) -> None:
     for name in given:
         if name not in known:
-            raise TypeError(
-                f"{what} has no option {name!r} (the options are {', '.join(known)})"
-            )
+            raise TypeError(f"{what} has no option {name!r} (the options are {', '.join(known)})")
 
 
 class WithPolicy(Generic[P, R]):
@@ -363,10 +361,10 @@ def _check_json(value: object, where: str, depth: int = 0) -> object:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"context[{where}] must be a finite number, not {value!r}")
+            raise ValueError(f"context{where} must be a finite number, not {value!r}")
         return value
     if depth >= _MAX_DEPTH:
-        raise ValueError(f"context[{where}] is nested more than {_MAX_DEPTH} levels deep")
+        raise ValueError(f"context{where} is nested more than {_MAX_DEPTH} levels deep")
     if isinstance(value, (list, tuple)):
         items = cast("list[object] | tuple[object, ...]", value)
         return tuple(_check_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(items))
@@ -375,11 +373,11 @@ def _check_json(value: object, where: str, depth: int = 0) -> object:
         copied: dict[str, object] = {}
         for name, item in fields.items():
             if not isinstance(name, str):
-                raise TypeError(f"context[{where}] keys must be strings, not {name!r}")
-            copied[name] = _check_json(item, f"{where}][{name!r}", depth + 1)
+                raise TypeError(f"context{where} keys must be strings, not {name!r}")
+            copied[name] = _check_json(item, f"{where}[{name!r}]", depth + 1)
         return MappingProxyType(copied)
     raise TypeError(
-        f"context[{where}] must be a JSON value (str, int, float, bool, None, or a "
+        f"context{where} must be a JSON value (str, int, float, bool, None, or a "
         f"list or mapping of them), not {type(value).__name__}"
     )
 
@@ -397,7 +395,7 @@ def check_context(context: object) -> Mapping[str, Any]:
     for name, value in entries.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"context keys must be non-empty strings, not {name!r}")
-        copied[name] = _check_json(value, repr(name))
+        copied[name] = _check_json(value, f"[{name!r}]")
     return MappingProxyType(copied)
 
 
@@ -414,6 +412,7 @@ def with_context(emit: Emit, context: Mapping[str, Any]) -> Emit:
 
 
 # ---- input validation ----------------------------------------------------------------
+
 
 class InputValidator:
     """``create_workflow(..., validate_input=spec)`` made ready: ``await
@@ -518,6 +517,10 @@ def _structure(cls: type[Any], value: Any) -> Any:
         return value
     if value is None:
         raise _Rejection(("no input was given (workflow.run(..., input=...))",))
+    if not isinstance(value, Mapping):
+        raise _Rejection(
+            (f"expected {cls.__name__} or a mapping of its fields, not {type(value).__name__}",)
+        )
     global _converter
     import cattrs
 
@@ -526,7 +529,29 @@ def _structure(cls: type[Any], value: Any) -> Any:
     try:
         return _converter.structure(value, cls)
     except cattrs.BaseValidationError as exc:
-        raise _Rejection(tuple(cattrs.transform_error(exc))) from exc
+        raise _Rejection(
+            tuple(_field_first(line) for line in cattrs.transform_error(exc, format_exception=_say))
+        ) from exc
+
+
+def _say(exc: BaseException, type: type[Any] | None) -> str:
+    """cattrs' text for one failure, with the class's own message when the class (its
+    validators) refused the value, which cattrs alone reports as "invalid value"."""
+    from cattrs.v import format_exception
+
+    said = format_exception(exc, type)
+    if said == "invalid value" and str(exc):
+        return f"invalid value ({exc})"
+    return said
+
+
+def _field_first(line: str) -> str:
+    """``"invalid value ... @ $.quantity"`` as ``"quantity: invalid value ..."``."""
+    said, at, path = line.rpartition(" @ $")
+    if not at:
+        return line
+    path = path.lstrip(".")
+    return f"{path}: {said}" if path else said
 
 
 class _Rejection(ValueError):

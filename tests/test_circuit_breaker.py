@@ -4,11 +4,14 @@ half-open trials, cancellation, listeners, and use inside steps."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from awaitly_anyio import (
+    BreakerStats,
     CircuitOpenError,
     CircuitState,
     Deps,
@@ -78,7 +81,8 @@ async def test_failures_in_a_row_open_it_and_time_lets_trials_close_it() -> None
         ("HALF_OPEN", "OPEN"),
     ]
     stats = breaker.stats()
-    assert (stats["state"], stats["rejected"], stats["retry_after"]) == ("OPEN", 1, 30.0)
+    assert (stats.state, stats.rejected, stats.retry_after) == (CircuitState.OPEN, 1, 30.0)
+    assert stats.as_dict()["state"] == "OPEN"
 
 
 async def test_exceptions_count_and_propagate_and_is_failure_decides() -> None:
@@ -113,7 +117,7 @@ async def test_cancellation_is_not_a_failure() -> None:
         with anyio.move_on_after(0):
             await breaker(lambda: anyio.sleep_forever())
     assert breaker.state is CircuitState.CLOSED
-    assert breaker.stats()["failures"] == 0
+    assert breaker.stats().failures == 0
 
 
 async def test_half_open_never_runs_more_trials_than_allowed() -> None:
@@ -211,3 +215,148 @@ def test_states_serialize_as_the_guide_shows() -> None:
     import json
 
     assert json.dumps({"payment": CircuitState.HALF_OPEN}) == '{"payment": "HALF_OPEN"}'
+
+
+# ---- issue 22: manual control, a failure-rate window, typed statistics -----------------
+
+
+async def test_reset_and_force_open_by_hand() -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, str]] = []
+    breaker = create_circuit_breaker(
+        "ledger",
+        failure_threshold=2,
+        reset_timeout=30,
+        listeners=[lambda event: changes.append((event.previous, event.state))],
+        clock=clock,
+    )
+    await breaker(failing)
+    await breaker.reset()  # forgets the failure counted so far
+    await breaker(failing)
+    assert breaker.state is CircuitState.CLOSED
+    await breaker(failing)
+    assert breaker.state is CircuitState.OPEN
+    await breaker.reset()
+    assert breaker.state is CircuitState.CLOSED
+    assert await breaker(working) == Ok("ok")
+
+    await breaker.force_open()
+    calls: list[int] = []
+    clock.advance(3600)  # no half-open while forced, however long
+    refused = await breaker(lambda: calls.append(1))
+    assert refused == Err(CircuitOpenError("ledger", 30.0))
+    assert calls == []
+    assert breaker.state is CircuitState.OPEN
+    stats = breaker.stats()
+    assert (stats.forced, stats.opened_at) == (True, clock.time() - 3600)
+    await breaker.reset()
+    assert breaker.stats().forced is False
+    assert await breaker(working) == Ok("ok")
+    assert changes == [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "CLOSED"),
+        ("CLOSED", "OPEN"),
+        ("OPEN", "CLOSED"),
+    ]
+
+
+async def test_a_failure_rate_window_opens_the_circuit() -> None:
+    clock = FakeClock()
+    breaker = create_circuit_breaker(
+        "search", failure_rate=0.5, window=60, min_calls=10, reset_timeout=30, clock=clock
+    )
+    # Alternating outcomes never make 2 failures in a row, but half of them fail.
+    for n in range(9):
+        await breaker(failing if n % 2 else working)
+        clock.advance(1)
+    assert breaker.state is CircuitState.CLOSED  # 9 calls: fewer than min_calls
+    stats = breaker.stats()
+    assert (stats.window_calls, stats.window_failures) == (9, 4)
+    await breaker(failing)  # the 10th call: 5 of 10 failed
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.stats().window_calls == 0  # the window starts again once opened
+
+
+async def test_the_failure_rate_counts_only_the_window() -> None:
+    clock = FakeClock()
+    breaker = create_circuit_breaker(
+        "feed", failure_rate=0.5, window=10, min_calls=4, reset_timeout=5, clock=clock
+    )
+    for _ in range(3):
+        await breaker(failing)
+    clock.advance(10)  # those failures have left the window
+    for _ in range(3):
+        await breaker(working)
+    await breaker(failing)
+    assert breaker.state is CircuitState.CLOSED  # 1 of 4 in the window
+    assert breaker.stats().failure_rate == 0.25
+    await breaker(failing)
+    assert breaker.state is CircuitState.CLOSED  # 2 of 5
+    await breaker(failing)
+    assert breaker.state is CircuitState.OPEN  # 3 of 6
+
+
+async def test_failures_in_a_row_and_a_rate_together_whichever_first() -> None:
+    clock = FakeClock()
+    breaker = create_circuit_breaker(
+        "both",
+        failure_threshold=3,
+        failure_rate=0.9,
+        window=60,
+        min_calls=100,
+        reset_timeout=5,
+        clock=clock,
+    )
+    for _ in range(3):
+        await breaker(failing)
+    assert breaker.state is CircuitState.OPEN
+
+
+async def test_stats_are_typed_and_count_every_outcome() -> None:
+    clock = FakeClock()
+    breaker = create_circuit_breaker("stats", failure_threshold=2, reset_timeout=10, clock=clock)
+    await breaker(working)
+    await breaker(failing)
+    await breaker(failing)
+    clock.advance(4)
+    await breaker(working)  # refused
+    stats = breaker.stats()
+    assert stats == BreakerStats(
+        name="stats",
+        state=CircuitState.OPEN,
+        forced=False,
+        consecutive_failures=0,
+        window_calls=0,
+        window_failures=0,
+        failure_rate=0.0,
+        calls=3,
+        successes=1,
+        failures=2,
+        rejected=1,
+        opened_at=clock.time() - 4,
+        retry_after=6.0,
+    )
+    assert stats.as_dict()["state"] == "OPEN"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        stats.calls = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "needs failure_threshold"),
+        ({"failure_threshold": 0}, "failure_threshold must be a positive integer"),
+        ({"failure_rate": 0.5}, "needs window="),
+        ({"failure_rate": 0, "window": 1}, "failure_rate must be a fraction"),
+        ({"failure_rate": 1.5, "window": 1}, "failure_rate must be a fraction"),
+        ({"failure_rate": True, "window": 1}, "failure_rate must be a fraction"),
+        ({"failure_rate": 0.5, "window": 0}, "window must be a positive number"),
+        ({"failure_rate": 0.5, "window": float("inf")}, "window must be a positive number"),
+        ({"failure_rate": 0.5, "window": 1, "min_calls": 0}, "min_calls must be a positive"),
+        ({"failure_threshold": 1, "window": 1}, "window= only applies with failure_rate="),
+        ({"failure_threshold": 1, "min_calls": 3}, "min_calls= only applies"),
+    ],
+)
+def test_bad_opening_rules_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_circuit_breaker("bad", reset_timeout=1, **options)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from awaitly_anyio import (
     Deps,
     Err,
+    LimiterQueueFullError,
     Ok,
     RateLimitExceededError,
     WorkflowContext,
@@ -187,8 +188,148 @@ async def test_inside_a_step_as_in_the_deployment_guide() -> None:
         ({"max_requests": 1, "window": float("inf")}, "window"),
         ({"max_requests": 1, "window": 1, "max_wait": -1}, "max_wait"),
         ({"max_requests": 1, "window": 1, "max_concurrent": 0}, "max_concurrent"),
+        ({"max_requests": 1, "window": 1, "max_waiters": -1}, "max_waiters"),
+        ({"max_requests": 1, "window": 1, "max_waiters": 1.5}, "max_waiters"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_rate_limiter("x", **options)  # type: ignore[arg-type]
+
+
+# ---- issue 22: weighted calls and a bounded wait queue ----------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    max_requests=st.integers(1, 8),
+    window=st.floats(0.1, 10, allow_nan=False),
+    calls=st.lists(
+        st.tuples(st.floats(0, 5, allow_nan=False), st.integers(1, 8)), min_size=1, max_size=40
+    ),
+)
+def test_weighted_admissions_are_exact_and_never_late(
+    max_requests: int, window: float, calls: list[tuple[float, int]]
+) -> None:
+    """A call of cost n takes n units: no window holds more than max_requests units, and
+    each call is admitted as soon as that allows."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        limiter = create_rate_limiter("w", max_requests=max_requests, window=window, clock=clock)
+        units: list[float] = []  # one admission time per unit taken
+        for gap, cost in calls:
+            cost = min(cost, max_requests)
+            clock.advance(gap)
+            arrival = clock.monotonic()
+            await limiter.acquire(cost)
+            now = clock.monotonic()
+            earliest = arrival
+            if len(units) + cost > max_requests:
+                earliest = max(arrival, units[len(units) + cost - max_requests - 1] + window)
+            assert now == pytest.approx(earliest)
+            units.extend([now] * cost)
+        assert_exact(units, max_requests, window)
+
+    anyio.run(main)
+
+
+async def test_a_call_with_a_cost_takes_that_many_units() -> None:
+    clock = FakeClock()
+    tokens = create_rate_limiter("llm-tokens", max_requests=10, window=60, clock=clock)
+    assert await tokens(lambda: "a", cost=6) == Ok("a")
+    assert clock.monotonic() == 0  # admitted at once
+    assert await tokens(lambda: "b", cost=4) == Ok("b")
+    assert await tokens(lambda: "c", cost=3) == Ok("c")
+    assert clock.monotonic() == 60  # waited for the first call's 6 units to leave
+    assert tokens.stats()["admitted"] == 3
+
+
+async def test_a_heavy_call_keeps_its_turn() -> None:
+    clock = ManualClock()
+    limiter = create_rate_limiter("fifo", max_requests=4, window=10, clock=clock)
+    await limiter.acquire(3)  # t=0; one unit left
+    order: list[tuple[str, float]] = []
+
+    async def call(name: str, cost: int) -> None:
+        await limiter.acquire(cost)
+        order.append((name, clock.monotonic()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "heavy", 4)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(call, "light", 1)  # a free unit now, but the heavy call is first
+        await anyio.wait_all_tasks_blocked()
+        assert order == []
+        clock.advance(10)
+        await anyio.wait_all_tasks_blocked()
+        assert order == [("heavy", 10.0)]
+        clock.advance(10)
+    assert order == [("heavy", 10.0), ("light", 20.0)]
+
+
+async def test_max_wait_counts_the_costs_queued_ahead() -> None:
+    clock = ManualClock()
+    limiter = create_rate_limiter("q", max_requests=4, window=10, max_wait=15, clock=clock)
+    await limiter.acquire(4)  # t=0
+    results: dict[str, object] = {}
+
+    async def call(name: str, cost: int) -> None:
+        results[name] = await limiter(lambda: name, cost=cost)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "a", 3)  # at t=10
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(call, "b", 2)  # needs 2 units: a's 3 and this leave 1 -> t=20
+        await anyio.wait_all_tasks_blocked()
+        assert results == {"b": Err(RateLimitExceededError("q", 20.0))}
+        clock.advance(10)
+    assert results["a"] == Ok("a")
+
+
+async def test_a_full_wait_queue_refuses_at_once() -> None:
+    clock = ManualClock()
+    limiter = create_rate_limiter("bounded", max_requests=1, window=10, max_waiters=2, clock=clock)
+    results: dict[int, object] = {}
+
+    async def call(n: int) -> None:
+        results[n] = await limiter(lambda: n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(5):
+            tg.start_soon(call, n)
+            await anyio.wait_all_tasks_blocked()
+        # 0 ran; 1 and 2 wait; 3 and 4 found two waiting and were refused at once
+        # (retry_after: the wait they would have had, their turn at t=30).
+        assert results == {
+            0: Ok(0),
+            3: Err(LimiterQueueFullError("bounded", 30.0, 2)),
+            4: Err(LimiterQueueFullError("bounded", 30.0, 2)),
+        }
+        assert isinstance(results[3].error, RateLimitExceededError)  # type: ignore[union-attr]
+        assert "queue is full" in str(results[3].error)  # type: ignore[union-attr]
+        clock.advance(10)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(10)
+    assert [results[n] for n in (1, 2)] == [Ok(1), Ok(2)]
+    assert limiter.stats()["rejected"] == 2
+    never = create_rate_limiter("never", max_requests=1, window=10, max_waiters=0, clock=clock)
+    async with never:
+        pass
+    with pytest.raises(LimiterQueueFullError, match="never"):
+        async with never:
+            pass
+
+
+async def test_bad_costs_are_refused() -> None:
+    limiter = create_rate_limiter("c", max_requests=5, window=1, clock=FakeClock())
+    for cost, message in (
+        (0, "positive integer"),
+        (True, "positive integer"),
+        (6, "max_requests=5"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            await limiter(lambda: 1, cost=cost)
+        with pytest.raises(ValueError, match=message):
+            await limiter.acquire(cost)
+    assert limiter.stats()["admitted"] == 0

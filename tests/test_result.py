@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 
@@ -12,9 +16,15 @@ from awaitly_anyio import (
     StepTimeoutError,
     UnexpectedError,
     UnwrapError,
+    all_ok,
+    attempt,
+    attempt_async,
     err,
+    first_ok,
     is_unexpected_error,
     ok,
+    partition,
+    settle,
 )
 
 
@@ -116,6 +126,7 @@ ERROR_TREE: dict[str, type[BaseException] | None] = {
     "StepTimeoutError": None,
     "CircuitOpenError": None,
     "RateLimitExceededError": None,
+    "LimiterQueueFullError": None,  # a RateLimitExceededError
     "SharedStateUnavailableError": None,
     "StoredException": None,
     "SerializationError": None,
@@ -198,3 +209,144 @@ def test_the_root_catches_what_the_library_raises() -> None:
         raise HostClosedError("closed")
     with pytest.raises(ValueError, match="AWAITLY_STORE_URL"):
         raise SettingsError(["AWAITLY_STORE_URL: missing"])
+
+
+# ---- issue 22: the combinators people coming from `returns` and `result` expect ---------
+
+
+def test_recovery_combinators() -> None:
+    assert Ok(2).unwrap_or_else(len) == 2
+    assert Err("boom").unwrap_or_else(len) == 4
+    assert Ok(2).or_else(lambda e: Ok(0)) == Ok(2)
+    assert Err("boom").or_else(lambda e: Ok(len(e))) == Ok(4)
+    assert Err("boom").or_else(lambda e: Err(e.upper())) == Err("BOOM")
+    assert Ok(2).map_or(0, lambda v: v * 10) == 20
+    assert Err("e").map_or(0, lambda v: v * 10) == 0
+    assert Ok(2).expect("needs a value") == 2
+    with pytest.raises(UnwrapError, match="needs a value: Err\\('e'\\)") as info:
+        Err("e").expect("needs a value")
+    assert info.value.result == Err("e")
+    cause = KeyError("k")
+    with pytest.raises(UnwrapError) as info:
+        Err(cause).expect("lookup")
+    assert info.value.__cause__ is cause
+
+
+def test_tap_and_tap_err_see_the_payload_and_change_nothing() -> None:
+    seen: list[object] = []
+    ok_result = Ok([1])
+    err_result = Err("bad")
+    assert ok_result.tap(seen.append) is ok_result
+    assert ok_result.tap_err(seen.append) is ok_result
+    assert err_result.tap(seen.append) is err_result
+    assert err_result.tap_err(seen.append) is err_result
+    assert seen == [[1], "bad"]
+    # What the side effect raises is not swallowed.
+    with pytest.raises(ZeroDivisionError):
+        Ok(0).tap(lambda v: 1 / v)
+
+
+def parse_int(text: str) -> int:
+    return int(text)
+
+
+def test_attempt_turns_a_raising_call_into_a_result() -> None:
+    assert attempt(parse_int, "42") == Ok(42)
+    failed = attempt(parse_int, "x")
+    assert isinstance(failed, Err)
+    assert isinstance(failed.error, ValueError)
+    # catch= narrows what becomes an Err; anything else propagates.
+    assert isinstance(attempt(parse_int, "x", catch=ValueError).error, ValueError)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="invalid literal"):
+        attempt(parse_int, "x", catch=KeyError)
+    assert isinstance(attempt({}.__getitem__, "k", catch=(KeyError, ValueError)), Err)
+    # map_error turns the exception into the error you want.
+    assert attempt(parse_int, "x", catch=ValueError, map_error=lambda e: "NOT_A_NUMBER") == Err(
+        "NOT_A_NUMBER"
+    )
+    assert attempt(parse_int, "7", map_error=str) == Ok(7)
+
+
+def test_attempt_never_catches_base_exceptions() -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        attempt(interrupted)
+    with pytest.raises(TypeError, match="catch=BaseException is not allowed"):
+        attempt(parse_int, "1", catch=BaseException)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="catch=KeyboardInterrupt"):
+        attempt(parse_int, "1", catch=(ValueError, KeyboardInterrupt))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="exception type"):
+        attempt(parse_int, "1", catch="ValueError")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="at least one"):
+        attempt(parse_int, "1", catch=())
+    with pytest.raises(TypeError, match="map_error must be callable"):
+        attempt(parse_int, "1", map_error=3)  # type: ignore[call-overload]
+
+
+@pytest.mark.anyio
+async def test_attempt_async_awaits_and_catches() -> None:
+    async def fetch(key: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        return {"a": 1}[key]
+
+    assert await attempt_async(fetch, "a") == Ok(1)
+    missing = await attempt_async(fetch, "b", catch=KeyError, map_error=lambda e: f"no {e}")
+    assert missing == Err("no 'b'")
+    with pytest.raises(KeyError):
+        await attempt_async(fetch, "b", catch=ValueError)
+
+
+@pytest.mark.anyio
+async def test_attempt_async_lets_cancellation_through() -> None:
+    reached: list[str] = []
+
+    async def slow() -> int:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        result = await attempt_async(slow)
+        reached.append(f"not cancelled: {result}")
+    assert scope.cancelled_caught
+    assert reached == []
+
+
+def test_all_ok_stops_at_the_first_error() -> None:
+    looked: list[int] = []
+
+    def results() -> Iterator[Result[int, str]]:
+        for n in (1, 2, 3):
+            looked.append(n)
+            yield Ok(n) if n != 2 else Err(f"bad {n}")
+
+    assert all_ok([Ok(1), Ok(2)]) == Ok([1, 2])
+    assert all_ok(results()) == Err("bad 2")
+    assert looked == [1, 2]  # the third was never made
+    assert all_ok([]) == Ok([])
+
+
+def test_settle_keeps_every_error() -> None:
+    assert settle([Ok(1), Ok(2)]) == Ok([1, 2])
+    assert settle([Ok(1), Err("a"), Ok(3), Err("b")]) == Err(["a", "b"])
+    assert settle([]) == Ok([])
+
+
+def test_first_ok_returns_the_first_success_or_every_error() -> None:
+    tried: list[str] = []
+
+    def fetch(source: str) -> Result[str, str]:
+        tried.append(source)
+        return Ok(f"from {source}") if source == "replica" else Err(f"{source} down")
+
+    assert first_ok(fetch(s) for s in ("primary", "replica", "cache")) == Ok("from replica")
+    assert tried == ["primary", "replica"]  # a generator stops at the first success
+    assert first_ok([Err("a"), Err("b")]) == Err(["a", "b"])
+    assert first_ok([]) == Err([])
+
+
+def test_partition_splits_values_and_errors_in_order() -> None:
+    assert partition([Ok(1), Err("a"), Ok(2), Err("b")]) == ([1, 2], ["a", "b"])
+    assert partition([]) == ([], [])

@@ -9,6 +9,7 @@ import contextlib
 
 from . import events, logs
 from ._circuit_breaker import (
+    BreakerStats,
     CircuitBreaker,
     CircuitState,
     RedisCircuitBreaker,
@@ -30,6 +31,7 @@ from ._errors import (
     InputConflictError,
     InputValidationError,
     LeaseLostError,
+    LimiterQueueFullError,
     RateLimitExceededError,
     RunFinishedError,
     RunInProgressError,
@@ -52,7 +54,20 @@ from ._policies import Guard, Policy, WithPolicy, policy
 from ._queues import Queue, QueuedRun, enqueue
 from ._ratelimit import OnUnavailable, RateLimiter, RedisRateLimiter, create_rate_limiter
 from ._recovery import RecoveredRun, WorkflowRegistry, claim_abandoned, recover, recovery_loop
-from ._result import Err, Ok, Result, UnwrapError, err, ok
+from ._result import (
+    Err,
+    Ok,
+    Result,
+    UnwrapError,
+    all_ok,
+    attempt,
+    attempt_async,
+    err,
+    first_ok,
+    ok,
+    partition,
+    settle,
+)
 from ._resume import ResumeState, StepRecord, SupportsResume
 from ._rows import MAX_MESSAGE_BYTES
 from ._saga import Compensation
@@ -97,7 +112,7 @@ from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .logs import WorkflowLogFilter, add_log_context, current_log_context, log_context
-from .serialization import TypeRegistry, register_type
+from .serialization import TypeRegistry, register_type, result_from_json, result_to_json
 from .stores import open_store
 
 __version__ = "0.1.0"
@@ -111,6 +126,7 @@ __all__ = [
     "Backoff",
     "BoundStep",
     "BoundSteps",
+    "BreakerStats",
     "CheckpointStore",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -136,6 +152,7 @@ __all__ = [
     "InputValidationError",
     "LeaseLostError",
     "LeaseStore",
+    "LimiterQueueFullError",
     "MAX_MESSAGE_BYTES",
     "MailboxStore",
     "Ok",
@@ -195,8 +212,11 @@ __all__ = [
     "WorkflowRegistry",
     "WorkflowSnapshot",
     "add_log_context",
+    "all_ok",
     "add_schedule",
     "approve",
+    "attempt",
+    "attempt_async",
     "claim_abandoned",
     "create_circuit_breaker",
     "create_health_app",
@@ -209,12 +229,14 @@ __all__ = [
     "err",
     "events",
     "fire_schedules",
+    "first_ok",
     "is_unexpected_error",
     "list_schedules",
     "log_context",
     "logs",
     "ok",
     "open_store",
+    "partition",
     "pause_schedule",
     "pending_approvals",
     "policy",
@@ -224,10 +246,13 @@ __all__ = [
     "reject",
     "remove_schedule",
     "resolve_hook",
+    "result_from_json",
+    "result_to_json",
     "resume_schedule",
     "run",
     "run_schedules",
     "send",
+    "settle",
     "tick_run_id",
 ]
 

@@ -4,7 +4,11 @@
 half_open_requests=3)``: after 5 failures in a row the circuit **opens** and
 calls are refused at once with ``Err(CircuitOpenError(name, retry_after))``;
 after 30 seconds it goes **half-open** and lets 3 trial calls through; if they
-all succeed it **closes**, and one failure opens it again.
+all succeed it **closes**, and one failure opens it again.  With
+``failure_rate=0.5, window=60, min_calls=10`` it opens instead (or as well) when
+at least half of the calls of the last minute failed, once there were 10.
+``reset()`` and ``force_open()`` change the state by hand; ``stats()`` returns a
+typed `BreakerStats`.
 
 With ``redis=`` the breaker is shared through Redis; when Redis cannot be reached
 a call gets ``Err(SharedStateUnavailableError)`` (or, with
@@ -21,6 +25,7 @@ from types import CoroutineType
 from typing import Any, TypeVar, overload
 
 import anyio
+import attrs
 
 from . import _loops
 from ._clock import Clock, SystemClock
@@ -31,7 +36,13 @@ from ._run import logger
 from ._thunk import call_thunk
 from .events import CircuitStateChange
 
-__all__ = ["CircuitBreaker", "CircuitState", "RedisCircuitBreaker", "create_circuit_breaker"]
+__all__ = [
+    "BreakerStats",
+    "CircuitBreaker",
+    "CircuitState",
+    "RedisCircuitBreaker",
+    "create_circuit_breaker",
+]
 
 _T = TypeVar("_T")
 _E = TypeVar("_E")
@@ -51,6 +62,131 @@ class CircuitState(str, enum.Enum):
 Listener = Callable[[CircuitStateChange], object]
 
 
+@attrs.frozen
+class BreakerStats:
+    """A breaker's state and counters at one moment (`CircuitBreaker.stats`).
+
+    ``consecutive_failures`` counts failures in a row while closed;
+    ``window_calls`` / ``window_failures`` / ``failure_rate`` describe the
+    failure-rate window (all 0 without ``failure_rate=``).  ``calls``,
+    ``successes``, ``failures`` and ``rejected`` are totals since the breaker was
+    made (``calls`` includes those still running).  ``opened_at`` is the
+    wall-clock time (epoch seconds, from the breaker's clock) the circuit last
+    opened, ``None`` while closed; ``retry_after`` the seconds until it lets a
+    trial call through (0 unless open); ``forced`` whether `force_open`
+    holds it open.  For a Redis-shared breaker these are this process's view: its
+    own counters and the state it saw last.
+    """
+
+    name: str
+    state: CircuitState
+    forced: bool
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    failure_rate: float
+    calls: int
+    successes: int
+    failures: int
+    rejected: int
+    opened_at: float | None
+    retry_after: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The same, ready for JSON (``state`` as its name, ``"CLOSED"``...)."""
+        out = attrs.asdict(self)
+        out["state"] = self.state.value
+        return out
+
+
+_BUCKETS = 10  # the failure-rate window is counted in tenths
+
+
+class _RateWindow:
+    """Calls and failures of the last ``window`` seconds, in ``_BUCKETS`` buckets
+    (so the window really covers between 9/10 of ``window`` and ``window``): fixed
+    memory and O(1) per call whatever the call rate."""
+
+    __slots__ = ("calls", "failures", "index", "width")
+
+    def __init__(self, window: float) -> None:
+        self.width = window / _BUCKETS
+        self.index = [-1] * _BUCKETS
+        self.calls = [0] * _BUCKETS
+        self.failures = [0] * _BUCKETS
+
+    def record(self, now: float, failed: bool) -> None:
+        i = int(now // self.width)
+        slot = i % _BUCKETS
+        if self.index[slot] != i:
+            self.index[slot], self.calls[slot], self.failures[slot] = i, 0, 0
+        self.calls[slot] += 1
+        if failed:
+            self.failures[slot] += 1
+
+    def totals(self, now: float) -> tuple[int, int]:
+        oldest = int(now // self.width) - _BUCKETS
+        calls = failures = 0
+        for slot in range(_BUCKETS):
+            if self.index[slot] > oldest:
+                calls += self.calls[slot]
+                failures += self.failures[slot]
+        return calls, failures
+
+    def clear(self) -> None:
+        self.calls = [0] * _BUCKETS
+        self.failures = [0] * _BUCKETS
+
+
+def _check_rate_settings(
+    failure_threshold: int | None,
+    failure_rate: float | None,
+    window: float | None,
+    min_calls: int | None,
+) -> int:
+    """Validate the opening rules; returns ``min_calls`` with its default."""
+    if failure_threshold is None and failure_rate is None:
+        raise ValueError(
+            "a circuit breaker needs failure_threshold (failures in a row), failure_rate"
+            " (with window), or both"
+        )
+    if failure_threshold is not None and (
+        isinstance(failure_threshold, bool)
+        or not isinstance(failure_threshold, int)
+        or failure_threshold < 1
+    ):
+        raise ValueError(
+            f"failure_threshold must be a positive integer or None, not {failure_threshold!r}"
+        )
+    if failure_rate is None:
+        for label, value in (("window", window), ("min_calls", min_calls)):
+            if value is not None:
+                raise ValueError(f"{label}= only applies with failure_rate=, which is not set")
+        return 0
+    if (
+        isinstance(failure_rate, bool)
+        or not isinstance(failure_rate, (int, float))
+        or not 0 < failure_rate <= 1
+    ):
+        raise ValueError(
+            f"failure_rate must be a fraction of calls, 0 < rate <= 1, not {failure_rate!r}"
+        )
+    if window is None:
+        raise ValueError("failure_rate= needs window= (the seconds the rate is measured over)")
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, (int, float))
+        or not math.isfinite(window)
+        or window <= 0
+    ):
+        raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+    if min_calls is None:
+        return 10
+    if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
+        raise ValueError(f"min_calls must be a positive integer, not {min_calls!r}")
+    return min_calls
+
+
 class CircuitBreaker:
     """Stops calling a dependency that keeps failing, and tries it again later.
 
@@ -62,6 +198,12 @@ class CircuitBreaker:
     error; return ``False`` for errors that say nothing about the dependency's
     health, such as a declined card).  Cancellation is never a failure.
 
+    The circuit opens after ``failure_threshold`` failures in a row, or (with
+    ``failure_rate``) when at least that fraction of the calls finished in the
+    last ``window`` seconds failed, once there were ``min_calls`` of them
+    (default 10); with both, whichever comes first.  ``reset()`` closes it and
+    ``force_open()`` holds it open, by hand.
+
     Half-open, at most ``half_open_requests`` trial calls run at once; other
     calls are refused as if open (``retry_after`` 0).  State changes go to the
     ``listeners`` as `CircuitStateChange` events.
@@ -71,21 +213,27 @@ class CircuitBreaker:
         self,
         name: str,
         *,
-        failure_threshold: int,
+        failure_threshold: int | None = None,
         reset_timeout: float,
         half_open_requests: int = 1,
         is_failure: Callable[[Any], bool] | None = None,
         listeners: list[Listener] | None = None,
         clock: Clock | None = None,
+        failure_rate: float | None = None,
+        window: float | None = None,
+        min_calls: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty name, not {name!r}")
-        for label, value in (
-            ("failure_threshold", failure_threshold),
-            ("half_open_requests", half_open_requests),
+        min_calls = _check_rate_settings(failure_threshold, failure_rate, window, min_calls)
+        if (
+            isinstance(half_open_requests, bool)
+            or not isinstance(half_open_requests, int)
+            or half_open_requests < 1
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, not {value!r}")
+            raise ValueError(
+                f"half_open_requests must be a positive integer, not {half_open_requests!r}"
+            )
         if (
             isinstance(reset_timeout, bool)
             or not isinstance(reset_timeout, (int, float))
@@ -99,18 +247,27 @@ class CircuitBreaker:
             raise TypeError(f"is_failure must be callable, not {is_failure!r}")
         self.name = name
         self.failure_threshold = failure_threshold
+        self.failure_rate = None if failure_rate is None else float(failure_rate)
+        self.window = None if window is None else float(window)
+        self.min_calls = min_calls
         self.reset_timeout = float(reset_timeout)
         self.half_open_requests = half_open_requests
         self._is_failure = is_failure
         self._listeners: list[Listener] = list(listeners or [])
         self._clock = clock if clock is not None else SystemClock()
         self._state = CircuitState.CLOSED
+        # (without a threshold the consecutive count never reaches it)
+        self._threshold = failure_threshold if failure_threshold is not None else math.inf
         self._failures = 0  # consecutive, while closed
+        self._rate_window = None if self.window is None else _RateWindow(self.window)
+        self._forced = False  # held open by force_open() until reset()
         self._opened_at = 0.0
+        self._opened_at_wall: float | None = None
         self._trials = 0  # trial calls in flight, while half-open
         self._trial_successes = 0
         self.calls = 0
         self.failures_total = 0
+        self.successes_total = 0
         self.rejected_total = 0
 
     def __repr__(self) -> str:
@@ -126,20 +283,50 @@ class CircuitBreaker:
         """Call ``listener(event)`` on every state change."""
         self._listeners.append(listener)
 
-    def stats(self) -> dict[str, Any]:
-        """State and counters, ready for JSON."""
+    def stats(self) -> BreakerStats:
+        """The state and counters now, as a frozen `BreakerStats`
+        (``.as_dict()`` for JSON)."""
         state = self.state
-        return {
-            "name": self.name,
-            "state": state.value,
-            "consecutive_failures": self._failures,
-            "calls": self.calls,
-            "failures": self.failures_total,
-            "rejected": self.rejected_total,
-            "retry_after": self._retry_after(self._clock.monotonic())
-            if state is CircuitState.OPEN
-            else 0.0,
-        }
+        now = self._clock.monotonic()
+        calls, failures = (0, 0) if self._rate_window is None else self._rate_window.totals(now)
+        return BreakerStats(
+            name=self.name,
+            state=state,
+            forced=self._forced,
+            consecutive_failures=self._failures,
+            window_calls=calls,
+            window_failures=failures,
+            failure_rate=failures / calls if calls else 0.0,
+            calls=self.calls,
+            successes=self.successes_total,
+            failures=self.failures_total,
+            rejected=self.rejected_total,
+            opened_at=None if state is CircuitState.CLOSED else self._opened_at_wall,
+            retry_after=self._retry_after(now) if state is CircuitState.OPEN else 0.0,
+        )
+
+    # ---- manual control ----------------------------------------------------------------
+
+    async def reset(self) -> None:
+        """Close the circuit now and forget the failures counted so far (also ends a
+        `force_open`).  Listeners hear the change.  Calls still running when it
+        happens are not counted against the new state.  No checkpoint: it does not
+        wait, and cannot be cancelled half-way."""
+        self._forced = False
+        self._failures = 0
+        self._trials = 0
+        self._trial_successes = 0
+        if self._rate_window is not None:
+            self._rate_window.clear()
+        self._move(CircuitState.CLOSED)
+
+    async def force_open(self) -> None:
+        """Open the circuit now and hold it open, refusing every call, until `reset`
+        (no half-open trials meanwhile: for maintenance or an incident).  Refused
+        calls get ``CircuitOpenError`` with ``retry_after`` = ``reset_timeout`` (a
+        hint; the breaker does not know when it will be reset).  No checkpoint."""
+        self._forced = True
+        self._open(self._clock.monotonic())
 
     # ---- transitions -----------------------------------------------------------------
 
@@ -157,17 +344,26 @@ class CircuitBreaker:
                 logger.exception("circuit breaker %r: a state listener failed", self.name)
 
     def _maybe_half_open(self, now: float) -> None:
-        if self._state is CircuitState.OPEN and now - self._opened_at >= self.reset_timeout:
+        if (
+            self._state is CircuitState.OPEN
+            and not self._forced
+            and now - self._opened_at >= self.reset_timeout
+        ):
             self._trials = 0
             self._trial_successes = 0
             self._move(CircuitState.HALF_OPEN)
 
     def _open(self, now: float) -> None:
         self._opened_at = now
+        self._opened_at_wall = self._clock.time()
         self._failures = 0
+        if self._rate_window is not None:
+            self._rate_window.clear()
         self._move(CircuitState.OPEN)
 
     def _retry_after(self, now: float) -> float:
+        if self._forced:
+            return self.reset_timeout
         return max(0.0, self._opened_at + self.reset_timeout - now)
 
     def _counts_as_failure(self, error: object) -> bool:
@@ -179,6 +375,8 @@ class CircuitBreaker:
         now = self._clock.monotonic()
         if failed:
             self.failures_total += 1
+        else:
+            self.successes_total += 1
         if trial:
             self._trials -= 1
             if self._state is not CircuitState.HALF_OPEN:
@@ -189,16 +387,25 @@ class CircuitBreaker:
                 self._trial_successes += 1
                 if self._trial_successes >= self.half_open_requests:
                     self._failures = 0
+                    if self._rate_window is not None:
+                        self._rate_window.clear()
                     self._move(CircuitState.CLOSED)
             return
         if self._state is not CircuitState.CLOSED:
             return
         if failed:
             self._failures += 1
-            if self._failures >= self.failure_threshold:
+            if self._failures >= self._threshold:
                 self._open(now)
+                return
         else:
             self._failures = 0
+        window = self._rate_window
+        if window is not None and self.failure_rate is not None:
+            window.record(now, failed)
+            calls, failures = window.totals(now)
+            if calls >= self.min_calls and failures >= self.failure_rate * calls:
+                self._open(now)
 
     # ---- calls -------------------------------------------------------------------------
 
@@ -216,7 +423,7 @@ class CircuitBreaker:
     async def __call__(self, fn: Callable[[], _T]) -> Result[_T, CircuitOpenError]: ...
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Call ``fn`` unless the circuit is open; see the class for what counts."""
-        if self._state is CircuitState.CLOSED:
+        if self._state is CircuitState.CLOSED and self._rate_window is None:
             # The fast path: no clock, no bookkeeping beyond the counters.
             self.calls += 1
             try:
@@ -229,6 +436,7 @@ class CircuitBreaker:
             if out.__class__ is Err:
                 self._record(False, self._counts_as_failure(out.error))
                 return out
+            self.successes_total += 1
             if self._failures:
                 self._failures = 0
             return out if out.__class__ is Ok else _ok(out)
@@ -271,24 +479,30 @@ class CircuitBreaker:
 def create_circuit_breaker(
     name: str,
     *,
-    failure_threshold: int,
+    failure_threshold: int | None = None,
     reset_timeout: float,
     half_open_requests: int = 1,
     is_failure: Callable[[Any], bool] | None = None,
     listeners: list[Listener] | None = None,
     clock: Clock | None = None,
+    failure_rate: float | None = None,
+    window: float | None = None,
+    min_calls: int | None = None,
     redis: None = None,
 ) -> CircuitBreaker: ...
 @overload
 def create_circuit_breaker(
     name: str,
     *,
-    failure_threshold: int,
+    failure_threshold: int | None = None,
     reset_timeout: float,
     half_open_requests: int = 1,
     is_failure: Callable[[Any], bool] | None = None,
     listeners: list[Listener] | None = None,
     clock: Clock | None = None,
+    failure_rate: float | None = None,
+    window: float | None = None,
+    min_calls: int | None = None,
     redis: Any,
     key_prefix: str = "awaitly:breaker:",
     on_unavailable: OnUnavailable = "error",
@@ -296,19 +510,24 @@ def create_circuit_breaker(
 def create_circuit_breaker(
     name: str,
     *,
-    failure_threshold: int,
+    failure_threshold: int | None = None,
     reset_timeout: float,
     half_open_requests: int = 1,
     is_failure: Callable[[Any], bool] | None = None,
     listeners: list[Listener] | None = None,
     clock: Clock | None = None,
+    failure_rate: float | None = None,
+    window: float | None = None,
+    min_calls: int | None = None,
     redis: Any = None,
     key_prefix: str = "awaitly:breaker:",
     on_unavailable: OnUnavailable = "error",
 ) -> CircuitBreaker:
-    """A breaker that opens after ``failure_threshold`` failures in a row: in this process,
-    or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), shared by every process
-    using the breaker's name on that Redis.
+    """A breaker that opens after ``failure_threshold`` failures in a row, or when the
+    ``failure_rate`` of the last ``window`` seconds' calls is reached (at least
+    ``min_calls`` of them, default 10), or either: in this process, or, with
+    ``redis=`` (a URL or a ``redis.asyncio.Redis``), shared by every process using
+    the breaker's name on that Redis.
 
     ``on_unavailable`` (shared breakers only) says what a call does when Redis
     cannot be reached: ``"error"`` (the default) refuses it with
@@ -327,6 +546,9 @@ def create_circuit_breaker(
             key_prefix=key_prefix,
             clock=clock,
             on_unavailable=on_unavailable,
+            failure_rate=failure_rate,
+            window=window,
+            min_calls=min_calls,
         )
     return CircuitBreaker(
         name,
@@ -336,6 +558,9 @@ def create_circuit_breaker(
         is_failure=is_failure,
         listeners=listeners,
         clock=clock,
+        failure_rate=failure_rate,
+        window=window,
+        min_calls=min_calls,
     )
 
 
@@ -345,9 +570,10 @@ def create_circuit_breaker(
 _BEFORE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trials', 'successes')
+local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trials', 'successes', 'forced')
 local state = f[1] or 'CLOSED'
 local previous = state
+if state == 'OPEN' and f[5] == '1' then return {0, tonumber(ARGV[1]), previous, state} end
 if state == 'OPEN' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
   state = 'HALF_OPEN'
   redis.call('HSET', KEYS[1], 'state', state, 'trials', 0, 'successes', 0)
@@ -364,24 +590,32 @@ redis.call('HINCRBY', KEYS[1], 'trials', 1)
 return {2, 0, previous, state}
 """
 
-# KEYS: the hash.  ARGV: trial (0/1), failed (0/1), failure_threshold, half_open_requests,
-# cancelled (0/1).  Returns {previous, state}.
+# KEYS: the hash.  ARGV: trial (0/1), failed (0/1), failure_threshold (0: none),
+# half_open_requests, cancelled (0/1), failure_rate (0: none), window (µs), min_calls.
+# Returns {previous, state}.  The failure-rate window is ten buckets, as in _RateWindow:
+# fields i<k> (the bucket's number), c<k> (calls) and f<k> (failures) for k = 0..9.
 _AFTER = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', KEYS[1], 'state', 'failures', 'successes')
 local state = f[1] or 'CLOSED'
 local previous = state
+local function clear_window()
+  for k = 0, 9 do redis.call('HDEL', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k) end
+end
+local function open()
+  redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'failures', 0)
+  clear_window()
+  return {previous, 'OPEN'}
+end
 if ARGV[1] == '1' then
   redis.call('HINCRBY', KEYS[1], 'trials', -1)
   if state ~= 'HALF_OPEN' or ARGV[5] == '1' then return {previous, state} end
-  if ARGV[2] == '1' then
-    redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'failures', 0)
-    return {previous, 'OPEN'}
-  end
+  if ARGV[2] == '1' then return open() end
   local successes = redis.call('HINCRBY', KEYS[1], 'successes', 1)
   if successes >= tonumber(ARGV[4]) then
     redis.call('HSET', KEYS[1], 'state', 'CLOSED', 'failures', 0)
+    clear_window()
     return {previous, 'CLOSED'}
   end
   return {previous, state}
@@ -389,14 +623,45 @@ end
 if state ~= 'CLOSED' or ARGV[5] == '1' then return {previous, state} end
 if ARGV[2] == '1' then
   local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-  if failures >= tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'failures', 0)
-    return {previous, 'OPEN'}
-  end
+  if tonumber(ARGV[3]) > 0 and failures >= tonumber(ARGV[3]) then return open() end
 elseif tonumber(f[2] or '0') > 0 then
   redis.call('HSET', KEYS[1], 'failures', 0)
 end
+local rate = tonumber(ARGV[6])
+if rate > 0 then
+  local i = math.floor(now / (tonumber(ARGV[7]) / 10))
+  local slot = i % 10
+  local seen = redis.call('HGET', KEYS[1], 'i' .. slot)
+  if tonumber(seen or '-1') ~= i then
+    redis.call('HSET', KEYS[1], 'i' .. slot, i, 'c' .. slot, 0, 'f' .. slot, 0)
+  end
+  redis.call('HINCRBY', KEYS[1], 'c' .. slot, 1)
+  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'f' .. slot, 1) end
+  local calls, failures = 0, 0
+  for k = 0, 9 do
+    local b = redis.call('HMGET', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k)
+    if tonumber(b[1] or '-1') > i - 10 then
+      calls = calls + tonumber(b[2] or '0')
+      failures = failures + tonumber(b[3] or '0')
+    end
+  end
+  if calls >= tonumber(ARGV[8]) and failures >= rate * calls then return open() end
+end
 return {previous, state}
+"""
+
+# KEYS: the hash.  ARGV: "reset" or "open".  Returns {previous, state}.  A reset forgets
+# everything (counts, window, trials); a forced open holds until the next reset.
+_CONTROL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local previous = redis.call('HGET', KEYS[1], 'state') or 'CLOSED'
+redis.call('DEL', KEYS[1])
+if ARGV[1] == 'open' then
+  redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', now, 'forced', 1)
+  return {previous, 'OPEN'}
+end
+return {previous, 'CLOSED'}
 """
 
 
@@ -425,7 +690,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         self,
         name: str,
         *,
-        failure_threshold: int,
+        failure_threshold: int | None = None,
         reset_timeout: float,
         redis: Any,
         half_open_requests: int = 1,
@@ -434,6 +699,9 @@ class RedisCircuitBreaker(CircuitBreaker):
         key_prefix: str = "awaitly:breaker:",
         clock: Clock | None = None,
         on_unavailable: OnUnavailable = "error",
+        failure_rate: float | None = None,
+        window: float | None = None,
+        min_calls: int | None = None,
     ) -> None:
         from ._redis_client import SharedRedis
 
@@ -445,8 +713,13 @@ class RedisCircuitBreaker(CircuitBreaker):
             is_failure=is_failure,
             listeners=listeners,
             clock=clock,
+            failure_rate=failure_rate,
+            window=window,
+            min_calls=min_calls,
         )
         check_shared_seconds("reset_timeout", self.reset_timeout)
+        if self.window is not None:
+            check_shared_seconds("window", self.window)
         self.on_unavailable = check_on_unavailable(on_unavailable)
         self.key = f"{key_prefix}{name}"
         self._redis = SharedRedis(redis, f"RedisCircuitBreaker({name!r})")
@@ -473,6 +746,25 @@ class RedisCircuitBreaker(CircuitBreaker):
         decision = await self._script(_PEEK, [int(self.reset_timeout * 1e6)])
         self._seen(decision[0], decision[1])
         return self._state
+
+    async def reset(self) -> None:
+        """Close the shared circuit now for every process and forget its counts (also
+        ends a `force_open`).  Raises `SharedStateUnavailableError` when Redis
+        cannot be reached (nothing changed).  Other processes see it at their next
+        call; this process's listeners hear the change.  Cancellation: the write is
+        one script call; a cancellation before the reply leaves it done or not done."""
+        previous, state = await self._script(_CONTROL, ["reset"])
+        self._forced = False
+        self._seen(previous, state)
+
+    async def force_open(self) -> None:
+        """Open the shared circuit now and hold it open for every process until
+        `reset` (no half-open trials).  Raises `SharedStateUnavailableError` when
+        Redis cannot be reached (nothing changed)."""
+        previous, state = await self._script(_CONTROL, ["open"])
+        self._forced = True
+        self._opened_at_wall = self._clock.time()
+        self._seen(previous, state)
 
     async def _script(self, source: str, args: list[Any]) -> Any:
         """Run one of the breaker's scripts; raises SharedStateUnavailableError."""
@@ -504,9 +796,13 @@ class RedisCircuitBreaker(CircuitBreaker):
         previous, state = _text(previous), _text(state)
         if previous != state:
             self._state = CircuitState(previous)
+            if state == CircuitState.OPEN.value:
+                self._opened_at_wall = self._clock.time()
             self._move(CircuitState(state))
         else:
             self._state = CircuitState(state)
+        if self._state is not CircuitState.OPEN:
+            self._forced = False
 
     # The shared breaker can also answer Err(SharedStateUnavailableError): its error
     # type is wider than the local breaker's, on purpose (hence the override ignore).
@@ -579,6 +875,8 @@ class RedisCircuitBreaker(CircuitBreaker):
             raise
         if isinstance(result, Err) and self._counts_as_failure(result.error):
             self.failures_total += 1
+        else:
+            self.successes_total += 1
         return result
 
     async def _after(self, trial: str, failed: bool, *, cancelled: bool = False) -> None:
@@ -586,6 +884,8 @@ class RedisCircuitBreaker(CircuitBreaker):
         is dropped with a warning (never raised: the call itself has happened)."""
         if failed:
             self.failures_total += 1
+        elif not cancelled:
+            self.successes_total += 1
         was_missing = self._missing
         try:
             previous, state = await self._script(
@@ -593,9 +893,12 @@ class RedisCircuitBreaker(CircuitBreaker):
                 [
                     trial,
                     "1" if failed else "0",
-                    self.failure_threshold,
+                    self.failure_threshold or 0,
                     self.half_open_requests,
                     "1" if cancelled else "0",
+                    self.failure_rate or 0,
+                    int((self.window or 0) * 1e6),
+                    self.min_calls,
                 ],
             )
         except SharedStateUnavailableError as exc:
@@ -621,9 +924,9 @@ def _text(value: object) -> str:
 _PEEK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at')
+local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'forced')
 local state = f[1] or 'CLOSED'
-if state == 'OPEN' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
+if state == 'OPEN' and f[3] ~= '1' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'trials', 0, 'successes', 0)
   return {state, 'HALF_OPEN'}
 end

@@ -25,6 +25,7 @@ __all__ = [
     "CompensationFailure",
     "HookTokenError",
     "LeaseLostError",
+    "LimiterQueueFullError",
     "RateLimitExceededError",
     "RunFinishedError",
     "RunInProgressError",
@@ -147,6 +148,25 @@ class RateLimitExceededError(_ValueException):
 
     def __str__(self) -> str:
         return f"rate limit {self.name!r} exceeded; retry after {self.retry_after:g}s"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class LimiterQueueFullError(RateLimitExceededError):
+    """The rate limiter ``name`` refused a call without queueing it: ``max_waiters``
+    calls were already waiting their turn.
+
+    A `RateLimitExceededError` (so an ``except`` or ``isinstance`` for that one
+    catches it too); ``retry_after`` is the limiter's estimate of the wait the call
+    would have had.
+    """
+
+    max_waiters: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"rate limit {self.name!r}: the wait queue is full ({self.max_waiters} waiting);"
+            f" retry after {self.retry_after:g}s"
+        )
 
 
 @attrs.define(auto_exc=True, frozen=True)

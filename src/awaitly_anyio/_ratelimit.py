@@ -11,6 +11,11 @@ the call, inside a step as the deployment guide does:
 
 or as ``async with stripe_limit: ...``.
 
+A call may weigh more than one request: ``await limiter(fn, cost=3)`` (or
+``await limiter.acquire(3)``) takes 3 of the ``max_requests`` units, for token or
+quota budgets.  ``max_waiters`` bounds the queue: a call that would wait behind that
+many is refused at once with `LimiterQueueFullError`.
+
 With ``redis=`` the limiter is shared through Redis; when Redis cannot be reached
 a call gets ``Err(SharedStateUnavailableError)`` (or, with
 ``on_unavailable="allow"``, goes through unlimited).
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import anyio
 
 from ._clock import Clock, SystemClock
-from ._errors import RateLimitExceededError, SharedStateUnavailableError
+from ._errors import LimiterQueueFullError, RateLimitExceededError, SharedStateUnavailableError
 from ._result import Err, Ok, Result, _ok
 from ._run import logger
 from ._thunk import call_thunk
@@ -71,10 +76,11 @@ def check_shared_seconds(label: str, value: float) -> None:
 
 
 class _Waiter:
-    __slots__ = ("event",)
+    __slots__ = ("cost", "event")
 
-    def __init__(self) -> None:
+    def __init__(self, cost: int) -> None:
         self.event = anyio.Event()
+        self.cost = cost
 
 
 class _Limiter:
@@ -89,6 +95,7 @@ class _Limiter:
         max_wait: float | None,
         max_concurrent: int | None,
         clock: Clock | None,
+        max_waiters: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a rate limiter needs a non-empty name, not {name!r}")
@@ -104,7 +111,14 @@ class _Limiter:
             or max_concurrent < 1
         ):
             raise ValueError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        if max_waiters is not None and (
+            isinstance(max_waiters, bool) or not isinstance(max_waiters, int) or max_waiters < 0
+        ):
+            raise ValueError(
+                f"max_waiters must be an integer >= 0 (0: never wait) or None, not {max_waiters!r}"
+            )
         self.name = name
+        self.max_waiters = max_waiters
         self.max_requests = max_requests
         self.window = float(window)
         self.max_wait = None if max_wait is None else float(max_wait)
@@ -114,44 +128,66 @@ class _Limiter:
         self.admitted_total: int = 0
         self.rejected_total: int = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, cost: int = 1) -> None:
         raise NotImplementedError
 
-    async def _acquire_and_call(self, fn: Callable[[], Any]) -> Result[Any, Any]:
+    def _check_cost(self, cost: object) -> int:
+        """``cost`` if it is a whole number of units this limiter can ever admit."""
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ValueError(f"cost must be a positive integer, not {cost!r}")
+        if cost > self.max_requests:
+            raise ValueError(
+                f"cost={cost} is more than rate limiter {self.name!r} ever admits in one"
+                f" window (max_requests={self.max_requests}): the call could never run"
+            )
+        return cost
+
+    def _queue_full(self, waiting: int, wait: float) -> LimiterQueueFullError | None:
+        """The refusal for a caller that would wait ``wait`` seconds behind ``waiting``
+        others, if ``max_waiters`` forbids it."""
+        if self.max_waiters is None or waiting < self.max_waiters:
+            return None
+        self.rejected_total += 1
+        return LimiterQueueFullError(self.name, _round_up(wait), self.max_waiters)
+
+    async def _acquire_and_call(self, fn: Callable[[], Any], cost: int = 1) -> Result[Any, Any]:
         """The general path of ``__call__``: a free place, then a turn, then ``fn``."""
         if self.max_concurrent is None:
             try:
-                await self.acquire()
+                await self.acquire(cost)
             except (RateLimitExceededError, SharedStateUnavailableError) as exc:
                 return Err(exc)
             return await call_thunk(fn)
         async with self._concurrency():
             try:
-                await self.acquire()
+                await self.acquire(cost)
             except (RateLimitExceededError, SharedStateUnavailableError) as exc:
                 return Err(exc)
             return await call_thunk(fn)
 
     @overload
     async def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]], *, cost: int = 1
     ) -> Result[_T, _E | RateLimitExceededError | SharedStateUnavailableError]: ...
     @overload
     async def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[[], Result[_T, _E]]
+        self, fn: Callable[[], Result[_T, _E]], *, cost: int = 1
     ) -> Result[_T, _E | RateLimitExceededError | SharedStateUnavailableError]: ...
     @overload
     async def __call__(
-        self, fn: Callable[[], Awaitable[_T]]
+        self, fn: Callable[[], Awaitable[_T]], *, cost: int = 1
     ) -> Result[_T, RateLimitExceededError | SharedStateUnavailableError]: ...
     @overload
     async def __call__(
-        self, fn: Callable[[], _T]
+        self, fn: Callable[[], _T], *, cost: int = 1
     ) -> Result[_T, RateLimitExceededError | SharedStateUnavailableError]: ...
-    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
-        """Run ``fn`` in its turn and return its Result, or
-        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
-        return await self._acquire_and_call(fn)
+    async def __call__(self, fn: Callable[[], Any], *, cost: int = 1) -> Result[Any, Any]:
+        """Run ``fn`` in its turn, taking ``cost`` units, and return its Result, or
+        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``
+        (``Err(LimiterQueueFullError)`` when ``max_waiters`` are already waiting).
+        Raises ``ValueError`` for a ``cost`` that is not an integer in
+        ``1..max_requests``."""
+        return await self._acquire_and_call(fn, self._check_cost(cost))
 
     def _concurrency(self) -> anyio.Semaphore:
         if self._slots is None:
@@ -187,6 +223,12 @@ class RateLimiter(_Limiter):
     Cancellation: a caller cancelled while waiting leaves the queue and takes no
     slot; the callers behind it move up.  ``max_concurrent`` additionally bounds
     how many calls run at once (a call waits for a free place before its turn).
+
+    A call with ``cost=n`` takes ``n`` units of ``max_requests`` at once, in its
+    turn (a heavy call at the head is not overtaken by lighter ones behind it).
+    ``max_waiters`` bounds the queue: a call that would have to wait while that
+    many are waiting gets ``Err(LimiterQueueFullError)`` at once (``0``: never
+    wait).  The limiter keeps one timestamp per unit of ``max_requests``.
     """
 
     def __init__(
@@ -198,11 +240,14 @@ class RateLimiter(_Limiter):
         max_wait: float | None = None,
         max_concurrent: int | None = None,
         clock: Clock | None = None,
+        max_waiters: int | None = None,
     ) -> None:
-        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock)
-        # The last max_requests admission times (monotonic), oldest first.
+        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock, max_waiters)
+        # The last max_requests admission times (monotonic), oldest first: a call of
+        # cost n is n entries.
         self._admitted: collections.deque[float] = collections.deque(maxlen=max_requests)
         self._queue: collections.deque[_Waiter] = collections.deque()
+        self._queued_units = 0  # the costs of the callers in the queue
 
     def __repr__(self) -> str:
         return (
@@ -211,23 +256,32 @@ class RateLimiter(_Limiter):
 
     # ---- admission -------------------------------------------------------------------
 
-    def _free_at(self, now: float) -> float:
-        """When the next slot frees up (``now`` if one is free)."""
-        if len(self._admitted) < self.max_requests:
+    def _free_at(self, now: float, cost: int = 1) -> float:
+        """When ``cost`` slots are free (``now`` if they are)."""
+        oldest = len(self._admitted) + cost - self.max_requests - 1
+        if oldest < 0:
             return now
-        return max(now, self._admitted[0] + self.window)
+        # The admission that must leave the window for cost slots to be free.
+        return max(now, self._admitted[oldest] + self.window)
 
-    def _admit(self, now: float) -> None:
-        self._admitted.append(now)
+    def _admit(self, now: float, cost: int = 1) -> None:
+        if cost == 1:
+            self._admitted.append(now)
+        else:
+            self._admitted.extend([now] * cost)
         self.admitted_total += 1
 
-    def _expected_wait(self, now: float) -> float:
-        """Seconds until a caller arriving now would be admitted, if nobody ahead leaves.
+    def _expected_wait(self, now: float, cost: int = 1) -> float:
+        """Seconds until a caller of ``cost`` arriving now would be admitted, if nobody
+        ahead leaves.
 
-        Admission ``j`` (counting from the next one) happens at
+        With unit costs, admission ``j`` (counting from the next one) happens at
         ``max(now + q * window, e[r] + (q + 1) * window)`` with ``j = q * M + r`` and
         ``e`` the last ``M`` admissions, padded at the front: O(1) whatever the queue.
+        With heavier calls queued the queue is played forward (O(queue + M)).
         """
+        if cost != 1 or self._queued_units != len(self._queue):
+            return self._played_wait(now, cost)
         ahead = len(self._queue)
         q, r = divmod(ahead, self.max_requests)
         missing = self.max_requests - len(self._admitted)
@@ -236,59 +290,87 @@ class RateLimiter(_Limiter):
             return earliest - now
         return max(earliest, self._admitted[r - missing] + (q + 1) * self.window) - now
 
-    async def acquire(self) -> None:
-        """Wait for this caller's turn and take a slot.
+    def _played_wait(self, now: float, cost: int) -> float:
+        """`_expected_wait` by admitting the queue, then this caller, on a copy."""
+        admitted = collections.deque(self._admitted, maxlen=self.max_requests)
+        at = now
+        for units in [*(waiter.cost for waiter in self._queue), cost]:
+            oldest = len(admitted) + units - self.max_requests - 1
+            if oldest >= 0:
+                at = max(at, admitted[oldest] + self.window)
+            admitted.extend([at] * units)
+        return at - now
 
-        Raises `RateLimitExceededError` if the wait would exceed
-        ``max_wait`` (nothing is taken).  When a slot is free and nobody waits it
-        returns at once, without a checkpoint (so a slot once taken is used).
+    async def acquire(self, cost: int = 1) -> None:
+        """Wait for this caller's turn and take ``cost`` slots (default 1).
+
+        Raises `RateLimitExceededError` if the wait would exceed ``max_wait``,
+        `LimiterQueueFullError` (a subclass) if ``max_waiters`` callers are
+        already waiting (nothing is taken either way), and ``ValueError`` for a
+        ``cost`` outside ``1..max_requests``.  When the slots are free and nobody
+        waits it returns at once, without a checkpoint (so a slot once taken is
+        used).  Cancellation: a caller cancelled while waiting takes nothing.
         """
+        if type(cost) is not int or cost != 1:
+            cost = self._check_cost(cost)
         now = self._clock.monotonic()
-        if not self._queue and self._free_at(now) <= now:
-            self._admit(now)  # the fast path: no lock, no queue, no await
+        if not self._queue and self._free_at(now, cost) <= now:
+            self._admit(now, cost)  # the fast path: no lock, no queue, no await
             return
-        if self.max_wait is not None:
-            wait = self._expected_wait(now)
-            if wait > self.max_wait:
+        if self.max_wait is not None or self.max_waiters is not None:
+            wait = self._expected_wait(now, cost)
+            if self.max_wait is not None and wait > self.max_wait:
                 self.rejected_total += 1
                 raise RateLimitExceededError(self.name, _round_up(wait))
-        waiter = _Waiter()
+            full = self._queue_full(len(self._queue), wait)
+            if full is not None:
+                raise full
+        waiter = _Waiter(cost)
         self._queue.append(waiter)
+        self._queued_units += cost
         try:
             if self._queue[0] is not waiter:
                 await waiter.event.wait()
-            # At the head of the queue: wait for the next free slot, then take it.
+            # At the head of the queue: wait for the slots to be free, then take them.
             while True:
                 now = self._clock.monotonic()
-                free_at = self._free_at(now)
+                free_at = self._free_at(now, cost)
                 if free_at <= now:
                     break
                 await self._clock.sleep(free_at - now)
-            self._admit(self._clock.monotonic())
+            self._admit(self._clock.monotonic(), cost)
         finally:
             # Admitted or cancelled, this caller leaves and the next one moves up.
             head = self._queue[0] is waiter
             self._queue.remove(waiter)
+            self._queued_units -= cost
             if head and self._queue:
                 self._queue[0].event.set()
 
     @overload
     async def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[[], Awaitable[Result[_T, _E]]]
+        self, fn: Callable[[], Awaitable[Result[_T, _E]]], *, cost: int = 1
     ) -> Result[_T, _E | RateLimitExceededError]: ...
     @overload
     async def __call__(  # type: ignore[overload-overlap]
-        self, fn: Callable[[], Result[_T, _E]]
+        self, fn: Callable[[], Result[_T, _E]], *, cost: int = 1
     ) -> Result[_T, _E | RateLimitExceededError]: ...
     @overload
     async def __call__(
-        self, fn: Callable[[], Awaitable[_T]]
+        self, fn: Callable[[], Awaitable[_T]], *, cost: int = 1
     ) -> Result[_T, RateLimitExceededError]: ...
     @overload
-    async def __call__(self, fn: Callable[[], _T]) -> Result[_T, RateLimitExceededError]: ...
-    async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
-        """Run ``fn`` in its turn and return its Result, or
-        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``."""
+    async def __call__(
+        self, fn: Callable[[], _T], *, cost: int = 1
+    ) -> Result[_T, RateLimitExceededError]: ...
+    async def __call__(self, fn: Callable[[], Any], *, cost: int = 1) -> Result[Any, Any]:
+        """Run ``fn`` in its turn, taking ``cost`` units, and return its Result, or
+        ``Err(RateLimitExceededError)`` when the wait would exceed ``max_wait``
+        (``Err(LimiterQueueFullError)`` when ``max_waiters`` are already waiting).
+        Raises ``ValueError`` for a ``cost`` that is not an integer in
+        ``1..max_requests``."""
+        if type(cost) is not int or cost != 1:
+            return await self._acquire_and_call(fn, self._check_cost(cost))
         admitted = self._admitted
         if self.max_concurrent is None and not self._queue:
             now = self._clock.monotonic()
@@ -312,24 +394,31 @@ class RateLimiter(_Limiter):
             "admitted": self.admitted_total,
             "rejected": self.rejected_total,
             "waiting": len(self._queue),
+            "waiting_cost": self._queued_units,
+            "max_waiters": self.max_waiters,
             "next_free_in": self._free_at(now) - now,
         }
 
 
-# KEYS: the sorted set of admissions.  ARGV: max_requests, window (µs), a unique member.
+# KEYS: the sorted set of admissions.  ARGV: max_requests, window (µs), a unique member,
+# cost (a call of cost n is n members: the unique one, then it suffixed ":2".. ":n").
 # Returns {1, 0, now} when admitted, {0, wait_us, now} when the caller must wait.
 # Times are the Redis server's (TIME), so every process shares one clock.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[2])
+local cost = tonumber(ARGV[4] or '1')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+local count = redis.call('ZCARD', KEYS[1])
+if count + cost <= tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
+  for k = 2, cost do redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. k) end
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
   return {1, 0, now}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local i = count + cost - tonumber(ARGV[1]) - 1
+local oldest = redis.call('ZRANGE', KEYS[1], i, i, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now, now}
 """
 
@@ -367,10 +456,11 @@ class RedisRateLimiter(_Limiter):
         key_prefix: str = "awaitly:ratelimit:",
         clock: Clock | None = None,
         on_unavailable: OnUnavailable = "error",
+        max_waiters: int | None = None,
     ) -> None:
         from ._redis_client import SharedRedis
 
-        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock)
+        super().__init__(name, max_requests, window, max_wait, max_concurrent, clock, max_waiters)
         check_shared_seconds("window", self.window)
         self.on_unavailable = check_on_unavailable(on_unavailable)
         self.key = f"{key_prefix}{name}"
@@ -378,6 +468,7 @@ class RedisRateLimiter(_Limiter):
         self.last_admitted_at = 0
         self.unavailable_total = 0
         self._missing = False  # whether the last call found Redis unavailable
+        self._waiting = 0  # this process's callers sleeping until the window has room
 
     def __repr__(self) -> str:
         return (
@@ -385,23 +476,31 @@ class RedisRateLimiter(_Limiter):
             f" window={self.window:g}, redis={self._redis.where!r})"
         )
 
-    async def acquire(self) -> None:
-        """Wait until the shared window has room, and take a slot.
+    async def acquire(self, cost: int = 1) -> None:
+        """Wait until the shared window has room for ``cost`` units (default 1), and
+        take them.
 
         Raises `RateLimitExceededError` when waiting would exceed
-        ``max_wait``, and `SharedStateUnavailableError` when Redis cannot
-        be reached (unless ``on_unavailable="allow"``, which returns at once).
+        ``max_wait``, `LimiterQueueFullError` when ``max_waiters`` of this
+        process's callers are already waiting (the bound is per process),
+        `SharedStateUnavailableError` when Redis cannot be reached (unless
+        ``on_unavailable="allow"``, which returns at once), and ``ValueError`` for
+        a ``cost`` outside ``1..max_requests``.
         Cancellation: a caller cancelled while waiting takes no further slot (one
         already granted by the server stays counted until it leaves the window).
         """
         from ._redis_client import unavailable_errors
 
+        if type(cost) is not int or cost != 1:
+            cost = self._check_cost(cost)
         waited = 0.0
         window_us = int(self.window * 1_000_000)
         while True:
             try:
                 admitted, wait_us, now = await self._redis.run(
-                    _ADMIT, [self.key], [self.max_requests, window_us, uuid.uuid4().hex]
+                    _ADMIT,
+                    [self.key],
+                    [self.max_requests, window_us, uuid.uuid4().hex, cost],
                 )
             except unavailable_errors() as exc:
                 if self._unavailable(exc):
@@ -420,7 +519,15 @@ class RedisRateLimiter(_Limiter):
             if self.max_wait is not None and waited + wait > self.max_wait:
                 self.rejected_total += 1
                 raise RateLimitExceededError(self.name, _round_up(wait))
-            await self._clock.sleep(wait)
+            if not waited:  # joining the waiters (a caller already waiting stays)
+                full = self._queue_full(self._waiting, wait)
+                if full is not None:
+                    raise full
+            self._waiting += 1
+            try:
+                await self._clock.sleep(wait)
+            finally:
+                self._waiting -= 1
             waited += wait
 
     def _unavailable(self, exc: BaseException) -> bool:
@@ -453,6 +560,8 @@ class RedisRateLimiter(_Limiter):
             "admitted": self.admitted_total,
             "rejected": self.rejected_total,
             "unavailable": self.unavailable_total,
+            "waiting": self._waiting,
+            "max_waiters": self.max_waiters,
             "shared": True,
         }
 
@@ -466,6 +575,7 @@ def create_rate_limiter(
     max_wait: float | None = None,
     max_concurrent: int | None = None,
     clock: Clock | None = None,
+    max_waiters: int | None = None,
     redis: None = None,
 ) -> RateLimiter: ...
 @overload
@@ -477,6 +587,7 @@ def create_rate_limiter(
     max_wait: float | None = None,
     max_concurrent: int | None = None,
     clock: Clock | None = None,
+    max_waiters: int | None = None,
     redis: Any,
     key_prefix: str = "awaitly:ratelimit:",
     on_unavailable: OnUnavailable = "error",
@@ -489,11 +600,13 @@ def create_rate_limiter(
     max_wait: float | None = None,
     max_concurrent: int | None = None,
     clock: Clock | None = None,
+    max_waiters: int | None = None,
     redis: Any = None,
     key_prefix: str = "awaitly:ratelimit:",
     on_unavailable: OnUnavailable = "error",
 ) -> RateLimiter | RedisRateLimiter:
-    """A limiter admitting ``max_requests`` calls per ``window`` seconds: in this process,
+    """A limiter admitting ``max_requests`` calls (or units of ``cost``) per ``window``
+    seconds, with at most ``max_waiters`` waiting if given: in this process,
     or, with ``redis=`` (a URL or a ``redis.asyncio.Redis``), across every process
     sharing the limiter's name on that Redis.
 
@@ -513,6 +626,7 @@ def create_rate_limiter(
             key_prefix=key_prefix,
             clock=clock,
             on_unavailable=on_unavailable,
+            max_waiters=max_waiters,
         )
     return RateLimiter(
         name,
@@ -521,6 +635,7 @@ def create_rate_limiter(
         max_wait=max_wait,
         max_concurrent=max_concurrent,
         clock=clock,
+        max_waiters=max_waiters,
     )
 
 

@@ -33,6 +33,7 @@ from cattrs.preconf.json import make_converter
 from ._errors import (
     ApprovalRejectedError,
     CircuitOpenError,
+    LimiterQueueFullError,
     RateLimitExceededError,
     SerializationError,
     SharedStateUnavailableError,
@@ -42,6 +43,7 @@ from ._errors import (
     UnexpectedError,
     WaitTimeoutError,
 )
+from ._redact import redact_text
 from ._result import Err, Ok, Result
 from ._resume import StepRecord
 from ._snapshot import FORMAT_VERSION, RUN_STATUSES, WorkflowSnapshot
@@ -57,6 +59,8 @@ __all__ = [
     "default_registry",
     "encode_value",
     "register_type",
+    "result_from_json",
+    "result_to_json",
     "snapshot_from_json",
     "snapshot_to_json",
 ]
@@ -144,6 +148,7 @@ for _builtin in (
     StepTimeoutError,
     CircuitOpenError,
     RateLimitExceededError,
+    LimiterQueueFullError,
     SharedStateUnavailableError,
     StoredException,
 ):
@@ -819,6 +824,102 @@ def snapshot_from_json(
 ) -> WorkflowSnapshot:
     """Parse a snapshot serialized by `snapshot_to_json`."""
     return snapshot_from_doc(loads(text, run_id), run_id, registry)
+
+
+# ---- Results as JSON (HTTP responses, task queues) -----------------------------------------
+
+
+def result_to_json(
+    result: Result[Any, Any],
+    registry: TypeRegistry | None = None,
+    *,
+    include_traceback: bool = False,
+) -> str:
+    """``result`` as compact JSON: ``{"ok":true,"value":...}`` or
+    ``{"ok":false,"error":...}``, values encoded as the stores encode step values
+    (through ``registry``, default `default_registry`), so `result_from_json`
+    gives an equal Result back.
+
+    An error of a registered type (the library's own errors are) round-trips as
+    itself; any other exception, and an `UnexpectedError`'s cause, travel as
+    text (type name and message) and come back as `StoredException` (an
+    ``UnexpectedError`` stays an ``UnexpectedError`` around it).  Their messages
+    pass through the library's redaction (passwords in URLs and DSNs, ``token=``,
+    ``api_key=``... are masked) and their tracebacks are left out unless
+    ``include_traceback=True`` (they show code paths: not for an HTTP client).
+
+    Raises ``TypeError`` naming the type when the value or error cannot be stored
+    (no JSON form, an unregistered class, a secret, too deep, cyclic).
+    """
+    if not isinstance(result, (Ok, Err)):
+        raise TypeError(f"result_to_json takes an Ok or an Err, not {safe_repr(result)}")
+    if registry is None:
+        registry = default_registry
+    elif not isinstance(registry, TypeRegistry):
+        raise TypeError(f"registry must be a TypeRegistry or None, not {safe_repr(registry)}")
+    try:
+        doc = result_to_doc(result, registry)
+        return dumps(_scrub(doc, include_traceback))
+    except _Unstorable as exc:
+        raise TypeError(f"cannot encode a value of type {exc.type_name}: {exc.reason}") from None
+
+
+def _scrub(node: Any, keep_traceback: bool) -> Any:
+    """The encoded ``node`` with every stored exception's text redacted (and its
+    traceback dropped unless ``keep_traceback``)."""
+    obj: object = node
+    if type(obj) is list:
+        return [_scrub(item, keep_traceback) for item in node]
+    if type(obj) is not dict:
+        return node
+    if node.get(_TAG) in ("unexpected", "exception"):
+        return {
+            _TAG: node[_TAG],
+            "type": node["type"],
+            "message": redact_text(node["message"]),
+            "traceback": redact_text(node["traceback"]) if keep_traceback else "",
+        }
+    return {key: _scrub(item, keep_traceback) for key, item in node.items()}
+
+
+_RESULT_KEYS = frozenset({"ok", "value", "error"})
+
+
+def result_from_json(text: str | bytes, registry: TypeRegistry | None = None) -> Result[Any, Any]:
+    """The Result `result_to_json` wrote, rebuilt through ``registry`` (default
+    `default_registry`: the types of its values must be registered here too).
+
+    Raises ``ValueError`` with the reason for anything else: text that is not
+    JSON, not an object with a boolean ``"ok"`` and exactly one of ``"value"`` /
+    ``"error"``, a tag or field this release does not know, a type name not
+    registered here (names are looked up, never imported), data nested too deeply.
+    """
+    if registry is None:
+        registry = default_registry
+    elif not isinstance(registry, TypeRegistry):
+        raise TypeError(f"registry must be a TypeRegistry or None, not {safe_repr(registry)}")
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise TypeError(f"result_from_json takes str or bytes, not {type(text).__name__}")
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("not a Result: the JSON is nested too deeply to parse") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a Result: invalid JSON: {exc}") from None
+    try:
+        _expect(doc, dict, "the Result")
+        extra = set(doc) - _RESULT_KEYS
+        if extra:
+            raise _Undecodable(f"unexpected keys {sorted(extra)!r}")
+        if "value" in doc and "error" in doc:
+            raise _Undecodable('it has both "value" and "error"')
+        return result_from_doc(doc, "the Result", registry)
+    except _Undecodable as exc:
+        raise ValueError(f"not a Result: {exc}") from None
+    except RecursionError:
+        raise ValueError("not a Result: the data is nested too deeply to decode") from None
+    except Exception as exc:  # whatever else hostile data makes a constructor raise
+        raise ValueError(f"not a Result: invalid data: {type(exc).__name__}: {exc}") from None
 
 
 def _structure_snapshot(doc: Any, _: type) -> WorkflowSnapshot:

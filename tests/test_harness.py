@@ -12,6 +12,8 @@ import attrs
 import pytest
 
 from awaitly_anyio import (
+    Compensation,
+    CompensationError,
     Deps,
     Err,
     Ok,
@@ -33,6 +35,7 @@ from awaitly_anyio.testing import (
     Replace,
     StepCall,
     WorkflowHarness,
+    compensations,
 )
 
 from .store_kits import KITS, StoreKit, kit_ids
@@ -394,6 +397,105 @@ async def test_a_resumed_run_does_not_execute_its_recorded_steps(
     assert [run.result for run in harness.runs] == [first, second]
     harness.runs[0].assert_steps(["fetch", "charge"], replayed=False)
     harness.assert_all_used()
+
+
+# ---- sagas: which compensations ran ----------------------------------------------------
+
+
+class Bookings:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    async def release(self, booking: str) -> None:
+        self.released.append(booking)
+
+
+async def trip(ctx: WorkflowContext[Deps]) -> str:
+    bookings: Bookings = ctx.deps.bookings
+    flight: str = await ctx.step("flight", lambda: "F-1", compensate=bookings.release)
+    hotel: str = await ctx.step(
+        "hotel",
+        lambda: "H-1",
+        compensate=Compensation(bookings.release, retry=RetryPolicy(2, timeout=5.0)),
+    )
+    await ctx.step("car", lambda: "C-1", compensate=bookings.release)
+    await ctx.step("charge", lambda: f"paid {flight} {hotel}")
+    return "booked"
+
+
+def travel(bookings: Bookings) -> WorkflowHarness[Deps]:
+    return WorkflowHarness(create_workflow("trip", {"bookings": bookings}))
+
+
+async def test_the_compensations_that_ran_newest_first() -> None:
+    bookings = Bookings()
+    harness = travel(bookings)
+    harness.script("charge", Err("card declined"))
+
+    assert await harness.run(trip) == Err("card declined")
+
+    harness.assert_compensated(["car", "hotel", "flight"])
+    assert bookings.released == ["C-1", "H-1", "F-1"]  # each with its step's value
+    assert harness.failed_compensations == []
+    harness.assert_events_include(
+        "step_error:charge",
+        "compensation_start:car",
+        "compensation_complete:car",
+        "compensation_complete:hotel",
+        "compensation_complete:flight",
+        "workflow_error",
+    )
+    assert compensations(harness.events) == ["car", "hotel", "flight"]
+
+
+async def test_no_failure_no_compensation() -> None:
+    harness = travel(Bookings())
+    assert await harness.run(trip) == Ok("booked")
+    harness.assert_compensated([])
+
+
+async def test_a_scripted_compensation_failure_ends_in_a_compensation_error() -> None:
+    bookings = Bookings()
+    harness = travel(bookings)
+    harness.script("charge", Err("card declined"))
+    harness.script_compensation("car", Err("rental desk closed"))
+
+    result = await harness.run(trip)
+
+    assert isinstance(result, Err)
+    assert isinstance(result.error, CompensationError)
+    assert result.error.original == "card declined"
+    assert [(f.name, f.error) for f in result.error.failures] == [("car", "rental desk closed")]
+    assert harness.failed_compensations == ["car"]
+    harness.assert_compensated(["hotel", "flight"])  # the rollback went on
+    assert bookings.released == ["H-1", "F-1"]
+
+
+async def test_a_compensation_scripted_attempt_by_attempt_under_its_retry_policy() -> None:
+    bookings = Bookings()
+    harness = travel(bookings)
+    harness.script("charge", Err("card declined"))
+    undo = harness.script_compensation("hotel", [Delay(60.0), REAL])
+
+    assert await harness.run(trip) == Err("card declined")
+
+    harness.assert_compensated(["car", "hotel", "flight"])
+    assert bookings.released == ["C-1", "H-1", "F-1"]  # hotel's second attempt was real
+    done = [e for e in harness.events if isinstance(e, events.CompensationComplete)]
+    assert [(e.name, e.attempt) for e in done] == [("car", 1), ("hotel", 2), ("flight", 1)]
+    assert isinstance(harness.clock, FakeClock)
+    assert harness.clock.sleeps[0] == 5.0  # the slow first attempt reached its timeout
+    assert (undo.used, undo.attempts, undo.left) == (True, 2, 0)
+
+
+async def test_an_unreached_compensation_script_is_reported() -> None:
+    harness = travel(Bookings())
+    harness.script_compensation("hotel", Ok(None))
+    await harness.run(trip)  # nothing failed: no rollback
+    with pytest.raises(HarnessError, match="compensation of step 'hotel' was scripted but never"):
+        harness.assert_all_used()
+    with pytest.raises(TypeError, match=r"script_compensation of step 'hotel': .*Ok\('undo'\)"):
+        harness.script_compensation("hotel", "undo")  # type: ignore[arg-type]
 
 
 # ---- strictness and misuse -------------------------------------------------------------

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
+from functools import partial
 from inspect import isawaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast, overload
 
 import anyio
 import anyio.lowlevel
@@ -21,12 +22,12 @@ from ._context import WorkflowContext
 from ._errors import StepTimeoutError
 from ._result import Err, Ok, Result
 from ._run import EarlyExit, RunState
+from ._saga import Compensation, compensations
 from ._step_groups import Step
 from ._workflow import Workflow
 from .events import (
     CompensationComplete,
     CompensationFailed,
-    CompensationStart,
     StepSkipped,
     StepStart,
     StepTimeout,
@@ -51,6 +52,7 @@ __all__ = [
     "StepScript",
     "WorkflowHarness",
     "check_store",
+    "compensations",
 ]
 
 D = TypeVar("D")
@@ -344,6 +346,8 @@ class StepScript:
     outcomes: tuple[Outcome, ...]
     repeat: bool
     """Whether the one outcome answers every attempt (it was not given as a list)."""
+    compensation: bool = attrs.field(default=False, kw_only=True)
+    """Whether it scripts the steps' compensation (`WorkflowHarness.script_compensation`)."""
     calls: int = attrs.field(default=0, init=False)
     """How many step calls this script matched (a replayed step counts: it was reached)."""
     attempts: int = attrs.field(default=0, init=False)
@@ -369,7 +373,8 @@ class StepScript:
         return self.outcomes[self.attempts - 1]
 
     def __str__(self) -> str:
-        return _describe(self.name, self.key)
+        target = _describe(self.name, self.key)
+        return f"compensation of {target}" if self.compensation else target
 
 
 StepStatus: TypeAlias = Literal["ok", "err", "raised", "cancelled", "skipped", "running"]
@@ -557,15 +562,9 @@ class HarnessRun:
 
     @property
     def compensations(self) -> list[str]:
-        """The names of the steps whose compensation ran (started), in the order they ran
-        (newest step first), each once."""
-        seen: list[tuple[str, str | None]] = []
-        for event in self.events:
-            if isinstance(event, CompensationStart):
-                entry = (event.name, event.step_key)
-                if entry not in seen:
-                    seen.append(entry)
-        return [name for name, _ in seen]
+        """The names of the steps whose compensation completed, in the order they ran
+        (newest step first, as a rollback runs them); see `compensations`."""
+        return compensations(self.events)
 
     @property
     def failed_compensations(self) -> list[str]:
@@ -647,8 +646,9 @@ class HarnessRun:
             position += 1
 
     def assert_compensated(self, expected: Sequence[str]) -> None:
-        """Assert the compensations of exactly these steps ran, in this order (newest
-        step first, as a rollback runs them)."""
+        """Assert the compensations of exactly these steps completed, in this order
+        (newest step first, as a rollback runs them); see `failed_compensations` for
+        those that failed for good."""
         wanted = _names("assert_compensated", expected)
         actual = self.compensations
         if actual != wanted:
@@ -676,7 +676,7 @@ class _HarnessStep(Step):
         if timeout is None:
             timeout = getattr(options.get("retry"), "timeout", None)
         return await self._through(
-            name, fn, options.get("key"), timeout, lambda fn: base(name, fn, **options)
+            name, fn, options, timeout, lambda fn, options: base(name, fn, **options)
         )
 
     async def try_(self, name: str, fn: Callable[[], Any], *, error: object, **options: Any) -> Any:
@@ -684,9 +684,9 @@ class _HarnessStep(Step):
         return await self._through(
             name,
             fn,
-            options.get("key"),
+            options,
             options.get("timeout"),
-            lambda fn: base(name, fn, error=error, **options),
+            lambda fn, options: base(name, fn, error=error, **options),
         )
 
     async def _wait(
@@ -707,16 +707,18 @@ class _HarnessStep(Step):
         self,
         name: str,
         fn: Callable[[], Any],
-        key: object,
+        options: dict[str, Any],
         timeout: object,
-        call_base: Callable[[Callable[[], Any]], Awaitable[Any]],
+        call_base: Callable[[Callable[[], Any], dict[str, Any]], Awaitable[Any]],
     ) -> Any:
+        key = options.get("key")
         if (
             not isinstance(name, str)
             or not callable(fn)
             or not (key is None or isinstance(key, str))
         ):
-            return await call_base(fn)  # let the step refuse it as it would in production
+            # Let the step refuse it as it would in production.
+            return await call_base(fn, options)
         harness = self._harness
         log = self._log
         script = harness._find(name, key)
@@ -724,6 +726,11 @@ class _HarnessStep(Step):
         log.calls.append(call)
         if script is not None:
             script.calls += 1
+        compensate = options.get("compensate")
+        if compensate is not None:
+            undo = harness._find(name, key, compensation=True)
+            if undo is not None:
+                options = {**options, "compensate": self._compensation(call, compensate, undo)}
         seconds = (
             float(timeout)
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
@@ -731,7 +738,7 @@ class _HarnessStep(Step):
         )
         token = _CURRENT.set(call)
         try:
-            value = await call_base(self._attempt(call, fn, script, seconds))
+            value = await call_base(self._attempt(call, fn, script, seconds), options)
         except EarlyExit as exc:
             call.status, call.outcome = "err", exc.result
             raise
@@ -745,6 +752,27 @@ class _HarnessStep(Step):
             _CURRENT.reset(token)
         call.status, call.outcome = "ok", Ok(value)
         return value
+
+    def _compensation(self, call: _Call, compensate: object, script: StepScript) -> object:
+        options = _as_compensation(compensate)
+        real: object = compensate if options is None else options.fn
+        if not callable(real):
+            return compensate  # the step refuses it, as in production
+        retry = None if options is None else options.retry
+        timeout = None if retry is None else retry.timeout
+
+        started: list[bool] = []
+
+        def undo(value: Any) -> Any:
+            if not started:  # its first attempt: the compensation was reached
+                started.append(True)
+                script.calls += 1
+            outcome = script._take()
+            if outcome is None:
+                raise call.log.problem(_ran_out(script))
+            return self._play(call, outcome, partial(real, value), timeout, step=False)
+
+        return undo if options is None else attrs.evolve(options, fn=undo)
 
     def _attempt(
         self,
@@ -766,17 +794,19 @@ class _HarnessStep(Step):
                 return fn()
             outcome = script._take()
             if outcome is None:
-                raise call.log.problem(
-                    f"{script} made attempt {script.attempts + 1} (in all) but was scripted "
-                    f"{len(script.outcomes)} outcome{'s' if len(script.outcomes) > 1 else ''}"
-                    f": script more, or a single outcome for every attempt"
-                )
+                raise call.log.problem(_ran_out(script))
             return self._play(call, outcome, fn, timeout)
 
         return attempt
 
     def _play(
-        self, call: _Call, outcome: Outcome, fn: Callable[[], Any], timeout: float | None
+        self,
+        call: _Call,
+        outcome: Outcome,
+        fn: Callable[[], Any],
+        timeout: float | None,
+        *,
+        step: bool = True,
     ) -> Any:
         if isinstance(outcome, (Ok, Err)):
             return outcome
@@ -787,15 +817,15 @@ class _HarnessStep(Step):
             return fn()
         if isinstance(outcome, Replace):
             return outcome.fn()
-        return self._delayed(call, outcome, fn, timeout)
+        return self._delayed(call, outcome, fn, timeout, step)
 
     async def _delayed(
-        self, call: _Call, delay: Delay, fn: Callable[[], Any], timeout: float | None
+        self, call: _Call, delay: Delay, fn: Callable[[], Any], timeout: float | None, step: bool
     ) -> Any:
         run = self._run
         if timeout is not None and delay.seconds >= timeout:
             await run.clock.sleep(timeout)
-            if run.emit is not None:
+            if run.emit is not None and step:  # (a compensation's timeout has no event)
                 run.emit(
                     StepTimeout(
                         workflow_id=run.workflow_id,
@@ -809,10 +839,26 @@ class _HarnessStep(Step):
                 )
             return Err(StepTimeoutError(call.name, timeout))
         await run.clock.sleep(delay.seconds)
-        out = self._play(call, delay.then, fn, None if timeout is None else timeout - delay.seconds)
+        left = None if timeout is None else timeout - delay.seconds
+        out = self._play(call, delay.then, fn, left, step=step)
         if isawaitable(out):
             out = await out
         return out
+
+
+def _as_compensation(compensate: object) -> Compensation[Any] | None:
+    if isinstance(compensate, Compensation):
+        found: Compensation[Any] = compensate  # pyright: ignore[reportUnknownVariableType]
+        return found
+    return None
+
+
+def _ran_out(script: StepScript) -> str:
+    count = len(script.outcomes)
+    return (
+        f"{script} made attempt {script.attempts + 1} (in all) but was scripted {count} "
+        f"outcome{'s' if count > 1 else ''}: script more, or a single outcome for every attempt"
+    )
 
 
 def _not_called() -> Any:
@@ -866,7 +912,7 @@ class WorkflowHarness(Generic[D]):
         """The harnessed copy of the workflow (its own clock, the harness listening)."""
         self.runs: list[HarnessRun] = []
         """One `HarnessRun` per finished run, oldest first."""
-        self._scripts: dict[tuple[str | None, str | None], StepScript] = {}
+        self._scripts: dict[tuple[bool, str | None, str | None], StepScript] = {}
         self._log: _RunLog | None = None
 
     def __repr__(self) -> str:
@@ -901,40 +947,75 @@ class WorkflowHarness(Generic[D]):
         Raises ``TypeError`` / ``ValueError`` for a name or key that no step can have and
         for an outcome of the wrong kind (a plain value must be ``Ok(value)``).
         """
+        return self._script("script", name, outcome, key, compensation=False)
+
+    @overload
+    def script_compensation(
+        self, name: str, outcome: Outcome | Sequence[Outcome], *, key: str | None = None
+    ) -> StepScript: ...
+    @overload
+    def script_compensation(
+        self, *, key: str, outcome: Outcome | Sequence[Outcome]
+    ) -> StepScript: ...
+    def script_compensation(
+        self,
+        name: str | None = None,
+        outcome: object = None,
+        *,
+        key: str | None = None,
+    ) -> StepScript:
+        """Script the compensation of the steps named ``name`` (or keyed ``key``), as
+        `script` scripts a step: each attempt of the compensation (its ``Compensation``
+        retry policy still applies) gives the next outcome instead of calling the real
+        one; `REAL` calls it, `Replace(fn)` calls ``fn()`` (without the step's value).
+        The step itself must still be given ``compensate=``; its other options are kept.
+        A `Delay` in a compensation waits on the workflow's clock; one that reaches the
+        timeout of the compensation's retry policy fails that attempt with
+        ``StepTimeoutError``, as the timeout would.  Raises as `script` does."""
+        return self._script("script_compensation", name, outcome, key, compensation=True)
+
+    def _script(
+        self,
+        what: str,
+        name: str | None,
+        outcome: object,
+        key: str | None,
+        *,
+        compensation: bool,
+    ) -> StepScript:
         if name is None and key is None:
-            raise TypeError("script: give the step's name, or key= for a keyed step")
+            raise TypeError(f"{what}: give the step's name, or key= for a keyed step")
         if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"script: a step's name is a non-empty string, not {name!r}")
+            raise TypeError(f"{what}: a step's name is a non-empty string, not {name!r}")
         if key is not None:
             check_key(key, "scripted step key")
-        what = f"script of {_describe(name, key)}"
+        made = StepScript(name, key, (), True, compensation=compensation)
+        where = f"{what} of {_describe(name, key)}"
         if isinstance(outcome, (list, tuple)):
             items: list[object] = list(outcome)  # pyright: ignore[reportUnknownArgumentType]
             if not items:
-                raise ValueError(f"{what}: a list of outcomes needs at least one")
+                raise ValueError(f"{where}: a list of outcomes needs at least one")
             for index, item in enumerate(items):
                 if isinstance(item, (list, tuple)):
-                    raise TypeError(f"{what}: outcome {index} is a list; lists do not nest")
-                _check_outcome(f"{what}, outcome {index}", item)
-            outcomes: tuple[Outcome, ...] = tuple(items)  # type: ignore[arg-type]
-            repeat = False
+                    raise TypeError(f"{where}: outcome {index} is a list; lists do not nest")
+                _check_outcome(f"{where}, outcome {index}", item)
+            made.outcomes = cast("tuple[Outcome, ...]", tuple(items))  # each checked above
+            made.repeat = False
         else:
-            _check_outcome(what, outcome)
-            outcomes = (outcome,)  # type: ignore[assignment]
-            repeat = True
-        made = StepScript(name, key, outcomes, repeat)
-        self._scripts[(name, key)] = made
+            _check_outcome(where, outcome)
+            made.outcomes = (cast("Outcome", outcome),)
+        self._scripts[(compensation, name, key)] = made
         return made
 
-    def _find(self, name: str, key: object) -> StepScript | None:
+    def _find(self, name: str, key: object, *, compensation: bool = False) -> StepScript | None:
         scripts = self._scripts
         if not scripts:
             return None
         if isinstance(key, str):
-            found = scripts.get((name, key)) or scripts.get((None, key))
+            found = scripts.get((compensation, name, key)) or scripts.get((compensation, None, key))
             if found is not None:
                 return found
-        return scripts.get((name, None))
+        return scripts.get((compensation, name, None))
 
     @property
     def scripts(self) -> list[StepScript]:
@@ -1065,6 +1146,12 @@ class WorkflowHarness(Generic[D]):
     def compensations(self) -> list[str]:
         """The steps whose compensation the last run ran (see `HarnessRun.compensations`)."""
         return self.last.compensations
+
+    @property
+    def failed_compensations(self) -> list[str]:
+        """The steps whose compensation failed for good in the last run (see
+        `HarnessRun.failed_compensations`)."""
+        return self.last.failed_compensations
 
     def step_names(self, *, by: _By = "name", replayed: bool = True) -> list[str | None]:
         """See `HarnessRun.step_names` (for the last run)."""

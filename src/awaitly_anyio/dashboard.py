@@ -16,8 +16,9 @@ Safety:
 - Read-only unless ``actions=True``.  Actions are POST forms with a CSRF token and
   need the configured credential: a bearer ``token`` (``Authorization: Bearer ...``,
   or typed into the form's token field) or ``basic_auth=(user, password)``; both are
-  compared in constant time.  A cross-site POST (``Sec-Fetch-Site: cross-site``, or an
-  ``Origin`` that is not the request's host) is refused.
+  compared in constant time.  A POST from another site (``Sec-Fetch-Site`` other than
+  ``same-origin``, or without it an ``Origin`` that is not the request's host) is
+  refused.
 - Every stored text (ids, names, step keys, values, errors) is HTML-escaped; values
   that look like secrets (keys named like passwords or tokens, API keys, JWTs,
   passwords in URLs) are shown as ``***``; the store's URL is shown masked.  Pages
@@ -913,7 +914,8 @@ def create_dashboard_app(
             (b"content-security-policy", _CSP.encode()),
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
-            (b"referrer-policy", b"no-referrer"),
+            # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null".
+            (b"referrer-policy", b"same-origin"),
             *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -998,8 +1000,9 @@ def _query_int(q: Mapping[str, str], name: str, default: int, low: int, high: in
 
 def _cross_site(headers: Mapping[bytes, bytes]) -> bool:
     """Whether a POST comes from another site (what a CSRF attack looks like)."""
-    if headers.get(b"sec-fetch-site", b"") == b"cross-site":
-        return True
+    site = headers.get(b"sec-fetch-site")
+    if site is not None:  # a browser says where the request comes from
+        return site not in (b"same-origin", b"none")
     origin = headers.get(b"origin")
     if origin is None or origin == b"null":
         return origin == b"null"

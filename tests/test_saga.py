@@ -11,7 +11,8 @@ after the compensation that is running has finished under its bounded shield.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ import pytest
 from awaitly_anyio import (
     CompensationError,
     CompensationFailure,
+    Deps,
     Err,
     Ok,
     Result,
@@ -30,6 +32,8 @@ from awaitly_anyio import (
     StoredException,
     StoreError,
     UnexpectedError,
+    WorkflowContext,
+    create_workflow,
 )
 from awaitly_anyio._run import RunState, default_map_exception
 from awaitly_anyio._saga import (
@@ -46,9 +50,12 @@ from awaitly_anyio.events import (
     CompensationComplete,
     CompensationFailed,
     CompensationStart,
+    StepComplete,
     WorkflowEvent,
 )
 from awaitly_anyio.testing import FakeClock
+
+from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -493,3 +500,235 @@ async def test_each_compensation_is_a_span_under_the_runs_span() -> None:
     released = spans["airline.release"]
     assert released.parent is not None
     assert released.parent.span_id == flight.context.span_id
+
+
+# ---- through ctx.step(..., compensate=...) ---------------------------------------------------
+
+
+class Trip:
+    """A booking body whose charge fails; its compensations log what they release."""
+
+    def __init__(self, *, charge: Any = None) -> None:
+        self.released: list[str] = []
+        self.calls: list[str] = []
+        self.charge = charge if charge is not None else (lambda: Err("card declined"))
+        self.hotel_undo: Any = self.release
+
+    def release(self, booking: str) -> None:
+        self.released.append(booking)
+
+    async def body(self, ctx: WorkflowContext[Deps]) -> str:
+        def reserve(what: str) -> str:
+            self.calls.append(what)
+            return f"{what}-1"
+
+        flight = await ctx.step(
+            "flight", lambda: reserve("flight"), key="flight", compensate=self.release
+        )
+        hotel = await ctx.step(
+            "hotel", lambda: reserve("hotel"), key="hotel", compensate=self.hotel_undo
+        )
+        self.calls.append("charge")
+        await ctx.step("charge", self.charge, key="charge")
+        return f"{flight} {hotel}"
+
+
+async def test_a_failed_run_compensates_its_completed_steps() -> None:
+    trip = Trip()
+    seen: list[WorkflowEvent] = []
+    result = await create_workflow("trip", on_event=seen.append).run(trip.body)
+    assert result == Err("card declined")
+    assert trip.released == ["hotel-1", "flight-1"]
+    assert compensations(seen) == ["hotel", "flight"]
+    # The compensations come after the failed step and before the run's end.
+    types = [e.type for e in seen]
+    assert types.index("step_error") < types.index("compensation_start")
+    assert types[-1] == "workflow_error"
+
+
+async def test_an_unexpected_exception_rolls_back_too_and_success_does_not() -> None:
+    def explode() -> None:
+        raise RuntimeError("payment gateway bug")
+
+    trip = Trip(charge=explode)
+    result = await create_workflow("trip").run(trip.body)
+    assert isinstance(result, Err)
+    assert isinstance(result.error, UnexpectedError)
+    assert trip.released == ["hotel-1", "flight-1"]
+    paid = Trip(charge=lambda: "receipt")
+    assert await create_workflow("trip").run(paid.body) == Ok("flight-1 hotel-1")
+    assert paid.released == []
+
+
+async def test_a_cancelled_run_does_not_compensate() -> None:
+    async def never() -> None:
+        await anyio.sleep_forever()
+
+    trip = Trip(charge=never)
+    with anyio.move_on_after(0.01) as scope:
+        await create_workflow("trip").run(trip.body)
+    assert scope.cancelled_caught
+    assert trip.released == []  # cancellation is not failure
+
+
+async def test_a_compensation_that_fails_ends_the_run_with_compensation_error() -> None:
+    trip = Trip()
+    trip.hotel_undo = Compensation(lambda _: Err("hotel API down"), retry=RetryPolicy(2, delay=0))
+    result = await create_workflow("trip").run(trip.body)
+    assert isinstance(result, Err)
+    error = result.error
+    assert isinstance(error, CompensationError)
+    assert error.original == "card declined"
+    assert error.failures == (CompensationFailure("hotel", "hotel", "hotel API down", 2),)
+    assert trip.released == ["flight-1"]  # the older step was compensated all the same
+
+
+async def test_a_compensate_that_is_not_callable_fails_the_step_naming_it() -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> None:
+        await ctx.step("hotel", lambda: 1, compensate=42)  # type: ignore[call-overload]
+
+    result = await create_workflow("trip").run(body)
+    assert isinstance(result, Err)
+    assert isinstance(result.error, UnexpectedError)
+    cause = result.error.cause
+    assert isinstance(cause, TypeError)
+    assert "step 'hotel': compensate must be a callable" in str(cause)
+
+
+@pytest.fixture(params=KITS, ids=kit_ids())
+def kit(request: pytest.FixtureRequest) -> StoreKit:
+    found: StoreKit = request.param
+    return found
+
+
+@pytest.fixture
+async def store(kit: StoreKit, tmp_path: Path) -> AsyncIterator[Any]:
+    async with kit.open(tmp_path, FakeClock()) as opened:
+        yield opened
+
+
+async def test_a_durable_rollback_is_recorded_and_never_repeated(store: Any) -> None:
+    trip = Trip()
+    workflow = create_workflow("trip")
+    result = await workflow.run(trip.body, workflow_id="trip-1", store=store)
+    assert result == Err("card declined")
+    saved = await store.load("trip-1")
+    assert saved is not None
+    assert saved.status == "failed"
+    assert saved.steps[ROLLBACK_KEY].result == Ok("card declined")
+    assert saved.steps[compensation_key("hotel")].result == Ok(None)
+    assert saved.steps[compensation_key("flight")].result == Ok(None)
+    # Run again: the rollback is on record, the body is not executed, nothing is undone twice.
+    again = await workflow.run(trip.body, workflow_id="trip-1", store=store)
+    assert again == Err("card declined")
+    assert trip.released == ["hotel-1", "flight-1"]
+    assert trip.calls.count("flight") == 1
+    assert trip.calls.count("hotel") == 1
+
+
+async def test_a_rollback_cancelled_mid_way_resumes_without_repeating(store: Any) -> None:
+    trip = Trip()
+    started = anyio.Event()
+    release = anyio.Event()
+    charges: list[int] = []
+
+    def charge() -> Any:
+        charges.append(1)
+        return Err("card declined")
+
+    async def slow_hotel(booking: str) -> None:
+        started.set()
+        await release.wait()
+        trip.released.append(booking)
+
+    trip.charge = charge
+    trip.hotel_undo = slow_hotel
+    workflow = create_workflow("trip")
+    scope = anyio.CancelScope()
+
+    async def first_attempt() -> None:
+        with scope:
+            await workflow.run(trip.body, workflow_id="trip-2", store=store)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_attempt)
+        await started.wait()
+        scope.cancel()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    assert scope.cancelled_caught
+    assert trip.released == ["hotel-1"]  # finished under its shield; flight's never began
+    saved = await store.load("trip-2")
+    assert saved is not None
+    assert saved.status == "cancelled"
+    assert compensation_key("hotel") in saved.steps
+
+    seen: list[WorkflowEvent] = []
+    resumed = await create_workflow("trip", on_event=seen.append).run(
+        trip.body, workflow_id="trip-2", store=store
+    )
+    assert resumed == Err("card declined")
+    assert trip.released == ["hotel-1", "flight-1"]
+    assert compensations(seen) == ["flight"]
+    assert charges == [1]  # the failed step is not executed again
+    replayed = [e.name for e in seen if isinstance(e, StepComplete) and e.cached]
+    assert replayed == ["flight", "hotel"]
+
+
+@attrs.define
+class Declined:
+    """An error type the stores cannot keep (not registered)."""
+
+    reason: str
+
+
+async def test_an_error_with_no_stored_form_resumes_as_a_stand_in(store: Any) -> None:
+    trip = Trip(charge=lambda: Err(Declined("insufficient funds")))
+    started = anyio.Event()
+
+    async def stuck(booking: str) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    trip.hotel_undo = Compensation(stuck, shield=0.01)
+    workflow = create_workflow("trip")
+    with anyio.CancelScope() as scope:
+
+        async def cancel_when_started() -> None:
+            await started.wait()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_started)
+            await workflow.run(trip.body, workflow_id="trip-3", store=store)
+    assert trip.released == []  # cut off at the end of its shield: not recorded
+    trip.hotel_undo = trip.release
+    result = await workflow.run(trip.body, workflow_id="trip-3", store=store)
+    assert isinstance(result, Err)
+    assert isinstance(result.error, StoredException)
+    assert result.error.type_name.endswith("Declined")
+    assert "insufficient funds" in result.error.message
+    assert trip.released == ["hotel-1", "flight-1"]
+
+
+async def test_a_failed_compensation_is_retried_when_the_run_is_run_again(store: Any) -> None:
+    trip = Trip()
+    down = [True]
+
+    def hotel_api(booking: str) -> Any:
+        if down[0]:
+            return Err("hotel API down")
+        trip.released.append(booking)
+        return None
+
+    trip.hotel_undo = hotel_api
+    workflow = create_workflow("trip")
+    first = await workflow.run(trip.body, workflow_id="trip-4", store=store)
+    assert isinstance(first, Err)
+    assert isinstance(first.error, CompensationError)
+    assert trip.released == ["flight-1"]
+    down[0] = False
+    second = await workflow.run(trip.body, workflow_id="trip-4", store=store)
+    assert second == Err("card declined")
+    assert trip.released == ["flight-1", "hotel-1"]

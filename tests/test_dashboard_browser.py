@@ -113,7 +113,7 @@ async def dashboard(tmp_path: Path, anyio_backend: str) -> AsyncIterator[tuple[A
         for run_id in ("refund-1", "refund-2"):
             tg.start_soon(lambda run_id=run_id: workflow.run(body, workflow_id=run_id, store=store))
         for run_id in ("refund-1", "refund-2"):
-            while (info := await store.info(run_id)) is None or info.status != "waiting":
+            while (info := await store.info(run_id)) is None or info.status != "waiting":  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         app = create_dashboard_app(store, actions=True, token=TOKEN, store_name="sqlite:///runs.db")
         async with served(app, anyio_backend) as url:

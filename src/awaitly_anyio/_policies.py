@@ -180,6 +180,9 @@ class WithPolicy(Generic[P, R]):
 
     __wrapped__: Callable[P, R]
     policy: Policy
+    # Copied from the function (functools.update_wrapper), like a decorator's result.
+    __name__: str
+    __qualname__: str
 
     def __init__(self, fn: Callable[P, R], policy: Policy) -> None:
         if not callable(fn):

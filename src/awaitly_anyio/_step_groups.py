@@ -32,6 +32,7 @@ __all__ = ["Step"]
 
 T = TypeVar("T")
 K = TypeVar("K")
+E = TypeVar("E")
 I = TypeVar("I")  # noqa: E741
 
 # ``with_timeout``'s ``on_timeout`` when it is not given: the timeout ends the workflow
@@ -450,6 +451,17 @@ class Step(StepCore):
 
         return await self(name, first, key=key, timeout=timeout)
 
+    # A dict first: pyright reads a dict literal given for a Mapping[K, ...] with K
+    # unsolved, and then cannot choose between the overloads.
+    @overload
+    async def all_settled(
+        self,
+        name: str,
+        fns: dict[K, Callable[[], Awaitable[Result[T, E]]]],
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[K, Result[T, Any]]: ...
     @overload
     async def all_settled(
         self,

@@ -120,7 +120,7 @@ class Workflow(Generic[D]):
     clock: Clock = attrs.field(factory=SystemClock, converter=_check_clock)
     store_write_timeout: float = attrs.field(default=5.0, converter=_check_write_timeout)
     # The input check of every run (create_workflow's validate_input), made ready once.
-    validate_input: Callable[[Any], object] | None = attrs.field(default=None)
+    validate_input: type[Any] | Callable[[Any], object] | None = attrs.field(default=None)
     _validator: InputValidator | None = attrs.field(
         init=False,
         repr=False,
@@ -471,7 +471,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
-    validate_input: Callable[[Any], object] | None = None,
+    validate_input: type[Any] | Callable[[Any], object] | None = None,
 ) -> Workflow[Deps]: ...
 @overload
 def create_workflow(
@@ -482,7 +482,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
-    validate_input: Callable[[Any], object] | None = None,
+    validate_input: type[Any] | Callable[[Any], object] | None = None,
 ) -> Workflow[D]: ...
 def create_workflow(
     name: str,
@@ -492,7 +492,7 @@ def create_workflow(
     catch_unexpected: Callable[[Exception], object] | None = None,
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
-    validate_input: Callable[[Any], object] | None = None,
+    validate_input: type[Any] | Callable[[Any], object] | None = None,
 ) -> Workflow[Any]:
     """Create a `Workflow` called ``name``.
 

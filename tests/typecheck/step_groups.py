@@ -47,4 +47,8 @@ async def body(ctx: WorkflowContext[Deps]) -> None:
     assert_type(await ctx.step.any("a", [cached, cached]), int)
     assert_type(await ctx.step.all_settled("a", [fetch, fetch]), list[Result[int, Any]])
     assert_type(await ctx.step.all_settled("a", [plain, fetch]), list[Result[Any, Any]])
+    assert_type(await ctx.step.all_settled("a", {"x": fetch}), dict[str, Result[int, Any]])
+    assert_type(
+        await ctx.step.all_settled("a", {"x": lambda: fetch()}), dict[str, Result[int, Any]]
+    )
     assert_type(await ctx.step.for_each("a", [1, 2], lambda n: n, batch_size=1), list[Any])

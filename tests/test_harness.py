@@ -12,6 +12,8 @@ import attrs
 import pytest
 
 from awaitly_anyio import (
+    Approval,
+    ApprovalRejectedError,
     Compensation,
     CompensationError,
     Deps,
@@ -330,6 +332,22 @@ async def test_a_scripted_wait_needs_no_store() -> None:
     harness.script("answer", Ok("yes"))
     assert await harness.run(body) == Ok("yes")
     assert harness.step("answer").key == "reply"
+
+
+async def test_a_scripted_approval_needs_no_store() -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        decision = await ctx.step.wait_for_approval("manager", key="refund:1")
+        return decision.by
+
+    harness = WorkflowHarness(create_workflow("approvals"))
+    harness.script(key="refund:1", outcome=Ok(Approval(approved=True, by="ada")))
+    assert await harness.run(body) == Ok("ada")
+
+    harness.script(key="refund:1", outcome=Ok(Approval(approved=False, by="bob")))
+    result = await harness.run(body)
+    assert isinstance(result, Err)
+    assert isinstance(result.error, ApprovalRejectedError)
+    assert result.error.by == "bob"
 
 
 async def test_skipped_steps_are_recorded() -> None:

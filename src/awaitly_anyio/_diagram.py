@@ -101,7 +101,7 @@ def diagram_steps(
             outcome, detail = "?", ""
         steps[key] = DiagramStep(
             key,
-            key,
+            _name_of(key),
             outcome,
             record.attempts,
             record.started_at,
@@ -150,6 +150,16 @@ def diagram_steps(
     # not kept) come first: they ran before.
     missing = [step for key, step in steps.items() if key not in ordered]
     return missing + list(ordered.values())
+
+
+_AUTO_KEY = "awaitly.step:"  # the key a durable run gives a step without one: NAME#N
+
+
+def _name_of(key: str) -> str:
+    """A step's name from its key: the key, or NAME for an automatic ``awaitly.step:NAME#N``."""
+    if key.startswith(_AUTO_KEY) and "#" in key:
+        return key[len(_AUTO_KEY) : key.rfind("#")]
+    return key
 
 
 def _duration(ms: float | None) -> str:

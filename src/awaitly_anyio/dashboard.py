@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import anyio
 
@@ -1043,7 +1043,8 @@ def _redirect(
 
 
 def _run_link(base: str, run_id: str) -> str:
-    return f'<a class=run-link href="{h.href(base, "/run", id=run_id)}">{h.esc(run_id)}</a>'
+    target = h.esc(f"{base}/run?id={quote(run_id, safe='')}")
+    return f'<a class=run-link href="{target}">{h.esc(run_id)}</a>'
 
 
 def _filter_form(base: str, filters: Mapping[str, object]) -> str:

@@ -732,3 +732,45 @@ async def test_a_failed_compensation_is_retried_when_the_run_is_run_again(store:
     second = await workflow.run(trip.body, workflow_id="trip-4", store=store)
     assert second == Err("card declined")
     assert trip.released == ["flight-1", "hotel-1"]
+
+
+async def test_unkeyed_steps_of_a_durable_run_are_compensated_once_across_a_resume(
+    store: Any,
+) -> None:
+    # Every step of a durable run has a key (an automatic one here), so every
+    # compensation is recorded.
+    released: list[str] = []
+    reserved: list[str] = []
+    started = anyio.Event()
+    release = anyio.Event()
+
+    async def slow_release(booking: str) -> None:
+        started.set()
+        await release.wait()
+        released.append(booking)
+
+    async def body(ctx: WorkflowContext[Deps]) -> None:
+        for what in ("flight", "hotel"):
+            undo = slow_release if what == "hotel" else released.append
+            await ctx.step(what, lambda what=what: reserved.append(what) or what, compensate=undo)
+        await ctx.step("charge", lambda: Err("card declined"))
+
+    workflow = create_workflow("trip")
+    scope = anyio.CancelScope()
+
+    async def first_attempt() -> None:
+        with scope:
+            await workflow.run(body, workflow_id="trip-5", store=store)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_attempt)
+        await started.wait()
+        scope.cancel()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    assert released == ["hotel"]
+    assert await workflow.run(body, workflow_id="trip-5", store=store) == Err("card declined")
+    assert await workflow.run(body, workflow_id="trip-5", store=store) == Err("card declined")
+    assert released == ["hotel", "flight"]
+    assert reserved == ["flight", "hotel"]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,17 @@ async def test_the_context_is_a_frozen_copy() -> None:
     assert await workflow.run(body, context=given) == Ok(None)
     (context,) = leaked
     assert context["request_id"] == "r-1"
+    # a read-only dict: JSON and pickle take it as they take a dict
+    assert json.loads(json.dumps(context)) == {
+        "request_id": "r-1",
+        "tags": ["a", "b"],
+        "user": {"id": 7},
+    }
+    assert pickle.loads(pickle.dumps(context)) == context
+    with pytest.raises(TypeError, match="read-only"):
+        context["user"]["id"] = 8
+    with pytest.raises(TypeError, match="read-only"):
+        context.update(request_id="x")
     assert context["tags"] == ("a", "b")
     assert context["user"] == {"id": 7}
 

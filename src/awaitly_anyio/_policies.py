@@ -32,8 +32,7 @@ import functools
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from inspect import isawaitable
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar, cast, overload
 
 import anyio
 import attrs
@@ -351,7 +350,26 @@ async def _timed(
 
 # ---- the per-run context -------------------------------------------------------------
 
-EMPTY_CONTEXT: Mapping[str, Any] = MappingProxyType({})
+
+def _read_only(*args: object, **kwargs: object) -> NoReturn:
+    raise TypeError("a run's context is read-only")
+
+
+class FrozenContext(dict[str, Any]):
+    """A run's context: a read-only dict (every change raises ``TypeError``), so that
+    ``json.dumps(event.context)`` and pickling work as for a dict, while no handler or
+    step can change what the others see."""
+
+    __slots__ = ()
+
+    __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[type[FrozenContext], tuple[dict[str, Any]]]:
+        return FrozenContext, (dict(self),)
+
+
+EMPTY_CONTEXT: Mapping[str, Any] = FrozenContext()
 """``ctx.context`` of a run given none."""
 
 _MAX_DEPTH = 32
@@ -378,7 +396,7 @@ def _check_json(value: object, where: str, depth: int = 0) -> object:
             if not isinstance(name, str):
                 raise TypeError(f"context{where} keys must be strings, not {name!r}")
             copied[name] = _check_json(item, f"{where}[{name!r}]", depth + 1)
-        return MappingProxyType(copied)
+        return FrozenContext(copied)
     raise TypeError(
         f"context{where} must be a JSON value (str, int, float, bool, None, or a "
         f"list or mapping of them), not {type(value).__name__}"
@@ -387,8 +405,8 @@ def _check_json(value: object, where: str, depth: int = 0) -> object:
 
 def check_context(context: object) -> Mapping[str, Any]:
     """``workflow.run(..., context=...)`` checked and frozen: a mapping of string keys
-    to JSON values (nested lists and mappings allowed; tuples and read-only mappings
-    in the copy).  Raises ``TypeError``/``ValueError`` naming the entry."""
+    to JSON values (nested lists and mappings allowed: tuples and `FrozenContext`
+    dicts in the copy).  Raises ``TypeError``/``ValueError`` naming the entry."""
     if not isinstance(context, Mapping):
         raise TypeError(f"context must be a mapping of str to JSON values, not {context!r}")
     entries = cast("Mapping[object, object]", context)
@@ -399,7 +417,7 @@ def check_context(context: object) -> Mapping[str, Any]:
         if not isinstance(name, str) or not name:
             raise TypeError(f"context keys must be non-empty strings, not {name!r}")
         copied[name] = _check_json(value, f"[{name!r}]")
-    return MappingProxyType(copied)
+    return FrozenContext(copied)
 
 
 def with_context(emit: Emit, context: Mapping[str, Any]) -> Emit:

@@ -240,6 +240,51 @@ async def test_slow_then_fast_attempts_under_a_retry_policy_with_a_timeout() -> 
     assert harness.clock.sleeps == [2.0, 0.5, 1.0]  # timed out, backoff, the fast attempt
 
 
+async def test_a_delay_past_with_timeouts_deadline_gives_its_on_timeout_outcome() -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> list[str | None]:
+        maybe = await ctx.step.with_timeout("maybe", lambda: "real", seconds=5.0, on_timeout=None)
+        fast = await ctx.step.with_timeout("fast", lambda: "real", seconds=5.0, on_timeout=None)
+        return [maybe, fast]
+
+    harness = WorkflowHarness(create_workflow("quotes"))
+    harness.script("maybe", Delay(60.0, Ok("too late")))
+    harness.script("fast", Delay(1.0, Ok("in time")))
+
+    assert await harness.run(body) == Ok([None, "in time"])
+    harness.assert_events_include(
+        "step_timeout:maybe", "step_complete:maybe", "step_complete:fast", "workflow_complete"
+    )
+    assert [e.type for e in harness.events].count("step_timeout") == 1
+    assert harness.step("maybe").attempts == 1
+    harness.assert_steps(["maybe", "fast"])  # one record each, not one per inner call
+
+    async def strict_body(ctx: WorkflowContext[Deps]) -> str | None:
+        return await ctx.step.with_timeout("maybe", lambda: "real", seconds=5.0, on_timeout="slow")
+
+    assert await harness.run(strict_body) == Err("slow")
+
+
+async def test_a_scripted_failure_still_runs_the_fallback() -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> float:
+        rate: float = await ctx.step.with_fallback(
+            "rate", lambda: 1.1, lambda: 1.0, on=(ConnectionError, StepTimeoutError), timeout=2.0
+        )
+        return rate
+
+    harness = WorkflowHarness(create_workflow("rates"))
+    harness.script("rate", [ConnectionError("down"), Delay(10.0), Ok(1.2), ValueError("bad")])
+
+    assert await harness.run(body) == Ok(1.0)  # raised ConnectionError: the fallback
+    assert await harness.run(body) == Ok(1.0)  # too slow: the fallback
+    harness.assert_events_include("step_timeout:rate", "step_complete:rate")
+    assert await harness.run(body) == Ok(1.2)
+    failed = await harness.run(body)  # an error `on` does not choose: no fallback
+    assert isinstance(failed, Err)
+    assert isinstance(failed.error, UnexpectedError)
+    assert [run.steps[0].attempts for run in harness.runs] == [1, 1, 1, 1]
+    assert [len(run.steps) for run in harness.runs] == [1, 1, 1, 1]
+
+
 # ---- keys, dependencies, groups, waits, skips ------------------------------------------
 
 

@@ -425,6 +425,9 @@ class _Call:
     attempts: int = 0
     outcome: Result[Any, Any] | None = None
     events: list[WorkflowEvent] = attrs.field(factory=list[WorkflowEvent])
+    # Set while a variant whose fn the harness scripted itself (with_timeout,
+    # with_fallback) has yet to make its step call: that call is this one.
+    prepared: bool = False
 
     def frozen(self) -> StepCall:
         return StepCall(
@@ -689,6 +692,52 @@ class _HarnessStep(Step):
             lambda fn, options: base(name, fn, error=error, **options),
         )
 
+    # The variants that run the step's fn inside machinery of their own (a deadline with
+    # its own outcome, a fallback) have their fn scripted here, not the machinery's fn
+    # that they hand to the step: the fallback still runs when the scripted fn fails.
+
+    async def with_timeout(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        seconds: float,
+        key: str | None = None,
+        **options: Any,
+    ) -> Any:
+        base = super().with_timeout
+        timed_out: Result[Any, Any] | None = None
+        if "on_timeout" in options:  # what the deadline gives instead of StepTimeoutError
+            on_timeout = options["on_timeout"]
+            if on_timeout is None:
+                timed_out = Ok(None)
+            elif isinstance(on_timeout, Err):
+                given: Err[Any] = on_timeout  # pyright: ignore[reportUnknownVariableType]
+                timed_out = given
+            elif not isinstance(on_timeout, Ok):  # (an Ok is refused by the step)
+                timed_out = Err(on_timeout)
+        return await self._prepared(
+            name,
+            fn,
+            key,
+            seconds,
+            timed_out,
+            lambda fn: base(name, fn, seconds=seconds, key=key, **options),
+        )
+
+    async def with_fallback(
+        self, name: str, fn: Callable[[], Any], fallback: Callable[[], Any], **options: Any
+    ) -> Any:
+        base = super().with_fallback
+        return await self._prepared(
+            name,
+            fn,
+            options.get("key"),
+            options.get("timeout"),
+            None,
+            lambda fn: base(name, fn, fallback, **options),
+        )
+
     async def _wait(
         self,
         name: str,
@@ -703,6 +752,34 @@ class _HarnessStep(Step):
             return await self(name, _not_called, key=step)
         return await super()._wait(name, step, key, kind, timeout)
 
+    def _begin(self, name: str, key: str | None) -> tuple[_Call, StepScript | None]:
+        script = self._harness._find(name, key)
+        call = _Call(self._log, name, key, script is not None)
+        self._log.calls.append(call)
+        if script is not None:
+            script.calls += 1
+        return call, script
+
+    async def _prepared(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        key: object,
+        timeout: object,
+        timed_out: Result[Any, Any] | None,
+        call_base: Callable[[Callable[[], Any]], Awaitable[Any]],
+    ) -> Any:
+        if not _sound(name, fn, key):
+            return await call_base(fn)  # refused by the step, as in production
+        call, script = self._begin(name, key if isinstance(key, str) else None)
+        attempt = self._attempt(call, fn, script, _seconds(timeout), timed_out)
+        # The step call the variant makes with the scripted fn is this call, not another.
+        call.prepared = True
+        try:
+            return await self._observe(call, call_base(attempt))
+        finally:
+            call.prepared = False
+
     async def _through(
         self,
         name: str,
@@ -712,33 +789,26 @@ class _HarnessStep(Step):
         call_base: Callable[[Callable[[], Any], dict[str, Any]], Awaitable[Any]],
     ) -> Any:
         key = options.get("key")
-        if (
-            not isinstance(name, str)
-            or not callable(fn)
-            or not (key is None or isinstance(key, str))
-        ):
-            # Let the step refuse it as it would in production.
+        if not _sound(name, fn, key):
+            return await call_base(fn, options)  # refused by the step, as in production
+        current = _CURRENT.get()
+        if current is not None and current.prepared and current.name == name:
+            current.prepared = False  # its fn is scripted already (see _prepared)
             return await call_base(fn, options)
-        harness = self._harness
-        log = self._log
-        script = harness._find(name, key)
-        call = _Call(log, name, key, script is not None)
-        log.calls.append(call)
-        if script is not None:
-            script.calls += 1
+        call, script = self._begin(name, key if isinstance(key, str) else None)
         compensate = options.get("compensate")
         if compensate is not None:
-            undo = harness._find(name, key, compensation=True)
+            undo = self._harness._find(name, key, compensation=True)
             if undo is not None:
                 options = {**options, "compensate": self._compensation(call, compensate, undo)}
-        seconds = (
-            float(timeout)
-            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-            else None
-        )
+        attempt = self._attempt(call, fn, script, _seconds(timeout), None)
+        return await self._observe(call, call_base(attempt, options))
+
+    async def _observe(self, call: _Call, step: Awaitable[Any]) -> Any:
+        """Await the step ``call`` records, with its events attributed to it."""
         token = _CURRENT.set(call)
         try:
-            value = await call_base(self._attempt(call, fn, script, seconds), options)
+            value = await step
         except EarlyExit as exc:
             call.status, call.outcome = "err", exc.result
             raise
@@ -780,6 +850,7 @@ class _HarnessStep(Step):
         fn: Callable[[], Any],
         script: StepScript | None,
         timeout: float | None,
+        timed_out: Result[Any, Any] | None,
     ) -> Callable[[], Any]:
         strict = self._harness.strict
 
@@ -795,7 +866,7 @@ class _HarnessStep(Step):
             outcome = script._take()
             if outcome is None:
                 raise call.log.problem(_ran_out(script))
-            return self._play(call, outcome, fn, timeout)
+            return self._play(call, outcome, fn, timeout, timed_out=timed_out)
 
         return attempt
 
@@ -807,6 +878,7 @@ class _HarnessStep(Step):
         timeout: float | None,
         *,
         step: bool = True,
+        timed_out: Result[Any, Any] | None = None,
     ) -> Any:
         if isinstance(outcome, (Ok, Err)):
             return outcome
@@ -817,10 +889,16 @@ class _HarnessStep(Step):
             return fn()
         if isinstance(outcome, Replace):
             return outcome.fn()
-        return self._delayed(call, outcome, fn, timeout, step)
+        return self._delayed(call, outcome, fn, timeout, step, timed_out)
 
     async def _delayed(
-        self, call: _Call, delay: Delay, fn: Callable[[], Any], timeout: float | None, step: bool
+        self,
+        call: _Call,
+        delay: Delay,
+        fn: Callable[[], Any],
+        timeout: float | None,
+        step: bool,
+        timed_out: Result[Any, Any] | None,
     ) -> Any:
         run = self._run
         if timeout is not None and delay.seconds >= timeout:
@@ -837,13 +915,25 @@ class _HarnessStep(Step):
                         attempt=call.attempts,
                     )
                 )
-            return Err(StepTimeoutError(call.name, timeout))
+            return Err(StepTimeoutError(call.name, timeout)) if timed_out is None else timed_out
         await run.clock.sleep(delay.seconds)
         left = None if timeout is None else timeout - delay.seconds
-        out = self._play(call, delay.then, fn, left, step=step)
+        out = self._play(call, delay.then, fn, left, step=step, timed_out=timed_out)
         if isawaitable(out):
             out = await out
         return out
+
+
+def _sound(name: object, fn: object, key: object) -> bool:
+    """Whether a step's arguments are what the harness can record (the step refuses the
+    others itself, with its own errors)."""
+    return isinstance(name, str) and callable(fn) and (key is None or isinstance(key, str))
+
+
+def _seconds(timeout: object) -> float | None:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return float(timeout)
+    return None
 
 
 def _as_compensation(compensate: object) -> Compensation[Any] | None:

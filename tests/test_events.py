@@ -90,6 +90,8 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
         events.StepTimeout: "step_timeout",
         events.StepSkipped: "step_skipped",
         events.StepCancelled: "step_cancelled",
+        events.StepCacheHit: "step_cache_hit",
+        events.StepCacheMiss: "step_cache_miss",
     }
     for cls, type_name in expected.items():
         assert cls.type == type_name

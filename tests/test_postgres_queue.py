@@ -127,7 +127,7 @@ async def test_a_version_3_database_is_upgraded_and_keeps_its_runs(
         await store.put_schedule("nightly", {"every": 60})
         assert [s.name for s in await store.schedules()] == ["nightly"]
     versions = await admin_fetch(f"SELECT version FROM {sql.versions} ORDER BY version")
-    assert [v for (v,) in versions] == [3, SCHEMA_VERSION] == [3, 4]
+    assert [v for (v,) in versions] == [3, SCHEMA_VERSION] == [3, 5]
     indexes = await admin_fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND indexname LIKE '%queue%'"
         " ORDER BY indexname",

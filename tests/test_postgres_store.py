@@ -78,6 +78,7 @@ async def test_the_schema_is_created_once_with_its_version(schema: str) -> None:
         schema,
     )
     assert [row[0] for row in tables] == [
+        "wf_cache",
         "wf_messages",
         "wf_runs",
         "wf_schedules",

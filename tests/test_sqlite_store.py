@@ -246,7 +246,7 @@ async def test_a_version_3_database_is_upgraded_keeping_every_run(tmp_path: Path
         await store.put_schedule("s", {"every": 1})
         assert await store.advance_schedule("s", None, 1.0)
     with raw(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         columns = {row[1] for row in db.execute("PRAGMA table_info(awaitly_runs)")}
         assert {"queue", "priority", "partition_key", "started_at", "cancel_at"} <= columns
         indexes = {row[1] for row in db.execute("PRAGMA index_list(awaitly_runs)")}

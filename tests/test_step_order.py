@@ -64,7 +64,7 @@ async def test_a_version_1_sqlite_database_is_upgraded_and_keeps_its_steps(
     assert loaded is not None
     assert list(loaded.steps) == ["a-first", "b-second", "c-third", "0-new"]
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 @pytest.fixture

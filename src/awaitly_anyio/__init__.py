@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 
 from . import events, logs
+from ._cache import MemoryCache, StoreCache
 from ._circuit_breaker import (
     BreakerStats,
     CircuitBreaker,
@@ -84,6 +85,7 @@ from ._schedules import (
     run_schedules,
     tick_run_id,
 )
+from ._singleflight import Singleflight
 from ._snapshot import (
     FORMAT_VERSION,
     RunStatus,
@@ -93,6 +95,7 @@ from ._snapshot import (
     WorkflowSnapshot,
 )
 from ._step import Backoff, RetryPolicy
+from ._step_cache import CacheLookup, StepCache
 from ._step_groups import Step
 from ._store import (
     CheckpointStore,
@@ -126,6 +129,7 @@ __all__ = [
     "Backoff",
     "BoundStep",
     "BoundSteps",
+    "CacheLookup",
     "BreakerStats",
     "CheckpointStore",
     "CircuitBreaker",
@@ -155,6 +159,7 @@ __all__ = [
     "LimiterQueueFullError",
     "MAX_MESSAGE_BYTES",
     "MailboxStore",
+    "MemoryCache",
     "Ok",
     "OnUnavailable",
     "Policy",
@@ -185,13 +190,16 @@ __all__ = [
     "Settings",
     "SettingsError",
     "SharedStateUnavailableError",
+    "Singleflight",
     "SnapshotDecodeError",
     "SnapshotInfo",
     "SnapshotPage",
     "SnapshotStore",
     "Step",
+    "StepCache",
     "StepRecord",
     "StepTimeoutError",
+    "StoreCache",
     "StoreError",
     "StoredException",
     "StoredSchedule",

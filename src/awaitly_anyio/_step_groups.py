@@ -25,6 +25,7 @@ from ._result import Err, Ok, Result
 from ._retry import check_timeout
 from ._run import EarlyExit
 from ._step import StepCore, _check_fn
+from ._step_cache import CacheTtl, StepCache, cached_step
 from ._thunk import as_result
 from .events import BatchProgress, StepTimeout
 
@@ -769,6 +770,77 @@ class Step(StepCore):
         # stored once, and a finished for_each replays batch by batch.
         result: list[Any] = await self(name, batches, timeout=timeout)
         return result
+
+    @overload
+    async def cached(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Result[T, Any]]],
+        *,
+        key: str,
+        ttl: CacheTtl,
+        cache: StepCache,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def cached(
+        self,
+        name: str,
+        fn: Callable[[], Result[T, Any]],
+        *,
+        key: str,
+        ttl: CacheTtl,
+        cache: StepCache,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def cached(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        key: str,
+        ttl: CacheTtl,
+        cache: StepCache,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def cached(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        key: str,
+        ttl: CacheTtl,
+        cache: StepCache,
+        timeout: float | None = None,
+    ) -> T: ...
+    async def cached(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        key: str,
+        ttl: CacheTtl,
+        cache: StepCache,
+        timeout: float | None = None,
+    ) -> Any:
+        """Answer the step ``name`` from ``cache`` under ``key`` (a cross-run cache key,
+        not a step key) while an entry lives; else run ``fn`` as ``ctx.step(name, fn,
+        timeout=timeout)`` does and store its ``Ok`` value for ``ttl`` seconds (or a
+        ``timedelta``), so a later run (any run sharing the cache) gets it back.
+
+        A hit emits ``step_cache_hit``, then ``step_start`` and ``step_complete`` with
+        ``cached=True``, and does not call ``fn``; a miss emits ``step_cache_miss`` and
+        runs the step.  An ``Err`` (or an exception) is never cached: it ends the
+        workflow as a step's would.  A value the cache cannot encode ends the workflow
+        with ``Err(SerializationError)`` naming the step; an entry the cache cannot
+        read is a miss (with its reason on ``step_cache_miss``, and a warning logged)
+        and is overwritten.  A cancellation point (the lookup, then the step);
+        cancellation propagates.  ``TypeError`` / ``ValueError`` naming the step for a
+        bad key, TTL or cache; the cache's own errors (a database down) propagate."""
+        return await cached_step(self, self._run, name, fn, key, ttl, cache, timeout)
+
 
 
 def _labelled(

@@ -27,6 +27,8 @@ __all__ = [
     "CompensationFailed",
     "CompensationStart",
     "EventHandler",
+    "StepCacheHit",
+    "StepCacheMiss",
     "StepCancelled",
     "StepComplete",
     "StepFailed",
@@ -198,6 +200,26 @@ class StepWaiting(_StepEvent):
 
 
 @attrs.frozen(kw_only=True)
+class StepCacheHit(_StepEvent):
+    """A cached step (``ctx.step.cached``) was answered by its cache under ``cache_key``,
+    without running; its ``step_complete`` follows with ``cached=True``."""
+
+    type: ClassVar[Literal["step_cache_hit"]] = "step_cache_hit"
+    cache_key: str
+
+
+@attrs.frozen(kw_only=True)
+class StepCacheMiss(_StepEvent):
+    """A cached step found no live entry under ``cache_key`` and runs; ``reason`` says
+    why an entry that was there could not be read (a damaged entry, treated as a
+    miss), ``None`` when there was none."""
+
+    type: ClassVar[Literal["step_cache_miss"]] = "step_cache_miss"
+    cache_key: str
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class StepCancelled(_StepEvent):
     """A running step was cancelled from outside; cancellation propagates."""
 
@@ -262,6 +284,8 @@ WorkflowEvent: TypeAlias = (
     | StepTimeout
     | StepSkipped
     | StepWaiting
+    | StepCacheHit
+    | StepCacheMiss
     | StepCancelled
     | CompensationStart
     | CompensationComplete

@@ -534,6 +534,34 @@ class RowDriver(Protocol):
         differs or the schedule is gone."""
         ...
 
+    # ---- the cross-run step cache (issue 22) ------------------------------------------
+    #
+    # Cache entries are rows apart from the runs: ``(key, value JSON, expires_at)``,
+    # one per key.  An entry is live while ``expires_at > now``; a driver may delete
+    # an expired one when it meets it.  A database with its own expiry (Redis) may
+    # also let it go then, but must compare ``expires_at`` with ``now`` on every read:
+    # the front's clock decides.
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        """Live cache entry ``key``'s value JSON, as stored (never decoded); ``None`` if
+        absent or expired.  `RowUnreadable` for an entry that is not one at all (a
+        Redis key of another type, a damaged expiry)."""
+        ...
+
+    async def cache_put(self, key: str, json: str, now: float, expires_at: float) -> None:
+        """Write cache entry ``key`` (value ``json``, expiring at ``expires_at``),
+        replacing any entry, live or not, in one atomic change."""
+        ...
+
+    async def cache_delete(self, key: str, now: float) -> bool:
+        """Remove cache entry ``key``; whether a live one was there (an entry that
+        cannot be read counts as live)."""
+        ...
+
+    async def cache_purge(self, now: float) -> int:
+        """Delete the cache entries expired at ``now`` for good; how many went."""
+        ...
+
 
 def push_router(
     loop: Loop,

@@ -15,11 +15,13 @@ import json
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
 
+from .._cache import check_ttl, decode_cached, encode_cached
 from .._checks import check_id, check_key, check_lease, ttl_seconds
 from .._clock import Clock, SystemClock
 from .._errors import (
@@ -61,6 +63,7 @@ from .._snapshot import (
     SnapshotPage,
     WorkflowSnapshot,
 )
+from .._step_cache import MISS, CacheLookup
 from .._store import SCHEDULES_CHANGED, Claim, EncodedStep, SendWatch, StoredSchedule, Ttl
 from ..serialization import TypeRegistry, default_registry
 from ._driver import (
@@ -330,6 +333,48 @@ class StoreFront:
         """Delete expired runs for good (they are already invisible); how many went."""
         self._check_open()
         return await self._driver.purge(self._clock.time())
+
+    # ---- the cross-run step cache (issue 22) ------------------------------------------
+
+    async def cache_lookup(self, key: str) -> CacheLookup:
+        """The live cache entry ``key`` (`StoreCache`), decoded with this store's
+        registry, as a hit; else a miss, or a miss with ``problem`` for an entry that
+        cannot be read (never raised).  ``ValueError`` for an invalid key."""
+        check_key(key, "cache key")
+        self._check_open()
+        try:
+            text = await self._driver.cache_get(key, self._clock.time())
+        except RowUnreadable as exc:
+            return CacheLookup(False, problem=exc.reason)
+        if text is None:
+            return MISS
+        return decode_cached(key, text, self._registry)
+
+    async def cache_put(
+        self, key: str, value: Any, *, ttl: float | timedelta, step: str = "<cache>"
+    ) -> None:
+        """Store cache entry ``key`` = ``value`` for ``ttl`` seconds (or a ``timedelta``),
+        replacing any entry, in one write.  `SerializationError` naming ``step`` for a
+        value that cannot be encoded, ``ValueError`` / ``TypeError`` for a bad key or
+        TTL, before anything is written."""
+        check_key(key, "cache key")
+        seconds = check_ttl(ttl)
+        text = encode_cached(step, value, self._registry)
+        self._check_open()
+        now = self._clock.time()
+        await self._driver.cache_put(key, text, now, now + seconds)
+
+    async def cache_invalidate(self, key: str) -> bool:
+        """Remove cache entry ``key``; whether a live one was there (one that cannot be
+        read counts).  ``ValueError`` for an invalid key."""
+        check_key(key, "cache key")
+        self._check_open()
+        return await self._driver.cache_delete(key, self._clock.time())
+
+    async def cache_purge(self) -> int:
+        """Delete expired cache entries for good (they already miss); how many went."""
+        self._check_open()
+        return await self._driver.cache_purge(self._clock.time())
 
     async def close(self) -> None:
         """Release the store's connections and files.  Closing twice is harmless."""

@@ -93,6 +93,19 @@ CREATE TABLE IF NOT EXISTS {schedules} (
     updated_at double precision NOT NULL
 );
 """,
+    # The cross-run step cache (issue 22): one entry per key (keys may be long: the
+    # primary key is their digest), its value as the JSON text the front encoded, and
+    # the index purge reads.  Runs are kept as they are.
+    5: """
+CREATE TABLE IF NOT EXISTS {cache} (
+    key text NOT NULL,
+    key_digest bytea PRIMARY KEY,
+    value text NOT NULL,
+    stored_at double precision NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {prefix}cache_by_expiry ON {cache} (expires_at);
+""",
 }
 
 # The run row's columns, in `RunRow`'s field order.
@@ -625,6 +638,21 @@ ADVANCE_SCHEDULE = (
     " WHERE name_digest = $1 AND last_tick IS NOT DISTINCT FROM $2::float8 RETURNING 1"
 )
 
+# ---- the cross-run step cache ---------------------------------------------------------
+
+# $1 key digest, $2 now: a live entry's value.
+CACHE_GET = "SELECT value FROM {cache} WHERE key_digest = $1 AND expires_at > $2"
+# $1 key, $2 its digest, $3 value, $4 now, $5 expires_at.
+CACHE_PUT = (
+    "INSERT INTO {cache} (key, key_digest, value, stored_at, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_digest) DO UPDATE SET"
+    " value = excluded.value, stored_at = excluded.stored_at, expires_at = excluded.expires_at"
+)
+# $1 key digest, $2 now: whether a live entry went (one row), or nothing.
+CACHE_DELETE = "DELETE FROM {cache} WHERE key_digest = $1 RETURNING expires_at > $2"
+# $1 now.
+CACHE_PURGE = "DELETE FROM {cache} WHERE expires_at <= $1"
+
 # ---- listing ---------------------------------------------------------------------------
 
 _LIST = f"SELECT id, {_RUN_COLUMNS} FROM {{runs}} WHERE (expires_at IS NULL OR expires_at > $1)"
@@ -636,8 +664,8 @@ _LIST_ORDER = ' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT ${n}'
 
 class Statements:
     """Every statement with one store's table names filled in, once: the tables
-    ``"schema"."{prefix}runs"``, ``..steps``, ``..messages``, ``..schedules`` and
-    ``..schema_version``,
+    ``"schema"."{prefix}runs"``, ``..steps``, ``..messages``, ``..schedules``,
+    ``..cache`` and ``..schema_version``,
     and the wake-up channel (`channel`).  ``schema`` and
     ``prefix`` must be checked identifiers (letters, digits, underscores)."""
 
@@ -648,6 +676,7 @@ class Statements:
         self.versions = f'"{schema}"."{prefix}schema_version"'
         self.messages = f'"{schema}"."{prefix}messages"'
         self.schedule_table = f'"{schema}"."{prefix}schedules"'
+        self.cache_table = f'"{schema}"."{prefix}cache"'
         # Wake-ups go on one NOTIFY channel per schema and prefix (a channel name is an
         # identifier: at most 63 bytes; a longer one is named by its digest instead).
         channel = f"awaitly:{schema}:{prefix}"
@@ -706,6 +735,10 @@ class Statements:
         self.select_schedules = fill(SELECT_SCHEDULES)
         self.delete_schedule = fill(DELETE_SCHEDULE)
         self.advance_schedule = fill(ADVANCE_SCHEDULE)
+        self.cache_get = fill(CACHE_GET)
+        self.cache_put = fill(CACHE_PUT)
+        self.cache_delete = fill(CACHE_DELETE)
+        self.cache_purge = fill(CACHE_PURGE)
 
     def fill(self, template: str) -> str:
         """``template`` with the table names filled in."""
@@ -715,6 +748,7 @@ class Statements:
             versions=self.versions,
             messages=self.messages,
             schedules=self.schedule_table,
+            cache=self.cache_table,
             channel=self._channel_literal,
             schema=self.schema,
             prefix=self.prefix,

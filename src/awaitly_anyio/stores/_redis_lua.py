@@ -31,6 +31,10 @@ from __future__ import annotations
 __all__ = [
     "ADVANCE_SCHEDULE",
     "BEGIN_WAIT",
+    "CACHE_DELETE",
+    "CACHE_GET",
+    "CACHE_PURGE",
+    "CACHE_PUT",
     "CHECKPOINT",
     "CLAIM_QUEUED",
     "CREATE_CLAIMED",
@@ -665,3 +669,43 @@ return 1
 """Move a schedule's last tick from ``expected`` to ``tick`` if it is still
 ``expected``.  KEYS: specs, ticks.  ARGV: name, expected (``''`` = none), tick.
 Returns 1 if moved, 0 if the tick differs or the schedule is gone."""
+
+# ---- the cross-run step cache ------------------------------------------------------------
+
+CACHE_GET = """
+local found = redis.pcall('HMGET', KEYS[1], 'v', 'e')
+if found.err then return {0, found.err} end
+return {1, found[1] or false, found[2] or false}
+"""
+"""Read a cache entry (a hash: ``v`` its value JSON, ``e`` its expiry).  KEYS: the
+entry.  Returns ``{1, value, expiry}`` (nil each when absent) or ``{0, error}`` for a
+key of another type."""
+
+CACHE_PUT = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+"""Write a cache entry over whatever the key held.  KEYS: the entry.  ARGV: value JSON,
+expires_at, the ``PEXPIRE`` (ms) that lets Redis free it then."""
+
+CACHE_DELETE = """
+local e = redis.pcall('HGET', KEYS[1], 'e')
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if type(e) ~= 'string' or tonumber(e) == nil then return 1 end
+if tonumber(e) > tonumber(ARGV[1]) then return 1 end
+return 0
+"""
+"""Delete a cache entry.  KEYS: the entry.  ARGV: now.  Returns 1 if a live one (or one
+that cannot be read) was there, else 0."""
+
+CACHE_PURGE = """
+local e = redis.pcall('HGET', KEYS[1], 'e')
+if type(e) == 'string' and tonumber(e) ~= nil and tonumber(e) <= tonumber(ARGV[1]) then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""Delete a cache entry if it expired (checked and deleted at once: a fresh entry
+written meanwhile stays).  KEYS: the entry.  ARGV: now.  Returns 1 if it went."""

@@ -6,7 +6,7 @@ given beside it.  ``LIVE`` is the condition "not expired at ``?`` (now)".
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of the tables this release creates and reads: a file of an older
 version is upgraded when opened, a newer one is refused."""
 
@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS awaitly_schedules (
     last_tick REAL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS awaitly_cache (
+    key TEXT PRIMARY KEY NOT NULL,
+    value_json TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS awaitly_cache_by_expiry ON awaitly_cache (expires_at);
 """
 
 # Version 2: steps keep the order they were recorded in (``seq``, per run).  Steps of a
@@ -119,11 +126,24 @@ CREATE TABLE IF NOT EXISTS awaitly_schedules (
 );
 """
 
+# Version 5: the cross-run step cache (issue 22), a table of its own (runs are kept as
+# they are).
+MIGRATE_4_TO_5 = """
+CREATE TABLE IF NOT EXISTS awaitly_cache (
+    key TEXT PRIMARY KEY NOT NULL,
+    value_json TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS awaitly_cache_by_expiry ON awaitly_cache (expires_at);
+"""
+
 MIGRATIONS = {
     0: SCHEMA,
-    1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3 + MIGRATE_3_TO_4,
-    2: MIGRATE_2_TO_3 + MIGRATE_3_TO_4,
-    3: MIGRATE_3_TO_4,
+    1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3 + MIGRATE_3_TO_4 + MIGRATE_4_TO_5,
+    2: MIGRATE_2_TO_3 + MIGRATE_3_TO_4 + MIGRATE_4_TO_5,
+    3: MIGRATE_3_TO_4 + MIGRATE_4_TO_5,
+    4: MIGRATE_4_TO_5,
 }
 """The script that brings a database of each older version to `SCHEMA_VERSION`
 (version 0: an empty file)."""
@@ -373,3 +393,23 @@ SCHEDULES = "SELECT name, spec_json, last_tick FROM awaitly_schedules ORDER BY n
 DELETE_SCHEDULE = "DELETE FROM awaitly_schedules WHERE name = ?"
 # ?1 tick, ?2 name, ?3 expected (or NULL).  Compare and set (``IS`` matches NULL too).
 ADVANCE_SCHEDULE = "UPDATE awaitly_schedules SET last_tick = ?1 WHERE name = ?2 AND last_tick IS ?3"
+
+# ---- the cross-run step cache ------------------------------------------------------------
+
+# key.  The entry's value and expiry (the driver compares it: a damaged one is reported).
+CACHE_GET = "SELECT value_json, expires_at FROM awaitly_cache WHERE key = ?"
+
+# key, value_json, now, expires_at.
+CACHE_PUT = (
+    "INSERT INTO awaitly_cache (key, value_json, stored_at, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value_json = excluded.value_json,"
+    " stored_at = excluded.stored_at, expires_at = excluded.expires_at"
+)
+
+# key.
+CACHE_DELETE = "DELETE FROM awaitly_cache WHERE key = ?"
+
+# now.  Entries whose expiry passed (a damaged, non-numeric one is left to be reported).
+CACHE_PURGE = (
+    "DELETE FROM awaitly_cache WHERE typeof(expires_at) IN ('real', 'integer') AND expires_at <= ?"
+)

@@ -56,6 +56,7 @@ class MemoryStore(StoreFront):
         self._runs = driver.runs
         self._steps = driver.steps
         self._messages = driver.messages
+        self._cache = driver.cache
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._runs)} runs)"
@@ -75,6 +76,7 @@ class _MemoryDriver:
         self.steps: dict[str, dict[str, str]] = {}
         self.messages: dict[str, dict[str, deque[tuple[str, float]]]] = {}
         self.schedule_rows: dict[str, tuple[str, float | None]] = {}
+        self.cache: dict[str, tuple[str, float]] = {}
         self._channel = f"memory:{next(_STORES)}"
 
     def _live(self, id: str, now: float) -> RunRow | None:
@@ -97,6 +99,7 @@ class _MemoryDriver:
         self.steps.clear()
         self.messages.clear()
         self.schedule_rows.clear()
+        self.cache.clear()
 
     async def read(self, id: str, now: float, *, steps: bool) -> tuple[RunRow, Steps] | None:
         await anyio.lowlevel.checkpoint()
@@ -499,6 +502,34 @@ class _MemoryDriver:
             return False
         self.schedule_rows[name] = (found[0], tick)
         return True
+
+    # ---- the cross-run step cache ------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        found = self.cache.get(key)
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self.cache[key]
+            return None
+        return found[0]
+
+    async def cache_put(self, key: str, json: str, now: float, expires_at: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.cache[key] = (json, expires_at)
+
+    async def cache_delete(self, key: str, now: float) -> bool:
+        await anyio.lowlevel.checkpoint()
+        found = self.cache.pop(key, None)
+        return found is not None and found[1] > now
+
+    async def cache_purge(self, now: float) -> int:
+        await anyio.lowlevel.checkpoint()
+        gone = [key for key, (_, expires_at) in self.cache.items() if expires_at <= now]
+        for key in gone:
+            del self.cache[key]
+        return len(gone)
 
 
 def _claimable(row: RunRow, now: float) -> bool:

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this module creates and reads.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of the tables this release creates and reads: older tables are
 upgraded when the store is opened, newer ones are refused."""
 
@@ -909,6 +909,45 @@ class _PostgresDriver:
             return found is not None
 
         result: bool = await self.call(work)
+        return result
+
+    # ---- the cross-run step cache -------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        sql = self.sql
+
+        async def work(connection: Any) -> str | None:
+            found: str | None = await connection.fetchval(sql.cache_get, digest(key), now)
+            return found
+
+        result: str | None = await self.call(work)
+        return result
+
+    async def cache_put(self, key: str, json: str, now: float, expires_at: float) -> None:
+        sql = self.sql
+
+        async def work(connection: Any) -> None:
+            await connection.execute(sql.cache_put, key, digest(key), json, now, expires_at)
+
+        await self.call(work)
+
+    async def cache_delete(self, key: str, now: float) -> bool:
+        sql = self.sql
+
+        async def work(connection: Any) -> bool:
+            return await connection.fetchval(sql.cache_delete, digest(key), now) is True
+
+        result: bool = await self.call(work)
+        return result
+
+    async def cache_purge(self, now: float) -> int:
+        sql = self.sql
+
+        async def work(connection: Any) -> int:
+            status: str = await connection.execute(sql.cache_purge, now)
+            return int(status.rsplit(" ", 1)[-1])
+
+        result: int = await self.call(work)
         return result
 
     # ---- group commit --------------------------------------------------------------------

@@ -24,6 +24,8 @@ Keys, under ``prefix`` (default ``awaitly:``):
                          starts are kept)
     {prefix}schedules    hash: schedule name -> spec JSON
     {prefix}schedule-ticks  hash: schedule name -> last tick
+    {prefix}cache:{key}  hash: a cross-run step cache entry (``v`` its value JSON,
+                         ``e`` its expiry; ``PEXPIRE`` frees it then)
     {prefix}wake:db{n}   the pub/sub channel a send, an enqueue, a cancel request and the
                          end of a queued run publish the run's id on, after ``=``
                          (``!`` for a cancel request: only it reaches the run's lease
@@ -1170,6 +1172,53 @@ class _RedisDriver:
             lua.ADVANCE_SCHEDULE, self._schedules, [name, _num(expected), _num(tick)]
         )
         return bool(moved)
+
+    # ---- the cross-run step cache -------------------------------------------------------
+
+    def _cache_key(self, key: str) -> str:
+        return f"{self._prefix}cache:{key}"
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        name = self._cache_key(key)
+        found: builtins.list[Any] = await self._redis.run_read(lua.CACHE_GET, [name], [])
+        if found[0] == 0:
+            raise RowUnreadable(_not_a_hash(name, _import_redis().ResponseError(str(found[1]))))
+        text, expires = found[1], found[2]
+        if text is None and expires is None:
+            return None
+        try:
+            expires_at = float(expires)
+        except (TypeError, ValueError):
+            raise RowUnreadable(f"cache entry {name!r} has no readable expiry") from None
+        if text is None:
+            raise RowUnreadable(f"cache entry {name!r} has no value")
+        return None if expires_at <= now else str(text)
+
+    async def cache_put(self, key: str, json: str, now: float, expires_at: float) -> None:
+        await self._script(
+            lua.CACHE_PUT,
+            [self._cache_key(key)],
+            [json, _num(expires_at), _ttl_ms(expires_at, now)],
+        )
+
+    async def cache_delete(self, key: str, now: float) -> bool:
+        return bool(await self._script(lua.CACHE_DELETE, [self._cache_key(key)], [_num(now)]))
+
+    async def cache_purge(self, now: float) -> int:
+        pattern = _glob_escape(self._cache_key("")) + "*"
+
+        async def scan(client: Any) -> builtins.list[str]:
+            return [name async for name in client.scan_iter(match=pattern, count=500)]
+
+        gone = 0
+        for name in await self._call(scan):
+            gone += int(await self._script(lua.CACHE_PURGE, [name], [_num(now)]))
+        return gone
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis ``SCAN MATCH`` pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 def _pairs(flat: Any) -> dict[str, str]:

@@ -37,6 +37,7 @@ from ._driver import (
     LeaseLost,
     ListedRow,
     QueueCaps,
+    RowUnreadable,
     RunEnded,
     RunMissing,
     Steps,
@@ -664,6 +665,45 @@ class _SQLiteDriver:
 
         return await self._run(work)
 
+    # ---- the cross-run step cache ------------------------------------------------------
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        def work(db: Any) -> str | None:
+            found = db.execute(sql.CACHE_GET, (key,)).fetchone()
+            if found is None:
+                return None
+            text, expires_at = found
+            if not isinstance(text, str) or not _is_time(expires_at):
+                raise RowUnreadable(f"cache entry {key!r} is damaged (its value or expiry)")
+            return None if expires_at <= now else text
+
+        return await self._run(work)
+
+    async def cache_put(self, key: str, json: str, now: float, expires_at: float) -> None:
+        def work(db: Any) -> None:
+            with _transaction(db):
+                db.execute(sql.CACHE_PUT, (key, json, now, expires_at))
+
+        await self._run(work)
+
+    async def cache_delete(self, key: str, now: float) -> bool:
+        def work(db: Any) -> bool:
+            with _transaction(db):
+                found = db.execute(sql.CACHE_GET, (key,)).fetchone()
+                if found is None:
+                    return False
+                db.execute(sql.CACHE_DELETE, (key,))
+            return not _is_time(found[1]) or found[1] > now
+
+        return await self._run(work)
+
+    async def cache_purge(self, now: float) -> int:
+        def work(db: Any) -> int:
+            with _transaction(db):
+                return int(db.execute(sql.CACHE_PURGE, (now,)).rowcount)
+
+        return await self._run(work)
+
 
 def _resolved(path: str) -> str:
     """The database ``path`` names, for its channel: a file's resolved path; a private
@@ -677,6 +717,11 @@ def _resolved(path: str) -> str:
 
 def _nothing(db: Any) -> None:
     return None
+
+
+def _is_time(value: object) -> bool:
+    """Whether a stored expiry is a number (a damaged one is text)."""
+    return isinstance(value, float | int) and not isinstance(value, bool)
 
 
 def _number(value: object) -> float:

@@ -41,6 +41,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, quote
 
 import anyio
+import attrs
 
 from . import _dashboard_html as h
 from ._clock import Clock, SystemClock
@@ -685,11 +686,7 @@ def create_dashboard_app(
                         h.esc(stats.get("calls", "-")),
                         h.esc(stats.get("failures", "-")),
                         h.esc(stats.get("rejected", "-")),
-                        h.esc(
-                            "-"
-                            if stats.get("retry_after") is None
-                            else f"{stats['retry_after']:.1f}s"
-                        ),
+                        h.esc(_seconds(stats.get("retry_after"))),
                     ]
                 )
             body.append(
@@ -950,10 +947,19 @@ def _stats(thing: object) -> dict[str, Any]:
     if not callable(stats):
         return {}
     try:
-        found = stats()
+        found: object = stats()
+        # A dict, or a value object (an attrs class such as BreakerStats).
+        if attrs.has(type(found)):
+            found = attrs.asdict(cast("attrs.AttrsInstance", found), recurse=False)
     except Exception:
         return {}
     return cast("dict[str, Any]", found) if isinstance(found, dict) else {}
+
+
+def _seconds(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return "-"
+    return f"{value:.1f}s"
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -1192,6 +1198,8 @@ def _run_body(
         body[0] = body[0].replace(
             "</dl>", f"<dt>trace id</dt><dd><code id=trace-id>{h.esc(trace)}</code></dd></dl>"
         )
+    # The steps first: what a stuck run is doing is what one opens it for.
+    body.append(_timeline(snapshot))
     error = meta.get(ERROR_KEY)
     if error is not None:
         body.append(f"<h2>Error</h2><pre class=error>{h.esc(h.shown_value(error))}</pre>")
@@ -1215,7 +1223,6 @@ def _run_body(
     }
     if user_meta:
         body.append(f"<h2>Metadata</h2><pre id=metadata>{h.esc(h.shown_value(user_meta))}</pre>")
-    body.append(_timeline(snapshot))
     text = run_to_text(snapshot, info=info)
     mermaid = run_to_mermaid(snapshot, info=info)
     body.append(

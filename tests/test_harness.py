@@ -18,6 +18,7 @@ from awaitly_anyio import (
     CompensationError,
     Deps,
     Err,
+    MemoryCache,
     Ok,
     Result,
     RetryPolicy,
@@ -362,6 +363,31 @@ async def test_a_failing_child_cancels_its_scripted_sibling() -> None:
     assert harness.step("slow").status == "cancelled"
     assert harness.step("bad").status == "err"
     assert harness.step("both").status == "err"
+
+
+async def test_a_cached_step_caches_its_scripted_value_and_a_hit_runs_nothing() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock=clock)
+
+    async def body(ctx: WorkflowContext[Deps]) -> float:
+        rate: float = await ctx.step.cached(
+            "rate", lambda: 1.1, key="rates:EUR", ttl=60, cache=cache
+        )
+        return rate
+
+    harness = WorkflowHarness(create_workflow("rates"), clock=clock)
+    script = harness.script("rate", [ConnectionError("down"), Ok(1.25)])
+
+    failed = await harness.run(body)  # a miss; the scripted failure is not cached
+    assert isinstance(failed, Err)
+    assert await harness.run(body) == Ok(1.25)  # a miss; the scripted value is cached
+    assert await harness.run(body) == Ok(1.25)  # a hit: nothing runs
+
+    hit = harness.step("rate")
+    assert (hit.replayed, hit.attempts, hit.status) == (True, 0, "ok")
+    assert [e.type for e in hit.events] == ["step_cache_hit", "step_start", "step_complete"]
+    assert [len(run.steps) for run in harness.runs] == [1, 1, 1]
+    assert (script.calls, script.attempts, script.left) == (3, 2, 0)
 
 
 async def test_a_scripted_wait_needs_no_store() -> None:

@@ -390,7 +390,8 @@ class StepCall:
     parked run), ``"skipped"`` (``ctx.step.skip``) or ``"running"`` (still running when
     the run ended: a group's child the group cancelled is ``"cancelled"``).
     ``attempts`` counts the calls of the step's fn (or its script); a step answered
-    from its key's record is ``replayed`` and made none.  ``key`` is the step's key,
+    without running (from its key's record, or a cache hit) is ``replayed`` and made
+    none.  ``key`` is the step's key,
     the automatic one of a durable run included.  ``events`` are the step's own
     events."""
 
@@ -426,7 +427,7 @@ class _Call:
     outcome: Result[Any, Any] | None = None
     events: list[WorkflowEvent] = attrs.field(factory=list[WorkflowEvent])
     # Set while a variant whose fn the harness scripted itself (with_timeout,
-    # with_fallback) has yet to make its step call: that call is this one.
+    # with_fallback, cached) has yet to make its step call: that call is this one.
     prepared: bool = False
 
     def frozen(self) -> StepCall:
@@ -693,8 +694,9 @@ class _HarnessStep(Step):
         )
 
     # The variants that run the step's fn inside machinery of their own (a deadline with
-    # its own outcome, a fallback) have their fn scripted here, not the machinery's fn
-    # that they hand to the step: the fallback still runs when the scripted fn fails.
+    # its own outcome, a fallback, a cache) have their fn scripted here, not the
+    # machinery's fn that they hand to the step: the fallback still runs when the
+    # scripted fn fails, and a cache still keeps the scripted value.
 
     async def with_timeout(
         self,
@@ -736,6 +738,15 @@ class _HarnessStep(Step):
             options.get("timeout"),
             None,
             lambda fn: base(name, fn, fallback, **options),
+        )
+
+    async def cached(self, name: str, fn: Callable[[], Any], **options: Any) -> Any:
+        # ``key`` is the cache's key, not the step's: the step is matched by its name.  A
+        # hit runs nothing (the call is recorded replayed); a miss caches what the
+        # script gives, as it would the fn's value.
+        base = super().cached
+        return await self._prepared(
+            name, fn, None, options.get("timeout"), None, lambda fn: base(name, fn, **options)
         )
 
     async def _wait(

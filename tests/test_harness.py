@@ -41,7 +41,7 @@ from awaitly_anyio.testing import (
     compensations,
 )
 
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import KITS, MEMORY, SQLITE, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -486,6 +486,28 @@ async def test_a_resumed_run_does_not_execute_its_recorded_steps(
     assert [run.result for run in harness.runs] == [first, second]
     harness.runs[0].assert_steps(["fetch", "charge"], replayed=False)
     harness.assert_all_used()
+
+
+@pytest.mark.parametrize("kit", [MEMORY, SQLITE], ids=["memory", "sqlite"])
+async def test_unkeyed_steps_of_a_durable_run_are_replayed_too(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> int:
+        first: int = await ctx.step("first", lambda: 1)
+        second: int = await ctx.step("second", lambda: 2)
+        return first + second
+
+    harness = WorkflowHarness(create_workflow("sums"))
+    harness.script("second", [Err("not yet"), REAL])
+    async with kit.open(tmp_path, FakeClock()) as store:
+        assert await harness.run(body, store=store, workflow_id="sum-1") == Err("not yet")
+        assert await harness.run(body, store=store, workflow_id="sum-1") == Ok(3)
+
+    harness.assert_steps(["second"], replayed=False)
+    first = harness.step("first")
+    assert first.replayed
+    assert first.key is not None  # the run's automatic key, as its events carry it
+    assert harness.step_names(by="key") == harness.runs[0].step_names(by="key")
 
 
 # ---- sagas: which compensations ran ----------------------------------------------------

@@ -19,6 +19,7 @@ from ._circuit_breaker import (
 from ._clock import Clock, SystemClock
 from ._collector import ResumeStateCollector, create_resume_state_collector
 from ._context import BoundStep, BoundSteps, Deps, WorkflowContext
+from ._diagram import run_to_mermaid, run_to_text
 from ._durable import IfRunning
 from ._errors import (
     AllFailedError,
@@ -113,6 +114,7 @@ from ._waiting import approve, pending_approvals, reject, resolve_hook, send
 from ._waits import Approval, Hook
 from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
+from .dashboard import create_dashboard_app
 from .health import HealthTracker, create_health_app, create_health_tracker
 from .logs import WorkflowLogFilter, add_log_context, current_log_context, log_context
 from .serialization import TypeRegistry, register_type, result_from_json, result_to_json
@@ -227,6 +229,7 @@ __all__ = [
     "attempt_async",
     "claim_abandoned",
     "create_circuit_breaker",
+    "create_dashboard_app",
     "create_health_app",
     "create_health_tracker",
     "create_rate_limiter",
@@ -259,6 +262,8 @@ __all__ = [
     "resume_schedule",
     "run",
     "run_schedules",
+    "run_to_mermaid",
+    "run_to_text",
     "send",
     "settle",
     "tick_run_id",

@@ -829,6 +829,8 @@ async def test_bad_assertion_arguments_are_refused() -> None:
         harness.step_names(by="id")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="give a step name or key="):
         harness.attempts()
+    with pytest.raises(TypeError, match="step names and keys are strings, not 42"):
+        harness.step(42)  # type: ignore[arg-type]
 
 
 async def test_a_body_that_is_not_callable_is_refused_as_in_production() -> None:

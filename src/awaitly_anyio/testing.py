@@ -297,7 +297,7 @@ class Delay:
     then: Outcome = attrs.field(default=Ok(None), validator=_check_then)
 
 
-Outcome: TypeAlias = "Ok[Any] | Err[Any] | Exception | Delay | Replace | Real"
+Outcome: TypeAlias = Ok[Any] | Err[Any] | Exception | Delay | Replace | Real
 """What one attempt of a scripted step gives: ``Ok(value)`` or ``Err(error)`` (returned
 by the step's fn), an exception instance (raised by it), a `Delay`, `Replace` or
 `REAL`."""
@@ -384,16 +384,15 @@ StepStatus: TypeAlias = Literal["ok", "err", "raised", "cancelled", "skipped", "
 class StepCall:
     """One step a harnessed run took, in the order steps started.
 
-    ``status`` is ``"ok"``, ``"err"`` (the step ended the workflow with ``outcome``, an
-    ``Err``), ``"raised"`` (an exception went through it: a bad argument, a
-    ``catch_unexpected`` that raised), ``"cancelled"`` (cancellation from outside, or a
-    parked run), ``"skipped"`` (``ctx.step.skip``) or ``"running"`` (still running when
-    the run ended: a group's child the group cancelled is ``"cancelled"``).
+    ``status`` is ``"ok"`` (``outcome`` is ``Ok(value)``), ``"err"`` (the step ended
+    the workflow with ``outcome``, an ``Err``), ``"raised"`` (an exception went through
+    it: a bad argument, a ``catch_unexpected`` that raised), ``"cancelled"``
+    (cancellation from outside, a group's first failure cancelling its siblings, a
+    parked run) or ``"skipped"`` (``ctx.step.skip``); ``"running"`` only while it runs.
     ``attempts`` counts the calls of the step's fn (or its script); a step answered
     without running (from its key's record, or a cache hit) is ``replayed`` and made
-    none.  ``key`` is the step's key,
-    the automatic one of a durable run included.  ``events`` are the step's own
-    events."""
+    none.  ``key`` is the step's key, the automatic one of a durable run included.
+    ``scripted``: a script matched it.  ``events`` are the step's own events."""
 
     name: str
     key: str | None
@@ -512,7 +511,7 @@ def _first_difference(expected: Sequence[object], actual: Sequence[object]) -> s
 @attrs.frozen
 class HarnessRun:
     """What one run of a `WorkflowHarness` did: its ``result`` (``None`` if the run
-    raised: cancellation, or a `HarnessError`), the ``steps`` it took in the order they
+    raised: cancellation from outside), the ``steps`` it took in the order they
     started (nested steps and group children included) and every event it emitted.
 
     The queries and assertions of `WorkflowHarness` (which answer for its last run) are
@@ -543,6 +542,8 @@ class HarnessRun:
         """The steps named ``name`` (and/or keyed ``key``), in order."""
         if name is None and key is None:
             raise TypeError("calls: give a step name or key=")
+        if not (name is None or isinstance(name, str)) or not (key is None or isinstance(key, str)):
+            raise TypeError(f"calls: step names and keys are strings, not {name!r} / {key!r}")
         return [
             call
             for call in self.steps

@@ -489,3 +489,78 @@ def test_bad_options_are_refused_by_name() -> None:
             create_dashboard_app(store, **kwargs)
     with pytest.raises(TypeError, match="store must be a SnapshotStore"):
         create_dashboard_app(object())  # type: ignore[arg-type]
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--actions"], {}, "error: --actions needs a credential: --token-env NAME"),
+        (["--token-env", "NO_SUCH_VAR"], {}, "error: --token-env: the environment variable"),
+        (["--token-env", "SHORT"], {"SHORT": "abc"}, "shorter than 8 characters"),
+        (["--port", "70000"], {}, "error: --port must be from 0 to 65535"),
+    ],
+)
+def test_the_dashboard_command_refuses_bad_options_before_serving(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    from .kit_base import cli
+
+    done = cli(
+        "dashboard", "--store", "sqlite:///runs.db", "--create", *args, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "NO_SUCH_VAR" not in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_dashboard_command_serves_on_localhost_until_sigterm(
+    tmp_path: Path, backend: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "AWAITLY_STORE_URL"}
+    environ["DASH_TOKEN"] = TOKEN
+    command = [
+        sys.executable,
+        "-m",
+        "awaitly_anyio",
+        "dashboard",
+        "--store",
+        "sqlite:///runs.db",
+        "--create",
+        "--port",
+        "0",
+        "--backend",
+        backend,
+        "--actions",
+        "--token-env",
+        "DASH_TOKEN",
+    ]
+    with subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)/ \(actions enabled\)", line)
+            assert found is not None, line
+            page = httpx.get(f"{found[1]}/runs", timeout=30)
+            assert page.status_code == 200
+            assert "sqlite:///runs.db" in page.text
+            assert TOKEN not in page.text
+        finally:
+            server.send_signal(signal.SIGTERM)
+            _, errors = server.communicate(timeout=60)
+        assert server.returncode == 0, errors

@@ -8,7 +8,9 @@ Usage: python saga_child.py MODE STORE_URL OPTIONS_JSON EFFECTS_FILE BACKEND ARG
   the compensation of step S, before its side effect), ``after:S`` (once the
   compensation of step S is recorded: from its ``compensation_complete`` event),
   ``retry:S`` (in the second attempt of step S's compensation, whose first attempt
-  failed), or ``none``.  Prints ``RESULT ...`` if it lives to the end.
+  failed), ``parent`` (it prints ``ROLLING`` when the rollback starts and waits to be
+  killed by the test, at a random moment), or ``none``.  Prints ``RESULT ...`` if it
+  lives to the end.
 - ``recover RUN_ID,RUN_ID...``: recover abandoned runs of ``booking`` (the library's
   recovery) until every run named has ended, then print ``DONE``.
 
@@ -49,6 +51,7 @@ def build(effects_path: str, kill: str) -> WorkflowRegistry:
     pid = os.getpid()
     where, _, target = kill.partition(":")
     attempts: dict[tuple[str, str], int] = {}
+    rolling: list[bool] = []
 
     def line(text: str) -> None:
         fd = os.open(effects_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -64,11 +67,16 @@ def build(effects_path: str, kill: str) -> WorkflowRegistry:
     def on_event(event: WorkflowEvent) -> None:
         if event.type == "compensation_complete" and where == "after" and event.name == target:
             die()
+        if event.type == "compensation_start" and where == "parent" and not rolling:
+            rolling.append(True)
+            print("ROLLING", flush=True)
 
     def undo(run: str, step: str) -> Any:
         async def compensate(value: str) -> Any:
             assert value == f"{step}@{run}", value  # the value its step produced
-            await anyio.lowlevel.checkpoint()
+            # Some work before the effect, and after it (before the record): a random
+            # kill lands in either.
+            await anyio.sleep(0.002)
             tried = attempts[run, step] = attempts.get((run, step), 0) + 1
             if where == "before" and step == target:
                 die()
@@ -77,6 +85,7 @@ def build(effects_path: str, kill: str) -> WorkflowRegistry:
             if where == "retry" and step == target:
                 die()
             line(f"undo {pid} {run} {step}")
+            await anyio.sleep(0.002)
             return None
 
         return compensate

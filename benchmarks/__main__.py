@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 # In the order they run: the cheap in-memory ones first.
 SCRIPTS = {
     "steps": "bench_steps.py",
+    "groups": "bench_groups.py",
     "otel": "bench_otel.py",
     "reliability": "bench_reliability.py",
     "concurrency": "bench_concurrency.py",

@@ -105,37 +105,51 @@ _BUCKETS = 10  # the failure-rate window is counted in tenths
 class _RateWindow:
     """Calls and failures of the last ``window`` seconds, in ``_BUCKETS`` buckets
     (so the window really covers between 9/10 of ``window`` and ``window``): fixed
-    memory and O(1) per call whatever the call rate."""
+    memory, and O(1) per call with running totals, whatever the call rate."""
 
-    __slots__ = ("calls", "failures", "index", "width")
+    __slots__ = ("calls", "failures", "head", "total_calls", "total_failures", "width")
 
     def __init__(self, window: float) -> None:
         self.width = window / _BUCKETS
-        self.index = [-1] * _BUCKETS
         self.calls = [0] * _BUCKETS
         self.failures = [0] * _BUCKETS
+        self.head = -1  # the number of the newest bucket (time // width)
+        self.total_calls = 0
+        self.total_failures = 0
+
+    def _advance(self, now: float) -> int:
+        """Move the window to ``now``: empty the buckets that left it."""
+        i = int(now // self.width)
+        head = self.head
+        if i > head:
+            if i - head >= _BUCKETS:
+                self.clear()
+            else:
+                calls, failures = self.calls, self.failures
+                for number in range(head + 1, i + 1):
+                    slot = number % _BUCKETS
+                    self.total_calls -= calls[slot]
+                    self.total_failures -= failures[slot]
+                    calls[slot] = failures[slot] = 0
+            self.head = i
+        return i
 
     def record(self, now: float, failed: bool) -> None:
-        i = int(now // self.width)
-        slot = i % _BUCKETS
-        if self.index[slot] != i:
-            self.index[slot], self.calls[slot], self.failures[slot] = i, 0, 0
+        slot = self._advance(now) % _BUCKETS
         self.calls[slot] += 1
+        self.total_calls += 1
         if failed:
             self.failures[slot] += 1
+            self.total_failures += 1
 
     def totals(self, now: float) -> tuple[int, int]:
-        oldest = int(now // self.width) - _BUCKETS
-        calls = failures = 0
-        for slot in range(_BUCKETS):
-            if self.index[slot] > oldest:
-                calls += self.calls[slot]
-                failures += self.failures[slot]
-        return calls, failures
+        self._advance(now)
+        return self.total_calls, self.total_failures
 
     def clear(self) -> None:
         self.calls = [0] * _BUCKETS
         self.failures = [0] * _BUCKETS
+        self.total_calls = self.total_failures = 0
 
 
 def _check_rate_settings(
@@ -260,6 +274,7 @@ class CircuitBreaker:
         self._threshold = failure_threshold if failure_threshold is not None else math.inf
         self._failures = 0  # consecutive, while closed
         self._rate_window = None if self.window is None else _RateWindow(self.window)
+        self._rate = self.failure_rate or 0.0  # (used only with the window)
         self._forced = False  # held open by force_open() until reset()
         self._opened_at = 0.0
         self._opened_at_wall: float | None = None
@@ -401,10 +416,10 @@ class CircuitBreaker:
         else:
             self._failures = 0
         window = self._rate_window
-        if window is not None and self.failure_rate is not None:
+        if window is not None:
             window.record(now, failed)
-            calls, failures = window.totals(now)
-            if calls >= self.min_calls and failures >= self.failure_rate * calls:
+            calls = window.total_calls
+            if calls >= self.min_calls and window.total_failures >= self._rate * calls:
                 self._open(now)
 
     # ---- calls -------------------------------------------------------------------------
@@ -423,8 +438,9 @@ class CircuitBreaker:
     async def __call__(self, fn: Callable[[], _T]) -> Result[_T, CircuitOpenError]: ...
     async def __call__(self, fn: Callable[[], Any]) -> Result[Any, Any]:
         """Call ``fn`` unless the circuit is open; see the class for what counts."""
-        if self._state is CircuitState.CLOSED and self._rate_window is None:
-            # The fast path: no clock, no bookkeeping beyond the counters.
+        if self._state is CircuitState.CLOSED:
+            # The fast path: no clock (unless a failure-rate window counts the call),
+            # no bookkeeping beyond the counters.
             self.calls += 1
             try:
                 out = fn()
@@ -436,9 +452,20 @@ class CircuitBreaker:
             if out.__class__ is Err:
                 self._record(False, self._counts_as_failure(out.error))
                 return out
-            self.successes_total += 1
-            if self._failures:
+            window = self._rate_window
+            if window is not None:
+                # A success in the failure-rate window (_record's closed path, inlined).
+                self.successes_total += 1
                 self._failures = 0
+                now = self._clock.monotonic()
+                window.record(now, False)
+                calls = window.total_calls
+                if calls >= self.min_calls and window.total_failures >= self._rate * calls:
+                    self._open(now)
+            else:
+                self.successes_total += 1
+                if self._failures:
+                    self._failures = 0
             return out if out.__class__ is Ok else _ok(out)
         return await self._guarded(fn)
 

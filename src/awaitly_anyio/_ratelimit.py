@@ -28,6 +28,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
+from itertools import repeat
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -268,7 +269,7 @@ class RateLimiter(_Limiter):
         if cost == 1:
             self._admitted.append(now)
         else:
-            self._admitted.extend([now] * cost)
+            self._admitted.extend(repeat(now, cost))
         self.admitted_total += 1
 
     def _expected_wait(self, now: float, cost: int = 1) -> float:
@@ -369,20 +370,25 @@ class RateLimiter(_Limiter):
         (``Err(LimiterQueueFullError)`` when ``max_waiters`` are already waiting).
         Raises ``ValueError`` for a ``cost`` that is not an integer in
         ``1..max_requests``."""
-        if type(cost) is not int or cost != 1:
-            return await self._acquire_and_call(fn, self._check_cost(cost))
+        if cost.__class__ is not int or not 0 < cost <= self.max_requests:
+            self._check_cost(cost)  # raises ValueError
         admitted = self._admitted
         if self.max_concurrent is None and not self._queue:
             now = self._clock.monotonic()
-            if len(admitted) < self.max_requests or now - admitted[0] >= self.window:
-                # The fast path: a free slot and nobody waiting.
-                admitted.append(now)
+            # The admission that must have left the window for cost slots to be free.
+            oldest = len(admitted) + cost - self.max_requests - 1
+            if oldest < 0 or now - admitted[oldest] >= self.window:
+                # The fast path: free slots and nobody waiting.
+                if cost == 1:
+                    admitted.append(now)
+                else:
+                    admitted.extend(repeat(now, cost))
                 self.admitted_total += 1
                 out = fn()
                 if out.__class__ is CoroutineType or isawaitable(out):
                     out = await out
                 return out if out.__class__ is Ok or out.__class__ is Err else _ok(out)
-        return await self._acquire_and_call(fn)
+        return await self._acquire_and_call(fn, cost)
 
     def stats(self) -> dict[str, Any]:
         """Counters and the current queue, ready for JSON."""

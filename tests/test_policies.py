@@ -466,3 +466,43 @@ async def test_a_dependency_named_like_a_mapping_method_is_the_dependency() -> N
             ctx.steps.nope  # noqa: B018
 
     assert await workflow.run(unknown) == Ok(None)
+
+
+async def test_timeouts_inside_the_guards_are_numbered_by_attempt() -> None:
+    clock = FakeClock()
+    seen: list[events.WorkflowEvent] = []
+    breaker = create_circuit_breaker("slow", failure_threshold=5, reset_timeout=30, clock=clock)
+    limiter = create_rate_limiter("slow", max_requests=10, window=60, clock=clock)
+
+    async def hangs() -> str:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    workflow = create_workflow(
+        "w",
+        {
+            "call": policy(
+                hangs,
+                retry=RetryPolicy(3, delay=0),
+                timeout=0.01,
+                limiter=limiter,
+                breaker=breaker,
+            )
+        },
+        on_event=seen.append,
+        clock=clock,
+    )
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        return await ctx.steps.call()
+
+    assert await workflow.run(body) == Err(StepTimeoutError("call", 0.01))
+    timeouts = [e for e in seen if isinstance(e, events.StepTimeout)]
+    assert [(e.attempt, e.seconds, e.name) for e in timeouts] == [
+        (1, 0.01, "call"),
+        (2, 0.01, "call"),
+        (3, 0.01, "call"),
+    ]
+    failed = [e for e in seen if isinstance(e, events.StepFailed)]
+    assert [e.attempt for e in failed] == [3]
+    assert breaker.failures_total == 3

@@ -10,8 +10,10 @@ from typing_extensions import TypeVar as _TypeVarWithDefault
 from typing_extensions import Unpack
 
 from ._policies import EMPTY_CONTEXT, CallOptions, Policy, WithPolicy, call_options, policy_step
+from ._result import Ok
 from ._run import RunState
 from ._step_groups import Step
+from ._versions import PATCH_PREFIX
 
 __all__ = ["BoundStep", "BoundSteps", "Deps", "WorkflowContext", "override_deps"]
 
@@ -93,7 +95,7 @@ class BoundStep:
     ``TypeError``/``ValueError`` naming it, from ``options`` itself.
     """
 
-    __slots__ = ("_fn", "_key", "_name", "_policy", "_steps")
+    __slots__ = ("_counts", "_fn", "_key", "_name", "_policy", "_step", "_steps")
 
     def __init__(
         self,
@@ -104,6 +106,8 @@ class BoundStep:
         key: str | None = None,
     ) -> None:
         self._steps = steps
+        self._step = steps._step
+        self._counts = steps._counts
         self._name = name
         self._fn = fn
         self._policy = policy
@@ -118,19 +122,19 @@ class BoundStep:
         """Run the dependency with these arguments as a step and give its value (a
         coroutine to await).  Failures end the workflow as any step's do; cancellation
         propagates."""
-        steps = self._steps
-        counts = steps._counts
+        counts = self._counts
         name = self._name
         count = counts.get(name, 0) + 1
         counts[name] = count
-        step_name = name if count == 1 else f"{name}#{count}"
+        if count != 1:
+            name = f"{name}#{count}"
         call = partial(self._fn, *args, **kwargs)
         policy = self._policy
         if policy is not None:
-            return policy_step(steps._step, step_name, call, policy, self._key)
+            return policy_step(self._step, name, call, policy, self._key)
         if self._key is not None:
-            return steps._step(step_name, call, key=self._key)
-        return steps._step(step_name, call)
+            return self._step(name, call, key=self._key)
+        return self._step(name, call)
 
     def options(self, **options: Unpack[CallOptions]) -> BoundStep:
         """This dependency with ``options`` over its policy (``retry``, ``timeout``,
@@ -152,7 +156,10 @@ class BoundSteps:
     it for one call (see `BoundStep`).
     """
 
-    __slots__ = ("_counts", "_deps", "_step")
+    # A __dict__ for the bound steps already made: after the first ``ctx.steps.name``
+    # of a run, the next ones are a plain attribute lookup, not a failed one and a call
+    # of __getattr__ (which cost a bound step more than the step itself).
+    __slots__ = ("__dict__", "_counts", "_deps", "_step")
 
     def __init__(self, step: Step, deps: object) -> None:
         self._step = step
@@ -174,8 +181,11 @@ class BoundSteps:
             raise TypeError(f"dependency {name!r} is not callable, so it cannot be a step")
         if isinstance(dep, WithPolicy):
             wrapped = cast("WithPolicy[..., Any]", dep)
-            return BoundStep(self, name, wrapped.__wrapped__, wrapped.policy)
-        return BoundStep(self, name, dep, None)
+            bound = BoundStep(self, name, wrapped.__wrapped__, wrapped.policy)
+        else:
+            bound = BoundStep(self, name, dep, None)
+        self.__dict__[name] = bound
+        return bound
 
 
 # The variants of ``ctx.step``, the attributes of `Step` the reference documents.
@@ -231,6 +241,34 @@ class WorkflowContext(Generic[D, I]):
     def workflow_name(self) -> str:
         """The name of the workflow this run belongs to."""
         return self._run.name
+
+    def patched(self, name: str) -> bool:
+        """Whether this run takes the code path of patch ``name`` (a change deployed
+        while runs were in flight): ``if ctx.patched("tax-v2"): ... else: ...``.
+
+        ``True`` for a run that reaches this point for the first time (it started
+        after the patch, or had not got this far); ``False`` for a run that had gone
+        past this point before (it has recorded steps beyond it still to replay), so
+        it keeps the path it took.  The answer is recorded with the run's next step
+        (under ``awaitly.patch:<name>``), so it never changes for a run.  Without a
+        store every run is new: ``True``.  ``ValueError`` for a name that is not a
+        non-empty string.  See docs/changing-workflows.md."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a patch needs a non-empty string name, not {name!r}")
+        run = self._run
+        track = run.track
+        if track is None:
+            return True
+        key = PATCH_PREFIX + name
+        found = run.completed.get(key)
+        if found is not None:
+            return bool(found.value)
+        applies = not track.passed()
+        # Saved before the run's next step executes (Step._save_markers): a run that
+        # records nothing after this point may decide again, the same way.
+        track.unsaved.append((key, applies))
+        run.remember(key, Ok(applies))
+        return applies
 
     @property
     def context(self) -> Mapping[str, Any]:

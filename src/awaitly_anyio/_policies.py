@@ -254,20 +254,21 @@ class _Refused(BaseException):
         self.result = result
 
 
-async def policy_step(
+def policy_step(
     step: Step, name: str, call: Callable[[], Any], policy: Policy, key: str | None
-) -> Any:
-    """Run ``call`` as the step ``name`` (key ``key``) under ``policy`` and return its
-    value: the step's retries and events as ``ctx.step`` gives them, each attempt
+) -> Awaitable[Any]:
+    """The step ``name`` (key ``key``) running ``call`` under ``policy``, to await for
+    its value: the step's retries and events as ``ctx.step`` gives them, each attempt
     through the breaker, the limiter and the timeout.  Failures end the workflow
-    as any step's do; cancellation from outside propagates."""
+    as any step's do; cancellation from outside propagates.  (The step's own
+    coroutine is returned: no frame of ours stays between the body and the step.)"""
     retry = policy.retry
     timeout = policy.timeout
     limiter = policy.limiter
     breaker = policy.breaker
     if limiter is None and breaker is None:
         # Nothing to put between the step's own timeout and the call: the step's.
-        return await step(name, call, key=key, retry=retry, timeout=timeout)
+        return step(name, call, key=key, retry=retry, timeout=timeout)
     if retry is not None and retry.timeout is not None:
         # The retry policy's own per-attempt timeout, when the policy sets none, is
         # the policy's: it bounds the call, inside the guards, like ``timeout``.
@@ -275,63 +276,71 @@ async def policy_step(
             timeout = retry.timeout
         retry = attrs.evolve(retry, timeout=None)
     run: RunState = step._run
-    attempts = 0
+    # Made once per step, not per attempt: the step's attempts run one after the other.
+    attempt = 0  # numbers the step_timeout events, as the step numbers its attempts
+    called = False  # whether the limiter let this attempt's call through
 
-    def timed() -> Callable[[], Any]:
-        # Each attempt's call, under the timeout if there is one (numbered for its event).
-        nonlocal attempts
-        attempts += 1
-        if timeout is None:
-            return call
-        return functools.partial(_timed, run, name, key, call, timeout, attempts)
+    target: Callable[[], Any] = call
+    if timeout is not None:
+        seconds = timeout
+
+        async def timed() -> Result[Any, Any]:
+            # Our own deadline only: outside cancellation propagates through the scope.
+            with anyio.move_on_after(seconds):
+                return await call_thunk(call)
+            return _timed_out(run, name, key, seconds, attempt)
+
+        target = timed
 
     if limiter is None:
         assert breaker is not None
         guard = breaker
 
         async def guarded() -> Result[Any, Any]:
-            return await guard(timed())
+            nonlocal attempt
+            attempt += 1
+            return await guard(target)
 
-        return await step(name, guarded, key=key, retry=retry)
+        return step(name, guarded, key=key, retry=retry)
     turn = limiter
+    if breaker is None:
 
-    async def limited() -> Result[Any, Any]:
-        if breaker is None:
-            return await turn(timed())
+        async def limited() -> Result[Any, Any]:
+            nonlocal attempt
+            attempt += 1
+            return await turn(target)
+
+        return step(name, limited, key=key, retry=retry)
+    gate = breaker
+
+    async def inner() -> Result[Any, Any]:
+        nonlocal called
+        called = True
+        return await call_thunk(target)
+
+    async def through_limiter() -> Result[Any, Any]:
+        out = await turn(inner)
+        if not called and out.ok is False:
+            raise _Refused(out)
+        return out
+
+    async def both() -> Result[Any, Any]:
+        nonlocal attempt, called
+        attempt += 1
         called = False
-
-        async def inner() -> Result[Any, Any]:
-            nonlocal called
-            called = True
-            return await call_thunk(timed())
-
-        async def through_limiter() -> Result[Any, Any]:
-            out = await turn(inner)
-            if not called and out.ok is False:
-                raise _Refused(out)
-            return out
-
         try:
-            return await breaker(through_limiter)
+            return await gate(through_limiter)
         except _Refused as refused:
             return refused.result
 
-    return await step(name, limited, key=key, retry=retry)
+    return step(name, both, key=key, retry=retry)
 
 
-async def _timed(
-    run: RunState,
-    name: str,
-    key: str | None,
-    call: Callable[[], Any],
-    seconds: float,
-    attempt: int,
-) -> Result[Any, Any]:
-    """``call`` under a deadline of ``seconds``: its Result, or, when the deadline
-    passes (and only our own deadline: outside cancellation propagates through the
-    scope), a ``step_timeout`` event and ``Err(StepTimeoutError)``."""
-    with anyio.move_on_after(seconds):
-        return await call_thunk(call)
+def _timed_out(
+    run: RunState, name: str, key: str | None, seconds: float, attempt: int
+) -> Err[StepTimeoutError]:
+    """What a call that ran out of its ``seconds`` gives: a ``step_timeout`` event (if
+    anyone listens) and ``Err(StepTimeoutError)``."""
     emit = run.emit
     if emit is not None:
         emit(

@@ -564,3 +564,22 @@ def test_the_dashboard_command_serves_on_localhost_until_sigterm(
             server.send_signal(signal.SIGTERM)
             _, errors = server.communicate(timeout=60)
         assert server.returncode == 0, errors
+
+
+async def test_a_damaged_run_is_listed_and_shown_as_damaged(kit: StoreKit, tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with kit.open(tmp_path, clock) as store:
+        await seed(store, clock)
+        await kit.damage(store, "order-1", "created_at")
+        app = create_dashboard_app(store, clock=clock, page_size=10)
+        async with client(app) as c:
+            runs = (await c.get("/runs")).text
+            assert "order-1" in ids_on(runs)
+            assert 'class="badge s-damaged"' in runs
+            page = await c.get("/run", params={"id": "order-1"})
+            assert page.status_code == 200
+            assert "<dt>damaged</dt>" in page.text
+            assert (await c.get("/run.mmd", params={"id": "order-1"})).status_code == 409
+            info = await store.info("order-1")
+            assert info is not None
+            assert info.damaged  # left as it was: a read repairs nothing

@@ -45,7 +45,7 @@ import attrs
 
 from . import _dashboard_html as h
 from ._clock import Clock, SystemClock
-from ._diagram import diagram_steps, run_to_mermaid, run_to_text
+from ._diagram import _duration, diagram_steps, run_to_mermaid, run_to_text
 from ._errors import AwaitlyError, SnapshotDecodeError
 from ._input import ERROR_KEY, LAST_ATTEMPT_KEY, PREFIX, stored_input, stored_trace_context
 from ._redact import redact_text, redact_url
@@ -1265,7 +1265,7 @@ def _timeline(snapshot: WorkflowSnapshot) -> str:
             if t0 is None or step.started_at is None
             else f"+{(step.started_at - t0).total_seconds() * 1000:.0f} ms"
         )
-        took = "-" if step.duration_ms is None else f"{step.duration_ms:.1f} ms"
+        took = _duration(step.duration_ms) or "-"
         rows.append(
             f"<tr class=step><td>{n}</td><td class=key>{h.esc(step.name)}</td>"
             f"<td>{h.esc(h.when(step.started_at))}<br><small>{h.esc(offset)}</small></td>"

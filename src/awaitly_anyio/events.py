@@ -270,37 +270,6 @@ class BatchProgress(_StepEvent):
     batch: int
 
 
-@attrs.frozen(kw_only=True)
-class CompensationStart(_StepEvent):
-    """A failed run's rollback began the compensation of step ``name`` (``step_key``:
-    the step's key), with the value that step produced."""
-
-    type: ClassVar[Literal["compensation_start"]] = "compensation_start"
-    attempt: int = 1
-
-
-@attrs.frozen(kw_only=True)
-class CompensationComplete(_StepEvent):
-    """The compensation of step ``name`` succeeded after ``attempt`` attempts (and, in
-    a durable run, is recorded: it never runs again for this run)."""
-
-    type: ClassVar[Literal["compensation_complete"]] = "compensation_complete"
-    duration_ms: float
-    attempt: int = 1
-
-
-@attrs.frozen(kw_only=True)
-class CompensationFailed(_StepEvent):
-    """The compensation of step ``name`` failed with ``error`` after ``attempt``
-    attempts (its retry policy gave up, or outside cancellation cut it off at the end
-    of its shield); the rollback goes on with the older steps."""
-
-    type: ClassVar[Literal["compensation_error"]] = "compensation_error"
-    duration_ms: float
-    error: Any
-    attempt: int = 1
-
-
 WorkflowEvent: TypeAlias = (
     WorkflowStart
     | WorkflowResumed

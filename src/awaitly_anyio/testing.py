@@ -55,6 +55,9 @@ __all__ = [
     "compensations",
 ]
 
+# Re-exported from the saga module, where the compensation events are made: public here.
+compensations.__module__ = __name__
+
 D = TypeVar("D")
 T = TypeVar("T")
 E = TypeVar("E")

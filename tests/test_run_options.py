@@ -405,3 +405,22 @@ async def test_a_durable_runs_events_carry_its_context(store: Any) -> None:
     assert result == Ok("r-9")
     assert seen
     assert all(e.context == {"request_id": "r-9"} for e in seen)
+
+
+async def test_a_host_passes_deps_and_context_through_to_the_run() -> None:
+    from awaitly_anyio import WorkflowHost
+
+    seen: list[events.WorkflowEvent] = []
+    workflow = create_workflow("hosted", {"greet": lambda: "hello"}, on_event=seen.append)
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        greeting: str = await ctx.steps.greet()
+        return f"{greeting} {ctx.context['user']}"
+
+    async with WorkflowHost() as host:
+        handle = host.start(
+            workflow, body, deps={"greet": lambda: "bonjour"}, context={"user": "ada"}
+        )
+        assert await handle.result() == Ok("bonjour ada")
+    assert seen
+    assert all(e.context == {"user": "ada"} for e in seen)

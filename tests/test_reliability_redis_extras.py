@@ -3,6 +3,8 @@ real Redis under a key prefix of the test's own."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 
 import anyio
@@ -15,6 +17,7 @@ from awaitly_anyio import (
     LimiterQueueFullError,
     Ok,
     RateLimitExceededError,
+    SharedStateUnavailableError,
     create_circuit_breaker,
     create_rate_limiter,
 )
@@ -146,3 +149,24 @@ async def test_shared_limiter_bounds_its_waiters(prefix: str) -> None:
         assert limiter.stats()["waiting"] == 0
     finally:
         await limiter.aclose()
+
+
+async def test_manual_control_without_redis_is_a_typed_error() -> None:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])  # nothing listens there once closed
+    password = "s3cret-Pa55"
+    breaker = create_circuit_breaker(
+        "down",
+        failure_threshold=1,
+        reset_timeout=1,
+        redis=f"redis://user:{password}@127.0.0.1:{port}/0",
+    )
+    try:
+        for control in (breaker.reset, breaker.force_open):
+            with pytest.raises(SharedStateUnavailableError) as info:
+                await control()
+            assert password not in str(info.value)
+        assert breaker.state is CircuitState.CLOSED  # nothing changed here either
+    finally:
+        await breaker.aclose()

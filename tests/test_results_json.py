@@ -141,6 +141,13 @@ def test_no_secret_reaches_the_json() -> None:
         ('{"ok": true, "value": {"$t": "obj", "n": "os.system", "v": {}}}', "not registered"),
         ('{"ok": true, "value": {"$t": "uuid", "v": "nope"}}', "bad 'uuid' value"),
         ('{"ok": true, "value": {"$t": "bytes", "v": "***"}}', "bad 'bytes' value"),
+        ('{"ok": true, "value": {"$t": "dict", "v": [[[1], 2]]}}', "bad 'dict' value"),
+        (
+            '{"ok": false, "error": {"$t": "obj", "n": "awaitly.StepTimeoutError",'
+            ' "v": {"step": "s", "seconds": "soon"}}}',
+            "bad 'obj' value",
+        ),
+        ('{"ok": false, "error": {"$t": "exception", "type": "X"}}', "not a Result"),
         ('{"ok": true, "value": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
         ('{"ok": true, "value": ' + "9" * 5000 + "}", "invalid JSON"),
     ],
@@ -159,3 +166,11 @@ def test_bad_arguments_are_type_errors() -> None:
     with pytest.raises(TypeError, match="takes str or bytes"):
         result_from_json(None)  # type: ignore[arg-type]
     assert result_from_json(b'{"ok":true,"value":1}') == Ok(1)
+
+
+@pytest.mark.parametrize("tag", ["uuid", "float", "decimal", "date"])
+def test_a_huge_hostile_payload_is_not_echoed_whole(tag: str) -> None:
+    text = json.dumps({"ok": True, "value": {"$t": tag, "v": "x" * 1_000_000}})
+    with pytest.raises(ValueError, match=f"bad '{tag}' value") as info:
+        result_from_json(text)
+    assert len(str(info.value)) < 3_000

@@ -229,7 +229,8 @@ class RateLimiter(_Limiter):
     turn (a heavy call at the head is not overtaken by lighter ones behind it).
     ``max_waiters`` bounds the queue: a call that would have to wait while that
     many are waiting gets ``Err(LimiterQueueFullError)`` at once (``0``: never
-    wait).  The limiter keeps one timestamp per unit of ``max_requests``.
+    wait); callers waiting for a ``max_concurrent`` place are not counted.  The
+    limiter keeps one timestamp per unit of ``max_requests``.
     """
 
     def __init__(

@@ -449,7 +449,10 @@ def _decode(data: Any, registry: TypeRegistry) -> Any:
     except _Undecodable:
         raise
     except Exception as exc:
-        raise _Undecodable(f"bad {tag!r} value {data.get('v')!r}: {exc}") from None
+        detail = _text_of(exc)
+        if len(detail) > 1000:  # the exception may quote the (hostile, huge) value
+            detail = detail[:1000] + "..."
+        raise _Undecodable(f"bad {tag!r} value {safe_repr(data.get('v'))}: {detail}") from None
 
 
 def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) -> Any:

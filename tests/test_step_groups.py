@@ -757,3 +757,50 @@ async def test_a_resumed_run_restarts_from_the_first_unfinished_batch(
     assert sorted(executed) == [4, 5, 6, 7]  # batches 0 and 1 were replayed, not executed
     assert progress == [(2, 8), (4, 8), (6, 8), (8, 8)]
     assert clock.sleeps == [60.0]  # no pause before the first batch this run executed
+
+
+async def test_any_fallback_and_on_timeout_values_are_replayed_by_a_resumed_run(
+    store: Any, clock: FakeClock
+) -> None:
+    calls: list[str] = []
+    stop = ["once"]
+
+    async def mirror(name: str, up: bool) -> Result[str, str]:
+        calls.append(name)
+        return Ok(f"from {name}") if up else Err(f"{name} down")
+
+    def live() -> str:
+        calls.append("live")
+        raise ConnectionError("refused")
+
+    async def slow() -> str:
+        calls.append("slow")
+        await anyio.sleep_forever()
+        return "unreachable"
+
+    async def body(ctx: WorkflowContext[Deps]) -> list[str | None]:
+        fetched = await ctx.step.any(
+            "fetch", [lambda: mirror("eu", False), lambda: mirror("us", True)], key="fetch"
+        )
+        rates = await ctx.step.with_fallback(
+            "rates", live, lambda: "cached rates", on=ConnectionError, key="rates"
+        )
+        extra = await ctx.step.with_timeout(
+            "extra", slow, seconds=0.01, on_timeout=None, key="extra"
+        )
+        if stop:  # the first run stops here
+            stop.clear()
+            await ctx.step("ship", lambda: Err("WAREHOUSE_DOWN"), key="ship")
+        return [fetched, rates, extra]
+
+    workflow = create_workflow("durable-groups", clock=clock)
+    assert await workflow.run(body, workflow_id="g-1", store=store) == Err("WAREHOUSE_DOWN")
+    assert {"live", "slow", "us"} <= set(calls)  # ("eu" too, unless "us" won first)
+    snapshot = await store.load("g-1")
+    assert snapshot.steps["fetch"].result == Ok("from us")
+    assert snapshot.steps["rates"].result == Ok("cached rates")
+    assert snapshot.steps["extra"].result == Ok(None)
+    calls.clear()
+    result = await workflow.run(body, workflow_id="g-1", store=store)
+    assert result == Ok(["from us", "cached rates", None])
+    assert calls == []  # every group answered from its record

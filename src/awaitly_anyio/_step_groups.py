@@ -842,7 +842,6 @@ class Step(StepCore):
         return await cached_step(self, self._run, name, fn, key, ttl, cache, timeout)
 
 
-
 def _labelled(
     name: str, fns: Mapping[Any, Callable[[], Any]] | Sequence[Callable[[], Any]]
 ) -> tuple[list[Any] | None, list[Callable[[], Any]]]:

@@ -148,7 +148,7 @@ async def test_a_single_outcome_answers_every_attempt() -> None:
     assert isinstance(result.error, UnexpectedError)
     assert isinstance(result.error.cause, ConnectionError)
     assert harness.attempts("fetch") == 3
-    assert (script.used, script.calls, script.attempts, script.left) == (True, 1, 3, 0)
+    assert (script.used, script.call_count, script.attempts, script.left) == (True, 1, 3, 0)
 
 
 async def test_a_raised_outcome_goes_through_try_and_its_error_mapping() -> None:
@@ -387,7 +387,7 @@ async def test_a_cached_step_caches_its_scripted_value_and_a_hit_runs_nothing() 
     assert (hit.replayed, hit.attempts, hit.status) == (True, 0, "ok")
     assert [e.type for e in hit.events] == ["step_cache_hit", "step_start", "step_complete"]
     assert [len(run.steps) for run in harness.runs] == [1, 1, 1]
-    assert (script.calls, script.attempts, script.left) == (3, 2, 0)
+    assert (script.call_count, script.attempts, script.left) == (3, 2, 0)
 
 
 async def test_a_scripted_wait_needs_no_store() -> None:

@@ -351,15 +351,16 @@ class StepScript:
     """Whether the one outcome answers every attempt (it was not given as a list)."""
     compensation: bool = attrs.field(default=False, kw_only=True)
     """Whether it scripts the steps' compensation (`WorkflowHarness.script_compensation`)."""
-    calls: int = attrs.field(default=0, init=False)
-    """How many step calls this script matched (a replayed step counts: it was reached)."""
+    call_count: int = attrs.field(default=0, init=False)
+    """How many step calls this script matched (a replayed step counts: it was reached;
+    for a compensation, how many compensations it answered)."""
     attempts: int = attrs.field(default=0, init=False)
     """How many attempts it answered."""
 
     @property
     def used(self) -> bool:
         """Whether a run reached a step this script matches."""
-        return self.calls > 0
+        return self.call_count > 0
 
     @property
     def left(self) -> int:
@@ -772,7 +773,7 @@ class _HarnessStep(Step):
         call = _Call(self._log, name, key, script is not None)
         self._log.calls.append(call)
         if script is not None:
-            script.calls += 1
+            script.call_count += 1
         return call, script
 
     async def _prepared(
@@ -851,7 +852,7 @@ class _HarnessStep(Step):
         def undo(value: Any) -> Any:
             if not started:  # its first attempt: the compensation was reached
                 started.append(True)
-                script.calls += 1
+                script.call_count += 1
             outcome = script._take()
             if outcome is None:
                 raise call.log.problem(_ran_out(script))

@@ -24,6 +24,7 @@ from awaitly_anyio import (
     WorkflowContext,
     create_workflow,
     events,
+    register_type,
     run,
 )
 from awaitly_anyio.testing import FakeClock
@@ -804,3 +805,36 @@ async def test_any_fallback_and_on_timeout_values_are_replayed_by_a_resumed_run(
     result = await workflow.run(body, workflow_id="g-1", store=store)
     assert result == Ok(["from us", "cached rates", None])
     assert calls == []  # every group answered from its record
+
+
+@pytest.mark.xfail(
+    reason="a step value holding Ok/Err cannot be stored yet (serialization.py, requested "
+    "from kit22 in /work/helpers/requests/groups22.md)",
+    strict=False,
+)
+async def test_all_settled_outcomes_are_stored_and_replayed_by_a_resumed_run(
+    store: Any, clock: FakeClock
+) -> None:
+    calls: list[int] = []
+    stop = ["once"]
+
+    def child(n: int) -> Result[int, Declined]:
+        calls.append(n)
+        return Ok(n) if n else Err(Declined("ZERO"))
+
+    async def body(ctx: WorkflowContext[Deps]) -> list[Result[int, Any]]:
+        outcomes = await ctx.step.all_settled(
+            "check", [lambda: child(0), lambda: child(1)], key="check"
+        )
+        if stop:
+            stop.clear()
+            await ctx.step("ship", lambda: Err("WAREHOUSE_DOWN"), key="ship")
+        return outcomes
+
+    register_type(Declined, name="tests.step_groups.Declined")
+    workflow = create_workflow("durable-settled", clock=clock)
+    assert await workflow.run(body, workflow_id="s-1", store=store) == Err("WAREHOUSE_DOWN")
+    calls.clear()
+    result = await workflow.run(body, workflow_id="s-1", store=store)
+    assert result == Ok([Err(Declined("ZERO")), Ok(1)])
+    assert calls == []

@@ -583,3 +583,59 @@ async def test_a_damaged_run_is_listed_and_shown_as_damaged(kit: StoreKit, tmp_p
             info = await store.info("order-1")
             assert info is not None
             assert info.damaged  # left as it was: a read repairs nothing
+
+
+async def test_send_and_reject_from_the_waiting_page(action_kit: StoreKit, tmp_path: Path) -> None:
+    from awaitly_anyio import ApprovalRejectedError
+
+    workflow = create_workflow("orders")
+    results: dict[str, Any] = {}
+    done = {"paid": anyio.Event(), "refund": anyio.Event()}
+
+    async def paid(ctx: WorkflowContext[Deps]) -> Any:
+        return await ctx.step.wait_for("payment", key="paid")
+
+    async def refund(ctx: WorkflowContext[Deps]) -> Any:
+        return await ctx.step.wait_for_approval("manager", key="approve")
+
+    async with action_kit.open(tmp_path, FakeClock()) as store, anyio.create_task_group() as tg:
+        for run_id, body in (("paid", paid), ("refund", refund)):
+
+            async def start(run_id: str = run_id, body: Any = body) -> None:
+                results[run_id] = await workflow.run(body, workflow_id=run_id, store=store)
+                done[run_id].set()
+
+            tg.start_soon(start)
+        for run_id in done:
+            while (info := await store.info(run_id)) is None or info.status != "waiting":  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        app = create_dashboard_app(store, actions=True, token=TOKEN)
+        async with client(app) as c:
+            page = (await c.get("/waiting")).text
+            assert 'data-action="send"' in page
+            assert 'data-action="reject"' in page
+            csrf = csrf_of(page)
+            common = {"csrf": csrf, "credential": TOKEN, "back": "waiting"}
+            bad = await c.post(
+                "/actions/send", data={**common, "id": "paid", "key": "paid", "value": "{x"}
+            )
+            assert bad.status_code == 400
+            assert "must be JSON" in bad.text
+            sent = await c.post(
+                "/actions/send",
+                data={**common, "id": "paid", "key": "paid", "value": '{"amount": 42}'},
+            )
+            assert sent.status_code == 303
+            assert sent.headers["location"] == "/waiting?done=send"
+            rejected = await c.post(
+                "/actions/reject",
+                data={**common, "id": "refund", "key": "approve", "by": "bob", "reason": "no"},
+            )
+            assert rejected.status_code == 303
+            with anyio.fail_after(30):
+                for event in done.values():
+                    await event.wait()
+        assert results["paid"] == Ok({"amount": 42})
+        assert isinstance(results["refund"], Err)
+        assert isinstance(results["refund"].error, ApprovalRejectedError)
+        assert results["refund"].error.by == "bob"

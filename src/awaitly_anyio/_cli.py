@@ -3,7 +3,10 @@
 list the approvals ``pending``, ``resolve-hook`` a hook's token, ``cancel|resume`` a run
 (or, in bulk, the runs ``--status``/``--name``/``--older-than`` select: ``--dry-run``
 lists them, ``--yes`` is required to act) and ``fork`` one; and the ``schedules``
-commands: ``list|pause|resume|remove`` (adding one needs the workflow: Python only).
+commands: ``list|pause|resume|remove`` (adding one needs the workflow: Python only);
+and ``dashboard``, which serves the web dashboard of a store (`awaitly_anyio.dashboard`)
+on 127.0.0.1 with Hypercorn.  ``runs show ID --mermaid`` (``--diagram``) prints the run
+as a Mermaid flowchart (as text).
 ``runs list`` and ``runs show`` mark a ``running`` run whose lease expired (or that no
 worker holds) as abandoned, and with ``--stale DURATION`` a ``pending`` run queued
 longer ago than that as stale: the signs of a workflow no worker has registered.

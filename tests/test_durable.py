@@ -60,7 +60,7 @@ class Effects:
         return value if value is not None else f"{name}-done"
 
 
-async def test_resume_skips_checkpointed_keyed_steps_and_reruns_unkeyed(
+async def test_resume_skips_checkpointed_steps_and_reruns_those_that_opted_out(
     store: Any, clock: FakeClock
 ) -> None:
     effects = Effects()
@@ -70,6 +70,7 @@ async def test_resume_skips_checkpointed_keyed_steps_and_reruns_unkeyed(
     async def body(ctx: WorkflowContext[Deps]) -> list[str]:
         charge = await ctx.step("charge", lambda: effects.do("charge"), key="charge")
         log = await ctx.step("log", lambda: effects.do("log"))
+        await ctx.step("pure", lambda: effects.do("pure"), checkpoint=False)
         if fail_once.pop() if fail_once else False:
             await ctx.step("ship", lambda: Err("WAREHOUSE_DOWN"), key="ship")
         ship = await ctx.step("ship", lambda: effects.do("ship"), key="ship")
@@ -79,7 +80,9 @@ async def test_resume_skips_checkpointed_keyed_steps_and_reruns_unkeyed(
     assert await workflow.run(body, workflow_id="o-1", store=store) == Ok(
         ["charge-done", "log-done", "ship-done"]
     )
-    assert effects.counts == {"charge": 1, "log": 2, "ship": 1}
+    # Every step is checkpointed (the unkeyed "log" under an automatic key) but the one
+    # that opted out, which runs again.
+    assert effects.counts == {"charge": 1, "log": 1, "pure": 2, "ship": 1}
 
 
 async def test_completed_run_returns_its_stored_result_without_executing(store: Any) -> None:

@@ -47,7 +47,9 @@ from ._errors import (
     StoreError,
     UnexpectedError,
     WaitTimeoutError,
+    WorkflowDriftError,
     WorkflowMismatchError,
+    WorkflowVersionError,
     is_unexpected_error,
 )
 from ._host import HostAtCapacityError, HostClosedError, RunHandle, WorkflowHost
@@ -112,6 +114,7 @@ from ._store import (
 )
 from ._waiting import approve, pending_approvals, reject, resolve_hook, send
 from ._waits import Approval, Hook
+from ._versions import Migration
 from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
 from .dashboard import create_dashboard_app
@@ -162,6 +165,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MailboxStore",
     "MemoryCache",
+    "Migration",
     "Ok",
     "OnUnavailable",
     "Policy",
@@ -218,7 +222,9 @@ __all__ = [
     "WorkflowHost",
     "WorkflowLifespan",
     "WorkflowLogFilter",
+    "WorkflowDriftError",
     "WorkflowMismatchError",
+    "WorkflowVersionError",
     "WorkflowRegistry",
     "WorkflowSnapshot",
     "add_log_context",

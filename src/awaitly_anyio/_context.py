@@ -10,8 +10,10 @@ from typing_extensions import TypeVar as _TypeVarWithDefault
 from typing_extensions import Unpack
 
 from ._policies import EMPTY_CONTEXT, CallOptions, Policy, WithPolicy, call_options, policy_step
+from ._result import Ok
 from ._run import RunState
 from ._step_groups import Step
+from ._versions import PATCH_PREFIX
 
 __all__ = ["BoundStep", "BoundSteps", "Deps", "WorkflowContext", "override_deps"]
 
@@ -239,6 +241,34 @@ class WorkflowContext(Generic[D, I]):
     def workflow_name(self) -> str:
         """The name of the workflow this run belongs to."""
         return self._run.name
+
+    def patched(self, name: str) -> bool:
+        """Whether this run takes the code path of patch ``name`` (a change deployed
+        while runs were in flight): ``if ctx.patched("tax-v2"): ... else: ...``.
+
+        ``True`` for a run that reaches this point for the first time (it started
+        after the patch, or had not got this far); ``False`` for a run that had gone
+        past this point before (it has recorded steps beyond it still to replay), so
+        it keeps the path it took.  The answer is recorded with the run's next step
+        (under ``awaitly.patch:<name>``), so it never changes for a run.  Without a
+        store every run is new: ``True``.  ``ValueError`` for a name that is not a
+        non-empty string.  See docs/changing-workflows.md."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a patch needs a non-empty string name, not {name!r}")
+        run = self._run
+        track = run.track
+        if track is None:
+            return True
+        key = PATCH_PREFIX + name
+        found = run.completed.get(key)
+        if found is not None:
+            return bool(found.value)
+        applies = not track.passed()
+        # Saved before the run's next step executes (Step._save_markers): a run that
+        # records nothing after this point may decide again, the same way.
+        track.unsaved.append((key, applies))
+        run.remember(key, Ok(applies))
+        return applies
 
     @property
     def context(self) -> Mapping[str, Any]:

@@ -114,19 +114,21 @@ def describe(event: events.WorkflowEvent) -> str | None:
 async def checkout(ctx: WorkflowContext[Deps]) -> dict[str, Any]:
     """Fetch the user, reserve the cart's items at once, charge (with retries), send a receipt.
 
-    Keyed steps are checkpointed and never repeated once done; ``load_cart`` is
-    unkeyed (a cheap read), so it runs again on resume.
+    Every step of a durable run is checkpointed and never repeated once done:
+    ``load_cart``, given no key, under an automatic one.  ``total`` opts out
+    (``checkpoint=False``: a cheap, pure computation), so it runs again on resume.
     """
     user: User = await ctx.step(
         "fetch_user", partial(ctx.deps.fetch_user, ctx.deps.user_id), key="user"
     )
     cart: list[str] = await ctx.step("load_cart", partial(ctx.deps.load_cart, user.id))
+    cents: int = await ctx.step("total", lambda: 2_100 * len(cart), checkpoint=False)
     reservations = await ctx.step.all(
         "reserve", {sku: partial(ctx.deps.reserve, sku) for sku in cart}, key="reserve"
     )
     payment: str = await ctx.step.retry(
         "charge",
-        lambda: ctx.deps.charge(user, 4_200),
+        lambda: ctx.deps.charge(user, cents),
         attempts=3,
         delay=0.05,
         retry_on=lambda failure: isinstance(failure, ConnectionError),

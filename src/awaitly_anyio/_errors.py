@@ -41,7 +41,9 @@ __all__ = [
     "StoredException",
     "UnexpectedError",
     "WaitTimeoutError",
+    "WorkflowDriftError",
     "WorkflowMismatchError",
+    "WorkflowVersionError",
     "describe",
     "is_unexpected_error",
 ]
@@ -470,3 +472,47 @@ class CompensationError(_ValueException):
         count = len(self.failures)
         which = "compensation" if count == 1 else "compensations"
         return f"the rollback after {cause} left {count} {which} failed ({failed})"
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class WorkflowDriftError(_ValueException):
+    """Run ``run_id`` was resumed by code that no longer reaches its recorded steps in the
+    same place: step ``step`` (record key ``key``), the ``position``-th step the run
+    recorded, is not where the code now is; ``instead`` says what the code did there
+    (ran another step, reached a recorded step out of order, or returned).  Nothing
+    was executed and no compensation ran: deploy the old code for the run, migrate it
+    (``create_workflow(..., version=, migrations=)``), or accept drift
+    (``on_drift="accept"``).  See docs/changing-workflows.md."""
+
+    run_id: str
+    step: str
+    key: str
+    position: int
+    instead: str
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id!r} drifted from its recorded steps: step {self.step!r} "
+            f"(recorded #{self.position}, key {self.key!r}) is no longer reached there; "
+            f"the code {self.instead}"
+        )
+
+
+@attrs.define(auto_exc=True, frozen=True)
+class WorkflowVersionError(_ValueException):
+    """Run ``run_id`` was stored by version ``stored`` of workflow ``workflow_name``
+    (``None``: before versions were recorded) and the code is version ``current``:
+    ``reason`` says why it cannot resume (no migration path, a migration failed).
+    Nothing was executed; the run's records are untouched."""
+
+    run_id: str
+    workflow_name: str
+    stored: str | None
+    current: str
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id!r} of workflow {self.workflow_name!r} was stored by version "
+            f"{self.stored!r}, the code is version {self.current!r}: {self.reason}"
+        )

@@ -44,6 +44,7 @@ from ._step_options import (
     TryOptions,
 )
 from ._thunk import as_result
+from ._versions import check_user_key, enter_child, enter_scope, leave_child, leave_scope
 from ._waits import Approval, DurableWaits, Hook, hook_key, new_hook_token, parked_in
 from .events import (
     StepCancelled,
@@ -76,6 +77,16 @@ def _check_name(name: object) -> None:
 def _check_fn(name: str, fn: object) -> None:
     if not callable(fn):
         raise TypeError(f"step {name!r}: fn must be a zero-argument callable, not {fn!r}")
+
+
+def _check_checkpoint(name: str, key: str | None, checkpoint: object) -> None:
+    if checkpoint is not False:
+        raise TypeError(f"step {name!r}: checkpoint must be True or False, not {checkpoint!r}")
+    if key is not None:
+        raise ValueError(
+            f"step {name!r}: a step with a key is checkpointed (its key names its record); "
+            "give it no key, or drop checkpoint=False"
+        )
 
 
 def _check_type(name: str, type: object) -> None:
@@ -154,16 +165,22 @@ class StepCore:
             _check_name(name)
         if cancel_due():  # every step is a cancellation point, before its work
             await deliver_cancellation()
-        if key is not None:
+        if checkpoint is not True:
+            _check_checkpoint(name, key, checkpoint)
+        ident: tuple[str, str] | None = None
+        if run.track is not None:
+            # A durable run: every step has a key, and is checked against the records.
+            if checkpoint:
+                key, ident = self._durable_key(name, key)
+                if key in run.completed:
+                    return self._replay(name, key, compensate)
+        elif key is not None:
             # The rules every store keeps, checked here so that a run on memory://
             # or without a store refuses what a database would.
             check_key(key)
+            check_user_key(key)
             if key in run.completed:
                 return self._replay(name, key, compensate)
-            if run.rolling_back is not None:
-                # Recovered mid-rollback: the body has replayed what completed; it ends
-                # here, and the rollback goes on (see RunState.rolling_back).
-                raise EarlyExit(run, run.rolling_back)
         emit = run.emit
         if (
             timeout is not None
@@ -189,7 +206,7 @@ class StepCore:
                 _check_type(name, type)
             undo = None if compensate is None else check_compensate(name, compensate)
             return await self._execute(
-                name, fn, key, retry, timeout, run.map_exception, type, None, undo
+                name, fn, key, retry, timeout, run.map_exception, type, None, undo, ident
             )
         # Fast path: one attempt, between two events if someone listens; no timeout,
         # checkpoint or type check.  A retry policy (without listeners) costs nothing
@@ -278,6 +295,33 @@ class StepCore:
             )
         return value
 
+    def _durable_key(self, name: str, key: str | None) -> tuple[str, tuple[str, str] | None]:
+        """The key of step ``name`` of a durable run (``key``, or an automatic one) and,
+        for an automatic key, what it counts under; the step is checked against the
+        run's records (drift, a rollback in progress) before it may execute: an early
+        exit ends the body instead."""
+        run = self._run
+        track = run.track
+        assert track is not None
+        ident: tuple[str, str] | None = None
+        if key is None:
+            key, ident = track.auto_key(name)
+            check_key(key)
+        else:
+            check_key(key)
+            check_user_key(key)
+        if key in run.completed:
+            drift = track.replayed(name, key)
+        elif run.rolling_back is not None:
+            # Recovered mid-rollback: the body has replayed what completed; it ends
+            # here, and the rollback goes on (see RunState.rolling_back).
+            raise EarlyExit(run, run.rolling_back)
+        else:
+            drift = track.fresh(name)
+        if drift is not None:
+            raise EarlyExit(run, drift)
+        return key, ident
+
     def _replay(self, name: str, key: str, compensate: Any = None) -> Any:
         run = self._run
         value = run.completed[key].value
@@ -350,6 +394,7 @@ class StepCore:
         type_hint: type[Any] | None = None,
         made: AttemptOutcome | None = None,
         compensate: Any = None,
+        ident: tuple[str, str] | None = None,
     ) -> Any:
         """The full step: events, attempts with backoff, per-attempt timeout, checkpoint.
 
@@ -376,6 +421,16 @@ class StepCore:
         if retry is not None and timeout is None:
             timeout = retry.timeout
         attempt = 0
+        track = run.track
+        scope: object = None
+        if track is not None and key is not None:
+            if track.unsaved:
+                await self._save_markers()
+            # The steps this one's work calls run inside it (their automatic keys and
+            # their drift checks are its own); an unkeyed one counts as running.
+            scope = enter_scope(key)
+            if ident is not None:
+                track.running[ident] = track.running.get(ident, 0) + 1
         try:
             while True:
                 attempt += 1
@@ -434,6 +489,12 @@ class StepCore:
                 # A run its host parks is not cancelled: the run emits workflow_parked.
                 emit(self._cancelled_event(name, key, started))
             raise
+        finally:
+            if scope is not None:
+                leave_scope(scope)
+                if ident is not None:
+                    assert track is not None
+                    track.running[ident] -= 1
         if isinstance(result, Ok):
             if key is not None:
                 run.remember(key, result)
@@ -456,6 +517,21 @@ class StepCore:
         if emit is not None:
             emit(self._failed_event(name, key, started, result.error, attempt))
         raise EarlyExit(run, result)
+
+    async def _save_markers(self) -> None:
+        """Write the patch markers `WorkflowContext.patched` left unsaved, before the
+        next step's work: a run that records a step after a patch point records the
+        marker first."""
+        run = self._run
+        track = run.track
+        checkpoint = run.checkpoint
+        assert track is not None
+        while track.unsaved:
+            marker, applies = track.unsaved.pop(0)
+            if checkpoint is not None:
+                failed = await checkpoint(marker, marker, Ok(applies), 1, run.clock.time(), None)
+                if failed is not None:
+                    raise EarlyExit(run, failed)
 
     def _register(self, name: str, key: str | None, compensate: Any, value: Any) -> None:
         """Push step ``name``'s compensation onto the run's saga (made on first use)."""
@@ -499,6 +575,9 @@ class StepCore:
         run = self._run
         if cancel_due():
             await deliver_cancellation()
+        # In a durable run, a child in a task of its own is a branch of its own: its
+        # steps and its siblings' have no order among themselves.
+        branch = None if run.track is None else enter_child()
         try:
             out = fn()
             if isawaitable(out):
@@ -509,6 +588,9 @@ class StepCore:
             return exc.result
         except Exception as exc:
             return Err(run.map_exception(exc))
+        finally:
+            if branch is not None:
+                leave_child(branch)
         return as_result(out)
 
     # ---- variants -----------------------------------------------------------------
@@ -639,15 +721,19 @@ class StepCore:
         undo = None if compensate is None else check_compensate(name, compensate)
         if cancel_due():
             await deliver_cancellation()
-        if key is not None:
-            check_key(key)
+        ident: tuple[str, str] | None = None
+        if self._run.track is not None:
+            key, ident = self._durable_key(name, key)
             if key in self._run.completed:
                 return self._replay(name, key, undo)
-            if self._run.rolling_back is not None:
-                raise EarlyExit(self._run, self._run.rolling_back)
+        elif key is not None:
+            check_key(key)
+            check_user_key(key)
+            if key in self._run.completed:
+                return self._replay(name, key, undo)
         if type is not None and not isinstance(type, builtins.type):
             _check_type(name, type)
-        return await self._execute(name, fn, key, None, timeout, mapper, type, None, undo)
+        return await self._execute(name, fn, key, None, timeout, mapper, type, None, undo, ident)
 
     def sleep(self, name: str, seconds: float, *, key: str | None = None) -> Awaitable[None]:
         """Wait ``seconds`` on the workflow's clock, as a step (so it is evented and keyable).
@@ -677,7 +763,12 @@ class StepCore:
             await self._wait(name, key, None, "timer", seconds)
             return
         clock = run.clock
-        await self(name, lambda: clock.sleep(seconds), key=key)
+        # An unkeyed sleep is not checkpointed, with listeners or without (a keyed one
+        # of a durable run is a durable timer, above).
+        if key is None:
+            await self(name, lambda: clock.sleep(seconds), checkpoint=False)
+        else:
+            await self(name, lambda: clock.sleep(seconds), key=key)
 
     def skip(self, name: str, *, key: str | None = None, reason: str | None = None) -> None:
         """Record that the step ``name`` was deliberately not run (emits ``step_skipped``)."""
@@ -773,7 +864,7 @@ class StepCore:
         _check_name(name)
         check_key(step)
         seconds = None if timeout is None else check_seconds(timeout, f"step {name!r}: timeout")
-        if step in self._run.completed:
+        if step in self._run.completed and self._run.track is None:
             return self._replay(name, step)
         waits = self._waits(name, f"waiting ({kind})")
         return await self(name, lambda: waits.wait(name, step, key, kind, seconds), key=step)

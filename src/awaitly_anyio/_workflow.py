@@ -31,6 +31,18 @@ from ._run import (
 )
 from ._saga import ROLLBACK_KEY, recorded_rollback
 from ._session import DurableRun, IfRunning, open_session
+from ._versions import (
+    VERSION_KEY,
+    Migration,
+    OnDrift,
+    OnVersionMismatch,
+    Tracker,
+    Versions,
+    check_on_drift,
+    check_version,
+    check_versions,
+    prepare,
+)
 from .events import (
     EventHandler,
     WorkflowCancelled,
@@ -106,6 +118,14 @@ def _input_validator(workflow: Workflow[Any]) -> InputValidator | None:
     return None if spec is None else InputValidator(spec)
 
 
+def _migration_list(migrations: object) -> tuple[Migration, ...]:
+    if migrations is None:
+        return ()
+    if isinstance(migrations, (str, bytes)) or not isinstance(migrations, (list, tuple)):
+        raise TypeError(f"migrations must be a list of Migration, not {migrations!r}")
+    return tuple(cast("Sequence[Migration]", migrations))  # check_versions checks each
+
+
 @attrs.frozen
 class Workflow(Generic[D]):
     """A named workflow with its dependencies and event handlers; build it with
@@ -126,6 +146,21 @@ class Workflow(Generic[D]):
         repr=False,
         eq=False,
         default=attrs.Factory(lambda self: _input_validator(self), takes_self=True),
+    )
+    # The version a durable run is recorded with, its migrations, and what a resumed
+    # run does on drift (see docs/changing-workflows.md).
+    version: str | None = attrs.field(default=None, converter=check_version)
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migration_list)
+    on_version_mismatch: OnVersionMismatch = "error"
+    on_drift: OnDrift = attrs.field(default="error", converter=check_on_drift)
+    _versions: Versions = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: check_versions(self.version, self.migrations, self.on_version_mismatch),
+            takes_self=True,
+        ),
     )
     _emit: Emit | None = attrs.field(init=False, repr=False, eq=False)
     _map: Callable[[Exception], object] = attrs.field(init=False, repr=False, eq=False)
@@ -324,6 +359,14 @@ class Workflow(Generic[D]):
             with session:
                 resume = session.resume
                 completed = NO_RESULTS if resume is None else completed_results(resume)
+                if self._versions.current is not None:
+                    versioned = await _versioned(
+                        self._versions, session, self.name, self.clock, completed
+                    )
+                    if isinstance(versioned, Err):
+                        result = versioned
+                        return await session.finish(result)
+                    completed = versioned
                 state = RunState(
                     self.name,
                     session.workflow_id,
@@ -332,6 +375,9 @@ class Workflow(Generic[D]):
                     self._map,
                     completed,
                     session.checkpoint,
+                )
+                state.track = Tracker(
+                    session.workflow_id, completed, check=self.on_drift == "error"
                 )
                 if ROLLBACK_KEY in completed:
                     state.rolling_back = recorded_rollback(completed)
@@ -429,14 +475,47 @@ async def _outcome(
             # Cancelled during the last step (which did not yield to see it): the run did
             # not complete, whatever the body returned.
             await deliver_cancellation()
-        if isinstance(out, Ok):
-            return cast("Ok[object]", out)  # isinstance: type arguments unknown
         if not isinstance(out, Err):
-            return Ok(out)
+            done: Ok[Any] = cast("Ok[object]", out) if isinstance(out, Ok) else Ok(out)
+            if state.track is None:
+                return done
+            # A resumed durable run that returns without reaching a recorded step drifted.
+            return state.track.finished() or done
         failed = cast("Err[object]", out)
-    if state.saga is None:
+    if state.saga is None or (state.track is not None and state.track.drifted):
+        # (Drift is the code's mismatch with the records: nothing to undo.)
         return failed
     return await state.saga.rollback(state, failed)
+
+
+async def _versioned(
+    versions: Versions,
+    session: DurableRun,
+    name: str,
+    clock: Clock,
+    completed: Mapping[str, Ok[Any]],
+) -> Mapping[str, Ok[Any]] | Err[Any]:
+    """A resumed run's records brought to the workflow's version (`_versions.prepare`):
+    the version record is written first (and, for a restart, the old records discarded
+    before it), so a crash in between only repeats this; or the ``Err`` that ends the
+    run (no migration path, a migration or a write failed)."""
+    prepared = prepare(versions, session.workflow_id, name, completed)
+    if isinstance(prepared, Err):
+        return prepared
+    records, record, discard = prepared
+    checkpoint = session.checkpoint
+    if checkpoint is None or record is None:
+        return records
+    now = clock.time()
+    if "steps" not in record:
+        for key in discard:  # a restart: the old records no longer answer anything
+            await checkpoint(key, key, Err("discarded: the run restarted"), 1, now, None)
+    failed = await checkpoint("version", VERSION_KEY, Ok(record), 1, now, None)
+    if failed is not None:
+        return failed
+    records = dict(records)
+    records[VERSION_KEY] = Ok(record)
+    return records
 
 
 def _early_exit_in(group: BaseExceptionGroup[BaseException], state: RunState) -> Err[Any]:
@@ -472,6 +551,10 @@ def create_workflow(
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
     validate_input: type[Any] | Callable[[Any], object] | None = None,
+    version: str | int | None = None,
+    migrations: Sequence[Migration] = (),
+    on_version_mismatch: OnVersionMismatch = "error",
+    on_drift: OnDrift = "error",
 ) -> Workflow[Deps]: ...
 @overload
 def create_workflow(
@@ -483,6 +566,10 @@ def create_workflow(
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
     validate_input: type[Any] | Callable[[Any], object] | None = None,
+    version: str | int | None = None,
+    migrations: Sequence[Migration] = (),
+    on_version_mismatch: OnVersionMismatch = "error",
+    on_drift: OnDrift = "error",
 ) -> Workflow[D]: ...
 def create_workflow(
     name: str,
@@ -493,6 +580,10 @@ def create_workflow(
     clock: Clock | None = None,
     store_write_timeout: float = 5.0,
     validate_input: type[Any] | Callable[[Any], object] | None = None,
+    version: str | int | None = None,
+    migrations: Sequence[Migration] = (),
+    on_version_mismatch: OnVersionMismatch = "error",
+    on_drift: OnDrift = "error",
 ) -> Workflow[Any]:
     """Create a `Workflow` called ``name``.
 
@@ -516,6 +607,17 @@ def create_workflow(
     without running a step (a durable run is recorded failed, with its input, so a
     queued run with a bad input is not taken again).  Anything else raises
     ``TypeError``.  See docs/dependencies.md.
+
+    A durable run checks its recorded steps against the code when it resumes
+    (docs/changing-workflows.md): ``on_drift="error"`` (the default) ends a run whose
+    code no longer reaches a recorded step in the same place with
+    ``Err(WorkflowDriftError)``, ``"accept"`` goes on.  ``version`` (a string or an
+    int) is recorded with each run; a run stored by another version is brought to
+    this one by ``migrations`` (`Migration` objects, chained), or, when none leads
+    here, ended with ``Err(WorkflowVersionError)`` (``on_version_mismatch="error"``)
+    or run again from the start (``"restart"``).  ``TypeError`` / ``ValueError`` for
+    a bad version, a migration from or to a version no chain connects to this one,
+    or an unknown ``on_drift`` / ``on_version_mismatch``.
     """
     if deps is None or isinstance(deps, Mapping):
         deps = Deps(cast("Mapping[str, Any] | None", deps))
@@ -527,6 +629,10 @@ def create_workflow(
         clock=clock if clock is not None else SystemClock(),
         store_write_timeout=store_write_timeout,
         validate_input=validate_input,
+        version=version,
+        migrations=migrations,
+        on_version_mismatch=on_version_mismatch,
+        on_drift=on_drift,
     )
 
 

@@ -68,7 +68,9 @@ R = TypeVar("R")
 class Guard(Protocol):
     """What a policy's ``limiter`` and ``breaker`` are: awaited around a thunk, they
     return its Result or their own ``Err`` without calling it (`RateLimiter`,
-    `CircuitBreaker`, their Redis forms, or your own)."""
+    `CircuitBreaker`, their Redis forms, or your own).  A guard of your own must let
+    what the thunk raises outside ``Exception`` (cancellation, and the signals the
+    library passes through it) propagate untouched, as anyio code must anyway."""
 
     def __call__(self, fn: Callable[[], Any], /) -> Awaitable[Result[Any, Any]]: ...
 

@@ -170,3 +170,42 @@ async def test_manual_control_without_redis_is_a_typed_error() -> None:
         assert breaker.state is CircuitState.CLOSED  # nothing changed here either
     finally:
         await breaker.aclose()
+
+
+async def test_fetch_stats_reads_the_shared_window_and_state(prefix: str) -> None:
+    options = {
+        "failure_rate": 0.5,
+        "window": 60.0,
+        "min_calls": 4,
+        "reset_timeout": 60.0,
+        "redis": URL,
+        "key_prefix": prefix,
+    }
+    one = create_circuit_breaker("api", **options)  # type: ignore[call-overload]
+    two = create_circuit_breaker("api", **options)  # type: ignore[call-overload]
+    try:
+        await one(lambda: "ok")
+        await two(lambda: Err("DOWN"))
+        await two(lambda: "ok")
+        stats = await one.fetch_stats()  # every process's calls, this process's counters
+        assert (stats.state, stats.window_calls, stats.window_failures) == (
+            CircuitState.CLOSED,
+            3,
+            1,
+        )
+        assert (stats.calls, stats.successes, stats.failures) == (1, 1, 0)
+        assert stats.opened_at is None
+        assert stats.retry_after == 0.0
+        await two(lambda: Err("DOWN"))  # 2 of 4: opens
+        stats = await one.fetch_stats()
+        assert stats.state is CircuitState.OPEN
+        assert stats.window_calls == 0  # the window starts again once opened
+        assert stats.opened_at is not None
+        assert stats.opened_at > 1_600_000_000
+        assert 59 < stats.retry_after <= 60
+        await one.force_open()
+        forced = await two.fetch_stats()
+        assert (forced.forced, forced.retry_after) == (True, 60.0)
+    finally:
+        await one.aclose()
+        await two.aclose()

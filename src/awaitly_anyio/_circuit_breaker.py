@@ -74,8 +74,9 @@ class BreakerStats:
     wall-clock time (epoch seconds, from the breaker's clock) the circuit last
     opened, ``None`` while closed; ``retry_after`` the seconds until it lets a
     trial call through (0 unless open); ``forced`` whether `force_open`
-    holds it open.  For a Redis-shared breaker these are this process's view: its
-    own counters and the state it saw last.
+    holds it open.  For a Redis-shared breaker ``stats()`` is this process's view
+    (its own counters and the state it saw last); ``await fetch_stats()`` reads the
+    shared state and failure-rate window from Redis.
     """
 
     name: str
@@ -280,10 +281,10 @@ class CircuitBreaker:
         self._opened_at_wall: float | None = None
         self._trials = 0  # trial calls in flight, while half-open
         self._trial_successes = 0
-        self.calls = 0
-        self.failures_total = 0
-        self.successes_total = 0
-        self.rejected_total = 0
+        self.calls: int = 0
+        self.failures_total: int = 0
+        self.successes_total: int = 0
+        self.rejected_total: int = 0
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
@@ -774,6 +775,38 @@ class RedisCircuitBreaker(CircuitBreaker):
         self._seen(decision[0], decision[1])
         return self._state
 
+    async def fetch_stats(self) -> BreakerStats:
+        """`BreakerStats` with the shared part read from Redis: ``state`` (an open
+        breaker past its timeout turns half-open, as in `fetch_state`), ``forced``,
+        ``consecutive_failures``, the failure-rate window of every process,
+        ``opened_at`` and ``retry_after`` by the Redis server's clock.  ``calls``,
+        ``successes``, ``failures`` and ``rejected`` stay this process's counts.
+
+        Raises `SharedStateUnavailableError` when Redis cannot be reached.
+        """
+        reply = await self._script(
+            _STATS, [int(self.reset_timeout * 1e6), int((self.window or 0) * 1e6)]
+        )
+        previous, state, opened_us, forced, failures, calls, failed, retry_us = reply
+        self._seen(previous, state)
+        self._forced = _text(forced) == "1"
+        shared = self._state
+        return BreakerStats(
+            name=self.name,
+            state=shared,
+            forced=self._forced,
+            consecutive_failures=int(_text(failures)),
+            window_calls=int(calls),
+            window_failures=int(failed),
+            failure_rate=int(failed) / int(calls) if int(calls) else 0.0,
+            calls=self.calls,
+            successes=self.successes_total,
+            failures=self.failures_total,
+            rejected=self.rejected_total,
+            opened_at=None if shared is CircuitState.CLOSED else int(_text(opened_us)) / 1_000_000,
+            retry_after=max(int(retry_us), 0) / 1_000_000 if shared is CircuitState.OPEN else 0.0,
+        )
+
     async def reset(self) -> None:
         """Close the shared circuit now for every process and forget its counts (also
         ends a `force_open`).  Raises `SharedStateUnavailableError` when Redis
@@ -958,4 +991,36 @@ if state == 'OPEN' and f[3] ~= '1' and now - tonumber(f[2]) >= tonumber(ARGV[1])
   return {state, 'HALF_OPEN'}
 end
 return {state, state}
+"""
+
+# KEYS: the hash.  ARGV: reset_timeout (µs), window (µs, 0: no failure-rate window).
+# Returns {previous, state, opened_at (µs), forced, failures, window calls, window failures,
+# retry_after (µs)}; an open breaker past its timeout turns half-open, as in _PEEK.
+_STATS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'forced', 'failures')
+local state = f[1] or 'CLOSED'
+local previous = state
+if state == 'OPEN' and f[3] ~= '1' and now - tonumber(f[2]) >= tonumber(ARGV[1]) then
+  state = 'HALF_OPEN'
+  redis.call('HSET', KEYS[1], 'state', state, 'trials', 0, 'successes', 0)
+end
+local retry = 0
+if state == 'OPEN' then
+  if f[3] == '1' then retry = tonumber(ARGV[1])
+  else retry = tonumber(f[2]) + tonumber(ARGV[1]) - now end
+end
+local calls, failures = 0, 0
+if tonumber(ARGV[2]) > 0 then
+  local i = math.floor(now / (tonumber(ARGV[2]) / 10))
+  for k = 0, 9 do
+    local b = redis.call('HMGET', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k)
+    if tonumber(b[1] or '-1') > i - 10 then
+      calls = calls + tonumber(b[2] or '0')
+      failures = failures + tonumber(b[3] or '0')
+    end
+  end
+end
+return {previous, state, f[2] or '0', f[3] or '0', f[4] or '0', calls, failures, retry}
 """

@@ -32,6 +32,7 @@ SCRIPTS = {
     "groups": "bench_groups.py",
     "otel": "bench_otel.py",
     "reliability": "bench_reliability.py",
+    "cache": "bench_cache.py",
     "policies": "bench_policies.py",
     "concurrency": "bench_concurrency.py",
     "sqlite": "bench_checkpoint.py",

@@ -70,7 +70,12 @@ def decode_cached(key: str, text: str, registry: TypeRegistry) -> CacheLookup:
     """A stored entry's value as a hit, or a miss with the problem when it cannot be
     read."""
     try:
-        return CacheLookup(True, _decode(loads(text, key), registry))
+        data = loads(text, key)
+        if '"$t"' not in text:
+            # No tagged value anywhere (the usual dicts, lists, strings, numbers): the
+            # JSON is the value, with nothing to walk.
+            return CacheLookup(True, data)
+        return CacheLookup(True, _decode(data, registry))
     except SnapshotDecodeError as exc:
         return CacheLookup(False, problem=exc.reason)
     except _Undecodable as exc:
@@ -141,7 +146,9 @@ class MemoryCache:
             return MISS
         return decode_cached(key, text, self._registry)
 
-    async def put(self, key: str, value: Any, *, ttl: float, step: str = "<cache>") -> None:
+    async def put(
+        self, key: str, value: Any, *, ttl: float | timedelta, step: str = "<cache>"
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (or a ``timedelta``).
         `SerializationError` naming ``step`` for a value that cannot be encoded;
         ``ValueError`` / ``TypeError`` for a bad key or TTL; nothing is written then."""
@@ -200,7 +207,9 @@ class StoreCache:
         """``key``'s live entry as a hit, else a miss (see `CacheLookup`)."""
         return await self._store.cache_lookup(key)
 
-    async def put(self, key: str, value: Any, *, ttl: float, step: str = "<cache>") -> None:
+    async def put(
+        self, key: str, value: Any, *, ttl: float | timedelta, step: str = "<cache>"
+    ) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (or a ``timedelta``), in one
         write.  `SerializationError` naming ``step``, ``ValueError`` / ``TypeError`` for
         a bad key or TTL, before anything is written."""

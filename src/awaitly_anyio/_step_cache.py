@@ -71,6 +71,20 @@ class StepCache(Protocol):
         ...
 
 
+_CACHE_CLASSES: set[type] = set()
+"""The classes already found to be `StepCache`s: the protocol's isinstance check costs
+microseconds, a set lookup nothing."""
+
+
+def _check_cache(name: str, cache: object) -> None:
+    if not isinstance(cache, StepCache):
+        raise TypeError(
+            f"step {name!r}: cache must be a MemoryCache, a StoreCache or another StepCache"
+            f" (lookup, put, invalidate), not {cache!r}"
+        )
+    _CACHE_CLASSES.add(cache.__class__)
+
+
 async def cached_step(
     step: StepCore,
     run: RunState,
@@ -93,11 +107,8 @@ async def cached_step(
     except ValueError as exc:
         raise ValueError(f"step {name!r}: {exc}") from None
     seconds = check_seconds(ttl, f"step {name!r}: ttl")
-    if not isinstance(cache, StepCache):
-        raise TypeError(
-            f"step {name!r}: cache must be a MemoryCache, a StoreCache or another StepCache"
-            f" (lookup, put, invalidate), not {cache!r}"
-        )
+    if cache.__class__ not in _CACHE_CLASSES:
+        _check_cache(name, cache)
     if cancel_due():  # a cancellation point before the lookup, like every step
         await deliver_cancellation()
     found = await cache.lookup(key)

@@ -616,6 +616,62 @@ class Step(StepCore):
 
         return await self(name, first_success, key=key, timeout=timeout)
 
+    @overload
+    async def for_each(
+        self,
+        name: str,
+        items: Iterable[I],
+        fn: Callable[[I], Awaitable[Result[T, Any]]],
+        *,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        pause: float | None = None,
+        on_progress: Callable[[int, int], object] | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[T]: ...
+    @overload
+    async def for_each(
+        self,
+        name: str,
+        items: Iterable[I],
+        fn: Callable[[I], Result[T, Any]],
+        *,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        pause: float | None = None,
+        on_progress: Callable[[int, int], object] | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[T]: ...
+    @overload
+    async def for_each(
+        self,
+        name: str,
+        items: Iterable[I],
+        fn: Callable[[I], Awaitable[T]],
+        *,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        pause: float | None = None,
+        on_progress: Callable[[int, int], object] | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[T]: ...
+    @overload
+    async def for_each(
+        self,
+        name: str,
+        items: Iterable[I],
+        fn: Callable[[I], T],
+        *,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        pause: float | None = None,
+        on_progress: Callable[[int, int], object] | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+    ) -> list[T]: ...
     async def for_each(
         self,
         name: str,

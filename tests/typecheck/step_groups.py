@@ -28,6 +28,18 @@ def cached() -> int:
     return 0
 
 
+def size(text: str) -> Result[int, str]:
+    return Ok(len(text))
+
+
+async def fetch_one(n: int) -> Result[int, str]:
+    return Ok(n)
+
+
+async def double(n: int) -> int:
+    return 2 * n
+
+
 def is_slow(failure: object) -> bool:
     return isinstance(failure, StepTimeoutError)
 
@@ -51,4 +63,8 @@ async def body(ctx: WorkflowContext[Deps]) -> None:
     assert_type(
         await ctx.step.all_settled("a", {"x": lambda: fetch()}), dict[str, Result[int, Any]]
     )
-    assert_type(await ctx.step.for_each("a", [1, 2], lambda n: n, batch_size=1), list[Any])
+    assert_type(await ctx.step.for_each("a", [1, 2], lambda n: n, batch_size=1), list[int])
+    assert_type(await ctx.step.for_each("a", ["x"], size), list[int])
+    assert_type(await ctx.step.for_each("a", [1], fetch_one, batch_size=1), list[int])
+    assert_type(await ctx.step.for_each("a", [1], double), list[int])
+    assert_type(await ctx.step.for_each("a", ["x"], str.upper, on_progress=print), list[str])

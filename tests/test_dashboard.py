@@ -639,3 +639,25 @@ async def test_send_and_reject_from_the_waiting_page(action_kit: StoreKit, tmp_p
         assert isinstance(results["refund"], Err)
         assert isinstance(results["refund"].error, ApprovalRejectedError)
         assert results["refund"].error.by == "bob"
+
+
+async def test_counts_stop_at_the_limit_and_a_failing_store_answers_503() -> None:
+    from awaitly_anyio.stores import MemoryStore
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    async with store:
+        await seed(store, clock)
+        app = create_dashboard_app(store, clock=clock, count_limit=2, counts_ttl=0)
+        async with client(app) as c:
+            counts = (await c.get("/api/counts")).json()
+            assert counts["counts"]["completed"] == 2
+            assert counts["capped"] == ["completed"]
+            head = await c.head("/runs")
+            assert head.status_code == 200
+            assert head.content == b""
+    async with client(app) as c:  # the store is closed now
+        for path in ("/runs", "/run?id=order-1", "/api/counts"):
+            got = await c.get(path)
+            assert got.status_code == 503, path
+            assert "the store failed" in got.text

@@ -649,6 +649,24 @@ async def test_an_async_progress_callback_is_awaited_and_an_err_stops_later_batc
     assert called == [0, 1, 2, 3]
 
 
+async def test_a_progress_callback_that_raises_ends_the_workflow() -> None:
+    def broken_progress(done: int, total: int) -> None:
+        raise RuntimeError("progress bar crashed")
+
+    executed: list[int] = []
+
+    async def body(ctx: WorkflowContext[Deps]) -> list[int]:
+        return await ctx.step.for_each(
+            "w", range(4), executed.append, batch_size=2, on_progress=broken_progress
+        )
+
+    result = await run(body)
+    assert isinstance(result, Err)
+    assert isinstance(result.error, UnexpectedError)
+    assert str(result.error.cause) == "progress bar crashed"
+    assert executed == [0, 1]  # stopped after the first batch
+
+
 async def test_empty_items_with_batches_give_an_empty_list() -> None:
     async def body(ctx: WorkflowContext[Deps]) -> list[int]:
         return await ctx.step.for_each("none", [], lambda n: n, batch_size=2)

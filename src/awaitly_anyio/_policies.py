@@ -42,7 +42,7 @@ from ._errors import InputValidationError, StepTimeoutError
 from ._result import Err, Ok, Result
 from ._retry import RetryPolicy, check_timeout
 from ._run import Emit, RunState
-from ._thunk import call_thunk
+from ._thunk import as_result, call_thunk
 from .events import StepTimeout, WorkflowEvent
 
 if TYPE_CHECKING:
@@ -287,9 +287,14 @@ def policy_step(
         seconds = timeout
 
         async def timed() -> Result[Any, Any]:
+            nonlocal called
+            called = True
             # Our own deadline only: outside cancellation propagates through the scope.
             with anyio.move_on_after(seconds):
-                return await call_thunk(call)
+                out = call()
+                if isawaitable(out):
+                    out = await out
+                return as_result(out)
             return _timed_out(run, name, key, seconds, attempt)
 
         target = timed
@@ -314,11 +319,15 @@ def policy_step(
 
         return step(name, limited, key=key, retry=retry)
     gate = breaker
+    inner = target
+    if timeout is None:
 
-    async def inner() -> Result[Any, Any]:
-        nonlocal called
-        called = True
-        return await call_thunk(target)
+        async def untimed() -> Result[Any, Any]:
+            nonlocal called
+            called = True
+            return await call_thunk(call)
+
+        inner = untimed
 
     async def through_limiter() -> Result[Any, Any]:
         out = await turn(inner)

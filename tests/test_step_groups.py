@@ -22,6 +22,7 @@ from awaitly_anyio import (
     StepTimeoutError,
     UnexpectedError,
     WorkflowContext,
+    create_resume_state_collector,
     create_workflow,
     events,
     register_type,
@@ -713,6 +714,29 @@ async def test_bad_batch_options_are_named(
     raised = await misuse(body)
     assert isinstance(raised, error)
     assert re.search(f"step 'each': {message}", str(raised))
+
+
+async def test_batches_resume_from_a_collected_resume_state_without_a_store() -> None:
+    executed: list[int] = []
+    broken = [True]
+
+    def send(n: int) -> Result[int, str]:
+        if n == 3 and broken[0]:
+            return Err("DOWN")
+        executed.append(n)
+        return Ok(n)
+
+    async def body(ctx: WorkflowContext[Deps]) -> list[int]:
+        return await ctx.step.for_each("send", range(5), send, batch_size=2, key="send")
+
+    collector = create_resume_state_collector()
+    workflow = create_workflow("batches", on_event=collector.handle_event)
+    assert await workflow.run(body) == Err("DOWN")
+    broken[0] = False
+    executed.clear()
+    result = await workflow.run(body, resume_state=collector.get_resume_state())
+    assert result == Ok([0, 1, 2, 3, 4])
+    assert executed == [2, 3, 4]  # batch 0 came from the resume state
 
 
 # ---- durable resume of batches, on every store --------------------------------------------

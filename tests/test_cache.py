@@ -307,3 +307,24 @@ async def test_a_cached_step_in_a_durable_run(tmp_path: Path) -> None:
     assert one == two == Ok(5)
     assert fetch.calls == 1
     assert "step_cache_hit" in types(events)
+
+
+async def test_a_cached_step_inside_a_keyed_step_is_recorded_with_the_run(tmp_path: Path) -> None:
+    cache = MemoryCache()
+    fetch = Fetcher({"EUR": 1.08})
+
+    async def body(ctx: Any) -> Any:
+        return await ctx.step(
+            "rates",
+            lambda: ctx.step.cached("rates (cache)", fetch, key="rates:EUR", ttl=60, cache=cache),
+            key="rates",
+        )
+
+    async with SQLiteStore(tmp_path / "runs.db") as store:
+        workflow = create_workflow("pricing")
+        assert await workflow.run(body, store=store, workflow_id="r1") == Ok({"EUR": 1.08})
+        snapshot = await store.load("r1")
+        assert snapshot is not None
+        assert snapshot.steps["rates"].result == Ok({"EUR": 1.08})
+        assert await workflow.run(body, store=store, workflow_id="r2") == Ok({"EUR": 1.08})
+    assert fetch.calls == 1

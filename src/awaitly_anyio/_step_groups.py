@@ -529,8 +529,12 @@ class Step(StepCore):
                     tg.start_soon(child, index, fn)
             return Ok(outcomes if labels is None else dict(zip(labels, outcomes, strict=True)))
 
+        # Interim: a durable run's stores cannot keep Ok / Err nested in a value yet
+        # (requested of serialization), so an unkeyed all_settled is not checkpointed
+        # under an automatic key (its children run again on resume) rather than end the
+        # run with a SerializationError; with key= it is, as the caller asked.
         result: dict[Any, Result[Any, Any]] | list[Result[Any, Any]] = await self(
-            name, settle_all, key=key, timeout=timeout
+            name, settle_all, key=key, timeout=timeout, checkpoint=key is not None
         )
         return result
 
@@ -822,9 +826,10 @@ class Step(StepCore):
                         await out
             return Ok(values)
 
-        # The batches are the records (the group's own step is not keyed): the values are
-        # stored once, and a finished for_each replays batch by batch.
-        result: list[Any] = await self(name, batches, timeout=timeout)
+        # The batches are the records (the group's own step is not checkpointed, not even
+        # under an automatic key): the values are stored once, and a finished for_each
+        # replays batch by batch.
+        result: list[Any] = await self(name, batches, timeout=timeout, checkpoint=False)
         return result
 
     @overload

@@ -133,6 +133,8 @@ ERROR_TREE: dict[str, type[BaseException] | None] = {
     "SnapshotDecodeError": None,
     "StoreError": None,
     "WorkflowMismatchError": None,
+    "WorkflowDriftError": None,
+    "WorkflowVersionError": None,
     "RunInProgressError": None,
     "LeaseLostError": None,
     "WaitTimeoutError": None,

@@ -157,7 +157,7 @@ async def body(ctx: WorkflowContext[Deps]) -> str:
     listed = await ctx.step.all("all_list", [lambda: 1])
     assert_type(listed, list[Any])
     each = await ctx.step.for_each("each", [1, 2], lambda n: n * 2)
-    assert_type(each, list[Any])
+    assert_type(each, list[int])  # typed by its fn
     assert_type(await ctx.step.sleep("nap", 1), None)
     assert_type(ctx.step.skip("skipped"), None)
 

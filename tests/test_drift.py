@@ -280,4 +280,4 @@ async def test_patched_without_a_store_is_true_and_a_bad_name_is_refused() -> No
 
 def test_a_bad_on_drift_is_refused_at_definition() -> None:
     with pytest.raises(ValueError, match="on_drift must be 'error' or 'accept', not 'ignore'"):
-        create_workflow("order", on_drift="ignore")  # type: ignore[arg-type]
+        create_workflow("order", on_drift="ignore")  # type: ignore[call-overload]

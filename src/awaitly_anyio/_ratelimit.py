@@ -319,7 +319,10 @@ class RateLimiter(_Limiter):
         if not self._queue and self._free_at(now, cost) <= now:
             self._admit(now, cost)  # the fast path: no lock, no queue, no await
             return
-        if self.max_wait is not None or self.max_waiters is not None:
+        if self.max_wait is not None or (
+            self.max_waiters is not None and len(self._queue) >= self.max_waiters
+        ):
+            # (the expected wait is worked out only when it decides or is reported)
             wait = self._expected_wait(now, cost)
             if self.max_wait is not None and wait > self.max_wait:
                 self.rejected_total += 1

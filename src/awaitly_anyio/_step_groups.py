@@ -534,7 +534,11 @@ class Step(StepCore):
         # under an automatic key (its children run again on resume) rather than end the
         # run with a SerializationError; with key= it is, as the caller asked.
         result: dict[Any, Result[Any, Any]] | list[Result[Any, Any]] = await self(
-            name, settle_all, key=key, timeout=timeout, checkpoint=key is not None
+            name,
+            settle_all,
+            key=key,
+            timeout=timeout,
+            checkpoint=key is not None or self._run.track is None,
         )
         return result
 

@@ -19,7 +19,7 @@ import attrs
 from ._checks import check_key
 from ._clock import Clock
 from ._context import WorkflowContext
-from ._errors import StepTimeoutError
+from ._errors import AwaitlyError, StepTimeoutError
 from ._result import Err, Ok, Result
 from ._run import EarlyExit, RunState
 from ._saga import Compensation, compensations
@@ -244,7 +244,7 @@ def check_store(
 # ---- the workflow harness -----------------------------------------------------------------
 
 
-class HarnessError(AssertionError):
+class HarnessError(AwaitlyError, AssertionError):
     """A `WorkflowHarness` was misused by the run or the test: a strict harness met a
     step nobody scripted, a step ran more attempts than its list of outcomes holds, or
     `WorkflowHarness.assert_all_used` found scripts the run never reached.  An

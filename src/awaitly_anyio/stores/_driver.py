@@ -373,6 +373,17 @@ class RowDriver(Protocol):
         and makes the next page's cursor from the last `ListedRow`'s ``at`` and ``id``."""
         ...
 
+    async def count(self, now: float, prefix: str | None) -> dict[str, int]:
+        """How many live runs there are of each stored status, those whose id starts
+        with ``prefix`` only (all, when ``None``), in one read where the database
+        allows (``GROUP BY status``); statuses with no run may be left out.  A run
+        that cannot be read as a row is not counted (as `list` with a ``status`` does
+        not list it); a status the front does not know may appear (the front drops
+        it).  Where the database can only count by reading the runs (Redis: no index
+        by status), the count may be read in several atomic parts, so runs changing
+        meanwhile may be counted under their old or their new status."""
+        ...
+
     async def purge(self, now: float) -> int:
         """Delete runs expired at ``now`` (and whatever indexes point at gone runs) for
         good; how many went."""

@@ -329,6 +329,27 @@ class StoreFront:
         next_cursor = encode_cursor(page[-1].at, page[-1].id) if len(found) > limit else None
         return SnapshotPage(infos, next_cursor)
 
+    async def count_by_status(self, *, prefix: str | None = None) -> dict[RunStatus, int]:
+        """How many runs there are of each status: every `RunStatus` is a key, in the
+        order of ``RUN_STATUSES``, ``0`` for a status with no run.  Only the runs `list`
+        would list with that status are counted: never an expired one; a run with a
+        damaged field counts under the status its row stores, while a Redis key that is
+        not a run hash at all (listed ``damaged`` by an unfiltered `list` only) is not
+        counted.  With ``prefix``, only the runs whose id starts with it.
+
+        SQLite and PostgreSQL count in one ``GROUP BY status`` statement and memory
+        directly (one consistent count).  Redis keeps no index by status: it reads each
+        run's status and expiry inside Lua scripts of a few thousand runs each (no run
+        data crosses the network), so the time grows with the number of runs and runs
+        that change status meanwhile may be counted under either status.
+
+        A cancellation point; ``TypeError`` for a prefix that is not a string;
+        ``RuntimeError`` once closed; the database's own errors propagate."""
+        check_list_args(prefix, None, 1)
+        self._check_open()
+        found = await self._driver.count(self._clock.time(), prefix or None)
+        return {status: int(found.get(status, 0)) for status in RUN_STATUSES}
+
     async def purge_expired(self) -> int:
         """Delete expired runs for good (they are already invisible); how many went."""
         self._check_open()

@@ -660,6 +660,10 @@ _LIST_PREFIX = " AND starts_with(id, ${n})"
 _LIST_STATUS = " AND status = ${n}"
 _LIST_AFTER = ' AND (updated_at < ${n} OR (updated_at = ${n} AND id COLLATE "C" < ${m}))'
 _LIST_ORDER = ' ORDER BY updated_at DESC, id COLLATE "C" DESC LIMIT ${n}'
+# $1 now; with a prefix, $2 the prefix (`Statements.counting`).
+_COUNT = "SELECT status, count(*) FROM {runs} WHERE (expires_at IS NULL OR expires_at > $1)"
+_COUNT_PREFIX = " AND starts_with(id, $2)"
+_COUNT_GROUP = " GROUP BY status"
 
 
 class Statements:
@@ -770,3 +774,7 @@ class Statements:
         if after:
             sql, n = sql + _LIST_AFTER.format(n=n, m=n + 1), n + 2
         return sql + _LIST_ORDER.format(n=n)
+
+    def counting(self, *, prefix: bool) -> str:
+        """The count by status: ``$1`` now, then the prefix if given."""
+        return self.fill(_COUNT + (_COUNT_PREFIX if prefix else "") + _COUNT_GROUP)

@@ -37,6 +37,7 @@ __all__ = [
     "CACHE_PUT",
     "CHECKPOINT",
     "CLAIM_QUEUED",
+    "COUNT",
     "CREATE_CLAIMED",
     "DELETE",
     "DELETE_SCHEDULE",
@@ -709,3 +710,32 @@ return 0
 """
 """Delete a cache entry if it expired (checked and deleted at once: a fresh entry
 written meanwhile stays).  KEYS: the entry.  ARGV: now.  Returns 1 if it went."""
+
+COUNT = """
+local members = redis.call('ZRANGE', KEYS[1], ARGV[3], ARGV[4])
+local now, want = tonumber(ARGV[2]), ARGV[5]
+local counts, out = {}, {#members}
+for _, id in ipairs(members) do
+  if want == '' or string.sub(id, 1, #want) == want then
+    local got = redis.pcall('HMGET', ARGV[1] .. 'run:' .. id, 'status', 'expires_at')
+    if got[1] then
+      local exp = got[2]
+      local at = exp and tonumber(exp)
+      if not exp or exp == '' or at == nil or at > now then
+        counts[got[1]] = (counts[got[1]] or 0) + 1
+      end
+    end
+  end
+end
+for status, n in pairs(counts) do
+  out[#out + 1] = status
+  out[#out + 1] = n
+end
+return out
+"""
+"""Count by status the live runs of one slice of the index (ranks ``ARGV[3]`` to
+``ARGV[4]``), reading only each run's ``status`` and ``expires_at`` (a damaged expiry
+counts as live, as everywhere).  KEYS: the index.  ARGV: the key prefix, now, first
+rank, last rank, the id prefix (``''``: every run).  Returns how many index entries
+the slice held, then ``status, count`` pairs.  A run gone from under its entry, and a
+key that is not a hash (``HMGET`` fails: no status), are not counted."""

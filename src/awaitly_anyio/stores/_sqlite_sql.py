@@ -294,6 +294,9 @@ LIST_STATUS = "status = ?"
 # at, at, id
 LIST_AFTER = "(updated_at < ? OR (updated_at = ? AND id < ?))"
 
+# ``{where}``: `LIVE`, and `LIST_PREFIX` when a prefix is given.
+COUNT = "SELECT status, count(*) FROM awaitly_runs WHERE {where} GROUP BY status"
+
 # now
 PURGE_STEPS = (
     "DELETE FROM awaitly_steps WHERE run_id IN (SELECT id FROM awaitly_runs"

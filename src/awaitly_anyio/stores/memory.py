@@ -286,6 +286,15 @@ class _MemoryDriver:
         found.sort(key=lambda entry: (entry.at, entry.id), reverse=True)
         return found[:limit]
 
+    async def count(self, now: float, prefix: str | None) -> dict[str, int]:
+        await anyio.lowlevel.checkpoint()
+        counts: dict[str, int] = {}
+        for id in builtins.list(self.runs):
+            row = self._live(id, now)
+            if row is not None and (prefix is None or id.startswith(prefix)):
+                counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
     async def purge(self, now: float) -> int:
         await anyio.lowlevel.checkpoint()
         gone = [

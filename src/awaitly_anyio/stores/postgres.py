@@ -430,6 +430,16 @@ class _PostgresDriver:
         found: builtins.list[Any] = await self.call(work)
         return [ListedRow(record[0], record[6], RunRow(*record[1:])) for record in found]
 
+    async def count(self, now: float, prefix: str | None) -> dict[str, int]:
+        query = self.sql.counting(prefix=bool(prefix))
+        params: builtins.list[Any] = [now, prefix] if prefix else [now]
+
+        async def work(connection: Any) -> dict[str, int]:
+            return {str(r[0]): int(r[1]) for r in await connection.fetch(query, *params)}
+
+        result: dict[str, int] = await self.call(work)
+        return result
+
     async def purge(self, now: float) -> int:
         sql = self.sql
 

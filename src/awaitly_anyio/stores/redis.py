@@ -200,6 +200,10 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
+# How many index entries one `lua.COUNT` script reads.
+_COUNT_SLICE = 5000
+
+
 def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
@@ -932,6 +936,22 @@ class _RedisDriver:
         if dangling:
             await self._forget(dangling, now)
         return found[:limit]
+
+    async def count(self, now: float, prefix: str | None) -> dict[str, int]:
+        # No index by status: one script per slice of the index reads each run's status
+        # and expiry on the server (a slice is a few milliseconds of Redis's time, so
+        # other clients are not held up long; see `lua.COUNT`).
+        counts: dict[str, int] = {}
+        start = 0
+        while True:
+            args = [self._prefix, _num(now), start, start + _COUNT_SLICE - 1, prefix or ""]
+            found = await self._script(lua.COUNT, [self._index], args)
+            for status, n in zip(found[1::2], found[2::2], strict=True):
+                key = status.decode() if isinstance(status, bytes) else str(status)
+                counts[key] = counts.get(key, 0) + int(n)
+            if int(found[0]) < _COUNT_SLICE:
+                return counts
+            start += _COUNT_SLICE
 
     async def _forget(self, ids: Sequence[str], now: float) -> int:
         """Drop index entries of runs that are gone or expired (and such runs' keys)."""

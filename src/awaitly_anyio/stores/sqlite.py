@@ -434,6 +434,19 @@ class _SQLiteDriver:
         found = await self._run(work)
         return [ListedRow(id, _number(rest[5]), RunRow(*rest)) for id, *rest in found]
 
+    async def count(self, now: float, prefix: str | None) -> dict[str, int]:
+        clauses = [sql.LIVE]
+        params: builtins.list[Any] = [now]
+        if prefix:
+            clauses.append(sql.LIST_PREFIX)
+            params += [len(prefix), prefix]
+        statement = sql.COUNT.format(where=" AND ".join(clauses))
+
+        def work(db: Any) -> dict[str, int]:
+            return {str(status): int(n) for status, n in db.execute(statement, params)}
+
+        return await self._run(work)
+
     async def purge(self, now: float) -> int:
         def work(db: Any) -> int:
             with _transaction(db):

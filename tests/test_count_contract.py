@@ -164,3 +164,68 @@ async def test_bad_arguments_and_a_closed_store(kit: StoreKit, tmp_path: Path) -
     if kit.name != "memory":  # (the memory kit's store lives on for the test's folder)
         with pytest.raises(RuntimeError, match="closed"):
             await store.count_by_status()
+
+
+# ---- the dashboard's /api/counts --------------------------------------------------------
+
+
+class PagingOnly:
+    """A `SnapshotStore` of the user's own (no ``count_by_status``): the dashboard
+    counts its runs by paging through ``list``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.save, self.load, self.delete = inner.save, inner.load, inner.delete
+        self.list, self.close = inner.list, inner.close
+
+    async def __aenter__(self) -> PagingOnly:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def api_counts(store: Any, clock: FakeClock, **options: Any) -> dict[str, Any]:
+    import httpx
+
+    from awaitly_anyio import create_dashboard_app
+
+    app = create_dashboard_app(store, clock=clock, counts_ttl=0, **options)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+        got = await c.get("/api/counts")
+    assert got.status_code == 200, got.text
+    found: dict[str, Any] = got.json()
+    return found
+
+
+async def test_the_dashboard_counts_with_the_store(
+    store: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statuses: list[RunStatus] = ["running", "completed", "completed", "failed"]
+    for n, status in enumerate(statuses):
+        id = f"run-{n}"
+        await store.save(
+            id, WorkflowSnapshot("orders", id, status=status), ttl=timedelta(minutes=n + 1)
+        )
+    clock.advance(61)  # run-0 expires
+    asked: list[object] = []
+    count_by_status = store.count_by_status
+
+    async def spy(**kwargs: Any) -> dict[RunStatus, int]:
+        asked.append(kwargs)
+        return await count_by_status(**kwargs)
+
+    monkeypatch.setattr(store, "count_by_status", spy)
+    expected = {**ZERO, "completed": 2, "failed": 1}
+    doc = await api_counts(store, clock)
+    assert doc == {"counts": expected, "capped": [], "limit": 100_000}
+    assert asked == [{}]  # one count from the store, no paging
+    assert await api_counts(store, clock, count_limit=1) == {
+        "counts": {**expected, "completed": 1},
+        "capped": ["completed"],
+        "limit": 1,
+    }
+    # A store of one's own without count_by_status gets the same counts by paging.
+    assert (await api_counts(PagingOnly(store), clock))["counts"] == expected
+    assert len(asked) == 2

@@ -8,8 +8,11 @@ the page after (the store's cursor) and for a status filter.  The figure is the 
 of the rounds' own ratios (page / list; target <= 2.0).
 
 The counts by status are not part of the page: its script loads them from
-``/api/counts``, a separate request (counting 100,000 runs reads them all, by pages);
-its time is reported alone, no target.
+``/api/counts``, a separate request.  It is timed uncached (``counts_ttl=0``) against
+the same ``list(limit=50)``, round by round (the store counts with one ``GROUP BY
+status``; no target: it reads every row's status, where a page reads 51 rows), and
+once the way it was counted before ``count_by_status`` (paging through
+``list(status=...)``), for comparison.
 
 The 100,000 rows are inserted with one SQL statement each (``generate_series`` on
 PostgreSQL, ``executemany`` on SQLite) in the benchmark's own schema / file, dropped at
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -187,11 +191,47 @@ async def measure(open_store: Callable[[], Any], rounds: int, runs: int) -> dict
                 "page_ms": statistics.median(pages) * 1000,
                 "ratio": median_ratio(pages, lists),
             }
-        started = time.perf_counter()
-        counts = json.loads(await call_app(app, "/api/counts"))
-        figures["counts_ms"] = (time.perf_counter() - started) * 1000
+        # /api/counts, uncached (counts_ttl=0): the store counts by status in one query.
+        counts_app = create_dashboard_app(store, page_size=PAGE, counts_ttl=0)
+        counts = json.loads(await call_app(counts_app, "/api/counts"))
         assert sum(counts["counts"].values()) == runs, counts
+        seeded = Counter(STATUSES[n % len(STATUSES)] for n in range(runs))
+        assert {k: v for k, v in counts["counts"].items() if v} == seeded, counts
+        lists, counted = [], []
+        for n in range(max(10, rounds // 4)):
+            pair = [
+                (lists, lambda: store.list(limit=PAGE)),
+                (counted, lambda: call_app(counts_app, "/api/counts")),
+            ]
+            for into, fn in pair if n % 2 else pair[::-1]:
+                into.append(await timed(fn))
+        figures["counts"] = {
+            "list_ms": statistics.median(lists) * 1000,
+            "counts_ms": statistics.median(counted) * 1000,
+            "ratio": median_ratio(counted, lists),
+        }
+        # The way it counted before count_by_status, for comparison: paging through
+        # list(status=...) for every status (a store without count_by_status still does).
+        paging_app = create_dashboard_app(PagingOnly(store), page_size=PAGE, counts_ttl=0)
+        started = time.perf_counter()
+        paged = json.loads(await call_app(paging_app, "/api/counts"))
+        figures["paged_counts_ms"] = (time.perf_counter() - started) * 1000
+        assert paged["counts"] == counts["counts"], (paged, counts)
         return figures
+
+
+class PagingOnly:
+    """The store seen as a plain `SnapshotStore` (no ``count_by_status``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.save, self.load, self.delete = inner.save, inner.load, inner.delete
+        self.list, self.close = inner.list, inner.close
+
+    async def __aenter__(self) -> PagingOnly:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
 
 def main() -> int:
@@ -247,9 +287,14 @@ def main() -> int:
                             f"  {store_name:8} {backend:7} {case:14} list {f['list_ms']:7.3f} ms"
                             f"  page {f['page_ms']:7.3f} ms  ratio {f['ratio']:5.2f}x  {mark}"
                         )
+                    f = figures["counts"]
+                    summary.add(
+                        f"dashboard /api/counts / list() [{store_name}]", backend, f["ratio"]
+                    )
                     print(
-                        f"  {store_name:8} {backend:7} /api/counts (separate request,"
-                        f" {args.runs:,} runs) {figures['counts_ms']:.0f} ms"
+                        f"  {store_name:8} {backend:7} /api/counts    list {f['list_ms']:7.3f} ms"
+                        f"  counts {f['counts_ms']:7.3f} ms  ratio {f['ratio']:5.1f}x"
+                        f"  (by paging, as before: {figures['paged_counts_ms']:.0f} ms)"
                     )
         finally:
             if postgres:

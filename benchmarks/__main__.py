@@ -36,6 +36,7 @@ SCRIPTS = {
     "policies": "bench_policies.py",
     "concurrency": "bench_concurrency.py",
     "sqlite": "bench_checkpoint.py",
+    "keys": "bench_keys.py",
     "servers": "bench_servers.py",
     "durable_load": "bench_durable_load.py",
     "durable_floor": "bench_durable_floor.py",

@@ -287,10 +287,10 @@ class Tracker:
 
     # -- keys --
 
-    def auto_key(self, name: str) -> tuple[str, tuple[str, str]]:
-        """The automatic key of the next unkeyed step ``name`` where the caller runs, and
-        the (level, name) pair it counts under.  ``ValueError`` when steps of that name
-        run concurrently at the same level: their keys would depend on scheduling."""
+    def auto_key(self, name: str) -> str:
+        """The automatic key of the next unkeyed step ``name`` where the caller runs.
+        ``ValueError`` when steps of that name run concurrently at the same level:
+        their keys would depend on scheduling."""
         scope = _SCOPE.get()
         if scope is None:
             level = ""
@@ -310,7 +310,18 @@ class Tracker:
                 f"key=f'{name}:{{item}}'), or give them different names"
             )
         path = _escape(name) + "#" + str(count)
-        return AUTO_PREFIX + (f"{level}/{path}" if level else path), ident
+        return AUTO_PREFIX + (f"{level}/{path}" if level else path)
+
+    def start(self, name: str, key: str) -> tuple[str, str] | None:
+        """Step ``name`` starts executing under ``key``: an automatic key counts as
+        running at the caller's level until the step ends (the caller then takes one
+        off ``running[ident]``); returns that ident (``None`` for an explicit key)."""
+        if not key.startswith(AUTO_PREFIX):
+            return None
+        scope = _SCOPE.get()
+        ident = ("" if scope is None else scope.level, name)
+        self.running[ident] = self.running.get(ident, 0) + 1
+        return ident
 
     # -- drift --
 

@@ -851,11 +851,6 @@ async def test_any_fallback_and_on_timeout_values_are_replayed_by_a_resumed_run(
     assert calls == []  # every group answered from its record
 
 
-@pytest.mark.xfail(
-    reason="a step value holding Ok/Err cannot be stored yet (serialization.py, requested "
-    "from kit22 in /work/helpers/requests/groups22.md)",
-    strict=False,
-)
 async def test_all_settled_outcomes_are_stored_and_replayed_by_a_resumed_run(
     store: Any, clock: FakeClock
 ) -> None:
@@ -885,9 +880,8 @@ async def test_all_settled_outcomes_are_stored_and_replayed_by_a_resumed_run(
 
 
 async def test_unkeyed_groups_in_a_durable_run(store: Any, clock: FakeClock) -> None:
-    # A batched for_each without a key resumes under automatic keys; an unkeyed
-    # all_settled is not checkpointed for now (its Results could not be stored), so it
-    # runs again on resume instead of failing the run.
+    # A batched for_each and an all_settled without a key resume under automatic keys:
+    # the all_settled's Results are stored with the run, so nothing runs again.
     executed: list[str] = []
     stop = ["once"]
 
@@ -912,4 +906,4 @@ async def test_unkeyed_groups_in_a_durable_run(store: Any, clock: FakeClock) -> 
     executed.clear()
     result = await workflow.run(body, workflow_id="u-1", store=store)
     assert result == Ok([[0, 1, 2, 3], [False, True]])
-    assert sorted(executed) == ["check 0", "check 1"]
+    assert executed == []

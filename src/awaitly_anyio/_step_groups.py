@@ -529,16 +529,8 @@ class Step(StepCore):
                     tg.start_soon(child, index, fn)
             return Ok(outcomes if labels is None else dict(zip(labels, outcomes, strict=True)))
 
-        # Interim: a durable run's stores cannot keep Ok / Err nested in a value yet
-        # (requested of serialization), so an unkeyed all_settled is not checkpointed
-        # under an automatic key (its children run again on resume) rather than end the
-        # run with a SerializationError; with key= it is, as the caller asked.
         result: dict[Any, Result[Any, Any]] | list[Result[Any, Any]] = await self(
-            name,
-            settle_all,
-            key=key,
-            timeout=timeout,
-            checkpoint=key is not None or self._run.track is None,
+            name, settle_all, key=key, timeout=timeout
         )
         return result
 

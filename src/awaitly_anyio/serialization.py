@@ -31,8 +31,10 @@ import attrs
 from cattrs.preconf.json import make_converter
 
 from ._errors import (
+    AllFailedError,
     ApprovalRejectedError,
     CircuitOpenError,
+    InputValidationError,
     LimiterQueueFullError,
     RateLimitExceededError,
     SerializationError,
@@ -151,6 +153,7 @@ for _builtin in (
     LimiterQueueFullError,
     SharedStateUnavailableError,
     StoredException,
+    InputValidationError,
 ):
     default_registry.register(_builtin, name=f"awaitly.{_builtin.__name__}")
 
@@ -395,6 +398,19 @@ def _encode(value: Any, registry: TypeRegistry, depth: int = 0) -> Any:
         return {_TAG: "decimal", "v": str(value)}
     if kind is UnexpectedError:
         return _exception_doc("unexpected", value.cause)
+    # Results nested in a value (``ctx.step.all_settled`` returns a list of them) and the
+    # error that lists its children's errors: their contents are any storable value, which
+    # a registered class's fields (cattrs, plain JSON only) could not hold.
+    if kind is Ok:
+        return {_TAG: "ok", "v": _encode(value.value, registry, depth)}
+    if kind is Err:
+        return {_TAG: "err", "v": _encode(value.error, registry, depth)}
+    if kind is AllFailedError:
+        return {
+            _TAG: "all_failed",
+            "step": value.step,
+            "v": [_encode(error, registry, depth) for error in value.errors],
+        }
     if getattr(kind, "__awaitly_never_stored__", False):
         raise _Unstorable(
             _qualname(kind),
@@ -485,6 +501,15 @@ def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) ->
         return UUID(payload)
     if tag == "decimal":
         return Decimal(payload)
+    if tag == "ok":
+        return Ok(_decode(payload, registry))
+    if tag == "err":
+        return Err(_decode(payload, registry))
+    if tag == "all_failed":
+        step = data.get("step")
+        if type(step) is not str or type(payload) is not list:
+            raise _Undecodable(f"bad 'all_failed' value {safe_repr(data)}")
+        return AllFailedError(step, tuple(_decode(item, registry) for item in payload))
     if tag in ("unexpected", "exception"):
         stored = StoredException(
             str(data["type"]), str(data["message"]), str(data.get("traceback", ""))

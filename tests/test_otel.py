@@ -192,3 +192,18 @@ def test_without_opentelemetry_the_adapter_is_a_no_op(monkeypatch: pytest.Monkey
     adapter = create_otel_adapter(service_name="x")
     assert not adapter.enabled
     adapter.handle_event(object())  # anything goes, nothing happens
+
+
+async def test_the_run_context_is_on_the_workflow_span(telemetry: Any) -> None:
+    adapter, exporter, _ = telemetry
+    workflow = create_workflow("checkout", on_event=adapter.handle_event, clock=FakeClock())
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        return await ctx.step("fetch_user", lambda: "ada")
+
+    context = {"request_id": "r-1", "tenant": {"id": 7, "tags": ("a", "b")}, "none": None}
+    assert (await workflow.run(body, context=context)).ok
+    (run,) = [s for s in exporter.get_finished_spans() if s.name == "workflow checkout"]
+    assert run.attributes["awaitly.context.request_id"] == "r-1"
+    assert run.attributes["awaitly.context.tenant"] == '{"id": 7, "tags": ["a", "b"]}'
+    assert "awaitly.context.none" not in run.attributes

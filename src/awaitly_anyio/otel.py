@@ -11,8 +11,9 @@ the SDK and exporters as usual.  Without it installed, the adapter does nothing.
 
 from __future__ import annotations
 
+import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, cast
 
@@ -267,6 +268,8 @@ class OtelAdapter:
                 "service.name": self.service_name,
             },
         )
+        if event.context:
+            _context_attributes(span, event.context)
         frame = _Frame(span, event.workflow_id, None, None, current, outer, None, start)
         frame.run_frame = frame
         frame.open = set()
@@ -647,3 +650,24 @@ def create_otel_adapter(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
     )
+
+
+def _context_attributes(span: Any, context: Mapping[str, Any]) -> None:
+    """The run's context (``workflow.run(..., context=...)``) as ``awaitly.context.*``
+    attributes of its span: scalars as they are, anything else as JSON text (an
+    attribute holds only scalars and lists of them)."""
+    for key, value in context.items():
+        if value is None:
+            continue
+        if not isinstance(value, (str, bool, int, float)):
+            value = json.dumps(_plain(value), sort_keys=True)
+        span.set_attribute(f"awaitly.context.{key}", value)
+
+
+def _plain(value: Any) -> Any:
+    # A run's context holds read-only mappings and tuples: json wants dicts and lists.
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in cast("Mapping[object, object]", value).items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in cast("tuple[object, ...]", value)]
+    return value

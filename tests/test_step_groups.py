@@ -907,3 +907,17 @@ async def test_unkeyed_groups_in_a_durable_run(store: Any, clock: FakeClock) -> 
     result = await workflow.run(body, workflow_id="u-1", store=store)
     assert result == Ok([[0, 1, 2, 3], [False, True]])
     assert executed == []
+
+
+async def test_all_failed_error_is_stored_with_each_childs_error(
+    store: Any, clock: FakeClock
+) -> None:
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        return await ctx.step.any("pick", [lambda: Err("EU_DOWN"), lambda: Err("US_DOWN")])
+
+    workflow = create_workflow("all-failed", clock=clock)
+    expected = Err(AllFailedError("pick", ("EU_DOWN", "US_DOWN")))
+    assert await workflow.run(body, workflow_id="f-1", store=store) == expected
+    snapshot = await store.load("f-1")
+    assert snapshot.status == "failed"
+    assert snapshot.result == expected  # each child's error, not just a message

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
-from typing_extensions import TypeAlias, TypedDict
+from typing_extensions import TypedDict
 
 from ._retry import Backoff, RetryPolicy
 

@@ -359,30 +359,30 @@ class Workflow(Generic[D]):
             with session:
                 resume = session.resume
                 completed = NO_RESULTS if resume is None else completed_results(resume)
+                versioned: Mapping[str, Ok[Any]] | Err[Any] = completed
                 if self._versions.current is not None:
                     versioned = await _versioned(
                         self._versions, session, self.name, self.clock, completed
                     )
-                    if isinstance(versioned, Err):
-                        result = versioned
-                        return await session.finish(result)
-                    completed = versioned
-                state = RunState(
-                    self.name,
-                    session.workflow_id,
-                    self.clock,
-                    emit,
-                    self._map,
-                    completed,
-                    session.checkpoint,
-                )
-                state.track = Tracker(
-                    session.workflow_id, completed, check=self.on_drift == "error"
-                )
-                if ROLLBACK_KEY in completed:
-                    state.rolling_back = recorded_rollback(completed)
-                ctx = WorkflowContext(state, deps, session.input, context)
-                result = await _outcome(state, body, ctx)
+                if isinstance(versioned, Err):
+                    result = versioned  # (nothing executes: the run ends with it)
+                else:
+                    state = RunState(
+                        self.name,
+                        session.workflow_id,
+                        self.clock,
+                        emit,
+                        self._map,
+                        versioned,
+                        session.checkpoint,
+                    )
+                    state.track = Tracker(
+                        session.workflow_id, versioned, check=self.on_drift == "error"
+                    )
+                    if ROLLBACK_KEY in versioned:
+                        state.rolling_back = recorded_rollback(versioned)
+                    ctx = WorkflowContext(state, deps, session.input, context)
+                    result = await _outcome(state, body, ctx)
         except BaseException:
             await session.cancelled()
             raise

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -1665,12 +1666,13 @@ async def _serve_dashboard(
                 return
 
     async def serve(task_status: anyio.abc.TaskStatus[Any]) -> None:
-        # Imported by name: Hypercorn's types are partly unknown to the type checkers.
-        if _loops.current_name() == "trio":
-            hyper: Any = importlib.import_module("hypercorn.trio")
+        # Hypercorn has one module per loop, named as the loops are (hypercorn.trio,
+        # hypercorn.asyncio); imported by name, its types being partly unknown to the
+        # type checkers.  A serve() that reports its start takes task_status.
+        hyper: Any = importlib.import_module(f"hypercorn.{_loops.current_name()}")
+        if "task_status" in inspect.signature(hyper.serve).parameters:
             await hyper.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
             return
-        hyper = importlib.import_module("hypercorn.asyncio")
 
         # asyncio's serve reports no start: the socket is bound once it accepts.
         async def started() -> None:

@@ -426,10 +426,10 @@ class InputValidationError(_ValueException):
     problems: tuple[str, ...]
 
     def __str__(self) -> str:
-        return (
-            f"the input of workflow {self.workflow_name!r} was rejected: "
-            + "; ".join(self.problems)
+        return f"the input of workflow {self.workflow_name!r} was rejected: " + "; ".join(
+            self.problems
         )
+
 
 @attrs.frozen
 class CompensationFailure:
@@ -457,9 +457,7 @@ class CompensationError(_ValueException):
 
     def __str__(self) -> str:
         original = self.original
-        cause = (
-            describe(original) if isinstance(original, BaseException) else repr(original)
-        )
+        cause = describe(original) if isinstance(original, BaseException) else repr(original)
         failed = "; ".join(
             f"{failure.name!r}: "
             + (

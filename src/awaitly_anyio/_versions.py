@@ -28,8 +28,6 @@ stored by another version is migrated (`Migration`), restarted, or refused.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal, TypeAlias, cast
@@ -37,6 +35,7 @@ from typing import Any, Literal, TypeAlias, cast
 import attrs
 
 from ._errors import WorkflowDriftError, WorkflowVersionError
+from ._loops import current_task
 from ._result import Err, Ok
 
 __all__ = [
@@ -186,18 +185,8 @@ class Scope:
 
 _SCOPE: ContextVar[Scope | None] = ContextVar("awaitly_anyio_step_scope", default=None)
 
-_current_asyncio_task = asyncio.current_task
-_running_loop = asyncio._get_running_loop
-
-
-def _current_task() -> object:
-    """The running task (asyncio's or trio's), to tell a group's children, which run in
-    tasks of their own, from its sequential calls.  (anyio.get_current_task builds a
-    TaskInfo: several times the cost, paid by every step of a durable run.)"""
-    if _running_loop() is not None:
-        return _current_asyncio_task()
-    trio = sys.modules.get("trio")
-    return None if trio is None else trio.lowlevel.current_task()
+# (the loops layer's: it names no loop here, and is cheaper than anyio's TaskInfo)
+_current_task = current_task
 
 
 def enter_scope(key: str) -> object:

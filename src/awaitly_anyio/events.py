@@ -228,6 +228,18 @@ class StepCancelled(_StepEvent):
 
 
 @attrs.frozen(kw_only=True)
+class BatchProgress(_StepEvent):
+    """Batch ``batch`` (counted from 0) of the batched ``ctx.step.for_each`` step ``name``
+    finished: ``done`` of its ``total`` items are done (a resumed run counts the batches
+    it replayed from their records too)."""
+
+    type: ClassVar[Literal["batch_progress"]] = "batch_progress"
+    done: int
+    total: int
+    batch: int
+
+
+@attrs.frozen(kw_only=True)
 class CompensationStart(_StepEvent):
     """A failed run's rollback began the compensation of step ``name`` (``step_key``:
     the step's key), with the value that step produced."""
@@ -256,18 +268,6 @@ class CompensationFailed(_StepEvent):
     duration_ms: float
     error: Any
     attempt: int = 1
-
-
-@attrs.frozen(kw_only=True)
-class BatchProgress(_StepEvent):
-    """Batch ``batch`` (counted from 0) of the batched ``ctx.step.for_each`` step ``name``
-    finished: ``done`` of its ``total`` items are done (a resumed run counts the batches
-    it replayed from their records too)."""
-
-    type: ClassVar[Literal["batch_progress"]] = "batch_progress"
-    done: int
-    total: int
-    batch: int
 
 
 WorkflowEvent: TypeAlias = (

@@ -509,7 +509,8 @@ def _decode_tagged(tag: object, data: dict[str, Any], registry: TypeRegistry) ->
         step = data.get("step")
         if type(step) is not str or type(payload) is not list:
             raise _Undecodable(f"bad 'all_failed' value {safe_repr(data)}")
-        return AllFailedError(step, tuple(_decode(item, registry) for item in payload))
+        items = cast("list[object]", payload)  # (a type() test leaves the items unknown)
+        return AllFailedError(step, tuple(_decode(item, registry) for item in items))
     if tag in ("unexpected", "exception"):
         stored = StoredException(
             str(data["type"]), str(data["message"]), str(data.get("traceback", ""))

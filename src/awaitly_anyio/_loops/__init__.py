@@ -37,6 +37,7 @@ __all__ = [
     "cancel_due",
     "current",
     "current_name",
+    "current_task",
     "deliver_cancellation",
 ]
 
@@ -86,6 +87,25 @@ def current() -> Loop:
     if _get_running_loop() is not None:
         return _ASYNCIO
     return _current_trio()
+
+
+_current_asyncio_task = asyncio.current_task
+
+
+def current_task() -> object:
+    """An identity object for the task running the caller (asyncio's task or trio's),
+    ``None`` outside any.  Cheaper than ``anyio.get_current_task()``, which builds a
+    `TaskInfo`: a durable run's steps ask it once each, to tell a group's children
+    (tasks of their own) from sequential calls."""
+    if _get_running_loop() is not None:
+        return _current_asyncio_task()
+    trio = sys.modules.get("trio")  # not imported: no trio task can be running
+    if trio is None:
+        return None
+    try:
+        return trio.lowlevel.current_task()
+    except RuntimeError:
+        return None
 
 
 def current_name() -> str:

@@ -44,7 +44,6 @@ SCRIPTS = {
     "dbos": "bench_dbos.py",
     "waiting": "bench_waiting.py",
     "queues": "bench_queues.py",
-    "keys": "bench_keys.py",
     "saga": "bench_saga.py",
     "reliability_extras": "bench_reliability_extras.py",
     "dashboard": "bench_dashboard.py",

@@ -112,9 +112,9 @@ from ._store import (
     SnapshotStore,
     StoredSchedule,
 )
+from ._versions import Migration
 from ._waiting import approve, pending_approvals, reject, resolve_hook, send
 from ._waits import Approval, Hook
-from ._versions import Migration
 from ._workflow import Workflow, create_workflow, run
 from .config import Secret, Settings, SettingsError
 from .dashboard import create_dashboard_app

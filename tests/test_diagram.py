@@ -162,3 +162,16 @@ def test_runs_show_mermaid_and_diagram_from_the_command_line(tmp_path: Path) -> 
     refused = cli("runs", "show", "order-7", "--diagram", "--mermaid", "--store", url)
     assert refused.returncode == 2
     assert "not allowed with argument" in refused.stderr
+
+
+def test_steps_under_automatic_keys_are_shown_by_their_names() -> None:
+    steps = {
+        "awaitly.step:fan_out#1": StepRecord(Ok(2), 1, T0, T0),
+        "awaitly.step:fan_out#1/fetch#2": StepRecord(Ok("b"), 1, T0, T0),
+        "awaitly.step:send%2Fbatch#1": StepRecord(Ok(None), 1, T0, T0),
+    }
+    text = run_to_text(WorkflowSnapshot("orders", "order-8", steps=steps, status="completed"))
+    assert "1. fan_out [ok" in text
+    assert "2. fetch [ok" in text
+    assert "3. send/batch [ok" in text
+    assert "awaitly.step" not in text

@@ -25,6 +25,7 @@ from ._dashboard_html import masked
 from ._redact import redact_text
 from ._result import Err, Ok
 from ._snapshot import SnapshotInfo, WorkflowSnapshot
+from ._versions import step_label
 from .events import (
     StepComplete,
     StepFailed,
@@ -152,14 +153,10 @@ def diagram_steps(
     return missing + list(ordered.values())
 
 
-_AUTO_KEY = "awaitly.step:"  # the key a durable run gives a step without one: NAME#N
-
-
 def _name_of(key: str) -> str:
-    """A step's name from its key: the key, or NAME for an automatic ``awaitly.step:NAME#N``."""
-    if key.startswith(_AUTO_KEY) and "#" in key:
-        return key[len(_AUTO_KEY) : key.rfind("#")]
-    return key
+    """A step's name from its key: the key, or the step name of an automatic key (one
+    the durable run made, ``awaitly.step:PARENT#1/NAME#2``)."""
+    return step_label(key)
 
 
 def _duration(ms: float | None) -> str:

@@ -774,3 +774,48 @@ async def test_unkeyed_steps_of_a_durable_run_are_compensated_once_across_a_resu
     assert await workflow.run(body, workflow_id="trip-5", store=store) == Err("card declined")
     assert released == ["hotel", "flight"]
     assert reserved == ["flight", "hotel"]
+
+
+async def test_a_recovered_rollback_finishes_even_if_the_body_no_longer_fails(
+    store: Any,
+) -> None:
+    # The first attempt fails outside any step (a flaky check in the body itself), and
+    # its rollback is cancelled after the hotel's compensation.  Resumed, the body
+    # replays to its end without failing: the rollback that began must still finish,
+    # and the run ends with the original error, not with Ok.
+    released: list[str] = []
+    started = anyio.Event()
+    release = anyio.Event()
+    flaky = ["fails once"]
+
+    async def undo_hotel(booking: str) -> None:
+        started.set()
+        await release.wait()
+        released.append(booking)
+
+    async def body(ctx: WorkflowContext[Deps]) -> str:
+        await ctx.step("flight", lambda: "flight-1", key="flight", compensate=released.append)
+        await ctx.step("hotel", lambda: "hotel-1", key="hotel", compensate=undo_hotel)
+        if flaky:
+            flaky.clear()
+            raise ConnectionError("inventory check failed")
+        return "booked"
+
+    workflow = create_workflow("trip")
+    scope = anyio.CancelScope()
+
+    async def first_attempt() -> None:
+        with scope:
+            await workflow.run(body, workflow_id="trip-3", store=store)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_attempt)
+        await started.wait()
+        scope.cancel()
+        release.set()
+    assert released == ["hotel-1"]
+
+    resumed = await workflow.run(body, workflow_id="trip-3", store=store)
+    assert isinstance(resumed, Err)
+    assert isinstance(resumed.error, UnexpectedError)
+    assert released == ["hotel-1", "flight-1"]

@@ -475,13 +475,19 @@ async def _outcome(
             # Cancelled during the last step (which did not yield to see it): the run did
             # not complete, whatever the body returned.
             await deliver_cancellation()
-        if not isinstance(out, Err):
+        if isinstance(out, Err):
+            failed = cast("Err[object]", out)
+        elif state.rolling_back is not None:
+            # A run recovered mid-rollback whose body replayed to the end without failing
+            # (the failure was outside a step and did not happen again): the rollback
+            # that began must still finish, and the run ends with its original error.
+            failed = state.rolling_back
+        else:
             done: Ok[Any] = cast("Ok[object]", out) if isinstance(out, Ok) else Ok(out)
             if state.track is None:
                 return done
             # A resumed durable run that returns without reaching a recorded step drifted.
             return state.track.finished() or done
-        failed = cast("Err[object]", out)
     if state.saga is None or (state.track is not None and state.track.drifted):
         # (Drift is the code's mismatch with the records: nothing to undo.)
         return failed

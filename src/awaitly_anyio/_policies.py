@@ -38,12 +38,13 @@ import anyio
 import attrs
 from typing_extensions import ParamSpec, TypedDict, Unpack
 
-from ._errors import InputValidationError, StepTimeoutError
+from ._errors import InputValidationError
 from ._result import Err, Ok, Result
 from ._retry import RetryPolicy, check_timeout
 from ._run import Emit, RunState
+from ._step import timed_out
 from ._thunk import as_result, call_thunk
-from .events import StepTimeout, WorkflowEvent
+from .events import WorkflowEvent
 
 if TYPE_CHECKING:
     from ._step_groups import Step
@@ -295,7 +296,7 @@ def policy_step(
                 if isawaitable(out):
                     out = await out
                 return as_result(out)
-            return _timed_out(run, name, key, seconds, attempt)
+            return timed_out(run, name, key, seconds, attempt)
 
         target = timed
 
@@ -345,27 +346,6 @@ def policy_step(
             return refused.result
 
     return step(name, both, key=key, retry=retry)
-
-
-def _timed_out(
-    run: RunState, name: str, key: str | None, seconds: float, attempt: int
-) -> Err[StepTimeoutError]:
-    """What a call that ran out of its ``seconds`` gives: a ``step_timeout`` event (if
-    anyone listens) and ``Err(StepTimeoutError)``."""
-    emit = run.emit
-    if emit is not None:
-        emit(
-            StepTimeout(
-                workflow_id=run.workflow_id,
-                workflow_name=run.name,
-                ts=run.clock.time(),
-                name=name,
-                step_key=key,
-                seconds=seconds,
-                attempt=attempt,
-            )
-        )
-    return Err(StepTimeoutError(name, seconds))
 
 
 # ---- the per-run context -------------------------------------------------------------

@@ -110,6 +110,29 @@ def _check_type(name: str, type: object) -> None:
     )
 
 
+def timed_out(
+    run: RunState, name: str, key: str | None, seconds: float, attempt: int = 1
+) -> Err[StepTimeoutError]:
+    """What a call that ran out of its ``seconds`` gives: a ``step_timeout`` event (if
+    anyone listens) and ``Err(StepTimeoutError)``.  The one place every deadline of a
+    step (the step's own, ``with_timeout``'s, ``with_fallback``'s, a policy's) reports
+    from."""
+    emit = run.emit
+    if emit is not None:
+        emit(
+            StepTimeout(
+                workflow_id=run.workflow_id,
+                workflow_name=run.name,
+                ts=run.clock.time(),
+                name=name,
+                step_key=key,
+                seconds=seconds,
+                attempt=attempt,
+            )
+        )
+    return Err(StepTimeoutError(name, seconds))
+
+
 class StepCore:
     """The core of ``ctx.step``: one step, and the variants that are one step
     (``retry``, ``try_``, ``sleep``, ``skip``, the durable waits).  The variants that
@@ -380,20 +403,7 @@ class StepCore:
                 return Err(exc), exc
             return as_result(out), None
         # Only our own deadline lands here: outside cancellation propagates through the scope.
-        run = self._run
-        if run.emit is not None:
-            run.emit(
-                StepTimeout(
-                    workflow_id=run.workflow_id,
-                    workflow_name=run.name,
-                    ts=run.clock.time(),
-                    name=name,
-                    step_key=key,
-                    seconds=timeout,
-                    attempt=attempt,
-                )
-            )
-        return Err(StepTimeoutError(name, timeout)), None
+        return timed_out(self._run, name, key, timeout, attempt), None
 
     async def _execute(
         self,

@@ -24,10 +24,10 @@ from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._retry import check_timeout
 from ._run import EarlyExit
-from ._step import StepCore, _check_fn
+from ._step import StepCore, _check_fn, timed_out
 from ._step_cache import CacheTtl, StepCache, cached_step
 from ._thunk import as_result
-from .events import BatchProgress, StepTimeout
+from .events import BatchProgress
 
 __all__ = ["Step"]
 
@@ -39,6 +39,18 @@ I = TypeVar("I")  # noqa: E741
 # ``with_timeout``'s ``on_timeout`` when it is not given: the timeout ends the workflow
 # with ``StepTimeoutError`` (``None`` is a meaningful value of the option).
 _TIMEOUT_ERROR: Final[Any] = object()
+
+
+def timeout_outcome(on_timeout: object) -> Result[Any, Any]:
+    """What ``with_timeout``'s deadline gives for ``on_timeout`` (not ``Ok``, not left
+    out): ``None`` gives ``Ok(None)``, an ``Err`` itself, any other value ``Err(value)``."""
+    if on_timeout is None:
+        return Ok(None)
+    if isinstance(on_timeout, Err):
+        given: Err[Any] = on_timeout  # pyright: ignore[reportUnknownVariableType]
+        return given
+    return Err(on_timeout)
+
 
 _UNSETTLED: Final[Result[Any, Any]] = Ok(None)
 
@@ -174,37 +186,16 @@ class Step(StepCore):
                 f"step {name!r}: on_timeout must be None or an error value, not {on_timeout!r}"
             )
         _check_fn(name, fn)
-        timed_out: Result[Any, Any]
-        if on_timeout is None:
-            timed_out = Ok(None)
-        elif isinstance(on_timeout, Err):
-            given: Err[Any] = on_timeout  # pyright: ignore[reportUnknownVariableType]
-            timed_out = given
-        else:
-            timed_out = Err(on_timeout)
+        instead = timeout_outcome(on_timeout)
 
         async def bounded() -> Result[Any, Any]:
             with anyio.move_on_after(seconds):
                 return await self._settle(fn)
             # Only our own deadline lands here: outside cancellation propagates.
-            self._timed_out(name, key, seconds)
-            return timed_out
+            timed_out(self._run, name, key, seconds)
+            return instead
 
         return await self(name, bounded, key=key)
-
-    def _timed_out(self, name: str, key: str | None, seconds: float) -> None:
-        run = self._run
-        if run.emit is not None:
-            run.emit(
-                StepTimeout(
-                    workflow_id=run.workflow_id,
-                    workflow_name=run.name,
-                    ts=run.clock.time(),
-                    name=name,
-                    step_key=key,
-                    seconds=seconds,
-                )
-            )
 
     @overload
     async def with_fallback(
@@ -316,8 +307,7 @@ class Step(StepCore):
                     finished = True
                 if not finished:
                     # Only our own deadline lands here: outside cancellation propagates.
-                    self._timed_out(name, key, timeout)
-                    result, raised = Err(StepTimeoutError(name, timeout)), None
+                    result, raised = timed_out(self._run, name, key, timeout), None
             if result.ok is True:
                 return result
             failure = raised if raised is not None else result.error

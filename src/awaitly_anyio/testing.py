@@ -23,7 +23,7 @@ from ._errors import AwaitlyError, StepTimeoutError
 from ._result import Err, Ok, Result
 from ._run import EarlyExit, RunState
 from ._saga import Compensation, compensations
-from ._step_groups import Step
+from ._step_groups import Step, timeout_outcome
 from ._workflow import Workflow
 from .events import (
     CompensationComplete,
@@ -714,15 +714,9 @@ class _HarnessStep(Step):
     ) -> Any:
         base = super().with_timeout
         timed_out: Result[Any, Any] | None = None
-        if "on_timeout" in options:  # what the deadline gives instead of StepTimeoutError
-            on_timeout = options["on_timeout"]
-            if on_timeout is None:
-                timed_out = Ok(None)
-            elif isinstance(on_timeout, Err):
-                given: Err[Any] = on_timeout  # pyright: ignore[reportUnknownVariableType]
-                timed_out = given
-            elif not isinstance(on_timeout, Ok):  # (an Ok is refused by the step)
-                timed_out = Err(on_timeout)
+        # What the deadline gives instead of StepTimeoutError (an Ok is refused by the step).
+        if "on_timeout" in options and not isinstance(options["on_timeout"], Ok):
+            timed_out = timeout_outcome(options["on_timeout"])
         return await self._prepared(
             name,
             fn,

@@ -50,9 +50,19 @@ from ._errors import AwaitlyError, SnapshotDecodeError
 from ._input import ERROR_KEY, LAST_ATTEMPT_KEY, PREFIX, stored_input, stored_trace_context
 from ._redact import redact_text, redact_url
 from ._result import Err, Ok
-from ._snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, WorkflowSnapshot
+from ._snapshot import RUN_STATUSES, RunStatus, SnapshotInfo, SnapshotPage, WorkflowSnapshot
 from ._store import MailboxStore, QueueStore, SnapshotStore
-from .health import ASGIApp, Check, HealthTracker, Receive, Scope, Send, _route_path, _run_check
+from .health import (
+    ASGIApp,
+    Check,
+    HealthTracker,
+    Receive,
+    Scope,
+    Send,
+    _count_runs,
+    _route_path,
+    _run_check,
+)
 
 __all__ = ["create_dashboard_app"]
 
@@ -269,6 +279,9 @@ def create_dashboard_app(
         except Exception as exc:
             raise _BadRequest(503, f"the store failed: {_one_line(exc)}") from exc
 
+    def list_page(*, status: RunStatus, limit: int, cursor: str | None) -> Awaitable[SnapshotPage]:
+        return read(store.list(status=status, limit=limit, cursor=cursor))
+
     # ---- pages -----------------------------------------------------------------------
 
     async def runs_page(base: str, q: Mapping[str, str]) -> bytes:
@@ -361,18 +374,9 @@ def create_dashboard_app(
             counts_cache[:] = [(time.monotonic(), doc)]
             return doc
         for status in RUN_STATUSES:
-            count = 0
-            cursor: str | None = None
-            while True:
-                want = min(10_000, count_limit - count)
-                page = await read(store.list(status=status, limit=want, cursor=cursor))
-                count += len(page.items)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-                if count >= count_limit:
-                    capped.append(status)
-                    break
+            count, reached, _ = await _count_runs(list_page, status, cap=count_limit, size=10_000)
+            if reached:
+                capped.append(status)
             counts[status] = count
         doc = {"counts": counts, "capped": capped, "limit": count_limit}
         counts_cache[:] = [(time.monotonic(), doc)]

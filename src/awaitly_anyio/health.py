@@ -217,21 +217,41 @@ async def _runs_report(store: _Lister, *, cap: int, listed: int) -> dict[str, An
     capped: list[str] = []
     waiting: list[dict[str, Any]] = []
     for status in RUN_STATUSES:
-        count = 0
-        cursor: str | None = None
-        while True:
-            page = await store.list(status=status, limit=min(_PAGE, cap - count), cursor=cursor)
-            if status == "waiting" and cursor is None:
-                waiting = [_run_doc(info) for info in page.items[:listed]]
-            count += len(page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-            if count >= cap:
-                capped.append(status)
-                break
+        count, reached, first = await _count_runs(store.list, status, cap=cap, size=_PAGE)
+        if status == "waiting":
+            waiting = [_run_doc(info) for info in first.items[:listed]]
+        if reached:
+            capped.append(status)
         counts[status] = count
     return {"counts": counts, "capped": capped, "waiting": waiting}
+
+
+class _ListPage(Protocol):
+    def __call__(
+        self, *, status: RunStatus, limit: int, cursor: str | None
+    ) -> Awaitable[SnapshotPage]: ...
+
+
+async def _count_runs(
+    list_page: _ListPage, status: RunStatus, *, cap: int, size: int
+) -> tuple[int, bool, SnapshotPage]:
+    """The runs of ``status`` counted page by page (``size`` runs a page), stopping at
+    ``cap``: the count, whether it stopped there with runs left, and the first page.
+    (The health report's and the dashboard's counts; what ``list_page`` raises
+    propagates.)"""
+    count = 0
+    cursor: str | None = None
+    first: SnapshotPage | None = None
+    while True:
+        page = await list_page(status=status, limit=min(size, cap - count), cursor=cursor)
+        if first is None:
+            first = page
+        count += len(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            return count, False, first
+        if count >= cap:
+            return count, True, first
 
 
 # As the ASGI spec and Starlette type them, so the app fits httpx's and Starlette's slots.

@@ -320,6 +320,16 @@ class Tracker:
             return "", True
         return scope.level, not scope.concurrent
 
+    def _missing_here(self) -> str | None:
+        """At the caller's level, if its steps run one after the other (not inside a
+        concurrent group): the first recorded step not reached yet.  Marks the level
+        visited."""
+        level, sequential = self._sequential()
+        if not sequential:
+            return None
+        self.visited.add(level)
+        return self._first_unconsumed(level)
+
     def _first_unconsumed(self, level: str) -> str | None:
         keys = self._levels.get(level)
         if keys is None:
@@ -354,11 +364,7 @@ class Tracker:
             self.explicit_left -= 1
         if not self.check:
             return None
-        level, sequential = self._sequential()
-        if not sequential:
-            return None
-        self.visited.add(level)
-        missing = self._first_unconsumed(level)
+        missing = self._missing_here()
         if missing is not None:
             position = self._positions.get(key, 0)
             if self._positions[missing] < position:
@@ -372,11 +378,7 @@ class Tracker:
         run if a recorded step at this level was not reached first."""
         if not self.check:
             return None
-        level, sequential = self._sequential()
-        if not sequential:
-            return None
-        self.visited.add(level)
-        missing = self._first_unconsumed(level)
+        missing = self._missing_here()
         if missing is None:
             return None
         return self._drift(missing, f"ran step {name!r}, which has no record, instead")

@@ -361,16 +361,8 @@ class OtelAdapter:
     # ---- steps ------------------------------------------------------------------
 
     def _step_start(self, event: StepStart) -> None:
-        current = self._get_current()
-        outer = current.get(self._frame_key)
         run = event.workflow_id
-        parent = current
-        if outer is not None and outer.run == run:
-            run_frame = outer.run_frame
-        else:  # not in this run's task context (yet): parent it to the run's span
-            run_frame = self._runs.get(run)
-            if run_frame is not None:
-                parent = self._Context({**current, self._span_key: run_frame.span})
+        current, outer, parent, run_frame = self._where(run)
         key = event.step_key
         start = _ns(event.ts)
         span = self._tracer.start_span(
@@ -387,12 +379,45 @@ class OtelAdapter:
                 "step.attempt": 1,
             },
         )
-        frame = _Frame(span, run, event.name, key, current, outer, run_frame, start)
-        if run_frame is not None and run_frame.open is not None:
-            run_frame.open.add(frame)
-        self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
+        self._open(_Frame(span, run, event.name, key, current, outer, run_frame, start))
         if self._enrich is not None:
             self._enrich(span, event)
+
+    def _where(self, run: str) -> tuple[Any, _Frame | None, Any, _Frame | None]:
+        """Where a step (or a compensation) of run ``run`` starts in this task: the
+        current context, the frame it is nested in, the context its span is a child
+        of, and the run's frame."""
+        current = self._get_current()
+        outer = current.get(self._frame_key)
+        if outer is not None and outer.run == run:
+            return current, outer, current, outer.run_frame
+        # Not in this run's task context (yet): parent it to the run's span.
+        run_frame = self._runs.get(run)
+        if run_frame is None:
+            return current, outer, current, None
+        parent = self._Context({**current, self._span_key: run_frame.span})
+        return current, outer, parent, run_frame
+
+    def _open(self, frame: _Frame) -> None:
+        """``frame`` (just started) becomes current in this task and open in its run."""
+        run_frame = frame.run_frame
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.add(frame)
+        self._attach(
+            self._Context({**frame.prev, self._span_key: frame.span, self._frame_key: frame})
+        )
+
+    def _close(self, frame: _Frame, innermost: bool) -> None:
+        """``frame`` ended: what was current before it is current again (when frames
+        opened after it are still current, it is unlinked from under them instead) and
+        it is no longer open in its run."""
+        if innermost:
+            self._attach(frame.prev)
+        else:
+            self._unlink(frame)
+        run_frame = frame.run_frame
+        if run_frame is not None and run_frame.open is not None:
+            run_frame.open.discard(frame)
 
     def _find(self, event: Any) -> tuple[_Frame | None, bool]:
         """The open frame of step ``event`` and whether it is the innermost one of this
@@ -433,18 +458,12 @@ class OtelAdapter:
             and frame.run == event.workflow_id
             and frame.key == event.step_key
         ):  # the usual case: the innermost open frame of this task
-            self._attach(frame.prev)
+            self._close(frame, True)
         else:
             frame, innermost = self._find(event)
             if frame is None:
                 return
-            if innermost:
-                self._attach(frame.prev)
-            else:
-                self._unlink(frame)
-        run_frame = frame.run_frame
-        if run_frame is not None and run_frame.open is not None:
-            run_frame.open.discard(frame)
+            self._close(frame, innermost)
         span = frame.span
         end = _ns(event.ts)
         labels = self._labels.get((event.workflow_name, event.name))
@@ -544,16 +563,8 @@ class OtelAdapter:
     def _compensation_start(self, event: CompensationStart) -> None:
         """A ``compensation <name>`` span, a child of the run's span (the rollback runs
         in the run's task, after its steps ended), current while the compensation runs."""
-        current = self._get_current()
-        outer = current.get(self._frame_key)
         run = event.workflow_id
-        parent = current
-        if outer is not None and outer.run == run:
-            run_frame = outer.run_frame
-        else:
-            run_frame = self._runs.get(run)
-            if run_frame is not None:
-                parent = self._Context({**current, self._span_key: run_frame.span})
+        current, outer, parent, run_frame = self._where(run)
         attributes: dict[str, Any] = {"step.name": event.name, "compensation": True}
         if event.step_key is not None:
             attributes["step.key"] = event.step_key
@@ -562,10 +573,7 @@ class OtelAdapter:
         span = self._tracer.start_span(
             name, context=parent, start_time=start, attributes=attributes
         )
-        frame = _Frame(span, run, name, event.step_key, current, outer, run_frame, start)
-        if run_frame is not None and run_frame.open is not None:
-            run_frame.open.add(frame)
-        self._attach(self._Context({**current, self._span_key: span, self._frame_key: frame}))
+        self._open(_Frame(span, run, name, event.step_key, current, outer, run_frame, start))
         self._enriched(span, event)
 
     def _compensation_end(self, event: CompensationComplete | CompensationFailed) -> None:
@@ -574,13 +582,7 @@ class OtelAdapter:
         )
         if frame is None:
             return
-        if innermost:
-            self._attach(frame.prev)
-        else:
-            self._unlink(frame)
-        run_frame = frame.run_frame
-        if run_frame is not None and run_frame.open is not None:
-            run_frame.open.discard(frame)
+        self._close(frame, innermost)
         span = frame.span
         span.set_attribute("compensation.attempt", event.attempt)
         if isinstance(event, CompensationFailed):

@@ -626,6 +626,33 @@ async def test_a_durable_rollback_is_recorded_and_never_repeated(store: Any) -> 
     assert trip.calls.count("hotel") == 1
 
 
+async def cancel_mid_compensation(
+    workflow: Any,
+    body: Any,
+    run_id: str,
+    store: Any,
+    started: anyio.Event,
+    release: anyio.Event,
+) -> anyio.CancelScope:
+    """Run ``body`` as ``run_id`` and cancel it from outside once a compensation has
+    begun (``started`` is set); let the cancellation reach everything it can, then
+    ``release`` the (shielded) compensation.  The scope, to check what it caught."""
+    scope = anyio.CancelScope()
+
+    async def first_attempt() -> None:
+        with scope:
+            await workflow.run(body, workflow_id=run_id, store=store)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_attempt)
+        await started.wait()
+        scope.cancel()
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    return scope
+
+
 async def test_a_rollback_cancelled_mid_way_resumes_without_repeating(store: Any) -> None:
     trip = Trip()
     started = anyio.Event()
@@ -644,19 +671,7 @@ async def test_a_rollback_cancelled_mid_way_resumes_without_repeating(store: Any
     trip.charge = charge
     trip.hotel_undo = slow_hotel
     workflow = create_workflow("trip")
-    scope = anyio.CancelScope()
-
-    async def first_attempt() -> None:
-        with scope:
-            await workflow.run(trip.body, workflow_id="trip-2", store=store)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first_attempt)
-        await started.wait()
-        scope.cancel()
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-        release.set()
+    scope = await cancel_mid_compensation(workflow, trip.body, "trip-2", store, started, release)
     assert scope.cancelled_caught
     assert trip.released == ["hotel-1"]  # finished under its shield; flight's never began
     saved = await store.load("trip-2")
@@ -756,19 +771,8 @@ async def test_unkeyed_steps_of_a_durable_run_are_compensated_once_across_a_resu
         await ctx.step("charge", lambda: Err("card declined"))
 
     workflow = create_workflow("trip")
-    scope = anyio.CancelScope()
-
-    async def first_attempt() -> None:
-        with scope:
-            await workflow.run(body, workflow_id="trip-5", store=store)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first_attempt)
-        await started.wait()
-        scope.cancel()
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-        release.set()
+    scope = await cancel_mid_compensation(workflow, body, "trip-5", store, started, release)
+    assert scope.cancelled_caught
     assert released == ["hotel"]
     assert await workflow.run(body, workflow_id="trip-5", store=store) == Err("card declined")
     assert await workflow.run(body, workflow_id="trip-5", store=store) == Err("card declined")
@@ -802,17 +806,8 @@ async def test_a_recovered_rollback_finishes_even_if_the_body_no_longer_fails(
         return "booked"
 
     workflow = create_workflow("trip")
-    scope = anyio.CancelScope()
-
-    async def first_attempt() -> None:
-        with scope:
-            await workflow.run(body, workflow_id="trip-3", store=store)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first_attempt)
-        await started.wait()
-        scope.cancel()
-        release.set()
+    scope = await cancel_mid_compensation(workflow, body, "trip-3", store, started, release)
+    assert scope.cancelled_caught
     assert released == ["hotel-1"]
 
     resumed = await workflow.run(body, workflow_id="trip-3", store=store)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -82,17 +83,24 @@ async def test_reset_forgets_the_shared_failures(prefix: str) -> None:
         await one.aclose()
 
 
-async def test_a_shared_failure_rate_opens_for_all(prefix: str) -> None:
+def shared_rate_pair(name: str, prefix: str, *, min_calls: int) -> tuple[Any, Any]:
+    """Two breakers ``name`` on one shared failure-rate window in Redis, as two processes
+    would hold them (rate 0.5 over 60 s, ``min_calls``, a 60 s reset timeout)."""
     options = {
         "failure_rate": 0.5,
         "window": 60.0,
-        "min_calls": 6,
+        "min_calls": min_calls,
         "reset_timeout": 60.0,
         "redis": URL,
         "key_prefix": prefix,
     }
-    one = create_circuit_breaker("feed", **options)  # type: ignore[call-overload]
-    two = create_circuit_breaker("feed", **options)  # type: ignore[call-overload]
+    one = create_circuit_breaker(name, **options)  # type: ignore[call-overload]
+    two = create_circuit_breaker(name, **options)  # type: ignore[call-overload]
+    return one, two
+
+
+async def test_a_shared_failure_rate_opens_for_all(prefix: str) -> None:
+    one, two = shared_rate_pair("feed", prefix, min_calls=6)
     try:
         # Never two failures in a row, but half of the calls fail, across two processes.
         for n in range(5):
@@ -173,16 +181,7 @@ async def test_manual_control_without_redis_is_a_typed_error() -> None:
 
 
 async def test_fetch_stats_reads_the_shared_window_and_state(prefix: str) -> None:
-    options = {
-        "failure_rate": 0.5,
-        "window": 60.0,
-        "min_calls": 4,
-        "reset_timeout": 60.0,
-        "redis": URL,
-        "key_prefix": prefix,
-    }
-    one = create_circuit_breaker("api", **options)  # type: ignore[call-overload]
-    two = create_circuit_breaker("api", **options)  # type: ignore[call-overload]
+    one, two = shared_rate_pair("api", prefix, min_calls=4)
     try:
         await one(lambda: "ok")
         await two(lambda: Err("DOWN"))

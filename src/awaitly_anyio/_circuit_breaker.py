@@ -618,11 +618,30 @@ redis.call('HINCRBY', KEYS[1], 'trials', 1)
 return {2, 0, previous, state}
 """
 
+# The failure-rate window is ten buckets, as in _RateWindow: fields i<k> (the bucket's
+# number), c<k> (calls) and f<k> (failures) for k = 0..9.  window_totals(i): the calls
+# and failures of the buckets still in the window when bucket number i is the current
+# one (the start of _AFTER and _STATS).
+_WINDOW_TOTALS = """
+local function window_totals(i)
+  local calls, failures = 0, 0
+  for k = 0, 9 do
+    local b = redis.call('HMGET', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k)
+    if tonumber(b[1] or '-1') > i - 10 then
+      calls = calls + tonumber(b[2] or '0')
+      failures = failures + tonumber(b[3] or '0')
+    end
+  end
+  return calls, failures
+end
+"""
+
 # KEYS: the hash.  ARGV: trial (0/1), failed (0/1), failure_threshold (0: none),
 # half_open_requests, cancelled (0/1), failure_rate (0: none), window (µs), min_calls.
-# Returns {previous, state}.  The failure-rate window is ten buckets, as in _RateWindow:
-# fields i<k> (the bucket's number), c<k> (calls) and f<k> (failures) for k = 0..9.
-_AFTER = """
+# Returns {previous, state}.
+_AFTER = (
+    _WINDOW_TOTALS
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', KEYS[1], 'state', 'failures', 'successes')
@@ -665,18 +684,12 @@ if rate > 0 then
   end
   redis.call('HINCRBY', KEYS[1], 'c' .. slot, 1)
   if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'f' .. slot, 1) end
-  local calls, failures = 0, 0
-  for k = 0, 9 do
-    local b = redis.call('HMGET', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k)
-    if tonumber(b[1] or '-1') > i - 10 then
-      calls = calls + tonumber(b[2] or '0')
-      failures = failures + tonumber(b[3] or '0')
-    end
-  end
+  local calls, failures = window_totals(i)
   if calls >= tonumber(ARGV[8]) and failures >= rate * calls then return open() end
 end
 return {previous, state}
 """
+)
 
 # KEYS: the hash.  ARGV: "reset" or "open".  Returns {previous, state}.  A reset forgets
 # everything (counts, window, trials); a forced open holds until the next reset.
@@ -996,7 +1009,9 @@ return {state, state}
 # KEYS: the hash.  ARGV: reset_timeout (µs), window (µs, 0: no failure-rate window).
 # Returns {previous, state, opened_at (µs), forced, failures, window calls, window failures,
 # retry_after (µs)}; an open breaker past its timeout turns half-open, as in _PEEK.
-_STATS = """
+_STATS = (
+    _WINDOW_TOTALS
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'forced', 'failures')
@@ -1013,14 +1028,8 @@ if state == 'OPEN' then
 end
 local calls, failures = 0, 0
 if tonumber(ARGV[2]) > 0 then
-  local i = math.floor(now / (tonumber(ARGV[2]) / 10))
-  for k = 0, 9 do
-    local b = redis.call('HMGET', KEYS[1], 'i' .. k, 'c' .. k, 'f' .. k)
-    if tonumber(b[1] or '-1') > i - 10 then
-      calls = calls + tonumber(b[2] or '0')
-      failures = failures + tonumber(b[3] or '0')
-    end
-  end
+  calls, failures = window_totals(math.floor(now / (tonumber(ARGV[2]) / 10)))
 end
 return {previous, state, f[2] or '0', f[3] or '0', f[4] or '0', calls, failures, retry}
 """
+)

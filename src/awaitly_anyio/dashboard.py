@@ -61,7 +61,7 @@ from .health import (
     Send,
     _count_runs,
     _route_path,
-    _run_check,
+    _run_checks,
 )
 
 __all__ = ["create_dashboard_app"]
@@ -651,14 +651,7 @@ def create_dashboard_app(
     async def health_page(base: str, q: Mapping[str, str]) -> bytes:
         body: list[str] = []
         if checks:
-            results: dict[str, Any] = {}
-
-            async def one(name: str, check: Check) -> None:
-                results[name] = await _run_check(check, timeout)
-
-            async with anyio.create_task_group() as tg:
-                for name, check in checks.items():
-                    tg.start_soon(one, name, check)
+            results = await _run_checks(checks, timeout)
             rows = [
                 [
                     h.esc(name),

@@ -163,6 +163,20 @@ async def _run_check(check: Check, timeout: float) -> CheckResult:
     return CheckResult("ok", latency_ms=(time.perf_counter() - started) * 1000)
 
 
+async def _run_checks(checks: Mapping[str, Check], timeout: float) -> dict[str, CheckResult]:
+    """Every check of ``checks`` run concurrently, each within ``timeout`` seconds: its
+    result by name (a check's failure is its result; cancellation propagates)."""
+    results: dict[str, CheckResult] = {}
+
+    async def one(name: str, check: Check) -> None:
+        results[name] = await _run_check(check, timeout)
+
+    async with anyio.create_task_group() as tg:
+        for name, check in checks.items():
+            tg.start_soon(one, name, check)
+    return results
+
+
 # ---- the ASGI application ----------------------------------------------------------------
 
 
@@ -320,14 +334,7 @@ def create_health_app(
         )
 
     async def health() -> tuple[int, dict[str, Any]]:
-        results: dict[str, CheckResult] = {}
-
-        async def one(name: str, check: Check) -> None:
-            results[name] = await _run_check(check, timeout)
-
-        async with anyio.create_task_group() as tg:
-            for name, check in checks.items():
-                tg.start_soon(one, name, check)
+        results = await _run_checks(checks, timeout)
         healthy = all(result.status == "ok" for result in results.values())
         body: dict[str, Any] = {
             "status": "healthy" if healthy else "unhealthy",

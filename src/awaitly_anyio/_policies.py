@@ -300,9 +300,10 @@ def policy_step(
 
         target = timed
 
-    if limiter is None:
-        assert breaker is not None
-        guard = breaker
+    if limiter is None or breaker is None:
+        # One guard: the call goes through it (a refusal is the attempt's failure).
+        guard = breaker if limiter is None else limiter
+        assert guard is not None
 
         async def guarded() -> Result[Any, Any]:
             nonlocal attempt
@@ -311,14 +312,6 @@ def policy_step(
 
         return step(name, guarded, key=key, retry=retry)
     turn = limiter
-    if breaker is None:
-
-        async def limited() -> Result[Any, Any]:
-            nonlocal attempt
-            attempt += 1
-            return await turn(target)
-
-        return step(name, limited, key=key, retry=retry)
     gate = breaker
     inner = target
     if timeout is None:

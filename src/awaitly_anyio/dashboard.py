@@ -60,6 +60,8 @@ from .health import (
     Scope,
     Send,
     _count_runs,
+    _lifespan,
+    _refuse_websocket,
     _route_path,
     _run_checks,
 )
@@ -850,17 +852,10 @@ def create_dashboard_app(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         if kind == "websocket":
-            message = await receive()
-            if message["type"] == "websocket.connect":
-                await send({"type": "websocket.close", "code": 1008, "reason": "HTTP only"})
+            await _refuse_websocket(receive, send, "HTTP only")
             return
         if kind != "http":
             return

@@ -388,15 +388,10 @@ def create_health_app(
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         if scope["type"] == "websocket":
-            await _refuse_websocket(receive, send)
+            await _refuse_websocket(receive, send, "the health endpoints speak HTTP only")
             return
         if scope["type"] != "http":
             return
@@ -426,19 +421,24 @@ def create_health_app(
     return app
 
 
-async def _refuse_websocket(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Answer the server's lifespan messages (nothing to start or stop) until shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _refuse_websocket(receive: Receive, send: Send, reason: str) -> None:
     """Refuse a WebSocket: close it at its ``websocket.connect`` (before accepting,
     so the server answers the handshake with 403, not a 500 for an app that
     returned without a word)."""
     message = await receive()
     if message["type"] == "websocket.connect":
-        await send(
-            {
-                "type": "websocket.close",
-                "code": 1008,
-                "reason": "the health endpoints speak HTTP only",
-            }
-        )
+        await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 def _route_path(scope: Scope, routes: Mapping[str, object]) -> str:

@@ -414,11 +414,7 @@ class _SQLiteDriver:
         after: tuple[float, str] | None,
         limit: int,
     ) -> builtins.list[ListedRow]:
-        clauses = [sql.LIVE]
-        params: builtins.list[Any] = [now]
-        if prefix:
-            clauses.append(sql.LIST_PREFIX)
-            params += [len(prefix), prefix]
+        clauses, params = _live_runs(now, prefix)
         if status is not None:
             clauses.append(sql.LIST_STATUS)
             params.append(status)
@@ -435,11 +431,7 @@ class _SQLiteDriver:
         return [ListedRow(id, _number(rest[5]), RunRow(*rest)) for id, *rest in found]
 
     async def count(self, now: float, prefix: str | None) -> dict[str, int]:
-        clauses = [sql.LIVE]
-        params: builtins.list[Any] = [now]
-        if prefix:
-            clauses.append(sql.LIST_PREFIX)
-            params += [len(prefix), prefix]
+        clauses, params = _live_runs(now, prefix)
         statement = sql.COUNT.format(where=" AND ".join(clauses))
 
         def work(db: Any) -> dict[str, int]:
@@ -726,6 +718,14 @@ def _resolved(path: str) -> str:
     if path.startswith("file:"):
         return path
     return os.path.realpath(path)
+
+
+def _live_runs(now: float, prefix: str | None) -> tuple[builtins.list[str], builtins.list[Any]]:
+    """The conditions (and their parameters) of `list` and `count`: the runs live at
+    ``now``, under ``prefix`` when one is given."""
+    if not prefix:
+        return [sql.LIVE], [now]
+    return [sql.LIVE, sql.LIST_PREFIX], [now, len(prefix), prefix]
 
 
 def _nothing(db: Any) -> None:

@@ -24,8 +24,6 @@ execution) against the least any sharing can cost: one call of the same ``fn`` p
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +36,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import (
     Deps,
     MemoryCache,
@@ -114,21 +112,21 @@ async def serve(listener: anyio.abc.SocketListener) -> None:
 
 # ---- the rounds -------------------------------------------------------------------------
 
+# The per-step figures cache_rounds measures, in the order main prints them.
+STEP_FIGURES = (
+    "memory hit",
+    "plain step, loopback TCP call",
+    "plain step, constant",
+    "sqlite hit",
+    "sqlite keyed step",
+    "sqlite keyed step, NORMAL",
+)
+
 
 async def cache_rounds(directory: Path, rounds: int, steps: int) -> dict[str, Any]:
     memory = MemoryCache()
     const: Callable[[], dict[str, float]] = lambda: RATES  # noqa: E731
-    figures: dict[str, list[float]] = {
-        name: []
-        for name in (
-            "memory hit",
-            "plain step, loopback TCP call",
-            "plain step, constant",
-            "sqlite hit",
-            "sqlite keyed step",
-            "sqlite keyed step, NORMAL",
-        )
-    }
+    figures: dict[str, list[float]] = {name: [] for name in STEP_FIGURES}
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
@@ -267,9 +265,7 @@ async def measure(directory: Path, rounds: int, steps: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     args = parser.parse_args()
     rounds, steps = (5, 200) if args.quick else (15, 1000)
     report: dict[str, Any] = {
@@ -282,14 +278,7 @@ def main() -> int:
             figures = anyio.run(measure, Path(tmp), rounds, steps, backend=backend)
         report["backends"][backend] = figures
         print(f"\n{backend} ({steps} steps x {rounds} rounds; singleflight: 100 callers)")
-        for name in (
-            "memory hit",
-            "plain step, loopback TCP call",
-            "plain step, constant",
-            "sqlite hit",
-            "sqlite keyed step",
-            "sqlite keyed step, NORMAL",
-        ):
+        for name in STEP_FIGURES:
             print(f"  {name:34s} {figures[name]:9.2f} us/step")
         for name in ("singleflight, 100 callers", "1 call + 99 Event waits"):
             print(f"  {name:34s} {figures[name]:9.2f} us")
@@ -320,10 +309,7 @@ def main() -> int:
             verdict = summary.add(label, backend, figures[key], target=target)
             bound = f"(target <= {target}x) {verdict}" if target is not None else "(no target)"
             print(f"  {label:52s} {figures[key]:6.3f}x  {bound}")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ run in the same process.  Target: ours <= 1.5x raw.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sqlite3
 import statistics
 import sys
@@ -22,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary
+from _report import Summary, bench_parser, finish
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 from awaitly_anyio.stores.sqlite import SQLiteStore
 
@@ -93,9 +91,7 @@ async def measure(directory: Path, rounds: int, steps: int, synchronous: str) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     args = parser.parse_args()
     rounds, steps = (3, 50) if args.quick else (9, 200)
@@ -133,10 +129,7 @@ def main() -> int:
         import dbos  # noqa: F401
     except ImportError:
         print("\nDBOS is not installed: skipped (pip install dbos to compare)")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if missed else 0
+    return finish(report, summary, args.json, failed=missed)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ work alone, not the target's figure).
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -38,7 +36,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 
 TARGET = 1.3
@@ -169,12 +167,10 @@ async def measure(count: int, rounds: int, gc_off: bool = False) -> dict[str, di
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--gc-off", action="store_true", help="time with the cycle collector off (diagnostic)"
     )
-    parser.add_argument("--json", type=str)
     args = parser.parse_args()
     count, rounds = (2_000, 2) if args.quick else (10_000, 5)
     report: dict[str, Any] = {}
@@ -203,11 +199,7 @@ def main() -> int:
             print(
                 f"  {what:6s} workflows / bare tasks: {ratio:.2f}x (target <= {TARGET}) {verdict}"
             )
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 0
+    return finish(report, summary, args.json, failed=False)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ skipped with a note.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import create_dashboard_app
 from awaitly_anyio.stores.postgres import PostgresStore
 from awaitly_anyio.stores.sqlite import SQLiteStore
@@ -235,11 +234,9 @@ class PagingOnly:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser = bench_parser(__doc__, "fewer rounds")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--runs", type=int, default=100_000)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rounds = args.rounds or (30 if args.quick else 200)
     summary = Summary()
@@ -299,10 +296,7 @@ def main() -> int:
         finally:
             if postgres:
                 asyncio.run(drop_schema(schema))
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

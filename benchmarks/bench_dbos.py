@@ -25,10 +25,8 @@ PostgreSQL (``AWAITLY_TEST_POSTGRES_DSN``) it skips that part.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import logging
 import os
 import statistics
@@ -40,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _report import Summary
+from _report import Summary, bench_parser, finish
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
 
 PG_DSN = os.environ.get("AWAITLY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -273,9 +271,7 @@ def _postgres_unreachable() -> str | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="seconds instead of minutes")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = bench_parser(__doc__, "seconds instead of minutes")
     args = parser.parse_args()
     runs, rounds = (30, 2) if args.quick else (200, 5)
     _quiet()
@@ -315,10 +311,7 @@ def main() -> int:
         elif dbos_skipped is None:
             print(f"  DBOS skipped: {figures['dbos_skipped']}")
     print(f"\ntook {time.perf_counter() - started:.1f} s")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

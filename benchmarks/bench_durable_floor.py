@@ -19,8 +19,6 @@ PostgreSQL and on Redis, both backends.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 import uuid
@@ -28,7 +26,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import Deps, Ok, WorkflowContext, create_workflow, open_store
 from awaitly_anyio.serialization import default_registry, dumps, encode_step, result_to_doc
 from awaitly_anyio.stores._front import _Claiming, _End
@@ -145,9 +143,7 @@ def measure(kind: str, rounds: int, flows: int) -> dict[str, dict[str, Any]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=str)
+    parser = bench_parser(__doc__)
     parser.add_argument("--only", choices=("postgres", "redis"))
     parser.add_argument("--flows", type=int)
     parser.add_argument("--rounds", type=int)
@@ -176,11 +172,7 @@ def main() -> int:
                 f" {f['one-step run us']:7.1f} us = {f['ratio']:.2f}x (<= {TARGET})"
                 f" {'PASS' if verdict == 'PASS' else 'FAIL'}"
             )
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

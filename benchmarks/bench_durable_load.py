@@ -15,8 +15,6 @@ Target: >= 2x the raw sequential rate (the store groups commits across runs).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import Deps, Err, Ok, Result, WorkflowContext, create_workflow, open_store
 from bench_servers import PG_DSN, RawPostgres
 
@@ -108,9 +106,7 @@ async def measure(workflows: int, rounds: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=str)
+    parser = bench_parser(__doc__)
     parser.add_argument("--workflows", type=int, default=100)
     args = parser.parse_args()
     rounds = 3 if args.quick else 21
@@ -135,11 +131,7 @@ def main() -> int:
         for name, f in figures.items():
             print(f"  {name:14s} {f['median']:8.0f}/s (min {f['min']:.0f}, max {f['max']:.0f})")
         print(f"  aggregate checkpoint rate / sequential raw: {ratio:.2f}x (>= {TARGET}) {mark}")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 0
+    return finish(report, summary, args.json, failed=False)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,6 @@ machine then do not skew it), and each ratio the median of the rounds' own
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +29,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from _report import Summary, median_ratio, medians
+from _report import Summary, bench_parser, finish, median_ratio, medians, timed_rounds
 from awaitly_anyio import Deps, Err, Ok, Result, WorkflowContext, create_workflow
 
 CHILDREN = 10
@@ -157,24 +154,12 @@ def variants() -> dict[str, Variant]:
 
 async def measure(rounds: int, n: int) -> list[dict[str, float]]:
     """Microseconds per group for every variant on the running backend, one dict per round."""
-    found = variants()
-    for variant in found.values():  # warm-up
-        await variant(max(n // 10, 20))
-    rows: list[dict[str, float]] = []
-    for _ in range(rounds):
-        row: dict[str, float] = {}
-        for name, variant in found.items():
-            gc.collect()
-            row[name] = await variant(n) / n * 1e6
-        rows.append(row)
-    return rows
+    return await timed_rounds(variants(), rounds, n, warmup=max(n // 10, 20), scale=1e6)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--json", type=str, help="also write the figures here")
     args = parser.parse_args()
     rounds, n = (3, 300) if args.quick else (9, 3_000)
     report: dict[str, Any] = {}
@@ -198,11 +183,7 @@ def main() -> int:
             target = TARGETS[name]
             verdict = summary.add(f"groups: {name}", backend, ratio, target=target)
             print(f"  {name:40s} {ratio:5.2f}x (target <= {target}) {verdict}")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if summary.missed and args.check else 0
+    return finish(report, summary, args.json, failed=summary.missed and args.check)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ The non-durable plain step's regression against the commit before issue 21 is
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,9 +32,9 @@ from typing import Any
 import anyio
 
 try:
-    from ._report import Summary, median_ratio
+    from ._report import Summary, bench_parser, finish, median_ratio
 except ImportError:  # run as a file, as __main__ does
-    from _report import Summary, median_ratio  # type: ignore[no-redef,import-not-found]
+    from _report import Summary, bench_parser, finish, median_ratio  # type: ignore[no-redef,import-not-found]
 
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 from awaitly_anyio.stores import open_store
@@ -106,9 +104,7 @@ async def measure(kind: str, directory: Path, rounds: int, steps: int) -> dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = bench_parser(__doc__, "a few seconds")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL as well")
     args = parser.parse_args()
     rounds, steps = (5, 100) if args.quick else (15, 300)
@@ -134,10 +130,7 @@ def main() -> int:
             for name, ratio in ratios.items():
                 verdict = summary.add(f"{kind}: {name}", backend, ratio, target=TARGETS[name])
                 print(f"  {name:20s} {ratio:.3f}x  (target <= {TARGETS[name]}x) {verdict}")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ rounds.  Target (issue 17): the adapter's step <= 1.2x the hand-written one.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary, medians
+from _report import Summary, bench_parser, finish, medians
 from awaitly_anyio import Deps, Err, Ok, WorkflowContext, create_workflow
 from awaitly_anyio.otel import create_otel_adapter
 
@@ -136,10 +134,8 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--json", type=str, help="also write the figures here")
     args = parser.parse_args()
     try:
         import opentelemetry.sdk  # noqa: F401
@@ -164,11 +160,7 @@ def main() -> int:
             target = TARGETS.get(name)
             verdict = summary.add(f"otel: {name}", backend, ratio, target=target)
             print(f"  {name:40s} {ratio:5.2f}x (target <= {target}) {verdict}")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if summary.missed and args.check else 0
+    return finish(report, summary, args.json, failed=summary.missed and args.check)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ ratio is the median of the rounds' own ratios).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import (
     Deps,
     RetryPolicy,
@@ -162,9 +160,7 @@ async def measure(rounds: int, steps: int, repeat: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
-    parser.add_argument("--json", help="also write the results here")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     args = parser.parse_args()
     rounds, steps, repeat = (5, 100, 20) if args.quick else (15, 200, 50)
     report: dict[str, Any] = {"targets": TARGETS, "backends": {}}
@@ -187,11 +183,7 @@ def main() -> int:
             verdict = summary.add(label, backend, ratio, target=target)
             aim = f"(target <= {target}x)" if target else "(no target)"
             print(f"  {label}: {ratio:.3f}x {aim} {verdict}")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as file:
-            file.write(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,12 @@ it skips everything.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,7 +38,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import bench_dbos
-from _report import Summary
+from _report import Summary, bench_parser, finish
 from awaitly_anyio import (
     Deps,
     Queue,
@@ -288,12 +286,10 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3], sys.argv[4])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="seconds instead of minutes")
+    parser = bench_parser(__doc__, "seconds instead of minutes")
     parser.add_argument("--runs", type=int, help="queued runs for the throughput figure")
     parser.add_argument("--samples", type=int, help="runs for the latency figure")
     parser.add_argument("--no-dbos", action="store_true", help="leave out the DBOS comparison")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     runs = args.runs or (200 if args.quick else 1000)
     samples = args.samples or (10 if args.quick else 40)
@@ -342,10 +338,7 @@ def main() -> int:
                 f"   latency {delay:5.3f}x DBOS (target <= {LATENCY_TARGET:g}) {mark_delay}"
             )
         print(line)
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

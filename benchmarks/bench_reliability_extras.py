@@ -17,10 +17,6 @@ Interleaved rounds, medians in ns per call.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary
+from _report import Summary, bench_parser, finish, medians, timed_rounds
 from awaitly_anyio import create_circuit_breaker, create_rate_limiter
 
 WEIGHTED_TARGET, RATE_BREAKER_TARGET = None, 1.0
@@ -101,21 +97,12 @@ def variants(backend: str) -> dict[str, Callable[[int], Awaitable[float]]]:
 
 
 async def measure(backend: str, rounds: int, n: int) -> dict[str, float]:
-    found = variants(backend)
-    samples: dict[str, list[float]] = {name: [] for name in found}
-    for variant in found.values():
-        await variant(max(n // 10, 100))
-    for _ in range(rounds):
-        for name, variant in found.items():
-            gc.collect()
-            samples[name].append(await variant(n) / n * 1e9)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    rows = await timed_rounds(variants(backend), rounds, n, warmup=max(n // 10, 100), scale=1e9)
+    return medians(rows)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=str)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     rounds, n = (3, 5_000) if args.quick else (7, 50_000)
     report: dict[str, Any] = {}
@@ -140,11 +127,7 @@ def main() -> int:
             print(f"  rate breaker / purgatory: {ratio:.2f}x (<= {RATE_BREAKER_TARGET}) {mark}")
         rate_cost = figures["awaitly breaker (rate)"] / figures["awaitly breaker (in a row)"]
         print(f"  rate breaker / in-a-row breaker: {rate_cost:.2f}x")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ compensation's registration is a visible part of it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from _report import Summary, median_ratio
+from _report import Summary, bench_parser, finish, median_ratio
 from awaitly_anyio import Deps, WorkflowContext, create_workflow
 from awaitly_anyio.stores.sqlite import SQLiteStore
 
@@ -97,9 +95,7 @@ async def measure(directory: Path, rounds: int, steps: int, synchronous: str) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="NORMAL")
     args = parser.parse_args()
     rounds, steps = (5, 50) if args.quick else (15, 200)
@@ -129,10 +125,7 @@ def main() -> int:
             print(f"  {name:34s} {figures[name]:9.2f} us/step")
         print(f"  durable: compensate / plain keyed: {ratio:.3f}x  (target <= {TARGET}x) {verdict}")
         print(f"  plain:   compensate / plain keyed: {figures['plain ratio']:.3f}x  (no target)")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 if __name__ == "__main__":

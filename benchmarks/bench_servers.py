@@ -26,9 +26,7 @@ hosted asyncio loop on trio).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +39,7 @@ from typing import Any
 import anyio
 
 import bench_dbos
-from _report import Summary, median_ratio, medians
+from _report import Summary, bench_parser, finish, median_ratio, medians
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
 from awaitly_anyio._bridge import DriverLoop
 
@@ -270,9 +268,7 @@ def dbos_beside(flows: int, rounds: int) -> dict[str, Any] | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=str)
+    parser = bench_parser(__doc__)
     parser.add_argument("--only", choices=("postgres", "redis"))
     args = parser.parse_args()
     rounds, steps, flows = (2, 30, 30) if args.quick else (9, 100, 100)
@@ -333,11 +329,7 @@ def main() -> int:
                 summary.add(
                     "postgres 1-step workflow vs DBOS", "asyncio", dbos["ratio"], target=1.0
                 )
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if missed else 0
+    return finish(report, summary, args.json, failed=missed)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,6 @@ hits all alike).  Targets (from the core issue):
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +27,7 @@ from typing import Any
 import anyio
 import attrs
 
-from _report import Summary, medians
+from _report import Summary, bench_parser, finish, medians, timed_rounds
 from awaitly_anyio import Deps, Err, Ok, RetryPolicy, WorkflowContext, create_workflow
 from awaitly_anyio.events import StepComplete, StepStart
 
@@ -232,17 +229,7 @@ def variants() -> dict[str, Variant]:
 
 async def measure(rounds: int, n: int) -> list[dict[str, float]]:
     """ns per step for every variant on the running backend, one dict per round."""
-    found = variants()
-    for variant in found.values():  # warm-up
-        await variant(max(n // 10, 100))
-    rows: list[dict[str, float]] = []
-    for _ in range(rounds):
-        row: dict[str, float] = {}
-        for name, variant in found.items():
-            gc.collect()
-            row[name] = await variant(n) / n * 1e9
-        rows.append(row)
-    return rows
+    return await timed_rounds(variants(), rounds, n, warmup=max(n // 10, 100), scale=1e9)
 
 
 def ratios(figures: dict[str, float]) -> dict[str, float]:
@@ -264,10 +251,8 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a minute")
+    parser = bench_parser(__doc__, "a few seconds instead of a minute")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--json", type=str, help="also write the figures here")
     args = parser.parse_args()
     rounds, n = (3, 2_000) if args.quick else (7, 20_000)
     report: dict[str, Any] = {}
@@ -291,11 +276,7 @@ def main() -> int:
                 missed |= not ok
                 verdict = f"(target <= {target}) {'PASS' if ok else 'MISS'}"
             print(f"  {name:40s} {ratio:5.2f}x {verdict}")
-    report["summary"] = summary.rows
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    return 1 if missed and args.check else 0
+    return finish(report, summary, args.json, failed=missed and args.check)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sqlite3
@@ -60,7 +59,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import bench_dbos
-from _report import Summary
+from _report import Summary, bench_parser, finish
 from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store, send
 from awaitly_anyio._bridge import DriverLoop
 from awaitly_anyio.stores import _front
@@ -457,9 +456,7 @@ def parked_memory(total: int, batch: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path)
+    parser = bench_parser(__doc__)
     parser.add_argument("--only", choices=("latency", "memory"))
     parser.add_argument("--samples", type=int)
     parser.add_argument("--parked", type=int)
@@ -525,10 +522,7 @@ def main() -> int:
             )
 
     print(f"\ntook {time.perf_counter() - began:.1f} s")
-    report["summary"] = summary.rows
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 1 if summary.missed else 0
+    return finish(report, summary, args.json, failed=summary.missed)
 
 
 def _print_latency(

@@ -165,14 +165,8 @@ def _check_rate_settings(
             "a circuit breaker needs failure_threshold (failures in a row), failure_rate"
             " (with window), or both"
         )
-    if failure_threshold is not None and (
-        isinstance(failure_threshold, bool)
-        or not isinstance(failure_threshold, int)
-        or failure_threshold < 1
-    ):
-        raise ValueError(
-            f"failure_threshold must be a positive integer or None, not {failure_threshold!r}"
-        )
+    if failure_threshold is not None:
+        _check_count("failure_threshold", failure_threshold, " or None")
     if failure_rate is None:
         for label, value in (("window", window), ("min_calls", min_calls)):
             if value is not None:
@@ -197,9 +191,14 @@ def _check_rate_settings(
         raise ValueError(f"window must be a positive number of seconds, not {window!r}")
     if min_calls is None:
         return 10
-    if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
-        raise ValueError(f"min_calls must be a positive integer, not {min_calls!r}")
+    _check_count("min_calls", min_calls)
     return min_calls
+
+
+def _check_count(label: str, value: object, or_else: str = "") -> None:
+    """``ValueError`` naming ``label`` unless ``value`` is an integer >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{label} must be a positive integer{or_else}, not {value!r}")
 
 
 class CircuitBreaker:
@@ -241,14 +240,7 @@ class CircuitBreaker:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty name, not {name!r}")
         min_calls = _check_rate_settings(failure_threshold, failure_rate, window, min_calls)
-        if (
-            isinstance(half_open_requests, bool)
-            or not isinstance(half_open_requests, int)
-            or half_open_requests < 1
-        ):
-            raise ValueError(
-                f"half_open_requests must be a positive integer, not {half_open_requests!r}"
-            )
+        _check_count("half_open_requests", half_open_requests)
         if (
             isinstance(reset_timeout, bool)
             or not isinstance(reset_timeout, (int, float))

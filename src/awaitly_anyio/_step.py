@@ -34,7 +34,7 @@ from ._errors import ApprovalRejectedError, StepTimeoutError, UnexpectedError
 from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Ok, Result
 from ._retry import Backoff, RetryPolicy, check_timeout
-from ._run import EarlyExit, RunState
+from ._run import EarlyExit, Emit, RunState
 from ._saga import Saga, check_compensate
 from ._step_options import (
     Compensate,
@@ -131,6 +131,31 @@ def timed_out(
             )
         )
     return Err(StepTimeoutError(name, seconds))
+
+
+def emit_answered(
+    emit: Emit, run: RunState, ts: float, name: str, key: str | None, value: object
+) -> None:
+    """The events of a step answered without running it (from its record, or from a
+    cache): ``step_start`` and ``step_complete`` (``cached``, 0 ms), both at ``ts``."""
+    workflow_id, workflow_name = run.workflow_id, run.name
+    emit(
+        StepStart(
+            workflow_id=workflow_id, workflow_name=workflow_name, ts=ts, name=name, step_key=key
+        )
+    )
+    emit(
+        StepComplete(
+            workflow_id=workflow_id,
+            workflow_name=workflow_name,
+            ts=ts,
+            name=name,
+            step_key=key,
+            duration_ms=0.0,
+            value=value,
+            cached=True,
+        )
+    )
 
 
 class StepCore:
@@ -366,28 +391,7 @@ class StepCore:
             self._register(name, key, check_compensate(name, compensate), value)
         emit = run.emit
         if emit is not None:
-            ts = run.clock.time()
-            emit(
-                StepStart(
-                    workflow_id=run.workflow_id,
-                    workflow_name=run.name,
-                    ts=ts,
-                    name=name,
-                    step_key=key,
-                )
-            )
-            emit(
-                StepComplete(
-                    workflow_id=run.workflow_id,
-                    workflow_name=run.name,
-                    ts=ts,
-                    name=name,
-                    step_key=key,
-                    duration_ms=0.0,
-                    value=value,
-                    cached=True,
-                )
-            )
+            emit_answered(emit, run, run.clock.time(), name, key, value)
         return value
 
     async def _attempt_with_timeout(

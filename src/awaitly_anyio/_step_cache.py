@@ -20,8 +20,9 @@ from ._errors import SerializationError
 from ._loops import cancel_due, deliver_cancellation
 from ._result import Err, Result
 from ._run import RunState, logger
+from ._step import emit_answered
 from ._thunk import as_result
-from .events import StepCacheHit, StepCacheMiss, StepComplete, StepStart
+from .events import StepCacheHit, StepCacheMiss
 
 if TYPE_CHECKING:
     from ._step import StepCore
@@ -127,18 +128,7 @@ async def cached_step(
                     cache_key=key,
                 )
             )
-            emit(StepStart(workflow_id=workflow_id, workflow_name=run.name, ts=ts, name=name))
-            emit(
-                StepComplete(
-                    workflow_id=workflow_id,
-                    workflow_name=run.name,
-                    ts=ts,
-                    name=name,
-                    duration_ms=0.0,
-                    value=value,
-                    cached=True,
-                )
-            )
+            emit_answered(emit, run, ts, name, None, value)
         return value
     if found.problem is not None:
         # Reported even when nobody listens: a damaged entry is worth a look.

@@ -15,7 +15,8 @@ import sys
 
 import anyio
 
-from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
+from awaitly_anyio import Deps, WorkflowContext, create_workflow
+from crash_kit import append_line, run_on_sqlite
 
 
 async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
@@ -23,8 +24,7 @@ async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
     workflow = create_workflow("auto-keys-crash-test")
 
     def effect(n: int) -> str:
-        with open(effects_path, "a", encoding="utf-8") as effects:
-            effects.write(f"{pid} {n}\n")
+        append_line(effects_path, f"{pid} {n}")
         return f"{n}@{pid}"
 
     async def body(ctx: WorkflowContext[Deps]) -> list[str]:
@@ -35,12 +35,7 @@ async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
             await ctx.step("breathe", lambda: anyio.sleep(0.001), checkpoint=False)
         return values
 
-    async with open_store(f"sqlite:///{db}") as store:
-        # A killed worker leaves its lease behind: wait the short lease out, then take over.
-        result = await workflow.run(
-            body, workflow_id=run_id, store=store, lease=0.3, if_running="wait"
-        )
-    print("RESULT", "ok" if result.ok else f"err {result!r}", flush=True)
+    await run_on_sqlite(workflow, body, db, run_id)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import sys
 
 import anyio
 
-from awaitly_anyio import Deps, WorkflowContext, create_workflow, open_store
+from awaitly_anyio import Deps, WorkflowContext, create_workflow
+from crash_kit import append_line, run_on_sqlite
 
 
 async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
@@ -22,8 +23,7 @@ async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
     workflow = create_workflow("crash-test")
 
     def effect(key: str) -> str:
-        with open(effects_path, "a", encoding="utf-8") as effects:
-            effects.write(f"{pid} {key}\n")
+        append_line(effects_path, f"{pid} {key}")
         return f"{key}@{pid}"
 
     async def body(ctx: WorkflowContext[Deps]) -> list[str]:
@@ -34,12 +34,7 @@ async def main(db: str, run_id: str, effects_path: str, steps: int) -> None:
             await ctx.step("breathe", lambda: anyio.sleep(0.001))
         return values
 
-    async with open_store(f"sqlite:///{db}") as store:
-        # A killed worker leaves its lease behind: wait the short lease out, then take over.
-        result = await workflow.run(
-            body, workflow_id=run_id, store=store, lease=0.3, if_running="wait"
-        )
-    print("RESULT", "ok" if result.ok else f"err {result!r}", flush=True)
+    await run_on_sqlite(workflow, body, db, run_id)
 
 
 if __name__ == "__main__":

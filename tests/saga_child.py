@@ -38,9 +38,9 @@ from awaitly_anyio import (
     WorkflowRegistry,
     create_workflow,
     open_store,
-    recover,
 )
 from awaitly_anyio.events import WorkflowEvent
+from crash_kit import append_line, recover_until_ended
 
 LEASE = 0.3
 STEPS = 4
@@ -54,12 +54,7 @@ def build(effects_path: str, kill: str) -> WorkflowRegistry:
     rolling: list[bool] = []
 
     def line(text: str) -> None:
-        fd = os.open(effects_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        try:
-            os.write(fd, (text + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(effects_path, text, fsync=True)
 
     def die() -> None:
         os.kill(pid, signal.SIGKILL)
@@ -127,17 +122,7 @@ async def start(url: str, options: dict[str, Any], effects: str, run_id: str, ki
 
 async def work(url: str, options: dict[str, Any], effects: str, run_ids: list[str]) -> None:
     registry = build(effects, "none")
-    async with open_store(url, **options) as store:
-        while True:
-            await recover(store, registry, lease=LEASE, limit=10)
-            ended = 0
-            for run_id in run_ids:
-                info = await store.info(run_id)
-                if info is not None and info.status in ("completed", "failed"):
-                    ended += 1
-            if ended == len(run_ids):
-                return
-            await anyio.sleep(0.05)
+    await recover_until_ended(url, options, registry, run_ids, lease=LEASE, limit=10)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import anyio
 import pytest
 
-from awaitly_anyio import Ok, open_store
+from awaitly_anyio import Ok
+
+from .crash_kit import effect_lines, kill_then_finish, load_sqlite, spawn
 
 CHILD = Path(__file__).with_name("crash_child.py")
 STEPS = 25
@@ -28,50 +26,12 @@ RUNS = 10
 KILLS_PER_RUN = 6
 
 
-def _start(db: Path, run_id: str, effects: Path, backend: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), str(db), run_id, str(effects), backend, str(STEPS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _args(db: Path, run_id: str, effects: Path, backend: str) -> list[str]:
+    return [str(db), run_id, str(effects), backend, str(STEPS)]
 
 
 def _lines(effects: Path) -> list[tuple[int, str]]:
-    if not effects.exists():
-        return []
-    pairs = []
-    for line in effects.read_text(encoding="utf-8").splitlines():
-        pid, key = line.split()
-        pairs.append((int(pid), key))
-    return pairs
-
-
-def _kill_mid_run(
-    db: Path, run_id: str, effects: Path, backend: str, rng: random.Random
-) -> int | None:
-    """Start a child, wait until it has done some work, SIGKILL it; return its pid if killed."""
-    before = len(_lines(effects))
-    child = _start(db, run_id, effects, backend)
-    deadline = time.monotonic() + 30
-    while len(_lines(effects)) == before and child.poll() is None:
-        if time.monotonic() > deadline:
-            child.kill()
-            raise AssertionError("the child never started working")
-        time.sleep(0.002)
-    time.sleep(rng.uniform(0, 0.01))
-    if child.poll() is not None:
-        child.communicate()
-        return None
-    child.send_signal(signal.SIGKILL)
-    child.communicate()
-    assert child.returncode == -signal.SIGKILL
-    return child.pid
-
-
-async def _load(db: Path, run_id: str) -> object:
-    async with open_store(f"sqlite:///{db}") as store:
-        return await store.load(run_id)
+    return [(int(pid), key) for pid, key in effect_lines(effects)]
 
 
 def test_sigkill_at_random_points_never_repeats_a_checkpointed_step(tmp_path: Path) -> None:
@@ -82,21 +42,11 @@ def test_sigkill_at_random_points_never_repeats_a_checkpointed_step(tmp_path: Pa
         run_id = f"crash-{run}"
         effects = tmp_path / f"effects-{run}.txt"
         backend = "trio" if run % 2 else "asyncio"
-        killed: set[int] = set()
-        for _ in range(KILLS_PER_RUN * 2):
-            pid = _kill_mid_run(db, run_id, effects, backend, rng)
-            if pid is None:
-                break  # the run got to its end before the kill
-            killed.add(pid)
-            if len(killed) == KILLS_PER_RUN:
-                break
+        args = _args(db, run_id, effects, backend)
+        killed = kill_then_finish(CHILD, args, effects, rng, KILLS_PER_RUN)
         kills += len(killed)
-        final = _start(db, run_id, effects, backend)
-        out, err = final.communicate(timeout=120)
-        assert final.returncode == 0, err
-        assert "RESULT ok" in out
 
-        snapshot = anyio.run(_load, db, run_id)
+        snapshot = anyio.run(load_sqlite, db, run_id)
         assert snapshot is not None
         assert snapshot.status == "completed"
         keys = [f"step-{n:03d}" for n in range(STEPS)]
@@ -124,7 +74,7 @@ def test_sigkill_at_random_points_never_repeats_a_checkpointed_step(tmp_path: Pa
 def test_a_run_that_was_not_killed_executes_every_step_once(tmp_path: Path, backend: str) -> None:
     db, effects = tmp_path / "runs.db", tmp_path / "effects.txt"
     for _ in range(2):
-        child = _start(db, "calm", effects, backend)
+        child = spawn(CHILD, *_args(db, "calm", effects, backend))
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
         assert "RESULT ok" in out

@@ -27,7 +27,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,10 +37,11 @@ import pytest
 
 from awaitly_anyio import Err, open_store
 
+from . import crash_kit
 from .test_workers import target
 
 CHILD = Path(__file__).with_name("saga_child.py")
-ROOT = Path(__file__).parent.parent
+ROOT = crash_kit.ROOT
 TRIALS = 20
 RANDOM = 6
 STEPS = 4
@@ -49,13 +49,7 @@ FLAKY = 1  # reserve-1's compensation fails its first attempt (see saga_child.py
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return crash_kit.spawn(CHILD, *args, cwd=ROOT)
 
 
 def kill_points() -> list[tuple[int, str]]:
@@ -99,28 +93,8 @@ def run_killed(args: list[str], jobs: list[tuple[str, str]]) -> set[int]:
             assert child.returncode == -signal.SIGKILL, (child.returncode, out, err)
             killed.add(child.pid)
     finally:
-        for child in children:  # a failed trial leaves no process behind
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+        crash_kit.reap(children)
     return killed
-
-
-def recover_all(args: list[str], run_ids: list[str]) -> None:
-    """Two workers, one on each loop, recover the runs until all of them have ended."""
-    workers = [
-        spawn("recover", *args, backend, ",".join(run_ids)) for backend in ("asyncio", "trio")
-    ]
-    try:
-        for worker in workers:
-            out, err = worker.communicate(timeout=180)
-            assert worker.returncode == 0, err
-            assert "DONE" in out
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
 
 
 def run_randomly_killed(args: list[str], run_ids: list[str], rng: random.Random) -> set[int]:
@@ -141,9 +115,7 @@ def run_randomly_killed(args: list[str], run_ids: list[str], rng: random.Random)
             else:
                 assert child.returncode == 0, (child.returncode, out, err)
         finally:
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+            crash_kit.reap([child])
     return killed
 
 
@@ -173,7 +145,7 @@ def test_sigkill_during_a_rollback_runs_every_compensation_exactly_once(
             if len(kills) > 1
         ]
         killed |= run_killed(args, again)
-        recover_all(args, run_ids + random_ids)
+        crash_kit.recover_all(CHILD, args, run_ids + random_ids)
         stored = anyio.run(outcomes, url, options, run_ids + random_ids)
 
     lines = [line.split() for line in effects.read_text().splitlines()]

@@ -19,7 +19,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,27 +28,16 @@ import pytest
 
 from awaitly_anyio import Ok, WaitTimeoutError, open_store, send
 
+from . import crash_kit
 from .test_workers import target
 
 CHILD = Path(__file__).with_name("waiting_child.py")
-ROOT = Path(__file__).parent.parent
+ROOT = crash_kit.ROOT
 TRIALS = 20
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def effects_of(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [line.split() for line in path.read_text().splitlines()]
+    return crash_kit.spawn(CHILD, *args, cwd=ROOT)
 
 
 async def deliver(url: str, options: dict[str, Any], values: dict[str, str]) -> None:
@@ -101,28 +89,8 @@ def start_and_kill(
             assert "WAITING" in said + out, err
             killed.add(child.pid)
     finally:
-        for child, _ in starters:  # a failed trial leaves no process behind
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+        crash_kit.reap(child for child, _ in starters)
     return killed
-
-
-def recover_all(args: list[str], run_ids: list[str]) -> None:
-    """Two workers, one on each loop, recover the runs until all of them have ended."""
-    workers = [
-        spawn("recover", *args, backend, ",".join(run_ids)) for backend in ("asyncio", "trio")
-    ]
-    try:
-        for worker in workers:
-            out, err = worker.communicate(timeout=180)
-            assert worker.returncode == 0, err
-            assert "DONE" in out
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -138,11 +106,11 @@ def test_a_value_delivered_while_no_worker_lives_is_consumed_once(
         killed = start_and_kill(args, run_ids, "none", rng)
         assert len(killed) == TRIALS
         anyio.run(deliver, url, options, values)  # no worker is alive now
-        recover_all(args, run_ids)
+        crash_kit.recover_all(CHILD, args, run_ids)
         stored = anyio.run(outcomes, url, options, run_ids)
         left = anyio.run(messages_left, kind, url, options)
 
-    lines = effects_of(effects)
+    lines = crash_kit.effect_lines(effects)
     befores = Counter(run for what, _pid, run, *_ in lines if what == "before")
     afters = [(run, rest) for what, _pid, run, *rest in lines if what == "after"]
     for run_id in run_ids:
@@ -168,10 +136,10 @@ def test_a_deadline_passing_while_no_worker_lives_is_taken_once(tmp_path: Path, 
         args = [url, json.dumps(options), str(effects)]
         killed = start_and_kill(args, run_ids, "0.2", rng)
         assert len(killed) == TRIALS
-        recover_all(args, run_ids)
+        crash_kit.recover_all(CHILD, args, run_ids)
         stored = anyio.run(outcomes, url, options, run_ids)
 
-    lines = effects_of(effects)
+    lines = crash_kit.effect_lines(effects)
     befores = Counter(run for what, _pid, run, *_ in lines if what == "before")
     timeouts = Counter(run for what, _pid, run, *_ in lines if what == "timeout")
     for run_id in run_ids:

@@ -12,7 +12,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from awaitly_anyio import Ok, open_store
 
+from . import crash_kit
 from .kit_base import server_or_skip
 from .postgres_kit import DSN, admin, schema_for
 from .redis_kit import URL as REDIS_URL
@@ -64,13 +64,7 @@ def target(kind: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return crash_kit.spawn(CHILD, *args, cwd=ROOT)
 
 
 def lines(effects: Path) -> list[tuple[str, int, str, str]]:

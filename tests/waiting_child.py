@@ -31,9 +31,9 @@ from awaitly_anyio import (
     WorkflowRegistry,
     create_workflow,
     open_store,
-    recover,
 )
 from awaitly_anyio.events import WorkflowEvent
+from crash_kit import append_line, recover_until_ended
 
 LEASE = 0.5
 
@@ -42,11 +42,7 @@ def build(effects_path: str, timeout: float | None, kill: str) -> WorkflowRegist
     pid = os.getpid()
 
     def line(text: str) -> None:
-        fd = os.open(effects_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        try:
-            os.write(fd, (text + "\n").encode())
-        finally:
-            os.close(fd)
+        append_line(effects_path, text)
 
     def on_event(event: WorkflowEvent) -> None:
         if event.type == "step_waiting":
@@ -81,17 +77,7 @@ async def start(
 
 async def work(url: str, options: dict[str, Any], effects: str, run_ids: list[str]) -> None:
     registry = build(effects, None, "none")
-    async with open_store(url, **options) as store:
-        while True:
-            await recover(store, registry, lease=LEASE, limit=5)
-            ended = 0
-            for run_id in run_ids:
-                info = await store.info(run_id)
-                if info is not None and info.status in ("completed", "failed"):
-                    ended += 1
-            if ended == len(run_ids):
-                return
-            await anyio.sleep(0.05)
+    await recover_until_ended(url, options, registry, run_ids, lease=LEASE, limit=5)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,26 +24,9 @@ from awaitly_anyio import (
 from awaitly_anyio.events import StepCacheHit, StepCacheMiss, StepComplete, WorkflowEvent
 from awaitly_anyio.testing import FakeClock
 
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import cli
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 from .test_cli_errors import SECRET, one_error_line
 from .test_cli_waiting import Runs
 
@@ -155,21 +154,9 @@ def test_every_control_command_has_help(command: list[str], mentions: list[str])
 # ---- on a store, from another process ------------------------------------------------------
 
 
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(wall=time.time())
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from awaitly_anyio.stores.sqlite import SQLiteStore
 from awaitly_anyio.testing import FakeClock
 
 from . import postgres_kit, redis_kit
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 from .test_cli_errors import cli, one_error_line
 
 BACKENDS = ["asyncio", "trio"]
@@ -174,21 +173,9 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(
 # ---- runs show: steps in execution order, and the lease ------------------------------------
 
 
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(wall=time.time())
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 def store_args(kit: StoreKit, store: Any, tmp_path: Path) -> list[str]:

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from awaitly_anyio import Deps, Ok, WorkflowContext, create_workflow
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import cli
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 from .test_cli_errors import one_error_line
 from .test_cli_runs import store_args
 
@@ -117,21 +116,9 @@ def test_every_waiting_command_has_help(command: list[str], mentions: list[str])
 # ---- on a store, from another process ------------------------------------------------------
 
 
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(wall=time.time())
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 class Runs:

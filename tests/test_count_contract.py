@@ -18,22 +18,11 @@ from awaitly_anyio._snapshot import RUN_STATUSES
 from awaitly_anyio.stores import redis as redis_store
 from awaitly_anyio.testing import FakeClock
 
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 
 pytestmark = pytest.mark.anyio
 
 ZERO: dict[RunStatus, int] = dict.fromkeys(RUN_STATUSES, 0)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
 
 
 @pytest.fixture

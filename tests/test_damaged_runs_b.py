@@ -5,7 +5,6 @@ byte for byte as they were, and reported, never re-run or rewritten (issue 16, i
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from awaitly_anyio.testing import FakeClock
 
 from . import postgres_kit, redis_kit
 from .kit_base import cli, encoded
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 
 pytestmark = pytest.mark.anyio
 
@@ -40,23 +39,6 @@ PARTS = {
     "metadata": "metadata",
     "created_at": "created_at",
 }
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 class Body:

@@ -37,19 +37,13 @@ from awaitly_anyio.testing import FakeClock
 
 from .kit_base import StoreKit
 from .postgres_kit import POSTGRES
-from .store_kits import KITS, MEMORY, SQLITE, kit_ids
+from .store_kits import MEMORY, SQLITE
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "t0ken-for-tests"
 HOSTILE = "<script>alert(1)</script>"
 ACTION_KITS = [MEMORY, SQLITE, *([POSTGRES] if POSTGRES is not None else [])]
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
 
 
 @pytest.fixture(params=ACTION_KITS, ids=[k.name for k in ACTION_KITS])

@@ -8,8 +8,7 @@ execution failed at its last step."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,20 +21,10 @@ from awaitly_anyio import (
     WorkflowDriftError,
     create_workflow,
 )
-from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
 Body = Callable[[WorkflowContext[Deps]], Awaitable[Any]]
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 class Work:

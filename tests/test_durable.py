@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +30,7 @@ from awaitly_anyio._store import EncodedStep
 from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 
-from .store_kits import KITS, StoreKit, kit_ids
-
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 class Effects:

@@ -41,7 +41,7 @@ from awaitly_anyio.testing import (
     compensations,
 )
 
-from .store_kits import KITS, MEMORY, SQLITE, StoreKit, kit_ids
+from .store_kits import MEMORY, SQLITE, StoreKit
 
 pytestmark = pytest.mark.anyio
 
@@ -449,12 +449,6 @@ async def test_nested_steps_are_recorded_in_start_order() -> None:
 
 
 # ---- durable runs: resume scenarios ----------------------------------------------------
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
 
 
 async def test_a_resumed_run_does_not_execute_its_recorded_steps(

@@ -3,8 +3,6 @@ lost worker, waiting for a run in progress, and recovery by registered name."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,24 +24,7 @@ from awaitly_anyio import (
 )
 from awaitly_anyio.testing import FakeClock
 
-from .store_kits import KITS, StoreKit, kit_ids
-
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """The stores' wall clock; only tests move it."""
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 class Counter:

@@ -4,8 +4,7 @@ child spans, and a resumed durable run continues the original trace."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -37,8 +36,6 @@ from awaitly_anyio import (
 from awaitly_anyio.events import TRACE_CONTEXT_KEY
 from awaitly_anyio.otel import OtelAdapter, create_otel_adapter
 from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -255,13 +252,6 @@ async def test_an_instrumented_http_client_call_in_a_step_is_its_child(
     ]
     run = traces.spans()["workflow order"]
     assert {s.context.trace_id for s in http} == {run.context.trace_id}
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 async def test_a_resumed_run_continues_the_original_trace(traces: Traces, store: Any) -> None:

@@ -33,11 +33,6 @@ Q = "emails"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def schema(tmp_path: Path) -> AsyncIterator[str]:
     name = schema_for(tmp_path) + "_q"
     try:

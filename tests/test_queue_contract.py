@@ -7,7 +7,6 @@ asyncio and trio, and moves a `FakeClock` instead of sleeping."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +26,12 @@ from awaitly_anyio.serialization import default_registry, encode_step_record
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import encoded
-from .store_kits import KITS, StoreKit, kit_ids
+from .store_kits import StoreKit
 
 pytestmark = pytest.mark.anyio
 
 NAME = "orders"
 Q = "emails"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """The stores' wall clock; only tests move it."""
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 def failed(key: str) -> EncodedStep:

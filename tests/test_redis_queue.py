@@ -35,11 +35,6 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def store(prefix: str, clock: FakeClock) -> AsyncIterator[RedisStore]:
     async with RedisStore(URL, prefix=prefix, clock=clock) as opened:
         yield opened

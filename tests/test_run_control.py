@@ -68,11 +68,6 @@ needs_claim_check = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @attrs.frozen
 class Opened:
     kit: StoreKit

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,9 +22,6 @@ from awaitly_anyio import (
     create_workflow,
     events,
 )
-from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -342,13 +337,6 @@ def test_validate_input_must_be_a_class_or_a_callable(spec: Any) -> None:
 
 
 # ---- durable runs -------------------------------------------------------------------------
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 async def test_a_rejected_durable_run_is_recorded_failed_and_runs_nothing(store: Any) -> None:

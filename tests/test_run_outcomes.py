@@ -9,8 +9,6 @@ the step or the body raised.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,21 +23,10 @@ from awaitly_anyio import (
     create_workflow,
     events,
 )
-from awaitly_anyio.testing import FakeClock
-
-from .kit_base import StoreKit
-from .store_kits import KITS, kit_ids
 
 pytestmark = pytest.mark.anyio
 
 TERMINAL = ("workflow_complete", "workflow_error", "workflow_cancelled")
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 class Seen:

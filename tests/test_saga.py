@@ -11,8 +11,7 @@ after the compensation that is running has finished under its bounded shield.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -54,8 +53,6 @@ from awaitly_anyio.events import (
     WorkflowEvent,
 )
 from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -593,18 +590,6 @@ async def test_a_compensate_that_is_not_callable_fails_the_step_naming_it() -> N
     cause = result.error.cause
     assert isinstance(cause, TypeError)
     assert "step 'hotel': compensate must be a callable" in str(cause)
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
-
-
-@pytest.fixture
-async def store(kit: StoreKit, tmp_path: Path) -> AsyncIterator[Any]:
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 async def test_a_durable_rollback_is_recorded_and_never_repeated(store: Any) -> None:

@@ -38,7 +38,7 @@ from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
 from .kit_base import StoreKit
-from .store_kits import KITS, kit_ids
+from .store_kits import KITS
 
 MINUTE = 60.0
 T0 = 120.0 * 14_166_667  # a multiple of two minutes (2023-11-14T22:14:00Z): ticks are easy to name
@@ -201,11 +201,6 @@ def test_an_unreadable_stored_form_is_named() -> None:
 # ---- in the store ------------------------------------------------------------------------------
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    return request.param  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager

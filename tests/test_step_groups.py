@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,8 +27,6 @@ from awaitly_anyio import (
     run,
 )
 from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -740,20 +736,6 @@ async def test_batches_resume_from_a_collected_resume_state_without_a_store() ->
 
 
 # ---- durable resume of batches, on every store --------------------------------------------
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, clock) as opened:
-        yield opened
 
 
 async def test_a_resumed_run_restarts_from_the_first_unfinished_batch(

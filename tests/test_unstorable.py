@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -35,9 +34,6 @@ from awaitly_anyio.serialization import (
     encode_value,
     safe_repr,
 )
-from awaitly_anyio.testing import FakeClock
-
-from .store_kits import KITS, StoreKit, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -127,13 +123,6 @@ UNSTORABLE: dict[str, tuple[Callable[[], Any], str, str]] = {
     "int deep in a list": (lambda: [1, {"x": (10**5000,)}], "builtins.int", "4300 digits"),
     "lone surrogate": (lambda: ["ok", {"text": "a\udc80b"}], "builtins.str", "surrogate"),
 }
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kit: StoreKit = request.param
-    async with kit.open(tmp_path, FakeClock()) as opened:
-        yield opened
 
 
 def check_error(error: object, step: str, case: str) -> None:

@@ -33,7 +33,6 @@ from awaitly_anyio.stores.memory import MemoryStore
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import StoreKit, encoded
-from .store_kits import KITS, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -51,17 +50,6 @@ class End:
     owner: str | None = None
     metadata_patch: str | None = None
     merge: Any = None
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    found: StoreKit = request.param
-    return found
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ from awaitly_anyio.stores import MemoryStore
 from awaitly_anyio.testing import FakeClock, ManualClock
 
 from .kit_base import StoreKit
-from .store_kits import KITS, kit_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -101,12 +100,6 @@ async def test_shutdown_with_a_run_waiting_in_memory_ends_and_leaves_it_waiting(
         info = await store.info("w1")
         assert info is not None
         assert (info.status, info.waiting_for, info.lease_owner) == ("waiting", "paid", None)
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
 
 
 def parked_registry(clock: FakeClock, waits: Waits) -> tuple[WorkflowRegistry, Any]:

@@ -13,15 +13,8 @@ from awaitly_anyio import Deps, Ok, WorkflowContext, create_workflow
 from awaitly_anyio.testing import FakeClock
 
 from .kit_base import StoreKit
-from .store_kits import KITS, kit_ids
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=KITS, ids=kit_ids())
-def kit(request: pytest.FixtureRequest) -> StoreKit:
-    kit: StoreKit = request.param
-    return kit
 
 
 async def test_a_send_between_the_look_and_the_wait_wakes_the_run(

@@ -1,7 +1,9 @@
 """How the shared tests open each store, and how they damage its rows on purpose.
 
 A store joins the durable tests by adding one :class:`StoreKit` to :data:`KITS`, and
-the contract suite by one ``check_store`` line in ``test_store_contract.py``.
+the contract suite by one ``check_store`` line in ``test_store_contract.py``.  A test
+takes ``store`` (or ``kit``, and ``clock`` to move time) from ``tests/conftest.py`` to
+run on each of them; a module overrides one of those fixtures only to change it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,26 @@ def kill_then_finish(
     assert final.returncode == 0, err
     assert "RESULT ok" in out
     return killed
+
+
+def assert_only_the_step_in_flight_ran_again(
+    lines: Sequence[tuple[int, Hashable]], committed: Mapping[Hashable, int], killed: set[int]
+) -> None:
+    """The crash promise, from the effect ``lines`` (``(pid, step)`` in the order they
+    ran) and each step's checkpointed pid (``committed``): a step's last execution is the
+    one checkpointed (nothing ran it after its checkpoint), and every earlier execution
+    was the step in flight in a process that was killed (its last effect)."""
+    executions: dict[Hashable, list[int]] = defaultdict(list)
+    last_by_pid: dict[int, Hashable] = {}
+    for pid, step in lines:
+        executions[step].append(pid)
+        last_by_pid[pid] = step
+    for step, committed_pid in committed.items():
+        runs_of_step = executions[step]
+        assert runs_of_step[-1] == committed_pid, (step, runs_of_step)
+        for pid in runs_of_step[:-1]:
+            assert pid in killed, (step, runs_of_step)
+            assert last_by_pid[pid] == step, (step, pid)
 
 
 def recover_all(child: Path, args: Sequence[str], run_ids: Sequence[str]) -> None:

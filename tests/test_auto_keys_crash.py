@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import anyio
 
 from awaitly_anyio import Ok
 
-from .crash_kit import effect_lines, kill_then_finish, load_sqlite
+from .crash_kit import (
+    assert_only_the_step_in_flight_ran_again,
+    effect_lines,
+    kill_then_finish,
+    load_sqlite,
+)
 
 CHILD = Path(__file__).with_name("auto_keys_crash_child.py")
 STEPS = 20
@@ -51,19 +55,9 @@ def test_sigkill_never_repeats_a_step_checkpointed_under_an_automatic_key(
         assert [int(value.split("@")[0]) for value in snapshot.result.value] == list(range(STEPS))
         assert list(snapshot.steps) == [f"awaitly.step:work#{n + 1}" for n in range(STEPS)]
 
-        executions: dict[int, list[int]] = defaultdict(list)
-        last_by_pid: dict[int, int] = {}
-        for pid, n in _lines(effects):
-            executions[n].append(pid)
-            last_by_pid[pid] = n
-        for n in range(STEPS):
-            record = snapshot.steps[f"awaitly.step:work#{n + 1}"].result.value
-            committed_pid = int(record.split("@")[1])
-            runs_of_step = executions[n]
-            # The committed execution is the last: nothing ran the step after its checkpoint.
-            assert runs_of_step[-1] == committed_pid, (n, runs_of_step)
-            # Every earlier execution was the step in flight in a process that was killed.
-            for pid in runs_of_step[:-1]:
-                assert pid in killed, (n, runs_of_step)
-                assert last_by_pid[pid] == n, (n, pid)
+        committed = {
+            n: int(snapshot.steps[f"awaitly.step:work#{n + 1}"].result.value.split("@")[1])
+            for n in range(STEPS)
+        }
+        assert_only_the_step_in_flight_ran_again(_lines(effects), committed, killed)
     assert kills >= 20, f"only {kills} processes were killed mid-run"

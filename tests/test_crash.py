@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import anyio
@@ -18,7 +17,13 @@ import pytest
 
 from awaitly_anyio import Ok
 
-from .crash_kit import effect_lines, kill_then_finish, load_sqlite, spawn
+from .crash_kit import (
+    assert_only_the_step_in_flight_ran_again,
+    effect_lines,
+    kill_then_finish,
+    load_sqlite,
+    spawn,
+)
 
 CHILD = Path(__file__).with_name("crash_child.py")
 STEPS = 25
@@ -53,20 +58,8 @@ def test_sigkill_at_random_points_never_repeats_a_checkpointed_step(tmp_path: Pa
         assert isinstance(snapshot.result, Ok)
         assert [value.split("@")[0] for value in snapshot.result.value] == keys
 
-        executions: dict[str, list[int]] = defaultdict(list)
-        last_by_pid: dict[int, str] = {}
-        for pid, key in _lines(effects):
-            executions[key].append(pid)
-            last_by_pid[pid] = key
-        for key in keys:
-            committed_pid = int(snapshot.steps[key].result.value.split("@")[1])
-            runs_of_key = executions[key]
-            # The committed execution is the last one: nothing ran the step after its checkpoint.
-            assert runs_of_key[-1] == committed_pid, (key, runs_of_key)
-            # Every earlier execution was the step in flight in a process that was killed.
-            for pid in runs_of_key[:-1]:
-                assert pid in killed, (key, runs_of_key)
-                assert last_by_pid[pid] == key, (key, pid)
+        committed = {key: int(snapshot.steps[key].result.value.split("@")[1]) for key in keys}
+        assert_only_the_step_in_flight_ran_again(_lines(effects), committed, killed)
     assert kills >= 50, f"only {kills} processes were killed mid-run"
 
 

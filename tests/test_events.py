@@ -92,6 +92,7 @@ def test_every_event_is_a_frozen_value_with_its_type() -> None:
         events.StepCancelled: "step_cancelled",
         events.StepCacheHit: "step_cache_hit",
         events.StepCacheMiss: "step_cache_miss",
+        events.StepFallback: "step_fallback",
     }
     for cls, type_name in expected.items():
         assert cls.type == type_name

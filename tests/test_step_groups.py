@@ -306,9 +306,12 @@ async def test_fallback_on_a_raised_exception_of_the_chosen_class() -> None:
     assert types(seen) == [
         ("workflow_start", None),
         ("step_start", "rates"),
+        ("step_fallback", "rates"),
         ("step_complete", "rates"),
         ("workflow_complete", None),
     ]
+    (fell_back,) = [e for e in seen if isinstance(e, events.StepFallback)]
+    assert isinstance(fell_back.error, ConnectionError)  # what on= matched
 
 
 async def test_fallback_on_an_err_value_a_tuple_and_a_predicate() -> None:

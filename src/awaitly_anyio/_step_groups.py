@@ -27,7 +27,7 @@ from ._run import EarlyExit
 from ._step import StepCore, _check_fn, timed_out
 from ._step_cache import CacheTtl, StepCache, cached_step
 from ._thunk import as_result
-from .events import BatchProgress
+from .events import BatchProgress, StepFallback
 
 __all__ = ["Step"]
 
@@ -313,6 +313,18 @@ class Step(StepCore):
             failure = raised if raised is not None else result.error
             if not matches(failure):
                 return result if raised is None else Err(run.map_exception(raised))
+            emit = run.emit
+            if emit is not None:
+                emit(
+                    StepFallback(
+                        workflow_id=run.workflow_id,
+                        workflow_name=run.name,
+                        ts=run.clock.time(),
+                        name=name,
+                        step_key=key,
+                        error=failure,
+                    )
+                )
             # The fallback is not under fn's timeout: it is what runs when fn was too slow.
             return await self._settle(fallback)
 

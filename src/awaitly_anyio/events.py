@@ -32,6 +32,7 @@ __all__ = [
     "StepCancelled",
     "StepComplete",
     "StepFailed",
+    "StepFallback",
     "StepRetry",
     "StepSkipped",
     "StepStart",
@@ -209,6 +210,15 @@ class StepCacheHit(_StepEvent):
 
 
 @attrs.frozen(kw_only=True)
+class StepFallback(_StepEvent):
+    """The step ``name`` (``ctx.step.with_fallback``) failed with an error its ``on=``
+    chose, ``error`` (the exception itself when it raised), and runs its fallback."""
+
+    type: ClassVar[Literal["step_fallback"]] = "step_fallback"
+    error: Any
+
+
+@attrs.frozen(kw_only=True)
 class StepCacheMiss(_StepEvent):
     """A cached step found no live entry under ``cache_key`` and runs; ``reason`` says
     why an entry that was there could not be read (a damaged entry, treated as a
@@ -286,6 +296,7 @@ WorkflowEvent: TypeAlias = (
     | StepWaiting
     | StepCacheHit
     | StepCacheMiss
+    | StepFallback
     | StepCancelled
     | CompensationStart
     | CompensationComplete

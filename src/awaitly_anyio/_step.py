@@ -231,19 +231,10 @@ class StepCore:
         # One test for the common case (no key, no store, checkpointed by default).
         if key is not None or checkpoint is not True or run.track is not None:
             if checkpoint is not True:
-                _check_checkpoint(name, key, checkpoint)
-            if run.track is not None:
-                # A durable run: every step has a key, checked against the records.
-                if checkpoint:
-                    key = self._durable_key(name, key)
-                    if key in run.completed:
-                        return self._replay(name, key, compensate)
-            elif key is not None:
-                # The rules every store keeps, checked here so that a run on memory://
-                # or without a store refuses what a database would.
-                check_key(key)
-                check_user_key(key)
-                if key in run.completed:
+                _check_checkpoint(name, key, checkpoint)  # (so key is None)
+            else:
+                key = self._record_key(name, key)
+                if key is not None and key in run.completed:
                     return self._replay(name, key, compensate)
         emit = run.emit
         if (
@@ -356,6 +347,19 @@ class StepCore:
                 )
             )
         return value
+
+    def _record_key(self, name: str, key: str | None) -> str | None:
+        """The key step ``name`` is recorded under: in a durable run always one (``key``,
+        or an automatic one; see `_durable_key`), otherwise ``key`` (``None``: the step
+        is not recorded).  A given key is checked against the rules every store keeps,
+        so that a run on memory:// or without a store refuses what a database would."""
+        if self._run.track is not None:
+            # A durable run: every step has a key, checked against the records.
+            return self._durable_key(name, key)
+        if key is not None:
+            check_key(key)
+            check_user_key(key)
+        return key
 
     def _durable_key(self, name: str, key: str | None) -> str:
         """The key of step ``name`` of a durable run: ``key``, or an automatic one.  The
@@ -747,15 +751,9 @@ class StepCore:
         undo = None if compensate is None else check_compensate(name, compensate)
         if cancel_due():
             await deliver_cancellation()
-        if self._run.track is not None:
-            key = self._durable_key(name, key)
-            if key in self._run.completed:
-                return self._replay(name, key, undo)
-        elif key is not None:
-            check_key(key)
-            check_user_key(key)
-            if key in self._run.completed:
-                return self._replay(name, key, undo)
+        key = self._record_key(name, key)
+        if key is not None and key in self._run.completed:
+            return self._replay(name, key, undo)
         if type is not None and not isinstance(type, builtins.type):
             _check_type(name, type)
         return await self._execute(name, fn, key, None, timeout, mapper, type, None, undo)

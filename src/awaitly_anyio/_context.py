@@ -70,12 +70,8 @@ def override_deps(workflow_name: str, deps: object, given: object) -> object:
                 f"workflow {workflow_name!r}: run(deps=...) must be a mapping of "
                 f"dependencies (merged over the workflow's), not {given!r}"
             )
-        merged = dict(deps._items)
-        for name, value in cast("Mapping[object, object]", given).items():
-            if not isinstance(name, str):
-                raise TypeError(f"dependency names must be strings, not {name!r}")
-            merged[name] = value
-        return Deps(merged)
+        # Deps checks the names, the given ones with the rest.
+        return Deps({**deps._items, **cast("Mapping[str, object]", given)})
     if isinstance(given, Mapping):
         raise TypeError(
             f"workflow {workflow_name!r}: its deps are a {type(deps).__name__}, so "
